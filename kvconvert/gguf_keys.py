@@ -1,0 +1,43 @@
+"""Names of GGUF metadata keys and tensors, in one place.
+
+Standard keys come from the ``gguf`` package (``gguf.Keys``); kvconvert's own
+keys live under the ``kvconvert.`` prefix and are listed here, like gguf-py's
+``Keys`` classes. Tensor names are built from ``gguf.TENSOR_NAMES`` so the
+converter, the importer and the runtime agree on them.
+"""
+
+from __future__ import annotations
+
+import gguf
+
+SCHEMA_VERSION = 1
+
+
+class Keys:
+    class KVConvert:
+        SCHEMA_VERSION = "kvconvert.schema_version"
+        VERSION = "kvconvert.version"  # kvconvert release that wrote the file
+        SOURCE = "kvconvert.source"  # what the file was converted from (path or repo id)
+        SOURCE_FORMAT = "kvconvert.source_format"  # "hf" or "gguf"
+
+
+# HF tensor-name templates shared by the two architectures ({bid} = layer index).
+class HF:
+    EMBED = "model.embed_tokens.weight"
+    NORM = "model.norm.weight"
+    LM_HEAD = "lm_head.weight"
+    ATTN_NORM = "model.layers.{bid}.input_layernorm.weight"
+    FFN_NORM = "model.layers.{bid}.post_attention_layernorm.weight"
+    Q = "model.layers.{bid}.self_attn.q_proj"
+    K = "model.layers.{bid}.self_attn.k_proj"
+    V = "model.layers.{bid}.self_attn.v_proj"
+    O = "model.layers.{bid}.self_attn.o_proj"
+    GATE = "model.layers.{bid}.mlp.gate_proj.weight"
+    UP = "model.layers.{bid}.mlp.up_proj.weight"
+    DOWN = "model.layers.{bid}.mlp.down_proj.weight"
+
+
+def gguf_tensor(kind: gguf.MODEL_TENSOR, bid: int | None = None, suffix: str = "weight") -> str:
+    """GGUF tensor name, e.g. ``gguf_tensor(MODEL_TENSOR.ATTN_Q, 3)`` → ``blk.3.attn_q.weight``."""
+    base = gguf.TENSOR_NAMES[kind].format(bid=bid)
+    return f"{base}.{suffix}" if suffix else base

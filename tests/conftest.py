@@ -1,0 +1,27 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.tiny import TinySpec, make_tiny_model
+
+# The tiny models every test family uses: both archs, head_dim 64 and 128, GQA.
+TINY_SPECS = {
+    "qwen2-hd64": TinySpec(arch="qwen2", head_dim=64, n_heads=4, n_kv_heads=2),
+    "qwen2-hd128-bf16": TinySpec(arch="qwen2", head_dim=128, n_heads=4, n_kv_heads=1, dtype="bf16", seed=1),
+    "llama-hd64-tied": TinySpec(arch="llama", head_dim=64, n_heads=6, n_kv_heads=2, tied=True, seed=2),
+    "llama-hd128-bias-rope3": TinySpec(arch="llama", head_dim=128, n_heads=2, n_kv_heads=2, attention_bias=True,
+                                       llama3_rope=True, rope_theta=500000.0, seed=3),
+}
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("tiny")
+    return {name: make_tiny_model(root / name, spec) for name, spec in TINY_SPECS.items()}
+
+
+@pytest.fixture(params=list(TINY_SPECS))
+def tiny_model(request, tiny_models) -> Path:
+    return tiny_models[request.param]

@@ -1,0 +1,1 @@
+"""kvconvert's Textual TUI (installed as ``kvconvert.tui``)."""
