@@ -20,7 +20,7 @@ from .arch.base import Architecture, TensorSpec
 from .config import ModelArgs
 from .errors import InputError
 from .gguf_io import dequantize, field_value, open_gguf, tensor_map
-from .rope import llama3_factors
+from .rope import llama3_factors, llama3_from_factors
 from .safetensors_io import SafetensorsIndex
 
 ROPE_FREQS = "rope_freqs"  # synthetic name of llama3 RoPE factors (no HF tensor)
@@ -164,8 +164,6 @@ def load_gguf(path: Path) -> ModelSource:
     name = field_value(reader, "general.architecture", "")
     arch = archs.from_gguf(name, str(path))
     tensors = tensor_map(reader)
-    if "rope_freqs.weight" in tensors:
-        raise InputError(f"{path}: GGUFs with a rope_freqs tensor (Llama 3.1 RoPE scaling) cannot be imported yet")
     tokens = field_value(reader, "tokenizer.ggml.tokens", [])
     try:
         args = arch.args_from_gguf(lambda k, d: field_value(reader, k, d), len(tokens),
@@ -175,6 +173,14 @@ def load_gguf(path: Path) -> ModelSource:
         raise InputError(f"{path}: {e}") from None
     except TypeError:
         raise InputError(f"{path}: missing {name} hyperparameters in the metadata") from None
+    if "rope_freqs.weight" in tensors:
+        factors = dequantize(tensors["rope_freqs.weight"]).reshape(-1)
+        if factors.size != args.head_dim // 2:
+            raise InputError(f"{path}: rope_freqs has {factors.size} entries, expected {args.head_dim // 2}")
+        scaling = llama3_from_factors(args, factors)
+        if scaling is None:
+            raise InputError(f"{path}: rope_freqs does not follow Llama 3.1 RoPE scaling; this model is not supported")
+        args = _replace(args, rope_scaling=scaling)
     specs = tensor_specs(arch, args)
     return ModelSource(path, "gguf", args, arch, GGUFWeights(path, reader, arch, specs), specs)
 

@@ -74,3 +74,42 @@ def apply_rope(x: np.ndarray, positions: np.ndarray, freqs: np.ndarray, pairing:
     out[..., a] = xa * cos - xb * sin
     out[..., b] = xa * sin + xb * cos
     return out
+
+
+def llama3_from_factors(args: ModelArgs, factors: np.ndarray, tol: float = 1e-5):
+    """Recover "llama3" RoPE scaling parameters from per-pair factors (a GGUF's
+    ``rope_freqs`` tensor), or None if the factors do not follow that rule.
+
+    The factors are 1 for short wavelengths, ``factor`` for long ones, and in
+    between 1/f = (1-s)/factor + s with s linear in 1/wavelength. Only the ratio
+    of (orig_ctx, low, high) is determined, so low_freq_factor is fixed to 1
+    (Meta's value) and the other two follow; the result is checked by
+    recomputing the factors.
+    """
+    from .config import RopeScaling
+
+    factors = np.asarray(factors, dtype=np.float64)
+    wavelen = 2 * math.pi / base_inv_freq(args.head_dim, args.rope_theta)
+    big = float(factors.max())
+    if big <= 1.0:
+        return None
+    mid = (factors > 1 + 1e-4) & (factors < big * (1 - 1e-4))
+    if mid.sum() >= 2:
+        s = (1 / factors[mid] - 1 / big) / (1 - 1 / big)
+        slope, intercept = np.polyfit(1 / wavelen[mid], s, 1)
+        if intercept >= 0:
+            return None
+        span = -1 / intercept  # high - low with low = 1
+        orig, high = slope * span, 1 + span
+    else:
+        lo = 4 * wavelen[factors <= 1 + 1e-4].max(initial=0.0)  # orig/high above every unscaled wavelength
+        hi = wavelen[factors >= big * (1 - 1e-4)].min(initial=np.inf)  # orig/low below every scaled one
+        if not lo < hi:
+            return None
+        orig, high = (2 ** math.ceil(math.log2(lo)) if 2 ** math.ceil(math.log2(lo)) < hi else (lo + hi) / 2), 4.0
+    rs = RopeScaling("llama3", factor=round(big, 6), low_freq_factor=1.0, high_freq_factor=float(round(high, 6)),
+                     original_max_position_embeddings=int(round(orig)))
+    import dataclasses
+
+    check = llama3_factors(dataclasses.replace(args, rope_scaling=rs))
+    return rs if np.allclose(check, factors, rtol=tol, atol=0) else None

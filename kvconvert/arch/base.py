@@ -41,6 +41,11 @@ def deinterleave_pairs(w: np.ndarray, n_heads: int) -> np.ndarray:
     return w.reshape(n_heads, d // 2, 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
 
 
+def _f32_decimal(x: float) -> float:
+    """GGUF stores floats as float32: recover the shortest decimal that maps to it (1e-06, not 9.99e-07)."""
+    return float(str(np.float32(x)))
+
+
 class Architecture:
     """Llama-style decoder. Subclasses change only what differs (Qwen2: biases)."""
 
@@ -131,8 +136,8 @@ class Architecture:
             num_attention_heads=heads,
             num_key_value_heads=get(f"{a}.attention.head_count_kv", heads),
             vocab_size=get(f"{a}.vocab_size", n_vocab),
-            rms_norm_eps=float(get(f"{a}.attention.layer_norm_rms_epsilon", 1e-6)),
-            rope_theta=float(get(f"{a}.rope.freq_base", 10000.0)),
+            rms_norm_eps=_f32_decimal(get(f"{a}.attention.layer_norm_rms_epsilon", 1e-6)),
+            rope_theta=_f32_decimal(get(f"{a}.rope.freq_base", 10000.0)),
             head_dim=head_dim or 0,
             max_position_embeddings=get(f"{a}.context_length", 4096),
             tie_word_embeddings=tied,

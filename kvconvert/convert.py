@@ -1,0 +1,143 @@
+"""Hugging Face model (or GGUF) → GGUF, the way llama.cpp's converter writes it.
+
+Tensors are streamed: the header and tensor table are written from shapes
+alone, then each tensor is loaded (mmap), put in GGUF row order, quantized and
+written before the next is touched. Output goes to a temporary file renamed
+into place only when complete.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+import gguf
+import numpy as np
+
+from . import __version__
+from .arch.base import TensorSpec
+from .atomic import atomic_path
+from .errors import InputError, OutputError
+from .gguf_keys import SCHEMA_VERSION, Keys
+from .model import ModelSource, load_model
+from .progress import ProgressFn, check_cancel
+
+Q = gguf.GGMLQuantizationType
+FT = gguf.LlamaFileType
+
+# --weights choice -> (type of 2-D weights, file_type written to general.file_type)
+WEIGHT_TYPES: dict[str, tuple[Q, FT]] = {
+    "f32": (Q.F32, FT.ALL_F32),
+    "f16": (Q.F16, FT.MOSTLY_F16),
+    "bf16": (Q.BF16, FT.MOSTLY_BF16),
+    "q8_0": (Q.Q8_0, FT.MOSTLY_Q8_0),
+    "q4_0": (Q.Q4_0, FT.MOSTLY_Q4_0),
+}
+
+
+@dataclass
+class ConvertResult:
+    output: Path
+    weights: str
+    n_tensors: int
+    n_params: int
+    file_bytes: int
+    types: dict[str, int]  # GGML type name -> tensor count
+    source: str
+
+
+def tensor_type(spec: TensorSpec, weights: str) -> Q:
+    """GGML type of one tensor: 1-D stays F32; matrices take the requested type.
+
+    Quantized types need rows divisible by the block size, else F16 (as
+    llama.cpp's converter falls back). With q4_0, the token embedding and output
+    matrices are kept at Q8_0: they are the most sensitive weights, and llama.cpp's
+    own Q4_0 recipe also keeps the output at higher precision.
+    """
+    qtype = WEIGHT_TYPES[weights][0]
+    if len(spec.shape) == 1:
+        return Q.F32
+    if qtype in (Q.Q8_0, Q.Q4_0):
+        if spec.shape[-1] % gguf.GGML_QUANT_SIZES[qtype][0]:
+            return Q.F16
+        if qtype == Q.Q4_0 and spec.gguf in ("token_embd.weight", "output.weight"):
+            return Q.Q8_0
+    return qtype
+
+
+def _encode(x: np.ndarray, qtype: Q) -> np.ndarray:
+    if qtype == Q.F32:
+        return np.ascontiguousarray(x, dtype=np.float32)
+    if qtype == Q.F16:
+        return np.ascontiguousarray(x, dtype=np.float16)
+    return gguf.quants.quantize(np.ascontiguousarray(x, dtype=np.float32), qtype)
+
+
+def _nbytes(shape: tuple[int, ...], qtype: Q) -> int:
+    block, size = gguf.GGML_QUANT_SIZES[qtype]
+    return int(np.prod(shape, dtype=np.int64)) // block * size
+
+
+def write_metadata(w: gguf.GGUFWriter, src: ModelSource, weights: str, name: str) -> None:
+    w.add_type(gguf.GGUFType.MODEL)
+    w.add_name(name)
+    src.arch.write_gguf_params(w, src.args)
+    w.add_file_type(WEIGHT_TYPES[weights][1])
+    if weights in ("q8_0", "q4_0"):
+        w.add_quantization_version(gguf.GGML_QUANT_VERSION)
+    from .tokenizer import add_to_gguf
+
+    add_to_gguf(w, src.tokenizer_spec())
+    w.add_uint32(Keys.KVConvert.SCHEMA_VERSION, SCHEMA_VERSION)
+    w.add_string(Keys.KVConvert.VERSION, __version__)
+    w.add_string(Keys.KVConvert.SOURCE, name)
+    w.add_string(Keys.KVConvert.SOURCE_FORMAT, src.format)
+
+
+def convert(model: str | os.PathLike | ModelSource, output: str | os.PathLike, *, weights: str = "f16",
+            progress: ProgressFn | None = None, cancel: threading.Event | None = None) -> ConvertResult:
+    """Convert ``model`` (HF dir, GGUF or repo id) to a GGUF at ``output``."""
+    if weights not in WEIGHT_TYPES:
+        raise InputError(f"unknown weight type {weights!r} (choose from {', '.join(WEIGHT_TYPES)})")
+    src = model if isinstance(model, ModelSource) else load_model(model)
+    output = Path(output)
+    if output.exists() and output.is_dir():
+        raise OutputError(f"cannot write {output}: it is a directory; give a .gguf file path")
+    if output.resolve() == Path(src.path).resolve():
+        raise OutputError(f"cannot write {output}: it is the input file; choose another output path")
+    name = Path(src.path).name.removesuffix(".gguf")
+    plan = [(s, tensor_type(s, weights)) for s in src.specs]
+    total = sum(_nbytes(s.shape, q) for s, q in plan)
+
+    w = gguf.GGUFWriter(None, src.arch.name)
+    write_metadata(w, src, weights, name)
+    for s, q in plan:
+        w.add_tensor_info(s.gguf, s.shape, np.dtype(np.float32), _nbytes(s.shape, q), raw_dtype=q)
+
+    done = 0
+    types: dict[str, int] = {}
+    with atomic_path(output) as tmp:
+        try:
+            w.write_header_to_file(tmp)
+            w.write_kv_data_to_file()
+            w.write_ti_data_to_file()
+            for s, q in plan:
+                check_cancel(cancel)
+                x = src.arch.to_gguf_order(s, src.weights.get(s.hf))
+                data = _encode(x, q)
+                w.write_tensor_data(data)
+                done += data.nbytes
+                types[q.name] = types.get(q.name, 0) + 1
+                if progress:
+                    progress(done, total, s.gguf)
+            w.close()
+        except OSError as e:
+            w.close()
+            raise OutputError(f"cannot write {output}: {e.strerror or e}") from None
+        except BaseException:
+            w.close()
+            raise
+    n_params = sum(int(np.prod(s.shape)) for s in src.specs)
+    return ConvertResult(output, weights, len(plan), n_params, output.stat().st_size, types, str(src.path))
