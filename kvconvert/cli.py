@@ -38,8 +38,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv:
-        argv = ["demo"]
+    return _dispatch(argv or ["demo"])
+
+
+def _dispatch(argv: list[str]) -> int:
     if argv[0] in COMMANDS:
         module = importlib.import_module(f"kvconvert.commands.{COMMANDS[argv[0]][0]}")
         parser = argparse.ArgumentParser(prog=f"kvconvert {argv[0]}", description=COMMANDS[argv[0]][1])

@@ -1,0 +1,103 @@
+"""Real, trained models from the package registries (../shared/DATA.md):
+import-gguf → convert → the same perplexity, checked by the numpy reference,
+HF transformers and llama.cpp. Text: Austen evaluation part (Pride & Prejudice
++ Persuasion), never the calibration part."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from kvconvert import convert, fixtures, import_gguf, metrics
+from kvconvert.model import load_model
+from kvconvert.reference import forward
+from kvconvert.tokenizer import load_tokenizer
+from tests import oracle_llama_cpp as oracle
+
+
+def eval_tokens(model, n: int) -> list[int]:
+    text = fixtures.austen_text("eval")[: 40 * n]
+    ids = load_tokenizer(model.tokenizer_spec()).encode(text).ids
+    assert len(ids) >= n
+    return ids[:n]
+
+
+def bos_of(model) -> int | None:
+    """BOS replaces each chunk's first token only if the model adds BOS (llama.cpp's rule)."""
+    spec = model.tokenizer_spec()
+    return spec.bos_id if spec.add_bos else None
+
+
+def ref_score(model, chunks) -> metrics.Score:
+    nll = [metrics.chunk_nll(forward(model.args, model.weights, c), c) for c in chunks]
+    return metrics.score(np.concatenate(nll))
+
+
+def llama_score(path, chunks, n_ctx) -> metrics.Score:
+    llm = oracle.load(path, n_ctx=n_ctx)
+    nll = [metrics.chunk_nll(oracle.logits(llm, c), c) for c in chunks]
+    return metrics.score(np.concatenate(nll))
+
+
+@pytest.fixture(scope="module")
+def smollm2(tmp_path_factory):
+    root = tmp_path_factory.mktemp("smollm2")
+    original = fixtures.smollm2_gguf()
+    hf = root / "hf"
+    import_gguf(original, hf)
+    f16 = root / "smollm2-f16.gguf"
+    convert(hf, f16, weights="f16")
+    return original, hf, f16
+
+
+def test_smollm2_round_trip_perplexity(smollm2):
+    """SmolLM2-135M, 2 chunks × 512 tokens of Austen eval text (1024 tokens, 510
+    scored). The f16 re-conversion of the imported model must match the original
+    Q4_1 GGUF: reference PPL within 0.5%, llama.cpp PPL within 0.5%, and the
+    reference within 1% of llama.cpp on the original file (its Q4_1×Q8_1 dot
+    products round activations, ours do not)."""
+    original, _, f16 = smollm2
+    orig_model, f16_model = load_model(original), load_model(f16)
+    chunks = metrics.chunks(eval_tokens(orig_model, 1024), 512, bos=bos_of(orig_model))
+    ref_orig, ref_f16 = ref_score(orig_model, chunks), ref_score(f16_model, chunks)
+    cpp_orig, cpp_f16 = llama_score(original, chunks, 512), llama_score(f16, chunks, 512)
+    print(f"\nSmolLM2-135M Austen eval 2x512: reference PPL original {ref_orig.ppl:.3f}±{ref_orig.ppl_err:.3f}, "
+          f"f16 {ref_f16.ppl:.3f}; llama.cpp original {cpp_orig.ppl:.3f}, f16 {cpp_f16.ppl:.3f}")
+    assert 5 < ref_orig.ppl < 100  # a trained model on English prose, not noise
+    assert abs(ref_f16.ppl / ref_orig.ppl - 1) < 0.005
+    assert abs(cpp_f16.ppl / cpp_orig.ppl - 1) < 0.005
+    assert abs(ref_orig.ppl / cpp_orig.ppl - 1) < 0.01
+
+
+def test_smollm2_reference_matches_transformers(smollm2):
+    """Independent forward-pass oracle on real weights: transformers on the
+    imported HF directory. Tolerance: ‖Δlogits‖/‖logits‖ <= 1e-4 (float32)."""
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    _, hf, _ = smollm2
+    m = load_model(hf)
+    tokens = eval_tokens(m, 128)
+    model = transformers.AutoModelForCausalLM.from_pretrained(hf, dtype=torch.float32).eval()
+    with torch.no_grad():
+        want = model(torch.tensor([tokens])).logits[0].numpy()
+    got = forward(m.args, m.weights, tokens)
+    assert np.linalg.norm(got - want) / np.linalg.norm(want) <= 1e-4
+    assert (got.argmax(-1) == want.argmax(-1)).mean() >= 0.99
+
+
+@pytest.mark.slow
+def test_qwen25_coder_q8_0_round_trip_in_llama_cpp(tmp_path):
+    """Qwen2.5-Coder-0.5B (Q4_K_M original): import → convert q8_0 → llama.cpp
+    perplexity equals the original's within noise (8 chunks × 512 Austen eval
+    tokens; |ΔPPL| below 2 standard errors and 2%)."""
+    original = fixtures.qwen25_coder_gguf()
+    hf = tmp_path / "hf"
+    import_gguf(original, hf, dtype="f16")
+    q8 = tmp_path / "qwen-q8_0.gguf"
+    convert(hf, q8, weights="q8_0")
+    m = load_model(original)
+    chunks = metrics.chunks(eval_tokens(m, 8 * 512), 512, bos=bos_of(m))
+    a, b = llama_score(original, chunks, 512), llama_score(q8, chunks, 512)
+    print(f"\nQwen2.5-Coder-0.5B Austen eval 8x512, llama.cpp: original PPL {a.ppl:.3f}±{a.ppl_err:.3f}, "
+          f"kvconvert q8_0 {b.ppl:.3f}±{b.ppl_err:.3f}")
+    assert abs(b.ppl - a.ppl) < 2 * a.ppl_err and abs(b.ppl / a.ppl - 1) < 0.02
