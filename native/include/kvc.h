@@ -1,0 +1,136 @@
+/* kvc.h — the whole C ABI of kvconvert's native runtime.
+ *
+ * Contract: opaque handles, int status codes (KVC_OK = 0), a message getter for
+ * the last error of a handle; the library never exits, aborts on user input or
+ * prints. Python maps the GGUF and passes tensor pointers; C validates every
+ * size it is given. This file has no preprocessor directives so that it can be
+ * passed verbatim to cffi's cdef (see kvconvert/_build_native.py).
+ */
+
+typedef enum {
+    KVC_OK = 0,
+    KVC_ERR_INVALID = 1,      /* bad argument, size or type */
+    KVC_ERR_NOMEM = 2,        /* allocation failed */
+    KVC_ERR_UNSUPPORTED = 3,  /* type/impl not available on this build or CPU */
+    KVC_ERR_CONTEXT_FULL = 4, /* more tokens than the context holds */
+    KVC_ERR_CANCELLED = 5
+} kvc_status;
+
+/* Tensor/cache element types; values are ggml's (GGUF tensor type ids). */
+typedef enum {
+    KVC_TYPE_F32 = 0,
+    KVC_TYPE_F16 = 1,
+    KVC_TYPE_Q4_0 = 2,
+    KVC_TYPE_Q4_1 = 3,
+    KVC_TYPE_Q5_0 = 6,
+    KVC_TYPE_Q8_0 = 8,
+    KVC_TYPE_Q8_1 = 9,
+    KVC_TYPE_Q4_K = 12,
+    KVC_TYPE_Q6_K = 14,
+    KVC_TYPE_Q8_K = 15,
+    KVC_TYPE_BF16 = 30
+} kvc_type;
+
+/* Kernel implementations. AUTO = the best one this CPU supports. */
+typedef enum {
+    KVC_IMPL_AUTO = 0,
+    KVC_IMPL_SCALAR = 1,
+    KVC_IMPL_AVX2 = 2,   /* AVX2 + FMA + F16C */
+    KVC_IMPL_AVX512 = 3, /* AVX-512 F/BW/VL (+VNNI where present) */
+    KVC_IMPL_NEON = 4
+} kvc_impl;
+
+const char *kvc_status_string(int status);
+const char *kvc_version(void);
+
+/* Bitmask of available implementations: bit (1 << impl). SCALAR is always set. */
+int kvc_cpu_impls(void);
+/* The implementation AUTO resolves to. */
+int kvc_cpu_best_impl(void);
+
+/* ---- kernels (the runtime's building blocks; exposed so tests compare twins) ----
+ * block_size: elements per block; type_size: bytes per block;
+ * vec_dot_type: the type the activation vector is quantized to for vec_dot. */
+int kvc_type_info(int type, int *block_size, int *type_size, int *vec_dot_type);
+
+/* x: (n) float -> y: (n / block_size) blocks of `type`. n must be a multiple of block_size. */
+int kvc_quantize_row(int type, int impl, const float *x, void *y, long long n);
+
+/* x: (n / block_size) blocks of `type` -> y: (n) float. */
+int kvc_dequantize_row(int type, int impl, const void *x, float *y, long long n);
+
+/* out = dot(w, a): w is (n) elements of `type`, a is (n) elements of that type's
+ * vec_dot_type (already quantized with kvc_quantize_row). */
+int kvc_vec_dot(int type, int impl, long long n, const void *w, const void *a, float *out);
+
+/* Blocked GEMM (prefill; n_tok = 1 is the decode matvec):
+ * out[t*ldo + r] = dot(W row r, A row t) for r < m, t < n_tok.
+ * w: (m, k) rows of `type` (row stride k/block*type_size bytes); a: (n_tok, k)
+ * rows already quantized to the type's vec_dot_type; out: row t at out + t*ldo. */
+int kvc_gemm(int type, int impl, long long m, long long n_tok, long long k, const void *w, const void *a,
+             float *out, long long ldo);
+
+/* ---- models ----
+ * A model is described by pointers into the mapped GGUF (owned by the caller,
+ * which must keep the mapping alive while the model exists). ne[] is in ggml
+ * order: ne[0] is the row length. Absent optional tensors have data == NULL. */
+typedef struct {
+    const char *name;  /* GGUF tensor name, used in error messages */
+    int type;          /* kvc_type */
+    long long ne[2];   /* (row length, rows); 1-D tensors have ne[1] == 1 */
+    const void *data;
+    long long nbytes;  /* bytes available at data: checked against type and ne */
+} kvc_tensor;
+
+typedef struct {
+    kvc_tensor attn_norm, wq, bq, wk, bk, wv, bv, wo, bo;
+    kvc_tensor ffn_norm, w_gate, w_up, w_down;
+} kvc_layer_desc;
+
+enum { KVC_ROPE_NEOX = 0, KVC_ROPE_INTERLEAVED = 1 };
+
+typedef struct {
+    int n_vocab, n_embd, n_layer, n_head, n_head_kv, head_dim, n_ff;
+    float rms_eps;
+    int rope_pairing;            /* KVC_ROPE_* */
+    const float *rope_freqs;     /* (head_dim/2) angle per position of each pair */
+    kvc_tensor tok_embd, output_norm, output; /* output.data == NULL: tied to tok_embd */
+    const kvc_layer_desc *layers;             /* (n_layer) */
+} kvc_model_desc;
+
+typedef struct kvc_model kvc_model;
+typedef struct kvc_context kvc_context;
+
+/* On failure *out is NULL and err (if not NULL) receives a message. */
+int kvc_model_create(const kvc_model_desc *desc, kvc_model **out, char *err, int err_len);
+void kvc_model_free(kvc_model *model);
+
+typedef struct {
+    int n_ctx;      /* tokens the KV cache holds */
+    int n_batch;    /* max tokens per kvc_eval call */
+    int type_k;     /* KVC_TYPE_F32, F16, Q8_0 or Q4_0 */
+    int type_v;
+    int n_threads;
+} kvc_context_params;
+
+int kvc_context_create(kvc_model *model, const kvc_context_params *params, kvc_context **out,
+                       char *err, int err_len);
+void kvc_context_free(kvc_context *ctx);
+
+/* Evaluate n tokens at positions n_past .. n_past+n-1 and append them to the
+ * cache. logits: (n, n_vocab) if all_logits else (n_vocab) for the last token;
+ * may be NULL. Fails with KVC_ERR_CONTEXT_FULL past n_ctx (nothing appended). */
+int kvc_eval(kvc_context *ctx, const int *tokens, int n, float *logits, int all_logits);
+int kvc_n_past(const kvc_context *ctx);
+/* Forget cached tokens from position n_past on (0 clears the cache). */
+int kvc_set_n_past(kvc_context *ctx, int n_past);
+/* Bytes of KV cache per token (all layers, K and V). */
+long long kvc_kv_bytes_per_token(const kvc_context *ctx);
+/* Message for the last failed call on ctx ("" if none). */
+const char *kvc_context_error(const kvc_context *ctx);
+
+/* ---- vector ops of the forward pass (exposed so tests compare SIMD to scalar twins) ---- */
+int kvc_op_softmax(int impl, int n, float *x);                       /* in place; x: (n) */
+int kvc_op_rms_norm(int impl, int n, const float *x, const float *w, float eps, float *out);
+int kvc_op_silu_mul(int impl, int n, const float *g, const float *u, float *out); /* silu(g) * u */
+int kvc_op_axpy(int impl, int n, float a, const float *x, float *y);  /* y += a * x */

@@ -1,0 +1,111 @@
+/* vec_avx2.c — AVX2+FMA variants of the vector ops in vec.h. Element-wise ops
+ * (exp, silu, axpy) match the scalar twins bit for bit; reductions (softmax
+ * sum, rms) differ only by summation order. */
+#if defined(__x86_64__)
+#include <immintrin.h>
+
+#include "../vec.h"
+
+#define AVX2 __attribute__((target("avx2,fma")))
+
+AVX2 static inline __m256 exp8(__m256 x) {
+    const __m256 lo = _mm256_set1_ps(-87.0f);
+    __m256 zero_mask = _mm256_cmp_ps(x, lo, _CMP_LT_OQ);
+    x = _mm256_min_ps(x, _mm256_set1_ps(88.0f));
+    __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(KVC_EXP_LOG2E)),
+                               _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m256 r = _mm256_fmadd_ps(_mm256_xor_ps(n, _mm256_set1_ps(-0.0f)), _mm256_set1_ps(KVC_EXP_LN2_HI), x);
+    r = _mm256_fmadd_ps(_mm256_xor_ps(n, _mm256_set1_ps(-0.0f)), _mm256_set1_ps(KVC_EXP_LN2_LO), r);
+    __m256 p = _mm256_set1_ps(KVC_EXP_C7);
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(KVC_EXP_C6));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(KVC_EXP_C5));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(KVC_EXP_C4));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(KVC_EXP_C3));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(KVC_EXP_C2));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f));
+    __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+    __m256 out = _mm256_mul_ps(p, _mm256_castsi256_ps(e));
+    return _mm256_andnot_ps(zero_mask, out);
+}
+
+AVX2 static inline float hsum8(__m256 v) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+
+AVX2 static inline float hmax8(__m256 v) {
+    __m128 s = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_max_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_max_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+
+AVX2 static void softmax_avx2(int n, float *x) {
+    int i = 0;
+    __m256 vmx = _mm256_set1_ps(-INFINITY);
+    for (; i + 8 <= n; i += 8) vmx = _mm256_max_ps(vmx, _mm256_loadu_ps(x + i));
+    float mx = hmax8(vmx);
+    for (; i < n; i++) mx = x[i] > mx ? x[i] : mx;
+    __m256 vsum = _mm256_setzero_ps(), m = _mm256_set1_ps(mx);
+    for (i = 0; i + 8 <= n; i += 8) {
+        __m256 e = exp8(_mm256_sub_ps(_mm256_loadu_ps(x + i), m));
+        _mm256_storeu_ps(x + i, e);
+        vsum = _mm256_add_ps(vsum, e);
+    }
+    float sum = hsum8(vsum);
+    for (; i < n; i++) {
+        x[i] = kvc_expf_ref(x[i] - mx);
+        sum += x[i];
+    }
+    float inv = 1.0f / sum;
+    __m256 vinv = _mm256_set1_ps(inv);
+    for (i = 0; i + 8 <= n; i += 8) _mm256_storeu_ps(x + i, _mm256_mul_ps(_mm256_loadu_ps(x + i), vinv));
+    for (; i < n; i++) x[i] *= inv;
+}
+
+AVX2 static void rms_norm_avx2(int n, const float *x, const float *w, float eps, float *out) {
+    int i = 0;
+    __m256 acc = _mm256_setzero_ps();
+    for (; i + 8 <= n; i += 8) {
+        __m256 v = _mm256_loadu_ps(x + i);
+        acc = _mm256_fmadd_ps(v, v, acc);
+    }
+    float ss = hsum8(acc);
+    for (; i < n; i++) ss = fmaf(x[i], x[i], ss);
+    float inv = 1.0f / sqrtf(ss / n + eps);
+    __m256 vinv = _mm256_set1_ps(inv);
+    for (i = 0; i + 8 <= n; i += 8)
+        _mm256_storeu_ps(out + i, _mm256_mul_ps(_mm256_mul_ps(_mm256_loadu_ps(x + i), vinv), _mm256_loadu_ps(w + i)));
+    for (; i < n; i++) out[i] = x[i] * inv * w[i];
+}
+
+AVX2 static void silu_mul_avx2(int n, const float *g, const float *u, float *out) {
+    int i = 0;
+    const __m256 one = _mm256_set1_ps(1.0f), neg = _mm256_set1_ps(-0.0f);
+    for (; i + 8 <= n; i += 8) {
+        __m256 v = _mm256_loadu_ps(g + i);
+        __m256 s = _mm256_div_ps(v, _mm256_add_ps(one, exp8(_mm256_xor_ps(v, neg))));
+        _mm256_storeu_ps(out + i, _mm256_mul_ps(s, _mm256_loadu_ps(u + i)));
+    }
+    for (; i < n; i++) out[i] = g[i] / (1.0f + kvc_expf_ref(-g[i])) * u[i];
+}
+
+AVX2 static void axpy_avx2(int n, float a, const float *x, float *y) {
+    int i = 0;
+    __m256 va = _mm256_set1_ps(a);
+    for (; i + 8 <= n; i += 8) _mm256_storeu_ps(y + i, _mm256_fmadd_ps(va, _mm256_loadu_ps(x + i), _mm256_loadu_ps(y + i)));
+    for (; i < n; i++) y[i] = fmaf(a, x[i], y[i]);
+}
+
+AVX2 static void scale_avx2(int n, float a, float *x) {
+    int i = 0;
+    __m256 va = _mm256_set1_ps(a);
+    for (; i + 8 <= n; i += 8) _mm256_storeu_ps(x + i, _mm256_mul_ps(va, _mm256_loadu_ps(x + i)));
+    for (; i < n; i++) x[i] *= a;
+}
+
+const kvc_vec_ops kvc_vec_ops_avx2 = {softmax_avx2, rms_norm_avx2, silu_mul_avx2, axpy_avx2, scale_avx2};
+#endif

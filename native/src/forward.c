@@ -1,0 +1,263 @@
+/* forward.c — the transformer forward pass behind kvc_eval.
+ *
+ * Per layer: RMSNorm → Q/K/V projections (+bias) → RoPE → append K/V to the
+ * cache → causal GQA attention → output projection → residual; RMSNorm →
+ * SwiGLU MLP → residual. Matrix products quantize the activations once per
+ * vec_dot type and split weight rows across the thread pool (decode is a
+ * bandwidth-bound matvec; prefill runs the kernels' blocked GEMM). Attention
+ * scores a group of query heads against its KV head's cached keys with the
+ * same GEMM kernel, so K in q8_0/q4_0 is scored with integer dot products. */
+#include <math.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "model.h"
+
+static size_t rbytes(int type, long long n) {
+    int bs, ts, vdt;
+    kvc_type_info(type, &bs, &ts, &vdt);
+    return (size_t)(n / bs) * (size_t)ts;
+}
+
+/* ---- matrix products ---- */
+
+typedef struct {
+    const tview *w;
+    const float *bias; /* (w->ne1) or NULL */
+    float *out;        /* row t at out + t * w->ne1 */
+    const uint8_t *a;  /* (T) activation rows in w->vec_dot_type */
+} mm_job;
+
+typedef struct {
+    int T, n_jobs;
+    mm_job jobs[3];
+} mm_task;
+
+static void mm_run(void *arg, int ith, int nth) {
+    mm_task *task = arg;
+    for (int j = 0; j < task->n_jobs; j++) {
+        const mm_job *jb = &task->jobs[j];
+        const tview *w = jb->w;
+        long long r0, r1;
+        kvc_split(w->ne1, ith, nth, 16, &r0, &r1);
+        if (r1 <= r0) continue;
+        kvc_gemm(w->type, KVC_IMPL_AUTO, r1 - r0, task->T, w->ne0, w->data + (size_t)r0 * w->row_bytes, jb->a,
+                 jb->out + r0, w->ne1);
+        if (jb->bias)
+            for (int t = 0; t < task->T; t++)
+                for (long long r = r0; r < r1; r++) jb->out[(size_t)t * w->ne1 + r] += jb->bias[r];
+    }
+}
+
+typedef struct {
+    int type, T;
+    long long n;
+    const float *x; /* (T, n) */
+    uint8_t *dst;   /* (T) rows of rbytes(type, n) */
+} quant_task;
+
+static void quant_run(void *arg, int ith, int nth) {
+    quant_task *q = arg;
+    long long t0, t1;
+    kvc_split(q->T, ith, nth, 1, &t0, &t1);
+    size_t rb = rbytes(q->type, q->n);
+    for (long long t = t0; t < t1; t++) kvc_quantize_row(q->type, KVC_IMPL_AUTO, q->x + t * q->n, q->dst + t * rb, q->n);
+}
+
+/* outs[i] (T, ws[i]->ne1) = x (T, n) · ws[i]ᵀ + biases[i], for up to 3 weights sharing x. */
+static void matmul(kvc_context *c, int T, const float *x, long long n, int count, const tview **ws,
+                   const float **biases, float **outs) {
+    mm_task task = {.T = T, .n_jobs = count};
+    int types[3];
+    const uint8_t *bufs[3];
+    int n_types = 0;
+    for (int i = 0; i < count; i++) {
+        int vdt = ws[i]->vec_dot_type, k = 0;
+        while (k < n_types && types[k] != vdt) k++;
+        if (k == n_types) {
+            types[n_types] = vdt;
+            if (vdt == KVC_TYPE_F32) {
+                bufs[n_types] = (const uint8_t *)x;
+            } else {
+                quant_task q = {vdt, T, n, x, c->aq[n_types]};
+                if (T < 8)
+                    quant_run(&q, 0, 1);
+                else
+                    kvc_pool_run(c->pool, quant_run, &q);
+                bufs[n_types] = c->aq[n_types];
+            }
+            n_types++;
+        }
+        task.jobs[i] = (mm_job){ws[i], biases[i], outs[i], bufs[k]};
+    }
+    kvc_pool_run(c->pool, mm_run, &task);
+}
+
+static void matmul1(kvc_context *c, int T, const float *x, const tview *w, const float *bias, float *out) {
+    matmul(c, T, x, w->ne0, 1, &w, &bias, &out);
+}
+
+/* ---- RoPE ---- */
+
+/* cs (T, D/2, 2): cos and sin of pos * freq for each token and pair, angles in double. */
+static void rope_table(const kvc_model *m, int pos0, int T, float *cs) {
+    const int P = m->head_dim / 2;
+    for (int t = 0; t < T; t++)
+        for (int j = 0; j < P; j++) {
+            double a = (double)(pos0 + t) * (double)m->rope_freqs[j];
+            cs[((size_t)t * P + j) * 2] = (float)cos(a);
+            cs[((size_t)t * P + j) * 2 + 1] = (float)sin(a);
+        }
+}
+
+/* Rotate x (T, n_heads, D) in place. */
+static void rope_apply(const kvc_model *m, int T, int n_heads, float *x, const float *cs) {
+    const int D = m->head_dim, P = D / 2;
+    const int stride = m->rope_pairing == KVC_ROPE_NEOX ? 1 : 2; /* index step between pairs */
+    const int partner = m->rope_pairing == KVC_ROPE_NEOX ? P : 1;
+    for (int t = 0; t < T; t++)
+        for (int h = 0; h < n_heads; h++) {
+            float *v = x + ((size_t)t * n_heads + h) * D;
+            const float *tc = cs + (size_t)t * P * 2;
+            for (int j = 0; j < P; j++) {
+                float *a = v + j * stride, *b = a + partner;
+                float c0 = tc[2 * j], s0 = tc[2 * j + 1];
+                float xa = *a, xb = *b;
+                *a = xa * c0 - xb * s0;
+                *b = xa * s0 + xb * c0;
+            }
+        }
+}
+
+/* ---- attention ---- */
+
+static inline uint8_t *k_row(const kvc_context *c, int layer, int h, int pos) {
+    return c->kv[layer].k + ((size_t)h * c->n_ctx + pos) * c->k_row_bytes;
+}
+static inline uint8_t *v_row(const kvc_context *c, int layer, int h, int pos) {
+    return c->kv[layer].v + ((size_t)h * c->n_ctx + pos) * c->v_row_bytes;
+}
+
+static void kv_store(kvc_context *c, int layer, int T) {
+    const kvc_model *m = c->m;
+    const int D = m->head_dim;
+    for (int t = 0; t < T; t++)
+        for (int h = 0; h < m->n_head_kv; h++) {
+            const float *k = c->k + ((size_t)t * m->n_head_kv + h) * D;
+            const float *v = c->v + ((size_t)t * m->n_head_kv + h) * D;
+            kvc_quantize_row(c->type_k, KVC_IMPL_AUTO, k, k_row(c, layer, h, c->n_past + t), D);
+            kvc_quantize_row(c->type_v, KVC_IMPL_AUTO, v, v_row(c, layer, h, c->n_past + t), D);
+        }
+}
+
+typedef struct {
+    kvc_context *c;
+    int layer, T;
+} attn_task;
+
+static void attn_run(void *arg, int ith, int nth) {
+    attn_task *at = arg;
+    kvc_context *c = at->c;
+    const kvc_model *m = c->m;
+    const int D = m->head_dim, Hk = m->n_head_kv, n_rep = m->n_head / Hk;
+    const size_t QD = (size_t)m->n_head * D;
+    const float scale = 1.0f / sqrtf((float)D);
+    attn_scratch *s = &c->scratch[ith];
+    for (int i = ith; i < at->T * Hk; i += nth) {
+        const int t = i / Hk, h = i % Hk, n_keys = c->n_past + t + 1;
+        const float *q = c->q + t * QD + (size_t)h * n_rep * D; /* (n_rep, D) */
+        float *out = c->att + t * QD + (size_t)h * n_rep * D;   /* (n_rep, D) */
+        const uint8_t *qa = (const uint8_t *)q;
+        if (c->k_vec_dot_type != KVC_TYPE_F32) {
+            size_t qrb = rbytes(c->k_vec_dot_type, D);
+            for (int r = 0; r < n_rep; r++)
+                kvc_quantize_row(c->k_vec_dot_type, KVC_IMPL_AUTO, q + (size_t)r * D, s->qq + r * qrb, D);
+            qa = s->qq;
+        }
+        /* scores (n_rep, n_keys) = q · Kᵀ over this head's cached keys */
+        kvc_gemm(c->type_k, KVC_IMPL_AUTO, n_keys, n_rep, D, k_row(c, at->layer, h, 0), qa, s->scores, n_keys);
+        for (int r = 0; r < n_rep; r++) {
+            c->ops->scale(n_keys, scale, s->scores + (size_t)r * n_keys);
+            c->ops->softmax(n_keys, s->scores + (size_t)r * n_keys);
+        }
+        memset(out, 0, sizeof(float) * (size_t)n_rep * D);
+        for (int j = 0; j < n_keys; j++) {
+            const float *vr = (const float *)v_row(c, at->layer, h, j);
+            if (c->type_v != KVC_TYPE_F32) {
+                kvc_dequantize_row(c->type_v, KVC_IMPL_AUTO, v_row(c, at->layer, h, j), s->vrow, D);
+                vr = s->vrow;
+            }
+            for (int r = 0; r < n_rep; r++) c->ops->axpy(D, s->scores[(size_t)r * n_keys + j], vr, out + (size_t)r * D);
+        }
+    }
+}
+
+/* ---- one batch ---- */
+
+static void forward_batch(kvc_context *c, const int *tokens, int T, float *logits, int all_logits) {
+    const kvc_model *m = c->m;
+    const long long E = m->n_embd, F = m->n_ff;
+    const kvc_vec_ops *ops = c->ops;
+    for (int t = 0; t < T; t++)
+        kvc_dequantize_row(m->tok_embd.type, KVC_IMPL_AUTO, m->tok_embd.data + (size_t)tokens[t] * m->tok_embd.row_bytes,
+                           c->x + t * E, E);
+    rope_table(m, c->n_past, T, c->rope_cs);
+    for (int l = 0; l < m->n_layer; l++) {
+        const layer_w *w = &m->layers[l];
+        for (int t = 0; t < T; t++) ops->rms_norm(E, c->x + t * E, w->attn_norm, m->rms_eps, c->xn + t * E);
+        const tview *qkv[3] = {&w->wq, &w->wk, &w->wv};
+        const float *qkv_b[3] = {w->bq, w->bk, w->bv};
+        float *qkv_o[3] = {c->q, c->k, c->v};
+        matmul(c, T, c->xn, E, 3, qkv, qkv_b, qkv_o);
+        rope_apply(m, T, m->n_head, c->q, c->rope_cs);
+        rope_apply(m, T, m->n_head_kv, c->k, c->rope_cs);
+        kv_store(c, l, T);
+        attn_task at = {c, l, T};
+        kvc_pool_run(c->pool, attn_run, &at);
+        matmul1(c, T, c->att, &w->wo, w->bo, c->xn);
+        ops->axpy((int)(T * E), 1.0f, c->xn, c->x);
+        for (int t = 0; t < T; t++) ops->rms_norm(E, c->x + t * E, w->ffn_norm, m->rms_eps, c->xn + t * E);
+        const tview *gu[2] = {&w->gate, &w->up};
+        const float *gu_b[2] = {NULL, NULL};
+        float *gu_o[2] = {c->gate, c->up};
+        matmul(c, T, c->xn, E, 2, gu, gu_b, gu_o);
+        ops->silu_mul((int)(T * F), c->gate, c->up, c->gate);
+        matmul1(c, T, c->gate, &w->down, NULL, c->xn);
+        ops->axpy((int)(T * E), 1.0f, c->xn, c->x);
+    }
+    c->n_past += T;
+    if (!logits) return;
+    const int first = all_logits ? 0 : T - 1, n_out = T - first;
+    for (int t = first; t < T; t++) ops->rms_norm(E, c->x + t * E, m->output_norm, m->rms_eps, c->xn + (t - first) * E);
+    matmul1(c, n_out, c->xn, &m->output, NULL, logits);
+}
+
+int kvc_eval(kvc_context *c, const int *tokens, int n, float *logits, int all_logits) {
+    if (!c) return KVC_ERR_INVALID;
+    c->err[0] = 0;
+    if (n <= 0 || !tokens) {
+        snprintf(c->err, sizeof c->err, "no tokens to evaluate");
+        return KVC_ERR_INVALID;
+    }
+    if (c->n_past + (long long)n > c->n_ctx) {
+        snprintf(c->err, sizeof c->err, "%d tokens do not fit: %d of %d context positions are used", n, c->n_past,
+                 c->n_ctx);
+        return KVC_ERR_CONTEXT_FULL;
+    }
+    for (int i = 0; i < n; i++)
+        if (tokens[i] < 0 || tokens[i] >= c->m->n_vocab) {
+            snprintf(c->err, sizeof c->err, "token id %d at index %d is outside the vocabulary [0, %d)", tokens[i], i,
+                     c->m->n_vocab);
+            return KVC_ERR_INVALID;
+        }
+    const long long V = c->m->n_vocab;
+    for (int i = 0; i < n; i += c->n_batch) {
+        int T = n - i < c->n_batch ? n - i : c->n_batch;
+        int last = i + T == n;
+        float *lg = NULL;
+        if (logits && all_logits) lg = logits + (size_t)i * V;
+        else if (logits && last) lg = logits;
+        forward_batch(c, tokens + i, T, lg, all_logits);
+    }
+    return KVC_OK;
+}

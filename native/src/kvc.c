@@ -1,0 +1,18 @@
+/* kvc.c — library-wide entry points of the native runtime: status strings and
+ * version. Kernels live in quants*.c / cpu/, the model in model.c. */
+
+#include "kvc.h"
+
+const char *kvc_version(void) { return "0.1.0"; }
+
+const char *kvc_status_string(int status) {
+    switch (status) {
+    case KVC_OK: return "ok";
+    case KVC_ERR_INVALID: return "invalid argument (size, type or shape)";
+    case KVC_ERR_NOMEM: return "out of memory";
+    case KVC_ERR_UNSUPPORTED: return "not supported by this build or CPU";
+    case KVC_ERR_CONTEXT_FULL: return "context is full (more tokens than n_ctx)";
+    case KVC_ERR_CANCELLED: return "cancelled";
+    default: return "unknown error";
+    }
+}

@@ -1,0 +1,273 @@
+/* model.c — model validation and creation from a kvc_model_desc, and
+ * inference contexts (caches, scratch, thread pool). The forward pass itself is
+ * in forward.c. Every size coming from the caller is checked here, so the
+ * forward pass can trust its inputs. */
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "model.h"
+
+static int fail(char *err, int err_len, int status, const char *fmt, ...) {
+    if (err && err_len > 0) {
+        va_list ap;
+        va_start(ap, fmt);
+        vsnprintf(err, (size_t)err_len, fmt, ap);
+        va_end(ap);
+    }
+    return status;
+}
+
+/* Bytes of one row of ne0 elements of `type`, or 0 if the type/length is invalid. */
+static size_t row_bytes(int type, long long ne0) {
+    int bs, ts, vdt;
+    if (kvc_type_info(type, &bs, &ts, &vdt) != KVC_OK || ne0 <= 0 || ne0 % bs) return 0;
+    return (size_t)(ne0 / bs) * (size_t)ts;
+}
+
+static const char *tname(const kvc_tensor *t) { return t->name ? t->name : "(unnamed tensor)"; }
+
+/* Check a matrix (ne0, ne1) and make a view of it. */
+static int matrix(const kvc_tensor *t, long long ne0, long long ne1, tview *out, char *err, int err_len) {
+    if (!t->data) return fail(err, err_len, KVC_ERR_INVALID, "tensor %s is missing", tname(t));
+    if (t->ne[0] != ne0 || t->ne[1] != ne1)
+        return fail(err, err_len, KVC_ERR_INVALID, "tensor %s has shape (%lld, %lld), expected (%lld, %lld)",
+                    tname(t), t->ne[0], t->ne[1], ne0, ne1);
+    size_t rb = row_bytes(t->type, ne0);
+    int bs, ts, vdt;
+    if (!rb || kvc_type_info(t->type, &bs, &ts, &vdt) != KVC_OK)
+        return fail(err, err_len, KVC_ERR_UNSUPPORTED, "tensor %s: type %d with row length %lld is not supported",
+                    tname(t), t->type, ne0);
+    if (t->nbytes < 0 || (unsigned long long)t->nbytes < rb * (unsigned long long)ne1)
+        return fail(err, err_len, KVC_ERR_INVALID, "tensor %s: %lld bytes given, %llu needed (file truncated?)",
+                    tname(t), t->nbytes, (unsigned long long)(rb * (size_t)ne1));
+    *out = (tview){t->type, ne0, ne1, rb, t->data, vdt};
+    return KVC_OK;
+}
+
+/* Check a vector of n elements and copy it to float (NULL + OK if absent and optional). */
+static int vector(const kvc_tensor *t, long long n, int optional, float **out, char *err, int err_len) {
+    *out = NULL;
+    if (!t->data) {
+        if (optional) return KVC_OK;
+        return fail(err, err_len, KVC_ERR_INVALID, "tensor %s is missing", tname(t));
+    }
+    if (t->ne[0] != n || t->ne[1] != 1)
+        return fail(err, err_len, KVC_ERR_INVALID, "tensor %s has shape (%lld, %lld), expected (%lld)",
+                    tname(t), t->ne[0], t->ne[1], n);
+    size_t rb = row_bytes(t->type, n);
+    if (!rb) return fail(err, err_len, KVC_ERR_UNSUPPORTED, "tensor %s: type %d not supported", tname(t), t->type);
+    if (t->nbytes < 0 || (unsigned long long)t->nbytes < rb)
+        return fail(err, err_len, KVC_ERR_INVALID, "tensor %s: too few bytes (file truncated?)", tname(t));
+    float *v = malloc((size_t)n * sizeof(float));
+    if (!v) return fail(err, err_len, KVC_ERR_NOMEM, "out of memory");
+    if (kvc_dequantize_row(t->type, KVC_IMPL_AUTO, t->data, v, n) != KVC_OK) {
+        free(v);
+        return fail(err, err_len, KVC_ERR_UNSUPPORTED, "tensor %s: cannot read type %d", tname(t), t->type);
+    }
+    *out = v;
+    return KVC_OK;
+}
+
+void kvc_model_free(kvc_model *m) {
+    if (!m) return;
+    if (m->layers) {
+        for (int i = 0; i < m->n_layer; i++) {
+            layer_w *l = &m->layers[i];
+            free(l->attn_norm);
+            free(l->ffn_norm);
+            free(l->bq);
+            free(l->bk);
+            free(l->bv);
+            free(l->bo);
+        }
+    }
+    free(m->layers);
+    free(m->rope_freqs);
+    free(m->output_norm);
+    free(m);
+}
+
+#define TRY(expr)                          \
+    do {                                   \
+        int st_ = (expr);                  \
+        if (st_ != KVC_OK) {               \
+            kvc_model_free(m);             \
+            return st_;                    \
+        }                                  \
+    } while (0)
+
+int kvc_model_create(const kvc_model_desc *d, kvc_model **out, char *err, int err_len) {
+    if (!out) return KVC_ERR_INVALID;
+    *out = NULL;
+    if (!d) return fail(err, err_len, KVC_ERR_INVALID, "no model description");
+    const long long lim = 1LL << 24; /* generous upper bound on any dimension */
+    if (d->n_vocab <= 0 || d->n_embd <= 0 || d->n_layer <= 0 || d->n_head <= 0 || d->n_head_kv <= 0 ||
+        d->head_dim <= 0 || d->n_ff <= 0 || d->n_vocab > lim || d->n_embd > lim || d->n_layer > 4096 ||
+        d->n_head > 4096 || d->n_ff > lim || d->head_dim > 1024)
+        return fail(err, err_len, KVC_ERR_INVALID, "model dimensions out of range");
+    if (d->head_dim % 2 || d->n_head % d->n_head_kv)
+        return fail(err, err_len, KVC_ERR_INVALID, "head_dim must be even and n_head a multiple of n_head_kv");
+    if (d->rope_pairing != KVC_ROPE_NEOX && d->rope_pairing != KVC_ROPE_INTERLEAVED)
+        return fail(err, err_len, KVC_ERR_INVALID, "unknown RoPE pairing %d", d->rope_pairing);
+    if (!d->rope_freqs || !d->layers) return fail(err, err_len, KVC_ERR_INVALID, "rope_freqs and layers are required");
+    if (!(d->rms_eps > 0.0f && d->rms_eps < 1.0f)) return fail(err, err_len, KVC_ERR_INVALID, "rms_eps out of range");
+
+    kvc_model *m = calloc(1, sizeof *m);
+    if (!m) return fail(err, err_len, KVC_ERR_NOMEM, "out of memory");
+    m->n_vocab = d->n_vocab, m->n_embd = d->n_embd, m->n_layer = d->n_layer, m->n_head = d->n_head;
+    m->n_head_kv = d->n_head_kv, m->head_dim = d->head_dim, m->n_ff = d->n_ff, m->rms_eps = d->rms_eps;
+    m->rope_pairing = d->rope_pairing;
+    const long long E = d->n_embd, F = d->n_ff, V = d->n_vocab;
+    const long long QD = (long long)d->n_head * d->head_dim, KD = (long long)d->n_head_kv * d->head_dim;
+
+    m->rope_freqs = malloc(sizeof(float) * (size_t)(d->head_dim / 2));
+    m->layers = calloc((size_t)d->n_layer, sizeof(layer_w));
+    if (!m->rope_freqs || !m->layers) TRY(fail(err, err_len, KVC_ERR_NOMEM, "out of memory"));
+    memcpy(m->rope_freqs, d->rope_freqs, sizeof(float) * (size_t)(d->head_dim / 2));
+
+    TRY(matrix(&d->tok_embd, E, V, &m->tok_embd, err, err_len));
+    TRY(vector(&d->output_norm, E, 0, &m->output_norm, err, err_len));
+    if (d->output.data)
+        TRY(matrix(&d->output, E, V, &m->output, err, err_len));
+    else
+        m->output = m->tok_embd;
+    for (int i = 0; i < d->n_layer; i++) {
+        const kvc_layer_desc *ld = &d->layers[i];
+        layer_w *l = &m->layers[i];
+        TRY(vector(&ld->attn_norm, E, 0, &l->attn_norm, err, err_len));
+        TRY(vector(&ld->ffn_norm, E, 0, &l->ffn_norm, err, err_len));
+        TRY(matrix(&ld->wq, E, QD, &l->wq, err, err_len));
+        TRY(matrix(&ld->wk, E, KD, &l->wk, err, err_len));
+        TRY(matrix(&ld->wv, E, KD, &l->wv, err, err_len));
+        TRY(matrix(&ld->wo, QD, E, &l->wo, err, err_len));
+        TRY(vector(&ld->bq, QD, 1, &l->bq, err, err_len));
+        TRY(vector(&ld->bk, KD, 1, &l->bk, err, err_len));
+        TRY(vector(&ld->bv, KD, 1, &l->bv, err, err_len));
+        TRY(vector(&ld->bo, E, 1, &l->bo, err, err_len));
+        TRY(matrix(&ld->w_gate, E, F, &l->gate, err, err_len));
+        TRY(matrix(&ld->w_up, E, F, &l->up, err, err_len));
+        TRY(matrix(&ld->w_down, F, E, &l->down, err, err_len));
+    }
+    *out = m;
+    return KVC_OK;
+}
+#undef TRY
+
+/* ---- contexts ---- */
+
+static int cache_type_ok(int t) {
+    return t == KVC_TYPE_F32 || t == KVC_TYPE_F16 || t == KVC_TYPE_Q8_0 || t == KVC_TYPE_Q4_0;
+}
+
+static void *zalloc(size_t n) { return calloc(1, n ? n : 1); }
+
+void kvc_context_free(kvc_context *c) {
+    if (!c) return;
+    kvc_pool_free(c->pool);
+    if (c->kv) { /* never touch c->m here: the model may already be freed */
+        for (int i = 0; i < c->n_layer; i++) {
+            free(c->kv[i].k);
+            free(c->kv[i].v);
+        }
+    }
+    free(c->kv);
+    if (c->scratch) {
+        for (int i = 0; i < c->n_threads; i++) {
+            free(c->scratch[i].scores);
+            free(c->scratch[i].qq);
+            free(c->scratch[i].vrow);
+        }
+    }
+    free(c->scratch);
+    free(c->x), free(c->xn), free(c->q), free(c->k), free(c->v), free(c->att);
+    free(c->gate), free(c->up), free(c->rope_cs);
+    for (int i = 0; i < 3; i++) free(c->aq[i]);
+    free(c);
+}
+
+int kvc_context_create(kvc_model *m, const kvc_context_params *p, kvc_context **out, char *err, int err_len) {
+    if (!out) return KVC_ERR_INVALID;
+    *out = NULL;
+    if (!m || !p) return fail(err, err_len, KVC_ERR_INVALID, "model and params are required");
+    if (p->n_ctx <= 0 || p->n_ctx > (1 << 22) || p->n_batch <= 0 || p->n_threads <= 0 || p->n_threads > 512)
+        return fail(err, err_len, KVC_ERR_INVALID, "n_ctx, n_batch or n_threads out of range");
+    if (!cache_type_ok(p->type_k) || !cache_type_ok(p->type_v))
+        return fail(err, err_len, KVC_ERR_UNSUPPORTED, "cache types must be f32, f16, q8_0 or q4_0");
+    const int D = m->head_dim;
+    size_t krb = row_bytes(p->type_k, D), vrb = row_bytes(p->type_v, D);
+    if (!krb || !vrb)
+        return fail(err, err_len, KVC_ERR_UNSUPPORTED, "head_dim %d is not a multiple of the cache type's block", D);
+    int bs, ts, k_vdt;
+    kvc_type_info(p->type_k, &bs, &ts, &k_vdt);
+
+    kvc_context *c = zalloc(sizeof *c);
+    if (!c) return fail(err, err_len, KVC_ERR_NOMEM, "out of memory");
+    c->m = m;
+    c->n_layer = m->n_layer;
+    c->ops = kvc_vec_ops_for(KVC_IMPL_AUTO);
+    c->n_ctx = p->n_ctx;
+    c->n_batch = p->n_batch < p->n_ctx ? p->n_batch : p->n_ctx;
+    c->n_threads = p->n_threads;
+    c->type_k = p->type_k, c->type_v = p->type_v, c->k_vec_dot_type = k_vdt;
+    c->k_row_bytes = krb, c->v_row_bytes = vrb;
+
+    const size_t T = (size_t)c->n_batch, E = (size_t)m->n_embd, F = (size_t)m->n_ff;
+    const size_t QD = (size_t)m->n_head * D, KD = (size_t)m->n_head_kv * D;
+    const size_t rows = (size_t)m->n_head_kv * (size_t)c->n_ctx;
+    int ok = 1;
+    c->kv = zalloc((size_t)m->n_layer * sizeof(kv_layer));
+    ok = ok && c->kv;
+    for (int l = 0; ok && l < m->n_layer; l++) {
+        c->kv[l].k = malloc(rows * krb);
+        c->kv[l].v = malloc(rows * vrb);
+        ok = c->kv[l].k && c->kv[l].v;
+    }
+    c->x = malloc(T * E * 4), c->xn = malloc(T * E * 4);
+    c->q = malloc(T * QD * 4), c->k = malloc(T * KD * 4), c->v = malloc(T * KD * 4), c->att = malloc(T * QD * 4);
+    c->gate = malloc(T * F * 4), c->up = malloc(T * F * 4);
+    c->rope_cs = malloc(T * (size_t)D * 4);
+    /* activations quantize to at most 4 bytes per value (f32 is the widest vec_dot type) */
+    size_t widest = E > F ? E : F;
+    widest = widest > QD ? widest : QD;
+    c->aq_bytes = T * widest * 4;
+    for (int i = 0; i < 3; i++) c->aq[i] = malloc(c->aq_bytes);
+    ok = ok && c->x && c->xn && c->q && c->k && c->v && c->att && c->gate && c->up && c->rope_cs;
+    ok = ok && c->aq[0] && c->aq[1] && c->aq[2];
+    c->scratch = zalloc((size_t)c->n_threads * sizeof(attn_scratch));
+    ok = ok && c->scratch;
+    const int n_rep = m->n_head / m->n_head_kv;
+    size_t qrb = row_bytes(k_vdt, D);
+    for (int i = 0; ok && i < c->n_threads; i++) {
+        c->scratch[i].scores = malloc((size_t)n_rep * (size_t)c->n_ctx * 4);
+        c->scratch[i].qq = malloc((size_t)n_rep * (qrb > (size_t)D * 4 ? qrb : (size_t)D * 4));
+        c->scratch[i].vrow = malloc((size_t)D * 4);
+        ok = c->scratch[i].scores && c->scratch[i].qq && c->scratch[i].vrow;
+    }
+    if (!ok) {
+        kvc_context_free(c);
+        return fail(err, err_len, KVC_ERR_NOMEM, "out of memory for a context of %d tokens", p->n_ctx);
+    }
+    if (kvc_pool_create(c->n_threads, &c->pool) != 0) {
+        kvc_context_free(c);
+        return fail(err, err_len, KVC_ERR_NOMEM, "cannot start %d threads", p->n_threads);
+    }
+    *out = c;
+    return KVC_OK;
+}
+
+int kvc_n_past(const kvc_context *c) { return c ? c->n_past : 0; }
+
+int kvc_set_n_past(kvc_context *c, int n_past) {
+    if (!c || n_past < 0 || n_past > c->n_past) return KVC_ERR_INVALID;
+    c->n_past = n_past;
+    return KVC_OK;
+}
+
+long long kvc_kv_bytes_per_token(const kvc_context *c) {
+    if (!c) return 0;
+    return (long long)c->m->n_layer * c->m->n_head_kv * (long long)(c->k_row_bytes + c->v_row_bytes);
+}
+
+const char *kvc_context_error(const kvc_context *c) { return c ? c->err : ""; }

@@ -1,0 +1,71 @@
+/* model.h — internal structures of a loaded model and an inference context.
+ *
+ * Shapes: E = n_embd, F = n_ff, V = n_vocab, H = n_head, Hk = n_head_kv,
+ * D = head_dim, T = tokens in the current batch, C = n_ctx. */
+#ifndef KVC_MODEL_H
+#define KVC_MODEL_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "kvc.h"
+#include "threadpool.h"
+#include "vec.h"
+
+typedef struct {
+    int type;            /* kvc_type */
+    long long ne0, ne1;  /* row length, rows */
+    size_t row_bytes;
+    const uint8_t *data; /* (ne1) rows of row_bytes; NULL if absent */
+    int vec_dot_type;    /* type activations are quantized to for this weight */
+} tview;
+
+typedef struct {
+    float *attn_norm, *ffn_norm; /* (E) owned copies */
+    float *bq, *bk, *bv, *bo;    /* (H*D) (Hk*D) (Hk*D) (E) or NULL */
+    tview wq, wk, wv, wo, gate, up, down;
+} layer_w;
+
+struct kvc_model {
+    int n_vocab, n_embd, n_layer, n_head, n_head_kv, head_dim, n_ff;
+    float rms_eps;
+    int rope_pairing;
+    float *rope_freqs;  /* (D/2) */
+    float *output_norm; /* (E) */
+    tview tok_embd, output;
+    layer_w *layers;    /* (n_layer) */
+};
+
+/* One layer's cache: rows of D values in the cache type, per KV head.
+ * Row (h, pos) of K starts at k + ((size_t)h * C + pos) * k_row_bytes. */
+typedef struct {
+    uint8_t *k, *v;
+} kv_layer;
+
+/* Per-thread attention scratch. */
+typedef struct {
+    float *scores; /* (n_rep, C) */
+    uint8_t *qq;   /* (n_rep) query rows quantized for K's vec_dot type */
+    float *vrow;   /* (D) one dequantized V row */
+} attn_scratch;
+
+struct kvc_context {
+    kvc_model *m;
+    kvc_pool *pool;
+    const kvc_vec_ops *ops;
+    int n_ctx, n_batch, n_past, n_threads, n_layer;
+    int type_k, type_v, k_vec_dot_type;
+    size_t k_row_bytes, v_row_bytes;
+    kv_layer *kv;        /* (n_layer) */
+    float *x, *xn;       /* (T, E) residual stream, normed input */
+    float *q, *k, *v;    /* (T, H*D), (T, Hk*D), (T, Hk*D) */
+    float *att;          /* (T, H*D) attention output */
+    float *gate, *up;    /* (T, F) */
+    float *rope_cs;      /* (T, D/2, 2) cos, sin per token and pair */
+    uint8_t *aq[3];      /* quantized activations, one per distinct vec_dot type */
+    size_t aq_bytes;
+    attn_scratch *scratch; /* (n_threads) */
+    char err[256];
+};
+
+#endif

@@ -1,0 +1,56 @@
+/* vec.h — small float vector ops of the forward pass (norms, softmax, SwiGLU,
+ * axpy), as a table of function pointers picked once for this CPU.
+ *
+ * The AVX2 variants (cpu/vec_avx2.c) evaluate the same formulas in the same
+ * order with the same fused multiply-adds as the scalar twins here, so the two
+ * agree bit for bit on exp-based ops and within summation-order rounding on
+ * reductions (tests/test_runtime_ops.py states the tolerances). */
+#ifndef KVC_VEC_H
+#define KVC_VEC_H
+
+#include <math.h>
+
+typedef struct {
+    void (*softmax)(int n, float *x);
+    /* returns 1/sqrt(mean(x^2) + eps); out = x * that * w */
+    void (*rms_norm)(int n, const float *x, const float *w, float eps, float *out);
+    void (*silu_mul)(int n, const float *g, const float *u, float *out);
+    void (*axpy)(int n, float a, const float *x, float *y);
+    void (*scale)(int n, float a, float *x);
+} kvc_vec_ops;
+
+/* The table for impl (KVC_IMPL_*); AUTO picks the best. NULL if unavailable. */
+const kvc_vec_ops *kvc_vec_ops_for(int impl);
+
+/* exp(x) for x in float range, ~1e-7 relative error; 0 below -87. Shared by both
+ * variants: Cody–Waite range reduction x = n ln2 + r, |r| <= ln2/2, then the
+ * degree-7 Taylor polynomial of e^r (truncation error < 6e-9) times 2^n. */
+#define KVC_EXP_LOG2E 1.44269504088896341f
+#define KVC_EXP_LN2_HI 0.693145751953125f
+#define KVC_EXP_LN2_LO 1.42860682030941723212e-6f
+#define KVC_EXP_C2 (1.0f / 2)
+#define KVC_EXP_C3 (1.0f / 6)
+#define KVC_EXP_C4 (1.0f / 24)
+#define KVC_EXP_C5 (1.0f / 120)
+#define KVC_EXP_C6 (1.0f / 720)
+#define KVC_EXP_C7 (1.0f / 5040)
+
+static inline float kvc_expf_ref(float x) {
+    if (x < -87.0f) return 0.0f;
+    if (x > 88.0f) x = 88.0f;
+    float n = nearbyintf(x * KVC_EXP_LOG2E);
+    float r = fmaf(-n, KVC_EXP_LN2_HI, x);
+    r = fmaf(-n, KVC_EXP_LN2_LO, r);
+    float p = KVC_EXP_C7;
+    p = fmaf(p, r, KVC_EXP_C6);
+    p = fmaf(p, r, KVC_EXP_C5);
+    p = fmaf(p, r, KVC_EXP_C4);
+    p = fmaf(p, r, KVC_EXP_C3);
+    p = fmaf(p, r, KVC_EXP_C2);
+    p = fmaf(p, r, 1.0f);
+    p = fmaf(p, r, 1.0f);
+    union { float f; int i; } s = {.i = ((int)n + 127) << 23};
+    return p * s.f;
+}
+
+#endif
