@@ -41,6 +41,23 @@ class ModelSource:
     weights: WeightSource
     specs: list[TensorSpec] = field(default_factory=list)
 
+    def file_order(self) -> tuple["WeightSource", str]:
+        """Weights with Q/K rows in this model's GGUF order, and the RoPE pairing that order
+        needs: what the native runtime computes with (llama: interleaved pairs)."""
+        by_hf = {s.hf: s for s in self.specs}
+        arch, weights = self.arch, self.weights
+
+        class FileOrder:
+            def has(self, name: str) -> bool:
+                return weights.has(name)
+
+            def get(self, name: str) -> np.ndarray:
+                spec = by_hf.get(name)
+                w = weights.get(name)
+                return arch.to_gguf_order(spec, w) if spec is not None else w
+
+        return FileOrder(), arch.gguf_rope_pairing
+
     def tokenizer_spec(self):
         from . import tokenizer
 

@@ -23,6 +23,8 @@ class Weights(Protocol):
 
 # capture(layer, name, array): optional hook to observe q/k/v (pre-RoPE) per layer
 Capture = Callable[[int, str, np.ndarray], None]
+# kv_round(name, array): what a KV cache stores for "k" (post-RoPE) or "v", (T, Hk, D) -> same shape
+KVRound = Callable[[str, np.ndarray], np.ndarray]
 
 
 def rms_norm(x: np.ndarray, w: np.ndarray, eps: float) -> np.ndarray:
@@ -73,7 +75,8 @@ def _linear(x: np.ndarray, w: _Typed, prefix: str, bias: bool) -> np.ndarray:
 
 
 def attention(args: ModelArgs, w: _Typed, layer: int, x: np.ndarray, positions: np.ndarray,
-              freqs: np.ndarray, pairing: str, capture: Capture | None) -> np.ndarray:
+              freqs: np.ndarray, pairing: str, capture: Capture | None,
+              kv_round: KVRound | None = None) -> np.ndarray:
     """Causal GQA self-attention of x (T, hidden)."""
     t, d = x.shape[0], args.head_dim
     arch = from_hf(args.architecture)
@@ -87,6 +90,8 @@ def attention(args: ModelArgs, w: _Typed, layer: int, x: np.ndarray, positions: 
         capture(layer, "v", v)
     q = apply_rope(q, positions, freqs, pairing)
     k = apply_rope(k, positions, freqs, pairing)
+    if kv_round:
+        k, v = kv_round("k", k), kv_round("v", v)
     k = np.repeat(k, args.n_rep, axis=1)  # (T, H, d): query head h uses kv head h // n_rep
     v = np.repeat(v, args.n_rep, axis=1)
     scores = np.einsum("thd,shd->hts", q, k) / np.sqrt(d)
@@ -103,7 +108,8 @@ def mlp(w: _Typed, layer: int, x: np.ndarray) -> np.ndarray:
 
 
 def forward(args: ModelArgs, weights: Weights, tokens: np.ndarray | list[int], *,
-            pairing: str = "neox", dtype: type = np.float32, capture: Capture | None = None) -> np.ndarray:
+            pairing: str = "neox", dtype: type = np.float32, capture: Capture | None = None,
+            kv_round: KVRound | None = None) -> np.ndarray:
     """Logits (T, vocab) for a token sequence starting at position 0."""
     dt = np.dtype(dtype)
     w = _Typed(weights, dt)
@@ -117,7 +123,7 @@ def forward(args: ModelArgs, weights: Weights, tokens: np.ndarray | list[int], *
     x = w(HF.EMBED)[tokens]
     for layer in range(args.num_hidden_layers):
         h = rms_norm(x, w(HF.ATTN_NORM.format(bid=layer)), args.rms_norm_eps)
-        x = x + attention(args, w, layer, h, positions, freqs, pairing, capture)
+        x = x + attention(args, w, layer, h, positions, freqs, pairing, capture, kv_round)
         h = rms_norm(x, w(HF.FFN_NORM.format(bid=layer)), args.rms_norm_eps)
         x = x + mlp(w, layer, h)
     x = rms_norm(x, w(HF.NORM), args.rms_norm_eps)

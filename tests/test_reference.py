@@ -39,15 +39,12 @@ def test_rope_pairings_agree():
 def test_interleaved_weights_give_same_logits(tiny_models):
     """Reference on llama GGUF-order weights with interleaved RoPE == HF order with neox."""
     m = load_model(tiny_models["llama-hd64-tied"])
-
-    class GGUFOrder:
-        def get(self, name):
-            spec = next((s for s in m.specs if s.hf == name), None)
-            w = m.weights.get(name)
-            return interleave_pairs(w, spec.qk_heads) if spec is not None and spec.qk_heads else w
-
+    weights, pairing = m.file_order()
+    assert pairing == "interleaved"
+    k = m.weights.get("model.layers.0.self_attn.k_proj.weight")
+    assert np.array_equal(weights.get("model.layers.0.self_attn.k_proj.weight"), interleave_pairs(k, 2))
     hf = forward(m.args, m.weights, TOKENS, dtype=np.float64)
-    gg = forward(m.args, GGUFOrder(), TOKENS, pairing="interleaved", dtype=np.float64)
+    gg = forward(m.args, weights, TOKENS, pairing=pairing, dtype=np.float64)
     np.testing.assert_allclose(gg, hf, rtol=1e-9, atol=1e-9)
 
 

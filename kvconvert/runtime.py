@@ -1,0 +1,179 @@
+"""Python side of the native runtime: load a GGUF into the C engine, make
+contexts, evaluate tokens.
+
+The GGUF stays memory-mapped (gguf-py's reader); C receives pointers into the
+mapping and validates every size. A ``Model`` keeps the mapping alive; a
+``Context`` keeps its ``Model`` alive, so handles are freed in the right order.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ._native import NativeError, check, ffi, lib  # noqa: F401  (ffi re-exported for tests)
+from .errors import InputError
+from .gguf_io import tensor_map
+from .model import ROPE_FREQS, ModelSource, load_model
+from .rope import inv_freq
+
+CACHE_TYPES = {"f32": 0, "f16": 1, "q8_0": 8, "q4_0": 2}
+
+# HF tensor-name suffix -> field of kvc_layer_desc
+_LAYER_FIELDS = {
+    "input_layernorm.weight": "attn_norm",
+    "self_attn.q_proj.weight": "wq", "self_attn.q_proj.bias": "bq",
+    "self_attn.k_proj.weight": "wk", "self_attn.k_proj.bias": "bk",
+    "self_attn.v_proj.weight": "wv", "self_attn.v_proj.bias": "bv",
+    "self_attn.o_proj.weight": "wo", "self_attn.o_proj.bias": "bo",
+    "post_attention_layernorm.weight": "ffn_norm",
+    "mlp.gate_proj.weight": "w_gate", "mlp.up_proj.weight": "w_up", "mlp.down_proj.weight": "w_down",
+}
+_GLOBAL_FIELDS = {"model.embed_tokens.weight": "tok_embd", "model.norm.weight": "output_norm",
+                  "lm_head.weight": "output"}
+
+
+@dataclass(frozen=True)
+class ContextParams:
+    n_ctx: int = 4096
+    n_batch: int = 512
+    type_k: str = "f16"
+    type_v: str = "f16"
+    n_threads: int = 0  # 0: all cores
+
+    def resolved_threads(self) -> int:
+        return self.n_threads if self.n_threads > 0 else (os.cpu_count() or 1)
+
+
+def cache_type(name: str) -> int:
+    if name not in CACHE_TYPES:
+        raise InputError(f"unknown cache type {name!r} (choose from {', '.join(CACHE_TYPES)})")
+    return CACHE_TYPES[name]
+
+
+class Model:
+    """A GGUF loaded into the native engine."""
+
+    def __init__(self, path: str | os.PathLike | ModelSource):
+        src = path if isinstance(path, ModelSource) else load_model(path)
+        if src.format != "gguf":
+            raise InputError(f"{src.path}: the runtime runs GGUF files; convert it first (kvconvert convert)")
+        self.source = src
+        self.path = Path(src.path)
+        self.args = src.args
+        self._keep: list = []  # cffi objects that must outlive the C model
+        desc = self._describe()
+        out = ffi().new("kvc_model **")
+        err = ffi().new("char[512]")
+        status = lib().kvc_model_create(desc, out, err, 512)
+        if status != 0:
+            raise InputError(f"{self.path}: {ffi().string(err).decode(errors='replace')}")
+        self._ptr = ffi().gc(out[0], lib().kvc_model_free)
+        self._tokenizer = None
+
+    def _tensor(self, dst, t) -> None:
+        f = ffi()
+        name = f.new("char[]", t.name.encode())
+        data = np.asarray(t.data)
+        buf = f.from_buffer("char[]", data)
+        self._keep += [name, buf]
+        dst.name = name
+        dst.type = int(t.tensor_type)
+        shape = [int(n) for n in t.shape.tolist()]
+        dst.ne[0] = shape[0]
+        dst.ne[1] = shape[1] if len(shape) > 1 else 1
+        dst.data = buf
+        dst.nbytes = data.nbytes
+
+    def _describe(self):
+        f, a, src = ffi(), self.args, self.source
+        tensors = tensor_map(src.weights.reader)  # type: ignore[attr-defined]
+        desc = f.new("kvc_model_desc *")
+        layers = f.new("kvc_layer_desc[]", a.num_hidden_layers)
+        freqs = np.ascontiguousarray(inv_freq(a), dtype=np.float32)
+        freqs_buf = f.from_buffer("float[]", freqs)
+        self._keep += [desc, layers, freqs, freqs_buf]
+        desc.n_vocab, desc.n_embd, desc.n_layer = a.vocab_size, a.hidden_size, a.num_hidden_layers
+        desc.n_head, desc.n_head_kv, desc.head_dim = a.num_attention_heads, a.num_key_value_heads, a.head_dim
+        desc.n_ff, desc.rms_eps = a.intermediate_size, a.rms_norm_eps
+        desc.rope_pairing = 1 if src.arch.gguf_rope_pairing == "interleaved" else 0
+        desc.rope_freqs = freqs_buf
+        desc.layers = layers
+        for spec in src.specs:
+            if spec.hf == ROPE_FREQS:
+                continue
+            t = tensors[spec.gguf]
+            if spec.hf in _GLOBAL_FIELDS:
+                self._tensor(getattr(desc, _GLOBAL_FIELDS[spec.hf]), t)
+                continue
+            _, _, idx, rest = spec.hf.split(".", 3)  # model.layers.{i}.{rest}
+            self._tensor(getattr(layers[int(idx)], _LAYER_FIELDS[rest]), t)
+        return desc
+
+    @property
+    def tokenizer(self):
+        if self._tokenizer is None:
+            from .tokenizer import load_tokenizer
+
+            self._tokenizer = load_tokenizer(self.source.tokenizer_spec())
+        return self._tokenizer
+
+    def tokenize(self, text: str, add_bos: bool | None = None) -> list[int]:
+        spec = self.source.tokenizer_spec()
+        ids = self.tokenizer.encode(text, add_special_tokens=False).ids
+        if add_bos is None:
+            add_bos = spec.effective_add_bos()
+        if add_bos and spec.bos_id is not None:
+            ids = [spec.bos_id] + ids
+        return ids
+
+    def detokenize(self, ids: list[int]) -> str:
+        return self.tokenizer.decode(ids, skip_special_tokens=False)
+
+    def context(self, params: ContextParams | None = None, **kw) -> "Context":
+        return Context(self, params or ContextParams(**kw))
+
+
+class Context:
+    """A KV cache and scratch space for evaluating tokens with a Model."""
+
+    def __init__(self, model: Model, params: ContextParams):
+        self.model, self.params = model, params
+        p = ffi().new("kvc_context_params *")
+        p.n_ctx, p.n_batch = params.n_ctx, params.n_batch
+        p.type_k, p.type_v = cache_type(params.type_k), cache_type(params.type_v)
+        p.n_threads = params.resolved_threads()
+        out = ffi().new("kvc_context **")
+        err = ffi().new("char[512]")
+        status = lib().kvc_context_create(model._ptr, p, out, err, 512)
+        if status != 0:
+            raise NativeError(f"cannot create a context: {ffi().string(err).decode(errors='replace')}")
+        self._ptr = ffi().gc(out[0], lib().kvc_context_free)
+        self.n_vocab = model.args.vocab_size
+
+    @property
+    def n_past(self) -> int:
+        return lib().kvc_n_past(self._ptr)
+
+    @property
+    def kv_bytes_per_token(self) -> int:
+        return lib().kvc_kv_bytes_per_token(self._ptr)
+
+    def reset(self, n_past: int = 0) -> None:
+        check(lib().kvc_set_n_past(self._ptr, n_past), "reset")
+
+    def eval(self, tokens, all_logits: bool = False) -> np.ndarray:
+        """Append tokens to the cache; logits (n, vocab) if all_logits else (vocab,)."""
+        toks = np.ascontiguousarray(tokens, dtype=np.int32)
+        if toks.ndim != 1 or toks.size == 0:
+            raise ValueError("tokens must be a non-empty 1-D sequence")
+        out = np.empty((toks.size if all_logits else 1, self.n_vocab), dtype=np.float32)
+        f = ffi()
+        status = lib().kvc_eval(self._ptr, f.cast("int *", f.from_buffer(toks)), toks.size,
+                                f.cast("float *", f.from_buffer(out)), int(all_logits))
+        if status != 0:
+            raise NativeError(f"eval: {f.string(lib().kvc_context_error(self._ptr)).decode(errors='replace')}")
+        return out if all_logits else out[0]
