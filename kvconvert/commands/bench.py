@@ -1,0 +1,44 @@
+"""kvconvert bench MODEL: prefill/decode speed, KV bytes per token, peak memory."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from rich.console import Console
+from rich.table import Table
+
+from ..bench import bench
+from ..progress import tqdm_progress
+from ..runtime import CACHE_TYPES
+
+
+def configure(p: argparse.ArgumentParser) -> None:
+    p.add_argument("model", help="GGUF file")
+    p.add_argument("--depths", default="0,512,4096", help="context depths for decode (default %(default)s)")
+    p.add_argument("--prefill", type=int, default=512, help="prefill batch size (default %(default)s)")
+    p.add_argument("--decode", type=int, default=32, help="decode steps per depth (default %(default)s)")
+    p.add_argument("--ctk", choices=list(CACHE_TYPES), default="f16", help="K cache type (default f16)")
+    p.add_argument("--ctv", choices=list(CACHE_TYPES), default="f16", help="V cache type (default f16)")
+    p.add_argument("-t", "--threads", type=int, default=0, help="threads (default: all cores)")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+
+
+def run(args: argparse.Namespace) -> int:
+    depths = tuple(int(d) for d in args.depths.split(","))
+    with tqdm_progress(unit="step") as progress:
+        r = bench(args.model, depths=depths, n_prefill=args.prefill, n_decode=args.decode, type_k=args.ctk,
+                  type_v=args.ctv, n_threads=args.threads, progress=progress)
+    if args.json:
+        print(json.dumps(r.to_dict(), indent=2))
+        return 0
+    t = Table(title=f"{r.model}  ({r.n_threads} threads, K {r.type_k}, V {r.type_v})")
+    t.add_column("measure")
+    t.add_column("value", justify="right")
+    t.add_row(f"prefill {r.prefill_tokens} tokens", f"{r.prefill_tokens_per_s:.1f} tok/s")
+    for row in r.decode:
+        t.add_row(f"decode @ depth {row.depth}", f"{row.tokens_per_s:.2f} tok/s")
+    t.add_row("KV cache", f"{r.kv_bytes_per_token} bytes/token")
+    t.add_row("peak RSS", f"{r.peak_rss_mib:.0f} MiB")
+    Console().print(t)
+    return 0

@@ -1,0 +1,56 @@
+"""kvconvert eval MODEL --text FILE: perplexity (and KLD vs a saved base run)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from ..errors import InputError
+from ..evaluate import evaluate
+from ..progress import tqdm_progress
+from .run import add_runtime_args
+
+
+def configure(p: argparse.ArgumentParser) -> None:
+    p.add_argument("model", help="GGUF file")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--text", help="UTF-8 text file to score")
+    src.add_argument("--austen", choices=["eval", "calib"],
+                     help="use the Austen text fetched from the package registries (eval: held-out part)")
+    p.add_argument("--chunks", type=int, default=None, help="number of chunks (default: all the text holds)")
+    p.add_argument("--save-logits", metavar="FILE", help="save log-probs of this run as a KLD base")
+    p.add_argument("--kld-base", metavar="FILE", help="report KLD and top-1 agreement against a saved base")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    add_runtime_args(p, ctx_default=512)
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.text:
+        try:
+            text = Path(args.text).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as e:
+            raise InputError(f"{args.text}: cannot read as UTF-8 text ({e})") from None
+        name = args.text
+    else:
+        from .. import fixtures
+
+        text, name = fixtures.austen_text(args.austen), f"austen-{args.austen}"
+    with tqdm_progress(unit="chunk") as progress:
+        r = evaluate(args.model, text, text_name=name, n_ctx=args.ctx, n_chunks=args.chunks, type_k=args.ctk,
+                     type_v=args.ctv, n_threads=args.threads, save_logits=args.save_logits,
+                     kld_base=args.kld_base, progress=progress)
+    if args.json:
+        print(json.dumps(r.to_dict(), indent=2))
+        return 0
+    t = Table(title=f"{Path(r.model).name} on {r.text}: {r.n_chunks} chunks × {r.n_ctx} tokens")
+    for col in ("K", "V", "KV bytes/token", "PPL", "KLD", "top-1"):
+        t.add_column(col, justify="right")
+    t.add_row(r.type_k, r.type_v, str(r.kv_bytes_per_token), f"{r.ppl:.4f} ± {r.ppl_err:.4f}",
+              "-" if r.kld is None else f"{r.kld:.5f} ± {r.kld_err:.5f}",
+              "-" if r.top1 is None else f"{r.top1:.2%}")
+    Console().print(t)
+    return 0

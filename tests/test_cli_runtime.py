@@ -1,0 +1,104 @@
+"""run / eval / bench commands and the samplers, on a tiny model."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from kvconvert import convert
+from kvconvert.cli import main
+
+pytest.importorskip("kvconvert._kvc", reason="native runtime not built (pip install -e .)")
+from kvconvert.generate import SamplerParams, generate_tokens, sample  # noqa: E402
+from kvconvert.model import load_model  # noqa: E402
+from kvconvert.reference import forward  # noqa: E402
+from kvconvert.runtime import Model  # noqa: E402
+from tests.tiny import CORPUS  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def tiny_gguf(tiny_models, tmp_path_factory):
+    path = tmp_path_factory.mktemp("cli") / "tiny.gguf"
+    convert(tiny_models["qwen2-hd64"], path, weights="f32")
+    return path
+
+
+@pytest.fixture(scope="module")
+def text_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("text") / "text.txt"
+    path.write_text(" ".join(CORPUS * 6), encoding="utf-8")
+    return path
+
+
+def test_greedy_generation_follows_reference(tiny_gguf):
+    model = Model(tiny_gguf)
+    prompt = model.tokenize("It is a truth universally")
+    greedy = SamplerParams(temperature=0, repeat_penalty=1.0)
+    out = list(generate_tokens(model, prompt, 6, greedy, stop_at_eos=False))
+    assert len(out) == 6
+    m = load_model(tiny_gguf)
+    seq = list(prompt)
+    for tok in out:  # each greedy token is the reference's argmax given everything before it
+        assert tok == int(forward(m.args, m.weights, seq)[-1].argmax())
+        seq.append(tok)
+
+
+def test_samplers():
+    rng = np.random.default_rng(0)
+    logits = np.array([1.0, 3.0, 2.9, -1.0, 0.5])
+    assert sample(logits, SamplerParams(temperature=0, repeat_penalty=1.0), [], rng) == 1
+    assert sample(logits, SamplerParams(top_k=1), [], rng) == 1
+    # a strong repetition penalty on token 1 hands the greedy choice to token 2
+    assert sample(logits, SamplerParams(temperature=0, repeat_penalty=2.0), [1], rng) == 2
+    draws = [sample(logits, SamplerParams(temperature=1.0, top_k=0, top_p=1.0, repeat_penalty=1.0), [], rng)
+             for _ in range(4000)]
+    p = np.exp(logits - logits.max())
+    p /= p.sum()
+    freq = np.bincount(draws, minlength=5) / len(draws)
+    assert np.abs(freq - p).max() < 0.03  # sampling follows softmax(logits / T)
+    draws = {sample(logits, SamplerParams(temperature=1.0, top_k=0, top_p=0.5, repeat_penalty=1.0), [], rng)
+             for _ in range(200)}
+    assert draws <= {1, 2}  # top-p 0.5 keeps only the smallest set reaching half the mass
+
+
+def test_run_command(capsys, tiny_gguf):
+    assert main(["run", str(tiny_gguf), "-p", "It is a truth", "-n", "5", "--temp", "0", "--ctx", "64"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("It is a truth") and len(out) > len("It is a truth\n")
+
+
+def test_eval_kld_against_saved_base(capsys, tiny_gguf, text_file, tmp_path):
+    base = tmp_path / "base.logp"
+    common = [str(tiny_gguf), "--text", str(text_file), "--ctx", "32", "--chunks", "3", "--json"]
+    assert main(["eval", *common, "--save-logits", str(base)]) == 0
+    r0 = json.loads(capsys.readouterr().out)
+    assert r0["n_chunks"] == 3 and r0["n_scored"] == 3 * 15 and np.isfinite(r0["ppl"]) and r0["ppl"] > 1
+    assert main(["eval", *common, "--kld-base", str(base)]) == 0
+    r1 = json.loads(capsys.readouterr().out)
+    assert r1["kld"] < 1e-4 and r1["top1"] == 1.0 and abs(r1["ppl"] - r0["ppl"]) < 1e-3 * r0["ppl"]
+    assert main(["eval", *common, "--kld-base", str(base), "--ctk", "q4_0", "--ctv", "q4_0"]) == 0
+    r2 = json.loads(capsys.readouterr().out)
+    assert r2["kld"] > 10 * max(r1["kld"], 1e-6) and r2["kv_bytes_per_token"] < r0["kv_bytes_per_token"] / 3
+    # a base made with other settings is refused with the reason
+    assert main(["eval", *common[:-3], "--chunks", "2", "--kld-base", str(base)]) == 2
+    assert "n_chunks" in capsys.readouterr().err
+
+
+def test_bench_command(capsys, tiny_gguf):
+    assert main(["bench", str(tiny_gguf), "--depths", "0,16", "--prefill", "16", "--decode", "4", "--json"]) == 0
+    r = json.loads(capsys.readouterr().out)
+    assert r["prefill_tokens_per_s"] > 0 and [d["depth"] for d in r["decode"]] == [0, 16]
+    assert all(d["tokens_per_s"] > 0 for d in r["decode"]) and r["kv_bytes_per_token"] > 0 and r["peak_rss_mib"] > 0
+
+
+def test_eval_bad_text(capsys, tiny_gguf, tmp_path):
+    bad = tmp_path / "bad.txt"
+    bad.write_bytes(b"\xff\xfe\x00broken")
+    assert main(["eval", str(tiny_gguf), "--text", str(bad)]) == 2
+    assert "bad.txt" in capsys.readouterr().err
+    short = tmp_path / "short.txt"
+    short.write_text("too short")
+    assert main(["eval", str(tiny_gguf), "--text", str(short), "--ctx", "512"]) == 2
+    assert "fewer than one chunk" in capsys.readouterr().err

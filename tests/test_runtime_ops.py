@@ -1,0 +1,79 @@
+"""Vector ops of the forward pass (native/src/vec.c, cpu/vec_avx2.c): scalar
+twin against numpy, SIMD against the scalar twin."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+kvc = pytest.importorskip("kvconvert._kvc", reason="native runtime not built (pip install -e .)")
+ffi, lib = kvc.ffi, kvc.lib
+SCALAR, AVX2 = 1, 2
+SIZES = [1, 7, 8, 9, 64, 100, 4099]
+
+
+def fp(a: np.ndarray):
+    return ffi.cast("float *", ffi.from_buffer(a))
+
+
+def simd_impls() -> list[int]:
+    return [i for i in (AVX2, 3) if lib.kvc_cpu_impls() & (1 << i)]
+
+
+def run(op, impl, *arrays, **kw):
+    outs = [np.array(a, dtype=np.float32, copy=True) for a in arrays]
+    assert op(impl, *kw.get("pre", ()), *[fp(o) for o in outs], *kw.get("post", ())) == 0
+    return outs
+
+
+@pytest.mark.parametrize("n", SIZES)
+def test_softmax(n):
+    x = (np.random.default_rng(n).standard_normal(n) * 20).astype(np.float32)
+    x[0] = -1e30  # a masked-out score
+    (ref,) = run(lambda i, p: lib.kvc_op_softmax(i, n, p), SCALAR, x)
+    e = np.exp(x.astype(np.float64) - x.max())
+    np.testing.assert_allclose(ref, e / e.sum(), rtol=2e-6, atol=1e-12)  # polynomial exp: < 1e-7 relative
+    for impl in simd_impls():
+        (got,) = run(lambda i, p: lib.kvc_op_softmax(i, n, p), impl, x)
+        np.testing.assert_allclose(got, ref, rtol=1e-6, atol=1e-12)  # only the sum's order differs
+
+
+@pytest.mark.parametrize("n", SIZES)
+def test_rms_norm_and_silu(n):
+    rng = np.random.default_rng(n)
+    x, w = rng.standard_normal(n).astype(np.float32) * 3, rng.standard_normal(n).astype(np.float32)
+    out = np.empty(n, np.float32)
+    assert lib.kvc_op_rms_norm(SCALAR, n, fp(x), fp(w), 1e-6, fp(out)) == 0
+    x64 = x.astype(np.float64)
+    np.testing.assert_allclose(out, x64 / np.sqrt((x64**2).mean() + 1e-6) * w, rtol=1e-5, atol=1e-6)
+    g, u = rng.standard_normal(n).astype(np.float32) * 8, rng.standard_normal(n).astype(np.float32)
+    s = np.empty(n, np.float32)
+    assert lib.kvc_op_silu_mul(SCALAR, n, fp(g), fp(u), fp(s)) == 0
+    g64 = g.astype(np.float64)
+    np.testing.assert_allclose(s, g64 / (1 + np.exp(-g64)) * u, rtol=1e-5, atol=1e-7)
+    for impl in simd_impls():
+        o2, s2 = np.empty(n, np.float32), np.empty(n, np.float32)
+        assert lib.kvc_op_rms_norm(impl, n, fp(x), fp(w), 1e-6, fp(o2)) == 0
+        assert lib.kvc_op_silu_mul(impl, n, fp(g), fp(u), fp(s2)) == 0
+        np.testing.assert_allclose(o2, out, rtol=1e-6)  # the sum of squares' order differs
+        np.testing.assert_array_equal(s2, s)  # element-wise: same formula, same FMAs: bit-exact
+
+
+@pytest.mark.parametrize("n", SIZES)
+def test_axpy_bit_exact(n):
+    rng = np.random.default_rng(n)
+    x, y = rng.standard_normal(n).astype(np.float32), rng.standard_normal(n).astype(np.float32)
+    y_ref = y.copy()
+    assert lib.kvc_op_axpy(SCALAR, n, 0.37, fp(x), fp(y_ref)) == 0
+    np.testing.assert_allclose(y_ref, y + np.float32(0.37) * x, rtol=1e-6, atol=1e-7)
+    for impl in simd_impls():
+        y2 = y.copy()
+        assert lib.kvc_op_axpy(impl, n, 0.37, fp(x), fp(y2)) == 0
+        np.testing.assert_array_equal(y2, y_ref)
+
+
+def test_bad_arguments():
+    x = np.zeros(4, np.float32)
+    assert lib.kvc_op_softmax(SCALAR, 0, fp(x)) == 1
+    assert lib.kvc_op_softmax(99, 4, fp(x)) == 3
+    assert lib.kvc_op_axpy(SCALAR, 4, 1.0, ffi.NULL, fp(x)) == 1
