@@ -9,7 +9,7 @@ mapping and validates every size. A ``Model`` keeps the mapping alive; a
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +21,9 @@ from .model import ROPE_FREQS, ModelSource, load_model
 from .rope import inv_freq
 
 CACHE_TYPES = {"f32": 0, "f16": 1, "q8_0": 8, "q4_0": 2}
+KVC_CACHE_TQ = 64
+TQ_SEED = 0x6B7663  # default rotation seed ("kvc"); files carry their own
+SCALE_MODES = {"norm": 0, "ls": 1}
 
 # HF tensor-name suffix -> field of kvc_layer_desc
 _LAYER_FIELDS = {
@@ -38,20 +41,54 @@ _GLOBAL_FIELDS = {"model.embed_tokens.weight": "tok_embd", "model.norm.weight": 
 
 @dataclass(frozen=True)
 class ContextParams:
+    """Context settings. type_k/type_v: f32, f16, q8_0, q4_0, or a TurboQuant spec
+    ("tq4", "tq3", "tq:split=32,hi=8,lo=3,qjl=hi"; see turboquant.KConfig.parse),
+    applied to every layer unless tq_k_layers/tq_v_layers give one config per layer.
+    k_center: K mean-centering (None: on for TurboQuant K), over the k_center_pairs
+    RoPE pairs of largest mean energy per head (0: all), with k_mean (layers, kv
+    heads, head_dim) if calibrated, else the first batch's mean."""
+
     n_ctx: int = 4096
     n_batch: int = 512
     type_k: str = "f16"
     type_v: str = "f16"
     n_threads: int = 0  # 0: all cores
+    tq_k_layers: tuple | None = None
+    tq_v_layers: tuple | None = None
+    tq_seed: int = TQ_SEED
+    k_center: bool | None = None
+    k_center_pairs: int = 0
+    k_mean: np.ndarray | None = field(default=None, compare=False)
 
     def resolved_threads(self) -> int:
         return self.n_threads if self.n_threads > 0 else (os.cpu_count() or 1)
 
 
+def is_tq(name: str) -> bool:
+    return name.lower().startswith("tq")
+
+
 def cache_type(name: str) -> int:
+    if is_tq(name):
+        return KVC_CACHE_TQ
     if name not in CACHE_TYPES:
-        raise InputError(f"unknown cache type {name!r} (choose from {', '.join(CACHE_TYPES)})")
+        raise InputError(f"unknown cache type {name!r} (choose from {', '.join(CACHE_TYPES)}, or tq4, tq3, "
+                         "tq:split=32,hi=8,lo=3,qjl=hi)")
     return CACHE_TYPES[name]
+
+
+def tq_configs(spec: str, layers: tuple | None, n_layer: int, head_dim: int):
+    """One turboquant.KConfig per layer from a CLI spec or explicit per-layer configs."""
+    from .turboquant import KConfig
+
+    if layers is not None:
+        if len(layers) != n_layer:
+            raise InputError(f"{len(layers)} TurboQuant layer configs for a model of {n_layer} layers")
+        return list(layers)
+    try:
+        return [KConfig.parse(spec, head_dim)] * n_layer
+    except ValueError as e:
+        raise InputError(str(e)) from None
 
 
 class Model:
@@ -146,6 +183,24 @@ class Context:
         p.n_ctx, p.n_batch = params.n_ctx, params.n_batch
         p.type_k, p.type_v = cache_type(params.type_k), cache_type(params.type_v)
         p.n_threads = params.resolved_threads()
+        self._keep: list = [p]
+        a = model.args
+        if p.type_k == KVC_CACHE_TQ:
+            p.tq_k = self._tq_layers(tq_configs(params.type_k, params.tq_k_layers, a.num_hidden_layers, a.head_dim))
+        if p.type_v == KVC_CACHE_TQ:
+            p.tq_v = self._tq_layers(tq_configs(params.type_v, params.tq_v_layers, a.num_hidden_layers, a.head_dim))
+        p.tq_seed = params.tq_seed
+        p.tq_scale_mode = getattr(self, "_scale_mode", SCALE_MODES["ls"])
+        center = params.k_center if params.k_center is not None else p.type_k == KVC_CACHE_TQ
+        p.k_center, p.k_center_pairs = int(center), params.k_center_pairs
+        if center and params.k_mean is not None:
+            mean = np.ascontiguousarray(params.k_mean, dtype=np.float32)
+            if mean.shape != (a.num_hidden_layers, a.num_key_value_heads, a.head_dim):
+                raise InputError(f"K mean has shape {mean.shape}, the model needs "
+                                 f"{(a.num_hidden_layers, a.num_key_value_heads, a.head_dim)}")
+            buf = ffi().from_buffer("float[]", mean)
+            self._keep += [mean, buf]
+            p.k_mean = buf
         out = ffi().new("kvc_context **")
         err = ffi().new("char[512]")
         status = lib().kvc_context_create(model._ptr, p, out, err, 512)
@@ -153,6 +208,26 @@ class Context:
             raise NativeError(f"cannot create a context: {ffi().string(err).decode(errors='replace')}")
         self._ptr = ffi().gc(out[0], lib().kvc_context_free)
         self.n_vocab = model.args.vocab_size
+
+    def _tq_layers(self, configs):
+        f = ffi()
+        from .turboquant import codebook
+
+        arr = f.new("kvc_tq_layer[]", len(configs))
+        self._keep.append(arr)
+        modes = {c.scale for c in configs}
+        if not modes <= set(SCALE_MODES):
+            raise InputError(f"the runtime supports TurboQuant scales {', '.join(SCALE_MODES)}, not {modes}")
+        self._scale_mode = SCALE_MODES[configs[0].scale]
+        for i, c in enumerate(configs):
+            t = arr[i]
+            t.n_hi, t.hi_bits, t.lo_bits, t.qjl_hi, t.qjl_lo = c.n_hi, c.hi_bits, c.lo_bits, int(c.qjl_hi), int(c.qjl_lo)
+            for grp, name in zip(c.groups(), ("codebook_hi", "codebook_lo") if c.n_hi else ("codebook_lo",)):
+                cb = np.ascontiguousarray(codebook(grp.m, grp.bits), dtype=np.float32)
+                buf = f.from_buffer("float[]", cb)
+                self._keep += [cb, buf]
+                setattr(t, name, buf)
+        return arr
 
     @property
     def n_past(self) -> int:

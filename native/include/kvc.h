@@ -105,12 +105,39 @@ typedef struct kvc_context kvc_context;
 int kvc_model_create(const kvc_model_desc *desc, kvc_model **out, char *err, int err_len);
 void kvc_model_free(kvc_model *model);
 
+/* TurboQuant cache (DESIGN §4): per token and KV head, the head vector (after
+ * RoPE, K centering and the channel permutation) is split into group 0 =
+ * channels [0, n_hi) and group 1 = [n_hi, head_dim) (n_hi = 0: one group that
+ * uses lo_bits). Each group is sign-flipped and Walsh–Hadamard rotated, stored
+ * as an fp16 scale plus b-bit Lloyd–Max codes, optionally plus QJL residual
+ * signs and an fp16 residual norm (K only). kvconvert/turboquant.py is the numpy
+ * twin and the definition of every detail (signs, block WHT, rounding). */
+enum { KVC_CACHE_TQ = 64 };
+
+typedef struct {
+    int n_hi, hi_bits, lo_bits, qjl_hi, qjl_lo;
+    const float *codebook_hi; /* (1 << hi_bits) ascending centroids; NULL when n_hi == 0 */
+    const float *codebook_lo; /* (1 << lo_bits) */
+    const int *perm;          /* (head_dim) channel order applied after RoPE, or NULL */
+} kvc_tq_layer;
+
 typedef struct {
     int n_ctx;      /* tokens the KV cache holds */
     int n_batch;    /* max tokens per kvc_eval call */
-    int type_k;     /* KVC_TYPE_F32, F16, Q8_0 or Q4_0 */
+    int type_k;     /* KVC_TYPE_F32, F16, Q8_0, Q4_0 or KVC_CACHE_TQ */
     int type_v;
     int n_threads;
+    const kvc_tq_layer *tq_k; /* (n_layer) when type_k == KVC_CACHE_TQ */
+    const kvc_tq_layer *tq_v; /* (n_layer) when type_v == KVC_CACHE_TQ */
+    unsigned long long tq_seed;
+    int tq_scale_mode;        /* 0: scale = norm; 1: least-squares scale */
+    /* K mean-centering (any K type): subtract the pre-RoPE mean before caching and
+     * add q·R_n·mean back exactly in the scores, for the k_center_pairs pairs of
+     * largest mean energy per head (0: all pairs). k_mean NULL: the mean of the
+     * first evaluated batch is used, fixed from then on. */
+    int k_center;
+    int k_center_pairs;
+    const float *k_mean;      /* (n_layer, n_head_kv, head_dim) in the file's channel order, or NULL */
 } kvc_context_params;
 
 int kvc_context_create(kvc_model *model, const kvc_context_params *params, kvc_context **out,
@@ -124,6 +151,18 @@ int kvc_eval(kvc_context *ctx, const int *tokens, int n, float *logits, int all_
 int kvc_n_past(const kvc_context *ctx);
 /* Forget cached tokens from position n_past on (0 clears the cache). */
 int kvc_set_n_past(kvc_context *ctx, int n_past);
+/* TurboQuant twins, exposed for tests (twin of kvconvert/turboquant.py):
+ * encode n vectors x (n, m) into rows of kvc_tq_row_bytes(m, bits, qjl) bytes;
+ * score: out[j] = estimated <q, x_j> for the n encoded rows (q unrotated, (m));
+ * decode: rows back to (n, m) float vectors (no QJL term). layer/group pick the signs. */
+long long kvc_tq_row_bytes(int m, int bits, int qjl);
+int kvc_tq_encode(int impl, int m, int bits, int qjl, int scale_mode, const float *codebook,
+                  unsigned long long seed, int layer, int group, const float *x, int n, void *rows);
+int kvc_tq_decode(int impl, int m, int bits, int qjl, const float *codebook, unsigned long long seed,
+                  int layer, int group, const void *rows, int n, float *x);
+int kvc_tq_score(int impl, int m, int bits, int qjl, const float *codebook, unsigned long long seed,
+                 int layer, int group, const float *q, const void *rows, int n, float *out);
+
 /* Bytes of KV cache per token (all layers, K and V). */
 long long kvc_kv_bytes_per_token(const kvc_context *ctx);
 /* Message for the last failed call on ctx ("" if none). */

@@ -11,6 +11,7 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "kv_cache.h"
 #include "model.h"
 
 static size_t rbytes(int type, long long n) {
@@ -131,25 +132,6 @@ static void rope_apply(const kvc_model *m, int T, int n_heads, float *x, const f
 
 /* ---- attention ---- */
 
-static inline uint8_t *k_row(const kvc_context *c, int layer, int h, int pos) {
-    return c->kv[layer].k + ((size_t)h * c->n_ctx + pos) * c->k_row_bytes;
-}
-static inline uint8_t *v_row(const kvc_context *c, int layer, int h, int pos) {
-    return c->kv[layer].v + ((size_t)h * c->n_ctx + pos) * c->v_row_bytes;
-}
-
-static void kv_store(kvc_context *c, int layer, int T) {
-    const kvc_model *m = c->m;
-    const int D = m->head_dim;
-    for (int t = 0; t < T; t++)
-        for (int h = 0; h < m->n_head_kv; h++) {
-            const float *k = c->k + ((size_t)t * m->n_head_kv + h) * D;
-            const float *v = c->v + ((size_t)t * m->n_head_kv + h) * D;
-            kvc_quantize_row(c->type_k, KVC_IMPL_AUTO, k, k_row(c, layer, h, c->n_past + t), D);
-            kvc_quantize_row(c->type_v, KVC_IMPL_AUTO, v, v_row(c, layer, h, c->n_past + t), D);
-        }
-}
-
 typedef struct {
     kvc_context *c;
     int layer, T;
@@ -167,28 +149,12 @@ static void attn_run(void *arg, int ith, int nth) {
         const int t = i / Hk, h = i % Hk, n_keys = c->n_past + t + 1;
         const float *q = c->q + t * QD + (size_t)h * n_rep * D; /* (n_rep, D) */
         float *out = c->att + t * QD + (size_t)h * n_rep * D;   /* (n_rep, D) */
-        const uint8_t *qa = (const uint8_t *)q;
-        if (c->k_vec_dot_type != KVC_TYPE_F32) {
-            size_t qrb = rbytes(c->k_vec_dot_type, D);
-            for (int r = 0; r < n_rep; r++)
-                kvc_quantize_row(c->k_vec_dot_type, KVC_IMPL_AUTO, q + (size_t)r * D, s->qq + r * qrb, D);
-            qa = s->qq;
-        }
-        /* scores (n_rep, n_keys) = q · Kᵀ over this head's cached keys */
-        kvc_gemm(c->type_k, KVC_IMPL_AUTO, n_keys, n_rep, D, k_row(c, at->layer, h, 0), qa, s->scores, n_keys);
+        kv_scores(c, s, at->layer, h, q, n_rep, n_keys, s->scores);
         for (int r = 0; r < n_rep; r++) {
             c->ops->scale(n_keys, scale, s->scores + (size_t)r * n_keys);
             c->ops->softmax(n_keys, s->scores + (size_t)r * n_keys);
         }
-        memset(out, 0, sizeof(float) * (size_t)n_rep * D);
-        for (int j = 0; j < n_keys; j++) {
-            const float *vr = (const float *)v_row(c, at->layer, h, j);
-            if (c->type_v != KVC_TYPE_F32) {
-                kvc_dequantize_row(c->type_v, KVC_IMPL_AUTO, v_row(c, at->layer, h, j), s->vrow, D);
-                vr = s->vrow;
-            }
-            for (int r = 0; r < n_rep; r++) c->ops->axpy(D, s->scores[(size_t)r * n_keys + j], vr, out + (size_t)r * D);
-        }
+        kv_values(c, s, at->layer, h, s->scores, n_rep, n_keys, out);
     }
 }
 
@@ -202,6 +168,7 @@ static void forward_batch(kvc_context *c, const int *tokens, int T, float *logit
         kvc_dequantize_row(m->tok_embd.type, KVC_IMPL_AUTO, m->tok_embd.data + (size_t)tokens[t] * m->tok_embd.row_bytes,
                            c->x + t * E, E);
     rope_table(m, c->n_past, T, c->rope_cs);
+    if (c->k_center) memcpy(c->rope_all + (size_t)c->n_past * m->head_dim, c->rope_cs, sizeof(float) * T * m->head_dim);
     for (int l = 0; l < m->n_layer; l++) {
         const layer_w *w = &m->layers[l];
         for (int t = 0; t < T; t++) ops->rms_norm(E, c->x + t * E, w->attn_norm, m->rms_eps, c->xn + t * E);
@@ -209,6 +176,7 @@ static void forward_batch(kvc_context *c, const int *tokens, int T, float *logit
         const float *qkv_b[3] = {w->bq, w->bk, w->bv};
         float *qkv_o[3] = {c->q, c->k, c->v};
         matmul(c, T, c->xn, E, 3, qkv, qkv_b, qkv_o);
+        kv_center(c, l, T);
         rope_apply(m, T, m->n_head, c->q, c->rope_cs);
         rope_apply(m, T, m->n_head_kv, c->k, c->rope_cs);
         kv_store(c, l, T);
@@ -226,6 +194,7 @@ static void forward_batch(kvc_context *c, const int *tokens, int T, float *logit
         ops->axpy((int)(T * E), 1.0f, c->xn, c->x);
     }
     c->n_past += T;
+    c->k_mean_ready = c->k_mean_ready || c->k_center;
     if (!logits) return;
     const int first = all_logits ? 0 : T - 1, n_out = T - first;
     for (int t = first; t < T; t++) ops->rms_norm(E, c->x + t * E, m->output_norm, m->rms_eps, c->xn + (t - first) * E);

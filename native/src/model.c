@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "kv_cache.h"
 #include "model.h"
 
 static int fail(char *err, int err_len, int status, const char *fmt, ...) {
@@ -157,22 +158,12 @@ int kvc_model_create(const kvc_model_desc *d, kvc_model **out, char *err, int er
 
 /* ---- contexts ---- */
 
-static int cache_type_ok(int t) {
-    return t == KVC_TYPE_F32 || t == KVC_TYPE_F16 || t == KVC_TYPE_Q8_0 || t == KVC_TYPE_Q4_0;
-}
-
 static void *zalloc(size_t n) { return calloc(1, n ? n : 1); }
 
 void kvc_context_free(kvc_context *c) {
     if (!c) return;
     kvc_pool_free(c->pool);
-    if (c->kv) { /* never touch c->m here: the model may already be freed */
-        for (int i = 0; i < c->n_layer; i++) {
-            free(c->kv[i].k);
-            free(c->kv[i].v);
-        }
-    }
-    free(c->kv);
+    kv_free(c); /* never touches c->m: the model may already be freed */
     if (c->scratch) {
         for (int i = 0; i < c->n_threads; i++) {
             free(c->scratch[i].scores);
@@ -193,15 +184,7 @@ int kvc_context_create(kvc_model *m, const kvc_context_params *p, kvc_context **
     if (!m || !p) return fail(err, err_len, KVC_ERR_INVALID, "model and params are required");
     if (p->n_ctx <= 0 || p->n_ctx > (1 << 22) || p->n_batch <= 0 || p->n_threads <= 0 || p->n_threads > 512)
         return fail(err, err_len, KVC_ERR_INVALID, "n_ctx, n_batch or n_threads out of range");
-    if (!cache_type_ok(p->type_k) || !cache_type_ok(p->type_v))
-        return fail(err, err_len, KVC_ERR_UNSUPPORTED, "cache types must be f32, f16, q8_0 or q4_0");
     const int D = m->head_dim;
-    size_t krb = row_bytes(p->type_k, D), vrb = row_bytes(p->type_v, D);
-    if (!krb || !vrb)
-        return fail(err, err_len, KVC_ERR_UNSUPPORTED, "head_dim %d is not a multiple of the cache type's block", D);
-    int bs, ts, k_vdt;
-    kvc_type_info(p->type_k, &bs, &ts, &k_vdt);
-
     kvc_context *c = zalloc(sizeof *c);
     if (!c) return fail(err, err_len, KVC_ERR_NOMEM, "out of memory");
     c->m = m;
@@ -210,20 +193,10 @@ int kvc_context_create(kvc_model *m, const kvc_context_params *p, kvc_context **
     c->n_ctx = p->n_ctx;
     c->n_batch = p->n_batch < p->n_ctx ? p->n_batch : p->n_ctx;
     c->n_threads = p->n_threads;
-    c->type_k = p->type_k, c->type_v = p->type_v, c->k_vec_dot_type = k_vdt;
-    c->k_row_bytes = krb, c->v_row_bytes = vrb;
+    c->type_k = p->type_k, c->type_v = p->type_v;
 
     const size_t T = (size_t)c->n_batch, E = (size_t)m->n_embd, F = (size_t)m->n_ff;
     const size_t QD = (size_t)m->n_head * D, KD = (size_t)m->n_head_kv * D;
-    const size_t rows = (size_t)m->n_head_kv * (size_t)c->n_ctx;
-    int ok = 1;
-    c->kv = zalloc((size_t)m->n_layer * sizeof(kv_layer));
-    ok = ok && c->kv;
-    for (int l = 0; ok && l < m->n_layer; l++) {
-        c->kv[l].k = malloc(rows * krb);
-        c->kv[l].v = malloc(rows * vrb);
-        ok = c->kv[l].k && c->kv[l].v;
-    }
     c->x = malloc(T * E * 4), c->xn = malloc(T * E * 4);
     c->q = malloc(T * QD * 4), c->k = malloc(T * KD * 4), c->v = malloc(T * KD * 4), c->att = malloc(T * QD * 4);
     c->gate = malloc(T * F * 4), c->up = malloc(T * F * 4);
@@ -233,21 +206,25 @@ int kvc_context_create(kvc_model *m, const kvc_context_params *p, kvc_context **
     widest = widest > QD ? widest : QD;
     c->aq_bytes = T * widest * 4;
     for (int i = 0; i < 3; i++) c->aq[i] = malloc(c->aq_bytes);
-    ok = ok && c->x && c->xn && c->q && c->k && c->v && c->att && c->gate && c->up && c->rope_cs;
+    int ok = c->x && c->xn && c->q && c->k && c->v && c->att && c->gate && c->up && c->rope_cs;
     ok = ok && c->aq[0] && c->aq[1] && c->aq[2];
     c->scratch = zalloc((size_t)c->n_threads * sizeof(attn_scratch));
     ok = ok && c->scratch;
     const int n_rep = m->n_head / m->n_head_kv;
-    size_t qrb = row_bytes(k_vdt, D);
     for (int i = 0; ok && i < c->n_threads; i++) {
         c->scratch[i].scores = malloc((size_t)n_rep * (size_t)c->n_ctx * 4);
-        c->scratch[i].qq = malloc((size_t)n_rep * (qrb > (size_t)D * 4 ? qrb : (size_t)D * 4));
+        c->scratch[i].qq = malloc((size_t)n_rep * (size_t)D * 4);
         c->scratch[i].vrow = malloc((size_t)D * 4);
         ok = c->scratch[i].scores && c->scratch[i].qq && c->scratch[i].vrow;
     }
     if (!ok) {
         kvc_context_free(c);
         return fail(err, err_len, KVC_ERR_NOMEM, "out of memory for a context of %d tokens", p->n_ctx);
+    }
+    int st = kv_init(c, p, err, err_len);
+    if (st != KVC_OK) {
+        kvc_context_free(c);
+        return st;
     }
     if (kvc_pool_create(c->n_threads, &c->pool) != 0) {
         kvc_context_free(c);
@@ -267,7 +244,9 @@ int kvc_set_n_past(kvc_context *c, int n_past) {
 
 long long kvc_kv_bytes_per_token(const kvc_context *c) {
     if (!c) return 0;
-    return (long long)c->m->n_layer * c->m->n_head_kv * (long long)(c->k_row_bytes + c->v_row_bytes);
+    long long total = 0;
+    for (int l = 0; l < c->n_layer; l++) total += (long long)c->m->n_head_kv * (long long)(c->k_rb[l] + c->v_rb[l]);
+    return total;
 }
 
 const char *kvc_context_error(const kvc_context *c) { return c ? c->err : ""; }

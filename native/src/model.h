@@ -10,6 +10,7 @@
 
 #include "kvc.h"
 #include "threadpool.h"
+#include "tq.h"
 #include "vec.h"
 
 typedef struct {
@@ -45,8 +46,12 @@ typedef struct {
 /* Per-thread attention scratch. */
 typedef struct {
     float *scores; /* (n_rep, C) */
+    float *scores2; /* (n_rep, C) centering corrections */
     uint8_t *qq;   /* (n_rep) query rows quantized for K's vec_dot type */
     float *vrow;   /* (D) one dequantized V row */
+    float *qp;     /* (n_rep, D) permuted queries / rotated-domain V accumulators */
+    float *corr;   /* (n_rep, D/2, 2) per-pair centering coefficients A, B */
+    tq_query *tq;  /* (n_rep) prepared TurboQuant queries */
 } attn_scratch;
 
 struct kvc_context {
@@ -55,8 +60,16 @@ struct kvc_context {
     const kvc_vec_ops *ops;
     int n_ctx, n_batch, n_past, n_threads, n_layer;
     int type_k, type_v, k_vec_dot_type;
-    size_t k_row_bytes, v_row_bytes;
+    size_t *k_rb, *v_rb; /* (n_layer) bytes of one cached head row, per layer */
     kv_layer *kv;        /* (n_layer) */
+    tq_layout *tq_k, *tq_v; /* (n_layer) when the cache type is KVC_CACHE_TQ */
+    int tq_scale_mode;
+    float *enc_tmp;      /* (2*D) encode scratch (caches are written by thread 0 only) */
+    /* K mean-centering */
+    int k_center, k_center_pairs, k_mean_ready;
+    float *k_mean;       /* (n_layer, Hk, D) pre-RoPE, zero outside centered pairs */
+    int *k_pairs;        /* (n_layer, Hk, D/2) centered pair indices, -1 after the last */
+    float *rope_all;     /* (C, D/2, 2) cos, sin of every cached position */
     float *x, *xn;       /* (T, E) residual stream, normed input */
     float *q, *k, *v;    /* (T, H*D), (T, Hk*D), (T, Hk*D) */
     float *att;          /* (T, H*D) attention output */

@@ -1,0 +1,177 @@
+/* tq_avx2.c — AVX2+FMA kernels for TurboQuant rows (twins of tq_score_ref and
+ * tq_accum_ref in tq.c) and their run-time dispatch. Codes are turned into
+ * centroid values 8 at a time: ≤ 3-bit codebooks live in one register
+ * (permutevar8x32), 4-bit ones in two (permute + blend on bit 3), wider ones
+ * are gathered. Results equal the scalar twins up to float summation order. */
+#include <string.h>
+
+#include "../quants.h"
+#include "../tq.h"
+#include "kvc.h"
+
+#if defined(__x86_64__)
+#include <immintrin.h>
+
+#define AVX2 __attribute__((target("avx2,fma")))
+
+/* 8 consecutive codes starting at code index i (i % 8 == 0) as int32 lanes. */
+AVX2 static inline __m256i codes8(const uint8_t *codes, int i, int b) {
+    if (b == 4) {
+        uint32_t u;
+        memcpy(&u, codes + i / 2, 4);
+        const __m256i sh = _mm256_setr_epi32(0, 4, 8, 12, 16, 20, 24, 28);
+        return _mm256_and_si256(_mm256_srlv_epi32(_mm256_set1_epi32((int)u), sh), _mm256_set1_epi32(15));
+    }
+    if (b == 8) return _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(codes + i)));
+    int v[8];
+    if (b < 8) { /* 8 codes span exactly b bytes starting at byte i*b/8 (i % 8 == 0) */
+        uint64_t bits = 0;
+        memcpy(&bits, codes + (size_t)i * b / 8, (size_t)b);
+        for (int k = 0; k < 8; k++) v[k] = (int)((bits >> (k * b)) & ((1u << b) - 1));
+    } else {
+        for (int k = 0; k < 8; k++) v[k] = (int)tq_get_code(codes, i + k, b);
+    }
+    return _mm256_loadu_si256((const __m256i *)v);
+}
+
+typedef struct {
+    __m256 lo, hi; /* centroids 0..7 and 8..15 */
+} cb_regs;
+
+AVX2 static inline __m256 lookup(const tq_group *g, cb_regs r, __m256i idx) {
+    if (g->bits <= 3) return _mm256_permutevar8x32_ps(r.lo, idx);
+    if (g->bits == 4) {
+        __m256 a = _mm256_permutevar8x32_ps(r.lo, idx), b = _mm256_permutevar8x32_ps(r.hi, idx);
+        return _mm256_blendv_ps(a, b, _mm256_castsi256_ps(_mm256_slli_epi32(idx, 28)));
+    }
+    return _mm256_i32gather_ps(g->cb, idx, 4);
+}
+
+AVX2 static inline cb_regs load_cb(const tq_group *g) {
+    cb_regs r = {_mm256_setzero_ps(), _mm256_setzero_ps()};
+    if (g->bits <= 4) {
+        float tmp[16] = {0};
+        memcpy(tmp, g->cb, sizeof(float) * (size_t)(1 << g->bits));
+        r.lo = _mm256_loadu_ps(tmp);
+        r.hi = _mm256_loadu_ps(tmp + 8);
+    }
+    return r;
+}
+
+AVX2 static inline float hsum(__m256 v) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+
+/* ±1 lanes from 8 sign bits: bit set -> -0.0 xor mask */
+AVX2 static inline __m256 sign_mask(uint8_t byte) {
+    const __m256i bit = _mm256_setr_epi32(1, 2, 4, 8, 16, 32, 64, 128);
+    __m256i set = _mm256_cmpeq_epi32(_mm256_and_si256(_mm256_set1_epi32(byte), bit), bit);
+    return _mm256_and_ps(_mm256_castsi256_ps(set), _mm256_set1_ps(-0.0f));
+}
+
+static int simd_ok(const tq_layout *L) {
+    for (int k = 0; k < L->n_groups; k++)
+        if (L->g[k].m % 8) return 0;
+    return 1;
+}
+
+/* centroid values (scaled per group) of one row into vals (d): decoded once, used by every query */
+AVX2 static inline void decode_row8(const tq_layout *L, const cb_regs *regs, const uint8_t *row, float *vals) {
+    int start = 0;
+    for (int k = 0; k < L->n_groups; k++) {
+        const tq_group *g = &L->g[k];
+        const __m256 s = _mm256_set1_ps(kvc_fp16_to_fp32(kvc_ld_half(row + g->off)));
+        const uint8_t *codes = row + g->codes_off;
+        for (int i = 0; i < g->m; i += 8)
+            _mm256_storeu_ps(vals + start + i, _mm256_mul_ps(s, lookup(g, regs[k], codes8(codes, i, g->bits))));
+        start += g->m;
+    }
+}
+
+AVX2 static void tq_score_avx2(const tq_layout *L, const tq_query *q, int nq, const uint8_t *rows, int n, float *out) {
+    if (!simd_ok(L)) {
+        tq_score_ref(L, q, nq, rows, n, out);
+        return;
+    }
+    cb_regs regs[TQ_MAX_GROUPS];
+    for (int k = 0; k < L->n_groups; k++) regs[k] = load_cb(&L->g[k]);
+    int any_qjl = 0;
+    for (int k = 0; k < L->n_groups; k++) any_qjl |= L->g[k].qjl;
+    float vals[TQ_MAX_DIM] __attribute__((aligned(32)));
+    for (int j = 0; j < n; j++) {
+        const uint8_t *row = rows + (size_t)j * L->row_bytes;
+        decode_row8(L, regs, row, vals);
+        for (int r = 0; r < nq; r++) {
+            __m256 acc = _mm256_setzero_ps();
+            for (int i = 0; i < L->d; i += 8) acc = _mm256_fmadd_ps(_mm256_load_ps(vals + i), _mm256_loadu_ps(q[r].qr + i), acc);
+            float total = hsum(acc);
+            if (any_qjl) {
+                int start = 0;
+                for (int k = 0; k < L->n_groups; k++) {
+                    const tq_group *g = &L->g[k];
+                    if (g->qjl) {
+                        const uint8_t *bits = row + g->qjl_off;
+                        __m256 sj = _mm256_setzero_ps();
+                        for (int i = 0; i < g->m; i += 8)
+                            sj = _mm256_add_ps(sj, _mm256_xor_ps(_mm256_loadu_ps(q[r].w + start + i), sign_mask(bits[i / 8])));
+                        total += kvc_fp16_to_fp32(kvc_ld_half(row + g->off + 2)) * g->qjl_c * hsum(sj);
+                    }
+                    start += g->m;
+                }
+            }
+            out[(size_t)r * n + j] = total;
+        }
+    }
+}
+
+AVX2 static void tq_accum_avx2(const tq_layout *L, const float *p, int nq, const uint8_t *rows, int n, float *acc) {
+    if (!simd_ok(L)) {
+        tq_accum_ref(L, p, nq, rows, n, acc);
+        return;
+    }
+    cb_regs regs[TQ_MAX_GROUPS];
+    for (int k = 0; k < L->n_groups; k++) regs[k] = load_cb(&L->g[k]);
+    float vals[TQ_MAX_DIM] __attribute__((aligned(32)));
+    for (int j = 0; j < n; j++) {
+        decode_row8(L, regs, rows + (size_t)j * L->row_bytes, vals);
+        for (int r = 0; r < nq; r++) {
+            const __m256 a = _mm256_set1_ps(p[(size_t)r * n + j]);
+            float *dst = acc + (size_t)r * L->d;
+            for (int i = 0; i < L->d; i += 8)
+                _mm256_storeu_ps(dst + i, _mm256_fmadd_ps(a, _mm256_load_ps(vals + i), _mm256_loadu_ps(dst + i)));
+        }
+    }
+}
+
+static int have_avx2(void) {
+    static int cached = -1;
+    if (cached < 0) {
+        __builtin_cpu_init();
+        cached = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+    }
+    return cached;
+}
+
+tq_score_fn tq_score_for(int impl) {
+    if (impl == KVC_IMPL_SCALAR) return tq_score_ref;
+    if (impl == KVC_IMPL_AUTO) return have_avx2() ? tq_score_avx2 : tq_score_ref;
+    if (impl == KVC_IMPL_AVX2 || impl == KVC_IMPL_AVX512) return have_avx2() ? tq_score_avx2 : NULL;
+    return NULL;
+}
+
+tq_accum_fn tq_accum_for(int impl) {
+    if (impl == KVC_IMPL_SCALAR) return tq_accum_ref;
+    if (impl == KVC_IMPL_AUTO) return have_avx2() ? tq_accum_avx2 : tq_accum_ref;
+    if (impl == KVC_IMPL_AVX2 || impl == KVC_IMPL_AVX512) return have_avx2() ? tq_accum_avx2 : NULL;
+    return NULL;
+}
+
+#else /* not x86-64: scalar only */
+
+tq_score_fn tq_score_for(int impl) { return impl == KVC_IMPL_SCALAR || impl == KVC_IMPL_AUTO ? tq_score_ref : NULL; }
+tq_accum_fn tq_accum_for(int impl) { return impl == KVC_IMPL_SCALAR || impl == KVC_IMPL_AUTO ? tq_accum_ref : NULL; }
+
+#endif

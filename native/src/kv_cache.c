@@ -1,0 +1,282 @@
+/* kv_cache.c — see kv_cache.h. K centering (DESIGN §2): the cache holds
+ * R_n(k − μ) and scores add back q·R_n·μ exactly, per centered pair j:
+ *   q·R_n μ_j = cos(nθ_j)·(q_a μ_a + q_b μ_b) + sin(nθ_j)·(q_b μ_a − q_a μ_b)
+ * where (a, b) are the pair's channels in the file's RoPE pairing. Only the
+ * pairs holding most of μ's energy are centered, so the correction costs a few
+ * multiply-adds per key. */
+#include "kv_cache.h"
+
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static int fail(char *err, int err_len, int status, const char *fmt, ...) {
+    if (err && err_len > 0) {
+        va_list ap;
+        va_start(ap, fmt);
+        vsnprintf(err, (size_t)err_len, fmt, ap);
+        va_end(ap);
+    }
+    return status;
+}
+
+static size_t std_row_bytes(int type, int d) {
+    int bs, ts, vdt;
+    if (kvc_type_info(type, &bs, &ts, &vdt) != KVC_OK || d % bs) return 0;
+    return (size_t)(d / bs) * (size_t)ts;
+}
+
+static int std_type_ok(int t) {
+    return t == KVC_TYPE_F32 || t == KVC_TYPE_F16 || t == KVC_TYPE_Q8_0 || t == KVC_TYPE_Q4_0;
+}
+
+static inline void pair_channels(const kvc_model *m, int j, int *a, int *b) {
+    if (m->rope_pairing == KVC_ROPE_NEOX) *a = j, *b = j + m->head_dim / 2;
+    else *a = 2 * j, *b = 2 * j + 1;
+}
+
+/* Keep the max_pairs pairs of largest energy in mean (D) (0: all); zero the rest. */
+static void select_pairs(const kvc_model *m, int max_pairs, float *mean, int *pairs) {
+    const int P = m->head_dim / 2;
+    int n = max_pairs > 0 && max_pairs < P ? max_pairs : P;
+    float energy[TQ_MAX_DIM / 2];
+    int order[TQ_MAX_DIM / 2];
+    for (int j = 0; j < P; j++) {
+        int a, b;
+        pair_channels(m, j, &a, &b);
+        energy[j] = mean[a] * mean[a] + mean[b] * mean[b];
+        order[j] = j;
+    }
+    for (int i = 1; i < P; i++) /* insertion sort, descending energy (P ≤ 512) */
+        for (int k = i; k > 0 && energy[order[k]] > energy[order[k - 1]]; k--) {
+            int t = order[k];
+            order[k] = order[k - 1], order[k - 1] = t;
+        }
+    for (int i = 0; i < P; i++) pairs[i] = i < n ? order[i] : -1;
+    for (int i = n; i < P; i++) {
+        int a, b;
+        pair_channels(m, order[i], &a, &b);
+        mean[a] = mean[b] = 0.0f;
+    }
+}
+
+static int tq_layer_ok(const kvc_tq_layer *t) { return t != NULL; }
+
+int kv_init(kvc_context *c, const kvc_context_params *p, char *err, int err_len) {
+    const kvc_model *m = c->m;
+    const int L = m->n_layer, Hk = m->n_head_kv, D = m->head_dim, n_rep = m->n_head / m->n_head_kv;
+    const int k_tq = p->type_k == KVC_CACHE_TQ, v_tq = p->type_v == KVC_CACHE_TQ;
+    if ((!k_tq && !std_type_ok(p->type_k)) || (!v_tq && !std_type_ok(p->type_v)))
+        return fail(err, err_len, KVC_ERR_UNSUPPORTED, "cache types must be f32, f16, q8_0, q4_0 or TurboQuant");
+    if ((k_tq && !tq_layer_ok(p->tq_k)) || (v_tq && !tq_layer_ok(p->tq_v)))
+        return fail(err, err_len, KVC_ERR_INVALID, "TurboQuant caches need one config per layer");
+    if (p->tq_scale_mode != 0 && p->tq_scale_mode != 1)
+        return fail(err, err_len, KVC_ERR_INVALID, "tq_scale_mode must be 0 or 1");
+    if (D > TQ_MAX_DIM) return fail(err, err_len, KVC_ERR_UNSUPPORTED, "head_dim %d is too large", D);
+    c->tq_scale_mode = p->tq_scale_mode;
+    c->k_rb = calloc((size_t)L, sizeof(size_t));
+    c->v_rb = calloc((size_t)L, sizeof(size_t));
+    c->kv = calloc((size_t)L, sizeof(kv_layer));
+    c->enc_tmp = malloc(sizeof(float) * 2 * (size_t)D);
+    if (k_tq) c->tq_k = calloc((size_t)L, sizeof(tq_layout));
+    if (v_tq) c->tq_v = calloc((size_t)L, sizeof(tq_layout));
+    if (!c->k_rb || !c->v_rb || !c->kv || !c->enc_tmp || (k_tq && !c->tq_k) || (v_tq && !c->tq_v))
+        return fail(err, err_len, KVC_ERR_NOMEM, "out of memory");
+    for (int l = 0; l < L; l++) {
+        for (int kind = 0; kind < 2; kind++) {
+            const int tq = kind ? v_tq : k_tq;
+            size_t rb;
+            if (tq) {
+                const kvc_tq_layer *t = kind ? &p->tq_v[l] : &p->tq_k[l];
+                if (kind && (t->qjl_hi || t->qjl_lo || t->perm))
+                    return fail(err, err_len, KVC_ERR_INVALID, "layer %d: V caches take no QJL and no permutation", l);
+                tq_layout *lay = kind ? &c->tq_v[l] : &c->tq_k[l];
+                int st = tq_layout_init(lay, D, t->n_hi, t->hi_bits, t->lo_bits, t->qjl_hi, t->qjl_lo, t->codebook_hi,
+                                        t->codebook_lo, t->perm, p->tq_seed, l);
+                if (st != KVC_OK)
+                    return fail(err, err_len, st, "layer %d: invalid TurboQuant %s config (n_hi %d, bits %d/%d)", l,
+                                kind ? "V" : "K", t->n_hi, t->hi_bits, t->lo_bits);
+                rb = (size_t)lay->row_bytes;
+            } else {
+                rb = std_row_bytes(kind ? p->type_v : p->type_k, D);
+                if (!rb) return fail(err, err_len, KVC_ERR_UNSUPPORTED, "head_dim %d does not fit the cache type", D);
+            }
+            size_t bytes = (size_t)Hk * (size_t)c->n_ctx * rb + 8; /* slack: code reads may run 2 bytes past */
+            if (kind) c->v_rb[l] = rb, c->kv[l].v = malloc(bytes);
+            else c->k_rb[l] = rb, c->kv[l].k = malloc(bytes);
+            if (!(kind ? c->kv[l].v : c->kv[l].k))
+                return fail(err, err_len, KVC_ERR_NOMEM, "out of memory for a context of %d tokens", c->n_ctx);
+        }
+    }
+    if (!k_tq) {
+        int bs, ts;
+        kvc_type_info(p->type_k, &bs, &ts, &c->k_vec_dot_type);
+    }
+    c->k_center = p->k_center != 0;
+    c->k_center_pairs = p->k_center_pairs;
+    if (c->k_center) {
+        c->k_mean = calloc((size_t)L * Hk * D, sizeof(float));
+        c->k_pairs = malloc(sizeof(int) * (size_t)L * Hk * (D / 2));
+        c->rope_all = malloc(sizeof(float) * (size_t)c->n_ctx * D);
+        if (!c->k_mean || !c->k_pairs || !c->rope_all) return fail(err, err_len, KVC_ERR_NOMEM, "out of memory");
+        if (p->k_mean) {
+            memcpy(c->k_mean, p->k_mean, sizeof(float) * (size_t)L * Hk * D);
+            for (int i = 0; i < L * Hk; i++)
+                select_pairs(m, c->k_center_pairs, c->k_mean + (size_t)i * D, c->k_pairs + (size_t)i * (D / 2));
+            c->k_mean_ready = 1;
+        }
+    }
+    for (int i = 0; i < c->n_threads; i++) {
+        attn_scratch *s = &c->scratch[i];
+        s->qp = malloc(sizeof(float) * (size_t)n_rep * D);
+        s->scores2 = c->k_center ? malloc(sizeof(float) * (size_t)n_rep * c->n_ctx) : NULL;
+        if (c->k_center && !s->scores2) return fail(err, err_len, KVC_ERR_NOMEM, "out of memory");
+        s->corr = malloc(sizeof(float) * (size_t)n_rep * D);
+        s->tq = k_tq ? malloc(sizeof(tq_query) * (size_t)n_rep) : NULL;
+        if (!s->qp || !s->corr || (k_tq && !s->tq)) return fail(err, err_len, KVC_ERR_NOMEM, "out of memory");
+    }
+    return KVC_OK;
+}
+
+void kv_free(kvc_context *c) {
+    if (c->kv)
+        for (int i = 0; i < c->n_layer; i++) free(c->kv[i].k), free(c->kv[i].v);
+    for (int i = 0; c->tq_k && i < c->n_layer; i++) tq_layout_free(&c->tq_k[i]);
+    for (int i = 0; c->tq_v && i < c->n_layer; i++) tq_layout_free(&c->tq_v[i]);
+    if (c->scratch)
+        for (int i = 0; i < c->n_threads; i++) free(c->scratch[i].qp), free(c->scratch[i].corr), free(c->scratch[i].tq), free(c->scratch[i].scores2);
+    free(c->kv), free(c->tq_k), free(c->tq_v), free(c->k_rb), free(c->v_rb), free(c->enc_tmp);
+    free(c->k_mean), free(c->k_pairs), free(c->rope_all);
+}
+
+static inline uint8_t *k_row(const kvc_context *c, int l, int h, int pos) {
+    return c->kv[l].k + ((size_t)h * c->n_ctx + pos) * c->k_rb[l];
+}
+static inline uint8_t *v_row(const kvc_context *c, int l, int h, int pos) {
+    return c->kv[l].v + ((size_t)h * c->n_ctx + pos) * c->v_rb[l];
+}
+
+void kv_center(kvc_context *c, int layer, int T) {
+    if (!c->k_center) return;
+    const kvc_model *m = c->m;
+    const int Hk = m->n_head_kv, D = m->head_dim;
+    float *mean = c->k_mean + (size_t)layer * Hk * D;
+    if (!c->k_mean_ready) { /* first batch: its mean, fixed from then on */
+        for (int h = 0; h < Hk; h++) {
+            float *mu = mean + (size_t)h * D;
+            for (int i = 0; i < D; i++) {
+                double s = 0;
+                for (int t = 0; t < T; t++) s += c->k[((size_t)t * Hk + h) * D + i];
+                mu[i] = (float)(s / T);
+            }
+            select_pairs(m, c->k_center_pairs, mu, c->k_pairs + ((size_t)layer * Hk + h) * (D / 2));
+        }
+    }
+    for (int t = 0; t < T; t++)
+        for (int h = 0; h < Hk; h++) {
+            float *k = c->k + ((size_t)t * Hk + h) * D;
+            const float *mu = mean + (size_t)h * D;
+            for (int i = 0; i < D; i++) k[i] -= mu[i];
+        }
+}
+
+void kv_store(kvc_context *c, int layer, int T) {
+    const kvc_model *m = c->m;
+    const int Hk = m->n_head_kv, D = m->head_dim;
+    float *tmp = c->enc_tmp, *scratch = c->enc_tmp + D;
+    for (int t = 0; t < T; t++)
+        for (int h = 0; h < Hk; h++) {
+            const int pos = c->n_past + t;
+            const float *k = c->k + ((size_t)t * Hk + h) * D;
+            const float *v = c->v + ((size_t)t * Hk + h) * D;
+            if (c->tq_k) {
+                const tq_layout *L = &c->tq_k[layer];
+                if (L->perm) {
+                    for (int i = 0; i < D; i++) tmp[i] = k[L->perm[i]];
+                    k = tmp;
+                }
+                tq_encode(L, c->tq_scale_mode, k, k_row(c, layer, h, pos), scratch);
+            } else {
+                kvc_quantize_row(c->type_k, KVC_IMPL_AUTO, k, k_row(c, layer, h, pos), D);
+            }
+            if (c->tq_v) tq_encode(&c->tq_v[layer], c->tq_scale_mode, v, v_row(c, layer, h, pos), scratch);
+            else kvc_quantize_row(c->type_v, KVC_IMPL_AUTO, v, v_row(c, layer, h, pos), D);
+        }
+}
+
+static size_t rbytes(int type, long long n) {
+    int bs, ts, vdt;
+    kvc_type_info(type, &bs, &ts, &vdt);
+    return (size_t)(n / bs) * (size_t)ts;
+}
+
+void kv_scores(kvc_context *c, attn_scratch *s, int layer, int h, const float *q, int n_rep, int n_keys,
+               float *scores) {
+    const kvc_model *m = c->m;
+    const int D = m->head_dim, P = D / 2;
+    if (c->tq_k) {
+        const tq_layout *L = &c->tq_k[layer];
+        for (int r = 0; r < n_rep; r++) {
+            const float *qr = q + (size_t)r * D;
+            if (L->perm) {
+                float *qp = s->qp + (size_t)r * D;
+                for (int i = 0; i < D; i++) qp[i] = qr[L->perm[i]];
+                qr = qp;
+            }
+            tq_prepare_query(L, qr, &s->tq[r]);
+        }
+        tq_score_for(KVC_IMPL_AUTO)(L, s->tq, n_rep, k_row(c, layer, h, 0), n_keys, scores);
+    } else {
+        const uint8_t *qa = (const uint8_t *)q;
+        if (c->k_vec_dot_type != KVC_TYPE_F32) {
+            size_t qrb = rbytes(c->k_vec_dot_type, D);
+            for (int r = 0; r < n_rep; r++)
+                kvc_quantize_row(c->k_vec_dot_type, KVC_IMPL_AUTO, q + (size_t)r * D, s->qq + r * qrb, D);
+            qa = s->qq;
+        }
+        kvc_gemm(c->type_k, KVC_IMPL_AUTO, n_keys, n_rep, D, k_row(c, layer, h, 0), qa, scores, n_keys);
+    }
+    if (!c->k_center) return;
+    /* corr (n_rep, D): (A_j, B_j) at (2j, 2j+1) for centered pairs, 0 elsewhere, so the
+     * correction of every key is one length-D dot with its (cos, sin) row of rope_all */
+    const int *pairs = c->k_pairs + ((size_t)layer * m->n_head_kv + h) * P;
+    const float *mu = c->k_mean + ((size_t)layer * m->n_head_kv + h) * D;
+    memset(s->corr, 0, sizeof(float) * (size_t)n_rep * D);
+    for (int r = 0; r < n_rep; r++) {
+        const float *qr = q + (size_t)r * D;
+        float *cf = s->corr + (size_t)r * D;
+        for (int i = 0; i < P && pairs[i] >= 0; i++) {
+            int a, b, jp = pairs[i];
+            pair_channels(m, jp, &a, &b);
+            cf[2 * jp] = qr[a] * mu[a] + qr[b] * mu[b];
+            cf[2 * jp + 1] = qr[b] * mu[a] - qr[a] * mu[b];
+        }
+    }
+    kvc_gemm(KVC_TYPE_F32, KVC_IMPL_AUTO, n_keys, n_rep, D, c->rope_all, s->corr, s->scores2, n_keys);
+    for (size_t i = 0; i < (size_t)n_rep * n_keys; i++) scores[i] += s->scores2[i];
+}
+
+void kv_values(kvc_context *c, attn_scratch *s, int layer, int h, const float *p, int n_rep, int n_keys,
+               float *out) {
+    const int D = c->m->head_dim;
+    if (c->tq_v) {
+        const tq_layout *L = &c->tq_v[layer];
+        memset(s->qp, 0, sizeof(float) * (size_t)n_rep * D);
+        tq_accum_for(KVC_IMPL_AUTO)(L, p, n_rep, v_row(c, layer, h, 0), n_keys, s->qp);
+        for (int r = 0; r < n_rep; r++) {
+            tq_unrotate(L, s->qp + (size_t)r * D);
+            memcpy(out + (size_t)r * D, s->qp + (size_t)r * D, sizeof(float) * (size_t)D);
+        }
+        return;
+    }
+    memset(out, 0, sizeof(float) * (size_t)n_rep * D);
+    for (int j = 0; j < n_keys; j++) {
+        const float *vr = (const float *)v_row(c, layer, h, j);
+        if (c->type_v != KVC_TYPE_F32) {
+            kvc_dequantize_row(c->type_v, KVC_IMPL_AUTO, v_row(c, layer, h, j), s->vrow, D);
+            vr = s->vrow;
+        }
+        for (int r = 0; r < n_rep; r++) c->ops->axpy(D, p[(size_t)r * n_keys + j], vr, out + (size_t)r * D);
+    }
+}

@@ -1,0 +1,340 @@
+/* tq.c — TurboQuant rows: layout, signs, block Walsh–Hadamard, encode, and
+ * the scalar reference kernels for scoring and V accumulation (see tq.h).
+ * Plain C; the ABI test entry points kvc_tq_* are at the end. */
+#include "tq.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "kvc.h"
+#include "quants.h"
+
+/* double -> fp16 with one correct rounding (as numpy's astype(float16)): round to
+ * float toward zero and make it odd if inexact ("round to odd"), which keeps the
+ * following float -> fp16 round-to-nearest-even from rounding twice. */
+static kvc_half fp16_from_double(double d) {
+    float f = (float)d;
+    if (fabs((double)f) > fabs(d)) f = nextafterf(f, 0.0f);
+    if ((double)f != d) {
+        uint32_t u = kvc_f32_bits(f) | 1u;
+        f = kvc_bits_f32(u);
+    }
+    return kvc_fp32_to_fp16(f);
+}
+
+static uint64_t splitmix64(uint64_t *state) {
+    uint64_t z = (*state += 0x9E3779B97F4A7C15ULL);
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBULL;
+    return z ^ (z >> 31);
+}
+
+void tq_signs(uint64_t seed, int layer, int group, int stream, int m, float *out) {
+    uint64_t state = seed ^ ((uint64_t)layer * 0x9E3779B97F4A7C15ULL) ^ ((uint64_t)(group + 1) * 0xD1B54A32D192ED03ULL) ^
+                     ((uint64_t)stream * 0x8CB92BA72F3D8DD7ULL);
+    uint64_t word = 0;
+    for (int i = 0; i < m; i++) {
+        if (i % 64 == 0) word = splitmix64(&state);
+        out[i] = (word >> (i % 64)) & 1 ? -1.0f : 1.0f;
+    }
+}
+
+void tq_wht(float *v, int m) {
+    int start = 0;
+    for (int B = 1 << 30; B >= 1; B >>= 1) {
+        if (!(m & B)) continue; /* blocks: the binary expansion of m, largest first */
+        float *x = v + start;
+        for (int h = 1; h < B; h <<= 1)
+            for (int i = 0; i < B; i++)
+                if (!(i & h)) {
+                    float a = x[i], b = x[i + h];
+                    x[i] = a + b;
+                    x[i + h] = a - b;
+                }
+        const float s = (float)(1.0 / sqrt((double)B));
+        for (int i = 0; i < B; i++) x[i] *= s;
+        start += B;
+    }
+}
+
+long long tq_group_bytes(int m, int bits, int qjl) {
+    return 2 + (qjl ? 2 : 0) + ((long long)m * bits + 7) / 8 + (qjl ? (m + 7) / 8 : 0);
+}
+
+static int group_init(tq_group *g, int m, int bits, int qjl, const float *cb, int off, uint64_t seed, int layer,
+                      int group) {
+    memset(g, 0, sizeof *g);
+    if (m <= 0 || m > TQ_MAX_DIM || bits < 1 || bits > TQ_MAX_BITS || !cb) return KVC_ERR_INVALID;
+    g->m = m, g->bits = bits, g->qjl = qjl, g->cb = cb, g->off = off;
+    g->codes_off = off + 2 + (qjl ? 2 : 0);
+    g->qjl_off = g->codes_off + (m * bits + 7) / 8;
+    g->bytes = (int)tq_group_bytes(m, bits, qjl);
+    g->qjl_c = (float)(sqrt(M_PI / 2) / sqrt((double)m));
+    int n = 1 << bits;
+    for (int k = 1; k < n; k++)
+        if (!(cb[k] > cb[k - 1])) return KVC_ERR_INVALID; /* codebook must ascend */
+    g->bounds = malloc(sizeof(double) * (size_t)(n - 1));
+    g->signs = malloc(sizeof(float) * (size_t)m);
+    g->signs2 = malloc(sizeof(float) * (size_t)m);
+    if (!g->bounds || !g->signs || !g->signs2) return KVC_ERR_NOMEM;
+    for (int k = 0; k + 1 < n; k++) g->bounds[k] = ((double)cb[k] + (double)cb[k + 1]) / 2;
+    tq_signs(seed, layer, group, 0, m, g->signs);
+    tq_signs(seed, layer, group, 1, m, g->signs2);
+    return KVC_OK;
+}
+
+void tq_layout_free(tq_layout *L) {
+    for (int i = 0; i < TQ_MAX_GROUPS; i++) {
+        free(L->g[i].bounds);
+        free(L->g[i].signs);
+        free(L->g[i].signs2);
+    }
+    memset(L, 0, sizeof *L);
+}
+
+int tq_layout_init(tq_layout *L, int d, int n_hi, int hi_bits, int lo_bits, int qjl_hi, int qjl_lo,
+                   const float *cb_hi, const float *cb_lo, const int *perm, uint64_t seed, int layer) {
+    memset(L, 0, sizeof *L);
+    if (d <= 0 || d > TQ_MAX_DIM || n_hi < 0 || n_hi >= d) return KVC_ERR_INVALID;
+    if ((qjl_hi && n_hi % 8) || (qjl_lo && (d - n_hi) % 8)) return KVC_ERR_INVALID;
+    L->d = d, L->perm = perm;
+    int st = KVC_OK, off = 0;
+    if (n_hi > 0) {
+        st = group_init(&L->g[0], n_hi, hi_bits, qjl_hi, cb_hi, 0, seed, layer, 0);
+        off = L->g[0].bytes;
+        L->n_groups = 1;
+    }
+    if (st == KVC_OK) st = group_init(&L->g[L->n_groups], d - n_hi, lo_bits, qjl_lo, cb_lo, off, seed, layer, n_hi > 0);
+    L->n_groups++;
+    if (st != KVC_OK) {
+        tq_layout_free(L);
+        return st;
+    }
+    L->row_bytes = off + L->g[L->n_groups - 1].bytes;
+    if (perm) { /* a permutation of 0..d-1 */
+        char *seen = calloc((size_t)d, 1);
+        if (!seen) return KVC_ERR_NOMEM;
+        for (int i = 0; i < d; i++) {
+            if (perm[i] < 0 || perm[i] >= d || seen[perm[i]]) st = KVC_ERR_INVALID;
+            else seen[perm[i]] = 1;
+        }
+        free(seen);
+        if (st != KVC_OK) tq_layout_free(L);
+    }
+    return st;
+}
+
+static void put_code(uint8_t *codes, int i, int b, unsigned c) {
+    unsigned bit = (unsigned)i * (unsigned)b;
+    for (int k = 0; k < b; k++, bit++)
+        if (c >> k & 1) codes[bit >> 3] |= (uint8_t)(1u << (bit & 7));
+}
+
+static unsigned nearest(const tq_group *g, double u) { /* number of boundaries below u */
+    int lo = 0, hi = (1 << g->bits) - 1; /* answer in [lo, hi] */
+    while (lo < hi) {
+        int mid = (lo + hi) / 2;
+        if (g->bounds[mid] < u) lo = mid + 1;
+        else hi = mid;
+    }
+    return (unsigned)lo;
+}
+
+static void encode_group(const tq_group *g, int scale_mode, const float *x, uint8_t *row, float *y) {
+    const int m = g->m;
+    for (int i = 0; i < m; i++) y[i] = x[i] * g->signs[i];
+    tq_wht(y, m);
+    double n2 = 0;
+    for (int i = 0; i < m; i++) n2 += (double)y[i] * (double)y[i];
+    const double norm = sqrt(n2);
+    uint8_t *codes = row + g->codes_off;
+    memset(codes, 0, (size_t)(m * g->bits + 7) / 8);
+    double num = 0, den = 0;
+    for (int i = 0; i < m; i++) {
+        unsigned c = nearest(g, norm > 0 ? (double)y[i] / norm : 0.0);
+        put_code(codes, i, g->bits, c);
+        num += (double)y[i] * (double)g->cb[c];
+        den += (double)g->cb[c] * (double)g->cb[c];
+    }
+    double s = scale_mode == 1 ? (den > 0 ? num / den : 0.0) : norm;
+    kvc_half hs = fp16_from_double(s);
+    memcpy(row + g->off, &hs, 2);
+    if (!g->qjl) return;
+    const float sf = kvc_fp16_to_fp32(hs);
+    float *r = y; /* reuse: y is no longer needed once the codes are known */
+    for (int i = 0; i < m; i++) r[i] = r[i] - sf * g->cb[tq_get_code(codes, i, g->bits)];
+    double r2 = 0;
+    for (int i = 0; i < m; i++) r2 += (double)r[i] * (double)r[i];
+    kvc_half hr = fp16_from_double(sqrt(r2));
+    memcpy(row + g->off + 2, &hr, 2);
+    for (int i = 0; i < m; i++) r[i] *= g->signs2[i];
+    tq_wht(r, m);
+    uint8_t *bits = row + g->qjl_off;
+    memset(bits, 0, (size_t)(m + 7) / 8);
+    for (int i = 0; i < m; i++)
+        if (r[i] < 0) bits[i >> 3] |= (uint8_t)(1u << (i & 7));
+}
+
+void tq_encode(const tq_layout *L, int scale_mode, const float *x, uint8_t *row, float *scratch) {
+    int start = 0;
+    for (int k = 0; k < L->n_groups; k++) {
+        encode_group(&L->g[k], scale_mode, x + start, row, scratch);
+        start += L->g[k].m;
+    }
+}
+
+void tq_prepare_query(const tq_layout *L, const float *q, tq_query *out) {
+    int start = 0;
+    for (int k = 0; k < L->n_groups; k++) {
+        const tq_group *g = &L->g[k];
+        float *qr = out->qr + start, *w = out->w + start;
+        for (int i = 0; i < g->m; i++) qr[i] = q[start + i] * g->signs[i];
+        tq_wht(qr, g->m);
+        if (g->qjl) {
+            for (int i = 0; i < g->m; i++) w[i] = qr[i] * g->signs2[i];
+            tq_wht(w, g->m);
+        }
+        start += g->m;
+    }
+}
+
+/* centroid values of one row, in rotated order: vals (d) */
+static void decode_row(const tq_layout *L, const uint8_t *row, float *vals, float *scale) {
+    int start = 0;
+    for (int k = 0; k < L->n_groups; k++) {
+        const tq_group *g = &L->g[k];
+        const uint8_t *codes = row + g->codes_off;
+        for (int i = 0; i < g->m; i++) vals[start + i] = g->cb[tq_get_code(codes, i, g->bits)];
+        scale[k] = kvc_fp16_to_fp32(kvc_ld_half(row + g->off));
+        start += g->m;
+    }
+}
+
+void tq_score_ref(const tq_layout *L, const tq_query *q, int nq, const uint8_t *rows, int n, float *out) {
+    float vals[TQ_MAX_DIM], scale[TQ_MAX_GROUPS];
+    for (int j = 0; j < n; j++) {
+        const uint8_t *row = rows + (size_t)j * L->row_bytes;
+        decode_row(L, row, vals, scale);
+        for (int r = 0; r < nq; r++) {
+            float total = 0.0f;
+            int start = 0;
+            for (int k = 0; k < L->n_groups; k++) {
+                const tq_group *g = &L->g[k];
+                float acc = 0.0f;
+                for (int i = 0; i < g->m; i++) acc += q[r].qr[start + i] * vals[start + i];
+                total += scale[k] * acc;
+                if (g->qjl) {
+                    const uint8_t *bits = row + g->qjl_off;
+                    float sj = 0.0f;
+                    for (int i = 0; i < g->m; i++)
+                        sj += (bits[i >> 3] >> (i & 7) & 1) ? -q[r].w[start + i] : q[r].w[start + i];
+                    total += kvc_fp16_to_fp32(kvc_ld_half(row + g->off + 2)) * g->qjl_c * sj;
+                }
+                start += g->m;
+            }
+            out[(size_t)r * n + j] = total;
+        }
+    }
+}
+
+void tq_accum_ref(const tq_layout *L, const float *p, int nq, const uint8_t *rows, int n, float *acc) {
+    float vals[TQ_MAX_DIM], scale[TQ_MAX_GROUPS];
+    for (int j = 0; j < n; j++) {
+        decode_row(L, rows + (size_t)j * L->row_bytes, vals, scale);
+        for (int r = 0; r < nq; r++) {
+            float *a = acc + (size_t)r * L->d;
+            int start = 0;
+            for (int k = 0; k < L->n_groups; k++) {
+                const float c = p[(size_t)r * n + j] * scale[k];
+                for (int i = 0; i < L->g[k].m; i++) a[start + i] += c * vals[start + i];
+                start += L->g[k].m;
+            }
+        }
+    }
+}
+
+void tq_unrotate(const tq_layout *L, float *acc) {
+    int start = 0;
+    for (int k = 0; k < L->n_groups; k++) {
+        const tq_group *g = &L->g[k];
+        tq_wht(acc + start, g->m);
+        for (int i = 0; i < g->m; i++) acc[start + i] *= g->signs[i];
+        start += g->m;
+    }
+}
+
+/* ---- ABI test entry points: one group of m channels ---- */
+
+long long kvc_tq_row_bytes(int m, int bits, int qjl) {
+    if (m <= 0 || m > TQ_MAX_DIM || bits < 1 || bits > TQ_MAX_BITS) return -1;
+    return tq_group_bytes(m, bits, qjl);
+}
+
+static int one_group(tq_layout *L, int m, int bits, int qjl, const float *cb, unsigned long long seed, int layer,
+                     int group) {
+    if (qjl && m % 8) return KVC_ERR_INVALID;
+    memset(L, 0, sizeof *L);
+    int st = group_init(&L->g[0], m, bits, qjl, cb, 0, seed, layer, group);
+    if (st != KVC_OK) {
+        tq_layout_free(L);
+        return st;
+    }
+    L->d = m, L->n_groups = 1, L->row_bytes = L->g[0].bytes;
+    return KVC_OK;
+}
+
+int kvc_tq_encode(int impl, int m, int bits, int qjl, int scale_mode, const float *codebook, unsigned long long seed,
+                  int layer, int group, const float *x, int n, void *rows) {
+    (void)impl;
+    if (!x || !rows || n < 0 || (scale_mode != 0 && scale_mode != 1)) return KVC_ERR_INVALID;
+    tq_layout L;
+    int st = one_group(&L, m, bits, qjl, codebook, seed, layer, group);
+    if (st != KVC_OK) return st;
+    float *y = malloc(sizeof(float) * (size_t)m);
+    if (!y) st = KVC_ERR_NOMEM;
+    for (int j = 0; st == KVC_OK && j < n; j++)
+        tq_encode(&L, scale_mode, x + (size_t)j * m, (uint8_t *)rows + (size_t)j * L.row_bytes, y);
+    free(y);
+    tq_layout_free(&L);
+    return st;
+}
+
+int kvc_tq_decode(int impl, int m, int bits, int qjl, const float *codebook, unsigned long long seed, int layer,
+                  int group, const void *rows, int n, float *x) {
+    if (!rows || !x || n < 0) return KVC_ERR_INVALID;
+    tq_accum_fn accum = tq_accum_for(impl);
+    if (!accum) return KVC_ERR_UNSUPPORTED;
+    tq_layout L;
+    int st = one_group(&L, m, bits, qjl, codebook, seed, layer, group);
+    if (st != KVC_OK) return st;
+    const float one = 1.0f;
+    for (int j = 0; j < n; j++) {
+        float *out = x + (size_t)j * m;
+        memset(out, 0, sizeof(float) * (size_t)m);
+        accum(&L, &one, 1, (const uint8_t *)rows + (size_t)j * L.row_bytes, 1, out);
+        tq_unrotate(&L, out);
+    }
+    tq_layout_free(&L);
+    return KVC_OK;
+}
+
+int kvc_tq_score(int impl, int m, int bits, int qjl, const float *codebook, unsigned long long seed, int layer,
+                 int group, const float *q, const void *rows, int n, float *out) {
+    if (!q || !rows || !out || n < 0) return KVC_ERR_INVALID;
+    tq_score_fn score = tq_score_for(impl);
+    if (!score) return KVC_ERR_UNSUPPORTED;
+    tq_layout L;
+    int st = one_group(&L, m, bits, qjl, codebook, seed, layer, group);
+    if (st != KVC_OK) return st;
+    tq_query *tq = malloc(sizeof *tq);
+    if (!tq) {
+        tq_layout_free(&L);
+        return KVC_ERR_NOMEM;
+    }
+    tq_prepare_query(&L, q, tq);
+    score(&L, tq, 1, (const uint8_t *)rows, n, out);
+    free(tq);
+    tq_layout_free(&L);
+    return KVC_OK;
+}
