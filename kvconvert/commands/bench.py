@@ -10,7 +10,7 @@ from rich.table import Table
 
 from ..bench import bench
 from ..progress import tqdm_progress
-from ..runtime import CACHE_TYPES
+from .run import add_cache_args
 
 
 def configure(p: argparse.ArgumentParser) -> None:
@@ -18,8 +18,7 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--depths", default="0,512,4096", help="context depths for decode (default %(default)s)")
     p.add_argument("--prefill", type=int, default=512, help="prefill batch size (default %(default)s)")
     p.add_argument("--decode", type=int, default=32, help="decode steps per depth (default %(default)s)")
-    p.add_argument("--ctk", choices=list(CACHE_TYPES), default="f16", help="K cache type (default f16)")
-    p.add_argument("--ctv", choices=list(CACHE_TYPES), default="f16", help="V cache type (default f16)")
+    add_cache_args(p)
     p.add_argument("-t", "--threads", type=int, default=0, help="threads (default: all cores)")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
 

@@ -9,10 +9,24 @@ from ..generate import SamplerParams, generate
 from ..runtime import CACHE_TYPES, ContextParams, Model
 
 
+CACHE_HELP = ("{} cache type: f32, f16, q8_0, q4_0, or TurboQuant: tq<bits> (e.g. tq4), or "
+              "tq:split=N,hi=B,lo=B[,qjl=hi|lo|both] (default f16)")
+
+
+def cache_arg(text: str) -> str:
+    if text in CACHE_TYPES or text.lower().startswith("tq"):
+        return text
+    raise argparse.ArgumentTypeError(f"unknown cache type {text!r}: use f32, f16, q8_0, q4_0 or tq<bits>")
+
+
+def add_cache_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--ctk", type=cache_arg, default="f16", metavar="TYPE", help=CACHE_HELP.format("K"))
+    p.add_argument("--ctv", type=cache_arg, default="f16", metavar="TYPE", help=CACHE_HELP.format("V"))
+
+
 def add_runtime_args(p: argparse.ArgumentParser, ctx_default: int = 4096) -> None:
     p.add_argument("--ctx", type=int, default=ctx_default, help="context length in tokens (default %(default)s)")
-    p.add_argument("--ctk", choices=list(CACHE_TYPES), default="f16", help="K cache type (default f16)")
-    p.add_argument("--ctv", choices=list(CACHE_TYPES), default="f16", help="V cache type (default f16)")
+    add_cache_args(p)
     p.add_argument("-t", "--threads", type=int, default=0, help="threads (default: all cores)")
 
 
