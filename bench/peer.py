@@ -9,7 +9,6 @@ ratios (kvconvert / llama.cpp). A benchmark, not a test: run it by hand.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import platform
 import time
@@ -17,22 +16,9 @@ import time
 import numpy as np
 
 from kvconvert import fixtures, metrics
-from kvconvert.runtime import CACHE_TYPES, ContextParams, Model
-
-GGML = {"f32": 0, "f16": 1, "q4_0": 2, "q8_0": 8}
-
-
-@contextlib.contextmanager
-def quiet():
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    saved = os.dup(2)
-    os.dup2(devnull, 2)
-    try:
-        yield
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-        os.close(devnull)
+from kvconvert.commands.run import add_cache_args
+from kvconvert.llama_cpp_peer import load, quiet
+from kvconvert.runtime import ContextParams, Model
 
 
 def timed_decode(eval_one, tokens) -> float:
@@ -65,13 +51,11 @@ def ours(path, args, rng_tokens, chunks):
 
 
 def llama_cpp(path, args, rng_tokens, chunks):
-    import llama_cpp
-
+    # llama.cpp needs flash attention for quantized V; otherwise its default path
+    fa = {"flash_attn": True} if args.ctv != "f16" else {}
     n_ctx = max(args.depths) + args.decode + 1
-    with quiet():
-        llm = llama_cpp.Llama(model_path=str(path), n_ctx=n_ctx, n_batch=512, n_ubatch=512, n_threads=args.threads,
-                              n_threads_batch=args.threads, type_k=GGML[args.ctk], type_v=GGML[args.ctv],
-                              flash_attn=args.ctv != "f16" or args.ctk != "f16", verbose=False)
+    llm = load(path, n_ctx, logits_all=False, n_batch=512, type_k=args.ctk, type_v=args.ctv,
+               n_threads=args.threads, **fa)
     toks = [int(t) for t in rng_tokens]
     with quiet():
         llm.eval(toks[:16])
@@ -84,16 +68,14 @@ def llama_cpp(path, args, rng_tokens, chunks):
             llm.reset()
             llm.eval(toks[:d])
             decode[d] = timed_decode(lambda t: llm.eval([t]), toks[d:d + args.decode])
-        del llm
-        plm = llama_cpp.Llama(model_path=str(path), n_ctx=args.ppl_ctx, n_batch=args.ppl_ctx, n_ubatch=args.ppl_ctx,
-                              n_threads=args.threads, n_threads_batch=args.threads, logits_all=True,
-                              type_k=GGML[args.ctk], type_v=GGML[args.ctv], verbose=False,
-                              flash_attn=args.ctv != "f16" or args.ctk != "f16")
-        nll = []
-        for c in chunks:
-            plm.reset()
+    del llm
+    plm = load(path, args.ppl_ctx, type_k=args.ctk, type_v=args.ctv, n_threads=args.threads, **fa)
+    nll = []
+    for c in chunks:
+        plm.reset()
+        with quiet():
             plm.eval([int(t) for t in c])
-            nll.append(metrics.chunk_nll(np.array(plm.scores[: len(c)]), c))
+        nll.append(metrics.chunk_nll(np.array(plm.scores[: len(c)]), c))
     return prefill, decode, metrics.score(np.concatenate(nll))
 
 
@@ -106,8 +88,7 @@ def main() -> None:
     p.add_argument("--decode", type=int, default=32)
     p.add_argument("--ppl-ctx", type=int, default=512)
     p.add_argument("--ppl-chunks", type=int, default=4)
-    p.add_argument("--ctk", choices=list(CACHE_TYPES), default="f16")
-    p.add_argument("--ctv", choices=list(CACHE_TYPES), default="f16")
+    add_cache_args(p)
     args = p.parse_args()
     args.depths = [int(d) for d in args.depths.split(",")]
     path = args.model or fixtures.qwen25_coder_gguf()

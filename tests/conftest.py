@@ -25,3 +25,16 @@ def tiny_models(tmp_path_factory) -> dict[str, Path]:
 @pytest.fixture(params=list(TINY_SPECS))
 def tiny_model(request, tiny_models) -> Path:
     return tiny_models[request.param]
+
+
+@pytest.fixture(scope="session")
+def tiny_ggufs(tiny_models, tmp_path_factory) -> dict[str, Path]:
+    """The tiny models converted to f32 GGUF (exact weights for runtime tests)."""
+    from kvconvert import convert
+
+    root = tmp_path_factory.mktemp("tiny-gguf")
+    out = {}
+    for name, path in tiny_models.items():
+        out[name] = root / f"{name}.gguf"
+        convert(path, out[name], weights="f32")
+    return out

@@ -23,16 +23,6 @@ def rel(a, b) -> float:
     return float(np.linalg.norm(a - b) / np.linalg.norm(b))
 
 
-@pytest.fixture(scope="module")
-def f32_ggufs(tiny_models, tmp_path_factory):
-    root = tmp_path_factory.mktemp("rt")
-    out = {}
-    for name, path in tiny_models.items():
-        out[name] = root / f"{name}.gguf"
-        convert(path, out[name], weights="f32")
-    return out
-
-
 # ‖Δlogits‖/‖logits‖ of the runtime against two oracles on the same file (f32 cache).
 # Reference (exact f32 math): F32/F16/BF16 weights differ by summation order only;
 # quantized weights see the runtime's 8-bit activations (q8_0/q8_1/q8_K, as in
@@ -48,11 +38,11 @@ LLAMA_CPP_TOL = {"F32": 2e-3, "F16": 2e-3, "BF16": 1e-2}
 
 @pytest.mark.parametrize("wtype", list(WEIGHT_TYPES))
 @pytest.mark.parametrize("name", ["qwen2-hd64", "llama-hd128-bias-rope3"])  # hidden 256: K-quant rows fit
-def test_weight_types_match_oracles(f32_ggufs, tmp_path, name, wtype):
+def test_weight_types_match_oracles(tiny_ggufs, tmp_path, name, wtype):
     from tests import oracle_llama_cpp as oracle
 
     path = tmp_path / f"{wtype}.gguf"
-    ggufmix.rewrite(f32_ggufs[name], path, {"weight": Q[wtype]})
+    ggufmix.rewrite(tiny_ggufs[name], path, {"weight": Q[wtype]})
     m = load_model(path)
     assert wtype in {t.tensor_type.name for t in m.weights.reader.tensors}  # the file really holds this type
     want = forward(m.args, m.weights, TOKENS)
@@ -80,13 +70,13 @@ CACHE_TOL = {"f32": 1e-4, "f16": 1e-4, "q8_0": 2e-2, "q4_0": 2e-2}
 
 
 @pytest.mark.parametrize("ctype", list(CACHE_TOL))
-def test_cache_types_match_reference(f32_ggufs, tiny_model, ctype):
+def test_cache_types_match_reference(tiny_ggufs, tiny_model, ctype):
     name = tiny_model.name
-    m = load_model(f32_ggufs[name])
+    m = load_model(tiny_ggufs[name])
     weights, pairing = m.file_order()  # the cache quantizes head rows in the file's channel order
     want = forward(m.args, weights, TOKENS, pairing=pairing, kv_round=cache_round(ctype))
     exact = forward(m.args, weights, TOKENS, pairing=pairing)
-    ctx = runtime.Model(f32_ggufs[name]).context(n_ctx=64, type_k=ctype, type_v=ctype, n_threads=2)
+    ctx = runtime.Model(tiny_ggufs[name]).context(n_ctx=64, type_k=ctype, type_v=ctype, n_threads=2)
     got = ctx.eval(TOKENS, all_logits=True)
     err = rel(got, want)
     assert err <= CACHE_TOL[ctype], err
@@ -94,9 +84,9 @@ def test_cache_types_match_reference(f32_ggufs, tiny_model, ctype):
         assert rel(got, exact) > 2 * err
 
 
-def test_incremental_decode_equals_batch(f32_ggufs):
+def test_incremental_decode_equals_batch(tiny_ggufs):
     """Prefill in pieces, then token by token: same logits as one batch."""
-    model = runtime.Model(f32_ggufs["qwen2-hd128-bf16"])
+    model = runtime.Model(tiny_ggufs["qwen2-hd128-bf16"])
     full = model.context(n_ctx=64, type_k="f32", type_v="f32").eval(TOKENS, all_logits=True)
     ctx = model.context(n_ctx=64, n_batch=5, type_k="f32", type_v="f32", n_threads=2)
     part = [ctx.eval(TOKENS[:7], all_logits=True)]
@@ -108,17 +98,17 @@ def test_incremental_decode_equals_batch(f32_ggufs):
     np.testing.assert_allclose(ctx.eval(TOKENS[10:12], all_logits=True), full[10:12], rtol=1e-4, atol=1e-4)
 
 
-def test_threads_agree(f32_ggufs):
-    model = runtime.Model(f32_ggufs["llama-hd64-tied"])
+def test_threads_agree(tiny_ggufs):
+    model = runtime.Model(tiny_ggufs["llama-hd64-tied"])
     a = model.context(n_ctx=64, n_threads=1, type_k="q8_0").eval(TOKENS, all_logits=True)
     b = model.context(n_ctx=64, n_threads=2, type_k="q8_0").eval(TOKENS, all_logits=True)
     assert rel(a, b) <= 1e-6
 
 
-def test_context_full_and_bad_tokens(f32_ggufs):
+def test_context_full_and_bad_tokens(tiny_ggufs):
     from kvconvert._native import NativeError
 
-    ctx = runtime.Model(f32_ggufs["qwen2-hd64"]).context(n_ctx=16, n_threads=1)
+    ctx = runtime.Model(tiny_ggufs["qwen2-hd64"]).context(n_ctx=16, n_threads=1)
     ctx.eval(TOKENS[:10])
     with pytest.raises(NativeError, match="do not fit"):
         ctx.eval(TOKENS[:10])
@@ -127,11 +117,11 @@ def test_context_full_and_bad_tokens(f32_ggufs):
         ctx.eval([1, 10_000])
     assert ctx.n_past == 10
     kv = ctx.kv_bytes_per_token
-    m = load_model(f32_ggufs["qwen2-hd64"]).args
+    m = load_model(tiny_ggufs["qwen2-hd64"]).args
     assert kv == m.num_hidden_layers * m.num_key_value_heads * m.head_dim * 2 * 2  # f16 K and V
 
 
-def test_c_validates_tensor_sizes(f32_ggufs):
+def test_c_validates_tensor_sizes(tiny_ggufs):
     """C checks every size it is given: short data, wrong shapes, absent tensors."""
     from kvconvert.errors import InputError
 
@@ -143,7 +133,7 @@ def test_c_validates_tensor_sizes(f32_ggufs):
                     edit(dst)
         return Edited
 
-    path = f32_ggufs["qwen2-hd64"]
+    path = tiny_ggufs["qwen2-hd64"]
     cases = [
         (lambda d: setattr(d, "nbytes", d.nbytes // 2), "too few bytes|bytes given"),
         (lambda d: d.ne.__setitem__(1, d.ne[1] + 1), "shape"),

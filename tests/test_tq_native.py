@@ -113,16 +113,6 @@ def rel(a, b):
     return float(np.linalg.norm(a - b) / np.linalg.norm(b))
 
 
-@pytest.fixture(scope="module")
-def tiny_ggufs(tiny_models, tmp_path_factory):
-    root = tmp_path_factory.mktemp("tq")
-    out = {}
-    for name, path in tiny_models.items():
-        out[name] = root / f"{name}.gguf"
-        convert(path, out[name], weights="f32")
-    return out
-
-
 def test_centering_is_exact(tiny_ggufs):
     """With an f32 cache, K centering (first-batch or given mean, any number of
     pairs) changes scores only by float rounding: the positional correction is exact."""
