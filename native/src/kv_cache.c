@@ -6,20 +6,11 @@
  * multiply-adds per key. */
 #include "kv_cache.h"
 
-#include <stdarg.h>
+#include "util.h"
+
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-
-static int fail(char *err, int err_len, int status, const char *fmt, ...) {
-    if (err && err_len > 0) {
-        va_list ap;
-        va_start(ap, fmt);
-        vsnprintf(err, (size_t)err_len, fmt, ap);
-        va_end(ap);
-    }
-    return status;
-}
 
 static size_t std_row_bytes(int type, int d) {
     int bs, ts, vdt;
@@ -68,12 +59,12 @@ int kv_init(kvc_context *c, const kvc_context_params *p, char *err, int err_len)
     const int L = m->n_layer, Hk = m->n_head_kv, D = m->head_dim, n_rep = m->n_head / m->n_head_kv;
     const int k_tq = p->type_k == KVC_CACHE_TQ, v_tq = p->type_v == KVC_CACHE_TQ;
     if ((!k_tq && !std_type_ok(p->type_k)) || (!v_tq && !std_type_ok(p->type_v)))
-        return fail(err, err_len, KVC_ERR_UNSUPPORTED, "cache types must be f32, f16, q8_0, q4_0 or TurboQuant");
+        return kvc_fail(err, err_len, KVC_ERR_UNSUPPORTED, "cache types must be f32, f16, q8_0, q4_0 or TurboQuant");
     if ((k_tq && !tq_layer_ok(p->tq_k)) || (v_tq && !tq_layer_ok(p->tq_v)))
-        return fail(err, err_len, KVC_ERR_INVALID, "TurboQuant caches need one config per layer");
+        return kvc_fail(err, err_len, KVC_ERR_INVALID, "TurboQuant caches need one config per layer");
     if (p->tq_scale_mode != 0 && p->tq_scale_mode != 1)
-        return fail(err, err_len, KVC_ERR_INVALID, "tq_scale_mode must be 0 or 1");
-    if (D > TQ_MAX_DIM) return fail(err, err_len, KVC_ERR_UNSUPPORTED, "head_dim %d is too large", D);
+        return kvc_fail(err, err_len, KVC_ERR_INVALID, "tq_scale_mode must be 0 or 1");
+    if (D > TQ_MAX_DIM) return kvc_fail(err, err_len, KVC_ERR_UNSUPPORTED, "head_dim %d is too large", D);
     c->tq_scale_mode = p->tq_scale_mode;
     c->k_rb = calloc((size_t)L, sizeof(size_t));
     c->v_rb = calloc((size_t)L, sizeof(size_t));
@@ -82,7 +73,7 @@ int kv_init(kvc_context *c, const kvc_context_params *p, char *err, int err_len)
     if (k_tq) c->tq_k = calloc((size_t)L, sizeof(tq_layout));
     if (v_tq) c->tq_v = calloc((size_t)L, sizeof(tq_layout));
     if (!c->k_rb || !c->v_rb || !c->kv || !c->enc_tmp || (k_tq && !c->tq_k) || (v_tq && !c->tq_v))
-        return fail(err, err_len, KVC_ERR_NOMEM, "out of memory");
+        return kvc_fail(err, err_len, KVC_ERR_NOMEM, "out of memory");
     for (int l = 0; l < L; l++) {
         for (int kind = 0; kind < 2; kind++) {
             const int tq = kind ? v_tq : k_tq;
@@ -90,23 +81,23 @@ int kv_init(kvc_context *c, const kvc_context_params *p, char *err, int err_len)
             if (tq) {
                 const kvc_tq_layer *t = kind ? &p->tq_v[l] : &p->tq_k[l];
                 if (kind && (t->qjl_hi || t->qjl_lo || t->perm))
-                    return fail(err, err_len, KVC_ERR_INVALID, "layer %d: V caches take no QJL and no permutation", l);
+                    return kvc_fail(err, err_len, KVC_ERR_INVALID, "layer %d: V caches take no QJL and no permutation", l);
                 tq_layout *lay = kind ? &c->tq_v[l] : &c->tq_k[l];
                 int st = tq_layout_init(lay, D, t->n_hi, t->hi_bits, t->lo_bits, t->qjl_hi, t->qjl_lo, t->codebook_hi,
                                         t->codebook_lo, t->perm, p->tq_seed, l);
                 if (st != KVC_OK)
-                    return fail(err, err_len, st, "layer %d: invalid TurboQuant %s config (n_hi %d, bits %d/%d)", l,
+                    return kvc_fail(err, err_len, st, "layer %d: invalid TurboQuant %s config (n_hi %d, bits %d/%d)", l,
                                 kind ? "V" : "K", t->n_hi, t->hi_bits, t->lo_bits);
                 rb = (size_t)lay->row_bytes;
             } else {
                 rb = std_row_bytes(kind ? p->type_v : p->type_k, D);
-                if (!rb) return fail(err, err_len, KVC_ERR_UNSUPPORTED, "head_dim %d does not fit the cache type", D);
+                if (!rb) return kvc_fail(err, err_len, KVC_ERR_UNSUPPORTED, "head_dim %d does not fit the cache type", D);
             }
             size_t bytes = (size_t)Hk * (size_t)c->n_ctx * rb + 8; /* slack: code reads may run 2 bytes past */
             if (kind) c->v_rb[l] = rb, c->kv[l].v = malloc(bytes);
             else c->k_rb[l] = rb, c->kv[l].k = malloc(bytes);
             if (!(kind ? c->kv[l].v : c->kv[l].k))
-                return fail(err, err_len, KVC_ERR_NOMEM, "out of memory for a context of %d tokens", c->n_ctx);
+                return kvc_fail(err, err_len, KVC_ERR_NOMEM, "out of memory for a context of %d tokens", c->n_ctx);
         }
     }
     if (!k_tq) {
@@ -119,7 +110,7 @@ int kv_init(kvc_context *c, const kvc_context_params *p, char *err, int err_len)
         c->k_mean = calloc((size_t)L * Hk * D, sizeof(float));
         c->k_pairs = malloc(sizeof(int) * (size_t)L * Hk * (D / 2));
         c->rope_all = malloc(sizeof(float) * (size_t)c->n_ctx * D);
-        if (!c->k_mean || !c->k_pairs || !c->rope_all) return fail(err, err_len, KVC_ERR_NOMEM, "out of memory");
+        if (!c->k_mean || !c->k_pairs || !c->rope_all) return kvc_fail(err, err_len, KVC_ERR_NOMEM, "out of memory");
         if (p->k_mean) {
             memcpy(c->k_mean, p->k_mean, sizeof(float) * (size_t)L * Hk * D);
             for (int i = 0; i < L * Hk; i++)
@@ -131,10 +122,10 @@ int kv_init(kvc_context *c, const kvc_context_params *p, char *err, int err_len)
         attn_scratch *s = &c->scratch[i];
         s->qp = malloc(sizeof(float) * (size_t)n_rep * D);
         s->scores2 = c->k_center ? malloc(sizeof(float) * (size_t)n_rep * c->n_ctx) : NULL;
-        if (c->k_center && !s->scores2) return fail(err, err_len, KVC_ERR_NOMEM, "out of memory");
+        if (c->k_center && !s->scores2) return kvc_fail(err, err_len, KVC_ERR_NOMEM, "out of memory");
         s->corr = malloc(sizeof(float) * (size_t)n_rep * D);
         s->tq = k_tq ? malloc(sizeof(tq_query) * (size_t)n_rep) : NULL;
-        if (!s->qp || !s->corr || (k_tq && !s->tq)) return fail(err, err_len, KVC_ERR_NOMEM, "out of memory");
+        if (!s->qp || !s->corr || (k_tq && !s->tq)) return kvc_fail(err, err_len, KVC_ERR_NOMEM, "out of memory");
     }
     return KVC_OK;
 }

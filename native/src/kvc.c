@@ -3,6 +3,21 @@
 
 #include "kvc.h"
 
+#include <stdarg.h>
+#include <stdio.h>
+
+#include "util.h"
+
+int kvc_fail(char *err, int err_len, int status, const char *fmt, ...) {
+    if (err && err_len > 0) {
+        va_list ap;
+        va_start(ap, fmt);
+        vsnprintf(err, (size_t)err_len, fmt, ap);
+        va_end(ap);
+    }
+    return status;
+}
+
 const char *kvc_version(void) { return "0.1.0"; }
 
 const char *kvc_status_string(int status) {

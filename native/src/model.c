@@ -2,23 +2,13 @@
  * inference contexts (caches, scratch, thread pool). The forward pass itself is
  * in forward.c. Every size coming from the caller is checked here, so the
  * forward pass can trust its inputs. */
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "kv_cache.h"
 #include "model.h"
-
-static int fail(char *err, int err_len, int status, const char *fmt, ...) {
-    if (err && err_len > 0) {
-        va_list ap;
-        va_start(ap, fmt);
-        vsnprintf(err, (size_t)err_len, fmt, ap);
-        va_end(ap);
-    }
-    return status;
-}
+#include "util.h"
 
 /* Bytes of one row of ne0 elements of `type`, or 0 if the type/length is invalid. */
 static size_t row_bytes(int type, long long ne0) {
@@ -31,17 +21,17 @@ static const char *tname(const kvc_tensor *t) { return t->name ? t->name : "(unn
 
 /* Check a matrix (ne0, ne1) and make a view of it. */
 static int matrix(const kvc_tensor *t, long long ne0, long long ne1, tview *out, char *err, int err_len) {
-    if (!t->data) return fail(err, err_len, KVC_ERR_INVALID, "tensor %s is missing", tname(t));
+    if (!t->data) return kvc_fail(err, err_len, KVC_ERR_INVALID, "tensor %s is missing", tname(t));
     if (t->ne[0] != ne0 || t->ne[1] != ne1)
-        return fail(err, err_len, KVC_ERR_INVALID, "tensor %s has shape (%lld, %lld), expected (%lld, %lld)",
+        return kvc_fail(err, err_len, KVC_ERR_INVALID, "tensor %s has shape (%lld, %lld), expected (%lld, %lld)",
                     tname(t), t->ne[0], t->ne[1], ne0, ne1);
     size_t rb = row_bytes(t->type, ne0);
     int bs, ts, vdt;
     if (!rb || kvc_type_info(t->type, &bs, &ts, &vdt) != KVC_OK)
-        return fail(err, err_len, KVC_ERR_UNSUPPORTED, "tensor %s: type %d with row length %lld is not supported",
+        return kvc_fail(err, err_len, KVC_ERR_UNSUPPORTED, "tensor %s: type %d with row length %lld is not supported",
                     tname(t), t->type, ne0);
     if (t->nbytes < 0 || (unsigned long long)t->nbytes < rb * (unsigned long long)ne1)
-        return fail(err, err_len, KVC_ERR_INVALID, "tensor %s: %lld bytes given, %llu needed (file truncated?)",
+        return kvc_fail(err, err_len, KVC_ERR_INVALID, "tensor %s: %lld bytes given, %llu needed (file truncated?)",
                     tname(t), t->nbytes, (unsigned long long)(rb * (size_t)ne1));
     *out = (tview){t->type, ne0, ne1, rb, t->data, vdt};
     return KVC_OK;
@@ -52,20 +42,20 @@ static int vector(const kvc_tensor *t, long long n, int optional, float **out, c
     *out = NULL;
     if (!t->data) {
         if (optional) return KVC_OK;
-        return fail(err, err_len, KVC_ERR_INVALID, "tensor %s is missing", tname(t));
+        return kvc_fail(err, err_len, KVC_ERR_INVALID, "tensor %s is missing", tname(t));
     }
     if (t->ne[0] != n || t->ne[1] != 1)
-        return fail(err, err_len, KVC_ERR_INVALID, "tensor %s has shape (%lld, %lld), expected (%lld)",
+        return kvc_fail(err, err_len, KVC_ERR_INVALID, "tensor %s has shape (%lld, %lld), expected (%lld)",
                     tname(t), t->ne[0], t->ne[1], n);
     size_t rb = row_bytes(t->type, n);
-    if (!rb) return fail(err, err_len, KVC_ERR_UNSUPPORTED, "tensor %s: type %d not supported", tname(t), t->type);
+    if (!rb) return kvc_fail(err, err_len, KVC_ERR_UNSUPPORTED, "tensor %s: type %d not supported", tname(t), t->type);
     if (t->nbytes < 0 || (unsigned long long)t->nbytes < rb)
-        return fail(err, err_len, KVC_ERR_INVALID, "tensor %s: too few bytes (file truncated?)", tname(t));
+        return kvc_fail(err, err_len, KVC_ERR_INVALID, "tensor %s: too few bytes (file truncated?)", tname(t));
     float *v = malloc((size_t)n * sizeof(float));
-    if (!v) return fail(err, err_len, KVC_ERR_NOMEM, "out of memory");
+    if (!v) return kvc_fail(err, err_len, KVC_ERR_NOMEM, "out of memory");
     if (kvc_dequantize_row(t->type, KVC_IMPL_AUTO, t->data, v, n) != KVC_OK) {
         free(v);
-        return fail(err, err_len, KVC_ERR_UNSUPPORTED, "tensor %s: cannot read type %d", tname(t), t->type);
+        return kvc_fail(err, err_len, KVC_ERR_UNSUPPORTED, "tensor %s: cannot read type %d", tname(t), t->type);
     }
     *out = v;
     return KVC_OK;
@@ -102,21 +92,21 @@ void kvc_model_free(kvc_model *m) {
 int kvc_model_create(const kvc_model_desc *d, kvc_model **out, char *err, int err_len) {
     if (!out) return KVC_ERR_INVALID;
     *out = NULL;
-    if (!d) return fail(err, err_len, KVC_ERR_INVALID, "no model description");
+    if (!d) return kvc_fail(err, err_len, KVC_ERR_INVALID, "no model description");
     const long long lim = 1LL << 24; /* generous upper bound on any dimension */
     if (d->n_vocab <= 0 || d->n_embd <= 0 || d->n_layer <= 0 || d->n_head <= 0 || d->n_head_kv <= 0 ||
         d->head_dim <= 0 || d->n_ff <= 0 || d->n_vocab > lim || d->n_embd > lim || d->n_layer > 4096 ||
         d->n_head > 4096 || d->n_ff > lim || d->head_dim > 1024)
-        return fail(err, err_len, KVC_ERR_INVALID, "model dimensions out of range");
+        return kvc_fail(err, err_len, KVC_ERR_INVALID, "model dimensions out of range");
     if (d->head_dim % 2 || d->n_head % d->n_head_kv)
-        return fail(err, err_len, KVC_ERR_INVALID, "head_dim must be even and n_head a multiple of n_head_kv");
+        return kvc_fail(err, err_len, KVC_ERR_INVALID, "head_dim must be even and n_head a multiple of n_head_kv");
     if (d->rope_pairing != KVC_ROPE_NEOX && d->rope_pairing != KVC_ROPE_INTERLEAVED)
-        return fail(err, err_len, KVC_ERR_INVALID, "unknown RoPE pairing %d", d->rope_pairing);
-    if (!d->rope_freqs || !d->layers) return fail(err, err_len, KVC_ERR_INVALID, "rope_freqs and layers are required");
-    if (!(d->rms_eps > 0.0f && d->rms_eps < 1.0f)) return fail(err, err_len, KVC_ERR_INVALID, "rms_eps out of range");
+        return kvc_fail(err, err_len, KVC_ERR_INVALID, "unknown RoPE pairing %d", d->rope_pairing);
+    if (!d->rope_freqs || !d->layers) return kvc_fail(err, err_len, KVC_ERR_INVALID, "rope_freqs and layers are required");
+    if (!(d->rms_eps > 0.0f && d->rms_eps < 1.0f)) return kvc_fail(err, err_len, KVC_ERR_INVALID, "rms_eps out of range");
 
     kvc_model *m = calloc(1, sizeof *m);
-    if (!m) return fail(err, err_len, KVC_ERR_NOMEM, "out of memory");
+    if (!m) return kvc_fail(err, err_len, KVC_ERR_NOMEM, "out of memory");
     m->n_vocab = d->n_vocab, m->n_embd = d->n_embd, m->n_layer = d->n_layer, m->n_head = d->n_head;
     m->n_head_kv = d->n_head_kv, m->head_dim = d->head_dim, m->n_ff = d->n_ff, m->rms_eps = d->rms_eps;
     m->rope_pairing = d->rope_pairing;
@@ -125,7 +115,7 @@ int kvc_model_create(const kvc_model_desc *d, kvc_model **out, char *err, int er
 
     m->rope_freqs = malloc(sizeof(float) * (size_t)(d->head_dim / 2));
     m->layers = calloc((size_t)d->n_layer, sizeof(layer_w));
-    if (!m->rope_freqs || !m->layers) TRY(fail(err, err_len, KVC_ERR_NOMEM, "out of memory"));
+    if (!m->rope_freqs || !m->layers) TRY(kvc_fail(err, err_len, KVC_ERR_NOMEM, "out of memory"));
     memcpy(m->rope_freqs, d->rope_freqs, sizeof(float) * (size_t)(d->head_dim / 2));
 
     TRY(matrix(&d->tok_embd, E, V, &m->tok_embd, err, err_len));
@@ -181,12 +171,12 @@ void kvc_context_free(kvc_context *c) {
 int kvc_context_create(kvc_model *m, const kvc_context_params *p, kvc_context **out, char *err, int err_len) {
     if (!out) return KVC_ERR_INVALID;
     *out = NULL;
-    if (!m || !p) return fail(err, err_len, KVC_ERR_INVALID, "model and params are required");
+    if (!m || !p) return kvc_fail(err, err_len, KVC_ERR_INVALID, "model and params are required");
     if (p->n_ctx <= 0 || p->n_ctx > (1 << 22) || p->n_batch <= 0 || p->n_threads <= 0 || p->n_threads > 512)
-        return fail(err, err_len, KVC_ERR_INVALID, "n_ctx, n_batch or n_threads out of range");
+        return kvc_fail(err, err_len, KVC_ERR_INVALID, "n_ctx, n_batch or n_threads out of range");
     const int D = m->head_dim;
     kvc_context *c = zalloc(sizeof *c);
-    if (!c) return fail(err, err_len, KVC_ERR_NOMEM, "out of memory");
+    if (!c) return kvc_fail(err, err_len, KVC_ERR_NOMEM, "out of memory");
     c->m = m;
     c->n_layer = m->n_layer;
     c->ops = kvc_vec_ops_for(KVC_IMPL_AUTO);
@@ -219,7 +209,7 @@ int kvc_context_create(kvc_model *m, const kvc_context_params *p, kvc_context **
     }
     if (!ok) {
         kvc_context_free(c);
-        return fail(err, err_len, KVC_ERR_NOMEM, "out of memory for a context of %d tokens", p->n_ctx);
+        return kvc_fail(err, err_len, KVC_ERR_NOMEM, "out of memory for a context of %d tokens", p->n_ctx);
     }
     int st = kv_init(c, p, err, err_len);
     if (st != KVC_OK) {
@@ -228,7 +218,7 @@ int kvc_context_create(kvc_model *m, const kvc_context_params *p, kvc_context **
     }
     if (kvc_pool_create(c->n_threads, &c->pool) != 0) {
         kvc_context_free(c);
-        return fail(err, err_len, KVC_ERR_NOMEM, "cannot start %d threads", p->n_threads);
+        return kvc_fail(err, err_len, KVC_ERR_NOMEM, "cannot start %d threads", p->n_threads);
     }
     *out = c;
     return KVC_OK;

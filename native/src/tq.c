@@ -338,3 +338,29 @@ int kvc_tq_score(int impl, int m, int bits, int qjl, const float *codebook, unsi
     tq_layout_free(&L);
     return KVC_OK;
 }
+
+/* ---- dispatch ---- */
+
+#if defined(__x86_64__)
+void tq_score_avx2(const tq_layout *L, const tq_query *q, int nq, const uint8_t *rows, int n, float *out);
+void tq_accum_avx2(const tq_layout *L, const float *p, int nq, const uint8_t *rows, int n, float *acc);
+static int have_avx2(void) { return (kvc_cpu_impls() >> KVC_IMPL_AVX2) & 1; }
+#else
+#define tq_score_avx2 tq_score_ref
+#define tq_accum_avx2 tq_accum_ref
+static int have_avx2(void) { return 0; }
+#endif
+
+tq_score_fn tq_score_for(int impl) {
+    if (impl == KVC_IMPL_SCALAR) return tq_score_ref;
+    if (impl == KVC_IMPL_AUTO) return have_avx2() ? tq_score_avx2 : tq_score_ref;
+    if (impl == KVC_IMPL_AVX2 || impl == KVC_IMPL_AVX512) return have_avx2() ? tq_score_avx2 : NULL;
+    return NULL;
+}
+
+tq_accum_fn tq_accum_for(int impl) {
+    if (impl == KVC_IMPL_SCALAR) return tq_accum_ref;
+    if (impl == KVC_IMPL_AUTO) return have_avx2() ? tq_accum_avx2 : tq_accum_ref;
+    if (impl == KVC_IMPL_AVX2 || impl == KVC_IMPL_AVX512) return have_avx2() ? tq_accum_avx2 : NULL;
+    return NULL;
+}

@@ -41,14 +41,7 @@ static const kvc_vec_ops ops_ref = {softmax_ref, rms_norm_ref, silu_mul_ref, axp
 
 #if defined(__x86_64__)
 extern const kvc_vec_ops kvc_vec_ops_avx2;
-static int have_avx2(void) {
-    static int cached = -1;
-    if (cached < 0) {
-        __builtin_cpu_init();
-        cached = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-    }
-    return cached;
-}
+static int have_avx2(void) { return (kvc_cpu_impls() >> KVC_IMPL_AVX2) & 1; }
 #endif
 
 const kvc_vec_ops *kvc_vec_ops_for(int impl) {

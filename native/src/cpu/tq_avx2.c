@@ -3,16 +3,20 @@
  * centroid values 8 at a time: ≤ 3-bit codebooks live in one register
  * (permutevar8x32), 4-bit ones in two (permute + blend on bit 3), wider ones
  * are gathered. Results equal the scalar twins up to float summation order. */
+#if defined(__x86_64__)
 #include <string.h>
+
+#if defined(__clang__)
+#pragma clang attribute push(__attribute__((target("avx2,fma,f16c"))), apply_to = function)
+#else
+#pragma GCC target("avx2,fma,f16c")
+#endif
 
 #include "../quants.h"
 #include "../tq.h"
-#include "kvc.h"
+#include "simd_x86.h"
 
-#if defined(__x86_64__)
-#include <immintrin.h>
-
-#define AVX2 __attribute__((target("avx2,fma")))
+#define AVX2
 
 /* 8 consecutive codes starting at code index i (i % 8 == 0) as int32 lanes. */
 AVX2 static inline __m256i codes8(const uint8_t *codes, int i, int b) {
@@ -58,13 +62,6 @@ AVX2 static inline cb_regs load_cb(const tq_group *g) {
     return r;
 }
 
-AVX2 static inline float hsum(__m256 v) {
-    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-    s = _mm_add_ss(s, _mm_movehdup_ps(s));
-    return _mm_cvtss_f32(s);
-}
-
 /* ±1 lanes from 8 sign bits: bit set -> -0.0 xor mask */
 AVX2 static inline __m256 sign_mask(uint8_t byte) {
     const __m256i bit = _mm256_setr_epi32(1, 2, 4, 8, 16, 32, 64, 128);
@@ -91,7 +88,7 @@ AVX2 static inline void decode_row8(const tq_layout *L, const cb_regs *regs, con
     }
 }
 
-AVX2 static void tq_score_avx2(const tq_layout *L, const tq_query *q, int nq, const uint8_t *rows, int n, float *out) {
+void tq_score_avx2(const tq_layout *L, const tq_query *q, int nq, const uint8_t *rows, int n, float *out) {
     if (!simd_ok(L)) {
         tq_score_ref(L, q, nq, rows, n, out);
         return;
@@ -107,7 +104,7 @@ AVX2 static void tq_score_avx2(const tq_layout *L, const tq_query *q, int nq, co
         for (int r = 0; r < nq; r++) {
             __m256 acc = _mm256_setzero_ps();
             for (int i = 0; i < L->d; i += 8) acc = _mm256_fmadd_ps(_mm256_load_ps(vals + i), _mm256_loadu_ps(q[r].qr + i), acc);
-            float total = hsum(acc);
+            float total = hsum_ps_256(acc);
             if (any_qjl) {
                 int start = 0;
                 for (int k = 0; k < L->n_groups; k++) {
@@ -117,7 +114,7 @@ AVX2 static void tq_score_avx2(const tq_layout *L, const tq_query *q, int nq, co
                         __m256 sj = _mm256_setzero_ps();
                         for (int i = 0; i < g->m; i += 8)
                             sj = _mm256_add_ps(sj, _mm256_xor_ps(_mm256_loadu_ps(q[r].w + start + i), sign_mask(bits[i / 8])));
-                        total += kvc_fp16_to_fp32(kvc_ld_half(row + g->off + 2)) * g->qjl_c * hsum(sj);
+                        total += kvc_fp16_to_fp32(kvc_ld_half(row + g->off + 2)) * g->qjl_c * hsum_ps_256(sj);
                     }
                     start += g->m;
                 }
@@ -127,7 +124,7 @@ AVX2 static void tq_score_avx2(const tq_layout *L, const tq_query *q, int nq, co
     }
 }
 
-AVX2 static void tq_accum_avx2(const tq_layout *L, const float *p, int nq, const uint8_t *rows, int n, float *acc) {
+void tq_accum_avx2(const tq_layout *L, const float *p, int nq, const uint8_t *rows, int n, float *acc) {
     if (!simd_ok(L)) {
         tq_accum_ref(L, p, nq, rows, n, acc);
         return;
@@ -146,32 +143,7 @@ AVX2 static void tq_accum_avx2(const tq_layout *L, const float *p, int nq, const
     }
 }
 
-static int have_avx2(void) {
-    static int cached = -1;
-    if (cached < 0) {
-        __builtin_cpu_init();
-        cached = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-    }
-    return cached;
-}
-
-tq_score_fn tq_score_for(int impl) {
-    if (impl == KVC_IMPL_SCALAR) return tq_score_ref;
-    if (impl == KVC_IMPL_AUTO) return have_avx2() ? tq_score_avx2 : tq_score_ref;
-    if (impl == KVC_IMPL_AVX2 || impl == KVC_IMPL_AVX512) return have_avx2() ? tq_score_avx2 : NULL;
-    return NULL;
-}
-
-tq_accum_fn tq_accum_for(int impl) {
-    if (impl == KVC_IMPL_SCALAR) return tq_accum_ref;
-    if (impl == KVC_IMPL_AUTO) return have_avx2() ? tq_accum_avx2 : tq_accum_ref;
-    if (impl == KVC_IMPL_AVX2 || impl == KVC_IMPL_AVX512) return have_avx2() ? tq_accum_avx2 : NULL;
-    return NULL;
-}
-
-#else /* not x86-64: scalar only */
-
-tq_score_fn tq_score_for(int impl) { return impl == KVC_IMPL_SCALAR || impl == KVC_IMPL_AUTO ? tq_score_ref : NULL; }
-tq_accum_fn tq_accum_for(int impl) { return impl == KVC_IMPL_SCALAR || impl == KVC_IMPL_AUTO ? tq_accum_ref : NULL; }
-
+#if defined(__clang__)
+#pragma clang attribute pop
+#endif
 #endif

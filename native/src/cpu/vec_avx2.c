@@ -2,11 +2,17 @@
  * (exp, silu, axpy) match the scalar twins bit for bit; reductions (softmax
  * sum, rms) differ only by summation order. */
 #if defined(__x86_64__)
-#include <immintrin.h>
+
+#if defined(__clang__)
+#pragma clang attribute push(__attribute__((target("avx2,fma,f16c"))), apply_to = function)
+#else
+#pragma GCC target("avx2,fma,f16c")
+#endif
 
 #include "../vec.h"
+#include "simd_x86.h"
 
-#define AVX2 __attribute__((target("avx2,fma")))
+#define AVX2
 
 AVX2 static inline __m256 exp8(__m256 x) {
     const __m256 lo = _mm256_set1_ps(-87.0f);
@@ -29,13 +35,6 @@ AVX2 static inline __m256 exp8(__m256 x) {
     return _mm256_andnot_ps(zero_mask, out);
 }
 
-AVX2 static inline float hsum8(__m256 v) {
-    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-    s = _mm_add_ss(s, _mm_movehdup_ps(s));
-    return _mm_cvtss_f32(s);
-}
-
 AVX2 static inline float hmax8(__m256 v) {
     __m128 s = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
     s = _mm_max_ps(s, _mm_movehl_ps(s, s));
@@ -55,7 +54,7 @@ AVX2 static void softmax_avx2(int n, float *x) {
         _mm256_storeu_ps(x + i, e);
         vsum = _mm256_add_ps(vsum, e);
     }
-    float sum = hsum8(vsum);
+    float sum = hsum_ps_256(vsum);
     for (; i < n; i++) {
         x[i] = kvc_expf_ref(x[i] - mx);
         sum += x[i];
@@ -73,7 +72,7 @@ AVX2 static void rms_norm_avx2(int n, const float *x, const float *w, float eps,
         __m256 v = _mm256_loadu_ps(x + i);
         acc = _mm256_fmadd_ps(v, v, acc);
     }
-    float ss = hsum8(acc);
+    float ss = hsum_ps_256(acc);
     for (; i < n; i++) ss = fmaf(x[i], x[i], ss);
     float inv = 1.0f / sqrtf(ss / n + eps);
     __m256 vinv = _mm256_set1_ps(inv);
@@ -108,4 +107,8 @@ AVX2 static void scale_avx2(int n, float a, float *x) {
 }
 
 const kvc_vec_ops kvc_vec_ops_avx2 = {softmax_avx2, rms_norm_avx2, silu_mul_avx2, axpy_avx2, scale_avx2};
+
+#if defined(__clang__)
+#pragma clang attribute pop
+#endif
 #endif
