@@ -43,7 +43,7 @@ class BenchResult:
 
 
 def bench(model: str | os.PathLike | Model, *, depths: tuple[int, ...] = (0, 512, 4096), n_prefill: int = 512,
-          n_decode: int = 32, type_k: str = "f16", type_v: str = "f16", n_threads: int = 0,
+          n_decode: int = 32, type_k: str = "auto", type_v: str = "auto", n_threads: int = 0,
           progress: ProgressFn | None = None, cancel: threading.Event | None = None) -> BenchResult:
     m = model if isinstance(model, Model) else Model(model)
     params = ContextParams(n_ctx=max(max(depths) + n_decode, n_prefill), n_batch=512, type_k=type_k, type_v=type_v,
@@ -76,5 +76,6 @@ def bench(model: str | os.PathLike | Model, *, depths: tuple[int, ...] = (0, 512
         if progress:
             progress(done, steps, f"decode @ {d}")
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    return BenchResult(str(m.path), params.resolved_threads(), type_k, type_v, ctx.kv_bytes_per_token, n_prefill,
+    return BenchResult(str(m.path), params.resolved_threads(), ctx.params.type_k, ctx.params.type_v,
+                       ctx.kv_bytes_per_token, n_prefill,
                        prefill, rows, rss)

@@ -80,7 +80,7 @@ def _nbytes(shape: tuple[int, ...], qtype: Q) -> int:
     return int(np.prod(shape, dtype=np.int64)) // block * size
 
 
-def write_metadata(w: gguf.GGUFWriter, src: ModelSource, weights: str, name: str) -> None:
+def write_metadata(w: gguf.GGUFWriter, src: ModelSource, weights: str, name: str, kv_meta=None) -> None:
     w.add_type(gguf.GGUFType.MODEL)
     w.add_name(name)
     src.arch.write_gguf_params(w, src.args)
@@ -94,11 +94,15 @@ def write_metadata(w: gguf.GGUFWriter, src: ModelSource, weights: str, name: str
     w.add_string(Keys.KVConvert.VERSION, __version__)
     w.add_string(Keys.KVConvert.SOURCE, name)
     w.add_string(Keys.KVConvert.SOURCE_FORMAT, src.format)
+    if kv_meta is not None:
+        kv_meta.add_to_gguf(w)
 
 
 def convert(model: str | os.PathLike | ModelSource, output: str | os.PathLike, *, weights: str = "f16",
-            progress: ProgressFn | None = None, cancel: threading.Event | None = None) -> ConvertResult:
-    """Convert ``model`` (HF dir, GGUF or repo id) to a GGUF at ``output``."""
+            kv_meta=None, progress: ProgressFn | None = None,
+            cancel: threading.Event | None = None) -> ConvertResult:
+    """Convert ``model`` (HF dir, GGUF or repo id) to a GGUF at ``output``; ``kv_meta``
+    (kvmeta.CacheMeta) describes the KV caches the runtime should use with it."""
     if weights not in WEIGHT_TYPES:
         raise InputError(f"unknown weight type {weights!r} (choose from {', '.join(WEIGHT_TYPES)})")
     src = model if isinstance(model, ModelSource) else load_model(model)
@@ -112,7 +116,7 @@ def convert(model: str | os.PathLike | ModelSource, output: str | os.PathLike, *
     total = sum(_nbytes(s.shape, q) for s, q in plan)
 
     w = gguf.GGUFWriter(None, src.arch.name)
-    write_metadata(w, src, weights, name)
+    write_metadata(w, src, weights, name, kv_meta)
     for s, q in plan:
         w.add_tensor_info(s.gguf, s.shape, np.dtype(np.float32), _nbytes(s.shape, q), raw_dtype=q)
 

@@ -75,7 +75,7 @@ def read_base(path: Path) -> tuple[dict, np.ndarray]:
 
 
 def evaluate(model: str | os.PathLike | Model, text: str, *, text_name: str = "text", n_ctx: int = 512,
-             n_chunks: int | None = None, type_k: str = "f16", type_v: str = "f16", n_threads: int = 0,
+             n_chunks: int | None = None, type_k: str = "auto", type_v: str = "auto", n_threads: int = 0,
              save_logits: str | os.PathLike | None = None, kld_base: str | os.PathLike | None = None,
              progress: ProgressFn | None = None, cancel: threading.Event | None = None) -> EvalResult:
     m = model if isinstance(model, Model) else Model(model)
@@ -117,7 +117,7 @@ def evaluate(model: str | os.PathLike | Model, text: str, *, text_name: str = "t
         if progress:
             progress(i + 1, len(chunks), f"chunk {i + 1}/{len(chunks)}")
     s = metrics.score(np.concatenate(nll))
-    result = EvalResult(str(m.path), text_name, text_hash, n_ctx, len(chunks), s.n, type_k, type_v, s.ppl,
+    result = EvalResult(str(m.path), text_name, text_hash, n_ctx, len(chunks), s.n, ctx.params.type_k, ctx.params.type_v, s.ppl,
                         s.ppl_err, kv_bytes_per_token=ctx.kv_bytes_per_token)
     if klds:
         k = metrics.score(np.concatenate(klds))
@@ -125,7 +125,7 @@ def evaluate(model: str | os.PathLike | Model, text: str, *, text_name: str = "t
         result.top1 = float(np.concatenate(top1).mean())
     if save_logits is not None:
         header = {"n_ctx": n_ctx, "n_chunks": len(chunks), "text_sha256": text_hash, "n_vocab": m.args.vocab_size,
-                  "n_positions": sum(x.shape[0] for x in saved), "model": str(m.path), "type_k": type_k,
-                  "type_v": type_v}
+                  "n_positions": sum(x.shape[0] for x in saved), "model": str(m.path), "type_k": ctx.params.type_k,
+                  "type_v": ctx.params.type_v}
         _write_base(Path(save_logits), header, saved)
     return result

@@ -19,6 +19,28 @@ class Keys:
         VERSION = "kvconvert.version"  # kvconvert release that wrote the file
         SOURCE = "kvconvert.source"  # what the file was converted from (path or repo id)
         SOURCE_FORMAT = "kvconvert.source_format"  # "hf" or "gguf"
+        LAYOUT = "kvconvert.layout"  # "portable" or "folded"
+        ROTATION_SEED = "kvconvert.rotation_seed"  # u64 seed of the TurboQuant signs
+
+    class KCache:
+        """Per-layer K cache (arrays have one entry per layer)."""
+
+        TYPE = "kvconvert.k_cache.type"  # "tq" or a standard type name ("f16", "q8_0", ...)
+        N_HI = "kvconvert.k_cache.n_hi"
+        HI_BITS = "kvconvert.k_cache.hi_bits"
+        LO_BITS = "kvconvert.k_cache.lo_bits"
+        QJL_HI = "kvconvert.k_cache.qjl_hi"
+        QJL_LO = "kvconvert.k_cache.qjl_lo"
+        SCALE = "kvconvert.k_cache.scale"  # "ls" or "norm"
+        PERM = "kvconvert.k_cache.perm"  # (layers * head_dim) i32: channel order after RoPE
+        MEAN = "kvconvert.k_cache.mean"  # (layers * kv_heads * head_dim) f32: pre-RoPE K mean
+        CENTER_PAIRS = "kvconvert.k_cache.center_pairs"  # u32, 0 = all pairs
+
+    class VCache:
+        TYPE = "kvconvert.v_cache.type"
+        N_HI = "kvconvert.v_cache.n_hi"
+        HI_BITS = "kvconvert.v_cache.hi_bits"
+        LO_BITS = "kvconvert.v_cache.lo_bits"
 
 
 # HF tensor-name templates shared by the two architectures ({bid} = layer index).

@@ -50,8 +50,8 @@ class ContextParams:
 
     n_ctx: int = 4096
     n_batch: int = 512
-    type_k: str = "f16"
-    type_v: str = "f16"
+    type_k: str = "auto"  # auto: what the GGUF's kvconvert metadata says, else f16
+    type_v: str = "auto"
     n_threads: int = 0  # 0: all cores
     tq_k_layers: tuple | None = None
     tq_v_layers: tuple | None = None
@@ -59,6 +59,7 @@ class ContextParams:
     k_center: bool | None = None
     k_center_pairs: int = 0
     k_mean: np.ndarray | None = field(default=None, compare=False)
+    k_perm: np.ndarray | None = field(default=None, compare=False)  # (layers, head_dim) post-RoPE channel order
 
     def resolved_threads(self) -> int:
         return self.n_threads if self.n_threads > 0 else (os.cpu_count() or 1)
@@ -170,8 +171,42 @@ class Model:
     def detokenize(self, ids: list[int]) -> str:
         return self.tokenizer.decode(ids, skip_special_tokens=False)
 
+    @property
+    def cache_meta(self):
+        """The file's kvconvert cache description (kvmeta.CacheMeta) or None."""
+        if not hasattr(self, "_cache_meta"):
+            from .kvmeta import CacheMeta
+
+            self._cache_meta = CacheMeta.from_gguf(self.source.weights.reader, self.args, str(self.path))
+        return self._cache_meta
+
+    def resolve(self, params: ContextParams) -> ContextParams:
+        """Replace "auto" cache types by the file's metadata (or f16 without it)."""
+        import dataclasses
+
+        meta = self.cache_meta
+        kw: dict = {}
+        if params.type_k == "auto":
+            if meta is None:
+                kw["type_k"] = "f16"
+            elif meta.k_type == "tq":
+                kw.update(type_k="tq", tq_k_layers=tuple(meta.k_configs), tq_seed=meta.seed,
+                          k_center_pairs=meta.center_pairs)
+                if params.k_mean is None and meta.k_mean is not None:
+                    kw["k_mean"] = meta.k_mean
+                if params.k_perm is None and meta.k_perm is not None:
+                    kw["k_perm"] = meta.k_perm
+            else:
+                kw["type_k"] = meta.k_type
+        if params.type_v == "auto":
+            if meta is not None and meta.v_type == "tq":
+                kw.update(type_v="tq", tq_v_layers=tuple(meta.v_configs))
+            else:
+                kw["type_v"] = meta.v_type if meta is not None else "f16"
+        return dataclasses.replace(params, **kw) if kw else params
+
     def context(self, params: ContextParams | None = None, **kw) -> "Context":
-        return Context(self, params or ContextParams(**kw))
+        return Context(self, self.resolve(params or ContextParams(**kw)))
 
 
 class Context:
@@ -186,7 +221,8 @@ class Context:
         self._keep: list = [p]
         a = model.args
         if p.type_k == KVC_CACHE_TQ:
-            p.tq_k = self._tq_layers(tq_configs(params.type_k, params.tq_k_layers, a.num_hidden_layers, a.head_dim))
+            p.tq_k = self._tq_layers(tq_configs(params.type_k, params.tq_k_layers, a.num_hidden_layers, a.head_dim),
+                                     params.k_perm)
         if p.type_v == KVC_CACHE_TQ:
             p.tq_v = self._tq_layers(tq_configs(params.type_v, params.tq_v_layers, a.num_hidden_layers, a.head_dim))
         p.tq_seed = params.tq_seed
@@ -209,12 +245,17 @@ class Context:
         self._ptr = ffi().gc(out[0], lib().kvc_context_free)
         self.n_vocab = model.args.vocab_size
 
-    def _tq_layers(self, configs):
+    def _tq_layers(self, configs, perm: np.ndarray | None = None):
         f = ffi()
         from .turboquant import codebook
 
         arr = f.new("kvc_tq_layer[]", len(configs))
         self._keep.append(arr)
+        if perm is not None:
+            perm = np.ascontiguousarray(perm, dtype=np.int32)
+            if perm.shape != (len(configs), configs[0].d):
+                raise InputError(f"K permutation has shape {perm.shape}, expected {(len(configs), configs[0].d)}")
+            self._keep.append(perm)
         modes = {c.scale for c in configs}
         if not modes <= set(SCALE_MODES):
             raise InputError(f"the runtime supports TurboQuant scales {', '.join(SCALE_MODES)}, not {modes}")
@@ -227,6 +268,10 @@ class Context:
                 buf = f.from_buffer("float[]", cb)
                 self._keep += [cb, buf]
                 setattr(t, name, buf)
+            if perm is not None:
+                pbuf = f.cast("int *", f.from_buffer(perm[i]))
+                self._keep.append(pbuf)
+                t.perm = pbuf
         return arr
 
     @property

@@ -10,18 +10,18 @@ from ..runtime import CACHE_TYPES, ContextParams, Model
 
 
 CACHE_HELP = ("{} cache type: f32, f16, q8_0, q4_0, or TurboQuant: tq<bits> (e.g. tq4), or "
-              "tq:split=N,hi=B,lo=B[,qjl=hi|lo|both] (default f16)")
+              "tq:split=N,hi=B,lo=B[,qjl=hi|lo|both] (default: what the GGUF's kvconvert metadata says, else f16)")
 
 
 def cache_arg(text: str) -> str:
-    if text in CACHE_TYPES or text.lower().startswith("tq"):
+    if text in CACHE_TYPES or text == "auto" or text.lower().startswith("tq"):
         return text
     raise argparse.ArgumentTypeError(f"unknown cache type {text!r}: use f32, f16, q8_0, q4_0 or tq<bits>")
 
 
 def add_cache_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--ctk", type=cache_arg, default="f16", metavar="TYPE", help=CACHE_HELP.format("K"))
-    p.add_argument("--ctv", type=cache_arg, default="f16", metavar="TYPE", help=CACHE_HELP.format("V"))
+    p.add_argument("--ctk", type=cache_arg, default="auto", metavar="TYPE", help=CACHE_HELP.format("K"))
+    p.add_argument("--ctv", type=cache_arg, default="auto", metavar="TYPE", help=CACHE_HELP.format("V"))
 
 
 def add_runtime_args(p: argparse.ArgumentParser, ctx_default: int = 4096) -> None:

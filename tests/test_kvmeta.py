@@ -1,0 +1,66 @@
+"""KV-cache metadata in the GGUF: written by the converter, used by the runtime
+by default, still loadable by llama.cpp."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from kvconvert import convert
+from kvconvert.kvmeta import CacheMeta
+from kvconvert.turboquant import KConfig
+
+runtime = pytest.importorskip("kvconvert.runtime")
+pytest.importorskip("kvconvert._kvc", reason="native runtime not built (pip install -e .)")
+TOKENS = [5, 17, 250, 3, 99, 42, 7, 300, 11, 12, 13, 200, 64, 1, 2, 77]
+
+
+def test_runtime_uses_file_cache_metadata(tiny_models, tmp_path):
+    from kvconvert.model import load_model
+
+    src = load_model(tiny_models["qwen2-hd64"])
+    a = src.args
+    rng = np.random.default_rng(0)
+    configs = [KConfig(d=64, n_hi=16, hi_bits=6, lo_bits=3, qjl_lo=True), KConfig(d=64, lo_bits=5)]
+    meta = CacheMeta(k_type="tq", v_type="tq", k_configs=configs, v_configs=[KConfig(d=64, lo_bits=4)] * 2,
+                     k_perm=np.stack([rng.permutation(64) for _ in range(a.num_hidden_layers)]),
+                     k_mean=rng.standard_normal((a.num_hidden_layers, a.num_key_value_heads, 64)).astype(np.float32),
+                     center_pairs=0, seed=1234)
+    out = tmp_path / "m.gguf"
+    convert(src, out, weights="f32", kv_meta=meta)
+    model = runtime.Model(out)
+    back = model.cache_meta
+    assert back.k_configs == configs and back.seed == 1234
+    np.testing.assert_array_equal(back.k_perm, meta.k_perm)
+    np.testing.assert_array_equal(back.k_mean, meta.k_mean)
+    auto = model.context(n_ctx=32)
+    explicit = model.context(runtime.ContextParams(
+        n_ctx=32, type_k="tq", type_v="tq", tq_k_layers=tuple(configs), tq_v_layers=tuple(meta.v_configs),
+        tq_seed=1234, k_center=True, k_mean=meta.k_mean, k_perm=meta.k_perm))
+    plain = model.context(n_ctx=32, type_k="f16", type_v="f16")
+    per_layer = [c.bits_per_value() * 64 / 8 + 4.25 * 64 / 8 for c in configs]
+    assert auto.kv_bytes_per_token == a.num_key_value_heads * sum(per_layer)
+    got, want = auto.eval(TOKENS, all_logits=True), explicit.eval(TOKENS, all_logits=True)
+    np.testing.assert_array_equal(got, want)  # same configs, permutation, means and seed
+    # a different permutation changes the codes, so the metadata really is used
+    shuffled = model.context(runtime.ContextParams(
+        n_ctx=32, type_k="tq", type_v="tq", tq_k_layers=tuple(configs), tq_v_layers=tuple(meta.v_configs),
+        tq_seed=1234, k_center=True, k_mean=meta.k_mean, k_perm=meta.k_perm[:, ::-1].copy()))
+    assert not np.array_equal(shuffled.eval(TOKENS, all_logits=True), got)
+    ref = plain.eval(TOKENS, all_logits=True)
+    assert np.linalg.norm(got - ref) / np.linalg.norm(ref) < 0.3
+    # the file still loads in llama.cpp (unknown kvconvert.* keys are ignored)
+    from tests import oracle_llama_cpp as oracle
+
+    cpp = oracle.logits(oracle.load(out, n_ctx=32), TOKENS)
+    assert np.linalg.norm(cpp - ref) / np.linalg.norm(ref) < 2e-3
+
+
+def test_bad_cache_metadata(tiny_models, tmp_path):
+    from kvconvert.errors import InputError
+
+    meta = CacheMeta(k_type="tq", k_configs=[KConfig(d=64)] * 2, k_perm=np.zeros((2, 64), np.int32))
+    out = tmp_path / "bad.gguf"
+    convert(tiny_models["qwen2-hd64"], out, weights="f32", kv_meta=meta)
+    with pytest.raises(InputError, match="bad.gguf.*not a permutation"):
+        runtime.Model(out).context(n_ctx=16)
