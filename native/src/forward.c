@@ -13,12 +13,7 @@
 
 #include "kv_cache.h"
 #include "model.h"
-
-static size_t rbytes(int type, long long n) {
-    int bs, ts, vdt;
-    kvc_type_info(type, &bs, &ts, &vdt);
-    return (size_t)(n / bs) * (size_t)ts;
-}
+#include "util.h"
 
 /* ---- matrix products ---- */
 
@@ -54,14 +49,14 @@ typedef struct {
     int type, T;
     long long n;
     const float *x; /* (T, n) */
-    uint8_t *dst;   /* (T) rows of rbytes(type, n) */
+    uint8_t *dst;   /* (T) rows of kvc_row_bytes(type, n) */
 } quant_task;
 
 static void quant_run(void *arg, int ith, int nth) {
     quant_task *q = arg;
     long long t0, t1;
     kvc_split(q->T, ith, nth, 1, &t0, &t1);
-    size_t rb = rbytes(q->type, q->n);
+    size_t rb = kvc_row_bytes(q->type, q->n);
     for (long long t = t0; t < t1; t++) kvc_quantize_row(q->type, KVC_IMPL_AUTO, q->x + t * q->n, q->dst + t * rb, q->n);
 }
 

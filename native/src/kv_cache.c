@@ -12,12 +12,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-static size_t std_row_bytes(int type, int d) {
-    int bs, ts, vdt;
-    if (kvc_type_info(type, &bs, &ts, &vdt) != KVC_OK || d % bs) return 0;
-    return (size_t)(d / bs) * (size_t)ts;
-}
-
 static int std_type_ok(int t) {
     return t == KVC_TYPE_F32 || t == KVC_TYPE_F16 || t == KVC_TYPE_Q8_0 || t == KVC_TYPE_Q4_0;
 }
@@ -90,7 +84,7 @@ int kv_init(kvc_context *c, const kvc_context_params *p, char *err, int err_len)
                                 kind ? "V" : "K", t->n_hi, t->hi_bits, t->lo_bits);
                 rb = (size_t)lay->row_bytes;
             } else {
-                rb = std_row_bytes(kind ? p->type_v : p->type_k, D);
+                rb = kvc_row_bytes(kind ? p->type_v : p->type_k, D);
                 if (!rb) return kvc_fail(err, err_len, KVC_ERR_UNSUPPORTED, "head_dim %d does not fit the cache type", D);
             }
             size_t bytes = (size_t)Hk * (size_t)c->n_ctx * rb + 8; /* slack: code reads may run 2 bytes past */
@@ -196,12 +190,6 @@ void kv_store(kvc_context *c, int layer, int T) {
         }
 }
 
-static size_t rbytes(int type, long long n) {
-    int bs, ts, vdt;
-    kvc_type_info(type, &bs, &ts, &vdt);
-    return (size_t)(n / bs) * (size_t)ts;
-}
-
 void kv_scores(kvc_context *c, attn_scratch *s, int layer, int h, const float *q, int n_rep, int n_keys,
                float *scores) {
     const kvc_model *m = c->m;
@@ -221,7 +209,7 @@ void kv_scores(kvc_context *c, attn_scratch *s, int layer, int h, const float *q
     } else {
         const uint8_t *qa = (const uint8_t *)q;
         if (c->k_vec_dot_type != KVC_TYPE_F32) {
-            size_t qrb = rbytes(c->k_vec_dot_type, D);
+            size_t qrb = kvc_row_bytes(c->k_vec_dot_type, D);
             for (int r = 0; r < n_rep; r++)
                 kvc_quantize_row(c->k_vec_dot_type, KVC_IMPL_AUTO, q + (size_t)r * D, s->qq + r * qrb, D);
             qa = s->qq;

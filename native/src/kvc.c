@@ -31,3 +31,9 @@ const char *kvc_status_string(int status) {
     default: return "unknown error";
     }
 }
+
+size_t kvc_row_bytes(int type, long long n) {
+    int bs, ts, vdt;
+    if (kvc_type_info(type, &bs, &ts, &vdt) != KVC_OK || n <= 0 || n % bs) return 0;
+    return (size_t)(n / bs) * (size_t)ts;
+}

@@ -10,13 +10,6 @@
 #include "model.h"
 #include "util.h"
 
-/* Bytes of one row of ne0 elements of `type`, or 0 if the type/length is invalid. */
-static size_t row_bytes(int type, long long ne0) {
-    int bs, ts, vdt;
-    if (kvc_type_info(type, &bs, &ts, &vdt) != KVC_OK || ne0 <= 0 || ne0 % bs) return 0;
-    return (size_t)(ne0 / bs) * (size_t)ts;
-}
-
 static const char *tname(const kvc_tensor *t) { return t->name ? t->name : "(unnamed tensor)"; }
 
 /* Check a matrix (ne0, ne1) and make a view of it. */
@@ -25,7 +18,7 @@ static int matrix(const kvc_tensor *t, long long ne0, long long ne1, tview *out,
     if (t->ne[0] != ne0 || t->ne[1] != ne1)
         return kvc_fail(err, err_len, KVC_ERR_INVALID, "tensor %s has shape (%lld, %lld), expected (%lld, %lld)",
                     tname(t), t->ne[0], t->ne[1], ne0, ne1);
-    size_t rb = row_bytes(t->type, ne0);
+    size_t rb = kvc_row_bytes(t->type, ne0);
     int bs, ts, vdt;
     if (!rb || kvc_type_info(t->type, &bs, &ts, &vdt) != KVC_OK)
         return kvc_fail(err, err_len, KVC_ERR_UNSUPPORTED, "tensor %s: type %d with row length %lld is not supported",
@@ -47,7 +40,7 @@ static int vector(const kvc_tensor *t, long long n, int optional, float **out, c
     if (t->ne[0] != n || t->ne[1] != 1)
         return kvc_fail(err, err_len, KVC_ERR_INVALID, "tensor %s has shape (%lld, %lld), expected (%lld)",
                     tname(t), t->ne[0], t->ne[1], n);
-    size_t rb = row_bytes(t->type, n);
+    size_t rb = kvc_row_bytes(t->type, n);
     if (!rb) return kvc_fail(err, err_len, KVC_ERR_UNSUPPORTED, "tensor %s: type %d not supported", tname(t), t->type);
     if (t->nbytes < 0 || (unsigned long long)t->nbytes < rb)
         return kvc_fail(err, err_len, KVC_ERR_INVALID, "tensor %s: too few bytes (file truncated?)", tname(t));
