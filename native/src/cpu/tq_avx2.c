@@ -98,7 +98,29 @@ void tq_score_avx2(const tq_layout *L, const tq_query *q, int nq, const uint8_t 
     int any_qjl = 0;
     for (int k = 0; k < L->n_groups; k++) any_qjl |= L->g[k].qjl;
     float vals[TQ_MAX_DIM] __attribute__((aligned(32)));
-    for (int j = 0; j < n; j++) {
+    int j = 0;
+    if (!any_qjl) {
+        /* 8 keys at a time: decode them once, then for each query reduce the 8
+         * per-key accumulators together (transposed horizontal sums) */
+        static __thread float blk[8 * TQ_MAX_DIM] __attribute__((aligned(32)));
+        for (; j + 8 <= n; j += 8) {
+            for (int k = 0; k < 8; k++) decode_row8(L, regs, rows + (size_t)(j + k) * L->row_bytes, blk + k * L->d);
+            for (int r = 0; r < nq; r++) {
+                __m256 a[8];
+                for (int k = 0; k < 8; k++) a[k] = _mm256_setzero_ps();
+                for (int i = 0; i < L->d; i += 8) {
+                    const __m256 qv = _mm256_loadu_ps(q[r].qr + i);
+                    for (int k = 0; k < 8; k++) a[k] = _mm256_fmadd_ps(_mm256_load_ps(blk + k * L->d + i), qv, a[k]);
+                }
+                __m256 s01 = _mm256_hadd_ps(a[0], a[1]), s23 = _mm256_hadd_ps(a[2], a[3]);
+                __m256 s45 = _mm256_hadd_ps(a[4], a[5]), s67 = _mm256_hadd_ps(a[6], a[7]);
+                __m256 s03 = _mm256_hadd_ps(s01, s23), s47 = _mm256_hadd_ps(s45, s67);
+                __m256 sum = _mm256_add_ps(_mm256_permute2f128_ps(s03, s47, 0x20), _mm256_permute2f128_ps(s03, s47, 0x31));
+                _mm256_storeu_ps(out + (size_t)r * n + j, sum);
+            }
+        }
+    }
+    for (; j < n; j++) {
         const uint8_t *row = rows + (size_t)j * L->row_bytes;
         decode_row8(L, regs, row, vals);
         for (int r = 0; r < nq; r++) {
