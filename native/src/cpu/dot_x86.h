@@ -37,6 +37,16 @@
 enum { K_Q8_0, K_Q4_0, K_Q5_0, K_Q4_1 };
 
 /* Array bounds for the tiles: the larger of the decode and gemm row counts. */
+/* tile-size defaults (a file may set its own before including this) */
+#ifndef RD_Q
+#define RD_Q 4 /* rows per decode tile (n_tok = 1) */
+#endif
+#ifndef RD_K
+#define RD_K 2
+#endif
+#ifndef RD_F
+#define RD_F 4
+#endif
 #define RA_Q (RD_Q > RM_Q ? RD_Q : RM_Q)
 #define RA_K (RD_K > RM_K ? RD_K : RM_K)
 #define RA_F (RD_F > RM_F ? RD_F : RM_F)

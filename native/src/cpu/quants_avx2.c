@@ -6,11 +6,7 @@
 
 #if defined(__x86_64__)
 
-#if defined(__clang__)
-#pragma clang attribute push(__attribute__((target("avx2,fma,f16c"))), apply_to = function)
-#else
-#pragma GCC target("avx2,fma,f16c")
-#endif
+#include "target_avx2.h"
 
 #include <math.h>
 
@@ -196,8 +192,6 @@ void kvc_dequantize_row_q4_0_avx2(const void *vx, float *y, int64_t n) {
     }
 }
 
-#if defined(__clang__)
-#pragma clang attribute pop
-#endif
+#include "target_end.h"
 
 #endif /* __x86_64__ */

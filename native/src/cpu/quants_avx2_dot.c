@@ -6,11 +6,7 @@
 
 #if defined(__x86_64__)
 
-#if defined(__clang__)
-#pragma clang attribute push(__attribute__((target("avx2,fma,f16c"))), apply_to = function)
-#else
-#pragma GCC target("avx2,fma,f16c")
-#endif
+#include "target_avx2.h"
 
 #include "simd_x86.h"
 
@@ -31,15 +27,6 @@
 #define FV_FMA(a, b, c) _mm256_fmadd_ps((a), (b), (c))
 #define FV_HSUM(v) hsum_ps_256(v)
 
-#ifndef RD_Q
-#define RD_Q 4 /* rows per decode tile (n_tok = 1) */
-#endif
-#ifndef RD_K
-#define RD_K 2
-#endif
-#ifndef RD_F
-#define RD_F 4
-#endif
 #ifndef RM_Q
 #define RM_Q 4
 #endif
@@ -63,8 +50,6 @@
 
 DEFINE_ALL_KERNELS(Q32_CALL)
 
-#if defined(__clang__)
-#pragma clang attribute pop
-#endif
+#include "target_end.h"
 
 #endif /* __x86_64__ */

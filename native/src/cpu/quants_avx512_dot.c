@@ -50,15 +50,6 @@ static inline __attribute__((always_inline)) float hsum_ps_512(__m512 v) {
 #define FV_FMA(a, b, c) _mm512_fmadd_ps((a), (b), (c))
 #define FV_HSUM(v) hsum_ps_512(v)
 
-#ifndef RD_Q
-#define RD_Q 4 /* rows per decode tile (n_tok = 1) */
-#endif
-#ifndef RD_K
-#define RD_K 2
-#endif
-#ifndef RD_F
-#define RD_F 4
-#endif
 #ifndef RM_Q
 #define RM_Q 8
 #endif

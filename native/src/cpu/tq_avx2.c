@@ -6,11 +6,7 @@
 #if defined(__x86_64__)
 #include <string.h>
 
-#if defined(__clang__)
-#pragma clang attribute push(__attribute__((target("avx2,fma,f16c"))), apply_to = function)
-#else
-#pragma GCC target("avx2,fma,f16c")
-#endif
+#include "target_avx2.h"
 
 #include "../quants.h"
 #include "../tq.h"
@@ -165,7 +161,5 @@ void tq_accum_avx2(const tq_layout *L, const float *p, int nq, const uint8_t *ro
     }
 }
 
-#if defined(__clang__)
-#pragma clang attribute pop
-#endif
+#include "target_end.h"
 #endif

@@ -3,11 +3,7 @@
  * sum, rms) differ only by summation order. */
 #if defined(__x86_64__)
 
-#if defined(__clang__)
-#pragma clang attribute push(__attribute__((target("avx2,fma,f16c"))), apply_to = function)
-#else
-#pragma GCC target("avx2,fma,f16c")
-#endif
+#include "target_avx2.h"
 
 #include "../vec.h"
 #include "simd_x86.h"
@@ -108,7 +104,5 @@ AVX2 static void scale_avx2(int n, float a, float *x) {
 
 const kvc_vec_ops kvc_vec_ops_avx2 = {softmax_avx2, rms_norm_avx2, silu_mul_avx2, axpy_avx2, scale_avx2};
 
-#if defined(__clang__)
-#pragma clang attribute pop
-#endif
+#include "target_end.h"
 #endif
