@@ -35,7 +35,7 @@ def main() -> None:
     common = dict(text_name="austen-eval", n_ctx=args.ctx, n_chunks=args.chunks, n_threads=args.threads)
     with tempfile.TemporaryDirectory() as tmp:
         base = Path(tmp) / "base.logp"
-        r0 = evaluate(m, text, save_logits=base, **common)
+        r0 = evaluate(m, text, type_k="f16", type_v="f16", save_logits=base, **common)  # the base is f16, whatever the file says
         head = m.args.num_hidden_layers * m.args.num_key_value_heads * m.args.head_dim
         print(f"\n{path.name}, Austen eval, {r0.n_chunks} chunks x {args.ctx} tokens; KLD/top-1 vs the f16 cache\n")
         print("| K | V | K+V bits/value | KV MiB @32k | PPL | KLD | top-1 |")

@@ -17,66 +17,65 @@ import numpy as np
 
 from kvconvert import fixtures, metrics
 from kvconvert.commands.run import add_cache_args
-from kvconvert.llama_cpp_peer import load, quiet
+from kvconvert.llama_cpp_peer import GGML_TYPES, load, quiet
 from kvconvert.runtime import ContextParams, Model
 
 
-def timed_decode(eval_one, tokens) -> float:
+def speed(eval_tokens, reset, args, tokens: list[int]) -> tuple[float, dict[int, float]]:
+    """Prefill tok/s and decode tok/s per depth of an engine given as callables."""
+    eval_tokens(tokens[:16])  # warm up: page in the weights, start the threads
+    reset()
     t0 = time.perf_counter()
-    for t in tokens:
-        eval_one(int(t))
-    return len(tokens) / (time.perf_counter() - t0)
-
-
-def ours(path, args, rng_tokens, chunks):
-    m = Model(path)
-    ctx = m.context(ContextParams(n_ctx=max(args.depths) + args.decode + 1, n_batch=512, type_k=args.ctk,
-                                  type_v=args.ctv, n_threads=args.threads))
-    ctx.eval(rng_tokens[:16])
-    ctx.reset()
-    t0 = time.perf_counter()
-    ctx.eval(rng_tokens[: args.prefill])
+    eval_tokens(tokens[: args.prefill])
     prefill = args.prefill / (time.perf_counter() - t0)
     decode = {}
     for d in args.depths:
-        ctx.reset()
-        ctx.eval(rng_tokens[:d])
-        decode[d] = timed_decode(lambda t: ctx.eval([t]), rng_tokens[d:d + args.decode])
+        reset()
+        if d:
+            eval_tokens(tokens[:d])
+        t0 = time.perf_counter()
+        for t in tokens[d:d + args.decode]:
+            eval_tokens([t])
+        decode[d] = args.decode / (time.perf_counter() - t0)
+    return prefill, decode
+
+
+def perplexity(logits_of, chunks) -> metrics.Score:
+    return metrics.score(np.concatenate([metrics.chunk_nll(logits_of(c), c) for c in chunks]))
+
+
+def ours(path, args, tokens, chunks):
+    m = Model(path)
+    ctx = m.context(ContextParams(n_ctx=max(args.depths) + args.decode + 1, n_batch=512, type_k=args.ctk,
+                                  type_v=args.ctv, n_threads=args.threads))
+    prefill, decode = speed(ctx.eval, ctx.reset, args, tokens)
     pctx = m.context(ContextParams(n_ctx=args.ppl_ctx, type_k=args.ctk, type_v=args.ctv, n_threads=args.threads))
-    nll = []
-    for c in chunks:
+
+    def logits_of(c):
         pctx.reset()
-        nll.append(metrics.chunk_nll(pctx.eval(c, all_logits=True), c))
-    return prefill, decode, metrics.score(np.concatenate(nll))
+        return pctx.eval(c, all_logits=True)
+
+    return prefill, decode, perplexity(logits_of, chunks)
 
 
-def llama_cpp(path, args, rng_tokens, chunks):
+def llama_cpp(path, args, tokens, chunks):
     # llama.cpp needs flash attention for quantized V; otherwise its default path
     fa = {"flash_attn": True} if args.ctv != "f16" else {}
     n_ctx = max(args.depths) + args.decode + 1
     llm = load(path, n_ctx, logits_all=False, n_batch=512, type_k=args.ctk, type_v=args.ctv,
                n_threads=args.threads, **fa)
-    toks = [int(t) for t in rng_tokens]
     with quiet():
-        llm.eval(toks[:16])
-        llm.reset()
-        t0 = time.perf_counter()
-        llm.eval(toks[: args.prefill])
-        prefill = args.prefill / (time.perf_counter() - t0)
-        decode = {}
-        for d in args.depths:
-            llm.reset()
-            llm.eval(toks[:d])
-            decode[d] = timed_decode(lambda t: llm.eval([t]), toks[d:d + args.decode])
+        prefill, decode = speed(llm.eval, llm.reset, args, tokens)
     del llm
     plm = load(path, args.ppl_ctx, type_k=args.ctk, type_v=args.ctv, n_threads=args.threads, **fa)
-    nll = []
-    for c in chunks:
+
+    def logits_of(c):
         plm.reset()
         with quiet():
             plm.eval([int(t) for t in c])
-        nll.append(metrics.chunk_nll(np.array(plm.scores[: len(c)]), c))
-    return prefill, decode, metrics.score(np.concatenate(nll))
+        return np.array(plm.scores[: len(c)])
+
+    return prefill, decode, perplexity(logits_of, chunks)
 
 
 def main() -> None:
@@ -91,6 +90,11 @@ def main() -> None:
     add_cache_args(p)
     args = p.parse_args()
     args.depths = [int(d) for d in args.depths.split(",")]
+    # a side-by-side needs a cache both engines have: "auto" means f16 here
+    args.ctk = "f16" if args.ctk == "auto" else args.ctk
+    args.ctv = "f16" if args.ctv == "auto" else args.ctv
+    if args.ctk not in GGML_TYPES or args.ctv not in GGML_TYPES:
+        p.error(f"llama.cpp has no {args.ctk}/{args.ctv} cache; compare with {', '.join(GGML_TYPES)}")
     path = args.model or fixtures.qwen25_coder_gguf()
     m = Model(path)
     text = fixtures.austen_text("eval")
@@ -98,8 +102,8 @@ def main() -> None:
     bos = spec.bos_id if spec.effective_add_bos() else None
     chunks = metrics.chunks(m.tokenize(text[: 6 * args.ppl_ctx * args.ppl_chunks], add_bos=False), args.ppl_ctx,
                             args.ppl_chunks, bos=bos)
-    rng_tokens = np.random.default_rng(0).integers(0, min(m.args.vocab_size, 32000),
-                                                   max(args.depths) + args.decode + args.prefill)
+    rng_tokens = [int(t) for t in np.random.default_rng(0).integers(0, min(m.args.vocab_size, 32000),
+                                                                    max(args.depths) + args.decode + args.prefill)]
     del m
     a = ours(path, args, rng_tokens, chunks)
     b = llama_cpp(path, args, rng_tokens, chunks)
