@@ -132,22 +132,25 @@ def resolve(model: str | os.PathLike) -> Path:
         return p
     s = str(model)
     if _REPO_ID.match(s) and not s.endswith(".gguf"):
-        from huggingface_hub import snapshot_download
-        from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
+        from huggingface_hub import constants, snapshot_download
+        from huggingface_hub.errors import HfHubHTTPError, IncompleteSnapshotError, LocalEntryNotFoundError
 
+        # Cached first (a HF checkpoint, or a GGUF repo fetched by `kvconvert pull`), without the network.
         try:
             return Path(snapshot_download(s, allow_patterns=["*.json", "*.safetensors", "*.gguf", "*.txt", "*.model"],
                                           local_files_only=True))
+        except IncompleteSnapshotError as e:  # a GGUF repo of which only some GGUFs were pulled is usable
+            snap = Path(e.snapshot_path or "")
+            if e.snapshot_path and not (snap / "config.json").exists() and len(list(snap.glob("*.gguf"))) == 1:
+                return snap
         except (LocalEntryNotFoundError, HfHubHTTPError, OSError, ValueError):
             pass
-        if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false"):
+        if constants.is_offline_mode() or os.environ.get("HF_HUB_OFFLINE", "0").lower() not in ("0", "", "false"):
             raise InputError(f"{s}: not in the local Hugging Face cache and HF_HUB_OFFLINE is set; "
-                             "download it first or unset HF_HUB_OFFLINE")
-        try:
-            return Path(snapshot_download(s, allow_patterns=["*.json", "*.safetensors", "*.txt", "*.model"]))
-        except Exception as e:  # network, auth, missing repo: all end the same way for the user
-            raise InputError(f"{s}: cannot download from the Hugging Face Hub ({type(e).__name__}); "
-                             "check the repo id and your connection, or pass a local path") from None
+                             "download it first (`kvconvert pull`) or unset HF_HUB_OFFLINE")
+        from .hub import download_for_resolve
+
+        return download_for_resolve(s)  # a checkpoint's files, or a GGUF repo's one GGUF (*.gguf included)
     raise InputError(f"{s}: no such file or directory")
 
 

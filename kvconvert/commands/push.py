@@ -1,0 +1,34 @@
+"""kvconvert push OUT.gguf --repo OWNER/NAME [--private] [--profile FILE]"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from ..hub import push
+
+
+def configure(p: argparse.ArgumentParser) -> None:
+    p.description = (f"{p.description}. The GGUF, its profile JSON (with --profile) and a generated README.md "
+                     "model card go up in one commit. Authentication: the HF_TOKEN environment variable, "
+                     "else the token saved by `hf auth login` (needs write access).")
+    p.add_argument("gguf", metavar="OUT.gguf", help="a GGUF written by `kvconvert convert` (has kvconvert.* metadata)")
+    p.add_argument("--repo", required=True, metavar="OWNER/NAME",
+                   help="Hub model repo to upload to; created if it does not exist")
+    p.add_argument("--private", action="store_true",
+                   help="create the repo as private (ignored if the repo already exists)")
+    p.add_argument("--profile", metavar="FILE",
+                   help="profile JSON from `kvconvert search` used for this file: uploaded next to it, and its "
+                        "measured quality goes into the model card")
+
+
+def run(args: argparse.Namespace) -> int:
+    def stage(done: float, total: float, what: str) -> None:  # one line per stage, on a terminal only
+        if not sys.stderr.isatty():
+            return
+        print(f"kvconvert: {what} ({total / 2**20:.1f} MiB)" if what.startswith("uploading") else f"kvconvert: {what}",
+              file=sys.stderr, flush=True)
+
+    url = push(args.gguf, args.repo, private=args.private, profile=args.profile, progress=stage)
+    print(url)
+    return 0
