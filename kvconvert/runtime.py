@@ -60,6 +60,8 @@ class ContextParams:
     k_center_pairs: int = 0
     k_mean: np.ndarray | None = field(default=None, compare=False)
     k_perm: np.ndarray | None = field(default=None, compare=False)  # (layers, head_dim) post-RoPE channel order
+    k_mean_folded: bool = False  # the weights already subtract k_mean (folded layout): correction only
+    v_mean: np.ndarray | None = field(default=None, compare=False)  # (layers, kv heads, head_dim): V centering
 
     def resolved_threads(self) -> int:
         return self.n_threads if self.n_threads > 0 else (os.cpu_count() or 1)
@@ -237,6 +239,15 @@ class Context:
             buf = ffi().from_buffer("float[]", mean)
             self._keep += [mean, buf]
             p.k_mean = buf
+        p.k_mean_folded = int(params.k_mean_folded)
+        if params.v_mean is not None:
+            vmean = np.ascontiguousarray(params.v_mean, dtype=np.float32)
+            if vmean.shape != (a.num_hidden_layers, a.num_key_value_heads, a.head_dim):
+                raise InputError(f"V mean has shape {vmean.shape}, the model needs "
+                                 f"{(a.num_hidden_layers, a.num_key_value_heads, a.head_dim)}")
+            vbuf = ffi().from_buffer("float[]", vmean)
+            self._keep += [vmean, vbuf]
+            p.v_mean = vbuf
         out = ffi().new("kvc_context **")
         err = ffi().new("char[512]")
         status = lib().kvc_context_create(model._ptr, p, out, err, 512)
@@ -273,6 +284,20 @@ class Context:
                 self._keep.append(pbuf)
                 t.perm = pbuf
         return arr
+
+    def capture(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Turn on calibration capture; returns the buffers q (layers, n_batch, H*D),
+        k and v (layers, n_batch, Hk*D) that every later eval batch fills (pre-RoPE,
+        bias added, in the file's channel order; rows beyond the batch are stale)."""
+        a = self.model.args
+        T = min(self.params.n_batch, self.params.n_ctx)
+        bufs = tuple(np.zeros((a.num_hidden_layers, T, n * a.head_dim), dtype=np.float32)
+                     for n in (a.num_attention_heads, a.num_key_value_heads, a.num_key_value_heads))
+        f = ffi()
+        ptrs = [f.cast("float *", f.from_buffer(b)) for b in bufs]
+        self._keep += list(bufs) + ptrs
+        check(lib().kvc_set_capture(self._ptr, *ptrs), "capture")
+        return bufs  # type: ignore[return-value]
 
     @property
     def n_past(self) -> int:

@@ -94,6 +94,9 @@ typedef struct {
     float rms_eps;
     int rope_pairing;            /* KVC_ROPE_* */
     const float *rope_freqs;     /* (head_dim/2) angle per position of each pair */
+    /* Folded layout (DESIGN §3): pair j of layer l rotates with frequency
+     * rope_freqs[rope_pair_src[l * head_dim/2 + j]] (a permutation per layer); NULL: identity. */
+    const int *rope_pair_src;    /* (n_layer, head_dim/2) or NULL */
     kvc_tensor tok_embd, output_norm, output; /* output.data == NULL: tied to tok_embd */
     const kvc_layer_desc *layers;             /* (n_layer) */
 } kvc_model_desc;
@@ -138,6 +141,12 @@ typedef struct {
     int k_center;
     int k_center_pairs;
     const float *k_mean;      /* (n_layer, n_head_kv, head_dim) in the file's channel order, or NULL */
+    /* k_mean_folded: the weights already subtract k_mean (folded layout's b_k), so the
+     * runtime only adds the correction; needs k_center and k_mean, for any K type. */
+    int k_mean_folded;
+    /* V mean (portable layout): v − v_mean is cached and v_mean added to the attention
+     * output (exact: softmax weights sum to 1). NULL: no V centering. */
+    const float *v_mean;      /* (n_layer, n_head_kv, head_dim) or NULL */
 } kvc_context_params;
 
 int kvc_context_create(kvc_model *model, const kvc_context_params *params, kvc_context **out,
@@ -149,6 +158,11 @@ void kvc_context_free(kvc_context *ctx);
  * may be NULL. Fails with KVC_ERR_CONTEXT_FULL past n_ctx (nothing appended). */
 int kvc_eval(kvc_context *ctx, const int *tokens, int n, float *logits, int all_logits);
 int kvc_n_past(const kvc_context *ctx);
+/* Calibration capture: during each later kvc_eval batch of T tokens, every layer's
+ * projections (after bias, before centering and RoPE) are copied to
+ * q + (l * n_batch + t) * n_head * head_dim, k/v + (l * n_batch + t) * n_head_kv * head_dim
+ * for t < T (the last batch of the call wins). All NULL: capture off. */
+int kvc_set_capture(kvc_context *ctx, float *q, float *k, float *v);
 /* Forget cached tokens from position n_past on (0 clears the cache). */
 int kvc_set_n_past(kvc_context *ctx, int n_past);
 /* TurboQuant twins, exposed for tests (twin of kvconvert/turboquant.py):

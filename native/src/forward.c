@@ -106,8 +106,9 @@ static void rope_table(const kvc_model *m, int pos0, int T, float *cs) {
         }
 }
 
-/* Rotate x (T, n_heads, D) in place. */
-static void rope_apply(const kvc_model *m, int T, int n_heads, float *x, const float *cs) {
+/* Rotate x (T, n_heads, D) in place; pair j uses column src[j] of cs (src: (D/2), the
+ * layer's permuted θ table in the folded layout, else the identity). */
+static void rope_apply(const kvc_model *m, const int *src, int T, int n_heads, float *x, const float *cs) {
     const int D = m->head_dim, P = D / 2;
     const int stride = m->rope_pairing == KVC_ROPE_NEOX ? 1 : 2; /* index step between pairs */
     const int partner = m->rope_pairing == KVC_ROPE_NEOX ? P : 1;
@@ -117,7 +118,7 @@ static void rope_apply(const kvc_model *m, int T, int n_heads, float *x, const f
             const float *tc = cs + (size_t)t * P * 2;
             for (int j = 0; j < P; j++) {
                 float *a = v + j * stride, *b = a + partner;
-                float c0 = tc[2 * j], s0 = tc[2 * j + 1];
+                float c0 = tc[2 * src[j]], s0 = tc[2 * src[j] + 1];
                 float xa = *a, xb = *b;
                 *a = xa * c0 - xb * s0;
                 *b = xa * s0 + xb * c0;
@@ -150,10 +151,22 @@ static void attn_run(void *arg, int ith, int nth) {
             c->ops->softmax(n_keys, s->scores + (size_t)r * n_keys);
         }
         kv_values(c, s, at->layer, h, s->scores, n_rep, n_keys, out);
+        if (c->v_mean) /* the cache holds v − μ_v; the weights sum to 1 */
+            for (int r = 0; r < n_rep; r++)
+                c->ops->axpy(D, 1.0f, c->v_mean + ((size_t)at->layer * Hk + h) * D, out + (size_t)r * D);
     }
 }
 
 /* ---- one batch ---- */
+
+static void capture(kvc_context *c, int l, int T) {
+    const kvc_model *m = c->m;
+    const size_t QD = (size_t)m->n_head * m->head_dim, KD = (size_t)m->n_head_kv * m->head_dim;
+    const size_t base = (size_t)l * c->n_batch;
+    memcpy(c->cap_q + base * QD, c->q, sizeof(float) * T * QD);
+    memcpy(c->cap_k + base * KD, c->k, sizeof(float) * T * KD);
+    memcpy(c->cap_v + base * KD, c->v, sizeof(float) * T * KD);
+}
 
 static void forward_batch(kvc_context *c, const int *tokens, int T, float *logits, int all_logits) {
     const kvc_model *m = c->m;
@@ -171,9 +184,11 @@ static void forward_batch(kvc_context *c, const int *tokens, int T, float *logit
         const float *qkv_b[3] = {w->bq, w->bk, w->bv};
         float *qkv_o[3] = {c->q, c->k, c->v};
         matmul(c, T, c->xn, E, 3, qkv, qkv_b, qkv_o);
+        if (c->cap_q) capture(c, l, T);
         kv_center(c, l, T);
-        rope_apply(m, T, m->n_head, c->q, c->rope_cs);
-        rope_apply(m, T, m->n_head_kv, c->k, c->rope_cs);
+        const int *src = m->rope_src + (size_t)l * (m->head_dim / 2);
+        rope_apply(m, src, T, m->n_head, c->q, c->rope_cs);
+        rope_apply(m, src, T, m->n_head_kv, c->k, c->rope_cs);
         kv_store(c, l, T);
         attn_task at = {c, l, T};
         kvc_pool_run(c->pool, attn_run, &at);

@@ -63,7 +63,7 @@ int kv_init(kvc_context *c, const kvc_context_params *p, char *err, int err_len)
     c->k_rb = calloc((size_t)L, sizeof(size_t));
     c->v_rb = calloc((size_t)L, sizeof(size_t));
     c->kv = calloc((size_t)L, sizeof(kv_layer));
-    c->enc_tmp = malloc(sizeof(float) * 2 * (size_t)D);
+    c->enc_tmp = malloc(sizeof(float) * 4 * (size_t)D); /* permuted k | encode scratch (2D) | centered v */
     if (k_tq) c->tq_k = calloc((size_t)L, sizeof(tq_layout));
     if (v_tq) c->tq_v = calloc((size_t)L, sizeof(tq_layout));
     if (!c->k_rb || !c->v_rb || !c->kv || !c->enc_tmp || (k_tq && !c->tq_k) || (v_tq && !c->tq_v))
@@ -100,6 +100,14 @@ int kv_init(kvc_context *c, const kvc_context_params *p, char *err, int err_len)
     }
     c->k_center = p->k_center != 0;
     c->k_center_pairs = p->k_center_pairs;
+    c->k_mean_folded = p->k_mean_folded != 0;
+    if (c->k_mean_folded && (!c->k_center || !p->k_mean))
+        return kvc_fail(err, err_len, KVC_ERR_INVALID, "a K mean folded into the weights needs k_center and k_mean");
+    if (p->v_mean) {
+        c->v_mean = malloc(sizeof(float) * (size_t)L * Hk * D);
+        if (!c->v_mean) return kvc_fail(err, err_len, KVC_ERR_NOMEM, "out of memory");
+        memcpy(c->v_mean, p->v_mean, sizeof(float) * (size_t)L * Hk * D);
+    }
     if (c->k_center) {
         c->k_mean = calloc((size_t)L * Hk * D, sizeof(float));
         c->k_pairs = malloc(sizeof(int) * (size_t)L * Hk * (D / 2));
@@ -132,7 +140,7 @@ void kv_free(kvc_context *c) {
     if (c->scratch)
         for (int i = 0; i < c->n_threads; i++) free(c->scratch[i].qp), free(c->scratch[i].corr), free(c->scratch[i].tq), free(c->scratch[i].scores2);
     free(c->kv), free(c->tq_k), free(c->tq_v), free(c->k_rb), free(c->v_rb), free(c->enc_tmp);
-    free(c->k_mean), free(c->k_pairs), free(c->rope_all);
+    free(c->k_mean), free(c->k_pairs), free(c->rope_all), free(c->v_mean);
 }
 
 static inline uint8_t *k_row(const kvc_context *c, int l, int h, int pos) {
@@ -143,7 +151,7 @@ static inline uint8_t *v_row(const kvc_context *c, int l, int h, int pos) {
 }
 
 void kv_center(kvc_context *c, int layer, int T) {
-    if (!c->k_center) return;
+    if (!c->k_center || c->k_mean_folded) return;
     const kvc_model *m = c->m;
     const int Hk = m->n_head_kv, D = m->head_dim;
     float *mean = c->k_mean + (size_t)layer * Hk * D;
@@ -175,6 +183,12 @@ void kv_store(kvc_context *c, int layer, int T) {
             const int pos = c->n_past + t;
             const float *k = c->k + ((size_t)t * Hk + h) * D;
             const float *v = c->v + ((size_t)t * Hk + h) * D;
+            if (c->v_mean) {
+                const float *mu = c->v_mean + ((size_t)layer * Hk + h) * D;
+                float *vc = c->enc_tmp + 3 * (size_t)D;
+                for (int i = 0; i < D; i++) vc[i] = v[i] - mu[i];
+                v = vc;
+            }
             if (c->tq_k) {
                 const tq_layout *L = &c->tq_k[layer];
                 if (L->perm) {
@@ -220,6 +234,7 @@ void kv_scores(kvc_context *c, attn_scratch *s, int layer, int h, const float *q
     /* corr (n_rep, D): (A_j, B_j) at (2j, 2j+1) for centered pairs, 0 elsewhere, so the
      * correction of every key is one length-D dot with its (cos, sin) row of rope_all */
     const int *pairs = c->k_pairs + ((size_t)layer * m->n_head_kv + h) * P;
+    const int *src = m->rope_src + (size_t)layer * P; /* pair -> column of rope_all */
     const float *mu = c->k_mean + ((size_t)layer * m->n_head_kv + h) * D;
     memset(s->corr, 0, sizeof(float) * (size_t)n_rep * D);
     for (int r = 0; r < n_rep; r++) {
@@ -228,8 +243,8 @@ void kv_scores(kvc_context *c, attn_scratch *s, int layer, int h, const float *q
         for (int i = 0; i < P && pairs[i] >= 0; i++) {
             int a, b, jp = pairs[i];
             pair_channels(m, jp, &a, &b);
-            cf[2 * jp] = qr[a] * mu[a] + qr[b] * mu[b];
-            cf[2 * jp + 1] = qr[b] * mu[a] - qr[a] * mu[b];
+            cf[2 * src[jp]] = qr[a] * mu[a] + qr[b] * mu[b];
+            cf[2 * src[jp] + 1] = qr[b] * mu[a] - qr[a] * mu[b];
         }
     }
     kvc_gemm(KVC_TYPE_F32, KVC_IMPL_AUTO, n_keys, n_rep, D, c->rope_all, s->corr, s->scores2, n_keys);

@@ -69,6 +69,7 @@ void kvc_model_free(kvc_model *m) {
     }
     free(m->layers);
     free(m->rope_freqs);
+    free(m->rope_src);
     free(m->output_norm);
     free(m);
 }
@@ -106,10 +107,21 @@ int kvc_model_create(const kvc_model_desc *d, kvc_model **out, char *err, int er
     const long long E = d->n_embd, F = d->n_ff, V = d->n_vocab;
     const long long QD = (long long)d->n_head * d->head_dim, KD = (long long)d->n_head_kv * d->head_dim;
 
-    m->rope_freqs = malloc(sizeof(float) * (size_t)(d->head_dim / 2));
+    const int P = d->head_dim / 2;
+    m->rope_freqs = malloc(sizeof(float) * (size_t)P);
+    m->rope_src = malloc(sizeof(int) * (size_t)d->n_layer * P);
     m->layers = calloc((size_t)d->n_layer, sizeof(layer_w));
-    if (!m->rope_freqs || !m->layers) TRY(kvc_fail(err, err_len, KVC_ERR_NOMEM, "out of memory"));
-    memcpy(m->rope_freqs, d->rope_freqs, sizeof(float) * (size_t)(d->head_dim / 2));
+    if (!m->rope_freqs || !m->rope_src || !m->layers) TRY(kvc_fail(err, err_len, KVC_ERR_NOMEM, "out of memory"));
+    memcpy(m->rope_freqs, d->rope_freqs, sizeof(float) * (size_t)P);
+    for (int l = 0; l < d->n_layer; l++) {
+        int *src = m->rope_src + (size_t)l * P;
+        unsigned char seen[512] = {0};
+        for (int j = 0; j < P; j++) {
+            src[j] = d->rope_pair_src ? d->rope_pair_src[(size_t)l * P + j] : j;
+            if (src[j] < 0 || src[j] >= P || seen[src[j]]++)
+                TRY(kvc_fail(err, err_len, KVC_ERR_INVALID, "rope_pair_src of layer %d is not a permutation of %d pairs", l, P));
+        }
+    }
 
     TRY(matrix(&d->tok_embd, E, V, &m->tok_embd, err, err_len));
     TRY(vector(&d->output_norm, E, 0, &m->output_norm, err, err_len));
@@ -218,6 +230,12 @@ int kvc_context_create(kvc_model *m, const kvc_context_params *p, kvc_context **
 }
 
 int kvc_n_past(const kvc_context *c) { return c ? c->n_past : 0; }
+
+int kvc_set_capture(kvc_context *c, float *q, float *k, float *v) {
+    if (!c || !q != !k || !q != !v) return KVC_ERR_INVALID;
+    c->cap_q = q, c->cap_k = k, c->cap_v = v;
+    return KVC_OK;
+}
 
 int kvc_set_n_past(kvc_context *c, int n_past) {
     if (!c || n_past < 0 || n_past > c->n_past) return KVC_ERR_INVALID;

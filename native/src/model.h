@@ -32,6 +32,7 @@ struct kvc_model {
     float rms_eps;
     int rope_pairing;
     float *rope_freqs;  /* (D/2) */
+    int *rope_src;      /* (n_layer, D/2) frequency index of each pair (identity unless folded) */
     float *output_norm; /* (E) */
     tview tok_embd, output;
     layer_w *layers;    /* (n_layer) */
@@ -64,9 +65,11 @@ struct kvc_context {
     kv_layer *kv;        /* (n_layer) */
     tq_layout *tq_k, *tq_v; /* (n_layer) when the cache type is KVC_CACHE_TQ */
     int tq_scale_mode;
-    float *enc_tmp;      /* (2*D) encode scratch (caches are written by thread 0 only) */
+    float *enc_tmp;      /* (4*D) encode scratch (caches are written by thread 0 only) */
     /* K mean-centering */
-    int k_center, k_center_pairs, k_mean_ready;
+    int k_center, k_center_pairs, k_mean_ready, k_mean_folded;
+    float *v_mean;       /* (n_layer, Hk, D) or NULL */
+    float *cap_q, *cap_k, *cap_v; /* calibration capture (kvc_set_capture) or NULL */
     float *k_mean;       /* (n_layer, Hk, D) pre-RoPE, zero outside centered pairs */
     int *k_pairs;        /* (n_layer, Hk, D/2) centered pair indices, -1 after the last */
     float *rope_all;     /* (C, D/2, 2) cos, sin of every cached position */

@@ -1,0 +1,400 @@
+"""Calibration (DESIGN §5): run the model in the native runtime (f32 cache) on
+text and record, per layer and KV head, what the search and the transforms need.
+
+Recorded (float64 sums over every calibration token, Hugging Face channel
+order — see profile.py for the conventions):
+  K: mean and per-channel second moment (pre-RoPE, before centering);
+  Q: per-channel second moment summed over the query heads of each KV head;
+  V: mean and per-channel second moment;
+plus ``n_windows`` whole chunks of pre-RoPE (q, k, v) vectors (float16) that the
+search replays to measure attention-level error, and held-out chunks of token
+ids (never in the statistics) for its end-to-end check.
+
+Text: the user's, or by default text the model writes itself from a few seed
+prompts (data-free: no download, works for any model). Progress is
+checkpointed after every chunk, so an interrupted run resumes; the finished
+file is versioned and reused by reruns with the same inputs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .atomic import atomic_path
+from .errors import InputError
+from .model import ModelSource, load_model
+from .paths import cache_dir
+from .progress import ProgressFn, check_cancel
+
+CALIB_SCHEMA = 1
+CALIB_MAGIC = "kvconvert-calibration"
+
+# Seed prompts for data-free calibration: varied registers (prose, code, dialogue,
+# technical, lists) so the K/V statistics are not those of a single genre.
+SEED_PROMPTS = (
+    "The lighthouse keeper had not spoken to anyone in three weeks when the boat appeared",
+    "def merge_intervals(intervals):\n    \"\"\"Merge overlapping intervals and return them sorted.\"\"\"\n",
+    "Q: Why does ice float on water?\nA:",
+    "Dear committee members,\n\nI am writing to explain why the bridge repairs were delayed",
+    "A short history of the printing press, and how it changed what people read:",
+    "# Recipe: lentil soup for a cold evening\n\nIngredients:\n-",
+    "In this lecture we derive the equations of motion of a pendulum from energy conservation.",
+    "\"You're late again,\" said Maria, without looking up from the map.",
+    "SELECT customer_id, SUM(amount) AS total\nFROM orders\nWHERE",
+    "Travel notes, day four: the train left the coast and climbed into the hills,",
+    "The quarterly report shows that revenue grew while costs",
+    "Here are ten questions to ask before adopting a new programming language:\n1.",
+)
+
+
+@dataclass
+class LayerStats:
+    layer: int
+    k_mean_share: float  # share of K energy in its mean (before centering), mean over KV heads
+    k_outlier: float  # share of centered K energy in the top d/4 channels
+    v_outlier: float  # same for V
+
+
+@dataclass
+class Calibration:
+    """Statistics of one model on one text; arrays (L, Hk, d) unless noted."""
+
+    model: str
+    fingerprint: str
+    arch: str
+    rope_pairing: str  # of the file the runtime ran ("neox"/"interleaved"); arrays are in HF order anyway
+    n_layer: int
+    n_head: int
+    n_head_kv: int
+    head_dim: int
+    rope_theta: float
+    text_source: str
+    text_sha256: str
+    n_ctx: int
+    n_tokens: int  # tokens in the statistics
+    k_sum: np.ndarray
+    k_sq: np.ndarray
+    q_sq: np.ndarray
+    v_sum: np.ndarray
+    v_sq: np.ndarray
+    win_q: np.ndarray  # (W, L, T, H, d) float16, pre-RoPE
+    win_k: np.ndarray  # (W, L, T, Hk, d)
+    win_v: np.ndarray  # (W, L, T, Hk, d)
+    rope_freqs: np.ndarray  # (d/2,) the model's RoPE frequencies (pair j in HF order)
+    holdout: np.ndarray  # (n, n_ctx) int32 token chunks not in the statistics
+    path: Path | None = None
+
+    # -- derived --------------------------------------------------------
+    @property
+    def k_mean(self) -> np.ndarray:
+        return self.k_sum / max(self.n_tokens, 1)
+
+    @property
+    def v_mean(self) -> np.ndarray:
+        return self.v_sum / max(self.n_tokens, 1)
+
+    def k_energy(self, centered: bool = True) -> np.ndarray:
+        """Per-channel E[k²] (raw) or E[(k − μ)²] (centered)."""
+        e = self.k_sq / max(self.n_tokens, 1)
+        return np.maximum(e - self.k_mean ** 2, 0) if centered else e
+
+    def q_energy(self) -> np.ndarray:
+        return self.q_sq / max(self.n_tokens, 1)
+
+    def v_energy(self, centered: bool = True) -> np.ndarray:
+        e = self.v_sq / max(self.n_tokens, 1)
+        return np.maximum(e - self.v_mean ** 2, 0) if centered else e
+
+    @staticmethod
+    def pairs(x: np.ndarray) -> np.ndarray:
+        """Per-pair sums of a per-channel array (..., d) in HF order → (..., d/2)."""
+        p = x.shape[-1] // 2
+        return x[..., :p] + x[..., p:]
+
+    def layer_summary(self) -> list[LayerStats]:
+        raw, cen, v = self.k_energy(False), self.k_energy(True), self.v_energy(True)
+        share = 1 - cen.sum(-1) / np.maximum(raw.sum(-1), 1e-30)
+        return [LayerStats(l, float(share[l].mean()), float(_top_share(cen[l]).mean()), float(_top_share(v[l]).mean()))
+                for l in range(self.n_layer)]
+
+    def check_model(self, args, what: str = "calibration") -> None:
+        have = (args.num_hidden_layers, args.num_attention_heads, args.num_key_value_heads, args.head_dim)
+        mine = (self.n_layer, self.n_head, self.n_head_kv, self.head_dim)
+        if have != mine:
+            raise InputError(f"{what} is for {self.model} (layers, heads, kv heads, head dim = {mine}), "
+                             f"not this model {have}; calibrate this model")
+
+    # -- files ----------------------------------------------------------
+    _ARRAYS = ("k_sum", "k_sq", "q_sq", "v_sum", "v_sq", "win_q", "win_k", "win_v", "rope_freqs", "holdout")
+    _META = ("model", "fingerprint", "arch", "rope_pairing", "n_layer", "n_head", "n_head_kv", "head_dim",
+             "rope_theta", "text_source", "text_sha256", "n_ctx", "n_tokens")
+
+    def save(self, path: str | os.PathLike) -> Path:
+        path = Path(path)
+        meta = {k: getattr(self, k) for k in self._META} | {"magic": CALIB_MAGIC, "schema": CALIB_SCHEMA}
+        with atomic_path(path) as tmp:
+            with open(tmp, "wb") as f:
+                np.savez(f, meta=np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8),
+                         **{k: getattr(self, k) for k in self._ARRAYS})
+        self.path = path
+        return path
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "Calibration":
+        path = Path(path)
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                meta = json.loads(bytes(z["meta"]).decode())
+                if meta.get("magic") != CALIB_MAGIC:
+                    raise ValueError("not a kvconvert calibration file")
+                if meta.get("schema") != CALIB_SCHEMA:
+                    raise ValueError(f"schema {meta.get('schema')}, this kvconvert reads {CALIB_SCHEMA}")
+                arrays = {k: z[k] for k in cls._ARRAYS}
+            cal = cls(**{k: meta[k] for k in cls._META}, **arrays, path=path)
+            L, Hk, d = cal.n_layer, cal.n_head_kv, cal.head_dim
+            for k in ("k_sum", "k_sq", "q_sq", "v_sum", "v_sq"):
+                if arrays[k].shape != (L, Hk, d) or not np.all(np.isfinite(arrays[k])):
+                    raise ValueError(f"{k} has shape {arrays[k].shape} or non-finite values")
+            if cal.win_k.ndim != 5 or cal.win_k.shape[1:2] + cal.win_k.shape[3:] != (L, Hk, d):
+                raise ValueError("sample windows do not match the model shape")
+        except FileNotFoundError:
+            raise InputError(f"{path}: no such calibration file; run `kvconvert calibrate` first") from None
+        except (OSError, ValueError, KeyError, TypeError, json.JSONDecodeError, EOFError) as e:
+            raise InputError(f"{path}: corrupt or unreadable calibration file ({e}); "
+                             "delete it and run `kvconvert calibrate` again") from None
+        return cal
+
+
+def _top_share(e: np.ndarray) -> np.ndarray:
+    """Share of energy in the top d/4 channels of e (..., d)."""
+    s = np.sort(e, axis=-1)[..., ::-1]
+    return s[..., : max(1, e.shape[-1] // 4)].sum(-1) / np.maximum(s.sum(-1), 1e-30)
+
+
+def to_hf_channels(x: np.ndarray, pairing: str) -> np.ndarray:
+    """Head vectors (..., d) from a file's channel order to HF order."""
+    if pairing == "neox":
+        return x
+    return np.concatenate([x[..., 0::2], x[..., 1::2]], axis=-1)
+
+
+def fingerprint(src: ModelSource) -> str:
+    """Cheap identity of a model's weights: sizes and the first MiB of every weight file."""
+    h = hashlib.sha256()
+    files = [Path(src.path)] if Path(src.path).is_file() else sorted(Path(src.path).glob("*.safetensors"))
+    files += [Path(src.path) / "config.json"] if Path(src.path).is_dir() else []
+    for f in files:
+        h.update(f.name.encode() + str(f.stat().st_size).encode())
+        with open(f, "rb") as fh:
+            h.update(fh.read(1 << 20))
+    return h.hexdigest()[:16]
+
+
+def runtime_gguf(src: ModelSource, progress: ProgressFn | None = None, cancel=None) -> Path:
+    """A GGUF the runtime can run: the model itself, or a cached f16 conversion of an HF model."""
+    if src.format == "gguf":
+        from .kvmeta import CacheMeta  # noqa: F401  (a folded file is refused below)
+        from .gguf_keys import Keys
+        from .gguf_io import field_value
+
+        if field_value(src.weights.reader, Keys.KVConvert.LAYOUT, "portable") == "folded":  # type: ignore[attr-defined]
+            raise InputError(f"{src.path}: this file already has folded transforms; calibrate the original model")
+        return Path(src.path)
+    from .convert import convert
+
+    out = cache_dir() / "calibration" / f"{Path(src.path).name}-{fingerprint(src)}.f16.gguf"
+    if not out.exists():
+        out.parent.mkdir(parents=True, exist_ok=True)
+        convert(src, out, weights="f16", progress=progress, cancel=cancel)
+    return out
+
+
+def generate_text(model, n_tokens: int, n_ctx: int, seed: int = 0, progress: ProgressFn | None = None,
+                  cancel: threading.Event | None = None) -> list[list[int]]:
+    """Data-free calibration text: sequences of up to n_ctx tokens the model writes from SEED_PROMPTS
+    (temperature 0.8, top-p 0.95, repetition penalty 1.1), until n_tokens are collected."""
+    from .generate import SamplerParams, generate_tokens
+    from .runtime import ContextParams
+
+    seqs: list[list[int]] = []
+    total, i = 0, 0
+    while total < n_tokens:
+        check_cancel(cancel)
+        prompt = model.tokenize(SEED_PROMPTS[i % len(SEED_PROMPTS)])
+        sampler = SamplerParams(temperature=0.8, top_p=0.95, repeat_penalty=1.1, seed=seed + i)
+        seq = list(prompt)
+        want = min(n_ctx, len(prompt) + n_tokens - total)
+        for tok in generate_tokens(model, prompt, max(want - len(prompt), 1), sampler,
+                                   ContextParams(n_ctx=n_ctx, n_batch=min(n_ctx, 512), type_k="f16", type_v="f16")):
+            seq.append(tok)
+            if len(seq) % 32 == 0:
+                check_cancel(cancel)
+                if progress:
+                    progress(total + len(seq), n_tokens, "generating calibration text")
+        if len(seq) > len(prompt) + 8:
+            seqs.append(seq)
+            total += len(seq)
+        i += 1
+        if i > 8 * len(SEED_PROMPTS) + n_tokens // 8:
+            raise InputError(f"{model.path}: the model stops generating almost at once; calibrate with --text FILE")
+    return seqs
+
+
+def _chunks(model, text: str | None, tokens: int, n_ctx: int, holdout: int, progress, cancel) -> tuple[list, str, str]:
+    """Token chunks (≤ n_ctx each), a description of the text, and its hash."""
+    spec = model.source.tokenizer_spec()
+    bos = [spec.bos_id] if spec.effective_add_bos() and spec.bos_id is not None else []
+    if text is None:
+        seqs = _cached_generation(model, tokens + holdout * n_ctx, n_ctx, progress, cancel)
+        h = hashlib.sha256(np.concatenate([np.asarray(s, np.int64) for s in seqs]).tobytes()).hexdigest()
+        return [np.asarray(s, dtype=np.int32) for s in seqs], "generated by the model (data-free)", h
+    ids = model.tokenize(text, add_bos=False)
+    body = n_ctx - len(bos)
+    chunks = [np.asarray(bos + ids[i:i + body], dtype=np.int32) for i in range(0, len(ids) - body + 1, body)]
+    need = (tokens + n_ctx - 1) // n_ctx + holdout
+    if len(chunks) < holdout + 1:
+        raise InputError(f"the calibration text has {len(ids)} tokens; need at least {(holdout + 1) * n_ctx} "
+                         f"for n_ctx={n_ctx}; give a longer --text or a smaller --ctx")
+    return chunks[:need], "user text", hashlib.sha256(text.encode()).hexdigest()
+
+
+def _cached_generation(model, n_tokens: int, n_ctx: int, progress, cancel) -> list[list[int]]:
+    path = cache_dir() / "calibration" / f"gen-{fingerprint(model.source)}-{n_tokens}-{n_ctx}.json"
+    if path.exists():
+        try:
+            return json.loads(path.read_text())["sequences"]
+        except (OSError, ValueError, KeyError):
+            path.unlink(missing_ok=True)
+    seqs = generate_text(model, n_tokens, n_ctx, progress=progress, cancel=cancel)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps({"schema": 1, "sequences": seqs}))
+    return seqs
+
+
+def default_output(src: ModelSource, text_sha: str, tokens: int, n_ctx: int) -> Path:
+    key = hashlib.sha256(f"{fingerprint(src)}|{text_sha}|{tokens}|{n_ctx}|{CALIB_SCHEMA}".encode()).hexdigest()[:12]
+    return cache_dir() / "calibration" / f"{Path(src.path).name.removesuffix('.gguf')}-{key}.calib.npz"
+
+
+def calibrate(model: str | os.PathLike | ModelSource, *, text: str | None = None, tokens: int = 16384,
+              n_ctx: int = 512, n_windows: int = 3, holdout: int = 2, out: str | os.PathLike | None = None,
+              n_threads: int = 0, progress: ProgressFn | None = None,
+              cancel: threading.Event | None = None) -> Calibration:
+    """Calibrate ``model`` on ``text`` (None: data-free, the model's own text) over about
+    ``tokens`` tokens in chunks of ``n_ctx``; returns (and writes) the Calibration.
+
+    An existing output for the same inputs is reused; an interrupted run resumes
+    from its checkpoint (``<out>.partial``)."""
+    from .runtime import ContextParams, Model
+
+    if tokens < 1 or n_ctx < 16:
+        raise InputError(f"calibration needs tokens >= 1 and n_ctx >= 16 (got {tokens}, {n_ctx})")
+    src = model if isinstance(model, ModelSource) else load_model(model)
+    rt = Model(runtime_gguf(src, progress, cancel))
+    chunks, text_source, text_sha = _chunks(rt, text, tokens, n_ctx, holdout, progress, cancel)
+    held, chunks = chunks[len(chunks) - holdout:] if holdout else [], chunks[:len(chunks) - holdout or None]
+    out = Path(out) if out is not None else default_output(src, text_sha, tokens, n_ctx)
+    if out.exists():
+        cal = Calibration.load(out)
+        if cal.fingerprint == fingerprint(src) and cal.text_sha256 == text_sha:
+            return cal
+    a = rt.args
+    L, H, Hk, d = a.num_hidden_layers, a.num_attention_heads, a.num_key_value_heads, a.head_dim
+    pairing = rt.source.arch.gguf_rope_pairing
+    from .rope import inv_freq
+
+    state = _Partial.resume(out, text_sha, fingerprint(src)) or _Partial.new(L, Hk, d)
+    ctx = rt.context(ContextParams(n_ctx=n_ctx, n_batch=n_ctx, type_k="f32", type_v="f32", n_threads=n_threads))
+    cq, ck, cv = ctx.capture()
+    win = max(1, min(n_windows, len(chunks)))
+    for i in range(state.next_chunk, len(chunks)):
+        check_cancel(cancel)
+        chunk = chunks[i]
+        T = len(chunk)
+        ctx.reset()
+        ctx.eval(chunk)
+        q = to_hf_channels(cq[:, :T].reshape(L, T, H, d), pairing).astype(np.float64)
+        k = to_hf_channels(ck[:, :T].reshape(L, T, Hk, d), pairing).astype(np.float64)
+        v = cv[:, :T].reshape(L, T, Hk, d).astype(np.float64)
+        state.add(q.reshape(L, T, Hk, H // Hk, d), k, v)
+        if i < win:
+            state.windows.append((q.astype(np.float16), k.astype(np.float16), v.astype(np.float16)))
+        state.next_chunk = i + 1
+        state.save(out, text_sha, fingerprint(src))
+        if progress:
+            progress(i + 1, len(chunks), f"calibrating: chunk {i + 1}/{len(chunks)}")
+    T_w = min(w[1].shape[1] for w in state.windows)
+    cal = Calibration(
+        model=str(src.path), fingerprint=fingerprint(src), arch=src.arch.name, rope_pairing=pairing,
+        n_layer=L, n_head=H, n_head_kv=Hk, head_dim=d, rope_theta=float(a.rope_theta), text_source=text_source,
+        text_sha256=text_sha, n_ctx=n_ctx, n_tokens=int(state.n), k_sum=state.k_sum, k_sq=state.k_sq,
+        q_sq=state.q_sq, v_sum=state.v_sum, v_sq=state.v_sq,
+        win_q=np.stack([w[0][:, :T_w] for w in state.windows]), win_k=np.stack([w[1][:, :T_w] for w in state.windows]),
+        win_v=np.stack([w[2][:, :T_w] for w in state.windows]), rope_freqs=inv_freq(a).astype(np.float64),
+        holdout=np.stack(held).astype(np.int32) if held and len({len(h) for h in held}) == 1
+        else np.zeros((0, n_ctx), np.int32))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    cal.save(out)
+    _Partial.path(out).unlink(missing_ok=True)
+    return cal
+
+
+class _Partial:
+    """Running sums and windows, checkpointed after every chunk."""
+
+    def __init__(self, L: int, Hk: int, d: int):
+        z = lambda: np.zeros((L, Hk, d))  # noqa: E731
+        self.n, self.next_chunk = 0, 0
+        self.k_sum, self.k_sq, self.q_sq, self.v_sum, self.v_sq = z(), z(), z(), z(), z()
+        self.windows: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+
+    new = classmethod(lambda cls, L, Hk, d: cls(L, Hk, d))
+
+    def add(self, q: np.ndarray, k: np.ndarray, v: np.ndarray) -> None:
+        """q (L, T, Hk, rep, d), k and v (L, T, Hk, d)."""
+        self.n += k.shape[1]
+        self.k_sum += k.sum(1)
+        self.k_sq += (k * k).sum(1)
+        self.q_sq += (q * q).sum((1, 3))
+        self.v_sum += v.sum(1)
+        self.v_sq += (v * v).sum(1)
+
+    @staticmethod
+    def path(out: Path) -> Path:
+        return out.with_name(out.name + ".partial")
+
+    def save(self, out: Path, text_sha: str, fp: str) -> None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        arrays = {f"w{i}_{j}": w[j] for i, w in enumerate(self.windows) for j in range(3)}
+        meta = json.dumps({"text_sha256": text_sha, "fingerprint": fp, "n": self.n, "next": self.next_chunk,
+                           "windows": len(self.windows)})
+        with atomic_path(self.path(out)) as tmp, open(tmp, "wb") as f:
+            np.savez(f, meta=np.frombuffer(meta.encode(), np.uint8), k_sum=self.k_sum, k_sq=self.k_sq,
+                     q_sq=self.q_sq, v_sum=self.v_sum, v_sq=self.v_sq, **arrays)
+
+    @classmethod
+    def resume(cls, out: Path, text_sha: str, fp: str) -> "_Partial | None":
+        p = cls.path(out)
+        if not p.exists():
+            return None
+        try:
+            with np.load(p, allow_pickle=False) as z:
+                meta = json.loads(bytes(z["meta"]).decode())
+                if meta["text_sha256"] != text_sha or meta["fingerprint"] != fp:
+                    return None
+                st = cls(*z["k_sum"].shape)
+                st.n, st.next_chunk = int(meta["n"]), int(meta["next"])
+                st.k_sum, st.k_sq, st.q_sq, st.v_sum, st.v_sq = (z[k] for k in ("k_sum", "k_sq", "q_sq", "v_sum", "v_sq"))
+                st.windows = [tuple(z[f"w{i}_{j}"] for j in range(3)) for i in range(int(meta["windows"]))]
+            return st
+        except (OSError, ValueError, KeyError, EOFError):
+            p.unlink(missing_ok=True)  # a damaged checkpoint: start over
+            return None

@@ -1,0 +1,1 @@
+"""Shipped policies and calibrated profiles (JSON), installed as kvconvert.profiles."""
