@@ -12,7 +12,7 @@ from typing import Iterator
 from .errors import OutputError
 
 
-def _check_parent(path: Path) -> None:
+def check_parent(path: Path) -> None:
     parent = path.parent
     if not parent.exists():
         raise OutputError(f"cannot write {path}: directory {parent} does not exist; create it first")
@@ -27,7 +27,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     On any exception the temporary file is removed and ``path`` is untouched.
     """
     path = Path(path)
-    _check_parent(path)
+    check_parent(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
     os.close(fd)
     tmp_path = Path(tmp)
@@ -46,7 +46,7 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     An existing ``path`` directory is replaced only once the new one is complete.
     """
     path = Path(path)
-    _check_parent(path)
+    check_parent(path)
     if path.exists() and not path.is_dir():
         raise OutputError(f"cannot write directory {path}: a file of that name exists; choose another output path")
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent))

@@ -22,6 +22,7 @@ import hashlib
 import json
 import os
 import threading
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -166,7 +167,7 @@ class Calibration:
                 raise ValueError("sample windows do not match the model shape")
         except FileNotFoundError:
             raise InputError(f"{path}: no such calibration file; run `kvconvert calibrate` first") from None
-        except (OSError, ValueError, KeyError, TypeError, json.JSONDecodeError, EOFError) as e:
+        except (OSError, ValueError, KeyError, TypeError, json.JSONDecodeError, EOFError, zipfile.BadZipFile) as e:
             raise InputError(f"{path}: corrupt or unreadable calibration file ({e}); "
                              "delete it and run `kvconvert calibrate` again") from None
         return cal
@@ -227,7 +228,7 @@ def generate_text(model, n_tokens: int, n_ctx: int, seed: int = 0, progress: Pro
     total, i = 0, 0
     while total < n_tokens:
         check_cancel(cancel)
-        prompt = model.tokenize(SEED_PROMPTS[i % len(SEED_PROMPTS)])
+        prompt = model.tokenize(SEED_PROMPTS[i % len(SEED_PROMPTS)])[: n_ctx // 2]
         sampler = SamplerParams(temperature=0.8, top_p=0.95, repeat_penalty=1.1, seed=seed + i)
         seq = list(prompt)
         want = min(n_ctx, len(prompt) + n_tokens - total)
@@ -311,7 +312,8 @@ def calibrate(model: str | os.PathLike | ModelSource, *, text: str | None = None
     pairing = rt.source.arch.gguf_rope_pairing
     from .rope import inv_freq
 
-    state = _Partial.resume(out, text_sha, fingerprint(src)) or _Partial.new(L, Hk, d)
+    fp = fingerprint(src)
+    state = _Partial.resume(out, text_sha, fp) or _Partial.new(L, Hk, d)
     ctx = rt.context(ContextParams(n_ctx=n_ctx, n_batch=n_ctx, type_k="f32", type_v="f32", n_threads=n_threads))
     cq, ck, cv = ctx.capture()
     win = max(1, min(n_windows, len(chunks)))
@@ -328,7 +330,7 @@ def calibrate(model: str | os.PathLike | ModelSource, *, text: str | None = None
         if i < win:
             state.windows.append((q.astype(np.float16), k.astype(np.float16), v.astype(np.float16)))
         state.next_chunk = i + 1
-        state.save(out, text_sha, fingerprint(src))
+        state.save(out, text_sha, fp, windows_changed=i < win)
         if progress:
             progress(i + 1, len(chunks), f"calibrating: chunk {i + 1}/{len(chunks)}")
     T_w = min(w[1].shape[1] for w in state.windows)
@@ -344,6 +346,7 @@ def calibrate(model: str | os.PathLike | ModelSource, *, text: str | None = None
     out.parent.mkdir(parents=True, exist_ok=True)
     cal.save(out)
     _Partial.path(out).unlink(missing_ok=True)
+    _Partial.path(out).with_suffix(".windows").unlink(missing_ok=True)
     return cal
 
 
@@ -371,14 +374,18 @@ class _Partial:
     def path(out: Path) -> Path:
         return out.with_name(out.name + ".partial")
 
-    def save(self, out: Path, text_sha: str, fp: str) -> None:
+    def save(self, out: Path, text_sha: str, fp: str, windows_changed: bool) -> None:
+        """Sums every chunk; the (large) windows only when one was added, to a side file."""
         out.parent.mkdir(parents=True, exist_ok=True)
-        arrays = {f"w{i}_{j}": w[j] for i, w in enumerate(self.windows) for j in range(3)}
+        if windows_changed:
+            arrays = {f"w{i}_{j}": w[j] for i, w in enumerate(self.windows) for j in range(3)}
+            with atomic_path(self.path(out).with_suffix(".windows")) as tmp, open(tmp, "wb") as f:
+                np.savez(f, **arrays)
         meta = json.dumps({"text_sha256": text_sha, "fingerprint": fp, "n": self.n, "next": self.next_chunk,
                            "windows": len(self.windows)})
         with atomic_path(self.path(out)) as tmp, open(tmp, "wb") as f:
             np.savez(f, meta=np.frombuffer(meta.encode(), np.uint8), k_sum=self.k_sum, k_sq=self.k_sq,
-                     q_sq=self.q_sq, v_sum=self.v_sum, v_sq=self.v_sq, **arrays)
+                     q_sq=self.q_sq, v_sum=self.v_sum, v_sq=self.v_sq)
 
     @classmethod
     def resume(cls, out: Path, text_sha: str, fp: str) -> "_Partial | None":
@@ -393,8 +400,12 @@ class _Partial:
                 st = cls(*z["k_sum"].shape)
                 st.n, st.next_chunk = int(meta["n"]), int(meta["next"])
                 st.k_sum, st.k_sq, st.q_sq, st.v_sum, st.v_sq = (z[k] for k in ("k_sum", "k_sq", "q_sq", "v_sum", "v_sq"))
-                st.windows = [tuple(z[f"w{i}_{j}"] for j in range(3)) for i in range(int(meta["windows"]))]
+            n_win = int(meta["windows"])
+            if n_win:
+                with np.load(p.with_suffix(".windows"), allow_pickle=False) as w:
+                    st.windows = [tuple(w[f"w{i}_{j}"] for j in range(3)) for i in range(n_win)]
             return st
-        except (OSError, ValueError, KeyError, EOFError):
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
             p.unlink(missing_ok=True)  # a damaged checkpoint: start over
+            p.with_suffix(".windows").unlink(missing_ok=True)
             return None

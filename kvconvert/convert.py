@@ -18,7 +18,7 @@ import numpy as np
 
 from . import __version__
 from .arch.base import TensorSpec
-from .atomic import atomic_path
+from .atomic import atomic_path, check_parent
 from .errors import InputError, OutputError
 from .gguf_keys import SCHEMA_VERSION, Keys
 from .model import ModelSource, load_model
@@ -80,10 +80,11 @@ def _nbytes(shape: tuple[int, ...], qtype: Q) -> int:
     return int(np.prod(shape, dtype=np.int64)) // block * size
 
 
-def write_metadata(w: gguf.GGUFWriter, src: ModelSource, weights: str, name: str, kv_meta=None) -> None:
+def write_metadata(w: gguf.GGUFWriter, src: ModelSource, weights: str, name: str, kv_meta=None,
+                   arch=None) -> None:
     w.add_type(gguf.GGUFType.MODEL)
     w.add_name(name)
-    src.arch.write_gguf_params(w, src.args)
+    (arch or src.arch).write_gguf_params(w, src.args)
     w.add_file_type(WEIGHT_TYPES[weights][1])
     if weights in ("q8_0", "q4_0"):
         w.add_quantization_version(gguf.GGML_QUANT_VERSION)
@@ -99,10 +100,16 @@ def write_metadata(w: gguf.GGUFWriter, src: ModelSource, weights: str, name: str
 
 
 def convert(model: str | os.PathLike | ModelSource, output: str | os.PathLike, *, weights: str = "f16",
-            kv_meta=None, progress: ProgressFn | None = None,
+            profile=None, layout: str = "portable", kv_meta=None, text: str | None = None, tokens: int = 16384,
+            check: bool = True, progress: ProgressFn | None = None,
             cancel: threading.Event | None = None) -> ConvertResult:
-    """Convert ``model`` (HF dir, GGUF or repo id) to a GGUF at ``output``; ``kv_meta``
-    (kvmeta.CacheMeta) describes the KV caches the runtime should use with it."""
+    """Convert ``model`` (HF dir, GGUF or repo id) to a GGUF at ``output``.
+
+    profile: None — a plain conversion (``kv_meta``, a kvmeta.CacheMeta, may still
+    describe caches); a calibrated Profile (or its name/file) — applied in
+    ``layout`` ("portable" or "folded", see patch.py); a Policy (or a policy
+    name) — calibrate on ``text`` (None: data-free) over ``tokens`` tokens, search
+    (and ``check`` the result end to end), then apply: the whole job in one call."""
     if weights not in WEIGHT_TYPES:
         raise InputError(f"unknown weight type {weights!r} (choose from {', '.join(WEIGHT_TYPES)})")
     src = model if isinstance(model, ModelSource) else load_model(model)
@@ -112,11 +119,21 @@ def convert(model: str | os.PathLike | ModelSource, output: str | os.PathLike, *
     if output.resolve() == Path(src.path).resolve():
         raise OutputError(f"cannot write {output}: it is the input file; choose another output path")
     name = Path(src.path).name.removesuffix(".gguf")
-    plan = [(s, tensor_type(s, weights)) for s in src.specs]
+    check_parent(output)  # before any long calibration
+    patch = None
+    if profile is not None:
+        from .patch import Patch
+
+        prof = _calibrated_profile(src, profile, text, tokens, check, progress, cancel)
+        patch = Patch(prof, layout, src)
+        kv_meta = patch.cache_meta()
+    arch = patch.arch if patch else src.arch
+    specs = patch.specs() if patch else src.specs
+    plan = [(s, tensor_type(s, weights)) for s in specs]
     total = sum(_nbytes(s.shape, q) for s, q in plan)
 
-    w = gguf.GGUFWriter(None, src.arch.name)
-    write_metadata(w, src, weights, name, kv_meta)
+    w = gguf.GGUFWriter(None, arch.name)
+    write_metadata(w, src, weights, name, kv_meta, arch)
     for s, q in plan:
         w.add_tensor_info(s.gguf, s.shape, np.dtype(np.float32), _nbytes(s.shape, q), raw_dtype=q)
 
@@ -129,7 +146,7 @@ def convert(model: str | os.PathLike | ModelSource, output: str | os.PathLike, *
             w.write_ti_data_to_file()
             for s, q in plan:
                 check_cancel(cancel)
-                x = src.arch.to_gguf_order(s, src.weights.get(s.hf))
+                x = arch.to_gguf_order(s, patch.tensor(s) if patch else src.weights.get(s.hf))
                 data = _encode(x, q)
                 w.write_tensor_data(data)
                 done += data.nbytes
@@ -143,5 +160,22 @@ def convert(model: str | os.PathLike | ModelSource, output: str | os.PathLike, *
         except BaseException:
             w.close()
             raise
-    n_params = sum(int(np.prod(s.shape)) for s in src.specs)
+    n_params = sum(int(np.prod(s.shape)) for s in specs)
     return ConvertResult(output, weights, len(plan), n_params, output.stat().st_size, types, str(src.path))
+
+
+def _calibrated_profile(src: ModelSource, profile, text, tokens, check, progress, cancel):
+    """A calibrated Profile from a Profile, a profile/policy name or file, or a Policy."""
+    from .profile import Policy, Profile, load_profile
+
+    if isinstance(profile, (str, os.PathLike)):
+        profile = load_profile(profile)
+    if isinstance(profile, Profile):
+        return profile
+    if not isinstance(profile, Policy):
+        raise InputError(f"profile must be a Profile, a Policy or a name/file, not {type(profile).__name__}")
+    from .calibrate import calibrate
+    from .search import search
+
+    cal = calibrate(src, text=text, tokens=tokens, progress=progress, cancel=cancel)
+    return search(cal, policy=profile, check=check, model=src.path, progress=progress, cancel=cancel).profile

@@ -21,6 +21,7 @@ class Keys:
         SOURCE_FORMAT = "kvconvert.source_format"  # "hf" or "gguf"
         LAYOUT = "kvconvert.layout"  # "portable" or "folded"
         ROTATION_SEED = "kvconvert.rotation_seed"  # u64 seed of the TurboQuant signs
+        PROFILE = "kvconvert.profile"  # JSON: the profile applied (configs, provenance, measurements; no arrays)
 
     class KCache:
         """Per-layer K cache (arrays have one entry per layer)."""
@@ -35,12 +36,15 @@ class Keys:
         PERM = "kvconvert.k_cache.perm"  # (layers * head_dim) i32: channel order after RoPE
         MEAN = "kvconvert.k_cache.mean"  # (layers * kv_heads * head_dim) f32: pre-RoPE K mean
         CENTER_PAIRS = "kvconvert.k_cache.center_pairs"  # u32, 0 = all pairs
+        MEAN_FOLDED = "kvconvert.k_cache.mean_folded"  # bool: b_k already subtracts MEAN (folded layout)
+        ROPE_PAIR_SRC = "kvconvert.k_cache.rope_pair_src"  # (layers * head_dim/2) i32: θ index of each pair (folded)
 
     class VCache:
         TYPE = "kvconvert.v_cache.type"
         N_HI = "kvconvert.v_cache.n_hi"
         HI_BITS = "kvconvert.v_cache.hi_bits"
         LO_BITS = "kvconvert.v_cache.lo_bits"
+        MEAN = "kvconvert.v_cache.mean"  # (layers * kv_heads * head_dim) f32, subtracted by the runtime (portable)
 
 
 # HF tensor-name templates shared by the two architectures ({bid} = layer index).

@@ -1,7 +1,10 @@
 """The KV-cache description a rotation-ready GGUF carries in kvconvert.*
-metadata (DESIGN §6): per-layer K and V cache configs, the post-RoPE channel
-permutation, the pre-RoPE K means and the rotation seed. Written by the
-converter, read by the runtime so that a file runs with its caches by default.
+metadata (DESIGN §6): layout, per-layer K and V cache configs, the post-RoPE
+channel permutation, the pre-RoPE K means (and whether b_k already subtracts
+them), the folded layout's per-layer RoPE pair map, V means, the rotation seed
+and the applied profile as JSON. Arrays are in the file's channel order.
+Written by the converter, read by the runtime so that a file runs with its
+caches by default.
 """
 
 from __future__ import annotations
@@ -30,9 +33,17 @@ class CacheMeta:
     k_mean: np.ndarray | None = None  # (layers, kv_heads, head_dim) float32
     center_pairs: int = 0
     seed: int = 0x6B7663
+    layout: str = "portable"
+    k_mean_folded: bool = False
+    rope_pair_src: np.ndarray | None = None  # (layers, head_dim/2) int, folded layout
+    v_mean: np.ndarray | None = None  # (layers, kv_heads, head_dim) float32
+    profile_json: str | None = None
 
     def add_to_gguf(self, w: gguf.GGUFWriter) -> None:
+        w.add_string(Keys.KVConvert.LAYOUT, self.layout)
         w.add_uint64(Keys.KVConvert.ROTATION_SEED, self.seed)
+        if self.profile_json:
+            w.add_string(Keys.KVConvert.PROFILE, self.profile_json)
         w.add_string(K.TYPE, self.k_type)
         w.add_string(V.TYPE, self.v_type)
         if self.k_configs:
@@ -51,6 +62,11 @@ class CacheMeta:
         if self.k_mean is not None:
             w.add_array(K.MEAN, [float(x) for x in np.asarray(self.k_mean, dtype=np.float32).reshape(-1)])
         w.add_uint32(K.CENTER_PAIRS, self.center_pairs)
+        w.add_bool(K.MEAN_FOLDED, self.k_mean_folded)
+        if self.rope_pair_src is not None:
+            w.add_array(K.ROPE_PAIR_SRC, [int(i) for i in np.asarray(self.rope_pair_src).reshape(-1)])
+        if self.v_mean is not None:
+            w.add_array(V.MEAN, [float(x) for x in np.asarray(self.v_mean, dtype=np.float32).reshape(-1)])
 
     @classmethod
     def from_gguf(cls, reader, args: ModelArgs, source: str = "GGUF") -> "CacheMeta | None":
@@ -61,7 +77,11 @@ class CacheMeta:
         L, Hk, d = args.num_hidden_layers, args.num_key_value_heads, args.head_dim
         try:
             meta = cls(k_type=get(K.TYPE), v_type=get(V.TYPE, "f16"), center_pairs=int(get(K.CENTER_PAIRS, 0)),
-                       seed=int(get(Keys.KVConvert.ROTATION_SEED, 0x6B7663)))
+                       seed=int(get(Keys.KVConvert.ROTATION_SEED, 0x6B7663)),
+                       layout=get(Keys.KVConvert.LAYOUT, "portable"), k_mean_folded=bool(get(K.MEAN_FOLDED, False)),
+                       profile_json=get(Keys.KVConvert.PROFILE))
+            if meta.layout not in ("portable", "folded"):
+                raise ValueError(f"unknown layout {meta.layout!r}")
             if meta.k_type == "tq":
                 meta.k_configs = _configs(get, K, L, d, get(K.SCALE, "ls"), qjl=True)
             if meta.v_type == "tq":
@@ -73,6 +93,17 @@ class CacheMeta:
                     raise ValueError("k_cache.perm is not a permutation of each layer's channels")
             if mean is not None:
                 meta.k_mean = np.asarray(mean, dtype=np.float32).reshape(L, Hk, d)
+            if meta.k_mean_folded and meta.k_mean is None:
+                raise ValueError("the K mean is folded into the weights but not stored")
+            src, vmean = get(K.ROPE_PAIR_SRC), get(V.MEAN)
+            if src is not None:
+                meta.rope_pair_src = np.asarray(src, dtype=np.int32).reshape(L, d // 2)
+                if any(sorted(row) != list(range(d // 2)) for row in meta.rope_pair_src.tolist()):
+                    raise ValueError("rope_pair_src is not a permutation of each layer's pairs")
+            if meta.layout == "folded" and meta.rope_pair_src is None:
+                raise ValueError("a folded file needs its RoPE pair map")
+            if vmean is not None:
+                meta.v_mean = np.asarray(vmean, dtype=np.float32).reshape(L, Hk, d)
         except (ValueError, TypeError) as e:
             raise InputError(f"{source}: invalid kvconvert cache metadata ({e}); re-convert the model") from None
         return meta

@@ -54,3 +54,41 @@ def _numel(shape: tuple[int, ...]) -> int:
     for s in shape:
         n *= s
     return n
+
+
+def print_calibration(cal, console: Console | None = None) -> None:
+    """Per-layer summary of a calibration: where K's energy is and how concentrated."""
+    console = console or Console()
+    t = Table(title=f"calibration of {cal.model}: {cal.n_tokens} tokens ({cal.text_source}), chunks of {cal.n_ctx}")
+    for col in ("layer", "K energy in mean", "K top-d/4 share (centered)", "V top-d/4 share"):
+        t.add_column(col, justify="right")
+    for s in cal.layer_summary():
+        t.add_row(str(s.layer), f"{s.k_mean_share:.1%}", f"{s.k_outlier:.1%}", f"{s.v_outlier:.1%}")
+    console.print(t)
+    console.print(f"written to {cal.path}")
+
+
+def print_search(result, console: Console | None = None) -> None:
+    """The chosen per-layer configs, the candidate table and the end-to-end check."""
+    console = console or Console()
+    p = result.profile
+    t = Table(title=f"profile {p.name} (policy {p.policy})")
+    for col in ("layer", "K cache", "V cache", "K smoothing"):
+        t.add_column(col, justify="right")
+    for l in range(p.model.n_layer):
+        sm = p.transforms.k_scale is not None and bool((abs(p.transforms.k_scale[l] - 1) > 1e-6).any())
+        t.add_row(str(l), p.k_layers[l] if p.k_layers else p.k_type, p.v_layers[l] if p.v_layers else p.v_type,
+                  "yes" if sm else "no")
+    console.print(t)
+    c = Table(title="candidates (proxy: summed attention KL over layers on the calibration windows)")
+    for col in ("config", "K bpv", "V bpv", "proxy error", "KLD", "PPL", "top-1"):
+        c.add_column(col, justify="right")
+    fmt = lambda x, f: "-" if x is None else format(x, f)  # noqa: E731
+    for r in result.candidates:
+        c.add_row(r.name, f"{r.k_bpv:.3f}", f"{r.v_bpv:.3f}", f"{r.proxy_error:.4f}", fmt(r.kld, ".5f"),
+                  fmt(r.ppl, ".3f"), fmt(r.top1, ".2%"))
+    console.print(c)
+    m = p.measured
+    if m.get("kld") is not None:
+        console.print(f"checked on {m['text']} ({m['chunks']} × {m['n_ctx']} tokens, {m['weights']} weights): "
+                      f"PPL {m['ppl']:.3f} (f16 cache {m['ppl_f16']:.3f}), KLD {m['kld']:.5f}, top-1 {m['top1']:.2%}")

@@ -141,6 +141,12 @@ class Model:
         desc.n_ff, desc.rms_eps = a.intermediate_size, a.rms_norm_eps
         desc.rope_pairing = 1 if src.arch.gguf_rope_pairing == "interleaved" else 0
         desc.rope_freqs = freqs_buf
+        meta = self.cache_meta
+        if meta is not None and meta.rope_pair_src is not None:
+            src_map = np.ascontiguousarray(meta.rope_pair_src, dtype=np.int32)
+            src_buf = f.cast("int *", f.from_buffer(src_map))
+            self._keep += [src_map, src_buf]
+            desc.rope_pair_src = src_buf
         desc.layers = layers
         for spec in src.specs:
             if spec.hf == ROPE_FREQS:
@@ -188,6 +194,10 @@ class Model:
 
         meta = self.cache_meta
         kw: dict = {}
+        if meta is not None and meta.k_mean_folded:  # b_k subtracts μ: the correction is not optional
+            kw.update(k_center=True, k_mean_folded=True, k_mean=meta.k_mean)
+        if meta is not None and meta.v_mean is not None and params.v_mean is None:
+            kw["v_mean"] = meta.v_mean
         if params.type_k == "auto":
             if meta is None:
                 kw["type_k"] = "f16"

@@ -39,6 +39,10 @@ def from_hf(name: str, source: str = "config.json") -> Architecture:
 
 
 def from_gguf(name: str, source: str = "GGUF") -> Architecture:
+    from .folded import PREFIX, folded
+
+    if name.startswith(PREFIX) and name[len(PREFIX):] in GGUF_ARCHITECTURES:  # kvconvert's folded layout
+        return folded(_load(GGUF_ARCHITECTURES[name[len(PREFIX):]]))
     if name not in GGUF_ARCHITECTURES:
         raise UnsupportedArchitecture(
             f"{source}: GGUF architecture {name or '(none)'!r} is not supported "

@@ -1,12 +1,15 @@
-"""kvconvert convert MODEL -o OUT.gguf [--weights TYPE]"""
+"""kvconvert convert MODEL -o OUT.gguf [--profile NAME|FILE] [--layout portable|folded] [--weights TYPE]"""
 
 from __future__ import annotations
 
 import argparse
 
 from ..convert import WEIGHT_TYPES, convert
+from ..patch import LAYOUTS
 from ..progress import tqdm_progress
 from ..report import print_convert_result
+from ..search import DEFAULT_POLICY
+from .run import add_text_args, read_text_arg
 
 
 def configure(p: argparse.ArgumentParser) -> None:
@@ -14,10 +17,24 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("-o", "--output", required=True, help="output .gguf path (written atomically)")
     p.add_argument("--weights", choices=list(WEIGHT_TYPES), default="f16",
                    help="type of the weight matrices (norms and biases stay f32; default f16)")
+    p.add_argument("--profile", default=DEFAULT_POLICY, metavar="NAME|FILE",
+                   help="a calibrated profile (JSON from `kvconvert search`, or a shipped one) to apply, or a "
+                        "policy name (balanced, max-quality, long-context): calibrate, search and apply in one go "
+                        "(default %(default)s); 'none' for a plain conversion without KV-cache metadata")
+    p.add_argument("--layout", choices=LAYOUTS, default="portable",
+                   help="portable: runs unchanged in llama.cpp, kvconvert applies the cache transforms from metadata "
+                        "(default); folded: every transform in the weights, only kvconvert can run it")
+    add_text_args(p, required=False, what="to calibrate on when --profile is a policy (default: data-free)",
+                  austen_default="calib")
+    p.add_argument("--tokens", type=int, default=16384, help="calibration tokens when calibrating (default %(default)s)")
+    p.add_argument("--no-check", action="store_true", help="skip the end-to-end check of a searched profile")
 
 
 def run(args: argparse.Namespace) -> int:
+    text, _ = read_text_arg(args)
+    profile = None if args.profile.lower() == "none" else args.profile
     with tqdm_progress() as progress:
-        result = convert(args.model, args.output, weights=args.weights, progress=progress)
+        result = convert(args.model, args.output, weights=args.weights, profile=profile, layout=args.layout,
+                         text=text, tokens=args.tokens, check=not args.no_check, progress=progress)
     print_convert_result(result)
     return 0

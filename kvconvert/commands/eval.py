@@ -9,18 +9,14 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from ..errors import InputError
 from ..evaluate import evaluate
 from ..progress import tqdm_progress
-from .run import add_runtime_args
+from .run import add_runtime_args, add_text_args, read_text_arg
 
 
 def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", help="GGUF file")
-    src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--text", help="UTF-8 text file to score")
-    src.add_argument("--austen", choices=["eval", "calib"],
-                     help="use the Austen text fetched from the package registries (eval: held-out part)")
+    add_text_args(p, required=True, what="to score")
     p.add_argument("--chunks", type=int, default=None, help="number of chunks (default: all the text holds)")
     p.add_argument("--save-logits", metavar="FILE", help="save log-probs of this run as a KLD base")
     p.add_argument("--kld-base", metavar="FILE", help="report KLD and top-1 agreement against a saved base")
@@ -29,16 +25,7 @@ def configure(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.text:
-        try:
-            text = Path(args.text).read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as e:
-            raise InputError(f"{args.text}: cannot read as UTF-8 text ({e})") from None
-        name = args.text
-    else:
-        from .. import fixtures
-
-        text, name = fixtures.austen_text(args.austen), f"austen-{args.austen}"
+    text, name = read_text_arg(args)
     with tqdm_progress(unit="chunk") as progress:
         r = evaluate(args.model, text, text_name=name, n_ctx=args.ctx, n_chunks=args.chunks, type_k=args.ctk,
                      type_v=args.ctv, n_threads=args.threads, save_logits=args.save_logits,

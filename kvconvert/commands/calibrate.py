@@ -1,0 +1,29 @@
+"""kvconvert calibrate MODEL [--text FILE | --austen calib] [--tokens N]"""
+
+from __future__ import annotations
+
+import argparse
+
+from ..calibrate import calibrate
+from ..progress import tqdm_progress
+from ..report import print_calibration
+from .run import add_text_args, read_text_arg
+
+
+def configure(p: argparse.ArgumentParser) -> None:
+    p.add_argument("model", help="Hugging Face model directory, GGUF file, or Hub repo id")
+    add_text_args(p, required=False, what="to calibrate on (default: text the model writes itself, no download)",
+                  austen_default="calib")
+    p.add_argument("--tokens", type=int, default=16384, help="calibration tokens (default %(default)s)")
+    p.add_argument("--ctx", type=int, default=512, help="tokens per calibration chunk (default %(default)s)")
+    p.add_argument("-o", "--output", help="calibration file (.npz; default: in kvconvert's cache, reused by reruns)")
+    p.add_argument("-t", "--threads", type=int, default=0, help="threads (default: all cores)")
+
+
+def run(args: argparse.Namespace) -> int:
+    text, _ = read_text_arg(args)
+    with tqdm_progress(unit="chunk") as progress:
+        cal = calibrate(args.model, text=text, tokens=args.tokens, n_ctx=args.ctx, out=args.output,
+                        n_threads=args.threads, progress=progress)
+    print_calibration(cal)
+    return 0

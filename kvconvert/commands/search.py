@@ -1,0 +1,41 @@
+"""kvconvert search CALIB --budget BPV [--policy NAME]"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from ..errors import InputError
+from ..progress import tqdm_progress
+from ..report import print_search
+from ..search import DEFAULT_POLICY, search
+from .run import add_text_args, read_text_arg
+
+
+def configure(p: argparse.ArgumentParser) -> None:
+    p.add_argument("calibration", help="calibration file written by `kvconvert calibrate`")
+    p.add_argument("--policy", default=DEFAULT_POLICY,
+                   help="shipped policy name or policy JSON (default %(default)s; see profiles/)")
+    p.add_argument("--budget", type=float, default=None, metavar="BPV",
+                   help="mean K bits per value, all overheads counted (default: the policy's)")
+    p.add_argument("--v-budget", type=float, default=None, metavar="BPV", help="mean V bits per value (default: the policy's)")
+    add_text_args(p, required=False, what="for the end-to-end check (default: the calibration's held-out chunks)")
+    p.add_argument("--chunks", type=int, default=None, help="chunks of the check text (default: all)")
+    p.add_argument("--no-check", action="store_true", help="skip the end-to-end check (PPL/KLD on held-out text)")
+    p.add_argument("--model", help="model to check with (default: the calibrated one)")
+    p.add_argument("-o", "--output", required=True, help="profile JSON to write")
+    p.add_argument("-t", "--threads", type=int, default=0, help="threads (default: all cores)")
+
+
+def run(args: argparse.Namespace) -> int:
+    text, _ = read_text_arg(args)
+    if Path(args.output).is_dir():
+        raise InputError(f"{args.output} is a directory; give a .json file path for the profile")
+    with tqdm_progress(unit="step") as progress:
+        result = search(args.calibration, policy=args.policy, k_budget=args.budget, v_budget=args.v_budget,
+                        eval_text=text, check=not args.no_check, model=args.model, n_chunks=args.chunks,
+                        n_threads=args.threads, progress=progress)
+    result.profile.save(args.output)
+    print_search(result)
+    print(f"profile written to {args.output}")
+    return 0

@@ -1,0 +1,254 @@
+"""Issue 5: calibration, the weight transforms (both layouts), search and
+convert with a profile — on the tiny models (exactness, plumbing) and on real
+SmolLM2 (quality, in test_real_profiles)."""
+
+from __future__ import annotations
+
+import itertools
+import threading
+
+import numpy as np
+import pytest
+
+from kvconvert import convert
+from kvconvert.calibrate import Calibration, calibrate
+from kvconvert.errors import InputError
+from kvconvert.model import load_model
+from kvconvert.profile import ModelShape, Policy, Profile, Transforms, load_profile, shipped_names
+from kvconvert.progress import Cancelled
+from kvconvert.runtime import ContextParams, Model
+from kvconvert.search import allocate, search
+from tests.tiny import CORPUS
+
+TEXT = " ".join(CORPUS) * 30
+TRANSFORMS = ("k_scale", "pair_order", "k_mean", "v_mean")
+
+
+def random_profile(src, rng, keep=TRANSFORMS, k_type="f32", v_type="f32") -> Profile:
+    a = src.args
+    L, Hk, d = a.num_hidden_layers, a.num_key_value_heads, a.head_dim
+    P = d // 2
+    full = dict(k_mean=rng.normal(size=(L, Hk, d)).astype(np.float32),
+                k_scale=np.exp(rng.normal(size=(L, Hk, P)) * 0.5).astype(np.float32),
+                pair_order=np.stack([rng.permutation(P) for _ in range(L)]).astype(np.int32),
+                v_mean=rng.normal(size=(L, Hk, d)).astype(np.float32))
+    tr = Transforms(**{k: (v if k in keep else None) for k, v in full.items()})
+    return Profile(name="random", model=ModelShape.of("tiny", src.arch.name, a), k_type=k_type, v_type=v_type,
+                   transforms=tr)
+
+
+def logits(path, toks, **kw) -> np.ndarray:
+    ctx = Model(path).context(ContextParams(n_ctx=64, n_batch=16, **({"type_k": "f32", "type_v": "f32"} | kw)))
+    return ctx.eval(toks, all_logits=True)
+
+
+@pytest.fixture(scope="module")
+def plain(tiny_models, tmp_path_factory):
+    root = tmp_path_factory.mktemp("plain")
+    return {n: convert(p, root / f"{n}.gguf", weights="f32").output for n, p in tiny_models.items()}
+
+
+# -- transforms: every fold leaves the f32-cache logits unchanged ------------------------
+
+@pytest.mark.parametrize("layout", ["portable", "folded"])
+@pytest.mark.parametrize("keep", [("k_scale",), ("pair_order",), ("k_mean",), ("v_mean",), TRANSFORMS],
+                         ids=lambda k: "+".join(k))
+def test_transforms_keep_logits(tiny_model, plain, tmp_path, layout, keep):
+    src = load_model(tiny_model)
+    prof = random_profile(src, np.random.default_rng(1), keep)
+    out = convert(tiny_model, tmp_path / "p.gguf", weights="f32", profile=prof, layout=layout).output
+    toks = list(np.random.default_rng(2).integers(0, src.args.vocab_size, 40))
+    ref = logits(plain[tiny_model.name], toks)
+    got = logits(out, toks)
+    # f32 weights and cache: the folds change only float64-then-float32 rounding
+    assert np.abs(got - ref).max() <= 2e-5 * np.abs(ref).max()
+    meta = Model(out).cache_meta
+    assert meta.layout == layout
+    if layout == "folded":
+        assert Model(out).source.arch.name.startswith("kvc-")
+
+
+@pytest.mark.parametrize("layout", ["portable", "folded"])
+def test_tq8_with_profile_close_to_f32(tiny_models, plain, tmp_path, layout):
+    """A TurboQuant 8-bit K/V cache with centering, permutation and smoothing stays as close to
+    the f32 cache as q8_0 K/V are (the tiny random models are sensitive: q8_0 moves logits ~3%)."""
+    path = tiny_models["qwen2-hd64"]
+    src = load_model(path)
+    prof = random_profile(src, np.random.default_rng(3), k_type="tq", v_type="tq")
+    prof.k_layers = ["tq:split=16,hi=8,lo=8"] * src.args.num_hidden_layers
+    prof.v_layers = ["tq8"] * src.args.num_hidden_layers
+    out = convert(path, tmp_path / "p.gguf", weights="f32", profile=prof, layout=layout).output
+    toks = list(range(3, 43))
+    ref = logits(plain["qwen2-hd64"], toks)
+    got = Model(out).context(ContextParams(n_ctx=64, n_batch=16)).eval(toks, all_logits=True)  # metadata caches
+    rel = np.abs(got - ref).max() / np.abs(ref).max()
+    q8 = logits(plain["qwen2-hd64"], toks, type_k="q8_0", type_v="q8_0")
+    assert rel < 1.5 * np.abs(q8 - ref).max() / np.abs(ref).max(), rel
+    assert rel > 0  # the TurboQuant cache really was used
+
+
+def test_portable_runs_in_llama_cpp_folded_refused(tiny_models, plain, tmp_path):
+    from kvconvert import llama_cpp_peer as peer
+
+    for name in ("qwen2-hd64", "llama-hd64-tied"):
+        src = load_model(tiny_models[name])
+        prof = random_profile(src, np.random.default_rng(4))
+        port = convert(src, tmp_path / f"{name}-p.gguf", weights="f32", profile=prof).output
+        fold = convert(src, tmp_path / f"{name}-f.gguf", weights="f32", profile=prof, layout="folded").output
+        toks = list(range(5, 40))
+        ref = peer.logits(peer.load(plain[name], n_ctx=64), toks)
+        got = peer.logits(peer.load(port, n_ctx=64), toks)
+        assert np.abs(got - ref).max() <= 1e-4 * np.abs(ref).max()
+        with pytest.raises(ValueError):
+            peer.load(fold, n_ctx=64)
+
+
+# -- calibration --------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def tiny_cal(tiny_models, tmp_path_factory) -> Calibration:
+    out = tmp_path_factory.mktemp("cal") / "qwen.calib.npz"
+    return calibrate(tiny_models["qwen2-hd64"], text=TEXT, tokens=256, n_ctx=64, n_windows=2, holdout=1, out=out)
+
+
+def test_calibration_statistics_match_reference_model(tiny_models, tiny_cal):
+    """Sums from the native capture equal the numpy reference model's pre-RoPE q/k/v."""
+    from kvconvert import reference
+    from kvconvert.calibrate import runtime_gguf
+
+    src = load_model(tiny_models["qwen2-hd64"])
+
+    m = Model(runtime_gguf(src))
+    ids = m.tokenize(TEXT, add_bos=False)
+    bos = m.source.tokenizer_spec()
+    pre = [bos.bos_id] if bos.effective_add_bos() and bos.bos_id is not None else []
+    body = 64 - len(pre)
+    chunks = [pre + ids[i:i + body] for i in range(0, len(ids) - body + 1, body)][:tiny_cal.n_tokens // 64]
+    k_sum, k_sq = np.zeros_like(tiny_cal.k_sum), np.zeros_like(tiny_cal.k_sum)
+    q_sq = np.zeros_like(tiny_cal.q_sq)
+    Hk = src.args.num_key_value_heads
+    for ch in chunks:
+        cap = {}
+        reference.forward(src.args, src.weights, ch, capture=lambda l, n, x: cap.__setitem__((l, n), x.astype(np.float64)))
+        for l in range(src.args.num_hidden_layers):
+            k_sum[l] += cap[(l, "k")].sum(0)
+            k_sq[l] += (cap[(l, "k")] ** 2).sum(0)
+            q = cap[(l, "q")]
+            q_sq[l] += (q * q).reshape(len(ch), Hk, -1, q.shape[-1]).sum((0, 2))
+    assert tiny_cal.n_tokens == sum(len(c) for c in chunks)
+    # the runtime ran the f16 conversion of the model (the reference: float32 weights)
+    np.testing.assert_allclose(tiny_cal.k_sum, k_sum, rtol=1e-3, atol=1e-3 * np.abs(k_sum).max())
+    np.testing.assert_allclose(tiny_cal.q_sq, q_sq, rtol=1e-3)
+    # the tiny Qwen's large k_proj bias shows up as K energy in the mean
+    n = tiny_cal.n_tokens
+    share = ((k_sum / n) ** 2).sum(-1) / (k_sq / n).sum(-1)  # (L, Hk)
+    got = [s.k_mean_share for s in tiny_cal.layer_summary()]
+    np.testing.assert_allclose(got, share.mean(-1), rtol=1e-3)
+    assert min(got) > 0.2
+
+
+def test_calibration_resumes_after_cancel(tiny_models, tiny_cal, tmp_path):
+    out = tmp_path / "c.npz"
+    cancel = threading.Event()
+    seen = []
+
+    def progress(done, total, what):
+        seen.append(done)
+        if done >= 2:
+            cancel.set()
+
+    with pytest.raises(Cancelled):
+        calibrate(tiny_models["qwen2-hd64"], text=TEXT, tokens=256, n_ctx=64, n_windows=2, holdout=1, out=out,
+                  progress=progress, cancel=cancel)
+    assert not out.exists() and out.with_name(out.name + ".partial").exists()
+    seen.clear()
+    cal = calibrate(tiny_models["qwen2-hd64"], text=TEXT, tokens=256, n_ctx=64, n_windows=2, holdout=1, out=out,
+                    progress=lambda d, t, w: seen.append(d))
+    assert seen[0] == 3  # resumed after the two finished chunks
+    np.testing.assert_allclose(cal.k_sum, tiny_cal.k_sum, rtol=1e-6)
+    np.testing.assert_array_equal(cal.win_k, tiny_cal.win_k)
+    assert not out.with_name(out.name + ".partial").exists()
+
+
+def test_calibration_data_free(tiny_models, tmp_path, monkeypatch):
+    monkeypatch.setenv("KVCONVERT_CACHE", str(tmp_path / "cache"))
+    cal = calibrate(tiny_models["llama-hd64-tied"], tokens=128, n_ctx=32, n_windows=1, holdout=1)
+    assert "generated" in cal.text_source and cal.n_tokens >= 64
+    assert cal.path.exists() and cal.path.is_relative_to(tmp_path / "cache")
+    again = calibrate(tiny_models["llama-hd64-tied"], tokens=128, n_ctx=32, n_windows=1, holdout=1)
+    assert again.text_sha256 == cal.text_sha256  # the generated text is cached and reused
+
+
+def test_corrupt_calibration_is_refused(tmp_path, tiny_cal):
+    bad = tmp_path / "bad.npz"
+    bad.write_bytes(tiny_cal.path.read_bytes()[:1000])
+    with pytest.raises(InputError, match="corrupt or unreadable calibration"):
+        Calibration.load(bad)
+    with pytest.raises(InputError, match="no such calibration file"):
+        Calibration.load(tmp_path / "missing.npz")
+
+
+# -- search --------------------------------------------------------------------------
+
+def test_allocate_is_optimal():
+    rng = np.random.default_rng(0)
+    costs = [[3.25, 4.25, 4.5, 5.25]] * 4
+    errors = [list(np.sort(rng.random(4))[::-1]) for _ in range(4)]
+    for budget in (3.25, 4.0, 4.5, 5.0):
+        pick = allocate(costs, errors, budget)
+        best = min((sum(errors[l][i] for l, i in enumerate(c)), c) for c in itertools.product(range(4), repeat=4)
+                   if sum(costs[0][i] for i in c) <= budget * 4 + 1e-9)
+        assert sum(errors[l][i] for l, i in enumerate(pick)) == pytest.approx(best[0])
+    with pytest.raises(InputError, match="below the minimum"):
+        allocate(costs, errors, 3.0)
+
+
+def test_search_tiny_profile_applies(tiny_models, tiny_cal, tmp_path):
+    pol = Policy(name="t", description="test", k_budget=4.5, v_budget=4.5, k_bits=(3, 4, 5), v_bits=(3, 4, 5))
+    res = search(tiny_cal, policy=pol, check=True, n_chunks=1)
+    prof = res.profile
+    kb, vb = prof.bits()
+    assert kb <= 4.5 + 1e-9 and vb <= 4.5 + 1e-9
+    assert {"kld", "ppl", "ppl_f16", "top1"} <= set(prof.measured)
+    assert res.candidates[0].proxy_error <= min(c.proxy_error for c in res.candidates[1:] if c.k_bpv <= kb)
+    # more bits, less error (per layer, uniform configs)
+    for e in res.k_errors:
+        errs = [e.get(f"tq{b}", e.get(f"tq{b}+smooth")) for b in (3, 4, 5)]
+        assert errs[0] > errs[1] > errs[2]
+    path = prof.save(tmp_path / "p.json")
+    back = load_profile(path)
+    assert back.k_layers == prof.k_layers and back.v_layers == prof.v_layers
+    out = convert(tiny_models["qwen2-hd64"], tmp_path / "o.gguf", weights="f32", profile=path).output
+    meta = Model(out).cache_meta
+    assert [c.spec() for c in meta.k_configs] == prof.k_layers
+    assert [c.spec() for c in meta.v_configs] == prof.v_layers
+
+
+# -- bad input -----------------------------------------------------------------------
+
+def test_profile_for_another_model_is_refused(tiny_models, tiny_cal, tmp_path):
+    src = load_model(tiny_models["qwen2-hd64"])
+    prof = random_profile(src, np.random.default_rng(0))
+    with pytest.raises(InputError, match=r"does not match this model \(n_head 4 vs 6; head_dim|n_head"):
+        convert(tiny_models["llama-hd64-tied"], tmp_path / "x.gguf", profile=prof)
+    assert not (tmp_path / "x.gguf").exists()
+
+
+def test_unknown_policy_and_bad_profile_files(tmp_path):
+    with pytest.raises(InputError, match="unknown profile or policy 'nope'"):
+        load_profile("nope")
+    bad = tmp_path / "b.json"
+    bad.write_text('{"schema": 1, "kind": "profile", "name": "x"}')
+    with pytest.raises(InputError, match="not a valid kvconvert profile"):
+        load_profile(bad)
+    bad.write_text("{not json")
+    with pytest.raises(InputError, match="cannot read the profile"):
+        load_profile(bad)
+    assert {"balanced", "max-quality", "long-context"} <= set(shipped_names())
+    for name in ("balanced", "max-quality", "long-context"):
+        assert isinstance(load_profile(name), Policy)
+
+
+def test_budget_below_minimum(tiny_cal):
+    with pytest.raises(InputError, match="below the minimum"):
+        search(tiny_cal, policy="balanced", k_budget=2.0, check=False)
