@@ -201,7 +201,6 @@ def fingerprint(src: ModelSource) -> str:
 def runtime_gguf(src: ModelSource, progress: ProgressFn | None = None, cancel=None) -> Path:
     """A GGUF the runtime can run: the model itself, or a cached f16 conversion of an HF model."""
     if src.format == "gguf":
-        from .kvmeta import CacheMeta  # noqa: F401  (a folded file is refused below)
         from .gguf_keys import Keys
         from .gguf_io import field_value
 

@@ -188,6 +188,20 @@ def _profile(profile: str | os.PathLike | Profile | Policy | None, args, gguf_pa
     return prof
 
 
+def _embedded_profile(src, gguf_path: Path) -> Profile | None:
+    """The profile summary `convert` stores in kvconvert.profile (no arrays), or None."""
+    from .gguf_io import field_value
+    from .gguf_keys import Keys
+
+    text = field_value(src.weights.reader, Keys.KVConvert.PROFILE)
+    if not text:
+        return None
+    try:
+        return Profile.from_json(json.loads(text), f"{gguf_path} (kvconvert.profile)")
+    except (ValueError, InputError):
+        return None  # an unreadable summary only costs the card its quality table
+
+
 def prepare_push(gguf_path: str | os.PathLike, repo_id: str,
                  profile: str | os.PathLike | Profile | Policy | None = None) -> tuple[str, list[Upload]]:
     """Everything ``push`` checks and builds before touching the network: the repo id and the
@@ -204,6 +218,8 @@ def prepare_push(gguf_path: str | os.PathLike, repo_id: str,
     if prof is not None:
         profile_file = f"{gguf_path.stem}.profile.json"
         files.append(Upload(profile_file, (json.dumps(prof.to_json(), indent=1) + "\n").encode()))
+    else:  # the profile summary convert embedded (configs, provenance, measurements) still fills the card
+        prof = _embedded_profile(src, gguf_path)
     card = model_card(info, repo_id, prof, profile_file)
     files.append(Upload("README.md", card.encode()))
     return repo_id, files

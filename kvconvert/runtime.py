@@ -242,22 +242,10 @@ class Context:
         center = params.k_center if params.k_center is not None else p.type_k == KVC_CACHE_TQ
         p.k_center, p.k_center_pairs = int(center), params.k_center_pairs
         if center and params.k_mean is not None:
-            mean = np.ascontiguousarray(params.k_mean, dtype=np.float32)
-            if mean.shape != (a.num_hidden_layers, a.num_key_value_heads, a.head_dim):
-                raise InputError(f"K mean has shape {mean.shape}, the model needs "
-                                 f"{(a.num_hidden_layers, a.num_key_value_heads, a.head_dim)}")
-            buf = ffi().from_buffer("float[]", mean)
-            self._keep += [mean, buf]
-            p.k_mean = buf
+            p.k_mean = self._per_head(params.k_mean, "K mean")
         p.k_mean_folded = int(params.k_mean_folded)
         if params.v_mean is not None:
-            vmean = np.ascontiguousarray(params.v_mean, dtype=np.float32)
-            if vmean.shape != (a.num_hidden_layers, a.num_key_value_heads, a.head_dim):
-                raise InputError(f"V mean has shape {vmean.shape}, the model needs "
-                                 f"{(a.num_hidden_layers, a.num_key_value_heads, a.head_dim)}")
-            vbuf = ffi().from_buffer("float[]", vmean)
-            self._keep += [vmean, vbuf]
-            p.v_mean = vbuf
+            p.v_mean = self._per_head(params.v_mean, "V mean")
         out = ffi().new("kvc_context **")
         err = ffi().new("char[512]")
         status = lib().kvc_context_create(model._ptr, p, out, err, 512)
@@ -265,6 +253,17 @@ class Context:
             raise NativeError(f"cannot create a context: {ffi().string(err).decode(errors='replace')}")
         self._ptr = ffi().gc(out[0], lib().kvc_context_free)
         self.n_vocab = model.args.vocab_size
+
+    def _per_head(self, x: np.ndarray, what: str):
+        """A float buffer for C of a (layers, kv heads, head_dim) array, kept alive with the context."""
+        a = self.model.args
+        arr = np.ascontiguousarray(x, dtype=np.float32)
+        want = (a.num_hidden_layers, a.num_key_value_heads, a.head_dim)
+        if arr.shape != want:
+            raise InputError(f"{what} has shape {arr.shape}, the model needs {want}")
+        buf = ffi().from_buffer("float[]", arr)
+        self._keep += [arr, buf]
+        return buf
 
     def _tq_layers(self, configs, perm: np.ndarray | None = None):
         f = ffi()

@@ -134,13 +134,11 @@ class _Layer:
 
     def _keys(self, smooth: bool, center: bool) -> tuple[np.ndarray, np.ndarray]:
         """Queries and (centered, smoothed) post-RoPE keys, permuted: what the cache sees."""
-        P = self.d // 2
         s = np.concatenate([self.scales, self.scales], -1) if smooth else np.ones((self.cal.n_head_kv, self.d))
         kc = (self.k_raw - (self.mu if center else 0)) / s
         kr = np.stack([apply_rope(x, self.pos, self.cal.rope_freqs, "neox") for x in kc])
         W, T, Hk = kr.shape[:3]
         q = self.q_rot.reshape(W, T, Hk, self.rep, self.d)[:, self.rows] * s[None, None, :, None, :]
-        del P
         return q[..., self.perm], kr[..., self.perm]
 
     def k_error(self, o: Option) -> float:

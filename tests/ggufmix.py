@@ -9,6 +9,7 @@ the reference and the runtime see the same numbers.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any, Callable
 
 import gguf
 import numpy as np
@@ -32,18 +33,27 @@ def random_kquant(shape: tuple[int, ...], qtype: Q, rng: np.random.Generator) ->
     return raw.reshape(shape[0], -1)
 
 
-def rewrite(src: Path, dst: Path, types: dict[str, Q], seed: int = 0) -> None:
-    """Copy src to dst with tensor types changed: types maps a name substring to a type."""
+DROP = object()  # returned by a metadata edit: leave the key out
+
+
+def rewrite(src: Path, dst: Path, types: dict[str, Q] | None = None, seed: int = 0,
+            metadata: Callable[[str, Any], Any] | None = None) -> None:
+    """Copy src to dst with tensor types changed (types maps a name substring to a type) and
+    metadata values edited (metadata(key, value) → the new value, or DROP)."""
     rng = np.random.default_rng(seed)
+    types = types or {}
     reader = open_gguf(src)
     w = gguf.GGUFWriter(str(dst), reader.fields["general.architecture"].contents())
     for key, field in reader.fields.items():
         if key.startswith("GGUF.") or key == "general.architecture":
             continue
+        val = field.contents() if metadata is None else metadata(key, field.contents())
+        if val is DROP:
+            continue
         if field.types[0] == gguf.GGUFValueType.ARRAY:
-            w.add_key_value(key, field.contents(), gguf.GGUFValueType.ARRAY, sub_type=field.types[-1])
+            w.add_key_value(key, val, gguf.GGUFValueType.ARRAY, sub_type=field.types[-1])
         else:
-            w.add_key_value(key, field.contents(), field.types[0])
+            w.add_key_value(key, val, field.types[0])
     for t in reader.tensors:
         qtype = next((q for pat, q in types.items() if pat in t.name), None)
         x = dequantize(t)

@@ -132,30 +132,12 @@ def test_gguf_unknown_arch(capsys, tmp_path):
 def test_gguf_absurd_dimensions(capsys, tiny_models, tmp_path):
     """Metadata claiming dimensions the tensors do not have is refused, not run."""
     from kvconvert import convert
-    from kvconvert.gguf_io import open_gguf
+    from tests.ggufmix import rewrite
 
     good = tmp_path / "good.gguf"
     convert(tiny_models["llama-hd64-tied"], good, weights="f16")
-    reader = open_gguf(good)
     path = tmp_path / "absurd.gguf"
-    w = gguf.GGUFWriter(str(path), "llama")
-    for key, field in reader.fields.items():
-        if key.startswith("GGUF.") or key == "general.architecture":
-            continue
-        val = field.contents()
-        if key == "llama.embedding_length":
-            val = 1 << 30
-        vtype = field.types[0]
-        if vtype == gguf.GGUFValueType.ARRAY:
-            w.add_array(key, val)
-        else:
-            w.add_key_value(key, val, vtype)
-    for t in reader.tensors:
-        w.add_tensor(t.name, np.asarray(t.data), raw_dtype=t.tensor_type)
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
+    rewrite(good, path, metadata=lambda key, val: 1 << 30 if key == "llama.embedding_length" else val)
     code, err = run_cli(capsys, "convert", str(path), "-o", str(tmp_path / "o.gguf"))
     assert_one_line_error(code, err, "absurd.gguf", "shape")
     assert not (tmp_path / "o.gguf").exists()

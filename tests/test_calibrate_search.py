@@ -252,3 +252,32 @@ def test_unknown_policy_and_bad_profile_files(tmp_path):
 def test_budget_below_minimum(tiny_cal):
     with pytest.raises(InputError, match="below the minimum"):
         search(tiny_cal, policy="balanced", k_budget=2.0, check=False)
+
+
+# -- CLI ---------------------------------------------------------------------------
+
+def test_cli_calibrate_search_convert(tiny_models, tiny_cal, tmp_path, capsys):
+    from tests.test_bad_input import assert_one_line_error, run_cli
+
+    text = tmp_path / "t.txt"
+    text.write_text(TEXT)
+    cal = tmp_path / "c.npz"
+    assert run_cli(capsys, "calibrate", str(tiny_models["qwen2-hd64"]), "--text", str(text), "--tokens", "128",
+                   "--ctx", "64", "-o", str(cal))[0] == 0
+    prof = tmp_path / "p.json"
+    assert run_cli(capsys, "search", str(cal), "--budget", "4.5", "--no-check", "-o", str(prof))[0] == 0
+    out = tmp_path / "o.gguf"
+    assert run_cli(capsys, "convert", str(tiny_models["qwen2-hd64"]), "--profile", str(prof), "--layout", "folded",
+                   "-o", str(out))[0] == 0
+    assert Model(out).cache_meta.layout == "folded"
+    # bad input: one line, non-zero exit, nothing written
+    assert_one_line_error(*run_cli(capsys, "search", str(cal), "--budget", "1.5", "-o", str(tmp_path / "x.json")),
+                          "below the minimum")
+    assert_one_line_error(*run_cli(capsys, "convert", str(tiny_models["qwen2-hd64"]), "--profile", "nope",
+                                   "-o", str(tmp_path / "y.gguf")), "unknown profile or policy")
+    assert_one_line_error(*run_cli(capsys, "convert", str(tiny_models["llama-hd64-tied"]), "--profile", str(prof),
+                                   "-o", str(tmp_path / "z.gguf")), "does not match this model")
+    bad = tmp_path / "bad.npz"
+    bad.write_bytes(b"PK\x03\x04 truncated")
+    assert_one_line_error(*run_cli(capsys, "search", str(bad), "-o", str(tmp_path / "w.json")), "corrupt")
+    assert not any((tmp_path / n).exists() for n in ("x.json", "y.gguf", "z.gguf", "w.json"))

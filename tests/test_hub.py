@@ -175,23 +175,9 @@ def test_card_variants(kv_gguf):
 
 def strip_kvconvert_keys(src: Path, dst: Path) -> None:
     """Copy a GGUF without its kvconvert.* keys: another tool's GGUF."""
-    from kvconvert.gguf_io import open_gguf
+    from tests.ggufmix import DROP, rewrite
 
-    reader = open_gguf(src)
-    w = gguf.GGUFWriter(str(dst), reader.fields["general.architecture"].contents())
-    for key, f in reader.fields.items():
-        if key.startswith(("GGUF.", "kvconvert.")) or key == "general.architecture":
-            continue
-        if f.types[0] == gguf.GGUFValueType.ARRAY:
-            w.add_key_value(key, f.contents(), gguf.GGUFValueType.ARRAY, sub_type=f.types[-1])
-        else:
-            w.add_key_value(key, f.contents(), f.types[0])
-    for t in reader.tensors:
-        w.add_tensor(t.name, np.asarray(t.data), raw_dtype=t.tensor_type)
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
+    rewrite(src, dst, metadata=lambda key, val: DROP if key.startswith("kvconvert.") else val)
 
 
 def no_retry_sleep(monkeypatch) -> None:

@@ -178,3 +178,36 @@ def test_smollm2_turboquant_k_cache_quality(tmp_path):
     print("\nSmolLM2 K-cache KLD vs f16:", {k: round(v, 5) for k, v in kld.items()})
     assert kld["tq4"] < kld["q4_0"] / 3
     assert kld["tq8"] <= kld["q8_0"] * 1.1
+
+
+def test_smollm2_calibrated_profile_beats_uniform(tmp_path):
+    """SmolLM2-135M: calibrate on 2048 tokens of the Austen calibration part, search K at
+    the bits of uniform tq4 (4.25 bpv), apply (portable), and measure on 2×512 held-out
+    Austen eval tokens against the f16-cache run of the same file. The per-layer,
+    calibrated profile must beat uniform tq4 K at equal bits, and the portable file must
+    give llama.cpp the same logits as the plain conversion (the folds are exact)."""
+    from kvconvert.calibrate import calibrate
+    from kvconvert.evaluate import evaluate
+    from kvconvert.profile import Policy
+    from kvconvert.runtime import Model
+    from kvconvert.search import search
+
+    src = fixtures.smollm2_gguf()
+    cal = calibrate(src, text=fixtures.austen_text("calib"), tokens=2048, n_ctx=512, n_windows=1,
+                    out=tmp_path / "c.npz")
+    pol = Policy(name="test", description="", k_budget=4.25, v_budget=None, k_bits=(3, 4, 5))
+    prof = search(cal, policy=pol, check=False).profile
+    assert prof.bits()[0] <= 4.25 + 1e-9
+    plain = convert(src, tmp_path / "plain.gguf", weights="q8_0").output
+    patched = convert(src, tmp_path / "prof.gguf", weights="q8_0", profile=prof).output
+    text = fixtures.austen_text("eval")[:20000]
+    base = tmp_path / "base.logp"
+    evaluate(plain, text, n_ctx=512, n_chunks=2, type_k="f16", type_v="f16", save_logits=base)
+    uniform = evaluate(plain, text, n_ctx=512, n_chunks=2, type_k="tq4", type_v="f16", kld_base=base)
+    profiled = evaluate(Model(patched), text, n_ctx=512, n_chunks=2, type_v="f16", kld_base=base)
+    print(f"\nSmolLM2 K KLD vs f16 at 4.25 bpv: uniform tq4 {uniform.kld:.5f}, calibrated profile {profiled.kld:.5f}")
+    assert profiled.type_k == "tq" and profiled.kld < uniform.kld
+    toks = eval_tokens(load_model(src), 64)
+    a = oracle.logits(oracle.load(plain, n_ctx=64), toks)
+    b = oracle.logits(oracle.load(patched, n_ctx=64), toks)
+    assert np.abs(a - b).max() <= 0.05 * np.abs(a).max()  # q8_0 re-quantization of smoothed rows only
