@@ -140,7 +140,8 @@ def main() -> None:
             if args.save_profiles:
                 dest = Path(__file__).resolve().parents[1] / "profiles" / f"{slug}-{pol}.json"
                 prof.name = f"{slug}-{pol}"
-                prof.provenance["calibration"] = None  # a local cache path means nothing to others
+                # local paths mean nothing to others: name the fixture file and text instead
+                prof.provenance.update(calibration=None, model=Path(path).name, text="austen-calib")
                 prof.save(dest)
         if not args.no_llama_cpp:  # the same token chunks as kvconvert's evaluate (identical tokenizers)
             spec = base.source.tokenizer_spec()

@@ -212,12 +212,13 @@ def shipped_names() -> list[str]:
 def load_profile(name_or_path: str | os.PathLike) -> Profile | Policy:
     """A shipped policy/profile by name, or a JSON file."""
     p = Path(name_or_path)
-    if not p.suffix and not p.exists():
+    if not p.exists():
         cand = shipped_dir() / f"{p.name}.json"
-        if not cand.exists():
+        if cand.exists() and p.name == str(name_or_path):
+            p = cand
+        elif p.suffix.lower() != ".json":
             raise InputError(f"unknown profile or policy {str(name_or_path)!r}; shipped ones: "
                              f"{', '.join(shipped_names())} (or give a profile JSON file)")
-        p = cand
     try:
         obj = json.loads(p.read_text())
     except FileNotFoundError:

@@ -281,3 +281,19 @@ def test_cli_calibrate_search_convert(tiny_models, tiny_cal, tmp_path, capsys):
     bad.write_bytes(b"PK\x03\x04 truncated")
     assert_one_line_error(*run_cli(capsys, "search", str(bad), "-o", str(tmp_path / "w.json")), "corrupt")
     assert not any((tmp_path / n).exists() for n in ("x.json", "y.gguf", "z.gguf", "w.json"))
+
+
+def test_shipped_calibrated_profiles_are_complete():
+    """profiles/<model>-<policy>.json: valid, within their policy's budgets, with provenance and
+    the held-out measurements bench/results.py wrote into them."""
+    calibrated = [n for n in shipped_names() if isinstance(load_profile(n), Profile)]
+    assert calibrated, "no calibrated profiles shipped"
+    for name in calibrated:
+        prof = load_profile(name)
+        pol = load_profile(prof.policy)
+        kb, vb = prof.bits()
+        assert kb <= pol.k_budget + 1e-9 and vb <= pol.v_budget + 1e-9, name
+        assert {"kld", "ppl", "ppl_f16", "top1", "chunks"} <= set(prof.measured), name
+        assert prof.provenance["tokens"] > 0 and len(prof.provenance["text_sha256"]) == 64
+        t = prof.transforms
+        assert t.k_mean is not None and t.k_scale is not None and t.pair_order is not None
