@@ -242,8 +242,8 @@ def resolve_policy(policy: str | Policy, k_budget: float | None, v_budget: float
     kw = {}
     if k_budget is not None:
         kw["k_budget"] = float(k_budget)
-    if v_budget is not None:
-        kw["v_budget"] = float(v_budget)
+    if v_budget is not None:  # 0: V stays f16
+        kw["v_budget"] = float(v_budget) if v_budget > 0 else None
     return replace(policy, **kw) if kw else policy
 
 

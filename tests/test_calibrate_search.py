@@ -266,6 +266,10 @@ def test_cli_calibrate_search_convert(tiny_models, tiny_cal, tmp_path, capsys):
                    "--ctx", "64", "-o", str(cal))[0] == 0
     prof = tmp_path / "p.json"
     assert run_cli(capsys, "search", str(cal), "--budget", "4.5", "--no-check", "-o", str(prof))[0] == 0
+    k_only = tmp_path / "k.json"
+    assert run_cli(capsys, "search", str(cal), "--budget", "4", "--v-budget", "none", "--no-check",
+                   "-o", str(k_only))[0] == 0
+    assert load_profile(k_only).v_type == "f16" and load_profile(prof).v_type == "tq"
     out = tmp_path / "o.gguf"
     assert run_cli(capsys, "convert", str(tiny_models["qwen2-hd64"]), "--profile", str(prof), "--layout", "folded",
                    "-o", str(out))[0] == 0

@@ -1,8 +1,11 @@
 """TurboQuant in C against its numpy twin (kvconvert/turboquant.py): identical
-codes, scales and QJL bits; scores and decodes within float32 rounding; and the
+codes, scales and QJL bits; scores and decodes within float32 rounding; the
+block (query tokens × GQA group, causal) kernels against the scalar twin; and the
 TurboQuant/centering paths of the runtime on tiny models."""
 
 from __future__ import annotations
+
+import ctypes
 
 import numpy as np
 import pytest
@@ -103,6 +106,79 @@ def test_bad_tq_arguments():
     assert lib.kvc_tq_encode(1, 64, 4, 0, 1, fp(bad), 0, 0, 0, fp(x), 1, ffi.from_buffer(rows)) == 1  # not ascending
 
 
+# ---- block kernels: nq queries (tokens × GQA group) per decoded row, causal ----
+
+# kvc_tq_block_test is exported by the library but is not in the C ABI (kvc.h): load it with ctypes
+_P, _I = ctypes.c_void_p, ctypes.c_int
+_block_test = ctypes.CDLL(kvc.__file__).kvc_tq_block_test
+_block_test.restype = _I
+_block_test.argtypes = [_I] * 7 + [_P, _P, ctypes.c_ulonglong, _I, _P, _I, _P, _I, _I, _I, _P, _P, _P]
+
+
+def c_block(impl, cfg, keys, q, grp, n0, p):
+    """Scores (nq, n) (NaN where a query does not see the key) and unrotated V
+    accumulators (nq, d) of the C kernels, for query r seeing keys 0 .. n0 + r // grp - 1."""
+    cbs = [np.ascontiguousarray(tq.codebook(g.m, g.bits), np.float32) for g in cfg.groups()]
+    cb_hi, cb_lo = (cbs[0], cbs[1]) if cfg.n_hi else (None, cbs[0])
+    keys, q, p = (np.ascontiguousarray(x, np.float32) for x in (keys, q, p))
+    (nq, d), n = q.shape, keys.shape[0]
+    scores = np.full((nq, n), np.nan, np.float32)
+    acc = np.empty((nq, d), np.float32)
+    ptr = lambda a: None if a is None else a.ctypes.data  # noqa: E731
+    assert _block_test(impl, d, cfg.n_hi, cfg.hi_bits, cfg.lo_bits, int(cfg.qjl_hi), int(cfg.qjl_lo), ptr(cb_hi),
+                       ptr(cb_lo), SEED, LAYER, ptr(keys), n, ptr(q), nq, grp, n0, ptr(p), ptr(scores), ptr(acc)) == 0
+    return scores, acc
+
+
+BLOCK_LAYOUTS = [tq.KConfig(64, lo_bits=4), tq.KConfig(96, lo_bits=2), tq.KConfig(40, lo_bits=3),
+                 tq.KConfig(36, lo_bits=3),  # d % 8 != 0: the SIMD kernels fall back to the scalar twins
+                 tq.KConfig(128, n_hi=32, hi_bits=8, lo_bits=3, qjl_hi=True),
+                 tq.KConfig(128, n_hi=64, hi_bits=6, lo_bits=4, qjl_hi=True, qjl_lo=True)]
+# (queries per token, tokens, keys seen by the first token): single queries and tokens,
+# blocks starting at key 0, row counts that are and are not multiples of 8, tiles that
+# straddle the causal edge
+BLOCK_SHAPES = [(1, 1, 1), (6, 1, 100), (6, 8, 1), (6, 8, 13), (3, 5, 37), (1, 48, 1), (2, 24, 9), (7, 3, 64),
+                (4, 9, 8)]
+
+
+@pytest.mark.parametrize("cfg", BLOCK_LAYOUTS, ids=lambda c: f"d{c.d}-{c.spec()}")
+@pytest.mark.parametrize("grp,nt,n0", BLOCK_SHAPES)
+def test_block_kernels(cfg, grp, nt, n0):
+    """Every implementation against the scalar twin and numpy (float32 summation order:
+    1e-5 of the largest possible term sum), keys past a query's causal limit never
+    scored (their entries stay NaN) nor accumulated (their weights are NaN), and a
+    block gives exactly what its tokens give one at a time."""
+    rng = np.random.default_rng(grp * 1000 + nt * 10 + n0)
+    nq, n, d = grp * nt, n0 + nt - 1, cfg.d
+    keys = (rng.standard_normal((n, d)) * rng.uniform(0.5, 4, (n, 1))).astype(np.float32)
+    q = rng.standard_normal((nq, d)).astype(np.float32)
+    vis = n0 + np.arange(nq) // grp  # keys each query sees
+    seen = np.arange(n)[None, :] < vis[:, None]
+    p = rng.uniform(0, 1, (nq, n)).astype(np.float32)
+    p = np.where(seen, p / np.where(seen, p, 0).sum(1, keepdims=True), np.nan).astype(np.float32)
+
+    encs = tq.encode(keys, cfg, SEED, LAYER)
+    want = tq.scores(q, encs, cfg, SEED, LAYER)
+    dec = tq.decode(encs, cfg, SEED, LAYER, qjl=False).astype(np.float64)
+    want_acc = np.nan_to_num(p.astype(np.float64)) @ dec
+    s_tol = 1e-5 * np.abs(q).sum(1, keepdims=True) * np.abs(keys).max()
+    a_tol = 1e-5 * np.abs(dec).max()
+
+    ref, ref_acc = c_block(1, cfg, keys, q, grp, n0, p)
+    for impl in impls():
+        got, acc = c_block(impl, cfg, keys, q, grp, n0, p)
+        assert np.array_equal(np.isnan(got), ~seen), impl  # scored exactly the visible keys
+        assert np.all(np.abs(got - ref)[seen] <= np.broadcast_to(s_tol, seen.shape)[seen]), impl
+        assert np.all(np.abs(got - want)[seen] <= np.broadcast_to(s_tol, seen.shape)[seen]), impl
+        assert np.isfinite(acc).all() and np.abs(acc - ref_acc).max() <= a_tol, impl
+        assert np.abs(acc - want_acc).max() <= a_tol, impl
+        for t in range(nt):  # token by token, as decode sees them
+            rows = slice(t * grp, (t + 1) * grp)
+            one, one_acc = c_block(impl, cfg, keys[:n0 + t], q[rows], grp, n0 + t, p[rows, :n0 + t])
+            np.testing.assert_array_equal(one, got[rows, :n0 + t])
+            np.testing.assert_array_equal(one_acc, acc[rows])
+
+
 # ---- the runtime's TurboQuant and centering paths on tiny models ----
 
 runtime = pytest.importorskip("kvconvert.runtime")
@@ -180,3 +256,32 @@ def test_cli_tq_override(capsys, tiny_ggufs, tmp_path):
     with pytest.raises(SystemExit) as exc:  # argparse rejects it with usage and the reason
         main(["eval", *common, "--ctk", "q3_k"])
     assert exc.value.code == 2 and "unknown cache type" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("spec_k,spec_v", [("tq4", "tq4"), ("tq:split=32,hi=8,lo=3,qjl=hi", "tq3"), ("tq4", "f16"),
+                                           ("f16", "tq4")])
+def test_tq_prefill_equals_token_by_token(tiny_ggufs, spec_k, spec_v):
+    """TurboQuant attention scores a block of query tokens per decoded row; the
+    logits of a 24-token prefill in one batch equal those of the same tokens fed one
+    at a time (decode's path), with 1 or 2 threads and batches of 5, with K centering
+    (a given mean), a K channel permutation and V centering. Measured: identical bits
+    (a score does not depend on the block it is computed in); tolerance 1e-6."""
+    for name, path in tiny_ggufs.items():
+        model = runtime.Model(path)
+        a = model.args
+        rng = np.random.default_rng(5)
+        kw = dict(n_ctx=64, type_k=spec_k, type_v=spec_v, k_center=True,
+                  k_mean=rng.standard_normal((a.num_hidden_layers, a.num_key_value_heads, a.head_dim)) * 5,
+                  v_mean=rng.standard_normal((a.num_hidden_layers, a.num_key_value_heads, a.head_dim)))
+        if runtime.is_tq(spec_k):
+            kw["k_perm"] = np.stack([rng.permutation(a.head_dim) for _ in range(a.num_hidden_layers)])
+        batch = model.context(n_threads=2, **kw).eval(TOKENS, all_logits=True)
+        ctx = model.context(n_threads=2, **kw)
+        one = np.concatenate([ctx.eval([t], all_logits=True) for t in TOKENS])
+        assert rel(one, batch) <= 1e-6, (name, rel(one, batch))
+        assert rel(model.context(n_threads=1, **kw).eval(TOKENS, all_logits=True), batch) <= 1e-6, name
+        ctx = model.context(n_threads=2, n_batch=5, **kw)
+        parts = np.concatenate([ctx.eval(TOKENS[:13], all_logits=True), ctx.eval(TOKENS[13:], all_logits=True)])
+        assert rel(parts, batch) <= 1e-6, name
+        exact = model.context(n_ctx=64, type_k="f32", type_v="f32").eval(TOKENS, all_logits=True)
+        assert rel(batch, exact) > 1e-3, name  # the cache really is TurboQuant

@@ -12,13 +12,23 @@ from ..search import DEFAULT_POLICY, search
 from .run import add_text_args, read_text_arg
 
 
+def _v_budget(text: str) -> float:
+    if text.lower() == "none":
+        return 0.0  # search(): a V budget of 0 keeps V in f16
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of bits per value or 'none'") from None
+
+
 def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("calibration", help="calibration file written by `kvconvert calibrate`")
     p.add_argument("--policy", default=DEFAULT_POLICY,
                    help="shipped policy name or policy JSON (default %(default)s; see profiles/)")
     p.add_argument("--budget", type=float, default=None, metavar="BPV",
                    help="mean K bits per value, all overheads counted (default: the policy's)")
-    p.add_argument("--v-budget", type=float, default=None, metavar="BPV", help="mean V bits per value (default: the policy's)")
+    p.add_argument("--v-budget", type=_v_budget, default=None, metavar="BPV|none",
+                   help="mean V bits per value (default: the policy's; none: V stays f16)")
     add_text_args(p, required=False, what="for the end-to-end check (default: the calibration's held-out chunks)")
     p.add_argument("--chunks", type=int, default=None, help="chunks of the check text (default: all)")
     p.add_argument("--no-check", action="store_true", help="skip the end-to-end check (PPL/KLD on held-out text)")
