@@ -6,8 +6,11 @@
  * vec_dot type and split weight rows across the thread pool (decode is a
  * bandwidth-bound matvec; prefill runs the kernels' blocked GEMM). Attention
  * scores a group of query heads against its KV head's cached keys with the
- * same GEMM kernel, so K in q8_0/q4_0 is scored with integer dot products. */
+ * same GEMM kernel, so K in q8_0/q4_0 is scored with integer dot products;
+ * TurboQuant caches take a block of query tokens per work item instead, so
+ * that each cached row is decoded once per block rather than once per token. */
 #include <math.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -131,30 +134,62 @@ static void rope_apply(const kvc_model *m, const int *src, int T, int n_heads, f
 typedef struct {
     kvc_context *c;
     int layer, T;
+    int tb, n_blocks; /* TurboQuant: query tokens per work item, items per KV head; tb 0: one token each */
+    atomic_int next;  /* TurboQuant: next work item */
 } attn_task;
 
-static void attn_run(void *arg, int ith, int nth) {
-    attn_task *at = arg;
+/* Causal attention of query tokens t0..t1-1 of KV head h (all n_rep query heads). */
+static void attn_block(attn_task *at, attn_scratch *s, int h, int t0, int t1) {
     kvc_context *c = at->c;
     const kvc_model *m = c->m;
     const int D = m->head_dim, Hk = m->n_head_kv, n_rep = m->n_head / Hk;
     const size_t QD = (size_t)m->n_head * D;
     const float scale = 1.0f / sqrtf((float)D);
-    attn_scratch *s = &c->scratch[ith];
-    for (int i = ith; i < at->T * Hk; i += nth) {
-        const int t = i / Hk, h = i % Hk, n_keys = c->n_past + t + 1;
-        const float *q = c->q + t * QD + (size_t)h * n_rep * D; /* (n_rep, D) */
-        float *out = c->att + t * QD + (size_t)h * n_rep * D;   /* (n_rep, D) */
-        kv_scores(c, s, at->layer, h, q, n_rep, n_keys, s->scores);
-        for (int r = 0; r < n_rep; r++) {
-            c->ops->scale(n_keys, scale, s->scores + (size_t)r * n_keys);
-            c->ops->softmax(n_keys, s->scores + (size_t)r * n_keys);
-        }
-        kv_values(c, s, at->layer, h, s->scores, n_rep, n_keys, out);
-        if (c->v_mean) /* the cache holds v − μ_v; the weights sum to 1 */
-            for (int r = 0; r < n_rep; r++)
-                c->ops->axpy(D, 1.0f, c->v_mean + ((size_t)at->layer * Hk + h) * D, out + (size_t)r * D);
+    const int nt = t1 - t0, n0 = c->n_past + t0 + 1, ld = n0 + nt - 1; /* token t0 + i sees n0 + i keys */
+    const float *q = c->q + t0 * QD + (size_t)h * n_rep * D; /* token i: (n_rep, D) at q + i * QD */
+    float *out = c->att + t0 * QD + (size_t)h * n_rep * D;   /* token i: (n_rep, D) at out + i * QD */
+    kv_scores(c, s, at->layer, h, q, QD, nt, n0, s->scores, ld);
+    for (int i = 0; i < nt * n_rep; i++) {
+        float *row = s->scores + (size_t)i * ld; /* (n0 + i / n_rep) keys */
+        c->ops->scale(n0 + i / n_rep, scale, row);
+        c->ops->softmax(n0 + i / n_rep, row);
     }
+    kv_values(c, s, at->layer, h, s->scores, ld, nt, n0, out, QD);
+    if (c->v_mean) /* the cache holds v − μ_v; the weights sum to 1 */
+        for (int i = 0; i < nt * n_rep; i++)
+            c->ops->axpy(D, 1.0f, c->v_mean + ((size_t)at->layer * Hk + h) * D,
+                         out + (i / n_rep) * QD + (size_t)(i % n_rep) * D);
+}
+
+static void attn_run(void *arg, int ith, int nth) {
+    attn_task *at = arg;
+    attn_scratch *s = &at->c->scratch[ith];
+    const int Hk = at->c->m->n_head_kv;
+    if (!at->tb) { /* f32/f16/q8_0/q4_0 caches: (token, KV head) items, round robin */
+        for (int i = ith; i < at->T * Hk; i += nth) attn_block(at, s, i % Hk, i / Hk, i / Hk + 1);
+        return;
+    }
+    /* TurboQuant: (KV head, block of tokens) items, taken from a shared counter so
+     * that threads stay busy whatever Hk and T; the costliest (latest) blocks first */
+    for (int i; (i = atomic_fetch_add_explicit(&at->next, 1, memory_order_relaxed)) < at->n_blocks * Hk;) {
+        const int t0 = (at->n_blocks - 1 - i / Hk) * at->tb;
+        attn_block(at, s, i % Hk, t0, t0 + at->tb < at->T ? t0 + at->tb : at->T);
+    }
+}
+
+/* Run attention for one layer. TurboQuant blocks: at most kv_block_tokens tokens, and
+ * small enough that there are about 4 items per thread. */
+static void attention(kvc_context *c, int layer, int T) {
+    attn_task at = {.c = c, .layer = layer, .T = T};
+    atomic_init(&at.next, 0);
+    const int tb_max = kv_block_tokens(c);
+    if (tb_max) {
+        const int Hk = c->m->n_head_kv, per_head = (4 * c->n_threads + Hk - 1) / Hk; /* blocks wanted per KV head */
+        int tb = (T + per_head - 1) / per_head;
+        at.tb = tb < 1 ? 1 : tb > tb_max ? tb_max : tb;
+        at.n_blocks = (T + at.tb - 1) / at.tb;
+    }
+    kvc_pool_run(c->pool, attn_run, &at);
 }
 
 /* ---- one batch ---- */
@@ -190,8 +225,7 @@ static void forward_batch(kvc_context *c, const int *tokens, int T, float *logit
         rope_apply(m, src, T, m->n_head, c->q, c->rope_cs);
         rope_apply(m, src, T, m->n_head_kv, c->k, c->rope_cs);
         kv_store(c, l, T);
-        attn_task at = {c, l, T};
-        kvc_pool_run(c->pool, attn_run, &at);
+        attention(c, l, T);
         matmul1(c, T, c->att, &w->wo, w->bo, c->xn);
         ops->axpy((int)(T * E), 1.0f, c->xn, c->x);
         for (int t = 0; t < T; t++) ops->rms_norm(E, c->x + t * E, w->ffn_norm, m->rms_eps, c->xn + t * E);

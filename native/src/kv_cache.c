@@ -12,6 +12,12 @@
 #include <stdlib.h>
 #include <string.h>
 
+/* TurboQuant attention works on blocks of query tokens: about this many query rows
+ * per block (tokens × GQA group; their queries and V accumulators stay in L1),
+ * with at most this many bytes in a thread's (block rows, C) score buffer. */
+#define KV_BLOCK_QUERIES 48
+#define KV_BLOCK_SCORE_BYTES (16ll << 20)
+
 static int std_type_ok(int t) {
     return t == KVC_TYPE_F32 || t == KVC_TYPE_F16 || t == KVC_TYPE_Q8_0 || t == KVC_TYPE_Q4_0;
 }
@@ -120,14 +126,23 @@ int kv_init(kvc_context *c, const kvc_context_params *p, char *err, int err_len)
             c->k_mean_ready = 1;
         }
     }
+    const int tb = kv_block_tokens(c);
+    const size_t nq = (size_t)(tb > 0 ? tb : 1) * n_rep; /* query rows of one work item */
     for (int i = 0; i < c->n_threads; i++) {
         attn_scratch *s = &c->scratch[i];
-        s->qp = malloc(sizeof(float) * (size_t)n_rep * D);
-        s->scores2 = c->k_center ? malloc(sizeof(float) * (size_t)n_rep * c->n_ctx) : NULL;
+        if (nq > (size_t)n_rep) { /* the context allocated (n_rep, C) scores */
+            free(s->scores);
+            s->scores = malloc(sizeof(float) * nq * c->n_ctx);
+            if (!s->scores) return kvc_fail(err, err_len, KVC_ERR_NOMEM, "out of memory");
+        }
+        s->qp = malloc(sizeof(float) * nq * D);
+        s->scores2 = c->k_center ? malloc(sizeof(float) * nq * c->n_ctx) : NULL;
         if (c->k_center && !s->scores2) return kvc_fail(err, err_len, KVC_ERR_NOMEM, "out of memory");
-        s->corr = malloc(sizeof(float) * (size_t)n_rep * D);
-        s->tq = k_tq ? malloc(sizeof(tq_query) * (size_t)n_rep) : NULL;
+        s->corr = malloc(sizeof(float) * nq * D);
+        /* one allocation: the header, then its qr (nq, D) and w (nq, D) */
+        s->tq = k_tq ? malloc(sizeof(tq_query) + sizeof(float) * 2 * nq * D) : NULL;
         if (!s->qp || !s->corr || (k_tq && !s->tq)) return kvc_fail(err, err_len, KVC_ERR_NOMEM, "out of memory");
+        if (k_tq) s->tq->qr = (float *)(s->tq + 1), s->tq->w = s->tq->qr + nq * D;
     }
     return KVC_OK;
 }
@@ -204,73 +219,97 @@ void kv_store(kvc_context *c, int layer, int T) {
         }
 }
 
-void kv_scores(kvc_context *c, attn_scratch *s, int layer, int h, const float *q, int n_rep, int n_keys,
-               float *scores) {
+int kv_block_tokens(const kvc_context *c) {
+    if (!c->tq_k && !c->tq_v) return 0;
+    const long long n_rep = c->m->n_head / c->m->n_head_kv;
+    long long tb = (KV_BLOCK_QUERIES + n_rep - 1) / n_rep;
+    const long long fit = KV_BLOCK_SCORE_BYTES / (n_rep * c->n_ctx * (long long)sizeof(float));
+    if (tb > fit) tb = fit;
+    if (tb > c->n_batch) tb = c->n_batch;
+    return tb > 1 ? (int)tb : 1;
+}
+
+void kv_scores(kvc_context *c, attn_scratch *s, int layer, int h, const float *q, size_t q_stride, int nt, int n0,
+               float *scores, int ld) {
     const kvc_model *m = c->m;
-    const int D = m->head_dim, P = D / 2;
-    if (c->tq_k) {
+    const int D = m->head_dim, P = D / 2, n_rep = m->n_head / m->n_head_kv, nq = nt * n_rep;
+    if (c->tq_k) { /* every key decoded once for the nt * n_rep queries */
         const tq_layout *L = &c->tq_k[layer];
-        for (int r = 0; r < n_rep; r++) {
-            const float *qr = q + (size_t)r * D;
+        for (int i = 0; i < nq; i++) {
+            const float *qr = q + (size_t)(i / n_rep) * q_stride + (size_t)(i % n_rep) * D; /* (D) */
             if (L->perm) {
-                float *qp = s->qp + (size_t)r * D;
-                for (int i = 0; i < D; i++) qp[i] = qr[L->perm[i]];
-                qr = qp;
+                for (int k = 0; k < D; k++) s->qp[k] = qr[L->perm[k]];
+                qr = s->qp;
             }
-            tq_prepare_query(L, qr, &s->tq[r]);
+            tq_prepare_query(L, qr, s->tq->qr + (size_t)i * D, s->tq->w + (size_t)i * D);
         }
-        tq_score_for(KVC_IMPL_AUTO)(L, s->tq, n_rep, k_row(c, layer, h, 0), n_keys, scores);
+        tq_score_for(KVC_IMPL_AUTO)(L, s->tq, nq, n_rep, n0, k_row(c, layer, h, 0), scores, ld);
     } else {
-        const uint8_t *qa = (const uint8_t *)q;
-        if (c->k_vec_dot_type != KVC_TYPE_F32) {
-            size_t qrb = kvc_row_bytes(c->k_vec_dot_type, D);
-            for (int r = 0; r < n_rep; r++)
-                kvc_quantize_row(c->k_vec_dot_type, KVC_IMPL_AUTO, q + (size_t)r * D, s->qq + r * qrb, D);
-            qa = s->qq;
+        for (int t = 0; t < nt; t++) {
+            const float *qt = q + (size_t)t * q_stride; /* (n_rep, D) */
+            const uint8_t *qa = (const uint8_t *)qt;
+            if (c->k_vec_dot_type != KVC_TYPE_F32) {
+                size_t qrb = kvc_row_bytes(c->k_vec_dot_type, D);
+                for (int r = 0; r < n_rep; r++)
+                    kvc_quantize_row(c->k_vec_dot_type, KVC_IMPL_AUTO, qt + (size_t)r * D, s->qq + r * qrb, D);
+                qa = s->qq;
+            }
+            kvc_gemm(c->type_k, KVC_IMPL_AUTO, n0 + t, n_rep, D, k_row(c, layer, h, 0), qa,
+                     scores + (size_t)t * n_rep * ld, ld);
         }
-        kvc_gemm(c->type_k, KVC_IMPL_AUTO, n_keys, n_rep, D, k_row(c, layer, h, 0), qa, scores, n_keys);
     }
     if (!c->k_center) return;
-    /* corr (n_rep, D): (A_j, B_j) at (2j, 2j+1) for centered pairs, 0 elsewhere, so the
+    /* corr (nq, D): (A_j, B_j) at (2j, 2j+1) for centered pairs, 0 elsewhere, so the
      * correction of every key is one length-D dot with its (cos, sin) row of rope_all */
     const int *pairs = c->k_pairs + ((size_t)layer * m->n_head_kv + h) * P;
     const int *src = m->rope_src + (size_t)layer * P; /* pair -> column of rope_all */
     const float *mu = c->k_mean + ((size_t)layer * m->n_head_kv + h) * D;
-    memset(s->corr, 0, sizeof(float) * (size_t)n_rep * D);
-    for (int r = 0; r < n_rep; r++) {
-        const float *qr = q + (size_t)r * D;
-        float *cf = s->corr + (size_t)r * D;
-        for (int i = 0; i < P && pairs[i] >= 0; i++) {
-            int a, b, jp = pairs[i];
+    memset(s->corr, 0, sizeof(float) * (size_t)nq * D);
+    for (int i = 0; i < nq; i++) {
+        const float *qr = q + (size_t)(i / n_rep) * q_stride + (size_t)(i % n_rep) * D; /* (D) */
+        float *cf = s->corr + (size_t)i * D;
+        for (int k = 0; k < P && pairs[k] >= 0; k++) {
+            int a, b, jp = pairs[k];
             pair_channels(m, jp, &a, &b);
             cf[2 * src[jp]] = qr[a] * mu[a] + qr[b] * mu[b];
             cf[2 * src[jp] + 1] = qr[b] * mu[a] - qr[a] * mu[b];
         }
     }
-    kvc_gemm(KVC_TYPE_F32, KVC_IMPL_AUTO, n_keys, n_rep, D, c->rope_all, s->corr, s->scores2, n_keys);
-    for (size_t i = 0; i < (size_t)n_rep * n_keys; i++) scores[i] += s->scores2[i];
+    kvc_gemm(KVC_TYPE_F32, KVC_IMPL_AUTO, n0 + nt - 1, nq, D, c->rope_all, s->corr, s->scores2, ld);
+    for (int i = 0; i < nq; i++) {
+        float *sc = scores + (size_t)i * ld; /* (n0 + i / n_rep) visible */
+        const float *s2 = s->scores2 + (size_t)i * ld;
+        for (int j = 0; j < n0 + i / n_rep; j++) sc[j] += s2[j];
+    }
 }
 
-void kv_values(kvc_context *c, attn_scratch *s, int layer, int h, const float *p, int n_rep, int n_keys,
-               float *out) {
-    const int D = c->m->head_dim;
-    if (c->tq_v) {
+void kv_values(kvc_context *c, attn_scratch *s, int layer, int h, const float *p, int ld, int nt, int n0, float *out,
+               size_t out_stride) {
+    const int D = c->m->head_dim, n_rep = c->m->n_head / c->m->n_head_kv, nq = nt * n_rep;
+    if (c->tq_v) { /* every value decoded once for the nt * n_rep queries */
         const tq_layout *L = &c->tq_v[layer];
-        memset(s->qp, 0, sizeof(float) * (size_t)n_rep * D);
-        tq_accum_for(KVC_IMPL_AUTO)(L, p, n_rep, v_row(c, layer, h, 0), n_keys, s->qp);
-        for (int r = 0; r < n_rep; r++) {
-            tq_unrotate(L, s->qp + (size_t)r * D);
-            memcpy(out + (size_t)r * D, s->qp + (size_t)r * D, sizeof(float) * (size_t)D);
+        float *acc = s->qp; /* (nq, D) rotated domain */
+        memset(acc, 0, sizeof(float) * (size_t)nq * D);
+        tq_accum_for(KVC_IMPL_AUTO)(L, p, ld, nq, n_rep, n0, v_row(c, layer, h, 0), acc);
+        for (int i = 0; i < nq; i++) {
+            tq_unrotate(L, acc + (size_t)i * D);
+            memcpy(out + (size_t)(i / n_rep) * out_stride + (size_t)(i % n_rep) * D, acc + (size_t)i * D,
+                   sizeof(float) * (size_t)D);
         }
         return;
     }
-    memset(out, 0, sizeof(float) * (size_t)n_rep * D);
-    for (int j = 0; j < n_keys; j++) {
-        const float *vr = (const float *)v_row(c, layer, h, j);
-        if (c->type_v != KVC_TYPE_F32) {
-            kvc_dequantize_row(c->type_v, KVC_IMPL_AUTO, v_row(c, layer, h, j), s->vrow, D);
-            vr = s->vrow;
+    for (int t = 0; t < nt; t++) {
+        const int n_keys = n0 + t;
+        const float *pt = p + (size_t)t * n_rep * ld; /* (n_rep, ld) */
+        float *ot = out + (size_t)t * out_stride;     /* (n_rep, D) */
+        memset(ot, 0, sizeof(float) * (size_t)n_rep * D);
+        for (int j = 0; j < n_keys; j++) {
+            const float *vr = (const float *)v_row(c, layer, h, j);
+            if (c->type_v != KVC_TYPE_F32) {
+                kvc_dequantize_row(c->type_v, KVC_IMPL_AUTO, v_row(c, layer, h, j), s->vrow, D);
+                vr = s->vrow;
+            }
+            for (int r = 0; r < n_rep; r++) c->ops->axpy(D, pt[(size_t)r * ld + j], vr, ot + (size_t)r * D);
         }
-        for (int r = 0; r < n_rep; r++) c->ops->axpy(D, p[(size_t)r * n_keys + j], vr, out + (size_t)r * D);
     }
 }

@@ -1,8 +1,8 @@
 /* kv_cache.h — the KV cache of a context: allocation for every cache type
  * (f32/f16/q8_0/q4_0 rows, TurboQuant rows with per-layer layouts), K
  * mean-centering with its exact positional correction, and the three things
- * attention does with the cache: store new rows, score a query group against
- * the keys, accumulate the values. */
+ * attention does with the cache: store new rows, score a block of query tokens
+ * (each a GQA group) against the keys, accumulate the values. */
 #ifndef KVC_KV_CACHE_H
 #define KVC_KV_CACHE_H
 
@@ -17,12 +17,20 @@ void kv_center(kvc_context *c, int layer, int T);
 /* After RoPE: append the batch's K/V rows (positions n_past .. n_past+T-1). */
 void kv_store(kvc_context *c, int layer, int T);
 
-/* scores (n_rep, n_keys) = q (n_rep, D, post-RoPE) · keys 0..n_keys-1 of KV head h,
- * including the centering correction; not yet scaled by 1/sqrt(D). */
-void kv_scores(kvc_context *c, attn_scratch *s, int layer, int h, const float *q, int n_rep, int n_keys,
-               float *scores);
-/* out (n_rep, D) = sum_j p[r, j] * value j of KV head h. */
-void kv_values(kvc_context *c, attn_scratch *s, int layer, int h, const float *p, int n_rep, int n_keys,
-               float *out);
+/* Query tokens per attention work item: TurboQuant caches score a block of up to
+ * this many tokens per decoded row; 0 for the other cache types (one token each). */
+int kv_block_tokens(const kvc_context *c);
+
+/* A block of nt consecutive query tokens of KV head h: token i's n_rep query rows
+ * (post-RoPE) are at q + i*q_stride (n_rep, D) and it sees keys 0 .. n0+i-1.
+ * scores (nt*n_rep, ld): row i*n_rep + r = that query · each key it sees, including
+ * the centering correction, not yet scaled by 1/sqrt(D); entries past a row's keys
+ * are unspecified. ld >= n0 + nt - 1; nt <= kv_block_tokens(c) (1 if that is 0). */
+void kv_scores(kvc_context *c, attn_scratch *s, int layer, int h, const float *q, size_t q_stride, int nt, int n0,
+               float *scores, int ld);
+/* out token i at out + i*out_stride (n_rep, D): row r = sum over keys j < n0+i of
+ * p[(i*n_rep + r)*ld + j] * value j of KV head h. */
+void kv_values(kvc_context *c, attn_scratch *s, int layer, int h, const float *p, int ld, int nt, int n0, float *out,
+               size_t out_stride);
 
 #endif

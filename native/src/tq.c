@@ -184,16 +184,16 @@ void tq_encode(const tq_layout *L, int scale_mode, const float *x, uint8_t *row,
     }
 }
 
-void tq_prepare_query(const tq_layout *L, const float *q, tq_query *out) {
+void tq_prepare_query(const tq_layout *L, const float *q, float *qr, float *w) {
     int start = 0;
     for (int k = 0; k < L->n_groups; k++) {
         const tq_group *g = &L->g[k];
-        float *qr = out->qr + start, *w = out->w + start;
-        for (int i = 0; i < g->m; i++) qr[i] = q[start + i] * g->signs[i];
-        tq_wht(qr, g->m);
+        float *gq = qr + start, *gw = w + start;
+        for (int i = 0; i < g->m; i++) gq[i] = q[start + i] * g->signs[i];
+        tq_wht(gq, g->m);
         if (g->qjl) {
-            for (int i = 0; i < g->m; i++) w[i] = qr[i] * g->signs2[i];
-            tq_wht(w, g->m);
+            for (int i = 0; i < g->m; i++) gw[i] = gq[i] * g->signs2[i];
+            tq_wht(gw, g->m);
         }
         start += g->m;
     }
@@ -211,42 +211,46 @@ static void decode_row(const tq_layout *L, const uint8_t *row, float *vals, floa
     }
 }
 
-void tq_score_ref(const tq_layout *L, const tq_query *q, int nq, const uint8_t *rows, int n, float *out) {
+void tq_score_ref(const tq_layout *L, const tq_query *q, int nq, int grp, int n0, const uint8_t *rows, float *out,
+                  int ldo) {
     float vals[TQ_MAX_DIM], scale[TQ_MAX_GROUPS];
+    const int d = L->d, n = tq_rows_read(nq, grp, n0);
     for (int j = 0; j < n; j++) {
         const uint8_t *row = rows + (size_t)j * L->row_bytes;
         decode_row(L, row, vals, scale);
-        for (int r = 0; r < nq; r++) {
+        for (int r = tq_first_seeing(j, grp, n0); r < nq; r++) {
+            const float *qr = q->qr + (size_t)r * d, *w = q->w + (size_t)r * d; /* (d) */
             float total = 0.0f;
             int start = 0;
             for (int k = 0; k < L->n_groups; k++) {
                 const tq_group *g = &L->g[k];
                 float acc = 0.0f;
-                for (int i = 0; i < g->m; i++) acc += q[r].qr[start + i] * vals[start + i];
+                for (int i = 0; i < g->m; i++) acc += qr[start + i] * vals[start + i];
                 total += scale[k] * acc;
                 if (g->qjl) {
                     const uint8_t *bits = row + g->qjl_off;
                     float sj = 0.0f;
-                    for (int i = 0; i < g->m; i++)
-                        sj += (bits[i >> 3] >> (i & 7) & 1) ? -q[r].w[start + i] : q[r].w[start + i];
+                    for (int i = 0; i < g->m; i++) sj += (bits[i >> 3] >> (i & 7) & 1) ? -w[start + i] : w[start + i];
                     total += kvc_fp16_to_fp32(kvc_ld_half(row + g->off + 2)) * g->qjl_c * sj;
                 }
                 start += g->m;
             }
-            out[(size_t)r * n + j] = total;
+            out[(size_t)r * ldo + j] = total;
         }
     }
 }
 
-void tq_accum_ref(const tq_layout *L, const float *p, int nq, const uint8_t *rows, int n, float *acc) {
+void tq_accum_ref(const tq_layout *L, const float *p, int ldp, int nq, int grp, int n0, const uint8_t *rows,
+                  float *acc) {
     float vals[TQ_MAX_DIM], scale[TQ_MAX_GROUPS];
+    const int n = tq_rows_read(nq, grp, n0);
     for (int j = 0; j < n; j++) {
         decode_row(L, rows + (size_t)j * L->row_bytes, vals, scale);
-        for (int r = 0; r < nq; r++) {
-            float *a = acc + (size_t)r * L->d;
+        for (int r = tq_first_seeing(j, grp, n0); r < nq; r++) {
+            float *a = acc + (size_t)r * L->d; /* (d) */
             int start = 0;
             for (int k = 0; k < L->n_groups; k++) {
-                const float c = p[(size_t)r * n + j] * scale[k];
+                const float c = p[(size_t)r * ldp + j] * scale[k];
                 for (int i = 0; i < L->g[k].m; i++) a[start + i] += c * vals[start + i];
                 start += L->g[k].m;
             }
@@ -312,7 +316,7 @@ int kvc_tq_decode(int impl, int m, int bits, int qjl, const float *codebook, uns
     for (int j = 0; j < n; j++) {
         float *out = x + (size_t)j * m;
         memset(out, 0, sizeof(float) * (size_t)m);
-        accum(&L, &one, 1, (const uint8_t *)rows + (size_t)j * L.row_bytes, 1, out);
+        accum(&L, &one, 1, 1, 1, 1, (const uint8_t *)rows + (size_t)j * L.row_bytes, out);
         tq_unrotate(&L, out);
     }
     tq_layout_free(&L);
@@ -327,23 +331,57 @@ int kvc_tq_score(int impl, int m, int bits, int qjl, const float *codebook, unsi
     tq_layout L;
     int st = one_group(&L, m, bits, qjl, codebook, seed, layer, group);
     if (st != KVC_OK) return st;
-    tq_query *tq = malloc(sizeof *tq);
-    if (!tq) {
+    float *buf = malloc(sizeof(float) * 2 * (size_t)m);
+    if (!buf) {
         tq_layout_free(&L);
         return KVC_ERR_NOMEM;
     }
-    tq_prepare_query(&L, q, tq);
-    score(&L, tq, 1, (const uint8_t *)rows, n, out);
-    free(tq);
+    tq_query tq = {buf, buf + m};
+    tq_prepare_query(&L, q, tq.qr, tq.w);
+    score(&L, &tq, 1, 1, n, (const uint8_t *)rows, out, n);
+    free(buf);
     tq_layout_free(&L);
     return KVC_OK;
+}
+
+int kvc_tq_block_test(int impl, int d, int n_hi, int hi_bits, int lo_bits, int qjl_hi, int qjl_lo, const float *cb_hi,
+                      const float *cb_lo, unsigned long long seed, int layer, const float *keys, int n, const float *q,
+                      int nq, int grp, int n0, const float *p, float *scores, float *acc) {
+    if (!keys || !q || !p || !scores || !acc || nq <= 0 || grp <= 0 || n0 < 1 || tq_rows_read(nq, grp, n0) > n)
+        return KVC_ERR_INVALID;
+    tq_score_fn score = tq_score_for(impl);
+    tq_accum_fn accum = tq_accum_for(impl);
+    if (!score || !accum) return KVC_ERR_UNSUPPORTED;
+    tq_layout L;
+    int st = tq_layout_init(&L, d, n_hi, hi_bits, lo_bits, qjl_hi, qjl_lo, cb_hi, cb_lo, NULL, seed, layer);
+    if (st != KVC_OK) return st;
+    uint8_t *rows = calloc((size_t)n * L.row_bytes + 8, 1); /* slack: code reads may run 2 bytes past */
+    float *buf = malloc(sizeof(float) * ((size_t)2 * nq * d + 2 * (size_t)d));
+    if (!rows || !buf) st = KVC_ERR_NOMEM;
+    if (st == KVC_OK) {
+        float *scratch = buf + (size_t)2 * nq * d; /* (2d) */
+        for (int j = 0; j < n; j++) tq_encode(&L, 1, keys + (size_t)j * d, rows + (size_t)j * L.row_bytes, scratch);
+        tq_query tq = {buf, buf + (size_t)nq * d};
+        for (int r = 0; r < nq; r++)
+            tq_prepare_query(&L, q + (size_t)r * d, tq.qr + (size_t)r * d, tq.w + (size_t)r * d);
+        score(&L, &tq, nq, grp, n0, rows, scores, n);
+        memset(acc, 0, sizeof(float) * (size_t)nq * d);
+        accum(&L, p, n, nq, grp, n0, rows, acc);
+        for (int r = 0; r < nq; r++) tq_unrotate(&L, acc + (size_t)r * d);
+    }
+    free(rows);
+    free(buf);
+    tq_layout_free(&L);
+    return st;
 }
 
 /* ---- dispatch ---- */
 
 #if defined(__x86_64__)
-void tq_score_avx2(const tq_layout *L, const tq_query *q, int nq, const uint8_t *rows, int n, float *out);
-void tq_accum_avx2(const tq_layout *L, const float *p, int nq, const uint8_t *rows, int n, float *acc);
+void tq_score_avx2(const tq_layout *L, const tq_query *q, int nq, int grp, int n0, const uint8_t *rows, float *out,
+                   int ldo);
+void tq_accum_avx2(const tq_layout *L, const float *p, int ldp, int nq, int grp, int n0, const uint8_t *rows,
+                   float *acc);
 static int have_avx2(void) { return (kvc_cpu_impls() >> KVC_IMPL_AVX2) & 1; }
 #else
 #define tq_score_avx2 tq_score_ref
@@ -351,16 +389,22 @@ static int have_avx2(void) { return (kvc_cpu_impls() >> KVC_IMPL_AVX2) & 1; }
 static int have_avx2(void) { return 0; }
 #endif
 
+/* AUTO follows kvc_cpu_best_impl, so KVC_FORCE_IMPL=scalar selects the scalar twins */
+static int auto_avx2(void) {
+    const int best = kvc_cpu_best_impl();
+    return have_avx2() && (best == KVC_IMPL_AVX2 || best == KVC_IMPL_AVX512);
+}
+
 tq_score_fn tq_score_for(int impl) {
     if (impl == KVC_IMPL_SCALAR) return tq_score_ref;
-    if (impl == KVC_IMPL_AUTO) return have_avx2() ? tq_score_avx2 : tq_score_ref;
+    if (impl == KVC_IMPL_AUTO) return auto_avx2() ? tq_score_avx2 : tq_score_ref;
     if (impl == KVC_IMPL_AVX2 || impl == KVC_IMPL_AVX512) return have_avx2() ? tq_score_avx2 : NULL;
     return NULL;
 }
 
 tq_accum_fn tq_accum_for(int impl) {
     if (impl == KVC_IMPL_SCALAR) return tq_accum_ref;
-    if (impl == KVC_IMPL_AUTO) return have_avx2() ? tq_accum_avx2 : tq_accum_ref;
+    if (impl == KVC_IMPL_AUTO) return auto_avx2() ? tq_accum_avx2 : tq_accum_ref;
     if (impl == KVC_IMPL_AVX2 || impl == KVC_IMPL_AVX512) return have_avx2() ? tq_accum_avx2 : NULL;
     return NULL;
 }

@@ -45,23 +45,44 @@ void tq_wht(float *v, int m); /* block Walsh–Hadamard, orthonormal and its own
 /* x: (d) head vector, in cache channel order (already permuted) -> row. scratch: (2*d) floats */
 void tq_encode(const tq_layout *L, int scale_mode, const float *x, uint8_t *row, float *scratch);
 
-/* A query prepared for scoring: per group the rotated query and (QJL) its JL image. */
+/* Queries prepared for scoring, packed: row r of qr is query r rotated per group,
+ * row r of w its JL image (written and read for QJL groups only). */
 typedef struct {
-    float qr[TQ_MAX_DIM];
-    float w[TQ_MAX_DIM];
+    float *qr; /* (nq, d) */
+    float *w;  /* (nq, d) */
 } tq_query;
-void tq_prepare_query(const tq_layout *L, const float *q, tq_query *out); /* q: (d) permuted */
+void tq_prepare_query(const tq_layout *L, const float *q, float *qr, float *w); /* q (d) permuted -> qr, w (d) */
 
 /* Kernels, scalar twins (tq.c) and SIMD (cpu/tq_avx2.c), for nq queries sharing
- * the rows (a GQA group), decoding each row once:
- * score: out[r*n + j] = <q[r], key j> estimate, for n rows at stride row_bytes.
- * accum: acc[r*d ..] (rotated domain) += sum_j p[r*n + j] * decoded row j. */
-typedef void (*tq_score_fn)(const tq_layout *L, const tq_query *q, int nq, const uint8_t *rows, int n, float *out);
-typedef void (*tq_accum_fn)(const tq_layout *L, const float *p, int nq, const uint8_t *rows, int n, float *acc);
-void tq_score_ref(const tq_layout *L, const tq_query *q, int nq, const uint8_t *rows, int n, float *out);
-void tq_accum_ref(const tq_layout *L, const float *p, int nq, const uint8_t *rows, int n, float *acc);
+ * the rows (a block of query tokens × their GQA group), decoding each row once.
+ * Causal visibility: query r sees rows 0 .. tq_visible(r, grp, n0) - 1, i.e. grp
+ * consecutive queries per token and token i sees n0 + i rows (grp = nq: all see
+ * n0). Rows are read at stride row_bytes up to the last visible one.
+ * score: out[r*ldo + j] = <q_r, key j> estimate for visible j; other entries untouched.
+ * accum: acc[r*d ..] (rotated domain) += sum over visible j of p[r*ldp + j] * decoded row j. */
+static inline int tq_visible(int r, int grp, int n0) { return n0 + r / grp; }
+static inline int tq_first_seeing(int j, int grp, int n0) { return j < n0 ? 0 : (j - n0 + 1) * grp; } /* of row j */
+static inline int tq_rows_read(int nq, int grp, int n0) { return nq > 0 ? tq_visible(nq - 1, grp, n0) : 0; }
+typedef void (*tq_score_fn)(const tq_layout *L, const tq_query *q, int nq, int grp, int n0, const uint8_t *rows,
+                            float *out, int ldo);
+typedef void (*tq_accum_fn)(const tq_layout *L, const float *p, int ldp, int nq, int grp, int n0,
+                            const uint8_t *rows, float *acc);
+void tq_score_ref(const tq_layout *L, const tq_query *q, int nq, int grp, int n0, const uint8_t *rows, float *out,
+                  int ldo);
+void tq_accum_ref(const tq_layout *L, const float *p, int ldp, int nq, int grp, int n0, const uint8_t *rows,
+                  float *acc);
 tq_score_fn tq_score_for(int impl);
 tq_accum_fn tq_accum_for(int impl);
+
+/* Test entry point, exported but not part of the C ABI (tests load it with ctypes):
+ * encode keys (n, d) with the layout given (no permutation, least-squares scales),
+ * score the nq queries q (nq, d) against them into scores (nq, n) and accumulate
+ * p (nq, n) into acc (nq, d) (zeroed first; returned unrotated), with the causal
+ * visibility (grp, n0) above. Entries of scores past a query's visibility are left
+ * untouched. Returns a kvc status. */
+int kvc_tq_block_test(int impl, int d, int n_hi, int hi_bits, int lo_bits, int qjl_hi, int qjl_lo, const float *cb_hi,
+                      const float *cb_lo, unsigned long long seed, int layer, const float *keys, int n, const float *q,
+                      int nq, int grp, int n0, const float *p, float *scores, float *acc);
 
 /* Rotated-domain accumulator (d) -> head vector (d) in cache channel order. */
 void tq_unrotate(const tq_layout *L, float *acc);

@@ -1,5 +1,7 @@
 /* tq_avx2.c — AVX2+FMA kernels for TurboQuant rows (twins of tq_score_ref and
- * tq_accum_ref in tq.c) and their run-time dispatch. Codes are turned into
+ * tq_accum_ref in tq.c; dispatched from tq.c). Both take a block of queries
+ * (query tokens × GQA group) with causal limits and decode each row once for
+ * all of them, 8 rows at a time where they can. Codes are turned into
  * centroid values 8 at a time: ≤ 3-bit codebooks live in one register
  * (permutevar8x32), 4-bit ones in two (permute + blend on bit 3), wider ones
  * are gathered. Results equal the scalar twins up to float summation order. */
@@ -84,11 +86,43 @@ AVX2 static inline void decode_row8(const tq_layout *L, const cb_regs *regs, con
     }
 }
 
-void tq_score_avx2(const tq_layout *L, const tq_query *q, int nq, const uint8_t *rows, int n, float *out) {
+/* ((v0+v1)+(v2+v3)) + ((v4+v5)+(v6+v7)): the order of the 8-key transposed sums
+ * below, so that a key's score does not depend on which path computed it */
+AVX2 static inline float hsum_tile_order(__m256 v) {
+    const __m256 h = _mm256_hadd_ps(v, v), h2 = _mm256_hadd_ps(h, h);
+    return _mm_cvtss_f32(_mm_add_ss(_mm256_castps256_ps128(h2), _mm256_extractf128_ps(h2, 1)));
+}
+
+/* lanes k < cnt set (cnt in 1..7): the visible keys of a partial tile */
+AVX2 static inline __m256i lanes_below(int cnt) {
+    return _mm256_cmpgt_epi32(_mm256_set1_epi32(cnt), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+}
+
+/* QJL term of every QJL group for query image w (d) against one row */
+AVX2 static inline float qjl_term(const tq_layout *L, const uint8_t *row, const float *w) {
+    float total = 0.0f;
+    int start = 0;
+    for (int k = 0; k < L->n_groups; k++) {
+        const tq_group *g = &L->g[k];
+        if (g->qjl) {
+            const uint8_t *bits = row + g->qjl_off;
+            __m256 sj = _mm256_setzero_ps();
+            for (int i = 0; i < g->m; i += 8)
+                sj = _mm256_add_ps(sj, _mm256_xor_ps(_mm256_loadu_ps(w + start + i), sign_mask(bits[i / 8])));
+            total += kvc_fp16_to_fp32(kvc_ld_half(row + g->off + 2)) * g->qjl_c * hsum_ps_256(sj);
+        }
+        start += g->m;
+    }
+    return total;
+}
+
+void tq_score_avx2(const tq_layout *L, const tq_query *q, int nq, int grp, int n0, const uint8_t *rows, float *out,
+                   int ldo) {
     if (!simd_ok(L)) {
-        tq_score_ref(L, q, nq, rows, n, out);
+        tq_score_ref(L, q, nq, grp, n0, rows, out, ldo);
         return;
     }
+    const int d = L->d, n = tq_rows_read(nq, grp, n0);
     cb_regs regs[TQ_MAX_GROUPS];
     for (int k = 0; k < L->n_groups; k++) regs[k] = load_cb(&L->g[k]);
     int any_qjl = 0;
@@ -96,67 +130,83 @@ void tq_score_avx2(const tq_layout *L, const tq_query *q, int nq, const uint8_t 
     float vals[TQ_MAX_DIM] __attribute__((aligned(32)));
     int j = 0;
     if (!any_qjl) {
-        /* 8 keys at a time: decode them once, then for each query reduce the 8
-         * per-key accumulators together (transposed horizontal sums) */
-        static __thread float blk[8 * TQ_MAX_DIM] __attribute__((aligned(32)));
+        /* 8 keys at a time: decode them once, then for each query that sees any of
+         * them reduce the 8 per-key accumulators together (transposed horizontal
+         * sums) and store the visible ones; a score comes out the same whatever
+         * block of queries it was computed in */
+        float blk[8 * TQ_MAX_DIM] __attribute__((aligned(32))); /* (8, d); on the stack: a TLS buffer's
+                                                                  * address is recomputed in the loops */
         for (; j + 8 <= n; j += 8) {
-            for (int k = 0; k < 8; k++) decode_row8(L, regs, rows + (size_t)(j + k) * L->row_bytes, blk + k * L->d);
-            for (int r = 0; r < nq; r++) {
+            for (int k = 0; k < 8; k++) decode_row8(L, regs, rows + (size_t)(j + k) * L->row_bytes, blk + k * d);
+            for (int r = tq_first_seeing(j, grp, n0); r < nq; r++) {
+                const float *qr = q->qr + (size_t)r * d; /* (d) */
                 __m256 a[8];
                 for (int k = 0; k < 8; k++) a[k] = _mm256_setzero_ps();
-                for (int i = 0; i < L->d; i += 8) {
-                    const __m256 qv = _mm256_loadu_ps(q[r].qr + i);
-                    for (int k = 0; k < 8; k++) a[k] = _mm256_fmadd_ps(_mm256_load_ps(blk + k * L->d + i), qv, a[k]);
+                for (int i = 0; i < d; i += 8) {
+                    const __m256 qv = _mm256_loadu_ps(qr + i);
+                    for (int k = 0; k < 8; k++) a[k] = _mm256_fmadd_ps(_mm256_load_ps(blk + k * d + i), qv, a[k]);
                 }
                 __m256 s01 = _mm256_hadd_ps(a[0], a[1]), s23 = _mm256_hadd_ps(a[2], a[3]);
                 __m256 s45 = _mm256_hadd_ps(a[4], a[5]), s67 = _mm256_hadd_ps(a[6], a[7]);
                 __m256 s03 = _mm256_hadd_ps(s01, s23), s47 = _mm256_hadd_ps(s45, s67);
                 __m256 sum = _mm256_add_ps(_mm256_permute2f128_ps(s03, s47, 0x20), _mm256_permute2f128_ps(s03, s47, 0x31));
-                _mm256_storeu_ps(out + (size_t)r * n + j, sum);
+                const int cnt = tq_visible(r, grp, n0) - j;
+                if (cnt >= 8) _mm256_storeu_ps(out + (size_t)r * ldo + j, sum);
+                else _mm256_maskstore_ps(out + (size_t)r * ldo + j, lanes_below(cnt), sum);
             }
         }
     }
     for (; j < n; j++) {
         const uint8_t *row = rows + (size_t)j * L->row_bytes;
         decode_row8(L, regs, row, vals);
-        for (int r = 0; r < nq; r++) {
+        for (int r = tq_first_seeing(j, grp, n0); r < nq; r++) {
+            const float *qr = q->qr + (size_t)r * d; /* (d) */
             __m256 acc = _mm256_setzero_ps();
-            for (int i = 0; i < L->d; i += 8) acc = _mm256_fmadd_ps(_mm256_load_ps(vals + i), _mm256_loadu_ps(q[r].qr + i), acc);
-            float total = hsum_ps_256(acc);
-            if (any_qjl) {
-                int start = 0;
-                for (int k = 0; k < L->n_groups; k++) {
-                    const tq_group *g = &L->g[k];
-                    if (g->qjl) {
-                        const uint8_t *bits = row + g->qjl_off;
-                        __m256 sj = _mm256_setzero_ps();
-                        for (int i = 0; i < g->m; i += 8)
-                            sj = _mm256_add_ps(sj, _mm256_xor_ps(_mm256_loadu_ps(q[r].w + start + i), sign_mask(bits[i / 8])));
-                        total += kvc_fp16_to_fp32(kvc_ld_half(row + g->off + 2)) * g->qjl_c * hsum_ps_256(sj);
-                    }
-                    start += g->m;
-                }
-            }
-            out[(size_t)r * n + j] = total;
+            for (int i = 0; i < d; i += 8)
+                acc = _mm256_fmadd_ps(_mm256_load_ps(vals + i), _mm256_loadu_ps(qr + i), acc);
+            float total = hsum_tile_order(acc);
+            if (any_qjl) total += qjl_term(L, row, q->w + (size_t)r * d);
+            out[(size_t)r * ldo + j] = total;
         }
     }
 }
 
-void tq_accum_avx2(const tq_layout *L, const float *p, int nq, const uint8_t *rows, int n, float *acc) {
-    if (!simd_ok(L)) {
-        tq_accum_ref(L, p, nq, rows, n, acc);
+/* dst (d) += sum_{k < cnt} p[k] * blk row k, in key order (one fused multiply-add per key) */
+AVX2 static inline void axpy_rows(int d, int cnt, const float *p, const float *blk, float *dst) {
+    if (cnt == 8) {
+        __m256 pk[8];
+        for (int k = 0; k < 8; k++) pk[k] = _mm256_set1_ps(p[k]);
+        for (int i = 0; i < d; i += 8) {
+            __m256 a = _mm256_loadu_ps(dst + i);
+            for (int k = 0; k < 8; k++) a = _mm256_fmadd_ps(pk[k], _mm256_load_ps(blk + k * d + i), a);
+            _mm256_storeu_ps(dst + i, a);
+        }
         return;
     }
+    for (int k = 0; k < cnt; k++) {
+        const __m256 a = _mm256_set1_ps(p[k]);
+        for (int i = 0; i < d; i += 8)
+            _mm256_storeu_ps(dst + i, _mm256_fmadd_ps(a, _mm256_load_ps(blk + k * d + i), _mm256_loadu_ps(dst + i)));
+    }
+}
+
+void tq_accum_avx2(const tq_layout *L, const float *p, int ldp, int nq, int grp, int n0, const uint8_t *rows,
+                   float *acc) {
+    if (!simd_ok(L)) {
+        tq_accum_ref(L, p, ldp, nq, grp, n0, rows, acc);
+        return;
+    }
+    const int d = L->d, n = tq_rows_read(nq, grp, n0);
     cb_regs regs[TQ_MAX_GROUPS];
     for (int k = 0; k < L->n_groups; k++) regs[k] = load_cb(&L->g[k]);
-    float vals[TQ_MAX_DIM] __attribute__((aligned(32)));
-    for (int j = 0; j < n; j++) {
-        decode_row8(L, regs, rows + (size_t)j * L->row_bytes, vals);
-        for (int r = 0; r < nq; r++) {
-            const __m256 a = _mm256_set1_ps(p[(size_t)r * n + j]);
-            float *dst = acc + (size_t)r * L->d;
-            for (int i = 0; i < L->d; i += 8)
-                _mm256_storeu_ps(dst + i, _mm256_fmadd_ps(a, _mm256_load_ps(vals + i), _mm256_loadu_ps(dst + i)));
+    /* 8 rows at a time: each accumulator is loaded and stored once per 8 rows */
+    float blk[8 * TQ_MAX_DIM] __attribute__((aligned(32))); /* (8, d) */
+    for (int j = 0; j < n; j += 8) {
+        const int nb = n - j < 8 ? n - j : 8;
+        for (int k = 0; k < nb; k++) decode_row8(L, regs, rows + (size_t)(j + k) * L->row_bytes, blk + k * d);
+        for (int r = tq_first_seeing(j, grp, n0); r < nq; r++) {
+            const int cnt = tq_visible(r, grp, n0) - j;
+            axpy_rows(d, cnt < nb ? cnt : nb, p + (size_t)r * ldp + j, blk, acc + (size_t)r * d);
         }
     }
 }
