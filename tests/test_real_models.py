@@ -207,7 +207,11 @@ def test_smollm2_calibrated_profile_beats_uniform(tmp_path):
     profiled = evaluate(Model(patched), text, n_ctx=512, n_chunks=2, type_v="f16", kld_base=base)
     print(f"\nSmolLM2 K KLD vs f16 at 4.25 bpv: uniform tq4 {uniform.kld:.5f}, calibrated profile {profiled.kld:.5f}")
     assert profiled.type_k == "tq" and profiled.kld < uniform.kld
+    # llama.cpp on f16 conversions: only the f16 rounding of the smoothed Q/K rows differs
+    # (measured 0.22% of the largest logit; q8_0 files differ by their own rounding noise)
+    plain16 = convert(src, tmp_path / "plain16.gguf", weights="f16").output
+    patched16 = convert(src, tmp_path / "prof16.gguf", weights="f16", profile=prof).output
     toks = eval_tokens(load_model(src), 64)
-    a = oracle.logits(oracle.load(plain, n_ctx=64), toks)
-    b = oracle.logits(oracle.load(patched, n_ctx=64), toks)
-    assert np.abs(a - b).max() <= 0.05 * np.abs(a).max()  # q8_0 re-quantization of smoothed rows only
+    a = oracle.logits(oracle.load(plain16, n_ctx=64), toks)
+    b = oracle.logits(oracle.load(patched16, n_ctx=64), toks)
+    assert np.abs(a - b).max() <= 1e-2 * np.abs(a).max()
