@@ -279,8 +279,8 @@ def _cached_generation(model, n_tokens: int, n_ctx: int, progress, cancel) -> li
     return seqs
 
 
-def default_output(src: ModelSource, text_sha: str, tokens: int, n_ctx: int) -> Path:
-    key = hashlib.sha256(f"{fingerprint(src)}|{text_sha}|{tokens}|{n_ctx}|{CALIB_SCHEMA}".encode()).hexdigest()[:12]
+def default_output(src: ModelSource, fp: str, text_sha: str, tokens: int, n_ctx: int) -> Path:
+    key = hashlib.sha256(f"{fp}|{text_sha}|{tokens}|{n_ctx}|{CALIB_SCHEMA}".encode()).hexdigest()[:12]
     return cache_dir() / "calibration" / f"{Path(src.path).name.removesuffix('.gguf')}-{key}.calib.npz"
 
 
@@ -301,17 +301,17 @@ def calibrate(model: str | os.PathLike | ModelSource, *, text: str | None = None
     rt = Model(runtime_gguf(src, progress, cancel))
     chunks, text_source, text_sha = _chunks(rt, text, tokens, n_ctx, holdout, progress, cancel)
     held, chunks = chunks[len(chunks) - holdout:] if holdout else [], chunks[:len(chunks) - holdout or None]
-    out = Path(out) if out is not None else default_output(src, text_sha, tokens, n_ctx)
+    fp = fingerprint(src)  # reads the head of every weight file: once per call
+    out = Path(out) if out is not None else default_output(src, fp, text_sha, tokens, n_ctx)
     if out.exists():
         cal = Calibration.load(out)
-        if cal.fingerprint == fingerprint(src) and cal.text_sha256 == text_sha:
+        if cal.fingerprint == fp and cal.text_sha256 == text_sha:
             return cal
     a = rt.args
     L, H, Hk, d = a.num_hidden_layers, a.num_attention_heads, a.num_key_value_heads, a.head_dim
     pairing = rt.source.arch.gguf_rope_pairing
     from .rope import inv_freq
 
-    fp = fingerprint(src)
     state = _Partial.resume(out, text_sha, fp) or _Partial.new(L, Hk, d)
     ctx = rt.context(ContextParams(n_ctx=n_ctx, n_batch=n_ctx, type_k="f32", type_v="f32", n_threads=n_threads))
     cq, ck, cv = ctx.capture()
@@ -334,7 +334,7 @@ def calibrate(model: str | os.PathLike | ModelSource, *, text: str | None = None
             progress(i + 1, len(chunks), f"calibrating: chunk {i + 1}/{len(chunks)}")
     T_w = min(w[1].shape[1] for w in state.windows)
     cal = Calibration(
-        model=str(src.path), fingerprint=fingerprint(src), arch=src.arch.name, rope_pairing=pairing,
+        model=str(src.path), fingerprint=fp, arch=src.arch.name, rope_pairing=pairing,
         n_layer=L, n_head=H, n_head_kv=Hk, head_dim=d, rope_theta=float(a.rope_theta), text_source=text_source,
         text_sha256=text_sha, n_ctx=n_ctx, n_tokens=int(state.n), k_sum=state.k_sum, k_sq=state.k_sq,
         q_sq=state.q_sq, v_sum=state.v_sum, v_sq=state.v_sq,

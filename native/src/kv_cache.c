@@ -130,11 +130,8 @@ int kv_init(kvc_context *c, const kvc_context_params *p, char *err, int err_len)
     const size_t nq = (size_t)(tb > 0 ? tb : 1) * n_rep; /* query rows of one work item */
     for (int i = 0; i < c->n_threads; i++) {
         attn_scratch *s = &c->scratch[i];
-        if (nq > (size_t)n_rep) { /* the context allocated (n_rep, C) scores */
-            free(s->scores);
-            s->scores = malloc(sizeof(float) * nq * c->n_ctx);
-            if (!s->scores) return kvc_fail(err, err_len, KVC_ERR_NOMEM, "out of memory");
-        }
+        s->scores = malloc(sizeof(float) * nq * c->n_ctx);
+        if (!s->scores) return kvc_fail(err, err_len, KVC_ERR_NOMEM, "out of memory");
         s->qp = malloc(sizeof(float) * nq * D);
         s->scores2 = c->k_center ? malloc(sizeof(float) * nq * c->n_ctx) : NULL;
         if (c->k_center && !s->scores2) return kvc_fail(err, err_len, KVC_ERR_NOMEM, "out of memory");

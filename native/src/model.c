@@ -207,10 +207,9 @@ int kvc_context_create(kvc_model *m, const kvc_context_params *p, kvc_context **
     ok = ok && c->scratch;
     const int n_rep = m->n_head / m->n_head_kv;
     for (int i = 0; ok && i < c->n_threads; i++) {
-        c->scratch[i].scores = malloc((size_t)n_rep * (size_t)c->n_ctx * 4);
         c->scratch[i].qq = malloc((size_t)n_rep * (size_t)D * 4);
         c->scratch[i].vrow = malloc((size_t)D * 4);
-        ok = c->scratch[i].scores && c->scratch[i].qq && c->scratch[i].vrow;
+        ok = c->scratch[i].qq && c->scratch[i].vrow; /* scores: kv_init, sized for its blocks */
     }
     if (!ok) {
         kvc_context_free(c);

@@ -46,13 +46,13 @@ typedef struct {
 
 /* Per-thread attention scratch. */
 typedef struct {
-    float *scores; /* (n_rep, C) */
-    float *scores2; /* (n_rep, C) centering corrections */
+    float *scores; /* (nq, C), nq = n_rep × the token block of kv_block_tokens() */
+    float *scores2; /* (nq, C) centering corrections */
     uint8_t *qq;   /* (n_rep) query rows quantized for K's vec_dot type */
     float *vrow;   /* (D) one dequantized V row */
     float *qp;     /* (n_rep, D) permuted queries / rotated-domain V accumulators */
     float *corr;   /* (n_rep, D/2, 2) per-pair centering coefficients A, B */
-    tq_query *tq;  /* (n_rep) prepared TurboQuant queries */
+    tq_query *tq;  /* nq prepared TurboQuant queries, packed (tq.h) */
 } attn_scratch;
 
 struct kvc_context {
