@@ -1,7 +1,7 @@
 /* quants.h — block layouts of the weight/activation types, fp16/bf16 scalar
  * conversions and the kernel trait table shared by quants_ref.c (scalar
- * reference twins), cpu/quants_avx2*.c, cpu/quants_avx512*.c and
- * cpu/dispatch.c (run-time selection).
+ * reference twins), cpu/quants_avx2*.c, cpu/quants_avx512*.c,
+ * cpu/quants_neon*.c and cpu/dispatch.c (run-time selection).
  *
  * Block layouts are GGUF's and must stay bit-compatible with llama.cpp files:
  * they follow ggml/src/ggml-common.h (llama.cpp, MIT), sizes checked below.
@@ -191,9 +191,9 @@ typedef struct {
 } kvc_kernels;
 
 /* Per type: sizes and kernels per impl. A NULL kernel at some impl means "use
- * the next lower impl's" (AVX512 -> AVX2 -> SCALAR); a NULL scalar kernel means
- * the operation is unsupported for the type. The scalar gemm is a loop over the
- * reference vec_dot (dispatch.c). */
+ * the next lower impl's" (AVX512 -> AVX2 -> SCALAR, NEON -> SCALAR); a NULL
+ * scalar kernel means the operation is unsupported for the type. The scalar
+ * gemm is a loop over the reference vec_dot (dispatch.c). */
 typedef struct {
     const char *name;
     int block_size, type_size;
@@ -274,6 +274,41 @@ KVC_DECLARE_SIMD(avx2)
 KVC_DECLARE_SIMD(avx512)
 #undef KVC_DECLARE_DOT
 #undef KVC_DECLARE_SIMD
+#endif
+
+/* ---- aarch64 NEON kernels (cpu/quants_neon*.c) ----
+ * Pure functions over pointers (no one-time init needed). The *_neondot
+ * integer kernels use the ARMv8.2 dotprod extension: dispatch.c picks them
+ * when the CPU has it; the *_neon ones run on every aarch64 CPU. */
+#if defined(__aarch64__)
+void kvc_quantize_row_f16_neon(const float *x, void *y, int64_t n);
+void kvc_quantize_row_bf16_neon(const float *x, void *y, int64_t n);
+void kvc_quantize_row_q8_0_neon(const float *x, void *y, int64_t n);
+void kvc_quantize_row_q8_1_neon(const float *x, void *y, int64_t n);
+void kvc_quantize_row_q8_K_neon(const float *x, void *y, int64_t n);
+void kvc_dequantize_row_f16_neon(const void *x, float *y, int64_t n);
+void kvc_dequantize_row_bf16_neon(const void *x, float *y, int64_t n);
+void kvc_dequantize_row_q8_0_neon(const void *x, float *y, int64_t n);
+void kvc_dequantize_row_q4_0_neon(const void *x, float *y, int64_t n);
+
+#define KVC_DECLARE_DOT(name, sfx)                                                                  \
+    float kvc_vec_dot_##name##_##sfx(int64_t n, const void *w, const void *a);                     \
+    void kvc_gemm_##name##_##sfx(int64_t m, int64_t n_tok, int64_t k, const void *w, const void *a, \
+                                 float *out, int64_t ldo);
+#define KVC_DECLARE_INT(sfx)                                                                        \
+    KVC_DECLARE_DOT(q8_0_q8_0, sfx)                                                                 \
+    KVC_DECLARE_DOT(q4_0_q8_0, sfx)                                                                 \
+    KVC_DECLARE_DOT(q4_1_q8_1, sfx)                                                                 \
+    KVC_DECLARE_DOT(q5_0_q8_0, sfx)                                                                 \
+    KVC_DECLARE_DOT(q4_K_q8_K, sfx)                                                                 \
+    KVC_DECLARE_DOT(q6_K_q8_K, sfx)
+KVC_DECLARE_INT(neon)
+KVC_DECLARE_INT(neondot)
+KVC_DECLARE_DOT(f32_f32, neon)
+KVC_DECLARE_DOT(f16_f32, neon)
+KVC_DECLARE_DOT(bf16_f32, neon)
+#undef KVC_DECLARE_DOT
+#undef KVC_DECLARE_INT
 #endif
 
 #endif /* KVC_QUANTS_H */

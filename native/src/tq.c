@@ -397,6 +397,10 @@ static int auto_avx2(void) {
 
 tq_score_fn tq_score_for(int impl) {
     if (impl == KVC_IMPL_SCALAR) return tq_score_ref;
+#if defined(__aarch64__)
+    if (impl == KVC_IMPL_NEON) return tq_score_neon;
+    if (impl == KVC_IMPL_AUTO) return kvc_cpu_best_impl() == KVC_IMPL_NEON ? tq_score_neon : tq_score_ref;
+#endif
     if (impl == KVC_IMPL_AUTO) return auto_avx2() ? tq_score_avx2 : tq_score_ref;
     if (impl == KVC_IMPL_AVX2 || impl == KVC_IMPL_AVX512) return have_avx2() ? tq_score_avx2 : NULL;
     return NULL;
@@ -404,6 +408,10 @@ tq_score_fn tq_score_for(int impl) {
 
 tq_accum_fn tq_accum_for(int impl) {
     if (impl == KVC_IMPL_SCALAR) return tq_accum_ref;
+#if defined(__aarch64__)
+    if (impl == KVC_IMPL_NEON) return tq_accum_neon;
+    if (impl == KVC_IMPL_AUTO) return kvc_cpu_best_impl() == KVC_IMPL_NEON ? tq_accum_neon : tq_accum_ref;
+#endif
     if (impl == KVC_IMPL_AUTO) return auto_avx2() ? tq_accum_avx2 : tq_accum_ref;
     if (impl == KVC_IMPL_AVX2 || impl == KVC_IMPL_AVX512) return have_avx2() ? tq_accum_avx2 : NULL;
     return NULL;

@@ -52,6 +52,10 @@ const kvc_vec_ops *kvc_vec_ops_for(int impl) {
     case KVC_IMPL_AVX512: /* these ops are memory-bound: AVX-512 CPUs use the AVX2 code */
         return have_avx2() ? &kvc_vec_ops_avx2 : NULL;
     case KVC_IMPL_AUTO: return have_avx2() ? &kvc_vec_ops_avx2 : &ops_ref;
+#elif defined(__aarch64__)
+    case KVC_IMPL_NEON: return &kvc_vec_ops_neon;
+    /* AUTO follows kvc_cpu_best_impl, so KVC_FORCE_IMPL=scalar selects the scalar twins */
+    case KVC_IMPL_AUTO: return kvc_cpu_best_impl() == KVC_IMPL_NEON ? &kvc_vec_ops_neon : &ops_ref;
 #else
     case KVC_IMPL_AUTO: return &ops_ref;
 #endif

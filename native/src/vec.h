@@ -1,10 +1,11 @@
 /* vec.h — small float vector ops of the forward pass (norms, softmax, SwiGLU,
  * axpy), as a table of function pointers picked once for this CPU.
  *
- * The AVX2 variants (cpu/vec_avx2.c) evaluate the same formulas in the same
- * order with the same fused multiply-adds as the scalar twins here, so the two
- * agree bit for bit on exp-based ops and within summation-order rounding on
- * reductions (tests/test_runtime_ops.py states the tolerances). */
+ * The AVX2 and NEON variants (cpu/vec_avx2.c, cpu/vec_neon.c) evaluate the
+ * same formulas in the same order with the same fused multiply-adds as the
+ * scalar twins here, so they agree bit for bit on exp-based ops and within
+ * summation-order rounding on reductions (tests/test_runtime_ops.py and
+ * tests/test_neon.py state the tolerances). */
 #ifndef KVC_VEC_H
 #define KVC_VEC_H
 
@@ -21,6 +22,10 @@ typedef struct {
 
 /* The table for impl (KVC_IMPL_*); AUTO picks the best. NULL if unavailable. */
 const kvc_vec_ops *kvc_vec_ops_for(int impl);
+
+#if defined(__aarch64__)
+extern const kvc_vec_ops kvc_vec_ops_neon; /* cpu/vec_neon.c: NEON is on every aarch64 CPU */
+#endif
 
 /* exp(x) for x in float range, ~1e-7 relative error; 0 below -87. Shared by both
  * variants: Cody–Waite range reduction x = n ln2 + r, |r| <= ln2/2, then the

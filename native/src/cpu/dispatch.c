@@ -3,16 +3,24 @@
  * kvc_dequantize_row, kvc_vec_dot, kvc_gemm).
  *
  * CPU features are probed once (pthread_once, with the fp16 table the SIMD
- * kernels read) with __builtin_cpu_supports and cached; KVC_FORCE_IMPL=scalar|
- * avx2|avx512 in the environment caps what AUTO resolves to (for A/B runs of a
- * whole model). The trait table maps each type to its sizes and, per implementation, its
- * kernels; a missing kernel at one level falls back to the level below
- * (AVX512 -> AVX2 -> SCALAR). The ABI functions validate every argument and
- * return KVC_ERR_INVALID / KVC_ERR_UNSUPPORTED; they never abort or print. */
+ * kernels read) with __builtin_cpu_supports (x86) or getauxval / sysctl
+ * (aarch64: NEON always, dotprod optional) and cached; KVC_FORCE_IMPL=scalar|
+ * avx2|avx512|neon in the environment caps what AUTO resolves to (for A/B runs
+ * of a whole model). The trait table maps each type to its sizes and, per
+ * implementation, its kernels; a missing kernel at one level falls back to the
+ * level below (AVX512 -> AVX2 -> SCALAR, NEON -> SCALAR); on aarch64 CPUs with
+ * dotprod the NEON integer dot kernels are the *_neondot builds. The ABI
+ * functions validate every argument and return KVC_ERR_INVALID /
+ * KVC_ERR_UNSUPPORTED; they never abort or print. */
 
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
+#if defined(__aarch64__) && defined(__linux__)
+#include <sys/auxv.h>
+#elif defined(__aarch64__) && defined(__APPLE__)
+#include <sys/sysctl.h>
+#endif
 
 #include "kvc.h"
 #include "quants.h"
@@ -23,6 +31,24 @@ float kvc_fp16_table[1 << 16];
 static int g_impls;            /* bitmask of 1 << kvc_impl */
 static int g_forced = -1;      /* KVC_FORCE_IMPL, if set to an available impl */
 static pthread_once_t g_once = PTHREAD_ONCE_INIT;
+#if defined(__aarch64__)
+static int g_neon_dotprod; /* the CPU has ARMv8.2 dotprod (sdot/udot) */
+
+static int probe_dotprod(void) {
+#if defined(__linux__)
+#ifndef HWCAP_ASIMDDP
+#define HWCAP_ASIMDDP (1 << 20)
+#endif
+    return (getauxval(AT_HWCAP) & HWCAP_ASIMDDP) != 0;
+#elif defined(__APPLE__)
+    int v = 0;
+    size_t len = sizeof v;
+    return sysctlbyname("hw.optional.arm.FEAT_DotProd", &v, &len, NULL, 0) == 0 && v;
+#else
+    return 0; /* unknown OS: the baseline NEON kernels */
+#endif
+}
+#endif
 
 static int probe_impls(void) {
     int m = 1 << KVC_IMPL_SCALAR;
@@ -37,6 +63,9 @@ static int probe_impls(void) {
         __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") &&
         __builtin_cpu_supports("avx512vnni"))
         m |= 1 << KVC_IMPL_AVX512;
+#elif defined(__aarch64__)
+    m |= 1 << KVC_IMPL_NEON; /* ASIMD is mandatory on aarch64 */
+    g_neon_dotprod = probe_dotprod();
 #endif
     return m;
 }
@@ -100,6 +129,8 @@ static const kvc_type_traits g_traits[KVC_TYPE_BF16 + 1] = {
 #if defined(__x86_64__)
                        [KVC_IMPL_AVX2] = {NULL, NULL, kvc_vec_dot_f32_f32_avx2, kvc_gemm_f32_f32_avx2},
                        [KVC_IMPL_AVX512] = {NULL, NULL, kvc_vec_dot_f32_f32_avx512, kvc_gemm_f32_f32_avx512},
+#elif defined(__aarch64__)
+                       [KVC_IMPL_NEON] = {NULL, NULL, kvc_vec_dot_f32_f32_neon, kvc_gemm_f32_f32_neon},
 #endif
                       }},
     [KVC_TYPE_F16] = {"f16", 1, 2, KVC_TYPE_F32,
@@ -110,6 +141,9 @@ static const kvc_type_traits g_traits[KVC_TYPE_BF16 + 1] = {
                                           kvc_vec_dot_f16_f32_avx2, kvc_gemm_f16_f32_avx2},
                        [KVC_IMPL_AVX512] = {NULL, NULL,
                                             kvc_vec_dot_f16_f32_avx512, kvc_gemm_f16_f32_avx512},
+#elif defined(__aarch64__)
+                       [KVC_IMPL_NEON] = {kvc_quantize_row_f16_neon, kvc_dequantize_row_f16_neon,
+                                          kvc_vec_dot_f16_f32_neon, kvc_gemm_f16_f32_neon},
 #endif
                       }},
     [KVC_TYPE_BF16] = {"bf16", 1, 2, KVC_TYPE_F32,
@@ -120,6 +154,9 @@ static const kvc_type_traits g_traits[KVC_TYPE_BF16 + 1] = {
                                            kvc_vec_dot_bf16_f32_avx2, kvc_gemm_bf16_f32_avx2},
                         [KVC_IMPL_AVX512] = {NULL, NULL,
                                              kvc_vec_dot_bf16_f32_avx512, kvc_gemm_bf16_f32_avx512},
+#elif defined(__aarch64__)
+                        [KVC_IMPL_NEON] = {kvc_quantize_row_bf16_neon, kvc_dequantize_row_bf16_neon,
+                                           kvc_vec_dot_bf16_f32_neon, kvc_gemm_bf16_f32_neon},
 #endif
                        }},
     [KVC_TYPE_Q8_0] = {"q8_0", QK8_0, sizeof(block_q8_0), KVC_TYPE_Q8_0,
@@ -130,6 +167,9 @@ static const kvc_type_traits g_traits[KVC_TYPE_BF16 + 1] = {
                                            kvc_vec_dot_q8_0_q8_0_avx2, kvc_gemm_q8_0_q8_0_avx2},
                         [KVC_IMPL_AVX512] = {NULL, NULL,
                                              kvc_vec_dot_q8_0_q8_0_avx512, kvc_gemm_q8_0_q8_0_avx512},
+#elif defined(__aarch64__)
+                        [KVC_IMPL_NEON] = {kvc_quantize_row_q8_0_neon, kvc_dequantize_row_q8_0_neon,
+                                           kvc_vec_dot_q8_0_q8_0_neon, kvc_gemm_q8_0_q8_0_neon},
 #endif
                        }},
     [KVC_TYPE_Q8_1] = {"q8_1", QK8_1, sizeof(block_q8_1), -1,
@@ -137,6 +177,8 @@ static const kvc_type_traits g_traits[KVC_TYPE_BF16 + 1] = {
 #if defined(__x86_64__)
                         [KVC_IMPL_AVX2] = {kvc_quantize_row_q8_1_avx2, NULL, NULL, NULL},
                         [KVC_IMPL_AVX512] = {NULL, NULL, NULL, NULL},
+#elif defined(__aarch64__)
+                        [KVC_IMPL_NEON] = {kvc_quantize_row_q8_1_neon, NULL, NULL, NULL},
 #endif
                        }},
     [KVC_TYPE_Q8_K] = {"q8_K", QK_K, sizeof(block_q8_K), -1,
@@ -144,6 +186,8 @@ static const kvc_type_traits g_traits[KVC_TYPE_BF16 + 1] = {
 #if defined(__x86_64__)
                         [KVC_IMPL_AVX2] = {kvc_quantize_row_q8_K_avx2, NULL, NULL, NULL},
                         [KVC_IMPL_AVX512] = {NULL, NULL, NULL, NULL},
+#elif defined(__aarch64__)
+                        [KVC_IMPL_NEON] = {kvc_quantize_row_q8_K_neon, NULL, NULL, NULL},
 #endif
                        }},
     [KVC_TYPE_Q4_0] = {"q4_0", QK4_0, sizeof(block_q4_0), KVC_TYPE_Q8_0,
@@ -154,6 +198,9 @@ static const kvc_type_traits g_traits[KVC_TYPE_BF16 + 1] = {
                                            kvc_gemm_q4_0_q8_0_avx2},
                         [KVC_IMPL_AVX512] = {NULL, NULL, kvc_vec_dot_q4_0_q8_0_avx512,
                                              kvc_gemm_q4_0_q8_0_avx512},
+#elif defined(__aarch64__)
+                        [KVC_IMPL_NEON] = {NULL, kvc_dequantize_row_q4_0_neon, kvc_vec_dot_q4_0_q8_0_neon,
+                                           kvc_gemm_q4_0_q8_0_neon},
 #endif
                        }},
     [KVC_TYPE_Q4_1] = {"q4_1", QK4_1, sizeof(block_q4_1), KVC_TYPE_Q8_1,
@@ -162,6 +209,8 @@ static const kvc_type_traits g_traits[KVC_TYPE_BF16 + 1] = {
 #if defined(__x86_64__)
                         [KVC_IMPL_AVX2] = {NULL, NULL, kvc_vec_dot_q4_1_q8_1_avx2, kvc_gemm_q4_1_q8_1_avx2},
                         [KVC_IMPL_AVX512] = {NULL, NULL, kvc_vec_dot_q4_1_q8_1_avx512, kvc_gemm_q4_1_q8_1_avx512},
+#elif defined(__aarch64__)
+                        [KVC_IMPL_NEON] = {NULL, NULL, kvc_vec_dot_q4_1_q8_1_neon, kvc_gemm_q4_1_q8_1_neon},
 #endif
                        }},
     [KVC_TYPE_Q5_0] = {"q5_0", QK5_0, sizeof(block_q5_0), KVC_TYPE_Q8_0,
@@ -170,6 +219,8 @@ static const kvc_type_traits g_traits[KVC_TYPE_BF16 + 1] = {
 #if defined(__x86_64__)
                         [KVC_IMPL_AVX2] = {NULL, NULL, kvc_vec_dot_q5_0_q8_0_avx2, kvc_gemm_q5_0_q8_0_avx2},
                         [KVC_IMPL_AVX512] = {NULL, NULL, kvc_vec_dot_q5_0_q8_0_avx512, kvc_gemm_q5_0_q8_0_avx512},
+#elif defined(__aarch64__)
+                        [KVC_IMPL_NEON] = {NULL, NULL, kvc_vec_dot_q5_0_q8_0_neon, kvc_gemm_q5_0_q8_0_neon},
 #endif
                        }},
     [KVC_TYPE_Q4_K] = {"q4_K", QK_K, sizeof(block_q4_K), KVC_TYPE_Q8_K,
@@ -177,6 +228,8 @@ static const kvc_type_traits g_traits[KVC_TYPE_BF16 + 1] = {
 #if defined(__x86_64__)
                         [KVC_IMPL_AVX2] = {NULL, NULL, kvc_vec_dot_q4_K_q8_K_avx2, kvc_gemm_q4_K_q8_K_avx2},
                         [KVC_IMPL_AVX512] = {NULL, NULL, kvc_vec_dot_q4_K_q8_K_avx512, kvc_gemm_q4_K_q8_K_avx512},
+#elif defined(__aarch64__)
+                        [KVC_IMPL_NEON] = {NULL, NULL, kvc_vec_dot_q4_K_q8_K_neon, kvc_gemm_q4_K_q8_K_neon},
 #endif
                        }},
     [KVC_TYPE_Q6_K] = {"q6_K", QK_K, sizeof(block_q6_K), KVC_TYPE_Q8_K,
@@ -184,9 +237,23 @@ static const kvc_type_traits g_traits[KVC_TYPE_BF16 + 1] = {
 #if defined(__x86_64__)
                         [KVC_IMPL_AVX2] = {NULL, NULL, kvc_vec_dot_q6_K_q8_K_avx2, kvc_gemm_q6_K_q8_K_avx2},
                         [KVC_IMPL_AVX512] = {NULL, NULL, kvc_vec_dot_q6_K_q8_K_avx512, kvc_gemm_q6_K_q8_K_avx512},
+#elif defined(__aarch64__)
+                        [KVC_IMPL_NEON] = {NULL, NULL, kvc_vec_dot_q6_K_q8_K_neon, kvc_gemm_q6_K_q8_K_neon},
 #endif
                        }},
 };
+
+#if defined(__aarch64__)
+/* With dotprod, the NEON integer dot kernels are the sdot builds (bit-identical
+ * results, fewer instructions); the rest of the NEON column stays. */
+#define NEONDOT(name) {NULL, NULL, kvc_vec_dot_##name##_neondot, kvc_gemm_##name##_neondot}
+static const kvc_kernels g_neondot[KVC_TYPE_BF16 + 1] = {
+    [KVC_TYPE_Q8_0] = NEONDOT(q8_0_q8_0), [KVC_TYPE_Q4_0] = NEONDOT(q4_0_q8_0),
+    [KVC_TYPE_Q4_1] = NEONDOT(q4_1_q8_1), [KVC_TYPE_Q5_0] = NEONDOT(q5_0_q8_0),
+    [KVC_TYPE_Q4_K] = NEONDOT(q4_K_q8_K), [KVC_TYPE_Q6_K] = NEONDOT(q6_K_q8_K),
+};
+#undef NEONDOT
+#endif
 
 const kvc_type_traits *kvc_traits(int type) {
     if (type < 0 || type > KVC_TYPE_BF16 || g_traits[type].name == NULL) return NULL;
@@ -213,6 +280,9 @@ static int lower_impl(int impl) {
 /* Each kernel of `impl`, or of the nearest lower level that has one. */
 static kvc_kernels resolve(const kvc_type_traits *t, int impl) {
     kvc_kernels r = {0};
+#if defined(__aarch64__)
+    if (impl == KVC_IMPL_NEON && g_neon_dotprod) r = g_neondot[t - g_traits];
+#endif
     for (int i = impl; i >= KVC_IMPL_SCALAR; i = lower_impl(i)) {
         const kvc_kernels *k = &t->k[i];
         if (!r.quantize) r.quantize = k->quantize;
