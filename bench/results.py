@@ -25,6 +25,8 @@ import numpy as np
 from kvconvert import convert, fixtures, metrics
 from kvconvert.calibrate import Calibration, calibrate
 from kvconvert.evaluate import evaluate
+from kvconvert.kvmeta import DEFAULT_SINK
+from kvconvert.profile import sink_bits
 from kvconvert.paths import cache_dir
 from kvconvert.runtime import Model
 from kvconvert.search import search
@@ -108,16 +110,19 @@ def main() -> None:
         r0 = evaluate(base, text, type_k="f16", type_v="f16", save_logits=logp, **common)
         lines.append(row("f16 K / f16 V", 16, 16, r0.kv_bytes_per_token, r0.ppl, None, None, time.time() - t0))
 
-        def measure(label, model, k="auto", v="auto"):
+        def measure(label, model, k="auto", v="auto", n_sink=None):
             t0 = time.time()
-            r = evaluate(model, text, type_k=k, type_v=v, kld_base=logp, **common)
+            r = evaluate(model, text, type_k=k, type_v=v, kld_base=logp, n_sink=n_sink, **common)
             kb = r.kv_bytes_per_token * 8 / (2 * head_values)  # mean over K and V; split below when known
             return r, kb, time.time() - t0
 
-        for k, v, kb, vb in (("q8_0", "f16", 8.5, 16), ("q8_0", "q8_0", 8.5, 8.5), ("q4_0", "q4_0", 4.5, 4.5),
-                             ("tq4", "f16", 4.25, 16), ("tq4", "tq4", 4.25, 4.25)):
-            r, _, secs = measure(f"{k}/{v}", base, k, v)
-            lines.append(row(f"{k} K / {v} V" + (" (uniform TurboQuant, centered)" if k == "tq4" else ""), kb, vb,
+        tq4 = 4.25 + sink_bits(DEFAULT_SINK, args.ctx)  # one f16 sink position per sequence, spread over ctx
+        for k, v, kb, vb, sink in (("q8_0", "f16", 8.5, 16, None), ("q8_0", "q8_0", 8.5, 8.5, None),
+                                   ("q4_0", "q4_0", 4.5, 4.5, None), ("tq4", "f16", 4.25, 16, 0),
+                                   ("tq4", "f16", tq4, 16, None), ("tq4", "tq4", tq4, tq4, None)):
+            r, _, secs = measure(f"{k}/{v}", base, k, v, n_sink=sink)
+            note = {0: " (uniform TurboQuant, centered, no sink)", None: " (uniform TurboQuant, centered)"}[sink]
+            lines.append(row(f"{k} K / {v} V" + (note if k == "tq4" else ""), kb, vb,
                              r.kv_bytes_per_token, r.ppl, r.kld, r.top1, secs))
             print(lines[-1], flush=True)
         for pol in POLICIES:
@@ -125,7 +130,7 @@ def main() -> None:
             prof = res.profile
             out = Path(tmp) / f"{pol}.gguf"
             convert(path, out, weights="f16", profile=prof)
-            kb, vb = prof.bits()
+            kb, vb = prof.budget_bits()
             m = Model(out)
             r, _, secs = measure(pol, m)
             lines.append(row(f"kvconvert {pol}", kb, vb, r.kv_bytes_per_token, r.ppl, r.kld, r.top1, secs))

@@ -44,10 +44,10 @@ class BenchResult:
 
 def bench(model: str | os.PathLike | Model, *, depths: tuple[int, ...] = (0, 512, 4096), n_prefill: int = 512,
           n_decode: int = 32, type_k: str = "auto", type_v: str = "auto", n_threads: int = 0,
-          progress: ProgressFn | None = None, cancel: threading.Event | None = None) -> BenchResult:
+          n_sink: int | None = None, progress: ProgressFn | None = None, cancel: threading.Event | None = None) -> BenchResult:
     m = model if isinstance(model, Model) else Model(model)
     params = ContextParams(n_ctx=max(max(depths) + n_decode, n_prefill), n_batch=512, type_k=type_k, type_v=type_v,
-                           n_threads=n_threads)
+                           n_threads=n_threads, n_sink=n_sink)
     ctx = m.context(params)
     rng = np.random.default_rng(0)
     vocab = min(m.args.vocab_size, 32000)

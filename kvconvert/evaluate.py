@@ -76,6 +76,7 @@ def read_base(path: Path) -> tuple[dict, np.ndarray]:
 
 def evaluate(model: str | os.PathLike | Model, text: str, *, text_name: str = "text", n_ctx: int = 512,
              n_chunks: int | None = None, type_k: str = "auto", type_v: str = "auto", n_threads: int = 0,
+             n_sink: int | None = None,
              save_logits: str | os.PathLike | None = None, kld_base: str | os.PathLike | None = None,
              progress: ProgressFn | None = None, cancel: threading.Event | None = None) -> EvalResult:
     m = model if isinstance(model, Model) else Model(model)
@@ -96,7 +97,7 @@ def evaluate(model: str | os.PathLike | Model, text: str, *, text_name: str = "t
             raise InputError(f"{kld_base}: made with other settings ({', '.join(bad)} differ); "
                              "use the same text, --ctx and --chunks")
     ctx = m.context(ContextParams(n_ctx=n_ctx, n_batch=min(n_ctx, 512), type_k=type_k, type_v=type_v,
-                                  n_threads=n_threads))
+                                  n_threads=n_threads, n_sink=n_sink))
     nll, klds, top1, saved = [], [], [], []
     first = metrics.first_scored(n_ctx)
     pos = 0

@@ -22,6 +22,7 @@ class Keys:
         LAYOUT = "kvconvert.layout"  # "portable" or "folded"
         ROTATION_SEED = "kvconvert.rotation_seed"  # u64 seed of the TurboQuant signs
         PROFILE = "kvconvert.profile"  # JSON: the profile applied (configs, provenance, measurements; no arrays)
+        SINK_TOKENS = "kvconvert.sink_tokens"  # u32: leading positions TurboQuant caches also keep in f16
 
     class KCache:
         """Per-layer K cache (arrays have one entry per layer)."""

@@ -21,6 +21,8 @@ from .gguf_keys import Keys
 from .turboquant import KConfig
 
 K, V = Keys.KCache, Keys.VCache
+MAX_SINK = 64  # kvc_context_params.n_sink's limit
+DEFAULT_SINK = 1  # TurboQuant caches keep the first position exact unless told otherwise
 
 
 @dataclass
@@ -38,12 +40,15 @@ class CacheMeta:
     rope_pair_src: np.ndarray | None = None  # (layers, head_dim/2) int, folded layout
     v_mean: np.ndarray | None = None  # (layers, kv_heads, head_dim) float32
     profile_json: str | None = None
+    n_sink: int | None = None  # attention-sink positions kept in f16 by TurboQuant caches (None: runtime default)
 
     def add_to_gguf(self, w: gguf.GGUFWriter) -> None:
         w.add_string(Keys.KVConvert.LAYOUT, self.layout)
         w.add_uint64(Keys.KVConvert.ROTATION_SEED, self.seed)
         if self.profile_json:
             w.add_string(Keys.KVConvert.PROFILE, self.profile_json)
+        if self.n_sink is not None:
+            w.add_uint32(Keys.KVConvert.SINK_TOKENS, int(self.n_sink))
         w.add_string(K.TYPE, self.k_type)
         w.add_string(V.TYPE, self.v_type)
         if self.k_configs:
@@ -80,6 +85,11 @@ class CacheMeta:
                        seed=int(get(Keys.KVConvert.ROTATION_SEED, 0x6B7663)),
                        layout=get(Keys.KVConvert.LAYOUT, "portable"), k_mean_folded=bool(get(K.MEAN_FOLDED, False)),
                        profile_json=get(Keys.KVConvert.PROFILE))
+            sink = get(Keys.KVConvert.SINK_TOKENS)
+            if sink is not None:
+                meta.n_sink = int(sink)
+                if not 0 <= meta.n_sink <= MAX_SINK:
+                    raise ValueError(f"sink_tokens {meta.n_sink} outside 0..{MAX_SINK}")
             if meta.layout not in ("portable", "folded"):
                 raise ValueError(f"unknown layout {meta.layout!r}")
             if meta.k_type == "tq":

@@ -24,11 +24,18 @@ import numpy as np
 from .atomic import atomic_path
 from .config import ModelArgs
 from .errors import InputError
+from .kvmeta import DEFAULT_SINK, MAX_SINK
 from .turboquant import KConfig
 
 PROFILE_SCHEMA = 1
 POLICY_SCHEMA = 1
 STANDARD_TYPES = ("f32", "f16", "q8_0", "q4_0")
+
+
+def sink_bits(n_sink: int, n_ctx: int) -> float:
+    """Extra bits per value of keeping n_sink positions in f16 besides their codes,
+    spread over a context of n_ctx tokens."""
+    return n_sink * 16.0 / n_ctx if n_ctx > 0 else 0.0
 
 
 @dataclass(frozen=True)
@@ -106,6 +113,7 @@ class Profile:
     policy: str = ""
     provenance: dict = field(default_factory=dict)  # model, text, text_sha256, tokens, calibration
     measured: dict = field(default_factory=dict)  # k_bpv, v_bpv, kld, ppl, ppl_f16, top1, text, ctx, chunks
+    sink_tokens: int = 0  # leading positions TurboQuant caches also keep in f16 (attention sinks)
     schema: int = PROFILE_SCHEMA
 
     def k_configs(self) -> list[KConfig] | None:
@@ -114,19 +122,25 @@ class Profile:
     def v_configs(self) -> list[KConfig] | None:
         return [KConfig.parse(s, self.model.head_dim) for s in self.v_layers] if self.v_type == "tq" else None
 
-    def bits(self) -> tuple[float, float]:
-        """Mean K and V bits per value over layers (all overheads counted)."""
+    def bits(self, n_ctx: int | None = None) -> tuple[float, float]:
+        """Mean K and V bits per value over layers (all overheads counted); with n_ctx,
+        the f16 sink positions are spread over a context of n_ctx tokens too."""
         def mean(kind: str, cfgs) -> float:
             if cfgs is not None:
-                return float(np.mean([c.bits_per_value() for c in cfgs]))
+                sink = sink_bits(self.sink_tokens, n_ctx) if n_ctx else 0.0
+                return float(np.mean([c.bits_per_value() for c in cfgs]) + sink)
             return {"f32": 32.0, "f16": 16.0, "q8_0": 8.5, "q4_0": 4.5}[kind]
         return mean(self.k_type, self.k_configs()), mean(self.v_type, self.v_configs())
+
+    def budget_bits(self) -> tuple[float, float]:
+        """bits() as the search's budget counts them: sinks spread over the calibration context."""
+        return self.bits(self.measured.get("bpv_n_ctx"))
 
     def to_json(self) -> dict:
         return {"schema": self.schema, "kind": "profile", "name": self.name, "policy": self.policy,
                 "model": asdict(self.model), "k": {"type": self.k_type, "layers": self.k_layers},
                 "v": {"type": self.v_type, "layers": self.v_layers}, "transforms": self.transforms.to_json(),
-                "provenance": self.provenance, "measured": self.measured}
+                "sink_tokens": self.sink_tokens, "provenance": self.provenance, "measured": self.measured}
 
     def save(self, path: str | os.PathLike) -> Path:
         path = Path(path)
@@ -144,7 +158,9 @@ class Profile:
                        k_layers=list(obj["k"].get("layers") or []), v_layers=list(obj["v"].get("layers") or []),
                        transforms=Transforms.from_json(obj.get("transforms") or {}, shape),
                        policy=str(obj.get("policy", "")), provenance=dict(obj.get("provenance") or {}),
-                       measured=dict(obj.get("measured") or {}))
+                       measured=dict(obj.get("measured") or {}), sink_tokens=int(obj.get("sink_tokens", 0)))
+            if not 0 <= prof.sink_tokens <= MAX_SINK:
+                raise ValueError(f"sink_tokens {prof.sink_tokens} outside 0..{MAX_SINK}")
             for kind, layers in (("k", prof.k_layers), ("v", prof.v_layers)):
                 t = getattr(prof, f"{kind}_type")
                 if t != "tq" and t not in STANDARD_TYPES:
@@ -167,9 +183,10 @@ class Policy:
     v_budget: float | None  # None: V stays f16
     k_bits: tuple[int, ...] = (3, 4, 5, 6)
     v_bits: tuple[int, ...] = (3, 4, 5, 6)
-    splits: bool = True  # also try outlier-pair splits (hi group = d/4 highest-energy pairs)
+    splits: bool = True  # also try outlier-pair splits (hi group = the d/8, d/4 or d/2 highest-energy channels)
     qjl: bool = False  # also try QJL on the lo group
     smoothing: bool = True
+    sink_tokens: int = DEFAULT_SINK  # leading positions kept in f16; counted in the budgets at the calibration context
     schema: int = POLICY_SCHEMA
 
     @classmethod
@@ -185,6 +202,10 @@ class Policy:
             for k in ("splits", "qjl", "smoothing"):
                 if k in obj:
                     kw[k] = bool(obj[k])
+            if "sink_tokens" in obj:
+                kw["sink_tokens"] = int(obj["sink_tokens"])
+                if not 0 <= kw["sink_tokens"] <= MAX_SINK:
+                    raise ValueError(f"sink_tokens {kw['sink_tokens']} outside 0..{MAX_SINK}")
             pol = cls(**kw)
             if not 1.0 < float(pol.k_budget) <= 16:
                 raise ValueError(f"k_budget {pol.k_budget} outside (1, 16]")

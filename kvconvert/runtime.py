@@ -17,6 +17,7 @@ import numpy as np
 from ._native import NativeError, check, ffi, lib  # noqa: F401  (ffi re-exported for tests)
 from .errors import InputError
 from .gguf_io import tensor_map
+from .kvmeta import DEFAULT_SINK
 from .model import ROPE_FREQS, ModelSource, load_model
 from .rope import inv_freq
 
@@ -62,6 +63,9 @@ class ContextParams:
     k_perm: np.ndarray | None = field(default=None, compare=False)  # (layers, head_dim) post-RoPE channel order
     k_mean_folded: bool = False  # the weights already subtract k_mean (folded layout): correction only
     v_mean: np.ndarray | None = field(default=None, compare=False)  # (layers, kv heads, head_dim): V centering
+    # TurboQuant caches: leading positions also kept in f16 and used exactly (attention
+    # sinks). None: what the GGUF's metadata says, else kvmeta.DEFAULT_SINK.
+    n_sink: int | None = None
 
     def resolved_threads(self) -> int:
         return self.n_threads if self.n_threads > 0 else (os.cpu_count() or 1)
@@ -210,6 +214,8 @@ class Model:
                     kw["k_perm"] = meta.k_perm
             else:
                 kw["type_k"] = meta.k_type
+        if params.n_sink is None:
+            kw["n_sink"] = meta.n_sink if meta is not None and meta.n_sink is not None else DEFAULT_SINK
         if params.type_v == "auto":
             if meta is not None and meta.v_type == "tq":
                 kw.update(type_v="tq", tq_v_layers=tuple(meta.v_configs))
@@ -244,6 +250,7 @@ class Context:
         if center and params.k_mean is not None:
             p.k_mean = self._per_head(params.k_mean, "K mean")
         p.k_mean_folded = int(params.k_mean_folded)
+        p.n_sink = params.n_sink or 0
         if params.v_mean is not None:
             p.v_mean = self._per_head(params.v_mean, "V mean")
         out = ffi().new("kvc_context **")

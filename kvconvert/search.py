@@ -1,15 +1,18 @@
 """Search (DESIGN §5): per-layer K and V cache configs under a bits budget.
 
 1. Candidates per layer: uniform TurboQuant b bits, outlier splits (hi group =
-   the d/4 channels of the highest-energy RoPE pairs), optionally QJL, each with
+   the d/8, d/4 or d/2 channels of the highest-energy RoPE pairs), optionally QJL, each with
    and without K→Q smoothing; K is always mean-centered (exact, DESIGN §2).
 2. Proxy error per candidate, measured by replaying the calibration windows
    through the numpy twin of the cache (turboquant.py): K — mean KL divergence
    between softmax(q·k/√d) with exact and with quantized keys, over every causal
-   query, head and window; V — relative error of the attention output.
+   query, head and window; V — relative error of the attention output. The
+   policy's sink positions (the first of each window) stay exact, as the
+   runtime keeps them (kv_cache.c: one attention sink moves whole rows).
 3. Allocation: the per-layer choice minimising the summed proxy error with mean
    bits per value ≤ budget (exact multiple-choice knapsack on the layer bit
-   costs, all overheads counted).
+   costs, all overheads counted — the f16 sinks spread over the calibration
+   context too).
 4. End-to-end check of the winner on held-out text: KLD, top-1 agreement and
    PPL against the f16-cache run of the same converted file.
 """
@@ -27,7 +30,7 @@ import numpy as np
 from . import turboquant as tq
 from .calibrate import Calibration
 from .errors import InputError
-from .profile import ModelShape, Policy, Profile, Transforms, load_profile
+from .profile import ModelShape, Policy, Profile, Transforms, load_profile, sink_bits
 from .progress import ProgressFn, check_cancel
 from .rope import apply_rope
 from .runtime import TQ_SEED as SEED
@@ -110,8 +113,8 @@ def pair_channels(order: np.ndarray) -> np.ndarray:
 class _Layer:
     """Post-RoPE windows of one layer, ready for replaying candidate caches."""
 
-    def __init__(self, cal: Calibration, layer: int, scales: np.ndarray, order: np.ndarray):
-        self.cal, self.l = cal, layer
+    def __init__(self, cal: Calibration, layer: int, scales: np.ndarray, order: np.ndarray, n_sink: int = 0):
+        self.cal, self.l, self.n_sink = cal, layer, n_sink
         W, _, T, H, d = cal.win_q.shape
         Hk = cal.n_head_kv
         self.rep, self.d, self.T = H // Hk, d, T
@@ -144,7 +147,9 @@ class _Layer:
     def k_error(self, o: Option) -> float:
         q, k = self._keys(o.smooth, o.center)
         k_hat = tq.decode(tq.encode(k.astype(np.float32), o.cfg, SEED, self.l), o.cfg, SEED, self.l)
-        err = _scores(q, k_hat.astype(np.float32) - k.astype(np.float32)) / np.float32(np.sqrt(self.d))
+        dk = k_hat.astype(np.float32) - k.astype(np.float32)
+        dk[:, :self.n_sink] = 0  # sink positions are kept exactly (windows start a sequence)
+        err = _scores(q, dk) / np.float32(np.sqrt(self.d))
         logq = _log_softmax(np.where(self.mask, self.scores + err, -np.inf))
         kl = (self.weights * (self.logp - np.where(self.mask, logq, 0))).sum(-1)
         return float(kl.mean())
@@ -153,6 +158,7 @@ class _Layer:
         mu = self.cal.v_mean[self.l] if center else 0
         vc = (self.v - mu).astype(np.float32)
         v_hat = tq.decode(tq.encode(vc, cfg, SEED, self.l), cfg, SEED, self.l)
+        v_hat[:, :self.n_sink] = vc[:, :self.n_sink]
         out, diff = _mix(self.weights, self.v.astype(np.float32)), _mix(self.weights, v_hat - vc)
         return float((diff.astype(np.float64) ** 2).sum() / max((out.astype(np.float64) ** 2).sum(), 1e-30))
 
@@ -180,16 +186,17 @@ def _log_softmax(x: np.ndarray) -> np.ndarray:
 
 
 def k_configs(policy: Policy, d: int) -> list[tq.KConfig]:
-    """Candidate K configs: uniform b bits, splits (d/4 hi channels at b+1 or b+2 bits), QJL variants."""
-    hi = d // 4
+    """Candidate K configs: uniform b bits; splits (the d/8, d/4 or d/2 channels of the
+    highest-energy pairs at b+1 or b+2 bits, the rest at b); QJL variants."""
     cfgs = [tq.KConfig(d=d, lo_bits=b, hi_bits=b) for b in policy.k_bits]
     if policy.splits:
-        cfgs += [tq.KConfig(d=d, n_hi=hi, hi_bits=b + dh, lo_bits=b)
+        cfgs += [tq.KConfig(d=d, n_hi=hi, hi_bits=b + dh, lo_bits=b) for hi in (d // 8, d // 4, d // 2)
                  for b in policy.k_bits for dh in (1, 2) if b + dh <= tq.MAX_BITS and b <= tq.MAX_LO_BITS]
     if policy.qjl:
         cfgs += [tq.KConfig(d=d, lo_bits=b, hi_bits=b, qjl_lo=True, qjl_hi=True) for b in policy.k_bits if b >= 2]
         if policy.splits:
-            cfgs += [tq.KConfig(d=d, n_hi=hi, hi_bits=b + 2, lo_bits=b, qjl_lo=True) for b in policy.k_bits if b >= 2]
+            cfgs += [tq.KConfig(d=d, n_hi=d // 4, hi_bits=b + 2, lo_bits=b, qjl_lo=True)
+                     for b in policy.k_bits if b >= 2]
     return list(dict.fromkeys(cfgs))
 
 
@@ -271,7 +278,7 @@ def search(calib: Calibration | str | os.PathLike, *, policy: str | Policy = DEF
     done = 0
     for l in range(L):
         check_cancel(cancel)
-        lay = _Layer(cal, l, scales, order)
+        lay = _Layer(cal, l, scales, order, pol.sink_tokens)
         errs = {}
         smooth = False
         if pol.smoothing:  # smoothing on for the layer if it lowers the error of the probe config
@@ -296,13 +303,14 @@ def search(calib: Calibration | str | os.PathLike, *, policy: str | Policy = DEF
                     progress(done, steps, f"layer {l + 1}/{L}: V {cfg.spec()}")
         v_err.append(verrs)
         del lay
-    k_pick = allocate([[o.bits for o in opts] for opts in k_opts],
+    sink = sink_bits(pol.sink_tokens, cal.n_ctx)  # the f16 sinks are part of the budget at the calibration context
+    k_pick = allocate([[o.bits + sink for o in opts] for opts in k_opts],
                       [[e[_label(o)] for o in opts] for e, opts in zip(k_err, k_opts)], pol.k_budget)
     k_choice = [opts[i] for opts, i in zip(k_opts, k_pick)]
     v_choice: list[tuple[tq.KConfig, bool]] = []
     if v_cfgs:
         v_list = [(c, ctr) for c in v_cfgs for ctr in (False, True)]
-        v_pick = allocate([[c.bits_per_value() for c, _ in v_list]] * L,
+        v_pick = allocate([[c.bits_per_value() + sink for c, _ in v_list]] * L,
                           [[e[c.spec() + ("+center" if ctr else "")] for c, ctr in v_list] for e in v_err],
                           pol.v_budget)
         v_choice = [v_list[i] for i in v_pick]
@@ -332,20 +340,22 @@ def _profile(cal: Calibration, pol: Policy, k_choice: list[Option], v_choice, sc
                    v_layers=[c.spec() for c, _ in v_choice], transforms=tr, policy=pol.name,
                    provenance={"model": cal.model, "fingerprint": cal.fingerprint, "text": cal.text_source,
                                "text_sha256": cal.text_sha256, "tokens": cal.n_tokens, "n_ctx": cal.n_ctx,
-                               "calibration": str(cal.path) if cal.path else None})
-    kb, vb = prof.bits()
-    prof.measured = {"k_bpv": round(kb, 4), "v_bpv": round(vb, 4)}
+                               "calibration": str(cal.path) if cal.path else None},
+                   sink_tokens=pol.sink_tokens)
+    kb, vb = prof.bits(cal.n_ctx)
+    prof.measured = {"k_bpv": round(kb, 4), "v_bpv": round(vb, 4), "bpv_n_ctx": cal.n_ctx}
     return prof
 
 
 def _uniform_candidates(cal, pol, k_err, k_choice: list[Option], prof: Profile) -> list[Candidate]:
     """The chosen profile first, then uniform K configs for comparison (proxy errors summed over layers)."""
-    kb, vb = prof.bits()
+    kb, vb = prof.bits(cal.n_ctx)
     rows = [Candidate(prof.name, kb, vb, sum(e[_label(o)] for e, o in zip(k_err, k_choice)))]
     for b in pol.k_bits:
         cfg = tq.KConfig(d=cal.head_dim, lo_bits=b, hi_bits=b)
         err = sum(e.get(_label(Option(cfg)), e.get(_label(Option(cfg, True)), np.nan)) for e in k_err)
-        rows.append(Candidate(f"uniform tq{b} K", cfg.bits_per_value(), vb, err))
+        rows.append(Candidate(f"uniform tq{b} K", cfg.bits_per_value() + sink_bits(pol.sink_tokens, cal.n_ctx), vb,
+                              err))
     return rows
 
 

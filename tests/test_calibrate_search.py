@@ -5,12 +5,13 @@ SmolLM2 (quality, in test_real_profiles)."""
 from __future__ import annotations
 
 import itertools
+import json
 import threading
 
 import numpy as np
 import pytest
 
-from kvconvert import convert
+from kvconvert import convert, turboquant as tq
 from kvconvert.calibrate import Calibration, calibrate
 from kvconvert.errors import InputError
 from kvconvert.model import load_model
@@ -207,8 +208,10 @@ def test_search_tiny_profile_applies(tiny_models, tiny_cal, tmp_path):
     pol = Policy(name="t", description="test", k_budget=4.5, v_budget=4.5, k_bits=(3, 4, 5), v_bits=(3, 4, 5))
     res = search(tiny_cal, policy=pol, check=True, n_chunks=1)
     prof = res.profile
-    kb, vb = prof.bits()
+    kb, vb = prof.bits(tiny_cal.n_ctx)  # the f16 sink position counted at the calibration context
     assert kb <= 4.5 + 1e-9 and vb <= 4.5 + 1e-9
+    assert prof.sink_tokens == pol.sink_tokens == 1 and kb == pytest.approx(prof.bits()[0] + 16 / tiny_cal.n_ctx)
+    assert prof.measured["k_bpv"] == pytest.approx(kb, abs=1e-4)
     assert {"kld", "ppl", "ppl_f16", "top1"} <= set(prof.measured)
     assert res.candidates[0].proxy_error <= min(c.proxy_error for c in res.candidates[1:] if c.k_bpv <= kb)
     # more bits, less error (per layer, uniform configs)
@@ -217,9 +220,10 @@ def test_search_tiny_profile_applies(tiny_models, tiny_cal, tmp_path):
         assert errs[0] > errs[1] > errs[2]
     path = prof.save(tmp_path / "p.json")
     back = load_profile(path)
-    assert back.k_layers == prof.k_layers and back.v_layers == prof.v_layers
+    assert back.k_layers == prof.k_layers and back.v_layers == prof.v_layers and back.sink_tokens == 1
     out = convert(tiny_models["qwen2-hd64"], tmp_path / "o.gguf", weights="f32", profile=path).output
     meta = Model(out).cache_meta
+    assert meta.n_sink == 1
     assert [c.spec() for c in meta.k_configs] == prof.k_layers
     assert [c.spec() for c in meta.v_configs] == prof.v_layers
 
@@ -247,6 +251,30 @@ def test_unknown_policy_and_bad_profile_files(tmp_path):
     assert {"balanced", "max-quality", "long-context"} <= set(shipped_names())
     for name in ("balanced", "max-quality", "long-context"):
         assert isinstance(load_profile(name), Policy)
+
+
+def test_proxy_keeps_sink_positions_exact(tiny_cal):
+    """The search proxy replays windows that start a sequence: its sink positions are
+    exact like the runtime's, so with every position a sink both errors vanish, and
+    one sink changes the K error."""
+    from kvconvert.search import Option, _Layer, pair_order, smoothing_scales
+
+    sc = smoothing_scales(tiny_cal)
+    order = pair_order(tiny_cal, sc)
+    cfg = tq.KConfig(d=tiny_cal.head_dim, lo_bits=2, hi_bits=2)
+    T = tiny_cal.win_k.shape[2]
+    errs = {n: _Layer(tiny_cal, 0, sc, order, n_sink=n) for n in (0, 1, T)}
+    assert abs(errs[T].k_error(Option(cfg))) <= 1e-7 and errs[T].v_error(cfg, True) == 0  # f32 log-softmax rounding
+    assert errs[0].k_error(Option(cfg)) > 1e-4 and errs[0].v_error(cfg, True) > 1e-3
+    assert errs[1].k_error(Option(cfg)) != errs[0].k_error(Option(cfg))
+
+
+def test_bad_sink_tokens_in_profile_files(tmp_path):
+    pol = load_profile("balanced").to_json()
+    bad = tmp_path / "p.json"
+    bad.write_text(json.dumps({**pol, "sink_tokens": 100}))
+    with pytest.raises(InputError, match="sink_tokens 100 outside 0..64"):
+        load_profile(bad)
 
 
 def test_budget_below_minimum(tiny_cal):
@@ -295,7 +323,7 @@ def test_shipped_calibrated_profiles_are_complete():
     for name in calibrated:
         prof = load_profile(name)
         pol = load_profile(prof.policy)
-        kb, vb = prof.bits()
+        kb, vb = prof.budget_bits()
         assert kb <= pol.k_budget + 1e-9 and vb <= pol.v_budget + 1e-9, name
         assert {"kld", "ppl", "ppl_f16", "top1", "chunks"} <= set(prof.measured), name
         assert prof.provenance["tokens"] > 0 and len(prof.provenance["text_sha256"]) == 64

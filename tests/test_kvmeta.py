@@ -25,18 +25,19 @@ def test_runtime_uses_file_cache_metadata(tiny_models, tmp_path):
     meta = CacheMeta(k_type="tq", v_type="tq", k_configs=configs, v_configs=[KConfig(d=64, lo_bits=4)] * 2,
                      k_perm=np.stack([rng.permutation(64) for _ in range(a.num_hidden_layers)]),
                      k_mean=rng.standard_normal((a.num_hidden_layers, a.num_key_value_heads, 64)).astype(np.float32),
-                     center_pairs=0, seed=1234)
+                     center_pairs=0, seed=1234, n_sink=3)
     out = tmp_path / "m.gguf"
     convert(src, out, weights="f32", kv_meta=meta)
     model = runtime.Model(out)
     back = model.cache_meta
-    assert back.k_configs == configs and back.seed == 1234
+    assert back.k_configs == configs and back.seed == 1234 and back.n_sink == 3
     np.testing.assert_array_equal(back.k_perm, meta.k_perm)
     np.testing.assert_array_equal(back.k_mean, meta.k_mean)
     auto = model.context(n_ctx=32)
     explicit = model.context(runtime.ContextParams(
         n_ctx=32, type_k="tq", type_v="tq", tq_k_layers=tuple(configs), tq_v_layers=tuple(meta.v_configs),
-        tq_seed=1234, k_center=True, k_mean=meta.k_mean, k_perm=meta.k_perm))
+        tq_seed=1234, k_center=True, k_mean=meta.k_mean, k_perm=meta.k_perm, n_sink=3))
+    assert auto.params.n_sink == 3
     plain = model.context(n_ctx=32, type_k="f16", type_v="f16")
     per_layer = [c.bits_per_value() * 64 / 8 + 4.25 * 64 / 8 for c in configs]
     assert auto.kv_bytes_per_token == a.num_key_value_heads * sum(per_layer)
@@ -47,6 +48,7 @@ def test_runtime_uses_file_cache_metadata(tiny_models, tmp_path):
         n_ctx=32, type_k="tq", type_v="tq", tq_k_layers=tuple(configs), tq_v_layers=tuple(meta.v_configs),
         tq_seed=1234, k_center=True, k_mean=meta.k_mean, k_perm=meta.k_perm[:, ::-1].copy()))
     assert not np.array_equal(shuffled.eval(TOKENS, all_logits=True), got)
+    assert not np.array_equal(model.context(n_ctx=32, n_sink=0).eval(TOKENS, all_logits=True), got)  # sinks used
     ref = plain.eval(TOKENS, all_logits=True)
     assert np.linalg.norm(got - ref) / np.linalg.norm(ref) < 0.3
     # the file still loads in llama.cpp (unknown kvconvert.* keys are ignored)
@@ -64,3 +66,14 @@ def test_bad_cache_metadata(tiny_models, tmp_path):
     convert(tiny_models["qwen2-hd64"], out, weights="f32", kv_meta=meta)
     with pytest.raises(InputError, match="bad.gguf.*not a permutation"):
         runtime.Model(out).context(n_ctx=16)
+
+
+def test_sink_default_without_metadata(tiny_ggufs):
+    """A file without kvconvert metadata: TurboQuant caches keep DEFAULT_SINK positions
+    exact unless told otherwise; n_sink=0 turns it off."""
+    from kvconvert.kvmeta import DEFAULT_SINK
+
+    model = runtime.Model(tiny_ggufs["llama-hd64-tied"])
+    assert model.cache_meta is None
+    assert model.context(n_ctx=16, type_k="tq4").params.n_sink == DEFAULT_SINK == 1
+    assert model.context(n_ctx=16, type_k="tq4", n_sink=0).params.n_sink == 0

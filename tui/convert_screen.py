@@ -73,7 +73,7 @@ class ConvertScreen(StepScreen):
             head.update(f"Model {escape(s.model)}, [b]no profile[/b]: the GGUF gets a plain f16 KV cache. "
                         "Choose a profile in step 4 for a compressed one.")
         else:
-            kb, vb = prof.bits()
+            kb, vb = prof.budget_bits()
             head.update(f"Model {escape(s.model)} with profile [b]{escape(prof.name)}[/b]: "
                         f"K {kb:.2f}, V {vb:.2f} bits per value.")
         out = self.query_one("#output", Input)

@@ -74,7 +74,7 @@ class EvaluateScreen(StepScreen):
             b = STANDARD_BITS[name]
             return b, b
         prof = self.session.profile
-        return prof.bits() if prof is not None else (16.0, 16.0)
+        return prof.budget_bits() if prof is not None else (16.0, 16.0)
 
     def show_results(self) -> None:
         t = self.query_one("#evals", DataTable)

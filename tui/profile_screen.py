@@ -153,7 +153,7 @@ class ProfileScreen(StepScreen):
         if prof is None:
             info.update("")
             return
-        kb, vb = prof.bits()
+        kb, vb = prof.budget_bits()
         m = prof.measured
         quality = ""
         if m.get("ppl") is not None:

@@ -27,7 +27,7 @@ def run(args: argparse.Namespace) -> int:
     depths = tuple(int(d) for d in args.depths.split(","))
     with tqdm_progress(unit="step") as progress:
         r = bench(args.model, depths=depths, n_prefill=args.prefill, n_decode=args.decode, type_k=args.ctk,
-                  type_v=args.ctv, n_threads=args.threads, progress=progress)
+                  type_v=args.ctv, n_threads=args.threads, n_sink=args.sink, progress=progress)
     if args.json:
         print(json.dumps(r.to_dict(), indent=2))
         return 0

@@ -23,6 +23,9 @@ def cache_arg(text: str) -> str:
 def add_cache_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ctk", type=cache_arg, default="auto", metavar="TYPE", help=CACHE_HELP.format("K"))
     p.add_argument("--ctv", type=cache_arg, default="auto", metavar="TYPE", help=CACHE_HELP.format("V"))
+    p.add_argument("--sink", type=int, default=None, metavar="N",
+                   help="TurboQuant caches: keep the first N positions (attention sinks) in f16 and use them "
+                        "exactly (default: the GGUF's kvconvert metadata, else 1; 0 turns it off)")
 
 
 def add_runtime_args(p: argparse.ArgumentParser, ctx_default: int = 4096) -> None:
@@ -71,7 +74,7 @@ def configure(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     model = Model(args.model)
     sampler = SamplerParams(args.temp, args.top_k, args.top_p, args.repeat_penalty, seed=args.seed)
-    ctx = ContextParams(n_ctx=args.ctx, type_k=args.ctk, type_v=args.ctv, n_threads=args.threads)
+    ctx = ContextParams(n_ctx=args.ctx, type_k=args.ctk, type_v=args.ctv, n_threads=args.threads, n_sink=args.sink)
     sys.stdout.write(args.prompt)
     for piece in generate(model, args.prompt, args.max_tokens, sampler, ctx):
         sys.stdout.write(piece)

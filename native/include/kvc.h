@@ -147,6 +147,10 @@ typedef struct {
     /* V mean (portable layout): v − v_mean is cached and v_mean added to the attention
      * output (exact: softmax weights sum to 1). NULL: no V centering. */
     const float *v_mean;      /* (n_layer, n_head_kv, head_dim) or NULL */
+    /* Attention sinks (TurboQuant caches only): the first n_sink positions of the
+     * context are also kept in f16 and used exactly — K scores from the f16 key,
+     * V through an f16 correction to its decoded value. 0: off. At most 64. */
+    int n_sink;
 } kvc_context_params;
 
 int kvc_context_create(kvc_model *model, const kvc_context_params *params, kvc_context **out,

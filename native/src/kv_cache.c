@@ -3,9 +3,17 @@
  *   q·R_n μ_j = cos(nθ_j)·(q_a μ_a + q_b μ_b) + sin(nθ_j)·(q_b μ_a − q_a μ_b)
  * where (a, b) are the pair's channels in the file's RoPE pairing. Only the
  * pairs holding most of μ's energy are centered, so the correction costs a few
- * multiply-adds per key. */
+ * multiply-adds per key.
+ *
+ * Attention sinks: the first token of a sequence typically draws a large share
+ * of every head's attention with a key far from the others (on Qwen2.5 its norm
+ * is ~3.5x the median), so its quantization error moves whole attention rows.
+ * With n_sink > 0 a TurboQuant cache also keeps positions < n_sink exactly:
+ * their K scores are recomputed from an fp16 copy of the cached key, and V adds
+ * an fp16 correction (value − decoded row) with the same attention weights. */
 #include "kv_cache.h"
 
+#include "quants.h"
 #include "util.h"
 
 #include <stdio.h>
@@ -104,6 +112,16 @@ int kv_init(kvc_context *c, const kvc_context_params *p, char *err, int err_len)
         int bs, ts;
         kvc_type_info(p->type_k, &bs, &ts, &c->k_vec_dot_type);
     }
+    if (p->n_sink < 0 || p->n_sink > 64)
+        return kvc_fail(err, err_len, KVC_ERR_INVALID, "n_sink must be 0..64, got %d", p->n_sink);
+    c->n_sink = (k_tq || v_tq) ? (p->n_sink < c->n_ctx ? p->n_sink : c->n_ctx) : 0;
+    if (c->n_sink) {
+        const size_t n = (size_t)L * Hk * c->n_sink * D;
+        if (k_tq && !(c->k_sink = calloc(n, sizeof(uint16_t))))
+            return kvc_fail(err, err_len, KVC_ERR_NOMEM, "out of memory");
+        if (v_tq && !(c->v_sink = calloc(n, sizeof(uint16_t))))
+            return kvc_fail(err, err_len, KVC_ERR_NOMEM, "out of memory");
+    }
     c->k_center = p->k_center != 0;
     c->k_center_pairs = p->k_center_pairs;
     c->k_mean_folded = p->k_mean_folded != 0;
@@ -152,7 +170,11 @@ void kv_free(kvc_context *c) {
     if (c->scratch)
         for (int i = 0; i < c->n_threads; i++) free(c->scratch[i].qp), free(c->scratch[i].corr), free(c->scratch[i].tq), free(c->scratch[i].scores2);
     free(c->kv), free(c->tq_k), free(c->tq_v), free(c->k_rb), free(c->v_rb), free(c->enc_tmp);
-    free(c->k_mean), free(c->k_pairs), free(c->rope_all), free(c->v_mean);
+    free(c->k_mean), free(c->k_pairs), free(c->rope_all), free(c->v_mean), free(c->k_sink), free(c->v_sink);
+}
+
+static inline uint16_t *sink_row(const kvc_context *c, uint16_t *base, int l, int h, int pos) {
+    return base + (((size_t)l * c->m->n_head_kv + h) * c->n_sink + pos) * c->m->head_dim;
 }
 
 static inline uint8_t *k_row(const kvc_context *c, int l, int h, int pos) {
@@ -203,6 +225,10 @@ void kv_store(kvc_context *c, int layer, int T) {
             }
             if (c->tq_k) {
                 const tq_layout *L = &c->tq_k[layer];
+                if (pos < c->n_sink) {
+                    uint16_t *ks = sink_row(c, c->k_sink, layer, h, pos);
+                    for (int i = 0; i < D; i++) ks[i] = kvc_fp32_to_fp16(k[i]);
+                }
                 if (L->perm) {
                     for (int i = 0; i < D; i++) tmp[i] = k[L->perm[i]];
                     k = tmp;
@@ -211,8 +237,17 @@ void kv_store(kvc_context *c, int layer, int T) {
             } else {
                 kvc_quantize_row(c->type_k, KVC_IMPL_AUTO, k, k_row(c, layer, h, pos), D);
             }
-            if (c->tq_v) tq_encode(&c->tq_v[layer], c->tq_scale_mode, v, v_row(c, layer, h, pos), scratch);
-            else kvc_quantize_row(c->type_v, KVC_IMPL_AUTO, v, v_row(c, layer, h, pos), D);
+            if (c->tq_v) {
+                tq_encode(&c->tq_v[layer], c->tq_scale_mode, v, v_row(c, layer, h, pos), scratch);
+                if (pos < c->n_sink) { /* correction = value − decoded row (scratch: 2D floats) */
+                    const float one = 1.0f;
+                    memset(scratch, 0, sizeof(float) * (size_t)D);
+                    tq_accum_ref(&c->tq_v[layer], &one, 1, 1, 1, 1, v_row(c, layer, h, pos), scratch);
+                    tq_unrotate(&c->tq_v[layer], scratch);
+                    uint16_t *vs = sink_row(c, c->v_sink, layer, h, pos);
+                    for (int i = 0; i < D; i++) vs[i] = kvc_fp32_to_fp16(v[i] - scratch[i]);
+                }
+            } else kvc_quantize_row(c->type_v, KVC_IMPL_AUTO, v, v_row(c, layer, h, pos), D);
         }
 }
 
@@ -241,6 +276,15 @@ void kv_scores(kvc_context *c, attn_scratch *s, int layer, int h, const float *q
             tq_prepare_query(L, qr, s->tq->qr + (size_t)i * D, s->tq->w + (size_t)i * D);
         }
         tq_score_for(KVC_IMPL_AUTO)(L, s->tq, nq, n_rep, n0, k_row(c, layer, h, 0), scores, ld);
+        for (int j = 0; j < c->n_sink && j < n0 + nt - 1; j++) { /* sinks: exact scores */
+            const uint16_t *ks = sink_row(c, c->k_sink, layer, h, j); /* (D) fp16 */
+            for (int i = tq_first_seeing(j, n_rep, n0); i < nq; i++) {
+                const float *qr = q + (size_t)(i / n_rep) * q_stride + (size_t)(i % n_rep) * D; /* (D) */
+                float acc = 0.0f;
+                for (int k = 0; k < D; k++) acc += qr[k] * kvc_fp16_to_fp32(ks[k]);
+                scores[(size_t)i * ld + j] = acc;
+            }
+        }
     } else {
         for (int t = 0; t < nt; t++) {
             const float *qt = q + (size_t)t * q_stride; /* (n_rep, D) */
@@ -290,6 +334,11 @@ void kv_values(kvc_context *c, attn_scratch *s, int layer, int h, const float *p
         tq_accum_for(KVC_IMPL_AUTO)(L, p, ld, nq, n_rep, n0, v_row(c, layer, h, 0), acc);
         for (int i = 0; i < nq; i++) {
             tq_unrotate(L, acc + (size_t)i * D);
+            for (int j = 0; j < c->n_sink && j < tq_visible(i, n_rep, n0); j++) { /* sinks: exact values */
+                const uint16_t *vs = sink_row(c, c->v_sink, layer, h, j); /* (D) fp16 */
+                const float pj = p[(size_t)i * ld + j];
+                for (int k = 0; k < D; k++) acc[(size_t)i * D + k] += pj * kvc_fp16_to_fp32(vs[k]);
+            }
             memcpy(out + (size_t)(i / n_rep) * out_stride + (size_t)(i % n_rep) * D, acc + (size_t)i * D,
                    sizeof(float) * (size_t)D);
         }

@@ -66,6 +66,10 @@ struct kvc_context {
     tq_layout *tq_k, *tq_v; /* (n_layer) when the cache type is KVC_CACHE_TQ */
     int tq_scale_mode;
     float *enc_tmp;      /* (4*D) encode scratch (caches are written by thread 0 only) */
+    /* attention sinks: positions < n_sink kept exactly besides their TurboQuant rows */
+    int n_sink;
+    uint16_t *k_sink;    /* fp16 (n_layer, Hk, n_sink, D) the cached key (centered, file channel order), TQ K only */
+    uint16_t *v_sink;    /* fp16 (n_layer, Hk, n_sink, D) value − its decoded TQ row, TQ V only */
     /* K mean-centering */
     int k_center, k_center_pairs, k_mean_ready, k_mean_folded;
     float *v_mean;       /* (n_layer, Hk, D) or NULL */
