@@ -6,6 +6,10 @@ TurboQuant/centering paths of the runtime on tiny models."""
 from __future__ import annotations
 
 import ctypes
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -133,12 +137,18 @@ def c_block(impl, cfg, keys, q, grp, n0, p):
 BLOCK_LAYOUTS = [tq.KConfig(64, lo_bits=4), tq.KConfig(96, lo_bits=2), tq.KConfig(40, lo_bits=3),
                  tq.KConfig(36, lo_bits=3),  # d % 8 != 0: the SIMD kernels fall back to the scalar twins
                  tq.KConfig(128, n_hi=32, hi_bits=8, lo_bits=3, qjl_hi=True),
-                 tq.KConfig(128, n_hi=64, hi_bits=6, lo_bits=4, qjl_hi=True, qjl_lo=True)]
+                 tq.KConfig(128, n_hi=64, hi_bits=6, lo_bits=4, qjl_hi=True, qjl_lo=True),
+                 # every code width's lookup in AVX-512 (1..4 one register, 5 two, 6 four, 7-8 gather,
+                 # 9-10 read one by one) and groups of m % 16 == 8 (a half last vector, QJL on it)
+                 tq.KConfig(64, lo_bits=5), tq.KConfig(48, lo_bits=1),
+                 tq.KConfig(64, n_hi=8, hi_bits=8, lo_bits=6, qjl_hi=True),
+                 tq.KConfig(72, n_hi=24, hi_bits=7, lo_bits=2, qjl_lo=True),
+                 tq.KConfig(48, n_hi=16, hi_bits=10, lo_bits=4), tq.KConfig(40, n_hi=24, hi_bits=9, lo_bits=5)]
 # (queries per token, tokens, keys seen by the first token): single queries and tokens,
-# blocks starting at key 0, row counts that are and are not multiples of 8, tiles that
-# straddle the causal edge
+# blocks starting at key 0, row counts that are and are not multiples of 8 and 16, tiles
+# (8 keys in AVX2, 16 in AVX-512) that straddle the causal edge
 BLOCK_SHAPES = [(1, 1, 1), (6, 1, 100), (6, 8, 1), (6, 8, 13), (3, 5, 37), (1, 48, 1), (2, 24, 9), (7, 3, 64),
-                (4, 9, 8)]
+                (4, 9, 8), (3, 12, 10)]
 
 
 @pytest.mark.parametrize("cfg", BLOCK_LAYOUTS, ids=lambda c: f"d{c.d}-{c.spec()}")
@@ -177,6 +187,29 @@ def test_block_kernels(cfg, grp, nt, n0):
             one, one_acc = c_block(impl, cfg, keys[:n0 + t], q[rows], grp, n0 + t, p[rows, :n0 + t])
             np.testing.assert_array_equal(one, got[rows, :n0 + t])
             np.testing.assert_array_equal(one_acc, acc[rows])
+
+
+def test_auto_dispatch_avx512_unless_forced(tmp_path):
+    """AUTO (what the runtime calls) runs the AVX-512 kernels on a CPU with them and the
+    AVX2 ones under KVC_FORCE_IMPL=avx2 (read once per process, hence subprocesses);
+    the two are told apart by their float summation order (bitwise different scores)."""
+    if not lib.kvc_cpu_impls() & (1 << 3):
+        pytest.skip("CPU without AVX-512")
+    rng = np.random.default_rng(3)
+    keys, q = rng.standard_normal((41, 64)).astype(np.float32), rng.standard_normal((14, 64)).astype(np.float32)
+    p = np.full((14, 41), 0.02, np.float32)
+    np.savez(tmp_path / "in.npz", keys=keys, q=q, p=p)
+    want = {impl: c_block(impl, tq.KConfig(64, lo_bits=4), keys, q, 7, 40, p) for impl in (2, 3)}
+    assert not np.array_equal(want[2][0], want[3][0], equal_nan=True)
+    code = ("import sys, numpy as np; from tests.test_tq_native import c_block, tq; d = np.load(sys.argv[1]); "
+            "s, a = c_block(0, tq.KConfig(64, lo_bits=4), d['keys'], d['q'], 7, 40, d['p']); np.savez(sys.argv[2], s=s, a=a)")
+    for force, impl in ((None, 3), ("avx2", 2)):
+        env = {k: v for k, v in os.environ.items() if k != "KVC_FORCE_IMPL"} | ({"KVC_FORCE_IMPL": force} if force else {})
+        subprocess.run([sys.executable, "-c", code, str(tmp_path / "in.npz"), str(tmp_path / "out.npz")], env=env,
+                       cwd=Path(__file__).resolve().parent.parent, check=True, timeout=300)
+        out = np.load(tmp_path / "out.npz")
+        np.testing.assert_array_equal(out["s"], want[impl][0], err_msg=str(force))
+        np.testing.assert_array_equal(out["a"], want[impl][1], err_msg=str(force))
 
 
 # ---- the runtime's TurboQuant and centering paths on tiny models ----

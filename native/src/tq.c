@@ -401,6 +401,12 @@ tq_score_fn tq_score_for(int impl) {
     if (impl == KVC_IMPL_NEON) return tq_score_neon;
     if (impl == KVC_IMPL_AUTO) return kvc_cpu_best_impl() == KVC_IMPL_NEON ? tq_score_neon : tq_score_ref;
 #endif
+#if defined(__x86_64__)
+    /* AVX-512 when asked for and present, or when AUTO resolves to it (KVC_FORCE_IMPL=avx2 gives AVX2) */
+    if (impl == KVC_IMPL_AUTO ? kvc_cpu_best_impl() == KVC_IMPL_AVX512
+                              : impl == KVC_IMPL_AVX512 && ((kvc_cpu_impls() >> KVC_IMPL_AVX512) & 1))
+        return tq_score_avx512;
+#endif
     if (impl == KVC_IMPL_AUTO) return auto_avx2() ? tq_score_avx2 : tq_score_ref;
     if (impl == KVC_IMPL_AVX2 || impl == KVC_IMPL_AVX512) return have_avx2() ? tq_score_avx2 : NULL;
     return NULL;
@@ -411,6 +417,11 @@ tq_accum_fn tq_accum_for(int impl) {
 #if defined(__aarch64__)
     if (impl == KVC_IMPL_NEON) return tq_accum_neon;
     if (impl == KVC_IMPL_AUTO) return kvc_cpu_best_impl() == KVC_IMPL_NEON ? tq_accum_neon : tq_accum_ref;
+#endif
+#if defined(__x86_64__)
+    if (impl == KVC_IMPL_AUTO ? kvc_cpu_best_impl() == KVC_IMPL_AVX512
+                              : impl == KVC_IMPL_AVX512 && ((kvc_cpu_impls() >> KVC_IMPL_AVX512) & 1))
+        return tq_accum_avx512;
 #endif
     if (impl == KVC_IMPL_AUTO) return auto_avx2() ? tq_accum_avx2 : tq_accum_ref;
     if (impl == KVC_IMPL_AVX2 || impl == KVC_IMPL_AVX512) return have_avx2() ? tq_accum_avx2 : NULL;

@@ -1,6 +1,6 @@
 /* tq.h — TurboQuant KV-cache rows (DESIGN §4): layout of a head row, encode,
- * and the scalar scoring/accumulation kernels; SIMD variants in cpu/tq_avx2.c
- * and cpu/tq_neon.c.
+ * and the scalar scoring/accumulation kernels; SIMD variants in cpu/tq_avx2.c,
+ * cpu/tq_avx512.c and cpu/tq_neon.c.
  *
  * A head row is the concatenation of its groups; a group of m channels with
  * b-bit codes is laid out as
@@ -74,6 +74,13 @@ void tq_accum_ref(const tq_layout *L, const float *p, int ldp, int nq, int grp, 
                   float *acc);
 tq_score_fn tq_score_for(int impl);
 tq_accum_fn tq_accum_for(int impl);
+#if defined(__x86_64__)
+/* cpu/tq_avx512.c (AVX-512 F/BW/VL/DQ; chosen for KVC_IMPL_AVX512); pure functions over their arguments */
+void tq_score_avx512(const tq_layout *L, const tq_query *q, int nq, int grp, int n0, const uint8_t *rows, float *out,
+                     int ldo);
+void tq_accum_avx512(const tq_layout *L, const float *p, int ldp, int nq, int grp, int n0, const uint8_t *rows,
+                     float *acc);
+#endif
 #if defined(__aarch64__)
 /* cpu/tq_neon.c (NEON is on every aarch64 CPU); pure functions over their arguments */
 void tq_score_neon(const tq_layout *L, const tq_query *q, int nq, int grp, int n0, const uint8_t *rows, float *out,
