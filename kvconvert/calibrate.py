@@ -217,34 +217,53 @@ def runtime_gguf(src: ModelSource, progress: ProgressFn | None = None, cancel=No
 
 
 def generate_text(model, n_tokens: int, n_ctx: int, seed: int = 0, progress: ProgressFn | None = None,
-                  cancel: threading.Event | None = None) -> list[list[int]]:
+                  cancel: threading.Event | None = None, batch: int = len(SEED_PROMPTS)) -> list[list[int]]:
     """Data-free calibration text: sequences of up to n_ctx tokens the model writes from SEED_PROMPTS
-    (temperature 0.8, top-p 0.95, repetition penalty 1.1), until n_tokens are collected."""
-    from .generate import SamplerParams, generate_tokens
+    (temperature 0.8, top-p 0.95, repetition penalty 1.1), until n_tokens are collected.
+
+    Sequence i starts from seed prompt i mod 12 with sampler seed ``seed + i`` and may
+    write what the text still misses (at most n_ctx tokens with its prompt, at least 9
+    new ones); a sequence the model ends within 8 tokens of its prompt is dropped. Up to
+    ``batch`` sequences are written at once (generate.BatchDecoder: one decode batch per
+    step), the next one starting as soon as one ends; sequences are returned in order of i."""
+    from .generate import BatchDecoder, SamplerParams
     from .runtime import ContextParams
 
-    seqs: list[list[int]] = []
-    total, i = 0, 0
-    while total < n_tokens:
+    prompts = [model.tokenize(p)[: n_ctx // 2] for p in SEED_PROMPTS]
+    params = ContextParams(n_ctx=n_ctx, n_batch=min(n_ctx, max(batch, *map(len, prompts))), type_k="f16",
+                           type_v="f16")
+    dec = BatchDecoder(model, params)
+    kept: dict[int, list[int]] = {}
+    running: dict[int, tuple[list[int], int, int]] = {}  # id -> (tokens so far, prompt length, planned length)
+    total, i, made = 0, 0, 0
+    while True:
         check_cancel(cancel)
-        prompt = model.tokenize(SEED_PROMPTS[i % len(SEED_PROMPTS)])[: n_ctx // 2]
-        sampler = SamplerParams(temperature=0.8, top_p=0.95, repeat_penalty=1.1, seed=seed + i)
-        seq = list(prompt)
-        want = min(n_ctx, len(prompt) + n_tokens - total)
-        for tok in generate_tokens(model, prompt, max(want - len(prompt), 1), sampler,
-                                   ContextParams(n_ctx=n_ctx, n_batch=min(n_ctx, 512), type_k="f16", type_v="f16")):
-            seq.append(tok)
-            if len(seq) % 32 == 0:
+        while len(running) < batch and total + sum(r[2] for r in running.values()) < n_tokens:
+            if i > 8 * len(SEED_PROMPTS) + n_tokens // 8:
+                raise InputError(f"{model.path}: the model stops generating almost at once; "
+                                 "calibrate with --text FILE")
+            prompt = prompts[i % len(prompts)]
+            missing = n_tokens - total - sum(r[2] for r in running.values())
+            new = max(min(n_ctx, len(prompt) + missing) - len(prompt), 9)  # at least enough to be kept
+            sampler = SamplerParams(temperature=0.8, top_p=0.95, repeat_penalty=1.1, seed=seed + i)
+            running[dec.add(prompt, new, sampler)] = (list(prompt), len(prompt), len(prompt) + new)
+            i += 1
+        if not running:
+            break
+        tokens, finished = dec.step()
+        for sid, tok in tokens:
+            running[sid][0].append(tok)
+            made += 1
+            if made % 32 == 0:
                 check_cancel(cancel)
                 if progress:
-                    progress(total + len(seq), n_tokens, "generating calibration text")
-        if len(seq) > len(prompt) + 8:
-            seqs.append(seq)
-            total += len(seq)
-        i += 1
-        if i > 8 * len(SEED_PROMPTS) + n_tokens // 8:
-            raise InputError(f"{model.path}: the model stops generating almost at once; calibrate with --text FILE")
-    return seqs
+                    progress(total + sum(len(r[0]) for r in running.values()), n_tokens, "generating calibration text")
+        for sid in finished:
+            seq, n_prompt, _ = running.pop(sid)
+            if len(seq) > n_prompt + 8:
+                kept[sid] = seq
+                total += len(seq)
+    return [kept[k] for k in sorted(kept)]
 
 
 def _chunks(model, text: str | None, tokens: int, n_ctx: int, holdout: int, progress, cancel) -> tuple[list, str, str]:
@@ -265,8 +284,14 @@ def _chunks(model, text: str | None, tokens: int, n_ctx: int, holdout: int, prog
     return chunks[:need], "user text", hashlib.sha256(text.encode()).hexdigest()
 
 
+# Version of generate_text's output, part of the cache file name: text cached by an older
+# version is not reused (v2: up to 12 sequences written at once with batched decode,
+# each new one budgeted on what the running ones may still write).
+GEN_VERSION = 2
+
+
 def _cached_generation(model, n_tokens: int, n_ctx: int, progress, cancel) -> list[list[int]]:
-    path = cache_dir() / "calibration" / f"gen-{fingerprint(model.source)}-{n_tokens}-{n_ctx}.json"
+    path = cache_dir() / "calibration" / f"gen-v{GEN_VERSION}-{fingerprint(model.source)}-{n_tokens}-{n_ctx}.json"
     if path.exists():
         try:
             return json.loads(path.read_text())["sequences"]
@@ -275,7 +300,7 @@ def _cached_generation(model, n_tokens: int, n_ctx: int, progress, cancel) -> li
     seqs = generate_text(model, n_tokens, n_ctx, progress=progress, cancel=cancel)
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps({"schema": 1, "sequences": seqs}))
+        tmp.write_text(json.dumps({"schema": GEN_VERSION, "sequences": seqs}))
     return seqs
 
 

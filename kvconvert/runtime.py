@@ -338,3 +338,22 @@ class Context:
         if status != 0:
             raise NativeError(f"eval: {f.string(lib().kvc_context_error(self._ptr)).decode(errors='replace')}")
         return out if all_logits else out[0]
+
+
+def eval_multi(contexts: list[Context], tokens: list[int]) -> np.ndarray:
+    """Append tokens[i] to contexts[i] for every i, evaluated as one batch (kvc_eval_multi:
+    each weight row is read once for all the sequences); logits (n, vocab), row i for
+    contexts[i]. The contexts must be distinct, of one model, and at most contexts[0]'s
+    n_batch; a failed call (NativeError) appends nothing to any of them."""
+    toks = np.ascontiguousarray(tokens, dtype=np.int32)
+    if toks.ndim != 1 or toks.size == 0 or toks.size != len(contexts):
+        raise ValueError(f"one token per context: {len(contexts)} contexts, tokens of shape {toks.shape}")
+    lead = contexts[0]
+    out = np.empty((toks.size, lead.n_vocab), dtype=np.float32)
+    f = ffi()
+    ptrs = f.new("kvc_context *[]", [c._ptr for c in contexts])
+    status = lib().kvc_eval_multi(ptrs, toks.size, f.cast("int *", f.from_buffer(toks)),
+                                  f.cast("float *", f.from_buffer(out)))
+    if status != 0:
+        raise NativeError(f"eval_multi: {f.string(lib().kvc_context_error(lead._ptr)).decode(errors='replace')}")
+    return out

@@ -161,6 +161,16 @@ void kvc_context_free(kvc_context *ctx);
  * cache. logits: (n, n_vocab) if all_logits else (n_vocab) for the last token;
  * may be NULL. Fails with KVC_ERR_CONTEXT_FULL past n_ctx (nothing appended). */
 int kvc_eval(kvc_context *ctx, const int *tokens, int n, float *logits, int all_logits);
+/* Batched decode of independent sequences: append tokens[i] to ctxs[i] (at its own
+ * position n_past) for i < n, as one batch of n rows through every weight product,
+ * so each weight row is read once for all of them. ctxs: (n) distinct contexts of the
+ * same model, n <= ctxs[0]'s n_batch; each keeps its own cache, cache types and K
+ * centering. ctxs[0]'s thread pool runs everything (attention on as many threads as
+ * the fewest-threaded context has). logits: (n, n_vocab), row i for ctxs[i], or NULL.
+ * Errors (message in kvc_context_error(ctxs[0])): KVC_ERR_INVALID for a NULL, repeated
+ * or other-model context, n out of range or a bad token id; KVC_ERR_CONTEXT_FULL if
+ * any context is full. A failed call appends nothing to any context. */
+int kvc_eval_multi(kvc_context **ctxs, int n, const int *tokens, float *logits);
 int kvc_n_past(const kvc_context *ctx);
 /* Calibration capture: during each later kvc_eval batch of T tokens, every layer's
  * projections (after bias, before centering and RoPE) are copied to

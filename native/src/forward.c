@@ -1,4 +1,4 @@
-/* forward.c — the transformer forward pass behind kvc_eval.
+/* forward.c — the transformer forward pass behind kvc_eval and kvc_eval_multi.
  *
  * Per layer: RMSNorm → Q/K/V projections (+bias) → RoPE → append K/V to the
  * cache → causal GQA attention → output projection → residual; RMSNorm →
@@ -8,10 +8,18 @@
  * scores a group of query heads against its KV head's cached keys with the
  * same GEMM kernel, so K in q8_0/q4_0 is scored with integer dot products;
  * TurboQuant caches take a block of query tokens per work item instead, so
- * that each cached row is decoded once per block rather than once per token. */
+ * that each cached row is decoded once per block rather than once per token.
+ *
+ * A batch is a list of segments: consecutive rows that belong to one context.
+ * kvc_eval runs one segment (its own context); kvc_eval_multi runs one row per
+ * context, so that independent sequences decode as one GEMM batch and every
+ * weight row is read once per step for all of them. The lead context's buffers
+ * and thread pool run the weight products; each segment's context keeps its own
+ * positions, K centering, cache and attention scratch. */
 #include <math.h>
 #include <stdatomic.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "kv_cache.h"
@@ -79,7 +87,7 @@ static void matmul(kvc_context *c, int T, const float *x, long long n, int count
                 bufs[n_types] = (const uint8_t *)x;
             } else {
                 quant_task q = {vdt, T, n, x, c->aq[n_types]};
-                if (T < 8)
+                if (T < 32) /* a decode batch: cheaper than a pool run */
                     quant_run(&q, 0, 1);
                 else
                     kvc_pool_run(c->pool, quant_run, &q);
@@ -129,18 +137,29 @@ static void rope_apply(const kvc_model *m, const int *src, int T, int n_heads, f
         }
 }
 
+/* ---- batches of segments ---- */
+
+/* Rows [row, row + T) of the batch belong to context c. */
+typedef struct {
+    kvc_context *c;
+    int row, T;
+    /* attention work items of this segment: tb query tokens per item (0: one token per
+     * item, non-TurboQuant caches), n_blocks items per KV head, numbered from item0 */
+    int tb, n_blocks, item0;
+} segment;
+
 /* ---- attention ---- */
 
 typedef struct {
-    kvc_context *c;
-    int layer, T;
-    int tb, n_blocks; /* TurboQuant: query tokens per work item, items per KV head; tb 0: one token each */
-    atomic_int next;  /* TurboQuant: next work item */
+    const segment *segs; /* (n_seg) */
+    int n_seg, layer, n_items;
+    int nth;             /* threads ith >= nth stay idle: every context has scratch for nth threads */
+    atomic_int next;     /* next work item */
 } attn_task;
 
-/* Causal attention of query tokens t0..t1-1 of KV head h (all n_rep query heads). */
-static void attn_block(attn_task *at, attn_scratch *s, int h, int t0, int t1) {
-    kvc_context *c = at->c;
+/* Causal attention of query tokens t0..t1-1 of KV head h (all n_rep query heads) of
+ * context c, whose q/att buffers hold its segment's rows. */
+static void attn_block(kvc_context *c, int layer, attn_scratch *s, int h, int t0, int t1) {
     const kvc_model *m = c->m;
     const int D = m->head_dim, Hk = m->n_head_kv, n_rep = m->n_head / Hk;
     const size_t QD = (size_t)m->n_head * D;
@@ -148,48 +167,54 @@ static void attn_block(attn_task *at, attn_scratch *s, int h, int t0, int t1) {
     const int nt = t1 - t0, n0 = c->n_past + t0 + 1, ld = n0 + nt - 1; /* token t0 + i sees n0 + i keys */
     const float *q = c->q + t0 * QD + (size_t)h * n_rep * D; /* token i: (n_rep, D) at q + i * QD */
     float *out = c->att + t0 * QD + (size_t)h * n_rep * D;   /* token i: (n_rep, D) at out + i * QD */
-    kv_scores(c, s, at->layer, h, q, QD, nt, n0, s->scores, ld);
+    kv_scores(c, s, layer, h, q, QD, nt, n0, s->scores, ld);
     for (int i = 0; i < nt * n_rep; i++) {
         float *row = s->scores + (size_t)i * ld; /* (n0 + i / n_rep) keys */
         c->ops->scale(n0 + i / n_rep, scale, row);
         c->ops->softmax(n0 + i / n_rep, row);
     }
-    kv_values(c, s, at->layer, h, s->scores, ld, nt, n0, out, QD);
+    kv_values(c, s, layer, h, s->scores, ld, nt, n0, out, QD);
     if (c->v_mean) /* the cache holds v − μ_v; the weights sum to 1 */
         for (int i = 0; i < nt * n_rep; i++)
-            c->ops->axpy(D, 1.0f, c->v_mean + ((size_t)at->layer * Hk + h) * D,
+            c->ops->axpy(D, 1.0f, c->v_mean + ((size_t)layer * Hk + h) * D,
                          out + (i / n_rep) * QD + (size_t)(i % n_rep) * D);
 }
 
+/* Work items (segment, KV head, block of tokens), taken from a shared counter so that
+ * threads stay busy whatever Hk and T; in a segment the costliest (latest) blocks first. */
 static void attn_run(void *arg, int ith, int nth) {
     attn_task *at = arg;
-    attn_scratch *s = &at->c->scratch[ith];
-    const int Hk = at->c->m->n_head_kv;
-    if (!at->tb) { /* f32/f16/q8_0/q4_0 caches: (token, KV head) items, round robin */
-        for (int i = ith; i < at->T * Hk; i += nth) attn_block(at, s, i % Hk, i / Hk, i / Hk + 1);
-        return;
-    }
-    /* TurboQuant: (KV head, block of tokens) items, taken from a shared counter so
-     * that threads stay busy whatever Hk and T; the costliest (latest) blocks first */
-    for (int i; (i = atomic_fetch_add_explicit(&at->next, 1, memory_order_relaxed)) < at->n_blocks * Hk;) {
-        const int t0 = (at->n_blocks - 1 - i / Hk) * at->tb;
-        attn_block(at, s, i % Hk, t0, t0 + at->tb < at->T ? t0 + at->tb : at->T);
+    (void)nth;
+    if (ith >= at->nth) return;
+    int j = 0; /* segment of the item: items are taken in increasing order */
+    for (int i; (i = atomic_fetch_add_explicit(&at->next, 1, memory_order_relaxed)) < at->n_items;) {
+        while (j + 1 < at->n_seg && i >= at->segs[j + 1].item0) j++;
+        const segment *g = &at->segs[j];
+        const int Hk = g->c->m->n_head_kv, k = i - g->item0, tb = g->tb ? g->tb : 1;
+        const int t0 = (g->n_blocks - 1 - k / Hk) * tb;
+        attn_block(g->c, at->layer, &g->c->scratch[ith], k % Hk, t0, t0 + tb < g->T ? t0 + tb : g->T);
     }
 }
 
-/* Run attention for one layer. TurboQuant blocks: at most kv_block_tokens tokens, and
- * small enough that there are about 4 items per thread. */
-static void attention(kvc_context *c, int layer, int T) {
-    attn_task at = {.c = c, .layer = layer, .T = T};
-    atomic_init(&at.next, 0);
-    const int tb_max = kv_block_tokens(c);
-    if (tb_max) {
-        const int Hk = c->m->n_head_kv, per_head = (4 * c->n_threads + Hk - 1) / Hk; /* blocks wanted per KV head */
-        int tb = (T + per_head - 1) / per_head;
-        at.tb = tb < 1 ? 1 : tb > tb_max ? tb_max : tb;
-        at.n_blocks = (T + at.tb - 1) / at.tb;
+/* Number the attention work items of every segment; returns their count. TurboQuant
+ * blocks: at most kv_block_tokens tokens, and small enough that there are about 4 items
+ * per thread. */
+static int attn_plan(segment *segs, int n_seg) {
+    int n_items = 0;
+    for (int j = 0; j < n_seg; j++) {
+        segment *g = &segs[j];
+        const int Hk = g->c->m->n_head_kv, tb_max = kv_block_tokens(g->c);
+        g->tb = 0, g->n_blocks = g->T;
+        if (tb_max) {
+            const int per_head = (4 * g->c->n_threads + Hk - 1) / Hk; /* blocks wanted per KV head */
+            const int tb = (g->T + per_head - 1) / per_head;
+            g->tb = tb < 1 ? 1 : tb > tb_max ? tb_max : tb;
+            g->n_blocks = (g->T + g->tb - 1) / g->tb;
+        }
+        g->item0 = n_items;
+        n_items += g->n_blocks * Hk;
     }
-    kvc_pool_run(c->pool, attn_run, &at);
+    return n_items;
 }
 
 /* ---- one batch ---- */
@@ -203,46 +228,84 @@ static void capture(kvc_context *c, int l, int T) {
     memcpy(c->cap_v + base * KD, c->v, sizeof(float) * T * KD);
 }
 
-static void forward_batch(kvc_context *c, const int *tokens, int T, float *logits, int all_logits) {
-    const kvc_model *m = c->m;
-    const long long E = m->n_embd, F = m->n_ff;
-    const kvc_vec_ops *ops = c->ops;
-    for (int t = 0; t < T; t++)
-        kvc_dequantize_row(m->tok_embd.type, KVC_IMPL_AUTO, m->tok_embd.data + (size_t)tokens[t] * m->tok_embd.row_bytes,
-                           c->x + t * E, E);
-    rope_table(m, c->n_past, T, c->rope_cs);
-    if (c->k_center) memcpy(c->rope_all + (size_t)c->n_past * m->head_dim, c->rope_cs, sizeof(float) * T * m->head_dim);
-    for (int l = 0; l < m->n_layer; l++) {
-        const layer_w *w = &m->layers[l];
-        for (int t = 0; t < T; t++) ops->rms_norm(E, c->x + t * E, w->attn_norm, m->rms_eps, c->xn + t * E);
-        const tview *qkv[3] = {&w->wq, &w->wk, &w->wv};
-        const float *qkv_b[3] = {w->bq, w->bk, w->bv};
-        float *qkv_o[3] = {c->q, c->k, c->v};
-        matmul(c, T, c->xn, E, 3, qkv, qkv_b, qkv_o);
+/* Layer l from the Q/K/V projections to the attention output, for every segment:
+ * capture, K centering, RoPE and cache append in each segment's context (its rows
+ * copied into its own buffers first when it is not the lead), then attention of
+ * all segments in one run of the lead's pool; lead->att (T, H*D) receives it. */
+static void attention_layer(kvc_context *lead, segment *segs, int n_seg, int n_items, int nth, int l) {
+    const kvc_model *m = lead->m;
+    const size_t QD = (size_t)m->n_head * m->head_dim, KD = (size_t)m->n_head_kv * m->head_dim;
+    const int *src = m->rope_src + (size_t)l * (m->head_dim / 2);
+    for (int j = 0; j < n_seg; j++) {
+        kvc_context *c = segs[j].c;
+        const int T = segs[j].T;
+        if (c != lead) {
+            memcpy(c->q, lead->q + segs[j].row * QD, sizeof(float) * T * QD);
+            memcpy(c->k, lead->k + segs[j].row * KD, sizeof(float) * T * KD);
+            memcpy(c->v, lead->v + segs[j].row * KD, sizeof(float) * T * KD);
+        }
         if (c->cap_q) capture(c, l, T);
         kv_center(c, l, T);
-        const int *src = m->rope_src + (size_t)l * (m->head_dim / 2);
         rope_apply(m, src, T, m->n_head, c->q, c->rope_cs);
         rope_apply(m, src, T, m->n_head_kv, c->k, c->rope_cs);
         kv_store(c, l, T);
-        attention(c, l, T);
-        matmul1(c, T, c->att, &w->wo, w->bo, c->xn);
-        ops->axpy((int)(T * E), 1.0f, c->xn, c->x);
-        for (int t = 0; t < T; t++) ops->rms_norm(E, c->x + t * E, w->ffn_norm, m->rms_eps, c->xn + t * E);
+    }
+    attn_task at = {.segs = segs, .n_seg = n_seg, .layer = l, .n_items = n_items, .nth = nth};
+    atomic_init(&at.next, 0);
+    kvc_pool_run(lead->pool, attn_run, &at);
+    for (int j = 0; j < n_seg; j++)
+        if (segs[j].c != lead)
+            memcpy(lead->att + segs[j].row * QD, segs[j].c->att, sizeof(float) * segs[j].T * QD);
+}
+
+/* Evaluate the batch tokens (T) whose rows the segments partition, in order, and
+ * append each segment's rows to its context. The lead's buffers (n_batch >= T) and
+ * pool run every weight product. logits: (T - first, V) for rows first..T-1, or NULL. */
+static void forward_rows(kvc_context *lead, segment *segs, int n_seg, const int *tokens, int T, float *logits,
+                         int first) {
+    const kvc_model *m = lead->m;
+    const long long E = m->n_embd, F = m->n_ff;
+    const kvc_vec_ops *ops = lead->ops;
+    for (int t = 0; t < T; t++)
+        kvc_dequantize_row(m->tok_embd.type, KVC_IMPL_AUTO, m->tok_embd.data + (size_t)tokens[t] * m->tok_embd.row_bytes,
+                           lead->x + t * E, E);
+    int nth = lead->n_threads;
+    for (int j = 0; j < n_seg; j++) {
+        kvc_context *c = segs[j].c;
+        rope_table(m, c->n_past, segs[j].T, c->rope_cs);
+        if (c->k_center)
+            memcpy(c->rope_all + (size_t)c->n_past * m->head_dim, c->rope_cs, sizeof(float) * segs[j].T * m->head_dim);
+        nth = c->n_threads < nth ? c->n_threads : nth;
+    }
+    const int n_items = attn_plan(segs, n_seg);
+    for (int l = 0; l < m->n_layer; l++) {
+        const layer_w *w = &m->layers[l];
+        for (int t = 0; t < T; t++) ops->rms_norm(E, lead->x + t * E, w->attn_norm, m->rms_eps, lead->xn + t * E);
+        const tview *qkv[3] = {&w->wq, &w->wk, &w->wv};
+        const float *qkv_b[3] = {w->bq, w->bk, w->bv};
+        float *qkv_o[3] = {lead->q, lead->k, lead->v};
+        matmul(lead, T, lead->xn, E, 3, qkv, qkv_b, qkv_o);
+        attention_layer(lead, segs, n_seg, n_items, nth, l);
+        matmul1(lead, T, lead->att, &w->wo, w->bo, lead->xn);
+        ops->axpy((int)(T * E), 1.0f, lead->xn, lead->x);
+        for (int t = 0; t < T; t++) ops->rms_norm(E, lead->x + t * E, w->ffn_norm, m->rms_eps, lead->xn + t * E);
         const tview *gu[2] = {&w->gate, &w->up};
         const float *gu_b[2] = {NULL, NULL};
-        float *gu_o[2] = {c->gate, c->up};
-        matmul(c, T, c->xn, E, 2, gu, gu_b, gu_o);
-        ops->silu_mul((int)(T * F), c->gate, c->up, c->gate);
-        matmul1(c, T, c->gate, &w->down, NULL, c->xn);
-        ops->axpy((int)(T * E), 1.0f, c->xn, c->x);
+        float *gu_o[2] = {lead->gate, lead->up};
+        matmul(lead, T, lead->xn, E, 2, gu, gu_b, gu_o);
+        ops->silu_mul((int)(T * F), lead->gate, lead->up, lead->gate);
+        matmul1(lead, T, lead->gate, &w->down, NULL, lead->xn);
+        ops->axpy((int)(T * E), 1.0f, lead->xn, lead->x);
     }
-    c->n_past += T;
-    c->k_mean_ready = c->k_mean_ready || c->k_center;
+    for (int j = 0; j < n_seg; j++) {
+        kvc_context *c = segs[j].c;
+        c->n_past += segs[j].T;
+        c->k_mean_ready = c->k_mean_ready || c->k_center;
+    }
     if (!logits) return;
-    const int first = all_logits ? 0 : T - 1, n_out = T - first;
-    for (int t = first; t < T; t++) ops->rms_norm(E, c->x + t * E, m->output_norm, m->rms_eps, c->xn + (t - first) * E);
-    matmul1(c, n_out, c->xn, &m->output, NULL, logits);
+    for (int t = first; t < T; t++)
+        ops->rms_norm(E, lead->x + t * E, m->output_norm, m->rms_eps, lead->xn + (t - first) * E);
+    matmul1(lead, T - first, lead->xn, &m->output, NULL, logits);
 }
 
 int kvc_eval(kvc_context *c, const int *tokens, int n, float *logits, int all_logits) {
@@ -270,7 +333,64 @@ int kvc_eval(kvc_context *c, const int *tokens, int n, float *logits, int all_lo
         float *lg = NULL;
         if (logits && all_logits) lg = logits + (size_t)i * V;
         else if (logits && last) lg = logits;
-        forward_batch(c, tokens + i, T, lg, all_logits);
+        segment seg = {.c = c, .row = 0, .T = T};
+        forward_rows(c, &seg, 1, tokens + i, T, lg, all_logits ? 0 : T - 1);
     }
+    return KVC_OK;
+}
+
+/* Everything is checked before anything runs, so a failed call changes no context. */
+static int multi_check(kvc_context **ctxs, int n, const int *tokens) {
+    kvc_context *lead = ctxs[0];
+    if (n <= 0 || n > lead->n_batch || !tokens) {
+        snprintf(lead->err, sizeof lead->err,
+                 "kvc_eval_multi takes 1 to n_batch (%d) contexts and their tokens, got %d%s", lead->n_batch, n,
+                 tokens ? "" : " and no tokens");
+        return KVC_ERR_INVALID;
+    }
+    for (int i = 0; i < n; i++) {
+        const kvc_context *c = ctxs[i];
+        if (!c) {
+            snprintf(lead->err, sizeof lead->err, "context %d is NULL", i);
+            return KVC_ERR_INVALID;
+        }
+        if (c->m != lead->m) {
+            snprintf(lead->err, sizeof lead->err, "context %d belongs to another model than context 0", i);
+            return KVC_ERR_INVALID;
+        }
+        for (int j = 0; j < i; j++)
+            if (ctxs[j] == c) {
+                snprintf(lead->err, sizeof lead->err, "context %d is also context %d: one token per context", i, j);
+                return KVC_ERR_INVALID;
+            }
+        if (tokens[i] < 0 || tokens[i] >= c->m->n_vocab) {
+            snprintf(lead->err, sizeof lead->err, "token id %d at index %d is outside the vocabulary [0, %d)",
+                     tokens[i], i, c->m->n_vocab);
+            return KVC_ERR_INVALID;
+        }
+    }
+    for (int i = 0; i < n; i++)
+        if (ctxs[i]->n_past >= ctxs[i]->n_ctx) {
+            snprintf(lead->err, sizeof lead->err, "context %d is full: %d of %d context positions are used", i,
+                     ctxs[i]->n_past, ctxs[i]->n_ctx);
+            return KVC_ERR_CONTEXT_FULL;
+        }
+    return KVC_OK;
+}
+
+int kvc_eval_multi(kvc_context **ctxs, int n, const int *tokens, float *logits) {
+    if (!ctxs || !ctxs[0]) return KVC_ERR_INVALID;
+    kvc_context *lead = ctxs[0];
+    lead->err[0] = 0;
+    int st = multi_check(ctxs, n, tokens);
+    if (st != KVC_OK) return st;
+    segment *segs = malloc(sizeof(segment) * (size_t)n); /* (n) one row each */
+    if (!segs) {
+        snprintf(lead->err, sizeof lead->err, "out of memory");
+        return KVC_ERR_NOMEM;
+    }
+    for (int i = 0; i < n; i++) segs[i] = (segment){.c = ctxs[i], .row = i, .T = 1};
+    forward_rows(lead, segs, n, tokens, n, logits, 0);
+    free(segs);
     return KVC_OK;
 }
