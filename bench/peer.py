@@ -16,28 +16,16 @@ import time
 import numpy as np
 
 from kvconvert import fixtures, metrics
+from kvconvert.bench import random_tokens, timed_depths
 from kvconvert.commands.run import add_cache_args
 from kvconvert.llama_cpp_peer import GGML_TYPES, load, quiet
 from kvconvert.runtime import ContextParams, Model
 
 
-def speed(eval_tokens, reset, args, tokens: list[int]) -> tuple[float, dict[int, float]]:
+def speed(eval_tokens, truncate, args, tokens: list[int]) -> tuple[float, dict[int, float]]:
     """Prefill tok/s and decode tok/s per depth of an engine given as callables."""
-    eval_tokens(tokens[:16])  # warm up: page in the weights, start the threads
-    reset()
-    t0 = time.perf_counter()
-    eval_tokens(tokens[: args.prefill])
-    prefill = args.prefill / (time.perf_counter() - t0)
-    decode = {}
-    for d in args.depths:
-        reset()
-        if d:
-            eval_tokens(tokens[:d])
-        t0 = time.perf_counter()
-        for t in tokens[d:d + args.decode]:
-            eval_tokens([t])
-        decode[d] = args.decode / (time.perf_counter() - t0)
-    return prefill, decode
+    prefill, rows = timed_depths(eval_tokens, truncate, tokens, args.depths, args.prefill, args.decode)
+    return prefill, {r.depth: r.tokens_per_s for r in rows}
 
 
 def perplexity(logits_of, chunks) -> metrics.Score:
@@ -46,7 +34,7 @@ def perplexity(logits_of, chunks) -> metrics.Score:
 
 def ours(path, args, tokens, chunks):
     m = Model(path)
-    ctx = m.context(ContextParams(n_ctx=max(args.depths) + args.decode + 1, n_batch=512, type_k=args.ctk,
+    ctx = m.context(ContextParams(n_ctx=len(tokens), n_batch=512, type_k=args.ctk,
                                   type_v=args.ctv, n_threads=args.threads))
     prefill, decode = speed(ctx.eval, ctx.reset, args, tokens)
     pctx = m.context(ContextParams(n_ctx=args.ppl_ctx, type_k=args.ctk, type_v=args.ctv, n_threads=args.threads))
@@ -61,11 +49,10 @@ def ours(path, args, tokens, chunks):
 def llama_cpp(path, args, tokens, chunks):
     # llama.cpp needs flash attention for quantized V; otherwise its default path
     fa = {"flash_attn": True} if args.ctv != "f16" else {}
-    n_ctx = max(args.depths) + args.decode + 1
-    llm = load(path, n_ctx, logits_all=False, n_batch=512, type_k=args.ctk, type_v=args.ctv,
+    llm = load(path, len(tokens), logits_all=False, n_batch=512, type_k=args.ctk, type_v=args.ctv,
                n_threads=args.threads, **fa)
     with quiet():
-        prefill, decode = speed(llm.eval, llm.reset, args, tokens)
+        prefill, decode = speed(llm.eval, lambda n: setattr(llm, "n_tokens", n), args, tokens)
     del llm
     plm = load(path, args.ppl_ctx, type_k=args.ctk, type_v=args.ctv, n_threads=args.threads, **fa)
 
@@ -102,8 +89,7 @@ def main() -> None:
     bos = spec.bos_id if spec.effective_add_bos() else None
     chunks = metrics.chunks(m.tokenize(text[: 6 * args.ppl_ctx * args.ppl_chunks], add_bos=False), args.ppl_ctx,
                             args.ppl_chunks, bos=bos)
-    rng_tokens = [int(t) for t in np.random.default_rng(0).integers(0, min(m.args.vocab_size, 32000),
-                                                                    max(args.depths) + args.decode + args.prefill)]
+    rng_tokens = random_tokens(m.args.vocab_size, max(max(args.depths) + args.decode, args.prefill + 16))
     del m
     a = ours(path, args, rng_tokens, chunks)
     b = llama_cpp(path, args, rng_tokens, chunks)

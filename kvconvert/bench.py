@@ -5,7 +5,8 @@ Decode at depth d: the cache is filled with d tokens (prefill, untimed), then
 ``n_decode`` single-token evaluations are timed; depths are visited in
 increasing order on one context (the decoded tokens are dropped, the filled
 prefix is extended), so a 4k/8k/16k run prefills 16k tokens, not 28k. Tokens are random ids (speed
-does not depend on them), drawn from a fixed seed.
+does not depend on them), drawn from a fixed seed. ``timed_depths`` takes any engine as two
+callables, so bench/peer.py and bench/long_context.py time llama.cpp with the same loop.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import os
 import resource
 import threading
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -44,43 +46,64 @@ class BenchResult:
         return asdict(self)
 
 
+FILL_CHUNK = 512
+
+
+def timed_depths(eval_tokens: Callable[[list[int]], object], truncate: Callable[[int], object], tokens: list[int],
+                 depths: Iterable[int], n_prefill: int, n_decode: int, progress: ProgressFn | None = None,
+                 cancel: threading.Event | None = None) -> tuple[float, list[DecodeRow]]:
+    """Prefill tok/s from an empty context and decode tok/s at each depth of any engine given as
+    callables: ``eval_tokens(ids)`` appends to its context, ``truncate(n)`` keeps its first n
+    positions. ``tokens`` (at least max(depths) + n_decode, and n_prefill + 16) is the token
+    stream; depths are visited in increasing order on one fill (see the module docstring), so
+    two engines given the same stream do the same work."""
+    depths = sorted(depths)
+    total, done = n_prefill + max(depths) + n_decode * len(depths), 0
+
+    def advance(n: int, what: str) -> None:
+        nonlocal done
+        done += n
+        if progress:
+            progress(done, total, what)
+
+    eval_tokens(tokens[:16])  # warm up: page in the weights, start the threads
+    truncate(0)
+    t0 = time.perf_counter()
+    eval_tokens(tokens[16:16 + n_prefill])
+    prefill = n_prefill / (time.perf_counter() - t0)
+    advance(n_prefill, "prefill")
+    rows, filled = [], 0
+    truncate(0)
+    for d in depths:
+        truncate(min(filled, d))
+        for i in range(filled, d, FILL_CHUNK):  # untimed; chunks keep the progress bar moving
+            check_cancel(cancel)
+            eval_tokens(tokens[i:min(i + FILL_CHUNK, d)])
+            advance(min(i + FILL_CHUNK, d) - i, f"fill to {d}")
+        filled = max(filled, d)
+        check_cancel(cancel)
+        t0 = time.perf_counter()
+        for t in tokens[d:d + n_decode]:
+            eval_tokens([t])
+        rows.append(DecodeRow(d, n_decode / (time.perf_counter() - t0)))
+        advance(n_decode, f"decode @ {d}")
+    return prefill, rows
+
+
+def random_tokens(vocab_size: int, n: int) -> list[int]:
+    """A fixed stream of random ids (speed does not depend on them)."""
+    return [int(t) for t in np.random.default_rng(0).integers(0, min(vocab_size, 32000), n)]
+
+
 def bench(model: str | os.PathLike | Model, *, depths: tuple[int, ...] = (0, 512, 4096), n_prefill: int = 512,
           n_decode: int = 32, type_k: str = "auto", type_v: str = "auto", n_threads: int = 0,
           n_sink: int | None = None, progress: ProgressFn | None = None, cancel: threading.Event | None = None) -> BenchResult:
     m = model if isinstance(model, Model) else Model(model)
-    params = ContextParams(n_ctx=max(max(depths) + n_decode, n_prefill), n_batch=512, type_k=type_k, type_v=type_v,
-                           n_threads=n_threads, n_sink=n_sink)
+    params = ContextParams(n_ctx=max(max(depths) + n_decode, n_prefill + 16), n_batch=512, type_k=type_k,
+                           type_v=type_v, n_threads=n_threads, n_sink=n_sink)
     ctx = m.context(params)
-    rng = np.random.default_rng(0)
-    vocab = min(m.args.vocab_size, 32000)
-    steps, done = 1 + len(depths), 0
-
-    ctx.eval(rng.integers(0, vocab, 16))  # warm up: page in the weights, start the threads
-    ctx.reset()
-    t0 = time.perf_counter()
-    ctx.eval(rng.integers(0, vocab, n_prefill))
-    prefill = n_prefill / (time.perf_counter() - t0)
-    done += 1
-    if progress:
-        progress(done, steps, "prefill")
-    rows = []
-    filled = 0  # depths in increasing order share one fill: the decoded tokens are dropped, the prefix kept
-    ctx.reset()
-    for d in sorted(depths):
-        check_cancel(cancel)
-        ctx.reset(min(filled, d))
-        if d > filled:
-            ctx.eval(rng.integers(0, vocab, d - filled))
-        filled = d
-        toks = rng.integers(0, vocab, n_decode)
-        t0 = time.perf_counter()
-        for t in toks:
-            ctx.eval([int(t)])
-        rows.append(DecodeRow(d, n_decode / (time.perf_counter() - t0)))
-        done += 1
-        if progress:
-            progress(done, steps, f"decode @ {d}")
+    tokens = random_tokens(m.args.vocab_size, max(max(depths) + n_decode, n_prefill + 16))
+    prefill, rows = timed_depths(ctx.eval, ctx.reset, tokens, depths, n_prefill, n_decode, progress, cancel)
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return BenchResult(str(m.path), params.resolved_threads(), ctx.params.type_k, ctx.params.type_v,
-                       ctx.kv_bytes_per_token, n_prefill,
-                       prefill, rows, rss)
+                       ctx.kv_bytes_per_token, n_prefill, prefill, rows, rss)

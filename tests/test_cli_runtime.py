@@ -93,6 +93,34 @@ def test_bench_command(capsys, tiny_gguf):
     assert all(d["tokens_per_s"] > 0 for d in r["decode"]) and r["kv_bytes_per_token"] > 0 and r["peak_rss_mib"] > 0
 
 
+def test_timed_depths_visits_each_depth_on_one_fill():
+    """The timing loop's contract with an engine: decode at depth d starts from exactly d cached
+    tokens of the shared stream, fills are not repeated, and progress ends at its total."""
+    from kvconvert.bench import FILL_CHUNK, timed_depths
+
+    cache: list[int] = []
+    evals: list[tuple[int, int]] = []  # (context length before the call, tokens in the call)
+
+    def eval_tokens(ids):
+        evals.append((len(cache), len(ids)))
+        cache.extend(ids)
+
+    def truncate(n):
+        del cache[n:]
+
+    tokens = list(range(3000))
+    seen = []
+    prefill, rows = timed_depths(eval_tokens, truncate, tokens, [1500, 0, 600], 40, 5,
+                                 lambda d, t, w: seen.append((d, t)))
+    assert prefill > 0 and [r.depth for r in rows] == [0, 600, 1500]
+    singles = [e for e in evals if e[1] == 1]
+    assert [e[0] for e in singles] == [0, 1, 2, 3, 4, 600, 601, 602, 603, 604, 1500, 1501, 1502, 1503, 1504]
+    filled = sum(n for start, n in evals if n > 1) - 16 - 40  # minus warm-up and prefill
+    assert filled == 1500 and max(n for _, n in evals) <= max(FILL_CHUNK, 40)
+    assert cache == tokens[:1505]  # the stream is evaluated in order, decoded tokens included
+    assert seen[-1] == (40 + 1500 + 3 * 5, 40 + 1500 + 3 * 5)
+
+
 def test_eval_bad_text(capsys, tiny_gguf, tmp_path):
     bad = tmp_path / "bad.txt"
     bad.write_bytes(b"\xff\xfe\x00broken")
