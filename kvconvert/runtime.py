@@ -24,7 +24,7 @@ from .rope import inv_freq
 CACHE_TYPES = {"f32": 0, "f16": 1, "q8_0": 8, "q4_0": 2}
 KVC_CACHE_TQ = 64
 TQ_SEED = 0x6B7663  # default rotation seed ("kvc"); files carry their own
-SCALE_MODES = {"norm": 0, "ls": 1}
+SCALE_MODES = {"norm": 0, "ls": 1, "proj": 2}  # turboquant.SCALES, as numbered in tq.c
 
 # HF tensor-name suffix -> field of kvc_layer_desc
 _LAYER_FIELDS = {

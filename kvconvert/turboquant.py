@@ -7,7 +7,10 @@ Per group of size m with b bits:
 1. signs D (±1) from splitmix64, seeded by (seed, layer, group, stream);
 2. y = H·(D ⊙ x_g): float32 Walsh–Hadamard per power-of-two block of m
    (binary expansion of m, largest block first), each block scaled by
-   float32(1/sqrt(B)); H·D is orthonormal, so ⟨H D q, H D k⟩ = ⟨q, k⟩;
+   float32(1/sqrt(B)); for a non-power-of-two m the blocks are then interleaved
+   (_mix_order), multiplied by fixed signs (_mix_signs) and transformed again,
+   y = H·D_mix·P·H·(D ⊙ x_g), so energy spreads across blocks; the rotation is
+   orthonormal, so ⟨R q, R k⟩ = ⟨q, k⟩;
 3. codes: u = y/‖y‖ (float64), code_i = #{Lloyd–Max boundaries < u_i};
 4. scale s (fp16): "norm" s = ‖y‖, "ls" (default) s = ⟨y, c⟩/‖c‖² (the
    least-squares scale for the chosen codes), "proj" s = ‖y‖²/⟨y, c⟩ (keeps
@@ -54,7 +57,7 @@ _MASK = (1 << 64) - 1
 _GOLDEN = 0x9E3779B97F4A7C15
 _GROUP_MUL = 0xD1B54A32D192ED03
 _STREAM_MUL = 0x8CB92BA72F3D8DD7
-STREAM_ROTATION, STREAM_QJL = 0, 1
+STREAM_ROTATION, STREAM_QJL, STREAM_MIX = 0, 1, 2
 
 
 @dataclass(frozen=True)
@@ -292,20 +295,55 @@ def _wht(v: np.ndarray) -> np.ndarray:
     return v
 
 
+@lru_cache(maxsize=None)
+def _mix_order(m: int) -> np.ndarray | None:
+    """Cross-block mixing order of a non-power-of-two group (None for powers of two).
+
+    The blocks of m are interleaved in proportion to their sizes (element r of a block
+    of size B sorts by (2r + 1)·(S/B), S the largest block, ties by block) and the
+    sequence is cut back into blocks: each new block draws from every old block a
+    share proportional to its size, so the second block transform spreads energy
+    across blocks (per-block rotation alone leaves the calibrated order's high-energy
+    block with larger coordinates than the codebook's law). z = y[..., order]."""
+    if m & (m - 1) == 0:
+        return None
+    blocks = _blocks(m)
+    big = blocks[0][1]
+    keys = [((2 * r + 1) * (big // size), b, off + r) for b, (off, size) in enumerate(blocks) for r in range(size)]
+    return np.array([i for _, _, i in sorted(keys)], dtype=np.intp)
+
+
+@lru_cache(maxsize=None)
+def _mix_signs(m: int) -> np.ndarray:
+    """Fixed ±1 (per group size, not per layer) applied after the mixing order: without them
+    H·P·H would partly undo itself (H is an involution and P keeps runs of a block in order)."""
+    return signs(0, 0, 0, STREAM_MIX, m)
+
+
 def rotate(x: np.ndarray, signs: np.ndarray) -> np.ndarray:
-    """y = H·(D ⊙ x) over the last axis, float32 (input cast to float32 first)."""
+    """y = R·x over the last axis, float32 (input cast to float32 first), with R = H·D for a
+    power-of-two size and H·D_mix·P·H·D otherwise (H block Walsh–Hadamard, P = _mix_order,
+    D_mix = _mix_signs)."""
     x = np.asarray(x, dtype=np.float32)
     if x.shape[-1] != signs.shape[-1]:
         raise ValueError(f"rotate: last axis {x.shape[-1]} != {signs.shape[-1]} signs")
-    return _wht(x * signs.astype(np.float32))
+    y = _wht(x * signs.astype(np.float32))
+    order = _mix_order(x.shape[-1])
+    return y if order is None else _wht(y[..., order] * _mix_signs(x.shape[-1]))
 
 
 def unrotate(y: np.ndarray, signs: np.ndarray) -> np.ndarray:
-    """x = D ⊙ (H·y): the inverse of rotate (each H block is symmetric and involutive)."""
+    """x = Rᵀ·y: the inverse of rotate (each H block is symmetric and involutive)."""
     y = np.asarray(y, dtype=np.float32)
     if y.shape[-1] != signs.shape[-1]:
         raise ValueError(f"unrotate: last axis {y.shape[-1]} != {signs.shape[-1]} signs")
-    return _wht(y) * signs.astype(np.float32)
+    v = _wht(y)
+    order = _mix_order(y.shape[-1])
+    if order is not None:
+        w = np.empty_like(v)
+        w[..., order] = v * _mix_signs(y.shape[-1])
+        v = _wht(w)
+    return v * signs.astype(np.float32)
 
 
 # --- encode / decode ---------------------------------------------------------

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from kvconvert import convert, turboquant as tq
+from kvconvert.runtime import SCALE_MODES
 
 kvc = pytest.importorskip("kvconvert._kvc", reason="native runtime not built (pip install -e .)")
 ffi, lib = kvc.ffi, kvc.lib
@@ -60,13 +61,13 @@ CASES = [(m, b, q) for m in (32, 64, 96, 128) for b in (1, 2, 3, 4, 5, 8) for q 
 
 
 @pytest.mark.parametrize("m,bits,qjl", CASES)
-@pytest.mark.parametrize("scale", ["ls", "norm"])
+@pytest.mark.parametrize("scale", tq.SCALES)
 def test_c_encode_equals_numpy(m, bits, qjl, scale):
     rng = np.random.default_rng(m * 100 + bits)
     x = (rng.standard_normal((200, m)) * rng.uniform(0.1, 50, (200, 1))).astype(np.float32)
     x[0] = 0  # a zero vector
     x[1, : m // 2] += 40  # a strong outlier half
-    _, rows = c_encode(x, m, bits, qjl, {"norm": 0, "ls": 1}[scale], group=1)
+    _, rows = c_encode(x, m, bits, qjl, SCALE_MODES[scale], group=1)
     enc = tq.encode_group(x, tq.GroupConfig(m, bits, qjl), SEED, LAYER, 1, scale=scale)
     s, rn, codes, signs = unpack(rows, m, bits, qjl)
     np.testing.assert_array_equal(codes, enc.codes)

@@ -58,6 +58,58 @@ void tq_wht(float *v, int m) {
     }
 }
 
+/* Mixing order of a non-power-of-two group (DESIGN §4): the blocks of the binary
+ * expansion of m are interleaved in proportion to their sizes — element r of a
+ * block of size B sorts by (2r + 1)·(S / B), S the largest block, ties by block —
+ * and the sorted sequence is cut back into blocks. Each new block then takes from
+ * every old block a share proportional to the old block's size, so after a second
+ * block transform every coordinate carries ~1/m of the energy even when the
+ * blocks' energies differ (the calibrated channel order sorts them, so they do).
+ * order (m): z[j] = y[order[j]]. Same order as turboquant._mix_order. */
+void tq_mix_order(int m, int16_t *order) {
+    int S = 1, n = 0;
+    while (S * 2 <= m) S *= 2;
+    int idx[32], size[32], start = 0; /* cursor of each block */
+    for (int B = S; B >= 1; B >>= 1)
+        if (m & B) idx[n] = start, size[n] = B, start += B, n++;
+    int next[32] = {0};
+    for (int j = 0; j < m; j++) { /* a merge of the n blocks by key */
+        int best = -1;
+        long long best_key = 0;
+        for (int b = 0; b < n; b++) {
+            if (next[b] >= size[b]) continue;
+            long long key = (2LL * next[b] + 1) * (S / size[b]);
+            if (best < 0 || key < best_key) best = b, best_key = key;
+        }
+        order[j] = (int16_t)(idx[best] + next[best]++);
+    }
+}
+
+/* v (m) in place: v ← R v with R = H·diag(signs) for a power-of-two m, else
+ * R = H·diag(mix_signs)·P·H·diag(signs) (P: g->mix; the fixed mix_signs keep the
+ * second H from partly undoing the first); tmp: (m) */
+static void rotate(const tq_group *g, const float *signs, float *v, float *tmp) {
+    const int m = g->m;
+    for (int i = 0; i < m; i++) v[i] *= signs[i];
+    tq_wht(v, m);
+    if (!g->mix) return;
+    for (int j = 0; j < m; j++) tmp[j] = v[g->mix[j]] * g->mix_signs[j];
+    tq_wht(tmp, m);
+    memcpy(v, tmp, sizeof(float) * (size_t)m);
+}
+
+/* v (m) in place: v ← Rᵀ v (each H block is symmetric and its own inverse) */
+static void unrotate(const tq_group *g, float *v, float *tmp) {
+    const int m = g->m;
+    tq_wht(v, m);
+    if (g->mix) {
+        for (int j = 0; j < m; j++) tmp[g->mix[j]] = v[j] * g->mix_signs[j];
+        tq_wht(tmp, m);
+        memcpy(v, tmp, sizeof(float) * (size_t)m);
+    }
+    for (int i = 0; i < m; i++) v[i] *= g->signs[i];
+}
+
 long long tq_group_bytes(int m, int bits, int qjl) {
     return 2 + (qjl ? 2 : 0) + ((long long)m * bits + 7) / 8 + (qjl ? (m + 7) / 8 : 0);
 }
@@ -81,6 +133,13 @@ static int group_init(tq_group *g, int m, int bits, int qjl, const float *cb, in
     for (int k = 0; k + 1 < n; k++) g->bounds[k] = ((double)cb[k] + (double)cb[k + 1]) / 2;
     tq_signs(seed, layer, group, 0, m, g->signs);
     tq_signs(seed, layer, group, 1, m, g->signs2);
+    if (m & (m - 1)) {
+        g->mix = malloc(sizeof(int16_t) * (size_t)m);
+        g->mix_signs = malloc(sizeof(float) * (size_t)m);
+        if (!g->mix || !g->mix_signs) return KVC_ERR_NOMEM;
+        tq_mix_order(m, g->mix);
+        tq_signs(0, 0, 0, 2, m, g->mix_signs); /* fixed per m (turboquant._mix_signs) */
+    }
     return KVC_OK;
 }
 
@@ -89,6 +148,8 @@ void tq_layout_free(tq_layout *L) {
         free(L->g[i].bounds);
         free(L->g[i].signs);
         free(L->g[i].signs2);
+        free(L->g[i].mix);
+        free(L->g[i].mix_signs);
     }
     memset(L, 0, sizeof *L);
 }
@@ -143,8 +204,9 @@ static unsigned nearest(const tq_group *g, double u) { /* number of boundaries b
 
 static void encode_group(const tq_group *g, int scale_mode, const float *x, uint8_t *row, float *y) {
     const int m = g->m;
-    for (int i = 0; i < m; i++) y[i] = x[i] * g->signs[i];
-    tq_wht(y, m);
+    float *tmp = y + m; /* y: (2m) scratch */
+    memcpy(y, x, sizeof(float) * (size_t)m);
+    rotate(g, g->signs, y, tmp);
     double n2 = 0;
     for (int i = 0; i < m; i++) n2 += (double)y[i] * (double)y[i];
     const double norm = sqrt(n2);
@@ -157,7 +219,9 @@ static void encode_group(const tq_group *g, int scale_mode, const float *x, uint
         num += (double)y[i] * (double)g->cb[c];
         den += (double)g->cb[c] * (double)g->cb[c];
     }
-    double s = scale_mode == 1 ? (den > 0 ? num / den : 0.0) : norm;
+    /* 0 norm: ‖y‖; 1 ls: the least-squares scale of the chosen codes; 2 proj: ‖y‖²/⟨y, c⟩,
+     * so that ⟨ŷ, y⟩ = ‖y‖² (no (1 − D_b) shrinkage of ⟨q, x̂⟩) — as turboquant.py */
+    double s = scale_mode == 1 ? (den > 0 ? num / den : 0.0) : scale_mode == 2 ? (num != 0 ? n2 / num : 0.0) : norm;
     kvc_half hs = fp16_from_double(s);
     memcpy(row + g->off, &hs, 2);
     if (!g->qjl) return;
@@ -168,8 +232,7 @@ static void encode_group(const tq_group *g, int scale_mode, const float *x, uint
     for (int i = 0; i < m; i++) r2 += (double)r[i] * (double)r[i];
     kvc_half hr = fp16_from_double(sqrt(r2));
     memcpy(row + g->off + 2, &hr, 2);
-    for (int i = 0; i < m; i++) r[i] *= g->signs2[i];
-    tq_wht(r, m);
+    rotate(g, g->signs2, r, tmp);
     uint8_t *bits = row + g->qjl_off;
     memset(bits, 0, (size_t)(m + 7) / 8);
     for (int i = 0; i < m; i++)
@@ -188,12 +251,12 @@ void tq_prepare_query(const tq_layout *L, const float *q, float *qr, float *w) {
     int start = 0;
     for (int k = 0; k < L->n_groups; k++) {
         const tq_group *g = &L->g[k];
-        float *gq = qr + start, *gw = w + start;
-        for (int i = 0; i < g->m; i++) gq[i] = q[start + i] * g->signs[i];
-        tq_wht(gq, g->m);
+        float *gq = qr + start, *gw = w + start, tmp[TQ_MAX_DIM];
+        memcpy(gq, q + start, sizeof(float) * (size_t)g->m);
+        rotate(g, g->signs, gq, tmp);
         if (g->qjl) {
-            for (int i = 0; i < g->m; i++) gw[i] = gq[i] * g->signs2[i];
-            tq_wht(gw, g->m);
+            memcpy(gw, gq, sizeof(float) * (size_t)g->m);
+            rotate(g, g->signs2, gw, tmp);
         }
         start += g->m;
     }
@@ -261,10 +324,9 @@ void tq_accum_ref(const tq_layout *L, const float *p, int ldp, int nq, int grp, 
 void tq_unrotate(const tq_layout *L, float *acc) {
     int start = 0;
     for (int k = 0; k < L->n_groups; k++) {
-        const tq_group *g = &L->g[k];
-        tq_wht(acc + start, g->m);
-        for (int i = 0; i < g->m; i++) acc[start + i] *= g->signs[i];
-        start += g->m;
+        float tmp[TQ_MAX_DIM];
+        unrotate(&L->g[k], acc + start, tmp);
+        start += L->g[k].m;
     }
 }
 
@@ -291,11 +353,11 @@ static int one_group(tq_layout *L, int m, int bits, int qjl, const float *cb, un
 int kvc_tq_encode(int impl, int m, int bits, int qjl, int scale_mode, const float *codebook, unsigned long long seed,
                   int layer, int group, const float *x, int n, void *rows) {
     (void)impl;
-    if (!x || !rows || n < 0 || (scale_mode != 0 && scale_mode != 1)) return KVC_ERR_INVALID;
+    if (!x || !rows || n < 0 || (scale_mode < 0 || scale_mode > 2)) return KVC_ERR_INVALID;
     tq_layout L;
     int st = one_group(&L, m, bits, qjl, codebook, seed, layer, group);
     if (st != KVC_OK) return st;
-    float *y = malloc(sizeof(float) * (size_t)m);
+    float *y = malloc(sizeof(float) * 2 * (size_t)m); /* encode scratch */
     if (!y) st = KVC_ERR_NOMEM;
     for (int j = 0; st == KVC_OK && j < n; j++)
         tq_encode(&L, scale_mode, x + (size_t)j * m, (uint8_t *)rows + (size_t)j * L.row_bytes, y);

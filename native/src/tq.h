@@ -25,6 +25,8 @@ typedef struct {
     const float *cb;      /* (1 << bits) centroids */
     double *bounds;       /* (1 << bits) - 1 midpoints, owned */
     float *signs, *signs2; /* (m) ±1 for the rotation and (QJL) the JL map, owned */
+    int16_t *mix;         /* (m) cross-block mixing order (tq_mix_order), owned; NULL when m is a power of two */
+    float *mix_signs;     /* (m) ±1 applied after it (stream 2 of seed 0), owned, or NULL */
     float qjl_c;          /* sqrt(pi/2) / sqrt(m) */
 } tq_group;
 
@@ -42,8 +44,12 @@ void tq_layout_free(tq_layout *L);
 long long tq_group_bytes(int m, int bits, int qjl);
 void tq_signs(uint64_t seed, int layer, int group, int stream, int m, float *out);
 void tq_wht(float *v, int m); /* block Walsh–Hadamard, orthonormal and its own inverse */
+void tq_mix_order(int m, int16_t *order); /* (m) z[j] = y[order[j]] between the two block transforms */
 
-/* x: (d) head vector, in cache channel order (already permuted) -> row. scratch: (2*d) floats */
+/* x: (d) head vector, in cache channel order (already permuted) -> row. scratch: (2*d) floats.
+ * A group's rotation is R = H·diag(signs) for a power-of-two size; otherwise
+ * H·diag(mix_signs)·P·H·diag(signs) with H the block transform of the binary expansion and
+ * P the mixing order, so that energy spreads across blocks too. */
 void tq_encode(const tq_layout *L, int scale_mode, const float *x, uint8_t *row, float *scratch);
 
 /* Queries prepared for scoring, packed: row r of qr is query r rotated per group,
