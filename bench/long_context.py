@@ -139,9 +139,11 @@ def main() -> None:
     print(f"\n{os.path.basename(path)}: {args.threads} threads, decode tok/s over {args.decode} tokens at each depth; "
           f"prefill {args.prefill} tokens; {platform.processor() or platform.machine()}; {time.strftime('%Y-%m-%d')}\n")
     print(table(rows, args.depths))
-    print("\n| cache | prefill tok/s |\n|---|---|")
+    print("\nprefill tok/s: from an empty context, then of each fill up to the next depth")
+    print("\n| cache | prefill 0 → " + str(args.prefill) + " | "
+          + " | ".join(f"fill → {d}" for d in args.depths) + " |\n" + "|---" * (2 + len(args.depths)) + "|")
     for r in rows:
-        print(f"| {r.config.label} | {r.prefill:.1f} |")
+        print(f"| {r.config.label} | {r.prefill:.1f} | " + " | ".join(f"{x.fill_tokens_per_s:.1f}" for x in r.decode) + " |")
 
 
 if __name__ == "__main__":

@@ -28,6 +28,7 @@ from .runtime import ContextParams, Model
 class DecodeRow:
     depth: int
     tokens_per_s: float
+    fill_tokens_per_s: float = 0.0  # prefill (512-token batches) from the previous depth to this one; 0: none
 
 
 @dataclass
@@ -76,16 +77,19 @@ def timed_depths(eval_tokens: Callable[[list[int]], object], truncate: Callable[
     truncate(0)
     for d in depths:
         truncate(min(filled, d))
-        for i in range(filled, d, FILL_CHUNK):  # untimed; chunks keep the progress bar moving
+        t0, fill = time.perf_counter(), 0.0
+        for i in range(filled, d, FILL_CHUNK):  # chunks keep the progress bar moving
             check_cancel(cancel)
             eval_tokens(tokens[i:min(i + FILL_CHUNK, d)])
             advance(min(i + FILL_CHUNK, d) - i, f"fill to {d}")
+        if d > filled:
+            fill = (d - filled) / (time.perf_counter() - t0)
         filled = max(filled, d)
         check_cancel(cancel)
         t0 = time.perf_counter()
         for t in tokens[d:d + n_decode]:
             eval_tokens([t])
-        rows.append(DecodeRow(d, n_decode / (time.perf_counter() - t0)))
+        rows.append(DecodeRow(d, n_decode / (time.perf_counter() - t0), fill))
         advance(n_decode, f"decode @ {d}")
     return prefill, rows
 

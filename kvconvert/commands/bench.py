@@ -36,6 +36,8 @@ def run(args: argparse.Namespace) -> int:
     t.add_column("value", justify="right")
     t.add_row(f"prefill {r.prefill_tokens} tokens", f"{r.prefill_tokens_per_s:.1f} tok/s")
     for row in r.decode:
+        if row.fill_tokens_per_s:
+            t.add_row(f"prefill up to depth {row.depth}", f"{row.fill_tokens_per_s:.1f} tok/s")
         t.add_row(f"decode @ depth {row.depth}", f"{row.tokens_per_s:.2f} tok/s")
     t.add_row("KV cache", f"{r.kv_bytes_per_token} bytes/token")
     t.add_row("peak RSS", f"{r.peak_rss_mib:.0f} MiB")
