@@ -206,6 +206,14 @@ def test_generate_text_contract(tiny_ggufs, monkeypatch):
     assert seen and all(t == 200 for _, t in seen) and max(d for d, _ in seen) <= sum(map(len, seqs))
     assert calibrate.generate_text(model, 200, 32) == seqs
     assert calibrate.generate_text(model, 200, 32, batch=1) == seqs
+    threads, init = [], generate.BatchDecoder.__init__  # calibrate(n_threads=...) reaches the generation
+
+    def spy(self, model, ctx_params=None, stop_at_eos=True):
+        threads.append(ctx_params.n_threads)
+        init(self, model, ctx_params, stop_at_eos)
+
+    monkeypatch.setattr(generate.BatchDecoder, "__init__", spy)
+    assert calibrate.generate_text(model, 200, 32, n_threads=1) == seqs and threads == [1]
 
 
 def test_generate_text_gives_up_when_the_model_stops(tiny_ggufs, monkeypatch):
