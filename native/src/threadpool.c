@@ -15,7 +15,18 @@
 #define CPU_RELAX() ((void)0)
 #endif
 
-#define SPIN_ITERS 200000
+/* Waiting: pause-spin SPIN_PAUSE iterations (a decode step issues hundreds of runs a
+ * few microseconds apart), then keep polling with sched_yield() so that a thread of
+ * ours that was preempted (more runnable threads than cores: another process, or a
+ * busy machine) gets the core back instead of waiting out our time slice; idle workers
+ * sleep on the condition variable after SPIN_ITERS polls. */
+#define SPIN_PAUSE 2000
+#define SPIN_ITERS 20000
+
+static inline void backoff(int spins) {
+    if (spins < SPIN_PAUSE) CPU_RELAX();
+    else sched_yield();
+}
 
 typedef struct {
     kvc_pool *pool;
@@ -45,7 +56,7 @@ static void *worker_main(void *p) {
         int spins = 0;
         while ((g = atomic_load(&pool->gen)) == seen && !atomic_load(&pool->quit)) {
             if (++spins < SPIN_ITERS) {
-                CPU_RELAX();
+                backoff(spins);
                 continue;
             }
             pthread_mutex_lock(&pool->mu);
@@ -120,5 +131,5 @@ void kvc_pool_run(kvc_pool *pool, kvc_task_fn fn, void *arg) {
         pthread_mutex_unlock(&pool->mu);
     }
     fn(arg, 0, pool->n);
-    while (atomic_load(&pool->n_done) < pool->n - 1) CPU_RELAX();
+    for (int spins = 0; atomic_load(&pool->n_done) < pool->n - 1; spins += spins < SPIN_PAUSE) backoff(spins);
 }
