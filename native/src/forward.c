@@ -5,10 +5,10 @@
  * SwiGLU MLP → residual. Matrix products quantize the activations once per
  * vec_dot type and split weight rows across the thread pool (decode is a
  * bandwidth-bound matvec; prefill runs the kernels' blocked GEMM). Attention
- * scores a group of query heads against its KV head's cached keys with the
- * same GEMM kernel, so K in q8_0/q4_0 is scored with integer dot products;
- * TurboQuant caches take a block of query tokens per work item instead, so
- * that each cached row is decoded once per block rather than once per token.
+ * takes a block of query tokens (each a group of query heads) per work item, so
+ * that each cached row is read (TurboQuant: decoded) once per block rather than
+ * once per token; f32/f16/q8_0/q4_0 keys are scored with the weights' GEMM
+ * kernel, so K in q8_0/q4_0 is scored with integer dot products.
  *
  * A batch is a list of segments: consecutive rows that belong to one context.
  * kvc_eval runs one segment (its own context); kvc_eval_multi runs one row per
@@ -143,8 +143,8 @@ static void rope_apply(const kvc_model *m, const int *src, int T, int n_heads, f
 typedef struct {
     kvc_context *c;
     int row, T;
-    /* attention work items of this segment: tb query tokens per item (0: one token per
-     * item, non-TurboQuant caches), n_blocks items per KV head, numbered from item0 */
+    /* attention work items of this segment: tb query tokens per item, n_blocks items
+     * per KV head, numbered from item0 */
     int tb, n_blocks, item0;
 } segment;
 
@@ -190,27 +190,23 @@ static void attn_run(void *arg, int ith, int nth) {
     for (int i; (i = atomic_fetch_add_explicit(&at->next, 1, memory_order_relaxed)) < at->n_items;) {
         while (j + 1 < at->n_seg && i >= at->segs[j + 1].item0) j++;
         const segment *g = &at->segs[j];
-        const int Hk = g->c->m->n_head_kv, k = i - g->item0, tb = g->tb ? g->tb : 1;
+        const int Hk = g->c->m->n_head_kv, k = i - g->item0, tb = g->tb;
         const int t0 = (g->n_blocks - 1 - k / Hk) * tb;
         attn_block(g->c, at->layer, &g->c->scratch[ith], k % Hk, t0, t0 + tb < g->T ? t0 + tb : g->T);
     }
 }
 
-/* Number the attention work items of every segment; returns their count. TurboQuant
- * blocks: at most kv_block_tokens tokens, and small enough that there are about 4 items
- * per thread. */
+/* Number the attention work items of every segment; returns their count. Blocks: at
+ * most kv_block_tokens tokens, and small enough that there are about 4 items per thread. */
 static int attn_plan(segment *segs, int n_seg) {
     int n_items = 0;
     for (int j = 0; j < n_seg; j++) {
         segment *g = &segs[j];
         const int Hk = g->c->m->n_head_kv, tb_max = kv_block_tokens(g->c);
-        g->tb = 0, g->n_blocks = g->T;
-        if (tb_max) {
-            const int per_head = (4 * g->c->n_threads + Hk - 1) / Hk; /* blocks wanted per KV head */
-            const int tb = (g->T + per_head - 1) / per_head;
-            g->tb = tb < 1 ? 1 : tb > tb_max ? tb_max : tb;
-            g->n_blocks = (g->T + g->tb - 1) / g->tb;
-        }
+        const int per_head = (4 * g->c->n_threads + Hk - 1) / Hk; /* blocks wanted per KV head */
+        const int tb = (g->T + per_head - 1) / per_head;
+        g->tb = tb < 1 ? 1 : tb > tb_max ? tb_max : tb;
+        g->n_blocks = (g->T + g->tb - 1) / g->tb;
         g->item0 = n_items;
         n_items += g->n_blocks * Hk;
     }

@@ -20,8 +20,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-/* TurboQuant attention works on blocks of query tokens: about this many query rows
- * per block (tokens × GQA group; their queries and V accumulators stay in L1),
+/* Attention works on blocks of query tokens: about this many query rows per block
+ * (tokens × GQA group; their queries and V accumulators stay in L1),
  * with at most this many bytes in a thread's (block rows, C) score buffer. */
 #define KV_BLOCK_QUERIES 48
 #define KV_BLOCK_SCORE_BYTES (16ll << 20)
@@ -252,7 +252,6 @@ void kv_store(kvc_context *c, int layer, int T) {
 }
 
 int kv_block_tokens(const kvc_context *c) {
-    if (!c->tq_k && !c->tq_v) return 0;
     const long long n_rep = c->m->n_head / c->m->n_head_kv;
     long long tb = (KV_BLOCK_QUERIES + n_rep - 1) / n_rep;
     const long long fit = KV_BLOCK_SCORE_BYTES / (n_rep * c->n_ctx * (long long)sizeof(float));
@@ -285,19 +284,16 @@ void kv_scores(kvc_context *c, attn_scratch *s, int layer, int h, const float *q
                 scores[(size_t)i * ld + j] = acc;
             }
         }
-    } else {
-        for (int t = 0; t < nt; t++) {
-            const float *qt = q + (size_t)t * q_stride; /* (n_rep, D) */
-            const uint8_t *qa = (const uint8_t *)qt;
-            if (c->k_vec_dot_type != KVC_TYPE_F32) {
-                size_t qrb = kvc_row_bytes(c->k_vec_dot_type, D);
-                for (int r = 0; r < n_rep; r++)
-                    kvc_quantize_row(c->k_vec_dot_type, KVC_IMPL_AUTO, qt + (size_t)r * D, s->qq + r * qrb, D);
-                qa = s->qq;
-            }
-            kvc_gemm(c->type_k, KVC_IMPL_AUTO, n0 + t, n_rep, D, k_row(c, layer, h, 0), qa,
-                     scores + (size_t)t * n_rep * ld, ld);
+    } else { /* one GEMM for the nt * n_rep queries: every key row read once per block */
+        const size_t qrb = kvc_row_bytes(c->k_vec_dot_type, D);
+        for (int i = 0; i < nq; i++) {
+            const float *qr = q + (size_t)(i / n_rep) * q_stride + (size_t)(i % n_rep) * D; /* (D) */
+            if (c->k_vec_dot_type == KVC_TYPE_F32) memcpy(s->qq + i * qrb, qr, qrb);
+            else kvc_quantize_row(c->k_vec_dot_type, KVC_IMPL_AUTO, qr, s->qq + i * qrb, D);
         }
+        /* keys a query does not see yet (later tokens of the block) are scored too, and ignored */
+        kvc_gemm(c->type_k, KVC_IMPL_AUTO, tq_rows_read(nq, n_rep, n0), nq, D, k_row(c, layer, h, 0), s->qq, scores,
+                 ld);
     }
     if (!c->k_center) return;
     /* corr (nq, D): (A_j, B_j) at (2j, 2j+1) for centered pairs, 0 elsewhere, so the
@@ -344,18 +340,15 @@ void kv_values(kvc_context *c, attn_scratch *s, int layer, int h, const float *p
         }
         return;
     }
-    for (int t = 0; t < nt; t++) {
-        const int n_keys = n0 + t;
-        const float *pt = p + (size_t)t * n_rep * ld; /* (n_rep, ld) */
-        float *ot = out + (size_t)t * out_stride;     /* (n_rep, D) */
-        memset(ot, 0, sizeof(float) * (size_t)n_rep * D);
-        for (int j = 0; j < n_keys; j++) {
-            const float *vr = (const float *)v_row(c, layer, h, j);
-            if (c->type_v != KVC_TYPE_F32) {
-                kvc_dequantize_row(c->type_v, KVC_IMPL_AUTO, v_row(c, layer, h, j), s->vrow, D);
-                vr = s->vrow;
-            }
-            for (int r = 0; r < n_rep; r++) c->ops->axpy(D, pt[(size_t)r * ld + j], vr, ot + (size_t)r * D);
+    for (int i = 0; i < nq; i++)
+        memset(out + (size_t)(i / n_rep) * out_stride + (size_t)(i % n_rep) * D, 0, sizeof(float) * (size_t)D);
+    for (int j = 0; j < tq_rows_read(nq, n_rep, n0); j++) { /* every value row read once per block */
+        const float *vr = (const float *)v_row(c, layer, h, j);
+        if (c->type_v != KVC_TYPE_F32) {
+            kvc_dequantize_row(c->type_v, KVC_IMPL_AUTO, v_row(c, layer, h, j), s->vrow, D);
+            vr = s->vrow;
         }
+        for (int i = tq_first_seeing(j, n_rep, n0); i < nq; i++)
+            c->ops->axpy(D, p[(size_t)i * ld + j], vr, out + (size_t)(i / n_rep) * out_stride + (size_t)(i % n_rep) * D);
     }
 }

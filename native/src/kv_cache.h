@@ -17,15 +17,15 @@ void kv_center(kvc_context *c, int layer, int T);
 /* After RoPE: append the batch's K/V rows (positions n_past .. n_past+T-1). */
 void kv_store(kvc_context *c, int layer, int T);
 
-/* Query tokens per attention work item: TurboQuant caches score a block of up to
- * this many tokens per decoded row; 0 for the other cache types (one token each). */
+/* Query tokens per attention work item (>= 1): a block of up to this many tokens is
+ * scored and accumulated per cached row read (and, TurboQuant, decoded). */
 int kv_block_tokens(const kvc_context *c);
 
 /* A block of nt consecutive query tokens of KV head h: token i's n_rep query rows
  * (post-RoPE) are at q + i*q_stride (n_rep, D) and it sees keys 0 .. n0+i-1.
  * scores (nt*n_rep, ld): row i*n_rep + r = that query · each key it sees, including
  * the centering correction, not yet scaled by 1/sqrt(D); entries past a row's keys
- * are unspecified. ld >= n0 + nt - 1; nt <= kv_block_tokens(c) (1 if that is 0). */
+ * are unspecified. ld >= n0 + nt - 1; nt <= kv_block_tokens(c). */
 void kv_scores(kvc_context *c, attn_scratch *s, int layer, int h, const float *q, size_t q_stride, int nt, int n0,
                float *scores, int ld);
 /* out token i at out + i*out_stride (n_rep, D): row r = sum over keys j < n0+i of

@@ -205,9 +205,9 @@ int kvc_context_create(kvc_model *m, const kvc_context_params *p, kvc_context **
     ok = ok && c->aq[0] && c->aq[1] && c->aq[2];
     c->scratch = zalloc((size_t)c->n_threads * sizeof(attn_scratch));
     ok = ok && c->scratch;
-    const int n_rep = m->n_head / m->n_head_kv;
+    const size_t nq = (size_t)kv_block_tokens(c) * (size_t)(m->n_head / m->n_head_kv); /* query rows per block */
     for (int i = 0; ok && i < c->n_threads; i++) {
-        c->scratch[i].qq = malloc((size_t)n_rep * (size_t)D * 4);
+        c->scratch[i].qq = malloc(nq * (size_t)D * 4);
         c->scratch[i].vrow = malloc((size_t)D * 4);
         ok = c->scratch[i].qq && c->scratch[i].vrow; /* scores: kv_init, sized for its blocks */
     }

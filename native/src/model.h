@@ -48,10 +48,10 @@ typedef struct {
 typedef struct {
     float *scores; /* (nq, C), nq = n_rep × the token block of kv_block_tokens() */
     float *scores2; /* (nq, C) centering corrections */
-    uint8_t *qq;   /* (n_rep) query rows quantized for K's vec_dot type */
+    uint8_t *qq;   /* (nq) query rows in K's vec_dot type */
     float *vrow;   /* (D) one dequantized V row */
-    float *qp;     /* (n_rep, D) permuted queries / rotated-domain V accumulators */
-    float *corr;   /* (n_rep, D/2, 2) per-pair centering coefficients A, B */
+    float *qp;     /* (nq, D) permuted query / rotated-domain V accumulators */
+    float *corr;   /* (nq, D/2, 2) per-pair centering coefficients A, B */
     tq_query *tq;  /* nq prepared TurboQuant queries, packed (tq.h) */
 } attn_scratch;
 
