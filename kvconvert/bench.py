@@ -75,8 +75,8 @@ def timed_depths(eval_tokens: Callable[[list[int]], object], truncate: Callable[
     advance(n_prefill, "prefill")
     rows, filled = [], 0
     truncate(0)
-    for d in depths:
-        truncate(min(filled, d))
+    for d in depths:  # increasing: the decoded tokens are dropped, the filled prefix extended
+        truncate(filled)
         t0, fill = time.perf_counter(), 0.0
         for i in range(filled, d, FILL_CHUNK):  # chunks keep the progress bar moving
             check_cancel(cancel)
@@ -84,7 +84,7 @@ def timed_depths(eval_tokens: Callable[[list[int]], object], truncate: Callable[
             advance(min(i + FILL_CHUNK, d) - i, f"fill to {d}")
         if d > filled:
             fill = (d - filled) / (time.perf_counter() - t0)
-        filled = max(filled, d)
+        filled = d
         check_cancel(cancel)
         t0 = time.perf_counter()
         for t in tokens[d:d + n_decode]:

@@ -251,6 +251,12 @@ void kv_store(kvc_context *c, int layer, int T) {
         }
 }
 
+/* Offset of query row i of a block (token i / n_rep, head i % n_rep) in a buffer whose
+ * tokens are stride floats apart: the layout of q in kv_scores and of out in kv_values. */
+static inline size_t block_row(int i, int n_rep, size_t stride, int D) {
+    return (size_t)(i / n_rep) * stride + (size_t)(i % n_rep) * D;
+}
+
 int kv_block_tokens(const kvc_context *c) {
     const long long n_rep = c->m->n_head / c->m->n_head_kv;
     long long tb = (KV_BLOCK_QUERIES + n_rep - 1) / n_rep;
@@ -267,7 +273,7 @@ void kv_scores(kvc_context *c, attn_scratch *s, int layer, int h, const float *q
     if (c->tq_k) { /* every key decoded once for the nt * n_rep queries */
         const tq_layout *L = &c->tq_k[layer];
         for (int i = 0; i < nq; i++) {
-            const float *qr = q + (size_t)(i / n_rep) * q_stride + (size_t)(i % n_rep) * D; /* (D) */
+            const float *qr = q + block_row(i, n_rep, q_stride, D); /* (D) */
             if (L->perm) {
                 for (int k = 0; k < D; k++) s->qp[k] = qr[L->perm[k]];
                 qr = s->qp;
@@ -278,7 +284,7 @@ void kv_scores(kvc_context *c, attn_scratch *s, int layer, int h, const float *q
         for (int j = 0; j < c->n_sink && j < n0 + nt - 1; j++) { /* sinks: exact scores */
             const uint16_t *ks = sink_row(c, c->k_sink, layer, h, j); /* (D) fp16 */
             for (int i = tq_first_seeing(j, n_rep, n0); i < nq; i++) {
-                const float *qr = q + (size_t)(i / n_rep) * q_stride + (size_t)(i % n_rep) * D; /* (D) */
+                const float *qr = q + block_row(i, n_rep, q_stride, D); /* (D) */
                 float acc = 0.0f;
                 for (int k = 0; k < D; k++) acc += qr[k] * kvc_fp16_to_fp32(ks[k]);
                 scores[(size_t)i * ld + j] = acc;
@@ -287,7 +293,7 @@ void kv_scores(kvc_context *c, attn_scratch *s, int layer, int h, const float *q
     } else { /* one GEMM for the nt * n_rep queries: every key row read once per block */
         const size_t qrb = kvc_row_bytes(c->k_vec_dot_type, D);
         for (int i = 0; i < nq; i++) {
-            const float *qr = q + (size_t)(i / n_rep) * q_stride + (size_t)(i % n_rep) * D; /* (D) */
+            const float *qr = q + block_row(i, n_rep, q_stride, D); /* (D) */
             if (c->k_vec_dot_type == KVC_TYPE_F32) memcpy(s->qq + i * qrb, qr, qrb);
             else kvc_quantize_row(c->k_vec_dot_type, KVC_IMPL_AUTO, qr, s->qq + i * qrb, D);
         }
@@ -303,7 +309,7 @@ void kv_scores(kvc_context *c, attn_scratch *s, int layer, int h, const float *q
     const float *mu = c->k_mean + ((size_t)layer * m->n_head_kv + h) * D;
     memset(s->corr, 0, sizeof(float) * (size_t)nq * D);
     for (int i = 0; i < nq; i++) {
-        const float *qr = q + (size_t)(i / n_rep) * q_stride + (size_t)(i % n_rep) * D; /* (D) */
+        const float *qr = q + block_row(i, n_rep, q_stride, D); /* (D) */
         float *cf = s->corr + (size_t)i * D;
         for (int k = 0; k < P && pairs[k] >= 0; k++) {
             int a, b, jp = pairs[k];
@@ -316,7 +322,7 @@ void kv_scores(kvc_context *c, attn_scratch *s, int layer, int h, const float *q
     for (int i = 0; i < nq; i++) {
         float *sc = scores + (size_t)i * ld; /* (n0 + i / n_rep) visible */
         const float *s2 = s->scores2 + (size_t)i * ld;
-        for (int j = 0; j < n0 + i / n_rep; j++) sc[j] += s2[j];
+        for (int j = 0; j < tq_visible(i, n_rep, n0); j++) sc[j] += s2[j];
     }
 }
 
@@ -335,13 +341,13 @@ void kv_values(kvc_context *c, attn_scratch *s, int layer, int h, const float *p
                 const float pj = p[(size_t)i * ld + j];
                 for (int k = 0; k < D; k++) acc[(size_t)i * D + k] += pj * kvc_fp16_to_fp32(vs[k]);
             }
-            memcpy(out + (size_t)(i / n_rep) * out_stride + (size_t)(i % n_rep) * D, acc + (size_t)i * D,
+            memcpy(out + block_row(i, n_rep, out_stride, D), acc + (size_t)i * D,
                    sizeof(float) * (size_t)D);
         }
         return;
     }
     for (int i = 0; i < nq; i++)
-        memset(out + (size_t)(i / n_rep) * out_stride + (size_t)(i % n_rep) * D, 0, sizeof(float) * (size_t)D);
+        memset(out + block_row(i, n_rep, out_stride, D), 0, sizeof(float) * (size_t)D);
     for (int j = 0; j < tq_rows_read(nq, n_rep, n0); j++) { /* every value row read once per block */
         const float *vr = (const float *)v_row(c, layer, h, j);
         if (c->type_v != KVC_TYPE_F32) {
@@ -349,6 +355,6 @@ void kv_values(kvc_context *c, attn_scratch *s, int layer, int h, const float *p
             vr = s->vrow;
         }
         for (int i = tq_first_seeing(j, n_rep, n0); i < nq; i++)
-            c->ops->axpy(D, p[(size_t)i * ld + j], vr, out + (size_t)(i / n_rep) * out_stride + (size_t)(i % n_rep) * D);
+            c->ops->axpy(D, p[(size_t)i * ld + j], vr, out + block_row(i, n_rep, out_stride, D));
     }
 }
