@@ -8,8 +8,8 @@ from __future__ import annotations
 __version__ = "0.1.0"
 
 # Imported eagerly: binding the functions here also keeps `kvconvert.convert`
-# the function, not the submodule of the same name.
-from .convert import convert  # noqa: E402
+# the function (the whole job: pipeline.convert), not the submodule of the same name.
+from .pipeline import convert  # noqa: E402
 from .import_gguf import import_gguf  # noqa: E402
 from .model import load_model  # noqa: E402
 

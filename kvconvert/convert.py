@@ -22,8 +22,9 @@ from .atomic import atomic_path, check_parent
 from .errors import InputError, OutputError
 from .gguf_keys import SCHEMA_VERSION, Keys
 from .model import ModelSource, load_model
-from .progress import ProgressFn, check_cancel
+from .progress import ProgressFn, check_cancel, start_phase
 
+MIB = float(1 << 20)
 Q = gguf.GGMLQuantizationType
 FT = gguf.LlamaFileType
 
@@ -99,38 +100,47 @@ def write_metadata(w: gguf.GGUFWriter, src: ModelSource, weights: str, name: str
         kv_meta.add_to_gguf(w)
 
 
-def convert(model: str | os.PathLike | ModelSource, output: str | os.PathLike, *, weights: str = "f16",
-            profile=None, layout: str = "portable", kv_meta=None, text: str | None = None, tokens: int = 16384,
-            check: bool = True, progress: ProgressFn | None = None,
-            cancel: threading.Event | None = None) -> ConvertResult:
-    """Convert ``model`` (HF dir, GGUF or repo id) to a GGUF at ``output``.
-
-    profile: None — a plain conversion (``kv_meta``, a kvmeta.CacheMeta, may still
-    describe caches); a calibrated Profile (or its name/file) — applied in
-    ``layout`` ("portable" or "folded", see patch.py); a Policy (or a policy
-    name) — calibrate on ``text`` (None: data-free) over ``tokens`` tokens, search
-    (and ``check`` the result end to end), then apply: the whole job in one call."""
-    if weights not in WEIGHT_TYPES:
-        raise InputError(f"unknown weight type {weights!r} (choose from {', '.join(WEIGHT_TYPES)})")
-    src = model if isinstance(model, ModelSource) else load_model(model)
-    output = Path(output)
+def check_output(src: ModelSource, output: Path) -> None:
+    """Refuse an output that cannot be written or would replace the input — before any long work."""
     if output.exists() and output.is_dir():
         raise OutputError(f"cannot write {output}: it is a directory; give a .gguf file path")
     if output.resolve() == Path(src.path).resolve():
         raise OutputError(f"cannot write {output}: it is the input file; choose another output path")
+    check_parent(output)
+
+
+def convert(model: str | os.PathLike | ModelSource, output: str | os.PathLike, *, weights: str = "f16",
+            profile=None, layout: str = "portable", kv_meta=None, progress: ProgressFn | None = None,
+            cancel: threading.Event | None = None, phase: str = "write") -> ConvertResult:
+    """Write ``model`` (HF dir, GGUF or repo id) as a GGUF at ``output``.
+
+    profile: None — a plain conversion (``kv_meta``, a kvmeta.CacheMeta, may still
+    describe caches); a calibrated Profile (or its name/file) — applied in
+    ``layout`` ("portable" or "folded", see patch.py). Policies (calibrate, search,
+    check, then write) are the pipeline's job: kvconvert.pipeline.convert.
+    Progress is one phase, ``phase``, counted in MiB written."""
+    if weights not in WEIGHT_TYPES:
+        raise InputError(f"unknown weight type {weights!r} (choose from {', '.join(WEIGHT_TYPES)})")
+    src = model if isinstance(model, ModelSource) else load_model(model)
+    output = Path(output)
+    check_output(src, output)
     name = Path(src.path).name.removesuffix(".gguf")
-    check_parent(output)  # before any long calibration
     patch = None
     if profile is not None:
         from .patch import Patch
+        from .profile import Profile, load_profile
 
-        prof = _calibrated_profile(src, profile, text, tokens, check, progress, cancel)
+        prof = load_profile(profile) if isinstance(profile, (str, os.PathLike)) else profile
+        if not isinstance(prof, Profile):
+            raise InputError(f"{profile if isinstance(profile, (str, os.PathLike)) else 'profile'} is a policy, "
+                             "not a calibrated profile: use kvconvert.pipeline.convert (or `kvconvert convert`) "
+                             "to calibrate, search and apply it")
         patch = Patch(prof, layout, src)
         kv_meta = patch.cache_meta()
     arch = patch.arch if patch else src.arch
     specs = patch.specs() if patch else src.specs
     plan = [(s, tensor_type(s, weights)) for s in specs]
-    total = sum(_nbytes(s.shape, q) for s, q in plan)
+    total = sum(_nbytes(s.shape, q) for s, q in plan) / MIB
 
     w = gguf.GGUFWriter(None, arch.name)
     write_metadata(w, src, weights, name, kv_meta, arch)
@@ -139,6 +149,7 @@ def convert(model: str | os.PathLike | ModelSource, output: str | os.PathLike, *
 
     done = 0
     types: dict[str, int] = {}
+    start_phase(progress, phase, "MiB")
     with atomic_path(output) as tmp:
         try:
             w.write_header_to_file(tmp)
@@ -152,7 +163,7 @@ def convert(model: str | os.PathLike | ModelSource, output: str | os.PathLike, *
                 done += data.nbytes
                 types[q.name] = types.get(q.name, 0) + 1
                 if progress:
-                    progress(done, total, s.gguf)
+                    progress(round(done / MIB, 1), round(total, 1), s.gguf)
             w.close()
         except OSError as e:
             w.close()
@@ -162,20 +173,3 @@ def convert(model: str | os.PathLike | ModelSource, output: str | os.PathLike, *
             raise
     n_params = sum(int(np.prod(s.shape)) for s in specs)
     return ConvertResult(output, weights, len(plan), n_params, output.stat().st_size, types, str(src.path))
-
-
-def _calibrated_profile(src: ModelSource, profile, text, tokens, check, progress, cancel):
-    """A calibrated Profile from a Profile, a profile/policy name or file, or a Policy."""
-    from .profile import Policy, Profile, load_profile
-
-    if isinstance(profile, (str, os.PathLike)):
-        profile = load_profile(profile)
-    if isinstance(profile, Profile):
-        return profile
-    if not isinstance(profile, Policy):
-        raise InputError(f"profile must be a Profile, a Policy or a name/file, not {type(profile).__name__}")
-    from .calibrate import calibrate
-    from .search import search
-
-    cal = calibrate(src, text=text, tokens=tokens, progress=progress, cancel=cancel)
-    return search(cal, policy=profile, check=check, model=src.path, progress=progress, cancel=cancel).profile

@@ -78,16 +78,21 @@ def evaluate(model: str | os.PathLike | Model, text: str, *, text_name: str = "t
              n_chunks: int | None = None, type_k: str = "auto", type_v: str = "auto", n_threads: int = 0,
              n_sink: int | None = None,
              save_logits: str | os.PathLike | None = None, kld_base: str | os.PathLike | None = None,
-             progress: ProgressFn | None = None, cancel: threading.Event | None = None) -> EvalResult:
+             token_ids=None, progress: ProgressFn | None = None,
+             cancel: threading.Event | None = None) -> EvalResult:
+    """PPL (and KLD/top-1 against ``kld_base``) of ``model`` on ``text`` in chunks of n_ctx tokens.
+
+    token_ids: evaluate these token ids (without BOS) instead of tokenizing ``text``; ``text``
+    then only names and identifies them (its hash goes into saved logits)."""
     m = model if isinstance(model, Model) else Model(model)
-    tokens = m.tokenize(text, add_bos=False)
+    tokens = m.tokenize(text, add_bos=False) if token_ids is None else [int(t) for t in token_ids]
     spec = m.source.tokenizer_spec()
     bos = spec.bos_id if spec.effective_add_bos() else None
     try:
         chunks = metrics.chunks(tokens, n_ctx, n_chunks, bos=bos)
     except ValueError as e:
         raise InputError(f"{text_name}: {e}") from None
-    text_hash = hashlib.sha256(text.encode()).hexdigest()
+    text_hash = hashlib.sha256(text.encode() if token_ids is None else np.asarray(tokens, np.int64).tobytes()).hexdigest()
     base_header, base = (None, None)
     if kld_base is not None:
         base_header, base = read_base(Path(kld_base))

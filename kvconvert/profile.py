@@ -187,6 +187,9 @@ class Policy:
     qjl: bool = False  # also try QJL on the lo group
     smoothing: bool = True
     sink_tokens: int = DEFAULT_SINK  # leading positions kept in f16; counted in the budgets at the calibration context
+    # the end-to-end check's acceptance threshold: KLD vs the f16 cache on held-out text (None: report only);
+    # a convert whose check is above it searches again with more bits
+    max_kld: float | None = None
     schema: int = POLICY_SCHEMA
 
     @classmethod
@@ -202,6 +205,10 @@ class Policy:
             for k in ("splits", "qjl", "smoothing"):
                 if k in obj:
                     kw[k] = bool(obj[k])
+            if obj.get("max_kld") is not None:
+                kw["max_kld"] = float(obj["max_kld"])
+                if not 0 < kw["max_kld"] < 10:
+                    raise ValueError(f"max_kld {kw['max_kld']} outside (0, 10)")
             if "sink_tokens" in obj:
                 kw["sink_tokens"] = int(obj["sink_tokens"])
                 if not 0 <= kw["sink_tokens"] <= MAX_SINK:

@@ -92,3 +92,64 @@ def print_search(result, console: Console | None = None) -> None:
     if m.get("kld") is not None:
         console.print(f"checked on {m['text']} ({m['chunks']} × {m['n_ctx']} tokens, {m['weights']} weights): "
                       f"PPL {m['ppl']:.3f} (f16 cache {m['ppl_f16']:.3f}), KLD {m['kld']:.5f}, top-1 {m['top1']:.2%}")
+
+
+SPARK = "▁▂▃▄▅▆▇█"
+
+
+def sparkline(values: list[float], lo: float = 2.0, hi: float = 8.0) -> str:
+    """One character per value, ▁ at ``lo`` up to █ at ``hi``."""
+    n = len(SPARK) - 1
+    return "".join(SPARK[max(0, min(n, round((v - lo) / (hi - lo) * n)))] for v in values)
+
+
+def kv_mib(profile, n_ctx: int = 32768) -> tuple[float, float]:
+    """KV-cache MiB of ``profile``'s caches and of an f16 cache at n_ctx tokens (all layers, K and V)."""
+    s = profile.model
+    values = s.n_layer * s.n_head_kv * s.head_dim * n_ctx
+    kb, vb = profile.bits(n_ctx)
+    return values * (kb + vb) / 8 / 2**20, values * 32 / 8 / 2**20
+
+
+def print_convert_job(job, console: Console | None = None) -> None:
+    """What `kvconvert convert` did with a policy: the file, the chosen bits per layer, the
+    memory, the check on the written file and its verdict, where the time went."""
+    console = console or Console()
+    print_convert_result(job, console)
+    p = job.profile
+    if p is None:
+        return
+    kc, vc = p.k_configs(), p.v_configs()
+    t = Table(title=f"KV cache profile {p.name} (policy {p.policy})")
+    for col in ("", "bits/value", "per layer (▁ 2 … █ 8 bits)", "range"):
+        t.add_column(col)
+    kb, vb = p.bits(32768)
+    for label, cfgs, mean, kind in (("K", kc, kb, p.k_type), ("V", vc, vb, p.v_type)):
+        if cfgs:
+            bits = [c.bits_per_value() for c in cfgs]
+            t.add_row(label, f"{mean:.2f}", sparkline(bits), f"{min(bits):.2f}–{max(bits):.2f}")
+        else:
+            t.add_row(label, f"{mean:.2f}", kind, "")
+    console.print(t)
+    mib, f16 = kv_mib(p)
+    console.print(f"KV cache at a 32k context: {mib:.0f} MiB (f16: {f16:.0f} MiB, {f16 / mib:.1f}× smaller)")
+    c = job.check
+    if c is not None:
+        r = Table(title=f"check of the written file: {c.chunks} × {c.n_ctx} tokens, {c.text}")
+        for col in ("cache", "PPL", "KLD vs f16 cache", "top-1 agreement"):
+            r.add_column(col, justify="right")
+        r.add_row("f16 K / f16 V", f"{c.ppl_f16:.3f}", "0", "100%")
+        r.add_row(f"profile ({kb:.2f} / {vb:.2f} bpv)", f"{c.ppl:.3f}", f"{c.kld:.5f} ± {c.kld_err:.5f}",
+                  f"{c.top1:.1%}")
+        console.print(r)
+    if len(job.attempts) > 1:
+        for i, a in enumerate(job.attempts):
+            kld = "-" if a.check is None else f"{a.check.kld:.5f}"
+            console.print(f"  attempt {i + 1}: budget K {a.k_budget:g} / V {a.v_budget if a.v_budget else 'f16'} "
+                          f"→ {a.k_bpv:.2f} / {a.v_bpv:.2f} bpv, KLD {kld}")
+    console.print(f"verdict: {job.verdict}")
+    if job.timings:
+        console.print("time: " + ", ".join(f"{k} {v:.0f} s" for k, v in job.timings.items()) +
+                      f" (total {sum(job.timings.values()):.0f} s)")
+    if job.profile_path is not None:
+        console.print(f"profile written to {job.profile_path} (used by `kvconvert push` and reruns)")

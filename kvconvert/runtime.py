@@ -357,3 +357,27 @@ def eval_multi(contexts: list[Context], tokens: list[int]) -> np.ndarray:
     if status != 0:
         raise NativeError(f"eval_multi: {f.string(lib().kvc_context_error(lead._ptr)).decode(errors='replace')}")
     return out
+
+
+def tq_roundtrip(x: np.ndarray, cfg, seed: int, layer: int) -> np.ndarray:
+    """x (..., d) float32 → its TurboQuant reconstruction by the C kernels (encode, then
+    decode without the QJL term): the twin of turboquant.decode(encode(x), qjl=False)."""
+    from .turboquant import codebook
+
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    flat = x.reshape(-1, cfg.d)
+    n = flat.shape[0]
+    out = np.empty_like(flat)
+    f, impl = ffi(), lib().kvc_cpu_best_impl()
+    for g, (gc, (a, b)) in enumerate(zip(cfg.groups(), cfg.bounds())):
+        xg = np.ascontiguousarray(flat[:, a:b])
+        cb = np.ascontiguousarray(codebook(gc.m, gc.bits), dtype=np.float32)
+        rows = np.empty((n, lib().kvc_tq_row_bytes(gc.m, gc.bits, int(gc.qjl))), np.uint8)
+        yg = np.empty_like(xg)
+        fcb = f.cast("float *", f.from_buffer(cb))
+        check(lib().kvc_tq_encode(impl, gc.m, gc.bits, int(gc.qjl), SCALE_MODES[cfg.scale], fcb, seed, layer, g,
+                                  f.cast("float *", f.from_buffer(xg)), n, f.from_buffer(rows)), "kvc_tq_encode")
+        check(lib().kvc_tq_decode(impl, gc.m, gc.bits, int(gc.qjl), fcb, seed, layer, g, f.from_buffer(rows), n,
+                                  f.cast("float *", f.from_buffer(yg))), "kvc_tq_decode")
+        out[:, a:b] = yg
+    return out.reshape(x.shape)

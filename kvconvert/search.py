@@ -22,6 +22,7 @@ from __future__ import annotations
 import os
 import tempfile
 import threading
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -31,9 +32,10 @@ from . import turboquant as tq
 from .calibrate import Calibration
 from .errors import InputError
 from .profile import ModelShape, Policy, Profile, Transforms, load_profile, sink_bits
-from .progress import ProgressFn, check_cancel
+from .progress import ProgressFn, check_cancel, start_phase
 from .rope import apply_rope
 from .runtime import TQ_SEED as SEED
+from .runtime import tq_roundtrip
 
 DEFAULT_POLICY = "balanced"
 SMOOTH_CLAMP = 8.0  # smoothing scales stay in [1/8, 8]
@@ -72,6 +74,12 @@ class SearchResult:
     candidates: list[Candidate] = field(default_factory=list)
     k_errors: list[dict[str, float]] = field(default_factory=list)  # per layer: option label → proxy error
     v_errors: list[dict[str, float]] = field(default_factory=list)
+    # what rebudget() needs to re-run the allocation without measuring again
+    policy: Policy | None = None
+    k_options: list[list[Option]] = field(default_factory=list)  # per layer, the measured K options
+    v_options: list[tuple[tq.KConfig, bool]] = field(default_factory=list)  # measured (config, centered) V options
+    scales: np.ndarray | None = None
+    order: np.ndarray | None = None
 
 
 def _label(o: Option) -> str:
@@ -110,74 +118,105 @@ def pair_channels(order: np.ndarray) -> np.ndarray:
 
 # -- proxy errors --------------------------------------------------------------------
 
-class _Layer:
-    """Post-RoPE windows of one layer, ready for replaying candidate caches."""
+# Scored (query, key) pairs per layer and window set: the proxy's cost per candidate is bounded by this,
+# whatever the model's head count (a 7B scores fewer query rows per head than a 135M).
+PROXY_PAIRS = 1 << 21
 
-    def __init__(self, cal: Calibration, layer: int, scales: np.ndarray, order: np.ndarray, n_sink: int = 0):
+
+class _Layer:
+    """Post-RoPE windows of one layer, ready for replaying candidate caches.
+
+    Scored queries: up to ``n_rows`` positions per window, evenly spread from
+    MIN_QUERY on (every other one when the budget allows), all query heads.
+    Arrays are float32 and laid out (W, Hk, rep·nq, ·) so each score and mix
+    step is one BLAS matmul per (window, KV head)."""
+
+    def __init__(self, cal: Calibration, layer: int, scales: np.ndarray, order: np.ndarray, n_sink: int = 0,
+                 max_pairs: int = PROXY_PAIRS):
         self.cal, self.l, self.n_sink = cal, layer, n_sink
         W, _, T, H, d = cal.win_q.shape
         Hk = cal.n_head_kv
-        self.rep, self.d, self.T = H // Hk, d, T
+        self.rep, self.d, self.T, self.Hk = H // Hk, d, T, Hk
+        self.rows = query_rows(T, max(1, max_pairs // (W * H * T)))
         pos = np.arange(T)
-        q = cal.win_q[:, layer].astype(np.float64)  # (W, T, H, d)
-        k = cal.win_k[:, layer].astype(np.float64)
-        self.mu = cal.k_mean[layer]  # (Hk, d)
-        self.q_rot = np.stack([apply_rope(x, pos, cal.rope_freqs, "neox") for x in q])
-        k_rot = np.stack([apply_rope(x, pos, cal.rope_freqs, "neox") for x in k])
-        qg = self.q_rot.reshape(W, T, Hk, self.rep, d)[:, QUERY_ROWS(T)]
-        self.rows = QUERY_ROWS(T)
-        # exact scores (W, Hk, rep, queries, T), float32 from here on
-        self.scores = (_scores(qg, k_rot) / np.sqrt(d)).astype(np.float32)
-        self.mask = self.rows[:, None] >= np.arange(T)[None, :]
-        self.logp = np.where(self.mask, _log_softmax(np.where(self.mask, self.scores, -np.inf)), 0).astype(np.float32)
-        self.weights = np.exp(self.logp) * self.mask
+        q = apply_rope(cal.win_q[:, layer, self.rows].astype(np.float64), self.rows, cal.rope_freqs, "neox")
+        self.q_rot = q  # (W, nq, H, d) float64
+        k = cal.win_k[:, layer].astype(np.float64)  # (W, T, Hk, d)
+        exact = _scores(self._heads(q), apply_rope(k, pos, cal.rope_freqs, "neox")) / np.sqrt(d)
+        self.mask = np.tile(self.rows[:, None] >= pos[None, :], (self.rep, 1))  # (rep·nq, T)
+        logp = _log_softmax(np.where(self.mask, exact, -np.inf))
+        self.p = np.where(self.mask, np.exp(logp), 0).astype(np.float32)  # (W, Hk, rep·nq, T)
         self.k_raw, self.pos = k, pos
         self.scales, self.perm = scales[layer], pair_channels(order[layer])
-        self.v = cal.win_v[:, layer].astype(np.float64)  # (W, T, Hk, d)
+        self.v = cal.win_v[:, layer].astype(np.float32)  # (W, T, Hk, d)
+        self._kcache: dict[tuple[bool, bool], tuple[np.ndarray, np.ndarray]] = {}
+
+    def _heads(self, q: np.ndarray) -> np.ndarray:
+        """(W, nq, H, d) → (W, Hk, rep·nq, d): the query rows of each KV head's group together."""
+        W, nq = q.shape[:2]
+        return q.reshape(W, nq, self.Hk, self.rep, self.d).transpose(0, 2, 3, 1, 4).reshape(
+            W, self.Hk, self.rep * nq, self.d)
 
     def _keys(self, smooth: bool, center: bool) -> tuple[np.ndarray, np.ndarray]:
-        """Queries and (centered, smoothed) post-RoPE keys, permuted: what the cache sees."""
-        s = np.concatenate([self.scales, self.scales], -1) if smooth else np.ones((self.cal.n_head_kv, self.d))
-        kc = (self.k_raw - (self.mu if center else 0)) / s
-        kr = np.stack([apply_rope(x, self.pos, self.cal.rope_freqs, "neox") for x in kc])
-        W, T, Hk = kr.shape[:3]
-        q = self.q_rot.reshape(W, T, Hk, self.rep, self.d)[:, self.rows] * s[None, None, :, None, :]
-        return q[..., self.perm], kr[..., self.perm]
+        """Queries (W, Hk, rep·nq, d) and (centered, smoothed) post-RoPE keys (W, T, Hk, d),
+        permuted, float32: what the cache sees."""
+        if (smooth, center) not in self._kcache:
+            s = np.concatenate([self.scales, self.scales], -1) if smooth else np.ones((self.Hk, self.d))
+            kc = (self.k_raw - (self.cal.k_mean[self.l] if center else 0)) / s
+            kr = apply_rope(kc, self.pos, self.cal.rope_freqs, "neox")
+            W, nq = self.q_rot.shape[:2]
+            q = self.q_rot.reshape(W, nq, self.Hk, self.rep, self.d) * s[None, None, :, None, :]
+            q = self._heads(q.reshape(W, nq, self.Hk * self.rep, self.d))
+            self._kcache[(smooth, center)] = (np.ascontiguousarray(q[..., self.perm], np.float32),
+                                              np.ascontiguousarray(kr[..., self.perm], np.float32))
+        return self._kcache[(smooth, center)]
 
     def k_error(self, o: Option) -> float:
+        """Mean KL(softmax(exact scores) ‖ softmax(scores with quantized keys)) over the scored rows.
+
+        With e the score error and p the exact attention, KL = log Σ p·exp(e) − Σ p·e
+        (the log-partition terms cancel), so no softmax of the perturbed scores is needed."""
         q, k = self._keys(o.smooth, o.center)
-        k_hat = tq.decode(tq.encode(k.astype(np.float32), o.cfg, SEED, self.l), o.cfg, SEED, self.l)
-        dk = k_hat.astype(np.float32) - k.astype(np.float32)
+        dk = _roundtrip(k, o.cfg, self.l) - k
         dk[:, :self.n_sink] = 0  # sink positions are kept exactly (windows start a sequence)
-        err = _scores(q, dk) / np.float32(np.sqrt(self.d))
-        logq = _log_softmax(np.where(self.mask, self.scores + err, -np.inf))
-        kl = (self.weights * (self.logp - np.where(self.mask, logq, 0))).sum(-1)
-        return float(kl.mean())
+        e = _scores(q, dk)
+        e *= np.float32(1 / np.sqrt(self.d))
+        m = e.max(-1, keepdims=True)
+        kl = np.log((self.p * np.exp(e - m)).sum(-1)) + m[..., 0] - (self.p * e).sum(-1)
+        return float(np.maximum(kl, 0).mean(dtype=np.float64))
 
     def v_error(self, cfg: tq.KConfig, center: bool) -> float:
-        mu = self.cal.v_mean[self.l] if center else 0
-        vc = (self.v - mu).astype(np.float32)
-        v_hat = tq.decode(tq.encode(vc, cfg, SEED, self.l), cfg, SEED, self.l)
+        mu = self.cal.v_mean[self.l].astype(np.float32) if center else np.float32(0)
+        vc = self.v - mu
+        v_hat = _roundtrip(vc, cfg, self.l)
         v_hat[:, :self.n_sink] = vc[:, :self.n_sink]
-        out, diff = _mix(self.weights, self.v.astype(np.float32)), _mix(self.weights, v_hat - vc)
+        out, diff = _mix(self.p, self.v), _mix(self.p, v_hat - vc)
         return float((diff.astype(np.float64) ** 2).sum() / max((out.astype(np.float64) ** 2).sum(), 1e-30))
 
 
-def QUERY_ROWS(T: int) -> np.ndarray:  # noqa: N802
-    """Scored query positions: every other one from MIN_QUERY on (halves the cost, same statistics)."""
-    return np.arange(MIN_QUERY, T, 2)
+def _roundtrip(x: np.ndarray, cfg: tq.KConfig, layer: int) -> np.ndarray:
+    """What the cache reconstructs of x (float32): the C kernels, or the numpy twin when the
+    config has QJL (its inner-product correction lives in the numpy decode only)."""
+    if cfg.qjl_hi or cfg.qjl_lo:
+        return tq.decode(tq.encode(x, cfg, SEED, layer), cfg, SEED, layer).astype(np.float32)
+    return tq_roundtrip(x, cfg, SEED, layer)
+
+
+def query_rows(T: int, n: int) -> np.ndarray:
+    """Up to n scored query positions in [MIN_QUERY, T), evenly spread (at most every other one:
+    neighbouring queries add little)."""
+    n = max(1, min(n, (T - MIN_QUERY + 1) // 2))
+    return np.unique(np.linspace(MIN_QUERY, T - 1, n).round().astype(np.int64))
 
 
 def _scores(q: np.ndarray, k: np.ndarray) -> np.ndarray:
-    """q (W, Tq, Hk, rep, d) · k (W, T, Hk, d) → (W, Hk, rep, Tq, T) by BLAS matmul."""
-    qt = np.ascontiguousarray(q.transpose(0, 2, 3, 1, 4))  # (W, Hk, rep, Tq, d)
-    kt = np.ascontiguousarray(k.transpose(0, 2, 3, 1))[:, :, None]  # (W, Hk, 1, d, T)
-    return qt @ kt
+    """q (W, Hk, R, d) · k (W, T, Hk, d) → (W, Hk, R, T), one matmul per (window, KV head)."""
+    return q @ np.ascontiguousarray(k.transpose(0, 2, 3, 1))
 
 
 def _mix(p: np.ndarray, v: np.ndarray) -> np.ndarray:
-    """p (W, Hk, rep, Tq, T) · v (W, T, Hk, d) → (W, Hk, rep, Tq, d)."""
-    return p @ np.ascontiguousarray(v.transpose(0, 2, 1, 3))[:, :, None]
+    """p (W, Hk, R, T) · v (W, T, Hk, d) → (W, Hk, R, d)."""
+    return p @ np.ascontiguousarray(v.transpose(0, 2, 1, 3))
 
 
 def _log_softmax(x: np.ndarray) -> np.ndarray:
@@ -254,6 +293,73 @@ def resolve_policy(policy: str | Policy, k_budget: float | None, v_budget: float
     return replace(policy, **kw) if kw else policy
 
 
+def split_configs(policy: Policy, d: int, lo_bits: tuple[int, ...]) -> list[tq.KConfig]:
+    """The non-uniform K configs of k_configs() whose lo group has one of ``lo_bits`` bits
+    (outlier splits, QJL variants)."""
+    return [c for c in k_configs(policy, d) if (c.n_hi or c.qjl_hi or c.qjl_lo) and c.lo_bits in lo_bits]
+
+
+class _LayerSearch:
+    """The measured options of one layer, filled in two passes.
+
+    Pass 1: K→Q smoothing and V centering are decided on a probe config (the
+    policy's median bits), then every uniform K width and every V width is
+    measured. Pass 2, once a budget allocation over uniform widths has put layer
+    l at b_l bits: outlier splits with lo bits b_l − 1 and b_l (the ones that
+    can beat uniform near that cost). Options far from any layer's operating
+    point are never measured: about 20 proxy evaluations per layer instead of 37."""
+
+    def __init__(self, cal: Calibration, pol: Policy, l: int, scales: np.ndarray, order: np.ndarray,
+                 v_cfgs: list[tq.KConfig]):
+        self.cal, self.pol, self.l, self.scales, self.order, self.v_cfgs = cal, pol, l, scales, order, v_cfgs
+        self.smooth = False
+        self.opts: list[Option] = []
+        self.errs: dict[str, float] = {}
+        self.verrs: dict[str, float] = {}
+
+    def _layer(self) -> _Layer:
+        return _Layer(self.cal, self.l, self.scales, self.order, self.pol.sink_tokens)
+
+    def pass1(self) -> None:
+        pol, d, lay = self.pol, self.cal.head_dim, self._layer()
+        probe = tq.KConfig(d=d, lo_bits=sorted(pol.k_bits)[len(pol.k_bits) // 2])
+        if pol.smoothing:  # smoothing on for the layer if it lowers the error of the probe config
+            for sm in (True, False):
+                self.errs[_label(Option(probe, sm))] = lay.k_error(Option(probe, sm))
+            self.smooth = self.errs[_label(Option(probe, True))] < self.errs[_label(Option(probe))]
+        self._measure(lay, [tq.KConfig(d=d, lo_bits=b, hi_bits=b) for b in pol.k_bits])
+        if self.v_cfgs:
+            vprobe = self.v_cfgs[len(self.v_cfgs) // 2]
+            for ctr in (True, False):
+                self.verrs[_v_label(vprobe, ctr)] = lay.v_error(vprobe, ctr)
+            center = self.verrs[_v_label(vprobe, True)] <= self.verrs[_v_label(vprobe, False)]
+            for cfg in self.v_cfgs:
+                if _v_label(cfg, center) not in self.verrs:
+                    self.verrs[_v_label(cfg, center)] = lay.v_error(cfg, center)
+
+    def pass2(self, uniform_bits: int) -> None:
+        lo = tuple(b for b in (uniform_bits - 1, uniform_bits) if b >= 1)
+        cfgs = split_configs(self.pol, self.cal.head_dim, lo)
+        if cfgs:
+            self._measure(self._layer(), cfgs)
+
+    def _measure(self, lay: _Layer, cfgs: list[tq.KConfig]) -> None:
+        for c in cfgs:
+            o = Option(c, self.smooth)
+            if _label(o) not in self.errs:
+                self.errs[_label(o)] = lay.k_error(o)
+            if o not in self.opts:
+                self.opts.append(o)
+
+
+def _workers(n_threads: int) -> int:
+    return n_threads if n_threads > 0 else (os.cpu_count() or 1)
+
+
+def _v_label(cfg: tq.KConfig, center: bool) -> str:
+    return cfg.spec() + ("+center" if center else "")
+
+
 def search(calib: Calibration | str | os.PathLike, *, policy: str | Policy = DEFAULT_POLICY,
            k_budget: float | None = None, v_budget: float | None = None, eval_text: str | None = None,
            check: bool = True, model: str | os.PathLike | None = None, n_chunks: int | None = None,
@@ -266,63 +372,73 @@ def search(calib: Calibration | str | os.PathLike, *, policy: str | Policy = DEF
     chunks) against the f16-cache run; the numbers go to profile.measured."""
     cal = calib if isinstance(calib, Calibration) else Calibration.load(calib)
     pol = resolve_policy(policy, k_budget, v_budget)
-    L, Hk, d = cal.n_layer, cal.n_head_kv, cal.head_dim
+    if check and eval_text is None and len(cal.holdout) == 0:  # refuse before the long part
+        raise InputError(f"{cal.path or 'the calibration'} has no held-out chunks to check the profile on; "
+                         "give a check text (--text FILE or --austen eval) or skip the check (--no-check)")
+    L, d = cal.n_layer, cal.head_dim
     scales = smoothing_scales(cal)
     order = pair_order(cal, scales if pol.smoothing else None)
-    k_cfgs = k_configs(pol, d)
-    probe = tq.KConfig(d=d, lo_bits=sorted(pol.k_bits)[len(pol.k_bits) // 2])  # decides smoothing per layer
     v_cfgs = [tq.KConfig(d=d, lo_bits=b, hi_bits=b) for b in pol.v_bits] if pol.v_budget is not None else []
-    k_err, v_err = [], []
-    steps = L * (len(k_cfgs) + int(pol.smoothing) + 2 * len(v_cfgs))
-    k_opts: list[list[Option]] = []
-    done = 0
-    for l in range(L):
-        check_cancel(cancel)
-        lay = _Layer(cal, l, scales, order, pol.sink_tokens)
-        errs = {}
-        smooth = False
-        if pol.smoothing:  # smoothing on for the layer if it lowers the error of the probe config
-            errs[_label(Option(probe, True))] = lay.k_error(Option(probe, True))
-            errs[_label(Option(probe))] = lay.k_error(Option(probe))
-            smooth = errs[_label(Option(probe, True))] < errs[_label(Option(probe))]
-            done += 1
-        k_opts.append([Option(c, smooth) for c in k_cfgs])
-        for o in k_opts[-1]:
-            if _label(o) not in errs:
-                errs[_label(o)] = lay.k_error(o)
-            done += 1
-            if progress:
-                progress(done, steps, f"layer {l + 1}/{L}: K {_label(o)}")
-        k_err.append(errs)
-        verrs = {}
-        for cfg in v_cfgs:
-            for center in (False, True):
-                verrs[cfg.spec() + ("+center" if center else "")] = lay.v_error(cfg, center)
-                done += 1
+    layers = [_LayerSearch(cal, pol, l, scales, order, v_cfgs) for l in range(L)]
+    start_phase(progress, "search", "layer")
+    done = [0.0]
+
+    def run(passes, what: str) -> None:
+        """Run the layers' passes on a thread pool (numpy and the C kernels release the GIL)."""
+        pool = ThreadPoolExecutor(max_workers=_workers(n_threads))
+        try:
+            for f in as_completed([pool.submit(fn) for fn in passes]):
+                f.result()
+                check_cancel(cancel)
+                done[0] += 0.5
                 if progress:
-                    progress(done, steps, f"layer {l + 1}/{L}: V {cfg.spec()}")
-        v_err.append(verrs)
-        del lay
+                    progress(done[0], L, what)
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)  # on an error or a cancel: drop the queued layers
+
+    run([ls.pass1 for ls in layers], "pass 1: uniform widths, V")
+    uniform = rebudget(SearchResult(None, k_errors=[ls.errs for ls in layers],  # type: ignore[arg-type]
+                                    v_errors=[ls.verrs for ls in layers], policy=pol,
+                                    k_options=[ls.opts for ls in layers], scales=scales, order=order), cal)
+    bits = [c.lo_bits for c in uniform.profile.k_configs() or []]
+    run([lambda ls=ls, b=b: ls.pass2(b) for ls, b in zip(layers, bits)], "pass 2: outlier splits")
+    k_opts, k_err, v_err = [ls.opts for ls in layers], [ls.errs for ls in layers], [ls.verrs for ls in layers]
+    v_opts = [(c, ctr) for c in v_cfgs for ctr in (False, True)]
+    result = SearchResult(None, k_errors=k_err, v_errors=v_err, policy=pol,  # type: ignore[arg-type]
+                          k_options=k_opts, v_options=v_opts, scales=scales, order=order)
+    result = rebudget(result, cal)
+    if check:
+        measure(result.profile, model or cal.model, cal, eval_text=eval_text, n_chunks=n_chunks,
+                n_threads=n_threads, progress=progress, cancel=cancel)
+        best = result.candidates[0]
+        m = result.profile.measured
+        best.kld, best.ppl, best.top1 = m.get("kld"), m.get("ppl"), m.get("top1")
+    return result
+
+
+def rebudget(result: SearchResult, cal: Calibration, k_budget: float | None = None,
+             v_budget: float | None = None) -> SearchResult:
+    """The allocation of ``result``'s measured errors under new budgets (None: the policy's),
+    without measuring anything again: cheap. Returns a new SearchResult."""
+    pol = resolve_policy(result.policy, k_budget, v_budget)  # type: ignore[arg-type]
+    L = cal.n_layer
     sink = sink_bits(pol.sink_tokens, cal.n_ctx)  # the f16 sinks are part of the budget at the calibration context
+    k_opts, k_err = result.k_options, result.k_errors
     k_pick = allocate([[o.bits + sink for o in opts] for opts in k_opts],
                       [[e[_label(o)] for o in opts] for e, opts in zip(k_err, k_opts)], pol.k_budget)
     k_choice = [opts[i] for opts, i in zip(k_opts, k_pick)]
     v_choice: list[tuple[tq.KConfig, bool]] = []
-    if v_cfgs:
-        v_list = [(c, ctr) for c in v_cfgs for ctr in (False, True)]
-        v_pick = allocate([[c.bits_per_value() + sink for c, _ in v_list]] * L,
-                          [[e[c.spec() + ("+center" if ctr else "")] for c, ctr in v_list] for e in v_err],
+    if pol.v_budget is not None and result.v_options:
+        per_layer = [[(c, ctr) for c, ctr in result.v_options if _v_label(c, ctr) in e] for e in result.v_errors]
+        v_pick = allocate([[c.bits_per_value() + sink for c, _ in opts] for opts in per_layer],
+                          [[e[_v_label(c, ctr)] for c, ctr in opts] for e, opts in zip(result.v_errors, per_layer)],
                           pol.v_budget)
-        v_choice = [v_list[i] for i in v_pick]
-    prof = _profile(cal, pol, k_choice, v_choice, scales, order)
-    result = SearchResult(prof, k_errors=k_err, v_errors=v_err)
-    result.candidates = _uniform_candidates(cal, pol, k_err, k_choice, prof)
-    if check:
-        measure(prof, model or cal.model, cal, eval_text=eval_text, n_chunks=n_chunks, n_threads=n_threads,
-                progress=progress, cancel=cancel)
-        best = result.candidates[0]
-        best.kld, best.ppl, best.top1 = prof.measured.get("kld"), prof.measured.get("ppl"), prof.measured.get("top1")
-    return result
+        v_choice = [opts[i] for opts, i in zip(per_layer, v_pick)]
+    assert L == len(k_choice)
+    prof = _profile(cal, pol, k_choice, v_choice, result.scales, result.order)
+    out = replace(result, profile=prof, policy=pol)
+    out.candidates = _uniform_candidates(cal, pol, k_err, k_choice, prof)
+    return out
 
 
 def _profile(cal: Calibration, pol: Policy, k_choice: list[Option], v_choice, scales, order) -> Profile:
@@ -362,42 +478,21 @@ def _uniform_candidates(cal, pol, k_err, k_choice: list[Option], prof: Profile) 
 def measure(prof: Profile, model: str | os.PathLike, cal: Calibration | None = None, *, eval_text: str | None = None,
             n_ctx: int | None = None, n_chunks: int | None = None, n_threads: int = 0,
             progress: ProgressFn | None = None, cancel: threading.Event | None = None) -> dict:
-    """Convert ``model`` with ``prof`` to a temporary GGUF and measure PPL, KLD and top-1
-    against its f16-cache run on held-out text; fills prof.measured and returns it."""
+    """Convert ``model`` with ``prof`` to a temporary f16 GGUF and check it (check.check_file) on
+    ``eval_text`` or the calibration's held-out chunks; fills prof.measured and returns it.
+    (`kvconvert convert` checks the file it writes instead.)"""
+    from .check import check_file, holdout_tokens
     from .convert import convert
-    from .evaluate import evaluate
-    from .runtime import Model
 
-    text, text_name = eval_text, "held-out text"
-    if text is None:
-        if cal is None or len(cal.holdout) == 0:
-            raise InputError("no held-out text to check the profile on; pass eval_text")
-        rt = Model(_runtime_path(model))
-        text, text_name = "".join(rt.detokenize([t for t in ch.tolist() if t != _bos(rt)]) for ch in cal.holdout), \
-            "calibration held-out chunks"
+    if eval_text is None and (cal is None or len(cal.holdout) == 0):
+        raise InputError("no held-out text to check the profile on; give a check text (--text FILE)")
     n_ctx = n_ctx or (cal.n_ctx if cal else 512)
     with tempfile.TemporaryDirectory(prefix="kvconvert-check-") as tmp:
         out = Path(tmp) / "check.gguf"
-        convert(model, out, weights="q8_0", profile=prof, progress=None, cancel=cancel)
-        m = Model(out)
-        base = Path(tmp) / "base.logits"
-        ref = evaluate(m, text, text_name=text_name, n_ctx=n_ctx, n_chunks=n_chunks, type_k="f16", type_v="f16",
-                       n_threads=n_threads, save_logits=base, cancel=cancel)
-        res = evaluate(m, text, text_name=text_name, n_ctx=n_ctx, n_chunks=n_chunks, n_threads=n_threads,
-                       kld_base=base, progress=progress, cancel=cancel)
-    prof.measured.update(kld=res.kld, kld_err=res.kld_err, top1=res.top1, ppl=res.ppl, ppl_err=res.ppl_err,
-                         ppl_f16=ref.ppl, text=text_name, text_sha256=res.text_sha256, n_ctx=n_ctx,
-                         chunks=res.n_chunks, weights="q8_0")
+        convert(model, out, weights="f16", profile=prof, cancel=cancel)
+        kw = dict(text=eval_text) if eval_text is not None else \
+            dict(token_ids=holdout_tokens(cal), text_name="calibration held-out chunks")
+        res = check_file(out, n_ctx=n_ctx, n_chunks=n_chunks, n_threads=n_threads, weights="f16",
+                         progress=progress, cancel=cancel, **kw)
+    prof.measured.update({k: v for k, v in res.to_dict().items() if k not in ("max_kld", "passed")})
     return prof.measured
-
-
-def _runtime_path(model) -> Path:
-    from .calibrate import runtime_gguf
-    from .model import load_model
-
-    return runtime_gguf(load_model(model))
-
-
-def _bos(rt) -> int | None:
-    spec = rt.source.tokenizer_spec()
-    return spec.bos_id if spec.effective_add_bos() else None

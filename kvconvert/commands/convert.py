@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import argparse
 
-from ..convert import WEIGHT_TYPES, convert
+from ..convert import WEIGHT_TYPES
 from ..patch import LAYOUTS
+from ..pipeline import DEFAULT_TOKENS, ConvertJob, convert
 from ..progress import tqdm_progress
-from ..report import print_convert_result
+from ..report import print_convert_job, print_convert_result
 from ..search import DEFAULT_POLICY
 from .run import add_text_args, read_text_arg
 
@@ -26,15 +27,24 @@ def configure(p: argparse.ArgumentParser) -> None:
                         "(default); folded: every transform in the weights, only kvconvert can run it")
     add_text_args(p, required=False, what="to calibrate on when --profile is a policy (default: data-free)",
                   austen_default="calib")
-    p.add_argument("--tokens", type=int, default=16384, help="calibration tokens when calibrating (default %(default)s)")
-    p.add_argument("--no-check", action="store_true", help="skip the end-to-end check of a searched profile")
+    p.add_argument("--tokens", type=int, default=DEFAULT_TOKENS,
+                   help="calibration tokens when calibrating (default %(default)s; 2 chunks more are held out "
+                        "for the check)")
+    p.add_argument("--no-check", action="store_true",
+                   help="skip the check of the written file (KLD, top-1 and PPL of its compressed caches against "
+                        "an f16 cache on held-out text; a check above the policy's threshold retries with more bits)")
+    p.add_argument("-t", "--threads", type=int, default=0, help="threads (default: all cores)")
 
 
 def run(args: argparse.Namespace) -> int:
     text, _ = read_text_arg(args)
     profile = None if args.profile.lower() == "none" else args.profile
-    with tqdm_progress() as progress:
+    with tqdm_progress(unit="MiB", name="write") as progress:
         result = convert(args.model, args.output, weights=args.weights, profile=profile, layout=args.layout,
-                         text=text, tokens=args.tokens, check=not args.no_check, progress=progress)
-    print_convert_result(result)
+                         text=text, tokens=args.tokens, check=not args.no_check, n_threads=args.threads,
+                         progress=progress)
+    if isinstance(result, ConvertJob):
+        print_convert_job(result)
+    else:
+        print_convert_result(result)
     return 0
