@@ -376,6 +376,7 @@ def search(calib: Calibration | str | os.PathLike, *, policy: str | Policy = DEF
         raise InputError(f"{cal.path or 'the calibration'} has no held-out chunks to check the profile on; "
                          "give a check text (--text FILE or --austen eval) or skip the check (--no-check)")
     L, d = cal.n_layer, cal.head_dim
+    check_budgets(pol, d, cal.n_ctx)
     scales = smoothing_scales(cal)
     order = pair_order(cal, scales if pol.smoothing else None)
     v_cfgs = [tq.KConfig(d=d, lo_bits=b, hi_bits=b) for b in pol.v_bits] if pol.v_budget is not None else []
@@ -414,6 +415,19 @@ def search(calib: Calibration | str | os.PathLike, *, policy: str | Policy = DEF
         m = result.profile.measured
         best.kld, best.ppl, best.top1 = m.get("kld"), m.get("ppl"), m.get("top1")
     return result
+
+
+def check_budgets(pol: Policy, d: int, n_ctx: int) -> None:
+    """Refuse budgets below the cheapest candidate config (uniform at the fewest bits), before measuring."""
+    sink = sink_bits(pol.sink_tokens, n_ctx)
+    for kind, budget, bits in (("K", pol.k_budget, pol.k_bits), ("V", pol.v_budget, pol.v_bits)):
+        if budget is None:
+            continue
+        least = tq.KConfig(d=d, lo_bits=min(bits), hi_bits=min(bits)).bits_per_value() + sink
+        if not budget >= least - 1e-9:
+            raise InputError(f"a {kind} budget of {budget:g} bits per value is below the minimum {least:.3f} of the "
+                             f"candidate configs ({min(bits)}-bit codes, scales and the sink at {n_ctx} tokens); "
+                             "raise the budget or allow fewer bits (policy k_bits/v_bits)")
 
 
 def rebudget(result: SearchResult, cal: Calibration, k_budget: float | None = None,

@@ -155,7 +155,7 @@ def test_calibration_resumes_after_cancel(tiny_models, tiny_cal, tmp_path):
 
     def progress(done, total, what):
         seen.append(done)
-        if done >= 2:
+        if done >= 2 * 64:  # progress counts tokens: two 64-token chunks done
             cancel.set()
 
     with pytest.raises(Cancelled):
@@ -165,7 +165,7 @@ def test_calibration_resumes_after_cancel(tiny_models, tiny_cal, tmp_path):
     seen.clear()
     cal = calibrate(tiny_models["qwen2-hd64"], text=TEXT, tokens=256, n_ctx=64, n_windows=2, holdout=1, out=out,
                     progress=lambda d, t, w: seen.append(d))
-    assert seen[0] == 3  # resumed after the two finished chunks
+    assert seen[0] == 3 * 64  # resumed after the two finished chunks
     np.testing.assert_allclose(cal.k_sum, tiny_cal.k_sum, rtol=1e-6)
     np.testing.assert_array_equal(cal.win_k, tiny_cal.win_k)
     assert not out.with_name(out.name + ".partial").exists()

@@ -369,3 +369,26 @@ def test_snapshot_share(snapenv, built, snap_compare, monkeypatch):
         await pilot.pause()
 
     assert snap(snap_compare, KVConvertApp(session=built(), start="share"), before=repo)
+
+
+@pilot_test
+async def test_profile_step_with_defaults_checks_on_held_out_tokens(workdir):
+    """The default path: data-free calibration and the Profile step's automatic search with its
+    PPL/KLD check ticked (it once failed: generated sequences of unequal lengths left no held-out text)."""
+    app = KVConvertApp()
+    async with app.run_test(size=SIZE) as pilot:
+        await load(pilot, "tiny")
+        await pilot.press("ctrl+n")
+        await click(pilot, "#start")  # every calibration setting at its default: the model's own text
+        await settle(pilot)
+        cal = app.session.calibration
+        assert cal is not None, message(app)
+        assert cal.text_source.startswith("generated") and len(cal.holdout) == 2
+        await pilot.press("ctrl+n", "ctrl+n")
+        assert app.screen.query_one("#check").value  # "measure PPL/KLD" is on by default
+        await settle(pilot)
+        found = app.session.search
+        assert found is not None, message(app)
+        m = found.profile.measured
+        assert m["text"] == "calibration held-out chunks" and m["chunks"] == 2 and m["kld"] >= 0
+        assert not app.screen.query_one("#message").has_class("-error"), message(app)

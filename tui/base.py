@@ -67,6 +67,7 @@ class JobPanel(Vertical):
     def __init__(self, transient: bool = False, **kw) -> None:
         super().__init__(**kw)
         self.cancel_event: threading.Event | None = None
+        self.phase: tuple[str, str] | None = None  # (name, unit) of the running job's current phase
         self.running = False
         self.transient = transient
 
@@ -81,6 +82,7 @@ class JobPanel(Vertical):
 
     def begin(self, what: str, cancellable: bool = True) -> threading.Event:
         self.cancel_event = threading.Event()
+        self.phase = None
         self.running = True
         self.display = True
         bar = self.query_one(ProgressBar)
@@ -105,11 +107,29 @@ class JobPanel(Vertical):
             except RuntimeError:  # the app has stopped: let the job notice the cancel flag
                 pass
 
+        def start_phase(name: str, unit: str) -> None:  # kvconvert.progress's phase protocol
+            last[0] = 0.0
+            try:
+                app.call_from_thread(self.show_phase, name, unit)
+            except RuntimeError:
+                pass
+
+        report.start_phase = start_phase  # type: ignore[attr-defined]
         return report
+
+    def show_phase(self, name: str, unit: str) -> None:
+        """A new phase of the job: the bar restarts, counting ``unit``."""
+        self.phase = (name, unit)
+        self.query_one(ProgressBar).update(total=1, progress=0)
+        if self.cancel_event is None or not self.cancel_event.is_set():
+            self.query_one(".job-what", Label).update(Content(f"{name}…"))
 
     def show(self, done: float, total: float, what: str) -> None:
         self.query_one(ProgressBar).update(total=max(total, 1e-9), progress=done)
         if self.cancel_event is None or not self.cancel_event.is_set():
+            if self.phase is not None:  # "search: 12/24 layer — pass 2: outlier splits"
+                name, unit = self.phase
+                what = f"{name}: {done:g}/{total:g} {unit}" + (f" — {what}" if what else "")
             self.query_one(".job-what", Label).update(Content(what))
 
     def cancel(self) -> None:

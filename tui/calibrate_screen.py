@@ -16,11 +16,11 @@ from textual.content import Content
 from textual.widgets import Button, Input, Label, RadioButton, RadioSet, Static
 
 from kvconvert.errors import InputError
+from kvconvert.pipeline import DEFAULT_TOKENS
 
 from .base import JobPanel, StepScreen
 from .state import short_path
 
-DEFAULT_TOKENS = 16384
 DEFAULT_CTX = 512
 
 
