@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from ..calibrate import calibrate
+from ..pipeline import DEFAULT_TOKENS
 from ..progress import tqdm_progress
 from ..report import print_calibration
 from .run import add_text_args, read_text_arg
@@ -14,7 +15,8 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", help="Hugging Face model directory, GGUF file, or Hub repo id")
     add_text_args(p, required=False, what="to calibrate on (default: text the model writes itself, no download)",
                   austen_default="calib")
-    p.add_argument("--tokens", type=int, default=16384, help="calibration tokens (default %(default)s)")
+    p.add_argument("--tokens", type=int, default=DEFAULT_TOKENS,
+                   help="calibration tokens (default %(default)s; 2 chunks more are held out for the search's check)")
     p.add_argument("--ctx", type=int, default=512, help="tokens per calibration chunk (default %(default)s)")
     p.add_argument("-o", "--output", help="calibration file (.npz; default: in kvconvert's cache, reused by reruns)")
     p.add_argument("-t", "--threads", type=int, default=0, help="threads (default: all cores)")
@@ -22,7 +24,7 @@ def configure(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     text, _ = read_text_arg(args)
-    with tqdm_progress(unit="chunk") as progress:
+    with tqdm_progress(unit="tok", name="calibrate") as progress:
         cal = calibrate(args.model, text=text, tokens=args.tokens, n_ctx=args.ctx, out=args.output,
                         n_threads=args.threads, progress=progress)
     print_calibration(cal)

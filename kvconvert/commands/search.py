@@ -41,7 +41,7 @@ def run(args: argparse.Namespace) -> int:
     text, _ = read_text_arg(args)
     if Path(args.output).is_dir():
         raise InputError(f"{args.output} is a directory; give a .json file path for the profile")
-    with tqdm_progress(unit="step") as progress:
+    with tqdm_progress(unit="layer", name="search") as progress:
         result = search(args.calibration, policy=args.policy, k_budget=args.budget, v_budget=args.v_budget,
                         eval_text=text, check=not args.no_check, model=args.model, n_chunks=args.chunks,
                         n_threads=args.threads, progress=progress)
