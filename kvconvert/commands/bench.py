@@ -25,7 +25,7 @@ def configure(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     depths = tuple(int(d) for d in args.depths.split(","))
-    with tqdm_progress(unit="tok") as progress:
+    with tqdm_progress(unit="tok", name="bench") as progress:
         r = bench(args.model, depths=depths, n_prefill=args.prefill, n_decode=args.decode, type_k=args.ctk,
                   type_v=args.ctv, n_threads=args.threads, n_sink=args.sink, progress=progress)
     if args.json:

@@ -26,7 +26,7 @@ def configure(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     text, name = read_text_arg(args)
-    with tqdm_progress(unit="chunk") as progress:
+    with tqdm_progress(unit="chunk", name="eval") as progress:
         r = evaluate(args.model, text, text_name=name, n_ctx=args.ctx, n_chunks=args.chunks, type_k=args.ctk,
                      type_v=args.ctv, n_threads=args.threads, n_sink=args.sink, save_logits=args.save_logits,
                      kld_base=args.kld_base, progress=progress)

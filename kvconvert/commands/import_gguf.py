@@ -17,7 +17,7 @@ def configure(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    with tqdm_progress(unit="param") as progress:
+    with tqdm_progress(unit="param", name="import") as progress:
         r = import_gguf(args.gguf, args.output, dtype=args.dtype, overwrite=args.force, progress=progress)
     print(f"wrote {r.output}: {r.architecture}, {r.n_tensors} tensors, {r.n_params / 1e6:.1f}M parameters")
     print("files: " + ", ".join(r.files))
