@@ -73,13 +73,14 @@ def profile_path_for(output: str | os.PathLike) -> Path:
 
 def convert(model: str | os.PathLike | ModelSource, output: str | os.PathLike, *, weights: str = "f16",
             profile=None, layout: str = "portable", kv_meta=None, text: str | None = None,
-            tokens: int = DEFAULT_TOKENS, check: bool = True, save_profile: bool = True, n_threads: int = 0,
+            tokens: int = DEFAULT_TOKENS, n_ctx: int = 512, check: bool = True, save_profile: bool = True,
+            n_threads: int = 0,
             progress: ProgressFn | None = None, cancel: threading.Event | None = None) -> ConvertResult:
     """Convert ``model`` (HF dir, GGUF or repo id) to a GGUF at ``output``.
 
     profile: None (plain conversion), a calibrated Profile or its name/file (applied
     as is), or a Policy or policy name: calibrate on ``text`` (None: the model's own
-    text) over ``tokens`` tokens, search, write, ``check`` the written file, retry with
+    text) over ``tokens`` tokens in chunks of ``n_ctx``, search, write, ``check`` the written file, retry with
     more bits if the check misses the policy's threshold, and save the profile next
     to the output. Returns a ConvertJob for a policy, else the writer's ConvertResult."""
     prof = load_profile(profile) if isinstance(profile, (str, os.PathLike)) else profile
@@ -96,7 +97,8 @@ def convert(model: str | os.PathLike | ModelSource, output: str | os.PathLike, *
         raise InputError(f"calibration needs at least 1 token (got {tokens})")
     times: dict[str, float] = {}
     t0 = time.monotonic()
-    cal = calibrate(src, text=text, tokens=tokens, n_threads=n_threads, progress=progress, cancel=cancel)
+    cal = calibrate(src, text=text, tokens=tokens, n_ctx=n_ctx, n_threads=n_threads, progress=progress,
+                    cancel=cancel)
     times["calibrate"] = time.monotonic() - t0
     if check and len(cal.holdout) == 0:
         raise InputError("the calibration has no held-out tokens to check the file on; "
