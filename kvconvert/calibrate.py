@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .atomic import atomic_path
+from .atomic import atomic_path, refuse_overwrite
 from .errors import InputError
 from .model import ModelSource, load_model
 from .paths import cache_dir
@@ -353,6 +353,7 @@ def calibrate(model: str | os.PathLike | ModelSource, *, text: str | None = None
         raise InputError(f"calibration needs tokens >= 1, n_ctx >= 16 and holdout >= 0 (got {tokens}, {n_ctx}, "
                          f"{holdout})")
     src = model if isinstance(model, ModelSource) else load_model(model)
+    refuse_overwrite(out, [src.path], what="calibration output path")
     user_chunks = text_chunks(src, text, tokens, n_ctx, holdout) if text is not None else None  # refuse early
     rt = Model(runtime_gguf(src, progress, cancel))
     if user_chunks is not None:

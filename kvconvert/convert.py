@@ -18,7 +18,7 @@ import numpy as np
 
 from . import __version__
 from .arch.base import TensorSpec
-from .atomic import atomic_path, check_parent
+from .atomic import atomic_path, check_parent, refuse_overwrite
 from .errors import InputError, OutputError
 from .gguf_keys import SCHEMA_VERSION, Keys
 from .model import ModelSource, load_model
@@ -100,12 +100,12 @@ def write_metadata(w: gguf.GGUFWriter, src: ModelSource, weights: str, name: str
         kv_meta.add_to_gguf(w)
 
 
-def check_output(src: ModelSource, output: Path) -> None:
-    """Refuse an output that cannot be written or would replace the input — before any long work."""
+def check_output(src: ModelSource, output: Path, inputs=()) -> None:
+    """Refuse an output that cannot be written or would touch the input (the model's file or
+    directory, and ``inputs``: e.g. the path the user gave) — before any long work."""
+    refuse_overwrite(output, [src.path, *inputs])
     if output.exists() and output.is_dir():
         raise OutputError(f"cannot write {output}: it is a directory; give a .gguf file path")
-    if output.resolve() == Path(src.path).resolve():
-        raise OutputError(f"cannot write {output}: it is the input file; choose another output path")
     check_parent(output)
 
 
@@ -123,7 +123,7 @@ def convert(model: str | os.PathLike | ModelSource, output: str | os.PathLike, *
         raise InputError(f"unknown weight type {weights!r} (choose from {', '.join(WEIGHT_TYPES)})")
     src = model if isinstance(model, ModelSource) else load_model(model)
     output = Path(output)
-    check_output(src, output)
+    check_output(src, output, [] if isinstance(model, ModelSource) else [model])
     name = Path(src.path).name.removesuffix(".gguf")
     patch = None
     if profile is not None:

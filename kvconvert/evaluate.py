@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from . import metrics
-from .atomic import atomic_path
+from .atomic import atomic_path, refuse_overwrite
 from .errors import InputError
 from .progress import ProgressFn, check_cancel
 from .runtime import ContextParams, Model
@@ -85,6 +85,8 @@ def evaluate(model: str | os.PathLike | Model, text: str, *, text_name: str = "t
     token_ids: evaluate these token ids (without BOS) instead of tokenizing ``text``; ``text``
     then only names and identifies them (its hash goes into saved logits)."""
     m = model if isinstance(model, Model) else Model(model)
+    refuse_overwrite(save_logits, [m.path, None if isinstance(model, Model) else model, kld_base],
+                     what="--save-logits path")
     tokens = m.tokenize(text, add_bos=False) if token_ids is None else [int(t) for t in token_ids]
     spec = m.source.tokenizer_spec()
     bos = spec.bos_id if spec.effective_add_bos() else None

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .atomic import atomic_dir
+from .atomic import atomic_dir, refuse_overwrite
 from .errors import InputError, OutputError
 from .model import ROPE_FREQS, load_gguf
 from .progress import ProgressFn, check_cancel
@@ -55,6 +55,8 @@ def import_gguf(gguf_path: str | os.PathLike, out_dir: str | os.PathLike, *, dty
     if dtype not in _ITEMSIZE:
         raise InputError(f"unknown dtype {dtype!r} (choose from {', '.join(_ITEMSIZE)})")
     out_dir = Path(out_dir)
+    refuse_overwrite(out_dir, [gguf_path], what="output directory",
+                     note=" (--force replaces only outputs, never inputs)" if overwrite else "")
     if out_dir.exists() and (not out_dir.is_dir() or (any(out_dir.iterdir()) and not overwrite)):
         raise OutputError(f"cannot write {out_dir}: it exists and is not empty; pass --force to replace it")
     src = load_gguf(Path(gguf_path))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from ..atomic import refuse_overwrite
 from ..calibrate import calibrate
 from ..pipeline import DEFAULT_TOKENS
 from ..progress import tqdm_progress
@@ -23,6 +24,7 @@ def configure(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    refuse_overwrite(args.output, [args.model, args.text], what="-o path")
     text, _ = read_text_arg(args)
     with tqdm_progress(unit="tok", name="calibrate") as progress:
         cal = calibrate(args.model, text=text, tokens=args.tokens, n_ctx=args.ctx, out=args.output,

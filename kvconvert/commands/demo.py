@@ -21,11 +21,12 @@ from pathlib import Path
 from rich.console import Console
 
 from .. import fixtures
+from ..atomic import atomic_path, refuse_overwrite
 from ..bench import bench
 from ..convert import WEIGHT_TYPES, convert
 from ..demo_table import (CacheRow, PlainCheck, cache_layout, cache_table, describe_layers, plain_check_line,
                           summary_lines)
-from ..errors import InputError, OutputError
+from ..errors import InputError
 from ..evaluate import evaluate
 from ..import_gguf import import_gguf
 from ..paths import cache_dir
@@ -81,13 +82,8 @@ def _console() -> Console:
     return Console(width=max(FILE_WIDTH, columns))
 
 
-def _check_output(output: Path, inputs: list[Path]) -> None:
-    out = output.resolve()
-    for src in inputs:
-        s = src.resolve()
-        if out == s or (s.is_dir() and s in out.parents) or (out.exists() and s.exists() and out.samefile(s)):
-            raise OutputError(f"cannot write {output}: it is (or is inside) the demo's input {src}; "
-                              "choose another --output")
+def _check_output(output: Path, inputs: list[Path], what: str = "--output") -> None:
+    refuse_overwrite(output, inputs, what=what, role="the demo's input")
 
 
 def _held_out_text(model: Model, n_tokens: int) -> str:
@@ -112,6 +108,8 @@ def run(args: argparse.Namespace) -> int:
     gguf_path = fixtures.fetch(fixtures.SMOLLM2, progress=lambda m: console.print(f"    {m}"))
     hf_dir = cache_dir() / "demo" / MODEL_NAME
     _check_output(out, [gguf_path, hf_dir])
+    if args.json:
+        _check_output(Path(args.json), [gguf_path, hf_dir, out], what="--json path")
     profile = load_profile(PROFILE)
     if not isinstance(profile, Profile):
         raise InputError(f"the shipped {PROFILE} is a policy, not a calibrated profile; reinstall kvconvert")
@@ -171,8 +169,9 @@ def run(args: argparse.Namespace) -> int:
     for line in summary_lines(str(out), args.weights, profile.name, rows):
         console.print(line)
     if args.json:
-        Path(args.json).write_text(json.dumps({
-            "output": str(out), "weights": args.weights, "profile": profile.name, "text": TEXT_NAME,
-            "n_ctx": args.ctx, "n_chunks": n_chunks, "threads": threads,
-            "rows": {k: r.to_dict() for k, r in rows.items()}, "plain_check": check.to_dict()}, indent=2) + "\n")
+        with atomic_path(args.json) as tmp:
+            tmp.write_text(json.dumps({
+                "output": str(out), "weights": args.weights, "profile": profile.name, "text": TEXT_NAME,
+                "n_ctx": args.ctx, "n_chunks": n_chunks, "threads": threads,
+                "rows": {k: r.to_dict() for k, r in rows.items()}, "plain_check": check.to_dict()}, indent=2) + "\n")
     return 0

@@ -9,6 +9,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+from ..atomic import refuse_overwrite
 from ..evaluate import evaluate
 from ..progress import tqdm_progress
 from .run import add_runtime_args, add_text_args, read_text_arg
@@ -25,6 +26,7 @@ def configure(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    refuse_overwrite(args.save_logits, [args.model, args.kld_base, args.text], what="--save-logits path")
     text, name = read_text_arg(args)
     with tqdm_progress(unit="chunk", name="eval") as progress:
         r = evaluate(args.model, text, text_name=name, n_ctx=args.ctx, n_chunks=args.chunks, type_k=args.ctk,

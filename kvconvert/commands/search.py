@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ..atomic import refuse_overwrite
 from ..errors import InputError
 from ..progress import tqdm_progress
 from ..report import print_search
@@ -38,6 +39,7 @@ def configure(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    refuse_overwrite(args.output, [args.calibration, args.text, args.policy, args.model], what="-o path")
     text, _ = read_text_arg(args)
     if Path(args.output).is_dir():
         raise InputError(f"{args.output} is a directory; give a .json file path for the profile")

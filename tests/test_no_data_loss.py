@@ -1,0 +1,190 @@
+"""Issue 14: nothing a user types or downloads can destroy their files, hang the
+tool or end in a traceback.
+
+Every case runs the CLI in-process (``kvconvert.cli.main``) on copies of the
+tiny models and asserts: exit code 2, exactly one stderr line starting
+``kvconvert: error:`` that names the file(s), no traceback, no temporary
+``*.part`` file left (hidden or not), and every input byte-for-byte unchanged.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from kvconvert.cli import main
+
+TEXT = ("It is a truth universally acknowledged, that a single man in possession of a good fortune, must be in "
+        "want of a wife. However little known the feelings or views of such a man may be on his first entering "
+        "a neighbourhood, this truth is so well fixed in the minds of the surrounding families. ") * 6
+
+
+def tree_hashes(*roots: Path) -> dict[str, str]:
+    """sha256 of every file under the roots (and of the roots themselves when files)."""
+    out = {}
+    for root in roots:
+        files = [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.is_file())
+        for f in files:
+            out[str(f)] = hashlib.sha256(f.read_bytes()).hexdigest()
+    return out
+
+
+def leftovers(root: Path) -> list[Path]:
+    return [p for p in root.rglob("*") if p.name.endswith((".part", ".old")) or ".part." in p.name]
+
+
+def cli_error(capsys, argv: list[str], *needles: str) -> str:
+    code = main([str(a) for a in argv])
+    err = capsys.readouterr().err
+    assert code == 2, (code, err)
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("kvconvert: error: "), err
+    assert "Traceback" not in err
+    for n in needles:
+        assert str(n) in err, (n, err)
+    return err
+
+
+@pytest.fixture
+def work(tiny_models, tiny_ggufs, tmp_path, monkeypatch):
+    """tmp/hf (a tiny HF model), tmp/D/m.gguf (a tiny GGUF), tmp/t.txt (text); a private cache."""
+    monkeypatch.setenv("KVCONVERT_CACHE", str(tmp_path / "cache"))
+    hf = tmp_path / "hf"
+    shutil.copytree(tiny_models["qwen2-hd64"], hf)
+    d = tmp_path / "D"
+    d.mkdir()
+    shutil.copy(tiny_ggufs["qwen2-hd64"], d / "m.gguf")
+    (tmp_path / "t.txt").write_text(TEXT, encoding="utf-8")
+    return tmp_path
+
+
+@pytest.fixture(scope="module")
+def calib_file(tiny_models, tmp_path_factory) -> Path:
+    """A real calibration of the tiny Qwen2 model (a few hundred tokens)."""
+    from kvconvert.calibrate import calibrate
+
+    root = tmp_path_factory.mktemp("cal")
+    old = os.environ.get("KVCONVERT_CACHE")
+    os.environ["KVCONVERT_CACHE"] = str(root / "cache")
+    try:
+        calibrate(tiny_models["qwen2-hd64"], text=TEXT * 2, tokens=128, n_ctx=32, n_windows=1, holdout=1,
+                  out=root / "C.npz")
+    finally:
+        if old is None:
+            del os.environ["KVCONVERT_CACHE"]
+        else:
+            os.environ["KVCONVERT_CACHE"] = old
+    return root / "C.npz"
+
+
+def refused(capsys, work: Path, argv: list, inputs: list[Path], *needles) -> str:
+    before = tree_hashes(*inputs)
+    err = cli_error(capsys, argv, *needles)
+    assert tree_hashes(*inputs) == before
+    assert not leftovers(work), leftovers(work)
+    return err
+
+
+# -- no command writes over an input -------------------------------------------------
+
+def test_eval_save_logits_over_model(capsys, work):
+    m = work / "D" / "m.gguf"
+    err = refused(capsys, work, ["eval", m, "--text", work / "t.txt", "--ctx", 64, "--save-logits", m], [m],
+                  "--save-logits", m)
+    assert err.count(str(m)) == 2  # names the output and the input
+
+
+def test_eval_save_logits_over_text_and_base(capsys, work):
+    m, t = work / "D" / "m.gguf", work / "t.txt"
+    refused(capsys, work, ["eval", m, "--text", t, "--ctx", 64, "--save-logits", t], [m, t], t, "input")
+    base = work / "base.logp"
+    assert main(["eval", str(m), "--text", str(t), "--ctx", "64", "--save-logits", str(base)]) == 0
+    capsys.readouterr()
+    refused(capsys, work, ["eval", m, "--text", t, "--ctx", 64, "--kld-base", base, "--save-logits", base],
+            [m, t, base], base)
+
+
+def test_eval_save_logits_through_symlink_dotdot_and_hard_link(capsys, work):
+    m, t = work / "D" / "m.gguf", work / "t.txt"
+    link = work / "link.gguf"
+    link.symlink_to(m)
+    hard = work / "hard.gguf"
+    os.link(m, hard)
+    dotdot = work / "D" / ".." / "D" / "m.gguf"
+    for out, why in ((link, "symlink"), (dotdot, "it is the input"), (hard, "hard link")):
+        err = refused(capsys, work, ["eval", m, "--text", t, "--ctx", 64, "--save-logits", out], [m, t], out, m)
+        assert why in err
+    assert link.is_symlink() and os.path.samefile(hard, m)
+
+
+def test_eval_save_logits_next_to_model_is_allowed(capsys, work):
+    m, t = work / "D" / "m.gguf", work / "t.txt"
+    before = tree_hashes(m, t)
+    assert main(["eval", str(m), "--text", str(t), "--ctx", "64", "--save-logits", str(work / "D" / "b.logp")]) == 0
+    assert (work / "D" / "b.logp").stat().st_size > 0 and tree_hashes(m, t) == before
+    assert not leftovers(work)
+
+
+@pytest.mark.parametrize("force", [True, False])
+def test_import_gguf_into_the_directory_holding_it(capsys, work, force):
+    d = work / "D"
+    argv = ["import-gguf", d / "m.gguf", "-o", d] + (["--force"] if force else [])
+    err = refused(capsys, work, argv, [d], d / "m.gguf", "holding the input")
+    assert ("never inputs" in err) == force
+    assert sorted(p.name for p in d.iterdir()) == ["m.gguf"]
+
+
+def test_import_gguf_force_still_replaces_outputs(capsys, work):
+    d, out = work / "D", work / "out"
+    out.mkdir()
+    (out / "stale.txt").write_text("old output")
+    assert main(["import-gguf", str(d / "m.gguf"), "-o", str(out), "--force"]) == 0
+    assert (out / "config.json").exists() and not (out / "stale.txt").exists()
+    assert not leftovers(work)
+
+
+def test_search_output_over_calibration(capsys, work, calib_file):
+    c = work / "C.npz"
+    shutil.copy(calib_file, c)
+    refused(capsys, work, ["search", c, "-o", c, "--no-check"], [c], c, "it is the input")
+    t = work / "t.txt"
+    refused(capsys, work, ["search", c, "-o", t, "--text", t], [c, t], t)
+
+
+def test_calibrate_output_over_model(capsys, work):
+    hf, m = work / "hf", work / "D" / "m.gguf"
+    refused(capsys, work, ["calibrate", hf, "--text", work / "t.txt", "-o", hf / "c.npz"], [hf],
+            hf / "c.npz", "inside the input directory")
+    refused(capsys, work, ["calibrate", m, "--tokens", 64, "--ctx", 32, "-o", m], [m], m)
+    assert not (hf / "c.npz").exists()
+
+
+def test_convert_into_the_input_directory(capsys, work):
+    hf = work / "hf"
+    # the default --profile is a policy: the pipeline's check comes before calibration
+    refused(capsys, work, ["convert", hf, "-o", hf / "model.safetensors"], [hf], hf / "model.safetensors",
+            "input directory")
+    refused(capsys, work, ["convert", hf, "-o", hf / "new.gguf", "--profile", "none"], [hf], "new.gguf")
+    refused(capsys, work, ["convert", hf, "-o", hf, "--profile", "none"], [hf], "it is the input")
+    assert not (hf / "new.gguf").exists()
+
+
+def test_convert_over_the_input_gguf_and_its_links(capsys, work):
+    m = work / "D" / "m.gguf"
+    hard = work / "hard.safetensors"
+    os.link(work / "hf" / "model.safetensors", hard)
+    refused(capsys, work, ["convert", m, "-o", m, "--profile", "none"], [m], m)
+    refused(capsys, work, ["convert", work / "hf", "-o", hard, "--profile", "none"], [work / "hf"],
+            hard, "model.safetensors", "hard link")
+
+
+def test_pipeline_profile_json_over_input(capsys, work):
+    """The pipeline's OUT.profile.json goes through the same check as OUT.gguf."""
+    model_dir = work / "x.profile.json"
+    shutil.copytree(work / "hf", model_dir)
+    refused(capsys, work, ["convert", model_dir, "-o", work / "x.gguf"], [model_dir], model_dir)
+    assert not (work / "x.gguf").exists()
