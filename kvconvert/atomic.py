@@ -1,20 +1,35 @@
 """Write files so that a failure never leaves a half-written output behind,
 and never write over an input.
 
-``refuse_overwrite(output, inputs)`` is called by each command *before any
-work*: an output that is an input (same path, through ``..`` or a symlink, or a
-hard link to it), lies inside an input directory, or is a directory holding an
-input is refused with one line naming both paths (``OutputError``).
-``atomic_path`` / ``atomic_dir`` write into a temporary file/directory next to
-the output and rename it into place only when complete.
+Every writer in kvconvert goes through this module:
+
+- ``refuse_overwrite(output, inputs)`` is called by each command *before any
+  work*: an output that is an input (same path, through ``..`` or a symlink, or
+  a hard link to it), lies inside an input directory, or is a directory holding
+  an input is refused with one line naming both paths (``OutputError``).
+- ``atomic_path`` / ``atomic_dir`` write into a temporary file/directory next to
+  the output and rename it into place only when complete. The temporary names
+  are ``.NAME.PID.XXXXXXXX.part`` (PID: the writing process), so they are
+  hidden, and a later run can tell whose they are: when a write of NAME starts,
+  leftovers of NAME whose process no longer exists (a ``kill -9``, a power cut)
+  are removed first. Leftovers of a live process (a concurrent run) are kept.
+  ``kill -9`` during ``atomic_dir``'s swap of an existing directory can leave the
+  previous version at ``.NAME.PID.old`` with no NAME: the next write of NAME puts
+  it back before anything else. (A dead writer's PID reused by an unrelated live
+  process keeps its leftover until that process ends: the check errs on the side
+  of keeping files.)
+
+SIGINT and SIGTERM are turned into exceptions by the CLI, so the ``except``
+paths here remove the temporary file before the process exits.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
-import stat
+import re
 import shutil
+import stat
 import tempfile
 from pathlib import Path
 from typing import Iterable, Iterator
@@ -23,6 +38,8 @@ from .errors import OutputError
 
 PathLike = str | os.PathLike
 
+
+# --------------------------------------------------------------------------------------------- inputs vs outputs
 
 def _stat(path: PathLike) -> os.stat_result | None:
     try:
@@ -85,6 +102,63 @@ def refuse_overwrite(output: PathLike | None, inputs: Iterable[PathLike | None],
             raise OutputError(f"cannot write {out}: {rel}{note}; choose another {what}")
 
 
+# --------------------------------------------------------------------------------------------- leftovers
+
+_RAND = r"[a-z0-9_]+"  # tempfile's random part
+
+
+def _leftover_re(name: str) -> re.Pattern:
+    # .NAME.PID.RAND.part, possibly nested (a temporary output written through atomic_path
+    # again: ..NAME.PID.RAND.part.PID.RAND.part), and .NAME.PID.old from atomic_dir's swap
+    return re.compile(rf"^\.+{re.escape(name)}((?:\.\d+\.{_RAND}\.part)+|\.\d+\.old)$")
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError, OSError):
+        return True  # exists (another user's), or cannot tell: keep its files
+    return True
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        with contextlib.suppress(OSError):
+            path.unlink()
+
+
+def clean_stale(path: PathLike) -> list[Path]:
+    """Remove temporary leftovers of ``path`` from writers that no longer run; returns what was
+    removed. A previous version left at ``.NAME.PID.old`` with no NAME is renamed back to NAME."""
+    path = Path(path)
+    pat = _leftover_re(path.name)
+    try:
+        entries = list(os.scandir(path.parent))
+    except OSError:
+        return []
+    removed: list[Path] = []
+    for entry in sorted(entries, key=lambda e: e.name.endswith(".old")):  # .part first, then .old
+        m = pat.match(entry.name)
+        if not m or any(_alive(int(pid)) for pid in re.findall(rf"\.(\d+)\.(?:{_RAND}\.part|old)", m.group(1))):
+            continue
+        p = Path(entry.path)
+        if m.group(1).endswith(".old") and not os.path.lexists(path):
+            with contextlib.suppress(OSError):  # if it cannot be put back, it is kept, never removed
+                os.replace(p, path)  # the swap was cut between its two renames: restore the previous version
+            continue
+        _remove(p)
+        removed.append(p)
+    return removed
+
+
+# --------------------------------------------------------------------------------------------- writers
+
 def check_parent(path: Path) -> None:
     parent = path.parent
     if not parent.exists():
@@ -93,17 +167,23 @@ def check_parent(path: Path) -> None:
         raise OutputError(f"cannot write {path}: directory {parent} is not writable; choose another output path")
 
 
+def _temp_prefix(path: Path) -> str:
+    return f".{path.name}.{os.getpid()}."
+
+
 @contextlib.contextmanager
-def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+def atomic_path(path: PathLike) -> Iterator[Path]:
     """Yield a temporary path next to ``path``; rename it onto ``path`` on success.
 
-    On any exception the temporary file is removed and ``path`` is untouched.
-    """
+    On any exception (also KeyboardInterrupt, and SIGTERM through the CLI) the temporary
+    file is removed and ``path`` is untouched. Stale leftovers of earlier runs of the same
+    output are removed first (see the module docstring)."""
     path = Path(path)
     check_parent(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
-    os.close(fd)
+    clean_stale(path)
+    fd, tmp = tempfile.mkstemp(prefix=_temp_prefix(path), suffix=".part", dir=path.parent)
     tmp_path = Path(tmp)
+    os.close(fd)
     try:
         yield tmp_path
         os.replace(tmp_path, path)
@@ -113,20 +193,22 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
 
 
 @contextlib.contextmanager
-def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
+def atomic_dir(path: PathLike) -> Iterator[Path]:
     """Yield a temporary directory next to ``path``; move it onto ``path`` on success.
 
-    An existing ``path`` directory is replaced only once the new one is complete.
-    """
+    An existing ``path`` directory is replaced only once the new one is complete: it is
+    renamed to ``.NAME.PID.old``, the new one renamed into place, then the old one removed.
+    Stale leftovers are handled as in atomic_path."""
     path = Path(path)
     check_parent(path)
     if path.exists() and not path.is_dir():
         raise OutputError(f"cannot write directory {path}: a file of that name exists; choose another output path")
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent))
+    clean_stale(path)
+    tmp = Path(tempfile.mkdtemp(prefix=_temp_prefix(path), suffix=".part", dir=path.parent))
     try:
         yield tmp
         if path.exists():
-            old = path.with_name(f".{path.name}.old")
+            old = path.with_name(f".{path.name}.{os.getpid()}.old")
             shutil.rmtree(old, ignore_errors=True)
             os.replace(path, old)
             os.replace(tmp, path)

@@ -3,13 +3,18 @@
 Each command lives in ``kvconvert.commands.<name>`` with ``configure(parser)``
 and ``run(args)``, imported only when used. Commands call library functions;
 user errors become one line on stderr and a non-zero exit, never a traceback.
+Ctrl-C (SIGINT) and SIGTERM stop a command the same way — its unfinished outputs
+are removed (atomic.py) — with one line and exit 130 / 143.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
+import signal
 import sys
+import threading
 
 # command -> (module under kvconvert.commands, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -61,13 +66,41 @@ def _dispatch(argv: list[str]) -> int:
     from .errors import KVConvertError
 
     try:
-        return int(module.run(args) or 0)
+        with _sigterm_interrupts():
+            return int(module.run(args) or 0)
     except KVConvertError as e:
         print(f"kvconvert: error: {e}", file=sys.stderr)
         return e.exit_code
+    except Terminated:
+        print("kvconvert: terminated (SIGTERM); unfinished outputs were removed", file=sys.stderr)
+        return 128 + signal.SIGTERM
     except KeyboardInterrupt:
-        print("kvconvert: interrupted; nothing was written", file=sys.stderr)
-        return 130
+        print("kvconvert: interrupted; unfinished outputs were removed", file=sys.stderr)
+        return 128 + signal.SIGINT
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised in the main thread as SIGINT raises KeyboardInterrupt: every cleanup
+    that runs for Ctrl-C (atomic writes removing their temporary files) runs for it too."""
+
+
+def _raise_terminated(signum, frame) -> None:
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # once: a second SIGTERM must not cut the cleanup short
+    raise Terminated()
+
+
+@contextlib.contextmanager
+def _sigterm_interrupts():
+    """While a command runs, SIGTERM raises Terminated (only the main thread can set handlers;
+    elsewhere, e.g. main() called from a worker thread, the default handler stays)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

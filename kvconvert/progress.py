@@ -83,7 +83,7 @@ class PhaseReporter:
         if not self.tty:
             self._line(f"[{name}] started")
 
-    def _finish(self) -> None:
+    def _finish(self, stopped: bool = False) -> None:
         if self._name is None:
             return
         secs = time.monotonic() - self._t0
@@ -91,14 +91,16 @@ class PhaseReporter:
         if self._bar is not None:
             self._bar.close()
             self._bar = None
-        if self.tty:
+        if stopped:  # an error or an interrupt ended the phase: do not call it done
+            self._line(f"[{self._name}] stopped after {_amount(self._done)} {self._unit} in {_clock(secs)}")
+        elif self.tty:
             self._line(f"[{self._name}] {_amount(self._done)} {self._unit} in {_clock(secs)}")
         else:
             self._line(f"[{self._name}] done: {_amount(self._done)} {self._unit} in {_clock(secs)}")
         self._name = None
 
-    def close(self) -> None:
-        self._finish()
+    def close(self, stopped: bool = False) -> None:
+        self._finish(stopped)
 
     # -- updates --------------------------------------------------------
     def __call__(self, done: float, total: float, what: str) -> None:
@@ -137,5 +139,7 @@ def tqdm_progress(unit: str = "step", name: str = "working") -> Iterator[Progres
     rep = PhaseReporter(unit=unit, name=name)
     try:
         yield rep
-    finally:
-        rep.close()
+    except BaseException:
+        rep.close(stopped=True)
+        raise
+    rep.close()

@@ -12,6 +12,10 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -188,3 +192,108 @@ def test_pipeline_profile_json_over_input(capsys, work):
     shutil.copytree(work / "hf", model_dir)
     refused(capsys, work, ["convert", model_dir, "-o", work / "x.gguf"], [model_dir], model_dir)
     assert not (work / "x.gguf").exists()
+
+
+# -- signals and leftovers -----------------------------------------------------------
+
+SLOW_CONVERT = """
+import importlib, sys, time
+c = importlib.import_module("kvconvert.convert")  # the module (kvconvert.convert is also a function)
+encode = c._encode
+def slow(x, q):
+    time.sleep(0.2)
+    return encode(x, q)
+c._encode = slow
+from kvconvert.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def start_slow_convert(hf: Path, out: Path) -> tuple[subprocess.Popen, Path]:
+    """A `kvconvert convert` that takes ~0.2 s per tensor; returns once its temporary file exists."""
+    proc = subprocess.Popen([sys.executable, "-c", SLOW_CONVERT, "convert", str(hf), "-o", str(out),
+                             "--profile", "none", "--weights", "f32"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        parts = list(out.parent.glob(f".{out.name}.*.part"))
+        if parts:
+            return proc, parts[0]
+        assert proc.poll() is None, proc.communicate()
+        time.sleep(0.05)
+    proc.kill()
+    raise AssertionError("the conversion never started writing")
+
+
+@pytest.mark.parametrize("sig, code, word", [(signal.SIGTERM, 143, "terminated"), (signal.SIGINT, 130, "interrupted")])
+def test_signal_stops_with_one_line_and_no_leftovers(work, sig, code, word):
+    hf, out = work / "hf", work / "o.gguf"
+    before = tree_hashes(hf)
+    proc, part = start_slow_convert(hf, out)
+    assert f".{proc.pid}." in part.name  # the temporary name says whose it is
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == code, err
+    lines = err.strip().splitlines()  # progress lines ("[write] started"), then one line from kvconvert
+    assert lines[-1].startswith(f"kvconvert: {word}") and sum(x.startswith("kvconvert") for x in lines) == 1, err
+    assert "Traceback" not in err and "done" not in err and "[write] stopped after" in err
+    assert not out.exists() and not leftovers(work)
+    assert tree_hashes(hf) == before
+
+
+def test_kill9_leftover_is_removed_by_the_next_run(capsys, work):
+    hf, out = work / "hf", work / "o.gguf"
+    proc, part = start_slow_convert(hf, out)
+    proc.kill()
+    proc.communicate(timeout=60)
+    assert part.exists()  # SIGKILL cannot be handled: the temporary file stays ...
+    assert main(["convert", str(hf), "-o", str(out), "--profile", "none"]) == 0
+    assert out.exists() and not leftovers(work)  # ... until the next write of the same output
+
+
+def dead_pid() -> int:
+    p = subprocess.Popen([sys.executable, "-c", "pass"])
+    p.wait()
+    return p.pid
+
+
+def test_leftovers_of_live_writers_and_other_outputs_are_kept(tmp_path):
+    from kvconvert.atomic import atomic_path
+
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        dead = dead_pid()
+        live = tmp_path / f".o.gguf.{sleeper.pid}.abcd1234.part"
+        stale = tmp_path / f".o.gguf.{dead}.abcd1234.part"
+        nested = tmp_path / f"..o.gguf.{dead}.abcd1234.part.{dead}.x_y_z.part"
+        other = tmp_path / f".o.gguf.x.{dead}.abcd1234.part"  # a leftover of o.gguf.x, another output
+        for p in (live, stale, nested, other):
+            p.write_bytes(b"partial")
+        with atomic_path(tmp_path / "o.gguf") as tmp:
+            tmp.write_bytes(b"new")
+        assert (tmp_path / "o.gguf").read_bytes() == b"new"
+        assert live.exists() and other.exists() and not stale.exists() and not nested.exists()
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+
+
+def test_atomic_dir_swap_cut_by_kill9_is_restored(tmp_path):
+    """kill -9 between atomic_dir's two renames leaves the previous version at .NAME.PID.old
+    and the new one at .NAME.PID.*.part: the next write puts the previous one back first."""
+    from kvconvert.atomic import atomic_dir, clean_stale
+
+    dead = dead_pid()
+    old = tmp_path / f".hf.{dead}.old"
+    old.mkdir()
+    (old / "config.json").write_text("previous")
+    new = tmp_path / f".hf.{dead}.abcd1234.part"
+    new.mkdir()
+    (new / "config.json").write_text("unfinished")
+    clean_stale(tmp_path / "hf")
+    assert (tmp_path / "hf" / "config.json").read_text() == "previous"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["hf"]
+    with atomic_dir(tmp_path / "hf") as tmp:
+        (tmp / "config.json").write_text("next")
+    assert (tmp_path / "hf" / "config.json").read_text() == "next"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["hf"]
