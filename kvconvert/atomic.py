@@ -18,6 +18,8 @@ Every writer in kvconvert goes through this module:
   it back before anything else. (A dead writer's PID reused by an unrelated live
   process keeps its leftover until that process ends: the check errs on the side
   of keeping files.)
+- Outputs get the permissions the user's umask gives an ordinary new file or
+  directory (0644/0755 under umask 022), not mkstemp's private 0600/0700.
 
 SIGINT and SIGTERM are turned into exceptions by the CLI, so the ``except``
 paths here remove the temporary file before the process exits.
@@ -102,6 +104,21 @@ def refuse_overwrite(output: PathLike | None, inputs: Iterable[PathLike | None],
             raise OutputError(f"cannot write {out}: {rel}{note}; choose another {what}")
 
 
+# --------------------------------------------------------------------------------------------- umask
+
+def _umask() -> int:
+    """The process umask, without changing it where /proc tells it (os.umask is set-and-return,
+    which would briefly change it for every thread)."""
+    with contextlib.suppress(OSError, ValueError):
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 # --------------------------------------------------------------------------------------------- leftovers
 
 _RAND = r"[a-z0-9_]+"  # tempfile's random part
@@ -177,14 +194,17 @@ def atomic_path(path: PathLike) -> Iterator[Path]:
 
     On any exception (also KeyboardInterrupt, and SIGTERM through the CLI) the temporary
     file is removed and ``path`` is untouched. Stale leftovers of earlier runs of the same
-    output are removed first (see the module docstring)."""
+    output are removed first (see the module docstring). The file gets the umask's mode."""
     path = Path(path)
     check_parent(path)
     clean_stale(path)
     fd, tmp = tempfile.mkstemp(prefix=_temp_prefix(path), suffix=".part", dir=path.parent)
     tmp_path = Path(tmp)
-    os.close(fd)
     try:
+        try:
+            os.fchmod(fd, 0o666 & ~_umask())
+        finally:
+            os.close(fd)
         yield tmp_path
         os.replace(tmp_path, path)
     except BaseException:
@@ -198,7 +218,7 @@ def atomic_dir(path: PathLike) -> Iterator[Path]:
 
     An existing ``path`` directory is replaced only once the new one is complete: it is
     renamed to ``.NAME.PID.old``, the new one renamed into place, then the old one removed.
-    Stale leftovers are handled as in atomic_path."""
+    The directory gets the umask's mode; stale leftovers are handled as in atomic_path."""
     path = Path(path)
     check_parent(path)
     if path.exists() and not path.is_dir():
@@ -206,6 +226,7 @@ def atomic_dir(path: PathLike) -> Iterator[Path]:
     clean_stale(path)
     tmp = Path(tempfile.mkdtemp(prefix=_temp_prefix(path), suffix=".part", dir=path.parent))
     try:
+        os.chmod(tmp, 0o777 & ~_umask())
         yield tmp
         if path.exists():
             old = path.with_name(f".{path.name}.{os.getpid()}.old")

@@ -13,6 +13,7 @@ import hashlib
 import os
 import shutil
 import signal
+import stat
 import subprocess
 import sys
 import time
@@ -297,3 +298,22 @@ def test_atomic_dir_swap_cut_by_kill9_is_restored(tmp_path):
         (tmp / "config.json").write_text("next")
     assert (tmp_path / "hf" / "config.json").read_text() == "next"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["hf"]
+
+
+# -- permissions -------------------------------------------------------------------
+
+@pytest.mark.parametrize("mask", [0o022, 0o077, 0o002])
+def test_outputs_get_the_umask_mode(capsys, work, mask):
+    old = os.umask(mask)
+    try:
+        out, hf_out = work / "o.gguf", work / "imported"
+        assert main(["convert", str(work / "hf"), "-o", str(out), "--profile", "none"]) == 0
+        assert main(["import-gguf", str(work / "D" / "m.gguf"), "-o", str(hf_out)]) == 0
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(out.stat().st_mode) == 0o666 & ~mask
+    assert stat.S_IMODE(hf_out.stat().st_mode) == 0o777 & ~mask
+    files = list(hf_out.iterdir())
+    assert {"config.json", "model.safetensors", "tokenizer.json"} <= {f.name for f in files}
+    assert {stat.S_IMODE(f.stat().st_mode) for f in files} == {0o666 & ~mask}
+    assert not leftovers(work)
