@@ -317,3 +317,62 @@ def test_outputs_get_the_umask_mode(capsys, work, mask):
     assert {"config.json", "model.safetensors", "tokenizer.json"} <= {f.name for f in files}
     assert {stat.S_IMODE(f.stat().st_mode) for f in files} == {0o666 & ~mask}
     assert not leftovers(work)
+
+
+# -- arguments are validated up front -------------------------------------------------
+
+BAD_ARGS = [
+    ("run", ["-p", "hi", "--ctx", "8"], "--ctx"),
+    ("run", ["-p", "hi", "--ctx", str((1 << 20) + 1)], "--ctx"),
+    ("run", ["-p", "hi", "--ctx", "many"], "--ctx"),
+    ("run", ["-p", ""], "-p/--prompt"),
+    ("run", ["-p", "hi", "-n", "-1"], "-n/--max-tokens"),
+    ("run", ["-p", "hi", "--temp", "nan"], "--temp"),
+    ("run", ["-p", "hi", "--temp", "-0.5"], "--temp"),
+    ("run", ["-p", "hi", "--temp", "inf"], "--temp"),
+    ("run", ["-p", "hi", "--top-p", "0"], "--top-p"),
+    ("run", ["-p", "hi", "--top-p", "1.5"], "--top-p"),
+    ("run", ["-p", "hi", "--top-k", "-3"], "--top-k"),
+    ("run", ["-p", "hi", "--repeat-penalty", "0"], "--repeat-penalty"),
+    ("run", ["-p", "hi", "--seed", "-1"], "--seed"),
+    ("run", ["-p", "hi", "--threads", "-2"], "-t/--threads"),
+    ("run", ["-p", "hi", "--sink", "-1"], "--sink"),
+    ("eval", ["--text", "t.txt", "--chunks", "0"], "--chunks"),
+    ("eval", ["--text", "t.txt", "--ctx", "0"], "--ctx"),
+    ("bench", ["--depths", "0,-512"], "--depths"),
+    ("bench", ["--depths", "0,,512"], "--depths"),
+    ("bench", ["--depths", "a,b"], "--depths"),
+    ("bench", ["--prefill", "0"], "--prefill"),
+    ("bench", ["--decode", "0"], "--decode"),
+    ("calibrate", ["--tokens", "0"], "--tokens"),
+    ("calibrate", ["--ctx", "15"], "--ctx"),
+    ("convert", ["-o", "x.gguf", "--tokens", "0"], "--tokens"),
+    ("search", ["-o", "p.json", "--budget", "1"], "--budget"),
+    ("search", ["-o", "p.json", "--budget", "17"], "--budget"),
+    ("search", ["-o", "p.json", "--budget", "nan"], "--budget"),
+    ("search", ["-o", "p.json", "--v-budget", "inf"], "--v-budget"),
+    ("search", ["-o", "p.json", "--chunks", "0"], "--chunks"),
+    ("demo", ["--ctx", "4"], "--ctx"),
+]
+
+
+@pytest.mark.parametrize("cmd, extra, option", BAD_ARGS, ids=[f"{c}{' '.join(e)}" for c, e, _ in BAD_ARGS])
+def test_bad_argument_is_refused_by_argparse(capsys, work, monkeypatch, cmd, extra, option):
+    monkeypatch.chdir(work)
+    model = [] if cmd == "demo" else ["C.npz" if cmd == "search" else str(work / "D" / "m.gguf")]
+    before = tree_hashes(work / "D")
+    with pytest.raises(SystemExit) as exc:
+        main([cmd, *model, *extra])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    errors = [x for x in err.splitlines() if "error:" in x]
+    assert len(errors) == 1 and f"argument {option}" in errors[0] and "Traceback" not in err, err
+    assert err.startswith("usage: kvconvert ")
+    assert tree_hashes(work / "D") == before and not leftovers(work)
+
+
+def test_good_arguments_still_parse(capsys, work):
+    m = str(work / "D" / "m.gguf")
+    assert main(["run", m, "-p", "hi", "-n", "0", "--temp", "0", "--top-p", "1", "--seed", "0", "--ctx", "16"]) == 0
+    assert main(["bench", m, "--depths", "0, 16", "--prefill", "8", "--decode", "1", "--json"]) == 0
+    assert '"depth": 16' in capsys.readouterr().out

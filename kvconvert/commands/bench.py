@@ -10,23 +10,23 @@ from rich.table import Table
 
 from ..bench import bench
 from ..progress import tqdm_progress
+from . import args as A
 from .run import add_cache_args
 
 
 def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", help="GGUF file")
-    p.add_argument("--depths", default="0,512,4096", help="context depths for decode (default %(default)s)")
-    p.add_argument("--prefill", type=int, default=512, help="prefill batch size (default %(default)s)")
-    p.add_argument("--decode", type=int, default=32, help="decode steps per depth (default %(default)s)")
+    p.add_argument("--depths", type=A.depths, default=(0, 512, 4096), help="comma-separated context depths for decode (default 0,512,4096)")
+    p.add_argument("--prefill", type=A.positive, default=512, help="prefill batch size (default %(default)s)")
+    p.add_argument("--decode", type=A.positive, default=32, help="decode steps per depth (default %(default)s)")
     add_cache_args(p)
-    p.add_argument("-t", "--threads", type=int, default=0, help="threads (default: all cores)")
+    p.add_argument("-t", "--threads", type=A.threads, default=0, help="threads (default: all cores)")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
 
 
 def run(args: argparse.Namespace) -> int:
-    depths = tuple(int(d) for d in args.depths.split(","))
     with tqdm_progress(unit="tok", name="bench") as progress:
-        r = bench(args.model, depths=depths, n_prefill=args.prefill, n_decode=args.decode, type_k=args.ctk,
+        r = bench(args.model, depths=args.depths, n_prefill=args.prefill, n_decode=args.decode, type_k=args.ctk,
                   type_v=args.ctv, n_threads=args.threads, n_sink=args.sink, progress=progress)
     if args.json:
         print(json.dumps(r.to_dict(), indent=2))

@@ -9,6 +9,7 @@ from ..calibrate import calibrate
 from ..pipeline import DEFAULT_TOKENS
 from ..progress import tqdm_progress
 from ..report import print_calibration
+from . import args as A
 from .run import add_text_args, read_text_arg
 
 
@@ -16,11 +17,11 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", help="Hugging Face model directory, GGUF file, or Hub repo id")
     add_text_args(p, required=False, what="to calibrate on (default: text the model writes itself, no download)",
                   austen_default="calib")
-    p.add_argument("--tokens", type=int, default=DEFAULT_TOKENS,
+    p.add_argument("--tokens", type=A.positive, default=DEFAULT_TOKENS,
                    help="calibration tokens (default %(default)s; 2 chunks more are held out for the search's check)")
-    p.add_argument("--ctx", type=int, default=512, help="tokens per calibration chunk (default %(default)s)")
+    p.add_argument("--ctx", type=A.ctx, default=512, help="tokens per calibration chunk (default %(default)s)")
     p.add_argument("-o", "--output", help="calibration file (.npz; default: in kvconvert's cache, reused by reruns)")
-    p.add_argument("-t", "--threads", type=int, default=0, help="threads (default: all cores)")
+    p.add_argument("-t", "--threads", type=A.threads, default=0, help="threads (default: all cores)")
 
 
 def run(args: argparse.Namespace) -> int:

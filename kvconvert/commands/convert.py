@@ -10,6 +10,7 @@ from ..pipeline import DEFAULT_TOKENS, ConvertJob, convert
 from ..progress import tqdm_progress
 from ..report import print_convert_job, print_convert_result
 from ..search import DEFAULT_POLICY
+from . import args as A
 from .run import add_text_args, read_text_arg
 
 
@@ -27,13 +28,13 @@ def configure(p: argparse.ArgumentParser) -> None:
                         "(default); folded: every transform in the weights, only kvconvert can run it")
     add_text_args(p, required=False, what="to calibrate on when --profile is a policy (default: data-free)",
                   austen_default="calib")
-    p.add_argument("--tokens", type=int, default=DEFAULT_TOKENS,
+    p.add_argument("--tokens", type=A.positive, default=DEFAULT_TOKENS,
                    help="calibration tokens when calibrating (default %(default)s; 2 chunks more are held out "
                         "for the check)")
     p.add_argument("--no-check", action="store_true",
                    help="skip the check of the written file (KLD, top-1 and PPL of its compressed caches against "
                         "an f16 cache on held-out text; a check above the policy's threshold retries with more bits)")
-    p.add_argument("-t", "--threads", type=int, default=0, help="threads (default: all cores)")
+    p.add_argument("-t", "--threads", type=A.threads, default=0, help="threads (default: all cores)")
 
 
 def run(args: argparse.Namespace) -> int:

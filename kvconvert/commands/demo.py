@@ -34,6 +34,7 @@ from ..profile import Profile, load_profile
 from ..progress import start_phase, tqdm_progress
 from ..report import print_convert_result
 from ..runtime import Model
+from . import args as A
 
 PROFILE = "smollm2-135m-balanced"
 MODEL_NAME = "SmolLM2-135M-Instruct"
@@ -58,12 +59,12 @@ def configure(p: argparse.ArgumentParser) -> None:
                    help="GGUF to write (default: %(default)s in the current directory); never the inputs")
     p.add_argument("--weights", choices=list(WEIGHT_TYPES), default="f16",
                    help="weight type of the written file (default %(default)s)")
-    p.add_argument("--chunks", type=int, default=2,
+    p.add_argument("--chunks", type=A.positive, default=2,
                    help="held-out chunks scored per cache config (default %(default)s)")
-    p.add_argument("--ctx", type=int, default=512,
+    p.add_argument("--ctx", type=A.ctx, default=512,
                    help="tokens per chunk; the second half of each is scored, as llama.cpp's perplexity "
                         "(default %(default)s)")
-    p.add_argument("-t", "--threads", type=int, default=0, help="threads (default: all cores)")
+    p.add_argument("-t", "--threads", type=A.threads, default=0, help="threads (default: all cores)")
     p.add_argument("--json", metavar="FILE", help="also write the measurements as JSON to FILE")
 
 
@@ -98,8 +99,6 @@ def _held_out_text(model: Model, n_tokens: int) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.chunks < 1 or args.ctx < 16:
-        raise InputError("--chunks must be >= 1 and --ctx >= 16")
     console = _console()
     out = Path(args.output)
     step = lambda i, msg: console.print(f"[bold]{i}/5[/] {msg}")  # noqa: E731

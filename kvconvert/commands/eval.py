@@ -12,13 +12,14 @@ from rich.table import Table
 from ..atomic import refuse_overwrite
 from ..evaluate import evaluate
 from ..progress import tqdm_progress
+from . import args as A
 from .run import add_runtime_args, add_text_args, read_text_arg
 
 
 def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", help="GGUF file")
     add_text_args(p, required=True, what="to score")
-    p.add_argument("--chunks", type=int, default=None, help="number of chunks (default: all the text holds)")
+    p.add_argument("--chunks", type=A.positive, default=None, help="number of chunks (default: all the text holds)")
     p.add_argument("--save-logits", metavar="FILE", help="save log-probs of this run as a KLD base")
     p.add_argument("--kld-base", metavar="FILE", help="report KLD and top-1 agreement against a saved base")
     p.add_argument("--json", action="store_true", help="print the result as JSON")

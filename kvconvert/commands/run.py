@@ -8,6 +8,7 @@ from pathlib import Path
 
 from ..generate import SamplerParams, generate
 from ..runtime import CACHE_TYPES, ContextParams, Model
+from . import args as A
 
 
 CACHE_HELP = ("{} cache type: f32, f16, q8_0, q4_0, or TurboQuant: tq<bits> (e.g. tq4), or "
@@ -23,15 +24,15 @@ def cache_arg(text: str) -> str:
 def add_cache_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ctk", type=cache_arg, default="auto", metavar="TYPE", help=CACHE_HELP.format("K"))
     p.add_argument("--ctv", type=cache_arg, default="auto", metavar="TYPE", help=CACHE_HELP.format("V"))
-    p.add_argument("--sink", type=int, default=None, metavar="N",
+    p.add_argument("--sink", type=A.sink, default=None, metavar="N",
                    help="TurboQuant caches: keep the first N positions (attention sinks) in f16 and use them "
                         "exactly (default: the GGUF's kvconvert metadata, else 1; 0 turns it off)")
 
 
 def add_runtime_args(p: argparse.ArgumentParser, ctx_default: int = 4096) -> None:
-    p.add_argument("--ctx", type=int, default=ctx_default, help="context length in tokens (default %(default)s)")
+    p.add_argument("--ctx", type=A.ctx, default=ctx_default, help="context length in tokens (default %(default)s)")
     add_cache_args(p)
-    p.add_argument("-t", "--threads", type=int, default=0, help="threads (default: all cores)")
+    p.add_argument("-t", "--threads", type=A.threads, default=0, help="threads (default: all cores)")
 
 
 def add_text_args(p: argparse.ArgumentParser, required: bool, what: str, austen_default: str = "eval") -> None:
@@ -61,13 +62,13 @@ def read_text_arg(args: argparse.Namespace) -> tuple[str | None, str]:
 
 def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", help="GGUF file (or a directory holding one)")
-    p.add_argument("-p", "--prompt", required=True, help="prompt text")
-    p.add_argument("-n", "--max-tokens", type=int, default=128, help="tokens to generate (default %(default)s)")
-    p.add_argument("--temp", type=float, default=0.8, help="temperature; 0 = greedy (default %(default)s)")
-    p.add_argument("--top-k", type=int, default=40, help="top-k (0 = off; default %(default)s)")
-    p.add_argument("--top-p", type=float, default=0.95, help="top-p (1 = off; default %(default)s)")
-    p.add_argument("--repeat-penalty", type=float, default=1.1, help="repetition penalty (default %(default)s)")
-    p.add_argument("--seed", type=int, default=None, help="random seed")
+    p.add_argument("-p", "--prompt", required=True, type=A.nonempty, help="prompt text (not empty)")
+    p.add_argument("-n", "--max-tokens", type=A.non_negative, default=128, help="tokens to generate (default %(default)s)")
+    p.add_argument("--temp", type=A.temperature, default=0.8, help="temperature; 0 = greedy (default %(default)s)")
+    p.add_argument("--top-k", type=A.non_negative, default=40, help="top-k (0 = off; default %(default)s)")
+    p.add_argument("--top-p", type=A.probability, default=0.95, help="top-p, in (0, 1] (1 = off; default %(default)s)")
+    p.add_argument("--repeat-penalty", type=A.penalty, default=1.1, help="repetition penalty (default %(default)s)")
+    p.add_argument("--seed", type=A.seed, default=None, help="random seed")
     add_runtime_args(p)
 
 
