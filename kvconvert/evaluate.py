@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import struct
 import threading
@@ -22,7 +23,7 @@ from . import metrics
 from .atomic import atomic_path, refuse_overwrite
 from .errors import InputError
 from .progress import ProgressFn, check_cancel
-from .runtime import ContextParams, Model
+from .runtime import ContextParams, Model, check_logits
 
 LOGITS_MAGIC = b"KVCLOGP1"  # version 1: JSON header, then float16 log-probs (positions, vocab)
 
@@ -111,7 +112,7 @@ def evaluate(model: str | os.PathLike | Model, text: str, *, text_name: str = "t
     for i, chunk in enumerate(chunks):
         check_cancel(cancel)
         ctx.reset()
-        logits = ctx.eval(chunk, all_logits=True)
+        logits = check_logits(ctx.eval(chunk, all_logits=True), ctx, f"in chunk {i + 1} of {text_name}")
         nll.append(metrics.chunk_nll(logits, chunk))
         if save_logits is not None or base is not None:
             lp = metrics.log_probs(logits[first:-1])
@@ -119,12 +120,18 @@ def evaluate(model: str | os.PathLike | Model, text: str, *, text_name: str = "t
                 saved.append(lp)
             if base is not None:
                 b = np.asarray(base[pos:pos + lp.shape[0]], dtype=np.float64)
+                if not np.isfinite(b.sum()):
+                    raise InputError(f"{kld_base}: holds NaN or infinite log-probs (damaged?); recreate it with "
+                                     "--save-logits")
                 klds.append(metrics.kld(b, logits[first:-1]))
                 top1.append(b.argmax(-1) == lp.argmax(-1))
                 pos += lp.shape[0]
         if progress:
             progress(i + 1, len(chunks), f"chunk {i + 1}/{len(chunks)}")
     s = metrics.score(np.concatenate(nll))
+    if not s.mean_nll < 709.0 or math.isinf(s.ppl_err):  # exp() would overflow (NaN fails the test too)
+        raise InputError(f"{m.path}: perplexity on {text_name} overflows (mean negative log-likelihood "
+                         f"{s.mean_nll:.1f}); the model's weights are likely corrupt or do not match its tokenizer")
     result = EvalResult(str(m.path), text_name, text_hash, n_ctx, len(chunks), s.n, ctx.params.type_k, ctx.params.type_v, s.ppl,
                         s.ppl_err, kv_bytes_per_token=ctx.kv_bytes_per_token)
     if klds:

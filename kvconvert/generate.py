@@ -12,7 +12,7 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
-from .runtime import Context, ContextParams, Model, eval_multi
+from .runtime import Context, ContextParams, Model, check_logits, eval_multi
 
 
 @dataclass(frozen=True)
@@ -61,7 +61,7 @@ def generate_tokens(model: Model, prompt: list[int], max_tokens: int, sampler: S
     rng = np.random.default_rng(sampler.seed)
     stops = _stop_ids(model)
     history = list(prompt)
-    logits = ctx.eval(prompt)
+    logits = check_logits(ctx.eval(prompt), ctx, "for the prompt")
     for _ in range(max_tokens):
         tok = sample(logits, sampler, history, rng)
         if stop_at_eos and tok in stops:
@@ -70,7 +70,7 @@ def generate_tokens(model: Model, prompt: list[int], max_tokens: int, sampler: S
         history.append(tok)
         if ctx.n_past >= ctx.params.n_ctx:
             return
-        logits = ctx.eval([tok])
+        logits = check_logits(ctx.eval([tok]), ctx, f"at position {ctx.n_past}")
 
 
 @dataclass
@@ -121,7 +121,7 @@ class BatchDecoder:
         params = self.ctx_params or ContextParams(n_ctx=min(ContextParams.n_ctx, len(prompt) + max_new_tokens),
                                                   n_batch=max(len(prompt), 64))
         ctx = self.model.context(params)
-        logits = ctx.eval(prompt)
+        logits = check_logits(ctx.eval(prompt), ctx, "for a prompt")
         self._running[sid] = _Running(ctx, sampler, np.random.default_rng(sampler.seed), list(prompt), logits,
                                       max_new_tokens)
         return sid
@@ -150,7 +150,7 @@ class BatchDecoder:
             lead = go[j][0].ctx.params
             group = go[j:j + max(1, min(lead.n_batch, lead.n_ctx))]
             for (s, _), row in zip(group, eval_multi([s.ctx for s, _ in group], [t for _, t in group])):
-                s.logits = row
+                s.logits = check_logits(row, s.ctx, f"at position {s.ctx.n_past}")
             j += len(group)
         return out, finished
 

@@ -71,6 +71,23 @@ class ContextParams:
         return self.n_threads if self.n_threads > 0 else (os.cpu_count() or 1)
 
 
+def check_logits(logits: np.ndarray, ctx: "Context", where: str) -> np.ndarray:
+    """``logits`` (computed in ``ctx``) if all finite, else InputError: one line naming the model
+    file and a likely cause.
+
+    One float64 sum (it cannot overflow for float32 inputs) carries any NaN/Inf through, so the
+    check costs a single pass over the logits."""
+    if np.isfinite(np.sum(logits, dtype=np.float64)):
+        return logits
+    what = "NaN" if np.isnan(logits).any() else "infinite"
+    tk, tv = ctx.params.type_k, ctx.params.type_v
+    hint = "" if {tk, tv} <= {"f16", "f32"} else \
+        f", or the {tk}/{tv} cache cannot hold its values (try --ctk f16 --ctv f16)"
+    model_path = ctx.model.path
+    raise InputError(f"{model_path}: the model computed {what} logits {where}; its weights are likely corrupt or "
+                     f"out of range (e.g. overflowing f16 in a conversion){hint}; re-download or re-convert it")
+
+
 def is_tq(name: str) -> bool:
     return name.lower().startswith("tq")
 

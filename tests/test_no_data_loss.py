@@ -46,8 +46,9 @@ def cli_error(capsys, argv: list[str], *needles: str) -> str:
     code = main([str(a) for a in argv])
     err = capsys.readouterr().err
     assert code == 2, (code, err)
-    lines = err.strip().splitlines()
+    lines = [x for x in err.strip().splitlines() if not x.startswith("[")]  # "[eval] 50% ...": progress
     assert len(lines) == 1 and lines[0].startswith("kvconvert: error: "), err
+    assert err.strip().splitlines()[-1] == lines[0]
     assert "Traceback" not in err
     for n in needles:
         assert str(n) in err, (n, err)
@@ -376,3 +377,64 @@ def test_good_arguments_still_parse(capsys, work):
     assert main(["run", m, "-p", "hi", "-n", "0", "--temp", "0", "--top-p", "1", "--seed", "0", "--ctx", "16"]) == 0
     assert main(["bench", m, "--depths", "0, 16", "--prefill", "8", "--decode", "1", "--json"]) == 0
     assert '"depth": 16' in capsys.readouterr().out
+
+
+# -- non-finite logits -------------------------------------------------------------
+
+def poisoned_gguf(src: Path, dst: Path, value: float) -> Path:
+    """A copy of an f32 GGUF whose output norm weights are all ``value`` (NaN, or huge enough to overflow)."""
+    import gguf
+    import numpy as np
+
+    shutil.copy(src, dst)
+    t = next(t for t in gguf.GGUFReader(dst).tensors if t.name == "output_norm.weight")
+    with open(dst, "r+b") as f:
+        f.seek(t.data_offset)
+        f.write(np.full(t.n_elements, value, dtype=np.float32).tobytes())
+    return dst
+
+
+@pytest.mark.parametrize("value, word", [(float("nan"), "NaN"), (3e38, "logits")])  # inf weights: inf-inf = NaN
+def test_non_finite_logits_stop_eval_and_run(capsys, work, value, word):
+    bad = poisoned_gguf(work / "D" / "m.gguf", work / "bad.gguf", value)
+    t = work / "t.txt"
+    base = work / "base.logp"
+    before = tree_hashes(bad, t)
+    err = cli_error(capsys, ["eval", bad, "--text", t, "--ctx", 64, "--save-logits", base], bad, word, "logits")
+    assert "nan" not in err.replace("NaN", "")
+    assert not base.exists()
+    cli_error(capsys, ["eval", bad, "--text", t, "--ctx", 64, "--json"], bad, word)
+    cli_error(capsys, ["run", bad, "-p", "It is a truth", "-n", 4, "--temp", "0.8"], bad, word, "logits")
+    cli_error(capsys, ["run", bad, "-p", "It is a truth", "-n", 4, "--temp", "0"], bad, word)
+    assert tree_hashes(bad, t) == before and not leftovers(work)
+
+
+def test_damaged_kld_base_is_refused(capsys, work):
+    import numpy as np
+
+    m, t, base = work / "D" / "m.gguf", work / "t.txt", work / "base.logp"
+    assert main(["eval", str(m), "--text", str(t), "--ctx", "64", "--save-logits", str(base)]) == 0
+    data = bytearray(base.read_bytes())
+    data[-2:] = np.array([np.nan], dtype=np.float16).tobytes()  # the last log-prob
+    base.write_bytes(bytes(data))
+    capsys.readouterr()
+    cli_error(capsys, ["eval", m, "--text", t, "--ctx", 64, "--kld-base", base], base, "NaN")
+
+
+def test_check_logits_names_the_file_and_the_cache():
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    from kvconvert.errors import InputError
+    from kvconvert.runtime import check_logits
+
+    ctx = SimpleNamespace(model=SimpleNamespace(path=Path("m.gguf")), params=SimpleNamespace(type_k="f16", type_v="f16"))
+    ok = np.ones((2, 8), np.float32) * 3e38  # finite, and its float32 sum would overflow: still accepted
+    assert check_logits(ok, ctx, "here") is ok
+    with pytest.raises(InputError, match=r"^m\.gguf: the model computed infinite logits here;") as e:
+        check_logits(np.array([1.0, np.inf], np.float32), ctx, "here")
+    assert "--ctk" not in str(e.value)
+    ctx.params.type_k = "tq3"
+    with pytest.raises(InputError, match=r"NaN logits at position 5; .*tq3/f16 cache"):
+        check_logits(np.array([np.nan, 1.0], np.float32), ctx, "at position 5")

@@ -77,8 +77,11 @@ def run(args: argparse.Namespace) -> int:
     sampler = SamplerParams(args.temp, args.top_k, args.top_p, args.repeat_penalty, seed=args.seed)
     ctx = ContextParams(n_ctx=args.ctx, type_k=args.ctk, type_v=args.ctv, n_threads=args.threads, n_sink=args.sink)
     sys.stdout.write(args.prompt)
-    for piece in generate(model, args.prompt, args.max_tokens, sampler, ctx):
-        sys.stdout.write(piece)
+    try:
+        for piece in generate(model, args.prompt, args.max_tokens, sampler, ctx):
+            sys.stdout.write(piece)
+            sys.stdout.flush()
+    finally:  # also before an error line (non-finite logits), so it starts a line of its own
+        sys.stdout.write("\n")
         sys.stdout.flush()
-    sys.stdout.write("\n")
     return 0
