@@ -6,7 +6,9 @@ Every writer in kvconvert goes through this module:
 - ``refuse_overwrite(output, inputs)`` is called by each command *before any
   work*: an output that is an input (same path, through ``..`` or a symlink, or
   a hard link to it), lies inside an input directory, or is a directory holding
-  an input is refused with one line naming both paths (``OutputError``).
+  an input is refused with one line naming both paths (``OutputError``); so is
+  an output that exists as a device, FIFO or socket (a rename would replace
+  /dev/null itself).
 - ``atomic_path`` / ``atomic_dir`` write into a temporary file/directory next to
   the output and rename it into place only when complete. The temporary names
   are ``.NAME.PID.XXXXXXXX.part`` (PID: the writing process), so they are
@@ -82,6 +84,23 @@ def _relation(out: Path, inp: Path, role: str = "the input") -> str | None:
     return None
 
 
+def _kind(mode: int) -> str:
+    for test, name in ((stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+                       (stat.S_ISFIFO, "a named pipe"), (stat.S_ISSOCK, "a socket")):
+        if test(mode):
+            return name
+    return "not a regular file"
+
+
+def check_special(path: PathLike) -> None:
+    """Refuse an output that exists as something other than a regular file or a directory
+    (/dev/null, a FIFO, a socket): an atomic write would replace the device node itself."""
+    st = _stat(path)
+    if st is not None and not (stat.S_ISREG(st.st_mode) or stat.S_ISDIR(st.st_mode)):
+        raise OutputError(f"cannot write {path}: it is {_kind(st.st_mode)}, and kvconvert writes a new file and "
+                          "renames it into place; give a regular file path")
+
+
 def refuse_overwrite(output: PathLike | None, inputs: Iterable[PathLike | None], *,
                      what: str = "output path", note: str = "",
                      role: str = "the input") -> None:
@@ -96,6 +115,7 @@ def refuse_overwrite(output: PathLike | None, inputs: Iterable[PathLike | None],
     if output is None:
         return
     out = Path(output)
+    check_special(out)
     for inp in inputs:
         if inp is None:
             continue
@@ -177,6 +197,7 @@ def clean_stale(path: PathLike) -> list[Path]:
 # --------------------------------------------------------------------------------------------- writers
 
 def check_parent(path: Path) -> None:
+    check_special(path)
     parent = path.parent
     if not parent.exists():
         raise OutputError(f"cannot write {path}: directory {parent} does not exist; create it first")

@@ -248,7 +248,7 @@ def test_kill9_leftover_is_removed_by_the_next_run(capsys, work):
     proc, part = start_slow_convert(hf, out)
     proc.kill()
     proc.communicate(timeout=60)
-    assert part.exists()  # SIGKILL cannot be handled: the temporary file stays ...
+    assert part.exists() and leftovers(work) == [part]  # SIGKILL cannot be handled: the temporary file stays ...
     assert main(["convert", str(hf), "-o", str(out), "--profile", "none"]) == 0
     assert out.exists() and not leftovers(work)  # ... until the next write of the same output
 
@@ -438,3 +438,36 @@ def test_check_logits_names_the_file_and_the_cache():
     ctx.params.type_k = "tq3"
     with pytest.raises(InputError, match=r"NaN logits at position 5; .*tq3/f16 cache"):
         check_logits(np.array([np.nan, 1.0], np.float32), ctx, "at position 5")
+
+
+# -- outputs that are not regular files --------------------------------------------
+
+def special_nodes(root: Path) -> list[Path]:
+    """A FIFO, and a character device node (a private copy of /dev/null's) where mknod is allowed.
+    Never /dev/null itself: a regression here would replace the system's device node."""
+    fifo = root / "fifo"
+    os.mkfifo(fifo)
+    nodes = [fifo]
+    dev = root / "null-node"
+    try:
+        os.mknod(dev, 0o666 | stat.S_IFCHR, os.makedev(1, 3))
+        nodes.append(dev)
+    except (PermissionError, OSError):
+        pass
+    return nodes
+
+
+def test_device_and_fifo_outputs_are_refused(capsys, work, calib_file):
+    m, hf, t = work / "D" / "m.gguf", work / "hf", work / "t.txt"
+    c = work / "C.npz"
+    shutil.copy(calib_file, c)
+    for node in special_nodes(work):
+        kind = stat.S_IFMT(node.stat().st_mode)
+        for argv in (["convert", hf, "-o", node, "--profile", "none"],
+                     ["convert", hf, "-o", node],
+                     ["eval", m, "--text", t, "--ctx", 64, "--save-logits", node],
+                     ["calibrate", m, "--text", t, "--tokens", 64, "--ctx", 32, "-o", node],
+                     ["search", c, "-o", node, "--no-check"],
+                     ["import-gguf", m, "-o", node]):
+            refused(capsys, work, argv, [m, hf, t, c], node)
+            assert stat.S_IFMT(os.lstat(node).st_mode) == kind  # still the FIFO / device node
