@@ -417,6 +417,8 @@ def calibrate(model: str | os.PathLike | ModelSource, *, text: str | None = None
         win_v=np.stack([w[2][:, :T_w] for w in state.windows]), rope_freqs=inv_freq(a).astype(np.float64),
         holdout=held_rows.astype(np.int32))
     out.parent.mkdir(parents=True, exist_ok=True)
+    if not all(np.isfinite(getattr(cal, k)).all() for k in ("k_sum", "k_sq", "q_sq", "v_sum", "v_sq", "win_q", "win_k", "win_v")):
+        raise InputError(f"{src.path}: calibration gave NaN/infinite K/Q/V statistics (corrupt or out-of-range weights); {out} not written")
     cal.save(out)
     _Partial.path(out).unlink(missing_ok=True)
     _Partial.path(out).with_suffix(".windows").unlink(missing_ok=True)
