@@ -23,6 +23,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "import-gguf": ("import_gguf", "turn a llama/qwen2 GGUF into a Hugging Face model directory"),
     "info": ("info", "show what a model (HF directory or GGUF) contains"),
     "run": ("run", "generate text with the native runtime, streaming"),
+    "chat": ("chat", "chat with a model through its chat template (interactive, streaming, multi-turn)"),
+    "serve": ("serve", "OpenAI-compatible HTTP server (chat and text completions, continuous batching)"),
     "eval": ("eval", "perplexity, KL divergence and top-1 agreement on a text (llama.cpp's definitions)"),
     "bench": ("bench", "prefill and decode speed at several context depths, KV bytes per token, peak memory"),
     "calibrate": ("calibrate", "run a model on text and record the K/Q/V statistics the search needs"),

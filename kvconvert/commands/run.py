@@ -69,10 +69,18 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--top-p", type=A.probability, default=0.95, help="top-p, in (0, 1] (1 = off; default %(default)s)")
     p.add_argument("--repeat-penalty", type=A.penalty, default=1.1, help="repetition penalty (default %(default)s)")
     p.add_argument("--seed", type=A.seed, default=None, help="random seed")
+    p.add_argument("--chat", action="store_true",
+                   help="send the prompt as a user message through the GGUF's chat template")
+    p.add_argument("--system", metavar="PROMPT", default=None, help="--chat: system prompt")
     add_runtime_args(p)
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.chat:
+        from .chat import answer, session_from_args
+
+        answer(session_from_args(args, args.system), args.prompt, args.max_tokens)
+        return 0
     model = Model(args.model)
     sampler = SamplerParams(args.temp, args.top_k, args.top_p, args.repeat_penalty, seed=args.seed)
     ctx = ContextParams(n_ctx=args.ctx, type_k=args.ctk, type_v=args.ctv, n_threads=args.threads, n_sink=args.sink)
