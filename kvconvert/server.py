@@ -99,7 +99,8 @@ class Engine:
         self._cond = threading.Condition()
         self._stop = False
         self._thread = threading.Thread(target=self._run, name="kvconvert-engine", daemon=True)
-        self.steps = 0  # decode steps (batches) run, for stats
+        self.steps = 0  # eval_multi batches run, and the tokens they held (mean batch = tokens / steps)
+        self.batched_tokens = 0
 
     # -- handler side ------------------------------------------------------------
     def start(self) -> None:
@@ -128,7 +129,8 @@ class Engine:
     def stats(self) -> dict:
         with self._cond:
             return {"slots_idle": len(self._free), "slots_processing": len(self._running),
-                    "requests_waiting": len(self._waiting), "slots_total": self.parallel}
+                    "requests_waiting": len(self._waiting), "slots_total": self.parallel,
+                    "decode_batches": self.steps, "decode_tokens": self.batched_tokens}
 
     # -- engine thread -----------------------------------------------------------
     def _finish(self, job: Job, reason: str | None, error: str | None = None) -> None:
@@ -228,6 +230,8 @@ class Engine:
             group = go[j:j + max(1, min(lead.n_batch, lead.n_ctx))]
             try:
                 rows = eval_multi([g.ctx for g, _ in group], [t for _, t in group])
+                self.steps += 1
+                self.batched_tokens += len(group)
                 for (g, _), row in zip(group, rows):
                     g.logits = check_logits(row, g.ctx, f"at position {g.ctx.n_past}")
             except (NativeError, KVConvertError) as e:
@@ -235,7 +239,6 @@ class Engine:
                     for g, _ in group:
                         self._finish(g, None, str(e))
             j += len(group)
-        self.steps += 1
 
 
 # --------------------------------------------------------------------------- request parsing

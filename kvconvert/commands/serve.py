@@ -40,9 +40,6 @@ def run(args: argparse.Namespace) -> int:
     from ..server import make_server
 
     key = args.api_key if args.api_key is not None else os.environ.get("KVCONVERT_API_KEY") or None
-    server = make_server(args.model, parallel=args.parallel, n_ctx=args.ctx, type_k=args.ctk, type_v=args.ctv,
-                         n_threads=args.threads, n_sink=args.sink, api_key=key, max_queue=args.queue,
-                         model_id=args.alias)
     sock = socket.socket(socket.AF_INET6 if ":" in args.host else socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
@@ -52,6 +49,9 @@ def run(args: argparse.Namespace) -> int:
 
         raise InputError(f"cannot listen on {args.host}:{args.port}: {e.strerror or e}; choose another --port") \
             from None
+    server = make_server(args.model, parallel=args.parallel, n_ctx=args.ctx, type_k=args.ctk, type_v=args.ctv,
+                         n_threads=args.threads, n_sink=args.sink, api_key=key, max_queue=args.queue,
+                         model_id=args.alias)
     host, bound = sock.getsockname()[:2]
     ctx = server.engine.contexts[0].params
     print(f"kvconvert serve: {server.model_id} on http://{host}:{bound}/v1 ({args.parallel} slots x {ctx.n_ctx} "
