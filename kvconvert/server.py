@@ -30,6 +30,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+from starlette.applications import Starlette
+from starlette.responses import JSONResponse, StreamingResponse
+from starlette.routing import Route
 
 from .chat import ChatFormat, ChatTemplateError, TextStream
 from .errors import KVConvertError
@@ -272,13 +275,25 @@ def _text_content(content: Any, where: str) -> str:
     raise _bad(f"{where}: 'content' must be a string or a list of text parts", "messages")
 
 
+class JobStream(StreamingResponse):
+    """A streamed answer whose job is cancelled however the response ends (also when the client
+    is gone before the first event, when the body generator never starts)."""
+
+    def __init__(self, engine: Engine, job: Job, *args, **kw):
+        super().__init__(*args, **kw)
+        self.engine, self.job = engine, job
+
+    async def __call__(self, scope, receive, send):
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self.engine.cancel(self.job)  # a no-op for a finished job
+
+
 class Server:
     """The HTTP side: validation, admission, streaming (a Starlette app in ``self.app``)."""
 
     def __init__(self, engine: Engine, model_id: str, api_key: str | None = None, retry_after: int = 1):
-        from starlette.applications import Starlette
-        from starlette.routing import Route
-
         self.engine, self.model_id, self.api_key, self.retry_after = engine, model_id, api_key, retry_after
         self.created = int(time.time())
         self.app = Starlette(routes=[
@@ -299,8 +314,6 @@ class Server:
     # -- helpers -----------------------------------------------------------------
     @staticmethod
     def _error(e: APIError):
-        from starlette.responses import JSONResponse
-
         return JSONResponse(e.body(), status_code=e.status, headers=e.headers)
 
     async def _not_found(self, request, exc):
@@ -400,13 +413,9 @@ class Server:
 
     # -- endpoints ---------------------------------------------------------------
     async def health(self, request):
-        from starlette.responses import JSONResponse
-
         return JSONResponse({"status": "ok", **self.engine.stats()})
 
     async def models(self, request):
-        from starlette.responses import JSONResponse
-
         try:
             self._auth(request)
         except APIError as e:
@@ -448,17 +457,21 @@ class Server:
         return {"prompt_tokens": n_prompt, "completion_tokens": n_made, "total_tokens": n_prompt + n_made}
 
     async def _collect(self, request, job: Job, chat: bool, rid: str, created: int):
-        from starlette.responses import JSONResponse
-
         parts: list[str] = []
+        checked = time.monotonic()
         try:
             while True:
+                item = None
                 try:
-                    item = await asyncio.wait_for(job.queue.get(), 0.25)
+                    item = await asyncio.wait_for(job.queue.get(), 0.2)
                 except asyncio.TimeoutError:
+                    pass
+                if time.monotonic() - checked >= 0.2:  # also while tokens keep coming
+                    checked = time.monotonic()
                     if await request.is_disconnected():  # nobody to answer: free the slot now
                         self.engine.cancel(job)
                         return JSONResponse({}, status_code=499)
+                if item is None:
                     continue
                 if item[0] == "text":
                     parts.append(item[1])
@@ -482,8 +495,6 @@ class Server:
                              "choices": [choice], "usage": self._usage(n_prompt, n_made)})
 
     def _stream(self, request, job: Job, chat: bool, rid: str, created: int, include_usage: bool):
-        from starlette.responses import StreamingResponse
-
         obj = "chat.completion.chunk" if chat else "text_completion"
 
         def chunk(content: str | None, reason: str | None, first: bool = False) -> str:
@@ -527,8 +538,8 @@ class Server:
                 if not finished:  # the client went away (or the response was cancelled): free the slot
                     self.engine.cancel(job)
 
-        return StreamingResponse(events(), media_type="text/event-stream",
-                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+        return JobStream(self.engine, job, events(), media_type="text/event-stream",
+                          headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
 
 def make_server(model: Model | str, *, parallel: int = 4, n_ctx: int = 4096, type_k: str = "auto",

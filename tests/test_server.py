@@ -279,6 +279,23 @@ def test_busy_server_disconnect_and_api_key() -> None:
         assert freed < 1.0, freed
         r = c.completions.create(model=MODEL_ID, prompt="hi", max_tokens=2, temperature=0)
         assert r.usage.completion_tokens == 2
+        # the same for a client waiting for a whole (non-streamed) answer
+        body = json.dumps({"model": MODEL_ID, "messages": messages, "max_tokens": 900, "temperature": 1.0,
+                           "top_k": 0, "top_p": 1.0, "seed": 1}).encode()
+        port = int(base.rsplit(":", 1)[1])
+        with socket.create_connection(("127.0.0.1", port)) as raw:
+            raw.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer s3cret\r\n"
+                        b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
+            t0 = time.monotonic()
+            while not _get(base + "/health")[1]["slots_processing"] and time.monotonic() - t0 < 5:
+                time.sleep(0.02)
+            time.sleep(0.3)
+            assert _get(base + "/health")[1]["slots_processing"] == 1
+        t0 = time.monotonic()
+        while _get(base + "/health")[1]["slots_processing"] and time.monotonic() - t0 < 5:
+            time.sleep(0.02)
+        freed = time.monotonic() - t0
+        assert freed < 1.0, freed
 
 
 def test_serve_refuses_a_taken_port() -> None:

@@ -55,19 +55,25 @@ def run(args: argparse.Namespace) -> int:
     session = session_from_args(args, args.system)
     tty = sys.stdin.isatty()
     if tty:
-        print("kvconvert chat: type a message; /reset forgets the conversation, /exit (or Ctrl-D) quits",
-              file=sys.stderr)
+        try:
+            import readline  # noqa: F401  (line editing and history for input())
+        except ImportError:
+            pass
+        print("kvconvert chat: type a message; /reset forgets the conversation, /exit (or Ctrl-D) quits; "
+              "Ctrl-C stops an answer", file=sys.stderr)
     while True:
-        if tty:
-            sys.stderr.write("> ")
-            sys.stderr.flush()
-        line = sys.stdin.readline()
-        if not line:
+        try:
+            text = input("> ") if tty else sys.stdin.readline() or None
+        except EOFError:
+            text = None
+        if text is None:  # end of input (Ctrl-D)
+            if tty:
+                print(file=sys.stderr)
             return 0
-        text = line.rstrip("\n")
-        if not text.strip():
-            continue
+        text = text.rstrip("\n")
         cmd = text.strip()
+        if not cmd:
+            continue
         if cmd in ("/exit", "/quit"):
             return 0
         if cmd == "/reset":
@@ -78,3 +84,7 @@ def run(args: argparse.Namespace) -> int:
             answer(session, text, args.max_tokens)
         except ContextFull as e:  # the conversation outgrew the context: say so, keep the loop
             print(f"kvconvert: {e}", file=sys.stderr)
+        except KeyboardInterrupt:
+            if not tty:
+                raise
+            print("(answer stopped)", file=sys.stderr)
