@@ -1,0 +1,102 @@
+"""The search's proxy (issue 13's faster search) against its reference twins:
+the C TurboQuant round trip equals the numpy twin bit for bit, the KL formula
+without a second softmax equals KL computed from two log-softmaxes, the query
+sample is bounded whatever the head count, and the two-pass search finds the
+same allocation as measuring every candidate when the budget keeps layers near
+their uniform widths; held-out tokens of generated text are split by tokens."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from kvconvert import turboquant as tq
+from kvconvert.calibrate import calibrate, holdout_rows, split_generated
+from kvconvert.runtime import TQ_SEED, tq_roundtrip
+from kvconvert.search import (Option, _Layer, _label, _log_softmax, _scores, allocate, k_configs, pair_order,
+                              query_rows, resolve_policy, search, smoothing_scales)
+from tests.tiny import CORPUS
+
+TEXT = " ".join(CORPUS) * 30
+
+
+@pytest.fixture(scope="module")
+def cal(tiny_models, tmp_path_factory):
+    out = tmp_path_factory.mktemp("cal") / "c.npz"
+    return calibrate(tiny_models["qwen2-hd64"], text=TEXT, tokens=256, n_ctx=64, n_windows=2, holdout=1, out=out)
+
+
+@pytest.mark.parametrize("cfg", [tq.KConfig(d=64, lo_bits=3, hi_bits=3), tq.KConfig(d=64, n_hi=8, hi_bits=6, lo_bits=4),
+                                 tq.KConfig(d=64, n_hi=16, hi_bits=5, lo_bits=2),
+                                 tq.KConfig(d=128, n_hi=32, hi_bits=8, lo_bits=4)])
+def test_c_roundtrip_equals_numpy_twin(cfg):
+    rng = np.random.default_rng(cfg.n_hi + cfg.lo_bits)
+    x = (rng.standard_normal((3, 40, 2, cfg.d)) * rng.uniform(0.1, 20, (1, 1, 1, cfg.d))).astype(np.float32)
+    want = tq.decode(tq.encode(x, cfg, TQ_SEED, 5), cfg, TQ_SEED, 5, qjl=False)
+    np.testing.assert_array_equal(tq_roundtrip(x, cfg, TQ_SEED, 5), want)  # same codes, same float32 decode
+
+
+def test_kl_formula_equals_two_softmaxes(cal):
+    """k_error computes KL(p‖q) as log Σ p·exp(e) − Σ p·e; recompute it the long way."""
+    sc = smoothing_scales(cal)
+    lay = _Layer(cal, 1, sc, pair_order(cal, sc), n_sink=1)
+    o = Option(tq.KConfig(d=64, lo_bits=2, hi_bits=2), smooth=True)
+    q, k = lay._keys(True, True)
+    dk = tq.decode(tq.encode(k, o.cfg, TQ_SEED, 1), o.cfg, TQ_SEED, 1).astype(np.float64) - k
+    dk[:, :1] = 0
+    pos = np.arange(lay.T)
+    from kvconvert.rope import apply_rope
+    exact = _scores(lay._heads(lay.q_rot), apply_rope(lay.k_raw, pos, cal.rope_freqs, "neox")) / 8.0
+    err = _scores(q.astype(np.float64), dk) / 8.0
+    logp = _log_softmax(np.where(lay.mask, exact, -np.inf))
+    logq = _log_softmax(np.where(lay.mask, exact + err, -np.inf))
+    lp, lq = np.where(lay.mask, logp, 0), np.where(lay.mask, logq, 0)
+    kl = (np.exp(logp) * (lp - lq)).sum(-1).mean()
+    assert lay.k_error(o) == pytest.approx(kl, rel=2e-3)  # float32 scores in k_error
+
+
+def test_query_sample_is_bounded(cal):
+    W, _, T, H, _ = cal.win_q.shape
+    sc = smoothing_scales(cal)
+    for budget in (1 << 12, 1 << 14, 1 << 30):
+        lay = _Layer(cal, 0, sc, pair_order(cal, sc), max_pairs=budget)
+        n = len(lay.rows)
+        assert n >= 1 and (W * H * n * T <= budget or n == 1)
+        assert np.all(lay.rows >= 4) and np.all(np.diff(lay.rows) >= 2)  # from MIN_QUERY on, at most every other
+    assert len(query_rows(512, 10**9)) == (512 - 4 + 1) // 2
+
+
+def test_two_pass_search_matches_exhaustive_allocation(cal):
+    """Measure every candidate of k_configs() on every layer, allocate: the two-pass search
+    (splits only around each layer's uniform width) picks the same K configs here."""
+    res = search(cal, policy="balanced", check=False)
+    pol = resolve_policy("balanced", None, None)
+    sc = smoothing_scales(cal)
+    order = pair_order(cal, sc)
+    opts, errs = [], []
+    for l in range(cal.n_layer):
+        lay = _Layer(cal, l, sc, order, pol.sink_tokens)
+        smooth = res.k_options[l][0].smooth
+        o = [Option(c, smooth) for c in k_configs(pol, cal.head_dim)]
+        opts.append(o)
+        errs.append([lay.k_error(x) for x in o])
+    from kvconvert.profile import sink_bits
+    sink = sink_bits(pol.sink_tokens, cal.n_ctx)
+    picks = allocate([[x.bits + sink for x in o] for o in opts], errs, pol.k_budget)
+    full = sum(e[i] for e, i in zip(errs, picks))
+    two_pass = sum(res.k_errors[l][_label(o)] for l, o in enumerate(
+        [Option(tq.KConfig.parse(s, 64), opts[l][0].smooth) for l, s in enumerate(res.profile.k_layers)]))
+    assert two_pass <= full * 1.05  # the pruned search loses at most 5% of the exhaustive proxy optimum
+    assert sum(len(e) for e in res.k_errors) < sum(len(o) for o in opts)  # and measured fewer options
+
+
+def test_generated_sequences_split_by_tokens():
+    bos = [1]
+    seqs = [[1] + [7] * n for n in (300, 120, 98, 306, 40)]  # unequal lengths, as the model ends them
+    cal, held = split_generated(seqs, 2 * 64, bos)
+    assert len(held) >= 128 and 1 not in held  # BOS excluded from the held-out stream
+    assert len(cal) >= 1 and sum(len(s) for s in cal) + len(held) + len(seqs) - len(cal) == sum(map(len, seqs))
+    rows = holdout_rows(held, 64, 2)
+    assert rows.shape == (2, 64)
+    one, _ = split_generated([[1] + [7] * 500], 10**6, bos)
+    assert len(one) == 1  # at least one sequence always stays for calibration
