@@ -189,6 +189,13 @@ class TextStream:
         return self._release(final=True)
 
 
+def keeps_first_batch_mean(params: ContextParams) -> bool:
+    """Whether a context (resolved params) centers K on the mean of its first batch, which it
+    keeps for its whole life (no calibrated means): a cleared cache then is not a new one."""
+    centered = params.k_center if params.k_center is not None else params.type_k.lower().startswith("tq")
+    return bool(centered and params.k_mean is None)
+
+
 class ChatSession:
     """A multi-turn conversation kept in one context: each turn prefills only the tokens that
     the newly rendered conversation adds to the cached ones (the cache is cut back to the
@@ -220,7 +227,9 @@ class ChatSession:
             n += 1
         if n == len(ids):  # nothing new: re-evaluate the last token for its logits
             n -= 1
-        if n < self.ctx.n_past:
+        if n == 0 and self.ctx.n_past and keeps_first_batch_mean(self.ctx.params):
+            self.ctx = self.model.context(self.ctx.params)  # start over: a new mean from the new first batch
+        elif n < self.ctx.n_past:
             self.ctx.reset(n)
         self.tokens = self.tokens[:n]
         new = ids[n:]

@@ -34,7 +34,7 @@ from starlette.applications import Starlette
 from starlette.responses import JSONResponse, StreamingResponse
 from starlette.routing import Route
 
-from .chat import ChatFormat, ChatTemplateError, TextStream
+from .chat import ChatFormat, ChatTemplateError, TextStream, keeps_first_batch_mean
 from .errors import KVConvertError
 from .generate import SamplerParams, sample
 from .runtime import Context, ContextParams, Model, NativeError, check_logits, eval_multi
@@ -93,10 +93,15 @@ class Engine:
         self.model = model
         self.fmt = ChatFormat.for_model(model)
         self.ctx_params = ctx_params
-        self.contexts = [model.context(ctx_params) for _ in range(parallel)]
-        self.n_ctx = self.contexts[0].params.n_ctx
+        contexts = [model.context(ctx_params) for _ in range(parallel)]
+        self.params = contexts[0].params  # resolved: the file's cache profile for "auto"
+        self.n_ctx = self.params.n_ctx
+        # A centered K cache without calibrated means takes its mean from a context's first batch
+        # and keeps it (the runtime has no way to forget it): such a slot gets a new context for
+        # each request, so an answer never depends on what the slot ran before.
+        self._fresh_contexts = keeps_first_batch_mean(self.params)
         self.parallel, self.max_queue = parallel, max_queue
-        self._free = list(self.contexts)
+        self._free = contexts
         self._waiting: collections.deque[Job] = collections.deque()
         self._running: list[Job] = []
         self._cond = threading.Condition()
@@ -160,6 +165,8 @@ class Engine:
         while self._free and self._waiting:
             job = self._waiting.popleft()
             job.ctx = self._free.pop()
+            if self._fresh_contexts and job.ctx.n_past:
+                job.ctx = self.model.context(self.ctx_params)  # the old one is freed with its last reference
             job.ctx.reset(0)
             job.rng = np.random.default_rng(job.sampler.seed)
             job.history = list(job.prompt)
@@ -422,8 +429,8 @@ class Server:
             return self._error(e)
         return JSONResponse({"object": "list", "data": [
             {"id": self.model_id, "object": "model", "created": self.created, "owned_by": "kvconvert",
-             "meta": {"n_ctx": self.engine.n_ctx, "cache_k": self.engine.contexts[0].params.type_k,
-                      "cache_v": self.engine.contexts[0].params.type_v}}]})
+             "meta": {"n_ctx": self.engine.n_ctx, "cache_k": self.engine.params.type_k,
+                      "cache_v": self.engine.params.type_v}}]})
 
     async def chat_completions(self, request):
         return await self._complete(request, chat=True)

@@ -253,8 +253,10 @@ def test_concurrent_streaming_clients_match_sequential_greedy(server, client, lo
           f"mean decode batch {tokens / batches:.2f}")
 
 
-def test_busy_server_disconnect_and_api_key() -> None:
-    with _serve("--parallel", "1", "--queue", "0", "--api-key", "s3cret") as base:
+def test_busy_server_disconnect_api_key_and_slot_reuse(local) -> None:
+    # TurboQuant caches without calibrated means (the fixture has none): K is centered on the
+    # mean of a context's first batch, so a reused slot must not keep the previous request's
+    with _serve("--parallel", "1", "--queue", "0", "--api-key", "s3cret", "--ctk", "tq4", "--ctv", "tq4") as base:
         with pytest.raises(openai.AuthenticationError) as e:
             openai.OpenAI(base_url=base + "/v1", api_key="wrong", max_retries=0).models.list()
         assert e.value.status_code == 401 and _error(e)["code"] == "invalid_api_key"
@@ -277,6 +279,15 @@ def test_busy_server_disconnect_and_api_key() -> None:
             time.sleep(0.02)
         freed = time.monotonic() - t0
         assert freed < 1.0, freed
+        # the one slot ran three requests already: a greedy answer equals a fresh tq4 context's
+        model, fmt = local
+        for prompt in ("The capital of France is", "Once upon a time"):
+            want = model.detokenize(list(generate_tokens(
+                model, fmt.encode(prompt), 16, GREEDY, ContextParams(n_ctx=CTX, n_threads=2, type_k="tq4",
+                                                                      type_v="tq4"))))
+            got = c.completions.create(model=MODEL_ID, prompt=prompt, max_tokens=16, temperature=0)
+            assert got.choices[0].text == want
+        assert [m.model_extra["meta"]["cache_k"] for m in c.models.list().data] == ["tq4"]
         r = c.completions.create(model=MODEL_ID, prompt="hi", max_tokens=2, temperature=0)
         assert r.usage.completion_tokens == 2
         # the same for a client waiting for a whole (non-streamed) answer

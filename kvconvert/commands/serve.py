@@ -53,7 +53,7 @@ def run(args: argparse.Namespace) -> int:
                          n_threads=args.threads, n_sink=args.sink, api_key=key, max_queue=args.queue,
                          model_id=args.alias)
     host, bound = sock.getsockname()[:2]
-    ctx = server.engine.contexts[0].params
+    ctx = server.engine.params
     print(f"kvconvert serve: {server.model_id} on http://{host}:{bound}/v1 ({args.parallel} slots x {ctx.n_ctx} "
           f"tokens, K cache {ctx.type_k}, V cache {ctx.type_v}{', API key required' if key else ''})",
           file=sys.stderr, flush=True)
