@@ -148,6 +148,20 @@ def test_push_cli(hub, kv_gguf, profile_file, monkeypatch, capsys):
     assert hub.repos["alice/cli"].private
 
 
+def test_push_cli_finds_the_conversions_profile(hub, kv_gguf, profile_file, tmp_path, monkeypatch, capsys):
+    """`kvconvert convert` saves OUT.profile.json beside OUT.gguf; push takes it without --profile."""
+    import shutil
+
+    monkeypatch.setenv("HF_TOKEN", TOKEN)
+    out = tmp_path / "model.gguf"
+    shutil.copy(kv_gguf, out)
+    shutil.copy(profile_file, tmp_path / "model.profile.json")
+    assert main(["push", str(out), "--repo", "alice/auto"]) == 0
+    assert "using the conversion's profile" in capsys.readouterr().err
+    assert set(hub.commits[0].files) == {"model.gguf", "model.profile.json", "README.md"}
+    assert "Measured quality" in hub.commits[0].files["README.md"].decode()
+
+
 def test_card_kv_bytes_match_runtime(kv_gguf):
     runtime = pytest.importorskip("kvconvert.runtime")
     pytest.importorskip("kvconvert._kvc", reason="native runtime not built")

@@ -18,8 +18,9 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--private", action="store_true",
                    help="create the repo as private (ignored if the repo already exists)")
     p.add_argument("--profile", metavar="FILE",
-                   help="profile JSON from `kvconvert search` used for this file: uploaded next to it, and its "
-                        "measured quality goes into the model card")
+                   help="profile JSON used for this file (from `kvconvert search`): uploaded next to it, and its "
+                        "measured quality goes into the model card (default: OUT.profile.json beside OUT.gguf, "
+                        "which `kvconvert convert` writes, if it exists)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -29,6 +30,14 @@ def run(args: argparse.Namespace) -> int:
         print(f"kvconvert: {what} ({total / 2**20:.1f} MiB)" if what.startswith("uploading") else f"kvconvert: {what}",
               file=sys.stderr, flush=True)
 
-    url = push(args.gguf, args.repo, private=args.private, profile=args.profile, progress=stage)
+    profile = args.profile
+    if profile is None:
+        from ..pipeline import profile_path_for
+
+        found = profile_path_for(args.gguf)
+        if found.is_file():
+            profile = found
+            print(f"kvconvert: using the conversion's profile {found}", file=sys.stderr)
+    url = push(args.gguf, args.repo, private=args.private, profile=profile, progress=stage)
     print(url)
     return 0
