@@ -164,10 +164,16 @@ class Engine:
             self._finish(job, None)
         while self._free and self._waiting:
             job = self._waiting.popleft()
-            job.ctx = self._free.pop()
-            if self._fresh_contexts and job.ctx.n_past:
-                job.ctx = self.model.context(self.ctx_params)  # the old one is freed with its last reference
-            job.ctx.reset(0)
+            ctx = self._free.pop()
+            if self._fresh_contexts and ctx.n_past:
+                try:
+                    ctx = self.model.context(self.ctx_params)  # the old one is freed with its last reference
+                except (KVConvertError, MemoryError) as e:
+                    self._free.append(ctx)
+                    job.emit(("error", f"cannot make a context for the request: {e}"))
+                    continue
+            ctx.reset(0)
+            job.ctx = ctx
             job.rng = np.random.default_rng(job.sampler.seed)
             job.history = list(job.prompt)
             job.stream = TextStream(self.model, job.stop)

@@ -130,11 +130,29 @@ def test_chat_completion_equals_local_greedy(client, local) -> None:
     assert r.object == "chat.completion" and r.model == MODEL_ID
     # streamed: the same text in pieces, role first, finish_reason last
     chunks = list(client.chat.completions.create(model=MODEL_ID, messages=messages, temperature=0, max_tokens=24,
-                                                 stream=True))
+                                                 stream=True, stream_options={"include_usage": True}))
+    usage = chunks.pop()  # asked for: a last chunk with the usage and no choices
+    assert usage.choices == [] and usage.usage.model_dump() == r.usage.model_dump()
     assert chunks[0].choices[0].delta.role == "assistant"
     assert "".join(c.choices[0].delta.content or "" for c in chunks) == want
     assert chunks[-1].choices[0].finish_reason == r.choices[0].finish_reason
     assert sum(1 for c in chunks if c.choices[0].delta.content) > 5  # really streamed, not one piece
+
+
+def test_long_prompt_prefilled_in_chunks(client, local) -> None:
+    """A prompt over n_batch (512) is prefilled a chunk per engine iteration; same answer."""
+    model, fmt = local
+    lines = [f"Note {i}: {TOPICS[i % len(TOPICS)]} and {TOPICS[(3 * i) % len(TOPICS)]} are listed." for i in range(80)]
+    text = "\n".join(lines)
+    ids = fmt.encode(text)
+    while len(ids) > 560:
+        lines.pop()
+        text = "\n".join(lines)
+        ids = fmt.encode(text)
+    assert 512 < len(ids) <= 560
+    r = client.completions.create(model=MODEL_ID, prompt=text, temperature=0, max_tokens=8)
+    assert r.usage.prompt_tokens == len(ids)
+    assert r.choices[0].text == _greedy(local, ids, 8)
 
 
 def test_completion_and_stop_strings(client, local) -> None:
