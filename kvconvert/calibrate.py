@@ -149,25 +149,29 @@ class Calibration:
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "Calibration":
+        from . import validate as V
+
         path = Path(path)
         try:
-            with np.load(path, allow_pickle=False) as z:
+            if path.exists():
+                V.regular_file(path, "calibration file")
+            z = np.load(path, allow_pickle=False)
+            if not isinstance(z, np.lib.npyio.NpzFile):
+                raise ValueError("not a kvconvert calibration file (not an .npz archive)")
+            with z:
                 meta = json.loads(bytes(z["meta"]).decode())
-                if meta.get("magic") != CALIB_MAGIC:
+                if not isinstance(meta, dict) or meta.get("magic") != CALIB_MAGIC:
                     raise ValueError("not a kvconvert calibration file")
                 if meta.get("schema") != CALIB_SCHEMA:
                     raise ValueError(f"schema {meta.get('schema')}, this kvconvert reads {CALIB_SCHEMA}")
+                V.calibration_meta(path, meta)
                 arrays = {k: z[k] for k in cls._ARRAYS}
             cal = cls(**{k: meta[k] for k in cls._META}, **arrays, path=path)
-            L, Hk, d = cal.n_layer, cal.n_head_kv, cal.head_dim
-            for k in ("k_sum", "k_sq", "q_sq", "v_sum", "v_sq"):
-                if arrays[k].shape != (L, Hk, d) or not np.all(np.isfinite(arrays[k])):
-                    raise ValueError(f"{k} has shape {arrays[k].shape} or non-finite values")
-            if cal.win_k.ndim != 5 or cal.win_k.shape[1:2] + cal.win_k.shape[3:] != (L, Hk, d):
-                raise ValueError("sample windows do not match the model shape")
+            V.calibration_arrays(path, cal)
         except FileNotFoundError:
             raise InputError(f"{path}: no such calibration file; run `kvconvert calibrate` first") from None
-        except (OSError, ValueError, KeyError, TypeError, json.JSONDecodeError, EOFError, zipfile.BadZipFile) as e:
+        except (OSError, ValueError, KeyError, TypeError, json.JSONDecodeError, EOFError, zipfile.BadZipFile,
+                RecursionError) as e:
             raise InputError(f"{path}: corrupt or unreadable calibration file ({e}); "
                              "delete it and run `kvconvert calibrate` again") from None
         return cal

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from . import validate as V
 from .errors import InputError
 
 
@@ -32,6 +33,8 @@ class RopeScaling:
     def from_dict(cls, d: dict[str, Any] | None) -> "RopeScaling | None":
         if not d:
             return None
+        if not isinstance(d, dict):
+            raise InputError(f"rope_scaling must be an object, got {V._show(d)}")
         rope_type = d.get("rope_type", d.get("type", "default"))
         if rope_type not in cls.SUPPORTED:
             raise InputError(
@@ -41,6 +44,15 @@ class RopeScaling:
             return None
         known = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in d.items() if k in known and k != "rope_type"}, rope_type=rope_type)
+
+    def __post_init__(self) -> None:
+        for name in ("factor", "low_freq_factor", "high_freq_factor"):
+            V.finite_float(None, f"rope_scaling.{name}", getattr(self, name), 0.0, 1e6, lo_open=True)
+        V.int_in(None, "rope_scaling.original_max_position_embeddings", self.original_max_position_embeddings,
+                 1, V.MAX_CTX)
+        if self.rope_type == "llama3" and not self.low_freq_factor < self.high_freq_factor:
+            raise InputError(f"rope_scaling: low_freq_factor ({self.low_freq_factor}) must be below "
+                             f"high_freq_factor ({self.high_freq_factor})")
 
 
 @dataclass(frozen=True)
@@ -64,14 +76,34 @@ class ModelArgs:
     eos_token_id: int | None = None
     extra: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
+    # upper bounds of the dimensions (far above any supported model; bound every allocation by them)
+    LIMITS = {"hidden_size": V.MAX_HIDDEN, "intermediate_size": V.MAX_FFN, "num_hidden_layers": V.MAX_LAYERS,
+              "num_attention_heads": V.MAX_HEADS, "num_key_value_heads": V.MAX_HEADS, "vocab_size": V.MAX_VOCAB,
+              "head_dim": V.MAX_HEAD_DIM}
+
     def __post_init__(self) -> None:
+        for name in ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+                     "num_key_value_heads", "vocab_size"):
+            V.int_in(None, name, getattr(self, name), 1, self.LIMITS[name])
+        V.int_in(None, "head_dim", self.head_dim, 0, V.MAX_HEAD_DIM)
         if self.head_dim == 0:
             object.__setattr__(self, "head_dim", self.hidden_size // max(self.num_attention_heads, 1))
-        for name in ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
-                     "num_key_value_heads", "vocab_size", "head_dim"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or value <= 0:
-                raise InputError(f"model config: {name} must be a positive integer, got {value!r}")
+        if self.head_dim <= 0:
+            raise InputError(f"head_dim must be a positive integer, got {self.head_dim!r}")
+        object.__setattr__(self, "rms_norm_eps", V.finite_float(None, "rms_norm_eps", self.rms_norm_eps, 0.0, 1.0,
+                                                                lo_open=True))
+        object.__setattr__(self, "rope_theta", V.finite_float(None, "rope_theta", self.rope_theta, 1.0, 1e12,
+                                                              lo_open=True))
+        V.int_in(None, "max_position_embeddings", self.max_position_embeddings, 1, V.MAX_CTX)
+        V.boolean(None, "tie_word_embeddings", self.tie_word_embeddings)
+        V.boolean(None, "attention_bias", self.attention_bias)
+        for name in ("bos_token_id", "eos_token_id"):
+            if getattr(self, name) is not None:
+                V.int_in(None, name, getattr(self, name), 0, V.MAX_VOCAB)
+        if self.rope_scaling is not None and not isinstance(self.rope_scaling, RopeScaling):
+            raise InputError(f"rope_scaling must be an object, got {V._show(self.rope_scaling)}")
+        if not isinstance(self.architecture, str) or not isinstance(self.model_type, str):
+            raise InputError("architectures[0] and model_type must be strings")
         if self.num_attention_heads % self.num_key_value_heads:
             raise InputError(
                 f"model config: num_attention_heads ({self.num_attention_heads}) is not a multiple of "
@@ -96,6 +128,8 @@ class ModelArgs:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "ModelArgs":
         archs = d.get("architectures") or []
+        if not isinstance(archs, list) or not all(isinstance(a, str) for a in archs):
+            raise InputError(f"architectures must be a list of strings, got {V._show(archs)}")
         architecture = archs[0] if archs else ""
         known = {f.name for f in dataclasses.fields(cls)} - {"architecture", "rope_scaling", "extra"}
         kw = {k: d[k] for k in known if k in d and d[k] is not None}
@@ -106,7 +140,11 @@ class ModelArgs:
                 kw.setdefault("rope_theta", rope_params["rope_theta"])
             rope = rope or rope_params
         if isinstance(kw.get("eos_token_id"), list):
+            if not kw["eos_token_id"]:
+                raise InputError("eos_token_id is an empty list")
             kw["eos_token_id"] = kw["eos_token_id"][0]
+        if "model_type" in d and not isinstance(d["model_type"], str):
+            raise InputError(f"model_type must be a string, got {V._show(d['model_type'])}")
         kw.setdefault("num_key_value_heads", d.get("num_attention_heads"))
         if d.get("model_type") == "qwen2":
             kw.setdefault("attention_bias", True)
@@ -118,12 +156,15 @@ class ModelArgs:
 
     @classmethod
     def from_file(cls, path: Path) -> "ModelArgs":
+        if not Path(path).exists():
+            raise InputError(f"{path}: not found; a Hugging Face model directory needs a config.json")
+        V.regular_file(path, "config.json file")
         try:
             with open(path, encoding="utf-8") as f:
                 d = json.load(f)
-        except FileNotFoundError:
-            raise InputError(f"{path}: not found; a Hugging Face model directory needs a config.json") from None
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        except OSError as e:
+            raise InputError(f"{path}: cannot read ({e.strerror or e})") from None
+        except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:
             raise InputError(f"{path}: not valid JSON ({e}); re-download or fix the file") from None
         if not isinstance(d, dict):
             raise InputError(f"{path}: expected a JSON object")
@@ -131,7 +172,7 @@ class ModelArgs:
             return cls.from_dict(d)
         except InputError as e:
             raise InputError(f"{path}: {e}") from None
-        except (TypeError, ValueError) as e:
+        except (TypeError, ValueError, OverflowError) as e:
             raise InputError(f"{path}: invalid value ({e})") from None
 
     def to_hf_dict(self) -> dict[str, Any]:

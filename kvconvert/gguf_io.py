@@ -30,6 +30,7 @@ import gguf
 import numpy as np
 
 from .errors import InputError
+from .validate import regular_file
 
 GGUF_MAGIC = b"GGUF"
 SUPPORTED_VERSIONS = (2, 3)
@@ -358,6 +359,7 @@ def open_gguf(path: str | Path) -> GGUFFile:
     path = Path(path)
     if not path.exists():
         raise InputError(f"{path}: file not found")
+    regular_file(path, "GGUF file")  # a FIFO or device would block or never end
     try:
         with open(path, "rb") as f:
             magic = f.read(4)
@@ -381,7 +383,10 @@ def field_value(reader: GGUFFile, key: str, default: Any = None) -> Any:
     f = reader.fields.get(key)
     if f is None:
         return default
-    return f.contents()
+    try:
+        return f.contents()
+    except UnicodeDecodeError:
+        raise InputError(f"{reader.path}: metadata {key} is not valid UTF-8; the file is corrupt") from None
 
 
 def tensor_map(reader: GGUFFile) -> dict[str, GGUFTensor]:

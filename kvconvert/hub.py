@@ -184,7 +184,7 @@ def _profile(profile: str | os.PathLike | Profile | Policy | None, args, gguf_pa
     if isinstance(prof, Policy):
         raise InputError(f"{getattr(profile, 'name', profile)}: this is a search policy, not a calibrated profile; "
                          "pass the profile JSON written by `kvconvert search`")
-    prof.model.check(args, f"profile {prof.name!r} (for {gguf_path.name})")
+    prof.model.check(args, f"{prof.describe()} (for {gguf_path.name})")
     return prof
 
 

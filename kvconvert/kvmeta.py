@@ -9,6 +9,7 @@ caches by default.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 
 import gguf
@@ -18,9 +19,11 @@ from .config import ModelArgs
 from .errors import InputError
 from .gguf_io import field_value
 from .gguf_keys import Keys
-from .turboquant import KConfig
+from .turboquant import SCALES, KConfig
+from . import validate as V
 
-K, V = Keys.KCache, Keys.VCache
+K, V_ = Keys.KCache, Keys.VCache
+STANDARD_CACHE_TYPES = ("f32", "f16", "q8_0", "q4_0")
 MAX_SINK = 64  # kvc_context_params.n_sink's limit
 DEFAULT_SINK = 1  # TurboQuant caches keep the first position exact unless told otherwise
 
@@ -50,7 +53,7 @@ class CacheMeta:
         if self.n_sink is not None:
             w.add_uint32(Keys.KVConvert.SINK_TOKENS, int(self.n_sink))
         w.add_string(K.TYPE, self.k_type)
-        w.add_string(V.TYPE, self.v_type)
+        w.add_string(V_.TYPE, self.v_type)
         if self.k_configs:
             w.add_array(K.N_HI, [c.n_hi for c in self.k_configs])
             w.add_array(K.HI_BITS, [c.hi_bits for c in self.k_configs])
@@ -59,9 +62,9 @@ class CacheMeta:
             w.add_array(K.QJL_LO, [int(c.qjl_lo) for c in self.k_configs])
             w.add_string(K.SCALE, self.k_configs[0].scale)
         if self.v_configs:
-            w.add_array(V.N_HI, [c.n_hi for c in self.v_configs])
-            w.add_array(V.HI_BITS, [c.hi_bits for c in self.v_configs])
-            w.add_array(V.LO_BITS, [c.lo_bits for c in self.v_configs])
+            w.add_array(V_.N_HI, [c.n_hi for c in self.v_configs])
+            w.add_array(V_.HI_BITS, [c.hi_bits for c in self.v_configs])
+            w.add_array(V_.LO_BITS, [c.lo_bits for c in self.v_configs])
         if self.k_perm is not None:
             w.add_array(K.PERM, [int(i) for i in np.asarray(self.k_perm).reshape(-1)])
         if self.k_mean is not None:
@@ -71,58 +74,90 @@ class CacheMeta:
         if self.rope_pair_src is not None:
             w.add_array(K.ROPE_PAIR_SRC, [int(i) for i in np.asarray(self.rope_pair_src).reshape(-1)])
         if self.v_mean is not None:
-            w.add_array(V.MEAN, [float(x) for x in np.asarray(self.v_mean, dtype=np.float32).reshape(-1)])
+            w.add_array(V_.MEAN, [float(x) for x in np.asarray(self.v_mean, dtype=np.float32).reshape(-1)])
 
     @classmethod
     def from_gguf(cls, reader, args: ModelArgs, source: str = "GGUF") -> "CacheMeta | None":
-        """The file's cache description, or None if it has no kvconvert cache keys."""
+        """The file's cache description, or None if it has no kvconvert cache keys.
+
+        Every key is checked for its type, range and size against the model (one InputError
+        naming the file and the key)."""
         get = lambda key, default=None: field_value(reader, key, default)  # noqa: E731
         if get(K.TYPE) is None:
             return None
         L, Hk, d = args.num_hidden_layers, args.num_key_value_heads, args.head_dim
+        types = ("tq",) + STANDARD_CACHE_TYPES
         try:
-            meta = cls(k_type=get(K.TYPE), v_type=get(V.TYPE, "f16"), center_pairs=int(get(K.CENTER_PAIRS, 0)),
-                       seed=int(get(Keys.KVConvert.ROTATION_SEED, 0x6B7663)),
-                       layout=get(Keys.KVConvert.LAYOUT, "portable"), k_mean_folded=bool(get(K.MEAN_FOLDED, False)),
-                       profile_json=get(Keys.KVConvert.PROFILE))
+            meta = cls(
+                k_type=V.one_of(source, K.TYPE, get(K.TYPE), types),
+                v_type=V.one_of(source, V_.TYPE, get(V_.TYPE, "f16"), types),
+                center_pairs=V.int_in(source, K.CENTER_PAIRS, get(K.CENTER_PAIRS, 0), 0, d // 2),
+                seed=V.int_in(source, Keys.KVConvert.ROTATION_SEED, get(Keys.KVConvert.ROTATION_SEED, 0x6B7663),
+                              0, V.MAX_U64),
+                layout=V.one_of(source, Keys.KVConvert.LAYOUT, get(Keys.KVConvert.LAYOUT, "portable"),
+                                ("portable", "folded")),
+                k_mean_folded=V.boolean(source, K.MEAN_FOLDED, get(K.MEAN_FOLDED, False)))
+            profile = get(Keys.KVConvert.PROFILE)
+            if profile is not None:
+                meta.profile_json = V.utf8_str(source, Keys.KVConvert.PROFILE, profile)
+                try:
+                    ok = isinstance(json.loads(meta.profile_json), dict)
+                except (ValueError, RecursionError):
+                    ok = False
+                if not ok:
+                    raise InputError(f"{source}: {Keys.KVConvert.PROFILE} is not a JSON object")
             sink = get(Keys.KVConvert.SINK_TOKENS)
             if sink is not None:
-                meta.n_sink = int(sink)
-                if not 0 <= meta.n_sink <= MAX_SINK:
-                    raise ValueError(f"sink_tokens {meta.n_sink} outside 0..{MAX_SINK}")
-            if meta.layout not in ("portable", "folded"):
-                raise ValueError(f"unknown layout {meta.layout!r}")
+                meta.n_sink = V.int_in(source, Keys.KVConvert.SINK_TOKENS, sink, 0, MAX_SINK)
+            scale = V.one_of(source, K.SCALE, get(K.SCALE, "ls"), SCALES)
             if meta.k_type == "tq":
-                meta.k_configs = _configs(get, K, L, d, get(K.SCALE, "ls"), qjl=True)
+                meta.k_configs = _configs(get, K, L, d, scale, qjl=True, source=source)
             if meta.v_type == "tq":
-                meta.v_configs = _configs(get, V, L, d, get(K.SCALE, "ls"), qjl=False)
+                meta.v_configs = _configs(get, V_, L, d, scale, qjl=False, source=source)
             perm, mean = get(K.PERM), get(K.MEAN)
             if perm is not None:
-                meta.k_perm = np.asarray(perm, dtype=np.int32).reshape(L, d)
+                meta.k_perm = np.asarray(V.int_list(source, K.PERM, perm, 0, d - 1, length=L * d),
+                                         dtype=np.int32).reshape(L, d)
                 if any(sorted(row) != list(range(d)) for row in meta.k_perm.tolist()):
                     raise ValueError("k_cache.perm is not a permutation of each layer's channels")
             if mean is not None:
-                meta.k_mean = np.asarray(mean, dtype=np.float32).reshape(L, Hk, d)
+                meta.k_mean = _floats(source, K.MEAN, mean, (L, Hk, d))
             if meta.k_mean_folded and meta.k_mean is None:
                 raise ValueError("the K mean is folded into the weights but not stored")
-            src, vmean = get(K.ROPE_PAIR_SRC), get(V.MEAN)
+            src, vmean = get(K.ROPE_PAIR_SRC), get(V_.MEAN)
             if src is not None:
-                meta.rope_pair_src = np.asarray(src, dtype=np.int32).reshape(L, d // 2)
+                meta.rope_pair_src = np.asarray(V.int_list(source, K.ROPE_PAIR_SRC, src, 0, d // 2 - 1,
+                                                           length=L * (d // 2)), dtype=np.int32).reshape(L, d // 2)
                 if any(sorted(row) != list(range(d // 2)) for row in meta.rope_pair_src.tolist()):
                     raise ValueError("rope_pair_src is not a permutation of each layer's pairs")
             if meta.layout == "folded" and meta.rope_pair_src is None:
                 raise ValueError("a folded file needs its RoPE pair map")
             if vmean is not None:
-                meta.v_mean = np.asarray(vmean, dtype=np.float32).reshape(L, Hk, d)
-        except (ValueError, TypeError) as e:
+                meta.v_mean = _floats(source, V_.MEAN, vmean, (L, Hk, d))
+        except (ValueError, TypeError, OverflowError) as e:
             raise InputError(f"{source}: invalid kvconvert cache metadata ({e}); re-convert the model") from None
         return meta
 
 
-def _configs(get, keys, n_layer: int, d: int, scale: str, qjl: bool) -> list[KConfig]:
+def _floats(source: str, key: str, values, shape: tuple[int, ...]) -> np.ndarray:
+    if not isinstance(values, list) or len(values) != int(np.prod(shape)):
+        raise InputError(f"{source}: {key} must be a list of {int(np.prod(shape))} numbers")
+    if values and (isinstance(values[0], (str, bytes)) or not all(isinstance(x, (int, float)) for x in values)):
+        raise InputError(f"{source}: {key} must hold numbers")
+    arr = np.asarray(values, dtype=np.float64)
+    if not np.isfinite(arr).all() or np.abs(arr).max(initial=0) > 3.4e38:
+        raise InputError(f"{source}: {key} holds NaN, infinite or out-of-range values; re-convert the model")
+    return arr.astype(np.float32).reshape(shape)
+
+
+def _configs(get, keys, n_layer: int, d: int, scale: str, qjl: bool, source: str = "GGUF") -> list[KConfig]:
+    names = [keys.N_HI, keys.HI_BITS, keys.LO_BITS] + ([keys.QJL_HI, keys.QJL_LO] if qjl else [])
     cols = [get(keys.N_HI), get(keys.HI_BITS), get(keys.LO_BITS)]
     cols += [get(keys.QJL_HI, [0] * n_layer), get(keys.QJL_LO, [0] * n_layer)] if qjl else [[0] * n_layer] * 2
-    if any(c is None or len(c) != n_layer for c in cols):
+    if any(c is None for c in cols):
         raise ValueError(f"per-layer cache arrays must have {n_layer} entries")
+    for name, col in zip(names, cols):
+        V.int_list(source, name, [int(x) if isinstance(x, bool) else x for x in col] if isinstance(col, list)
+                   else col, 0, d, length=n_layer)
     return [KConfig(d=d, n_hi=int(n), hi_bits=int(h), lo_bits=int(lo), qjl_hi=bool(qh), qjl_lo=bool(ql), scale=scale)
             for n, h, lo, qh, ql in zip(*cols)]

@@ -16,6 +16,7 @@ from typing import Protocol
 import numpy as np
 
 from . import arch as archs
+from . import validate as V
 from .arch.base import Architecture, TensorSpec
 from .config import ModelArgs
 from .errors import InputError
@@ -24,6 +25,7 @@ from .rope import llama3_factors, llama3_from_factors
 from .safetensors_io import SafetensorsIndex
 
 ROPE_FREQS = "rope_freqs"  # synthetic name of llama3 RoPE factors (no HF tensor)
+_HF_LAYER = re.compile(r"^model\.layers\.(\d+)\.")
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*/[\w.\-]+$")
 
 
@@ -82,6 +84,10 @@ class HFWeights:
     def __init__(self, model_dir: Path, args: ModelArgs, specs: list[TensorSpec]):
         self.index = SafetensorsIndex.from_dir(model_dir)
         self.args = args
+        layers = {int(m.group(1)) for n in self.index.names() if (m := _HF_LAYER.match(n))}
+        if layers and max(layers) + 1 != args.num_hidden_layers:
+            raise InputError(f"{model_dir / 'config.json'}: num_hidden_layers is {args.num_hidden_layers} but the "
+                             f"safetensors weights have {max(layers) + 1} layers")
         for s in specs:
             if s.hf == ROPE_FREQS:
                 continue
@@ -178,21 +184,71 @@ def load_hf(model_dir: Path) -> ModelSource:
     return ModelSource(model_dir, "hf", args, arch, HFWeights(model_dir, args, specs), specs)
 
 
+# GGUF hyperparameter keys (after "<arch>.") and their checks: (kind, lo, hi); "i" integer, "f" finite float,
+# lo exclusive for floats. Checked before anything is sized by them.
+_GGUF_HPARAMS: dict[str, tuple[str, float, float]] = {
+    "block_count": ("i", 1, V.MAX_LAYERS),
+    "embedding_length": ("i", 1, V.MAX_HIDDEN),
+    "feed_forward_length": ("i", 1, V.MAX_FFN),
+    "attention.head_count": ("i", 1, V.MAX_HEADS),
+    "attention.head_count_kv": ("i", 1, V.MAX_HEADS),
+    "attention.key_length": ("i", 0, V.MAX_HEAD_DIM),
+    "attention.value_length": ("i", 0, V.MAX_HEAD_DIM),
+    "rope.dimension_count": ("i", 0, V.MAX_HEAD_DIM),
+    "vocab_size": ("i", 1, V.MAX_VOCAB),
+    "context_length": ("i", 1, V.MAX_CTX),
+    "attention.layer_norm_rms_epsilon": ("f", 0.0, 1.0),
+    "rope.freq_base": ("f", 1.0, 1e12),
+}
+_GGUF_TOKEN_IDS = ("tokenizer.ggml.bos_token_id", "tokenizer.ggml.eos_token_id")
+_BLOCK = re.compile(r"^blk\.(\d+)\.")
+
+
+def _gguf_get(reader, path: Path, arch_name: str):
+    """``get(key, default)`` over the metadata that checks the hyperparameters' types and ranges."""
+    prefix = f"{arch_name}."
+
+    def get(key: str, default=None):
+        value = field_value(reader, key, None)
+        if value is None:
+            return default
+        rule = _GGUF_HPARAMS.get(key[len(prefix):]) if key.startswith(prefix) else None
+        if rule is not None:
+            kind, lo, hi = rule
+            if kind == "i":
+                return V.int_in(path, key, value, lo, hi)
+            return V.finite_float(path, key, value, lo, hi, lo_open=True)
+        if key in _GGUF_TOKEN_IDS:
+            return V.int_in(path, key, value, 0, V.MAX_VOCAB)
+        return value
+
+    return get
+
+
 def load_gguf(path: Path) -> ModelSource:
     path = Path(path)
     reader = open_gguf(path)
-    name = field_value(reader, "general.architecture", "")
+    name = V.utf8_str(path, "general.architecture", field_value(reader, "general.architecture", ""), 256)
     arch = archs.from_gguf(name, str(path))
+    if (general_name := field_value(reader, "general.name")) is not None:
+        V.utf8_str(path, "general.name", general_name)
     tensors = tensor_map(reader)
     tokens = field_value(reader, "tokenizer.ggml.tokens", [])
+    if not isinstance(tokens, list) or len(tokens) > V.MAX_VOCAB:
+        raise InputError(f"{path}: tokenizer.ggml.tokens must be a list of at most {V.MAX_VOCAB} strings")
+    get = _gguf_get(reader, path, arch.name)
     try:
-        args = arch.args_from_gguf(lambda k, d: field_value(reader, k, d), len(tokens),
-                                   tied="output.weight" not in tensors,
+        args = arch.args_from_gguf(get, len(tokens), tied="output.weight" not in tensors,
                                    has_qkv_bias="blk.0.attn_q.bias" in tensors)
     except InputError as e:
-        raise InputError(f"{path}: {e}") from None
-    except TypeError:
+        raise InputError(e if str(e).startswith(f"{path}: ") else f"{path}: {e}") from None
+    except (TypeError, ValueError):
         raise InputError(f"{path}: missing {name} hyperparameters in the metadata") from None
+    blocks = {int(m.group(1)) for t in tensors if (m := _BLOCK.match(t))}
+    n_blocks = max(blocks) + 1 if blocks else 0
+    if n_blocks != args.num_hidden_layers:
+        raise InputError(f"{path}: {arch.name}.block_count is {args.num_hidden_layers} but the file has tensors "
+                         f"for {n_blocks} layers")
     if "rope_freqs.weight" in tensors:
         factors = dequantize(tensors["rope_freqs.weight"]).reshape(-1)
         if factors.size != args.head_dim // 2:
@@ -202,7 +258,30 @@ def load_gguf(path: Path) -> ModelSource:
             raise InputError(f"{path}: rope_freqs does not follow Llama 3.1 RoPE scaling; this model is not supported")
         args = _replace(args, rope_scaling=scaling)
     specs = tensor_specs(arch, args)
-    return ModelSource(path, "gguf", args, arch, GGUFWeights(path, reader, arch, specs), specs)
+    source = ModelSource(path, "gguf", args, arch, GGUFWeights(path, reader, arch, specs), specs)
+    check_kvconvert_metadata(reader, args, path)
+    return source
+
+
+def check_kvconvert_metadata(reader, args: ModelArgs, path: Path) -> None:
+    """A file with kvconvert.* metadata must carry a known schema version and a valid cache description."""
+    from .gguf_keys import SCHEMA_VERSION, Keys
+    from .kvmeta import CacheMeta
+
+    if not any(k.startswith("kvconvert.") for k in reader.fields):
+        return
+    key = Keys.KVConvert.SCHEMA_VERSION
+    version = field_value(reader, key)
+    if version is None:
+        raise InputError(f"{path}: has kvconvert.* metadata but no {key}; re-convert the model")
+    V.int_in(path, key, version, 0, V.MAX_U32)
+    if version != SCHEMA_VERSION:
+        raise InputError(f"{path}: {key} is {version}; this kvconvert reads schema {SCHEMA_VERSION} "
+                         "(upgrade kvconvert or re-convert the model)")
+    for k in (Keys.KVConvert.VERSION, Keys.KVConvert.SOURCE, Keys.KVConvert.SOURCE_FORMAT):
+        if (v := field_value(reader, k)) is not None:
+            V.utf8_str(path, k, v)
+    CacheMeta.from_gguf(reader, args, str(path))
 
 
 def _replace(args: ModelArgs, **kw) -> ModelArgs:

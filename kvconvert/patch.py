@@ -40,7 +40,7 @@ class Patch:
         if self.layout not in LAYOUTS:
             raise InputError(f"unknown layout {self.layout!r} (choose portable or folded)")
         a = self.src.args
-        self.profile.model.check(a, f"profile {self.profile.name!r}")
+        self.profile.model.check(a, self.profile.describe())
         self.L, self.H, self.Hk, self.d = a.num_hidden_layers, a.num_attention_heads, a.num_key_value_heads, a.head_dim
         t = self.profile.transforms
         P = self.d // 2

@@ -21,11 +21,12 @@ from pathlib import Path
 
 import numpy as np
 
+from . import validate as V
 from .atomic import atomic_path
 from .config import ModelArgs
 from .errors import InputError
 from .kvmeta import DEFAULT_SINK, MAX_SINK
-from .turboquant import KConfig
+from .turboquant import MAX_LO_BITS, KConfig
 
 PROFILE_SCHEMA = 1
 POLICY_SCHEMA = 1
@@ -53,6 +54,20 @@ class ModelShape:
     def of(cls, name: str, arch: str, args: ModelArgs) -> "ModelShape":
         return cls(name, arch, args.num_hidden_layers, args.num_attention_heads, args.num_key_value_heads,
                    args.head_dim)
+
+    @classmethod
+    def from_json(cls, obj, source: str) -> "ModelShape":
+        if not isinstance(obj, dict):
+            raise InputError(f"{source}: model must be an object, got {V._show(obj)}")
+        shape = cls(name=V.utf8_str(source, "model.name", obj.get("name"), 1000),
+                    arch=V.utf8_str(source, "model.arch", obj.get("arch"), 1000),
+                    n_layer=V.int_in(source, "model.n_layer", obj.get("n_layer"), 1, V.MAX_LAYERS),
+                    n_head=V.int_in(source, "model.n_head", obj.get("n_head"), 1, V.MAX_HEADS),
+                    n_head_kv=V.int_in(source, "model.n_head_kv", obj.get("n_head_kv"), 1, V.MAX_HEADS),
+                    head_dim=V.int_in(source, "model.head_dim", obj.get("head_dim"), 2, V.MAX_HEAD_DIM))
+        if shape.head_dim % 2:
+            raise InputError(f"{source}: model.head_dim {shape.head_dim} is odd")
+        return shape
 
     def check(self, args: ModelArgs, what: str) -> None:
         """Raise InputError naming every dimension that differs from the model's."""
@@ -115,6 +130,11 @@ class Profile:
     measured: dict = field(default_factory=dict)  # k_bpv, v_bpv, kld, ppl, ppl_f16, top1, text, ctx, chunks
     sink_tokens: int = 0  # leading positions TurboQuant caches also keep in f16 (attention sinks)
     schema: int = PROFILE_SCHEMA
+    source: str = field(default="", compare=False, repr=False)  # the file it was read from, for messages
+
+    def describe(self) -> str:
+        """How messages name this profile: its file and name."""
+        return f"{self.source}: profile {self.name!r}" if self.source else f"profile {self.name!r}"
 
     def k_configs(self) -> list[KConfig] | None:
         return [KConfig.parse(s, self.model.head_dim) for s in self.k_layers] if self.k_type == "tq" else None
@@ -153,14 +173,32 @@ class Profile:
         try:
             if obj.get("schema") != PROFILE_SCHEMA:
                 raise ValueError(f"schema {obj.get('schema')!r}, this kvconvert reads schema {PROFILE_SCHEMA}")
-            shape = ModelShape(**obj["model"])
-            prof = cls(name=str(obj["name"]), model=shape, k_type=obj["k"]["type"], v_type=obj["v"]["type"],
-                       k_layers=list(obj["k"].get("layers") or []), v_layers=list(obj["v"].get("layers") or []),
+            shape = ModelShape.from_json(obj.get("model"), source)
+            kv = {}
+            for kind in ("k", "v"):
+                part = obj.get(kind)
+                if not isinstance(part, dict):
+                    raise InputError(f"{source}: {kind} must be an object with type and layers")
+                layers = part.get("layers") or []
+                if not isinstance(layers, list) or not all(isinstance(x, str) for x in layers):
+                    raise InputError(f"{source}: {kind}.layers must be a list of cache type strings")
+                kv[kind] = (V.utf8_str(source, f"{kind}.type", part.get("type"), 100), layers)
+            for key in ("provenance", "measured", "transforms"):
+                if obj.get(key) is not None and not isinstance(obj[key], dict):
+                    raise InputError(f"{source}: {key} must be an object")
+            measured = dict(obj.get("measured") or {})
+            for key, val in measured.items():
+                if isinstance(val, (int, float)) and not isinstance(val, bool):
+                    V.finite_float(source, f"measured.{key}", val)
+            if measured.get("bpv_n_ctx") is not None:
+                V.int_in(source, "measured.bpv_n_ctx", measured["bpv_n_ctx"], 1, V.MAX_CTX)
+            prof = cls(name=V.utf8_str(source, "name", obj.get("name"), 1000), model=shape,
+                       k_type=kv["k"][0], v_type=kv["v"][0], k_layers=kv["k"][1], v_layers=kv["v"][1],
                        transforms=Transforms.from_json(obj.get("transforms") or {}, shape),
-                       policy=str(obj.get("policy", "")), provenance=dict(obj.get("provenance") or {}),
-                       measured=dict(obj.get("measured") or {}), sink_tokens=int(obj.get("sink_tokens", 0)))
-            if not 0 <= prof.sink_tokens <= MAX_SINK:
-                raise ValueError(f"sink_tokens {prof.sink_tokens} outside 0..{MAX_SINK}")
+                       policy=V.utf8_str(source, "policy", obj.get("policy", "") or "", 1000),
+                       provenance=dict(obj.get("provenance") or {}), measured=measured,
+                       sink_tokens=V.int_in(source, "sink_tokens", obj.get("sink_tokens", 0), 0, MAX_SINK),
+                       source=source)
             for kind, layers in (("k", prof.k_layers), ("v", prof.v_layers)):
                 t = getattr(prof, f"{kind}_type")
                 if t != "tq" and t not in STANDARD_TYPES:
@@ -168,8 +206,9 @@ class Profile:
                 if t == "tq" and len(layers) != shape.n_layer:
                     raise ValueError(f"{kind}.layers has {len(layers)} entries for {shape.n_layer} layers")
             prof.k_configs(), prof.v_configs()  # every spec parses
-        except (KeyError, TypeError, ValueError, AttributeError) as e:
-            raise InputError(f"{source}: not a valid kvconvert profile ({e}); re-run `kvconvert search`") from None
+        except (InputError, KeyError, TypeError, ValueError, AttributeError, OverflowError) as e:
+            raise InputError(f"{source}: not a valid kvconvert profile ({_detail(e, source)}); "
+                             "re-run `kvconvert search`") from None
         return prof
 
 
@@ -197,33 +236,45 @@ class Policy:
         try:
             if obj.get("schema") != POLICY_SCHEMA or obj.get("kind") != "policy":
                 raise ValueError("not a schema-1 policy")
-            kw = {k: obj[k] for k in ("name", "description", "k_budget")}
-            kw["v_budget"] = obj.get("v_budget")
+            kw = {"name": V.utf8_str(source, "name", obj.get("name"), 1000),
+                  "description": V.utf8_str(source, "description", obj.get("description"), 10000),
+                  "k_budget": V.finite_float(source, "k_budget", obj.get("k_budget"), 1.0, 16.0, lo_open=True)}
+            if obj.get("v_budget") is not None:
+                kw["v_budget"] = V.finite_float(source, "v_budget", obj["v_budget"], 1.0, 16.0, lo_open=True)
+            else:
+                kw["v_budget"] = None
             for k in ("k_bits", "v_bits"):
                 if k in obj:
-                    kw[k] = tuple(int(b) for b in obj[k])
+                    bits = V.int_list(source, k, obj[k], 1, MAX_LO_BITS, nonempty=True)
+                    if len(bits) > 16:
+                        raise InputError(f"{source}: {k} has {len(bits)} entries (at most 16)")
+                    kw[k] = tuple(bits)
             for k in ("splits", "qjl", "smoothing"):
                 if k in obj:
-                    kw[k] = bool(obj[k])
+                    kw[k] = V.boolean(source, k, obj[k])
             if obj.get("max_kld") is not None:
-                kw["max_kld"] = float(obj["max_kld"])
-                if not 0 < kw["max_kld"] < 10:
+                kw["max_kld"] = V.finite_float(source, "max_kld", obj["max_kld"], 0.0, 10.0, lo_open=True)
+                if kw["max_kld"] >= 10:
                     raise ValueError(f"max_kld {kw['max_kld']} outside (0, 10)")
             if "sink_tokens" in obj:
-                kw["sink_tokens"] = int(obj["sink_tokens"])
-                if not 0 <= kw["sink_tokens"] <= MAX_SINK:
-                    raise ValueError(f"sink_tokens {kw['sink_tokens']} outside 0..{MAX_SINK}")
+                kw["sink_tokens"] = V.int_in(source, "sink_tokens", obj["sink_tokens"], 0, MAX_SINK)
             pol = cls(**kw)
-            if not 1.0 < float(pol.k_budget) <= 16:
-                raise ValueError(f"k_budget {pol.k_budget} outside (1, 16]")
-        except (KeyError, TypeError, ValueError) as e:
-            raise InputError(f"{source}: not a valid kvconvert policy ({e})") from None
+        except (InputError, KeyError, TypeError, ValueError, OverflowError) as e:
+            raise InputError(f"{source}: not a valid kvconvert policy ({_detail(e, source)})") from None
         return pol
 
     def to_json(self) -> dict:
         d = asdict(self)
         d.update(kind="policy", k_bits=list(self.k_bits), v_bits=list(self.v_bits))
         return d
+
+
+def _detail(e: Exception, source: str) -> str:
+    """An error's message without the file name the caller's message already starts with."""
+    text = str(e)
+    if isinstance(e, KeyError):
+        return f"missing key {text}"
+    return text.removeprefix(f"{source}: ")
 
 
 def shipped_dir() -> Path:
@@ -247,11 +298,13 @@ def load_profile(name_or_path: str | os.PathLike) -> Profile | Policy:
         elif p.suffix.lower() != ".json":
             raise InputError(f"unknown profile or policy {str(name_or_path)!r}; shipped ones: "
                              f"{', '.join(shipped_names())} (or give a profile JSON file)")
+    if p.exists():
+        V.regular_file(p, "profile file")
     try:
         obj = json.loads(p.read_text())
     except FileNotFoundError:
         raise InputError(f"{p}: no such profile file") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
         raise InputError(f"{p}: cannot read the profile ({e}); pass a JSON file written by `kvconvert search`") from None
     if not isinstance(obj, dict):
         raise InputError(f"{p}: not a kvconvert profile (expected a JSON object)")

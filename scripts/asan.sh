@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Run the native runtime's tests under AddressSanitizer + UBSan: build an
 # instrumented extension in a scratch copy of the tree and run the C-facing
-# test files there (Python itself is not instrumented: libasan is preloaded,
+# test files there, plus the fuzz test of the native loader (its child process
+# inherits the preload) (Python itself is not instrumented: libasan is preloaded,
 # leak checking is off because the interpreter never frees everything).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -16,4 +17,4 @@ LDFLAGS="-fsanitize=address,undefined" \
 asan=$(gcc -print-file-name=libasan.so)
 LD_PRELOAD="$asan" ASAN_OPTIONS=detect_leaks=0:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1 \
   "$py" -m pytest -q -p no:cacheprovider tests/test_kernels.py tests/test_runtime_ops.py tests/test_runtime.py \
-  tests/test_cli_runtime.py
+  tests/test_cli_runtime.py "tests/test_bad_files.py::test_fuzz_native_loader"
