@@ -90,7 +90,7 @@ class ModelArgs:
             object.__setattr__(self, "head_dim", self.hidden_size // max(self.num_attention_heads, 1))
         if self.head_dim <= 0:
             raise InputError(f"head_dim must be a positive integer, got {self.head_dim!r}")
-        object.__setattr__(self, "rms_norm_eps", V.finite_float(None, "rms_norm_eps", self.rms_norm_eps, 0.0, 1.0,
+        object.__setattr__(self, "rms_norm_eps", V.finite_float(None, "rms_norm_eps", self.rms_norm_eps, 0.0, 0.5,
                                                                 lo_open=True))
         object.__setattr__(self, "rope_theta", V.finite_float(None, "rope_theta", self.rope_theta, 1.0, 1e12,
                                                               lo_open=True))

@@ -197,7 +197,7 @@ _GGUF_HPARAMS: dict[str, tuple[str, float, float]] = {
     "rope.dimension_count": ("i", 0, V.MAX_HEAD_DIM),
     "vocab_size": ("i", 1, V.MAX_VOCAB),
     "context_length": ("i", 1, V.MAX_CTX),
-    "attention.layer_norm_rms_epsilon": ("f", 0.0, 1.0),
+    "attention.layer_norm_rms_epsilon": ("f", 0.0, 0.5),
     "rope.freq_base": ("f", 1.0, 1e12),
 }
 _GGUF_TOKEN_IDS = ("tokenizer.ggml.bos_token_id", "tokenizer.ggml.eos_token_id")

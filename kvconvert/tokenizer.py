@@ -17,6 +17,7 @@ builder also serves as the runtime's in-memory tokenizer (``load_tokenizer``).
 from __future__ import annotations
 
 import json
+import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -70,6 +71,7 @@ class TokenizerSpec:
     chat_template: str | None = None
     # Not a tokenizer.* key: comes from / goes to the model's context length.
     model_max_length: int | None = None
+    source = None  # not a field: the file the spec was read from (str), for messages
 
     def special_id(self, kind: str) -> int | None:
         return getattr(self, f"{kind}_id")
@@ -363,13 +365,29 @@ def spec_from_gguf(reader: "gguf.GGUFReader") -> TokenizerSpec:
     scores = get(Keys.Tokenizer.SCORES)
     if not tokens or len(types) != len(tokens) or (scores is not None and len(scores) != len(tokens)):
         raise InputError(f"{where}: tokenizer token list, types and scores disagree in length; the file is corrupt")
-    spec = TokenizerSpec(model, pre, tokens, [int(t) for t in types], get(Keys.Tokenizer.MERGES) or [],
+    merges = get(Keys.Tokenizer.MERGES) or []
+    for key, values, kind in ((Keys.Tokenizer.LIST, tokens, str), (Keys.Tokenizer.MERGES, merges, str),
+                              (Keys.Tokenizer.TOKEN_TYPE, types, int), (Keys.Tokenizer.SCORES, scores or [], float)):
+        if not isinstance(values, list) or not all(isinstance(v, kind) and not isinstance(v, bool) for v in values):
+            raise InputError(f"{where}: {key} must be a list of {kind.__name__} values; the file is corrupt")
+    if scores is not None and not all(math.isfinite(x) for x in scores):
+        raise InputError(f"{where}: {Keys.Tokenizer.SCORES} holds NaN or infinite values; the file is corrupt")
+    spec = TokenizerSpec(model, pre, tokens, [int(t) for t in types], merges,
                          [float(s) for s in scores] if scores is not None else None)
+    spec.source = str(where)
     for kind, key in _ID_KEYS.items():
-        setattr(spec, f"{kind}_id", get(key))
+        tid = get(key)
+        if tid is not None and (isinstance(tid, bool) or not isinstance(tid, int) or not 0 <= tid < len(tokens)):
+            raise InputError(f"{where}: {key} {tid!r} is outside the vocabulary (0..{len(tokens) - 1})")
+        setattr(spec, f"{kind}_id", tid)
     spec.add_bos, spec.add_eos = get(Keys.Tokenizer.ADD_BOS), get(Keys.Tokenizer.ADD_EOS)
     spec.add_space_prefix = get(Keys.Tokenizer.ADD_PREFIX)
     spec.chat_template = get(Keys.Tokenizer.CHAT_TEMPLATE)
+    for key, value, kind in ((Keys.Tokenizer.ADD_BOS, spec.add_bos, bool), (Keys.Tokenizer.ADD_EOS, spec.add_eos, bool),
+                             (Keys.Tokenizer.ADD_PREFIX, spec.add_space_prefix, bool),
+                             (Keys.Tokenizer.CHAT_TEMPLATE, spec.chat_template, str)):
+        if value is not None and not isinstance(value, kind):
+            raise InputError(f"{where}: {key} must be a {kind.__name__}, got {value!r}; the file is corrupt")
     arch = get(Keys.General.ARCHITECTURE)
     if arch:
         spec.model_max_length = get(Keys.LLM.CONTEXT_LENGTH.format(arch=arch))
@@ -430,12 +448,15 @@ def load_tokenizer(spec: TokenizerSpec) -> "tokenizers.Tokenizer":
     """
     from tokenizers import Tokenizer
 
+    where = f"{spec.source}: " if spec.source else ""
     try:
         return Tokenizer.from_str(json.dumps(_tokenizer_json(spec)))
-    except InputError:
+    except InputError as err:
+        if where and not str(err).startswith(where):
+            raise InputError(f"{where}{err}") from None
         raise
     except Exception as err:
-        raise InputError(f"tokenizer metadata is inconsistent ({err}); the source file is corrupt") from None
+        raise InputError(f"{where}tokenizer metadata is inconsistent ({err}); the source file is corrupt") from None
 
 
 def write_hf(spec: TokenizerSpec, out_dir: Path) -> None:
@@ -450,7 +471,12 @@ def write_hf(spec: TokenizerSpec, out_dir: Path) -> None:
     ``vocab_size`` accounts for them.
     """
     out_dir = Path(out_dir)
-    tj = _tokenizer_json(spec)
+    try:
+        tj = _tokenizer_json(spec)
+    except InputError as err:
+        if spec.source and not str(err).startswith(f"{spec.source}: "):
+            raise InputError(f"{spec.source}: {err}") from None
+        raise
     named = {k: spec.tokens[i] for k in ("bos", "eos", "unk", "sep", "pad", "mask")
              if (i := spec.special_id(k)) is not None}
     added_meta = {str(a["id"]): {k: a[k] for k in ("content", "lstrip", "normalized", "rstrip", "single_word",

@@ -224,6 +224,29 @@ def test_non_utf8_token(env, tiny_ggufs, capsys):
         outputs_empty(env)
 
 
+TOKENIZER_CASES: dict[str, tuple[dict, str]] = {
+    "merges_ints": ({"tokenizer.ggml.merges": ([1, 2], VT.ARRAY, VT.INT32)}, "tokenizer.ggml.merges"),
+    "merge_outside_vocab": ({"tokenizer.ggml.merges": (["abc", "x y z"], VT.ARRAY, VT.STRING)}, "merge"),
+    "token_types_strings": ({"tokenizer.ggml.token_type": (["a"] * 384, VT.ARRAY, VT.STRING)},
+                            "tokenizer.ggml.token_type"),
+    "token_types_short": ({"tokenizer.ggml.token_type": ([1], VT.ARRAY, VT.INT32)}, "disagree"),
+    "eos_outside_vocab": ({"tokenizer.ggml.eos_token_id": (10**6, VT.UINT32)}, "eos_token_id"),
+    "add_bos_int": ({"tokenizer.ggml.add_bos_token": (5, VT.UINT32)}, "add_bos_token"),
+    "model_int": ({"tokenizer.ggml.model": (3, VT.UINT32)}, "tokenizer model"),
+}
+
+
+@pytest.mark.parametrize("case", list(TOKENIZER_CASES))
+def test_bad_tokenizer_metadata(env, tiny_ggufs, capsys, case):
+    """Tokenizer errors from a GGUF name the file (they did not) and are never a traceback."""
+    edits, key = TOKENIZER_CASES[case]
+    bad = write_gguf(tiny_ggufs["qwen2-hd64"], env / "in" / f"{case}.gguf", edits)
+    for argv in (["run", bad, "-p", "hello", "-n", 2], ["eval", bad, "--text", env / "in" / "t.txt", "--ctx", 32],
+                 ["import-gguf", bad, "-o", env / "out" / "hf"]):
+        refused(capsys, env, argv, [env / "in"], bad, key)
+        outputs_empty(env)
+
+
 def test_fifo_as_model_is_refused_at_once(env):
     """A FIFO given as the model is refused without opening it (opening would block forever)."""
     fifo = env / "in" / "pipe.gguf"

@@ -41,6 +41,7 @@ extern const kvc_vec_ops kvc_vec_ops_neon; /* cpu/vec_neon.c: NEON is on every a
 #define KVC_EXP_C7 (1.0f / 5040)
 
 static inline float kvc_expf_ref(float x) {
+    if (x != x) return x;  /* NaN (e.g. from corrupt weights) stays NaN; (int)NaN below would be undefined */
     if (x < -87.0f) return 0.0f;
     if (x > 88.0f) x = 88.0f;
     float n = nearbyintf(x * KVC_EXP_LOG2E);
