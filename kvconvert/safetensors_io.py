@@ -24,6 +24,7 @@ from typing import Callable, Iterable, Iterator
 import numpy as np
 
 from .errors import InputError
+from .validate import regular_file
 
 _DTYPES: dict[str, np.dtype] = {
     "F32": np.dtype("<f4"), "F16": np.dtype("<f2"), "BF16": np.dtype("<u2"), "F64": np.dtype("<f8"),
@@ -59,6 +60,7 @@ class TensorEntry:
 
 
 def _read_header(path: Path) -> tuple[dict, int]:
+    regular_file(path, "safetensors file")  # a FIFO would block
     try:
         size = path.stat().st_size
         with open(path, "rb") as f:
@@ -109,6 +111,7 @@ class SafetensorsIndex:
     def _index_file(self, path: Path) -> None:
         header, data_start = _read_header(path)
         size = path.stat().st_size
+        spans: list[tuple[int, int, str]] = []
         for name, info in header.items():
             if name == "__metadata__":
                 continue
@@ -117,8 +120,10 @@ class SafetensorsIndex:
                 begin, end = (int(o) for o in info["data_offsets"])
             except (KeyError, TypeError, ValueError):
                 raise InputError(f"{path}: corrupt entry for tensor {name!r}; re-download it") from None
-            if dtype not in _DTYPES:
+            if not isinstance(dtype, str) or dtype not in _DTYPES:
                 raise InputError(f"{path}: tensor {name!r} has unsupported dtype {dtype}")
+            if len(shape) > 8 or any(not 0 <= s <= 1 << 40 for s in shape):
+                raise InputError(f"{path}: tensor {name!r} has an invalid shape {shape}; re-download it")
             nbytes = int(np.prod(shape, dtype=np.int64)) * _DTYPES[dtype].itemsize
             if end - begin != nbytes or begin < 0 or data_start + end > size:
                 raise InputError(
@@ -128,6 +133,12 @@ class SafetensorsIndex:
             if name in self.entries:
                 raise InputError(f"{path}: tensor {name!r} appears in two shards")
             self.entries[name] = TensorEntry(path, dtype, shape, data_start + begin, data_start + end)
+            if end > begin:
+                spans.append((begin, end, name))
+        spans.sort()
+        for (_, end_a, a), (begin_b, _, b) in zip(spans, spans[1:]):
+            if begin_b < end_a:
+                raise InputError(f"{path}: the data of tensors {a!r} and {b!r} overlap (corrupt file); re-download it")
 
     def __contains__(self, name: str) -> bool:
         return name in self.entries

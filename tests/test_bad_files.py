@@ -322,6 +322,34 @@ def test_config_json_a_directory_or_fifo(env, tiny_models, capsys):
         outputs_empty(env)
 
 
+def _rewrite_safetensors(path: Path, edit) -> None:
+    raw = path.read_bytes()
+    n = int.from_bytes(raw[:8], "little")
+    header = json.loads(raw[8:8 + n])
+    edit(header)
+    text = json.dumps(header).encode()
+    path.write_bytes(len(text).to_bytes(8, "little") + text + raw[8 + n:])
+
+
+def test_bad_safetensors_headers(env, tiny_models, capsys):
+    """Overlapping tensor data and negative dimensions are refused (overlaps were accepted)."""
+    a, b = "model.layers.0.input_layernorm.weight", "model.layers.0.post_attention_layernorm.weight"
+
+    def overlap(h):
+        h[b]["data_offsets"] = h[a]["data_offsets"]
+
+    def negative(h):
+        h[a]["shape"] = [-1, -h[a]["shape"][0]]
+
+    for name, edit, needle in (("overlap", overlap, "overlap"), ("negative", negative, "shape")):
+        hf = env / "in" / name
+        shutil.copytree(tiny_models["qwen2-hd64"], hf)
+        _rewrite_safetensors(hf / "model.safetensors", edit)
+        for argv in (["info", hf], ["convert", hf, "-o", env / "out" / "o.gguf", "--profile", "none"]):
+            refused(capsys, env, argv, [env / "in"], hf / "model.safetensors", needle)
+            outputs_empty(env)
+
+
 # --------------------------------------------------------------------------- policies and profiles
 
 POLICY_CASES: dict[str, tuple[dict, str]] = {
