@@ -598,3 +598,42 @@ def test_fuzz_native_loader(tiny_ggufs, tmp_path):
 def test_fuzz_native_loader_long(tiny_ggufs, tmp_path):
     for i, name in enumerate(("qwen2-hd64", "llama-hd128-bias-rope3", "qwen2-hd128-bf16")):
         _fuzz(tiny_ggufs[name], tmp_path, seed=1400 + i, n=2000)
+
+
+# --------------------------------------------------------------------------- the helpers themselves
+
+def test_validate_helpers(tmp_path):
+    from kvconvert import validate as V
+    from kvconvert.errors import InputError
+
+    assert V.int_in("f", "k", 5, 0, 10) == 5 and V.int_in("f", "k", np.uint32(7), 0, 10) == 7
+    assert V.finite_float("f", "k", 3, 0.0, 4.0) == 3.0
+    assert V.utf8_str("f", "k", "é".encode()) == "é"
+    cases = [(V.int_in, (True, 0, 10), "must be an integer"), (V.int_in, (1.0, 0, 10), "must be an integer"),
+             (V.int_in, (11, 0, 10), "11 outside 0..10"), (V.int_in, (-1, 0, None), "outside 0..inf"),
+             (V.finite_float, (math.nan,), "not a finite number"), (V.finite_float, (math.inf,), "not a finite"),
+             (V.finite_float, ("1",), "must be a number"), (V.finite_float, (-1.0, 0.0, 1.0), "must be >= 0"),
+             (V.utf8_str, (b"\xff",), "not valid UTF-8"), (V.utf8_str, (5,), "must be a string"),
+             (V.one_of, ("x", ("a", "b")), "expected one of"), (V.boolean, (1,), "true or false"),
+             (V.int_list, ([1, "2"], 0, 9), "k[1] must be an integer"), (V.int_list, ([], 0, 9, ), None)]
+    for fn, args, needle in cases:
+        if needle is None:
+            assert fn("f", "k", *args) == []
+            continue
+        with pytest.raises(InputError) as e:
+            fn("f", "k", *args)
+        assert str(e.value).startswith("f: k") and needle in str(e.value), (fn.__name__, args, str(e.value))
+    with pytest.raises(InputError, match="must not be empty"):
+        V.int_list("f", "k", [], 0, 9, nonempty=True)
+    with pytest.raises(InputError, match="NaN or infinite"):
+        V.finite_array("f", "a", np.array([1.0, np.nan]))
+    with pytest.raises(InputError, match=r"shape \(2,\), expected \(3,\)"):
+        V.finite_array("f", "a", np.zeros(2), (3,))
+    fifo = tmp_path / "p"
+    os.mkfifo(fifo)
+    with pytest.raises(InputError, match="is a FIFO"):
+        V.regular_file(fifo)
+    with pytest.raises(InputError, match="is a directory"):
+        V.regular_file(tmp_path)
+    (tmp_path / "f").write_text("x")
+    assert V.regular_file(tmp_path / "f") == tmp_path / "f"
