@@ -11,7 +11,7 @@ from rich.table import Table
 from ..bench import bench
 from ..progress import tqdm_progress
 from . import args as A
-from .run import add_cache_args
+from .common import add_cache_args
 
 
 def configure(p: argparse.ArgumentParser) -> None:

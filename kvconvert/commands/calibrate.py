@@ -10,7 +10,7 @@ from ..pipeline import DEFAULT_TOKENS
 from ..progress import tqdm_progress
 from ..report import print_calibration
 from . import args as A
-from .run import add_text_args, read_text_arg
+from .common import add_text_args, read_text_arg
 
 
 def configure(p: argparse.ArgumentParser) -> None:

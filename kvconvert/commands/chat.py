@@ -7,7 +7,7 @@ import argparse
 import sys
 
 from . import args as A
-from .run import add_runtime_args
+from .common import add_runtime_args
 
 
 def add_sampling_args(p: argparse.ArgumentParser, temp: float = 0.8) -> None:

@@ -11,7 +11,7 @@ from ..progress import tqdm_progress
 from ..report import print_convert_job, print_convert_result
 from ..search import DEFAULT_POLICY
 from . import args as A
-from .run import add_text_args, read_text_arg
+from .common import add_text_args, read_text_arg
 
 
 def configure(p: argparse.ArgumentParser) -> None:

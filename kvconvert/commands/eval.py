@@ -13,7 +13,7 @@ from ..atomic import refuse_overwrite
 from ..evaluate import evaluate
 from ..progress import tqdm_progress
 from . import args as A
-from .run import add_runtime_args, add_text_args, read_text_arg
+from .common import add_runtime_args, add_text_args, read_text_arg
 
 
 def configure(p: argparse.ArgumentParser) -> None:

@@ -11,7 +11,7 @@ from ..progress import tqdm_progress
 from ..report import print_search
 from ..search import DEFAULT_POLICY, search
 from . import args as A
-from .run import add_text_args, read_text_arg
+from .common import add_text_args, read_text_arg
 
 
 def _v_budget(text: str) -> float:

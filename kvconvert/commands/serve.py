@@ -8,7 +8,7 @@ import os
 import sys
 
 from . import args as A
-from .run import add_cache_args
+from .common import add_cache_args
 
 port = A.int_in(0, 65535)
 parallel = A.int_in(1, 256)
