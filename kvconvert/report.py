@@ -11,6 +11,24 @@ from .convert import ConvertResult
 from .model import ModelSource
 
 
+FILE_WIDTH = 120  # columns of tables written to a file or a pipe
+
+
+def make_console() -> Console:
+    """Rich on a terminal; to a file or a pipe, a layout at least FILE_WIDTH wide whatever an
+    inherited COLUMNS says (often 80), so that a table's rows do not wrap in a log."""
+    import os
+    import sys
+
+    if sys.stdout.isatty():
+        return Console()
+    try:
+        columns = int(os.environ.get("COLUMNS", "0"))
+    except ValueError:
+        columns = 0
+    return Console(width=max(FILE_WIDTH, columns))
+
+
 def _size(n: float) -> str:
     for unit in ("B", "KiB", "MiB", "GiB"):
         if n < 1024 or unit == "GiB":
@@ -20,7 +38,7 @@ def _size(n: float) -> str:
 
 
 def print_convert_result(r: ConvertResult, console: Console | None = None) -> None:
-    console = console or Console()
+    console = console or make_console()
     t = Table(title=f"wrote {r.output}", show_header=False)
     t.add_row("source", r.source)
     t.add_row("weights", r.weights)
@@ -31,7 +49,7 @@ def print_convert_result(r: ConvertResult, console: Console | None = None) -> No
 
 
 def print_model_info(m: ModelSource, console: Console | None = None) -> None:
-    console = console or Console()
+    console = console or make_console()
     a = m.args
     t = Table(title=str(m.path), show_header=False)
     t.add_row("format", m.format)
@@ -58,7 +76,7 @@ def _numel(shape: tuple[int, ...]) -> int:
 
 def print_calibration(cal, console: Console | None = None) -> None:
     """Per-layer summary of a calibration: where K's energy is and how concentrated."""
-    console = console or Console()
+    console = console or make_console()
     t = Table(title=f"calibration of {cal.model}: {cal.n_tokens} tokens ({cal.text_source}), chunks of {cal.n_ctx}")
     for col in ("layer", "K energy in mean", "K top-d/4 share (centered)", "V top-d/4 share"):
         t.add_column(col, justify="right")
@@ -70,7 +88,7 @@ def print_calibration(cal, console: Console | None = None) -> None:
 
 def print_search(result, console: Console | None = None) -> None:
     """The chosen per-layer configs, the candidate table and the end-to-end check."""
-    console = console or Console()
+    console = console or make_console()
     p = result.profile
     t = Table(title=f"profile {p.name} (policy {p.policy})")
     for col in ("layer", "K cache", "V cache", "K smoothing"):
@@ -114,7 +132,7 @@ def kv_mib(profile, n_ctx: int = 32768) -> tuple[float, float]:
 def print_convert_job(job, console: Console | None = None) -> None:
     """What `kvconvert convert` did with a policy: the file, the chosen bits per layer, the
     memory, the check on the written file and its verdict, where the time went."""
-    console = console or Console()
+    console = console or make_console()
     print_convert_result(job, console)
     p = job.profile
     if p is None:

@@ -69,7 +69,9 @@ def test_demo_table_numbers(demo_run):
     assert f16["kv_bytes_per_token"] == 4 * values
     assert prof["kv_bytes_per_token"] < f16["kv_bytes_per_token"] / 3
     assert prof["kv_mib_32k"] < f16["kv_mib_32k"] / 3
-    assert 0 <= f16["kld"] < 1e-6 and f16["top1"] == 1
+    # the f16 row repeats the base run: only the base's float16 storage of log-probs separates them
+    # (measured 4e-8 to 1.4e-5 depending on the profile's folded weights), far below q8_0's ~1e-3
+    assert 0 <= f16["kld"] < 1e-4 and f16["top1"] == 1
     assert 0 < prof["kld"] < 0.1
     assert 0 < q8["kld"] < 0.01
     for r in rows.values():

@@ -5,11 +5,11 @@ from __future__ import annotations
 import argparse
 import json
 
-from rich.console import Console
 from rich.table import Table
 
 from ..bench import bench
 from ..progress import tqdm_progress
+from ..report import make_console
 from . import args as A
 from .common import add_cache_args
 
@@ -41,5 +41,5 @@ def run(args: argparse.Namespace) -> int:
         t.add_row(f"decode @ depth {row.depth}", f"{row.tokens_per_s:.2f} tok/s")
     t.add_row("KV cache", f"{r.kv_bytes_per_token} bytes/token")
     t.add_row("peak RSS", f"{r.peak_rss_mib:.0f} MiB")
-    Console().print(t)
+    make_console().print(t)
     return 0

@@ -13,12 +13,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import sys
 import tempfile
 from pathlib import Path
 
-from rich.console import Console
 
 from .. import fixtures
 from ..atomic import atomic_path, refuse_overwrite
@@ -32,7 +29,7 @@ from ..import_gguf import import_gguf
 from ..paths import cache_dir
 from ..profile import Profile, load_profile
 from ..progress import start_phase, tqdm_progress
-from ..report import print_convert_result
+from ..report import make_console, print_convert_result
 from ..runtime import Model
 from . import args as A
 
@@ -68,21 +65,6 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", metavar="FILE", help="also write the measurements as JSON to FILE")
 
 
-FILE_WIDTH = 120  # columns of the layout written to a file or a pipe
-
-
-def _console() -> Console:
-    """Rich on a terminal; to a file or a pipe, a layout at least FILE_WIDTH wide whatever an
-    inherited COLUMNS says (often 80), so that the table's rows do not wrap in a log."""
-    if sys.stdout.isatty():
-        return Console()
-    try:
-        columns = int(os.environ.get("COLUMNS", "0"))
-    except ValueError:
-        columns = 0
-    return Console(width=max(FILE_WIDTH, columns))
-
-
 def _check_output(output: Path, inputs: list[Path], what: str = "--output") -> None:
     refuse_overwrite(output, inputs, what=what, role="the demo's input")
 
@@ -99,7 +81,7 @@ def _held_out_text(model: Model, n_tokens: int) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    console = _console()
+    console = make_console()
     out = Path(args.output)
     step = lambda i, msg: console.print(f"[bold]{i}/5[/] {msg}")  # noqa: E731
 

@@ -6,12 +6,12 @@ import argparse
 import json
 from pathlib import Path
 
-from rich.console import Console
 from rich.table import Table
 
 from ..atomic import refuse_overwrite
 from ..evaluate import evaluate
 from ..progress import tqdm_progress
+from ..report import make_console
 from . import args as A
 from .common import add_runtime_args, add_text_args, read_text_arg
 
@@ -42,5 +42,5 @@ def run(args: argparse.Namespace) -> int:
     t.add_row(r.type_k, r.type_v, str(r.kv_bytes_per_token), f"{r.ppl:.4f} ± {r.ppl_err:.4f}",
               "-" if r.kld is None else f"{r.kld:.5f} ± {r.kld_err:.5f}",
               "-" if r.top1 is None else f"{r.top1:.2%}")
-    Console().print(t)
+    make_console().print(t)
     return 0
