@@ -30,6 +30,7 @@ paths here remove the temporary file before the process exits.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import re
 import shutil
@@ -209,6 +210,20 @@ def _temp_prefix(path: Path) -> str:
     return f".{path.name}.{os.getpid()}."
 
 
+# Write failures of the disk rather than of the program: one line naming the output, not a traceback.
+_DISK_ERRORS = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is exceeded",
+                errno.EROFS: "the file system is read-only", errno.EFBIG: "the file is too large for the file system",
+                errno.EACCES: "permission denied", errno.EPERM: "permission denied", errno.EIO: "an I/O error"}
+
+
+def _write_error(path: Path, e: OSError) -> BaseException:
+    """An OutputError for a disk-level failure while writing ``path``; other OSErrors unchanged."""
+    if isinstance(e, OutputError) or e.errno not in _DISK_ERRORS:
+        return e
+    return OutputError(f"cannot write {path}: {_DISK_ERRORS[e.errno]} ({e.strerror}); nothing was written — "
+                       "free some space or choose another output path")
+
+
 @contextlib.contextmanager
 def atomic_path(path: PathLike) -> Iterator[Path]:
     """Yield a temporary path next to ``path``; rename it onto ``path`` on success.
@@ -228,6 +243,9 @@ def atomic_path(path: PathLike) -> Iterator[Path]:
             os.close(fd)
         yield tmp_path
         os.replace(tmp_path, path)
+    except OSError as e:
+        tmp_path.unlink(missing_ok=True)
+        raise _write_error(path, e) from None
     except BaseException:
         tmp_path.unlink(missing_ok=True)
         raise

@@ -9,6 +9,7 @@ tiny models and asserts: exit code 2, exactly one stderr line starting
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import shutil
@@ -471,3 +472,22 @@ def test_device_and_fifo_outputs_are_refused(capsys, work, calib_file):
                      ["import-gguf", m, "-o", node]):
             refused(capsys, work, argv, [m, hf, t, c], node)
             assert stat.S_IFMT(os.lstat(node).st_mode) == kind  # still the FIFO / device node
+
+
+@pytest.mark.parametrize("code", [errno.ENOSPC, errno.EDQUOT, errno.EROFS])
+def test_disk_errors_become_one_line_and_leave_nothing(tmp_path, code):
+    """A full disk (or quota, or read-only file system) while writing: an OutputError naming the
+    output, no temporary file left; other OSErrors are not disguised."""
+    from kvconvert.atomic import atomic_path
+    from kvconvert.errors import OutputError
+
+    out = tmp_path / "o.bin"
+    with pytest.raises(OutputError, match=f"cannot write {out}: .*nothing was written"):
+        with atomic_path(out) as tmp:
+            tmp.write_bytes(b"partial")
+            raise OSError(code, os.strerror(code))
+    assert list(tmp_path.iterdir()) == []
+    with pytest.raises(OSError) as info:
+        with atomic_path(out):
+            raise OSError(errno.EBADF, "bad file descriptor")
+    assert not isinstance(info.value, OutputError) and list(tmp_path.iterdir()) == []
