@@ -24,8 +24,10 @@ Contracts:
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -225,6 +227,37 @@ def prepare_push(gguf_path: str | os.PathLike, repo_id: str,
     return repo_id, files
 
 
+class _ScrubHubLogs(logging.Filter):
+    """huggingface_hub logs its own warnings (e.g. before a retry) with the server's response
+    body: while kvconvert talks to the Hub, each such record becomes one short line without
+    the token."""
+
+    def __init__(self, token: str | None):
+        super().__init__()
+        self.token = token
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.msg, record.args = _one_line(record.getMessage(), self.token), None
+        return True
+
+
+@contextmanager
+def _scrubbed_hub_logs(token: str | None) -> Iterator[None]:
+    import huggingface_hub.utils  # noqa: F401  (creates the library's module loggers the filter goes on)
+
+    log = logging.getLogger("huggingface_hub")
+    f = _ScrubHubLogs(token)
+    loggers = [log] + [logging.getLogger(n) for n in list(logging.root.manager.loggerDict)
+                       if n.startswith("huggingface_hub.")]
+    for lg in loggers:
+        lg.addFilter(f)
+    try:
+        yield
+    finally:
+        for lg in loggers:
+            lg.removeFilter(f)
+
+
 def push(gguf_path: str | os.PathLike, repo_id: str, *, private: bool = False,
          profile: str | os.PathLike | Profile | Policy | None = None, token: str | None = None,
          progress: ProgressFn | None = None) -> str:
@@ -235,6 +268,11 @@ def push(gguf_path: str | os.PathLike, repo_id: str, *, private: bool = False,
     if _offline():
         raise HubOfflineError(f"pushing to {repo_id}: HF_HUB_OFFLINE is set; unset it to upload")
     tok = _token(token, repo_id)
+    with _scrubbed_hub_logs(tok):
+        return _push(repo_id, files, tok, private, progress)
+
+
+def _push(repo_id: str, files: list, tok: str, private: bool, progress: ProgressFn | None) -> str:
     total = sum(f.size for f in files)
     step = (lambda what, done=0: progress(done, total, what)) if progress else (lambda what, done=0: None)
 
@@ -277,9 +315,16 @@ def pull(repo_id: str, *, filename: str | None = None, revision: str | None = No
     if _offline():
         return _cached_gguf(repo_id, filename, revision)
 
-    from huggingface_hub import HfApi, get_token, hf_hub_download
+    from huggingface_hub import get_token
 
     tok = get_token()  # optional (private repos); only to scrub it from messages
+    with _scrubbed_hub_logs(tok):
+        return _pull(repo_id, filename, revision, tok)
+
+
+def _pull(repo_id: str, filename: str | None, revision: str | None, tok: str | None) -> Path:
+    from huggingface_hub import HfApi, hf_hub_download
+
     api = HfApi()
     try:
         files = [s.rfilename for s in (api.model_info(repo_id, revision=revision).siblings or [])]

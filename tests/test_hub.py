@@ -387,3 +387,19 @@ def test_resolve_partially_pulled_gguf_repo(hub, kv_gguf, monkeypatch):
         snapshot_download("alice/two", allow_patterns=["*.gguf"], local_files_only=True)
     assert resolve("alice/two") == path.parent
     assert load_model("alice/two").path == path
+
+
+def test_hub_library_warnings_are_one_line_without_the_token(caplog):
+    """huggingface_hub logs a retry warning with the server's echoed body: scrubbed to one line."""
+    import logging
+
+    from kvconvert.hub import _scrubbed_hub_logs
+
+    with caplog.at_level(logging.WARNING), _scrubbed_hub_logs(TOKEN):
+        logging.getLogger("huggingface_hub.utils._http").warning(
+            "HTTP Error 500 thrown while requesting PUT: body was\n{'auth': 'Bearer %s'}\n" + "x" * 400, TOKEN)
+    msgs = [r.getMessage() for r in caplog.records]
+    assert msgs and all(TOKEN not in m and "\n" not in m and len(m) <= 200 for m in msgs)
+    assert "hf_***" in msgs[0]
+    logging.getLogger("huggingface_hub.utils._http").warning("after: %s", TOKEN)  # the filter is gone again
+    assert TOKEN in caplog.records[-1].getMessage()
