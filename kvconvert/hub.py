@@ -230,32 +230,31 @@ def prepare_push(gguf_path: str | os.PathLike, repo_id: str,
 class _ScrubHubLogs(logging.Filter):
     """huggingface_hub logs its own warnings (e.g. before a retry) with the server's response
     body: while kvconvert talks to the Hub, each such record becomes one short line without
-    the token."""
+    the token. Installed on the handlers (a logger's filters do not see its children's records)."""
 
     def __init__(self, token: str | None):
         super().__init__()
         self.token = token
 
     def filter(self, record: logging.LogRecord) -> bool:
-        record.msg, record.args = _one_line(record.getMessage(), self.token), None
+        if record.name.startswith("huggingface_hub"):
+            record.msg, record.args = _one_line(record.getMessage(), self.token), None
         return True
 
 
 @contextmanager
 def _scrubbed_hub_logs(token: str | None) -> Iterator[None]:
-    import huggingface_hub.utils  # noqa: F401  (creates the library's module loggers the filter goes on)
-
-    log = logging.getLogger("huggingface_hub")
     f = _ScrubHubLogs(token)
-    loggers = [log] + [logging.getLogger(n) for n in list(logging.root.manager.loggerDict)
-                       if n.startswith("huggingface_hub.")]
-    for lg in loggers:
-        lg.addFilter(f)
+    handlers = set(logging.getLogger().handlers) | set(logging.getLogger("huggingface_hub").handlers)
+    if logging.lastResort is not None:
+        handlers.add(logging.lastResort)  # where records go when nothing is configured (the CLI)
+    for h in handlers:
+        h.addFilter(f)
     try:
         yield
     finally:
-        for lg in loggers:
-            lg.removeFilter(f)
+        for h in handlers:
+            h.removeFilter(f)
 
 
 def push(gguf_path: str | os.PathLike, repo_id: str, *, private: bool = False,
