@@ -10,6 +10,7 @@ import argparse
 import asyncio
 import functools
 import shutil
+import time
 from pathlib import Path
 
 import pytest
@@ -261,6 +262,116 @@ async def test_evaluate_and_share(snapenv, built, monkeypatch):
                           profile=app.session.profile, token=SECRET)
 
 
+@pilot_test
+async def test_chat_with_converted_file(snapenv, built, monkeypatch):
+    """Share → Chat: an answer streamed into the transcript is what kvconvert.chat answers for the
+    same conversation and sampling (greedy) on the file's own caches; Esc stops an answer; Reset clears.
+    The tiny GGUF has no chat template: kvconvert.chat's ChatML fallback applies to both sides."""
+    from kvconvert.chat import ChatSession
+    from kvconvert.runtime import ContextParams
+    from kvconvert.tui import chat_screen
+
+    session = built()
+    app = KVConvertApp(session=session, start="share")
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.pause()
+        await click(pilot, "#chat")
+        assert type(app.screen).__name__ == "ChatScreen"
+        screen = app.screen
+        screen.query_one("#temp", Input).value = "0"
+        await pilot.click("#prompt")
+        await pilot.press(*"hello there")
+        await pilot.press("enter")
+        await settle(pilot)
+        assert not screen.query_one("#message").has_class("-error"), message(app)
+        answer = screen.streamed
+        transcript = str(screen.query_one("#transcript").render())
+        assert "You: hello there" in transcript
+        assert answer.strip() and f"Assistant: {chat_screen.printable(answer).strip()}" in transcript
+        assert screen.query_one("#prompt", Input).value == ""
+        assert screen.chat.ctx.params.type_k == "tq"  # "auto" resolved to the file's own compressed caches
+
+        expected = ChatSession(Model(session.converted.output), ContextParams(n_ctx=chat_screen.N_CTX),
+                               chat_screen.sampler_params(0.0))
+        assert answer == expected.ask("hello there", chat_screen.MAX_TOKENS)
+        assert screen.chat.messages == expected.messages
+
+        # a second turn continues the conversation kept in the cache
+        screen.query_one("#prompt", Input).value = "and then?"
+        await click(pilot, "#send")
+        await settle(pilot)
+        assert screen.streamed == expected.ask("and then?", chat_screen.MAX_TOKENS), message(app)
+        assert screen.chat.messages == expected.messages
+
+        # Esc stops a running answer at its next piece; what came so far stays in the conversation.
+        # The tiny model answers in a blink: each piece is slowed down so that Esc comes mid-answer.
+        send = ChatSession.send
+
+        def slow_send(self, text, max_tokens=512):
+            for piece in send(self, text, max_tokens):
+                time.sleep(0.02)
+                yield piece
+
+        monkeypatch.setattr(ChatSession, "send", slow_send)
+        screen.query_one("#prompt", Input).value = "once more"
+        await pilot.press("enter")
+        for _ in range(2000):
+            await pilot.pause(0.005)
+            if screen.streamed:
+                break
+        assert screen.job_running()
+        await pilot.press("escape")
+        await settle(pilot)
+        assert type(app.screen).__name__ == "ChatScreen"  # Esc stopped the answer, did not leave
+        assert "Answer stopped" in message(app)
+        monkeypatch.setattr(ChatSession, "send", send)
+        full = expected.ask("once more", chat_screen.MAX_TOKENS)
+        last = screen.chat.messages[-1]
+        assert len(screen.chat.messages) == 6 and last["role"] == "assistant", message(app)
+        assert last["content"] == screen.streamed and full.startswith(screen.streamed)
+        assert 0 < len(screen.streamed) < len(full)
+
+        await click(pilot, "#reset")
+        assert screen.chat.messages == []
+        assert "hello there" not in str(screen.query_one("#transcript").render())
+        assert "reset" in message(app)
+
+        await pilot.press("escape")  # no answer running: back to the Share step
+        assert type(app.screen).__name__ == "ShareScreen"
+        await pilot.press("ctrl+t")  # the conversation (and the loaded model) outlive the visit
+        assert app.screen.chat is screen.chat
+
+
+@pilot_test
+async def test_chat_errors_are_one_line(snapenv, built, monkeypatch):
+    from kvconvert.tui import chat_screen
+
+    app = KVConvertApp(session=built(), start="share")
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.pause()
+        await pilot.press("ctrl+t")
+        screen = app.screen
+        monkeypatch.setattr(chat_screen, "N_CTX", 8)  # the first message already overflows
+        screen.query_one("#prompt", Input).value = "a message far too long for eight tokens of context"
+        await click(pilot, "#send")
+        await settle(pilot)
+        text = message(app)
+        assert "does not fit the context of 8 tokens" in text and "\n" not in text.strip()
+        assert screen.query_one("#message").has_class("-error")
+        assert screen.chat.messages == []  # the user turn that did not fit is dropped
+        assert "far too long" not in str(screen.query_one("#transcript").render())
+        assert screen.query_one("#prompt", Input).value.startswith("a message far")  # given back to edit
+        screen.query_one("#temp", Input).value = "hot"
+        await click(pilot, "#send")
+        assert "temperature must be" in message(app)
+
+    app = KVConvertApp(session=built(converted=False), start="share")
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.pause()
+        await pilot.press("ctrl+t")
+        assert type(app.screen).__name__ == "ShareScreen" and "convert a model first" in message(app)
+
+
 # ---- snapshots --------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
@@ -369,6 +480,20 @@ def test_snapshot_share(snapenv, built, snap_compare, monkeypatch):
         await pilot.pause()
 
     assert snap(snap_compare, KVConvertApp(session=built(), start="share"), before=repo)
+
+
+def test_snapshot_chat(snapenv, built, snap_compare):
+    async def typed(pilot):
+        await pilot.press("ctrl+t")
+        await pilot.pause()
+        screen = pilot.app.screen
+        for field in screen.query(Input):
+            field.cursor_blink = False
+        screen.query_one("#system", Input).value = "You answer briefly."
+        screen.query_one("#prompt", Input).value = "What is a KV cache?"
+        await pilot.pause()
+
+    assert snap(snap_compare, KVConvertApp(session=built(), start="share"), before=typed)
 
 
 @pilot_test

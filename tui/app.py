@@ -47,6 +47,7 @@ freely between them: **Ctrl+N** next, **Ctrl+B** back, or click a step above.
 5. **Convert**: write the GGUF; *portable* runs in llama.cpp too, *folded* only in kvconvert.
 6. **Evaluate**: f16 vs q8_0 vs your profile: perplexity, KL divergence, top-1 agreement.
 7. **Share**: upload to the Hugging Face Hub with a generated model card.
+   **Chat with it** (Ctrl+T) talks to the converted file on its own compressed KV cache.
 
 Keys: **Tab**/**Shift+Tab** move between fields, **Enter** activates, **Esc** cancels the
 running job (nothing half-written is left behind), **s**/**r** sort the profile table

@@ -9,11 +9,13 @@ from pathlib import Path
 
 from textual import on
 from textual.app import ComposeResult
+from textual.binding import Binding
 from textual.containers import Horizontal, VerticalScroll
 from textual.content import Content
 from textual.widgets import Button, Checkbox, Input, Label, Markdown, Static
 
 from .base import JobPanel, StepScreen
+from .chat_screen import ChatScreen, ChatState
 from .state import error_message, hub_token, short_path, token_source
 
 
@@ -23,9 +25,12 @@ def suggested_repo(session) -> str:
 
 class ShareScreen(StepScreen):
     STEP = "share"
+    BINDINGS = [Binding("ctrl+t", "chat", "Chat with it")]
 
     def body(self) -> ComposeResult:
-        yield Static("", id="share-file", classes="lead")
+        with Horizontal(classes="row"):
+            yield Static("", id="share-file", classes="lead")
+            yield Button("Chat with it", id="chat")
         with Horizontal(classes="row"):
             yield Label("Repo", classes="field")
             yield Input("", placeholder="your-name/model-kv", id="repo-id")
@@ -41,6 +46,7 @@ class ShareScreen(StepScreen):
     def on_mount(self) -> None:
         self.card_info = None  # (gguf path, CardInfo) of the last preview
         self.card_text = ""
+        self.chat_state = ChatState()  # the conversation outlives each visit of the chat screen
 
     def refresh_view(self) -> None:
         r = self.session.converted
@@ -52,6 +58,13 @@ class ShareScreen(StepScreen):
             f"Token: found ({src}); it is never shown." if src else
             "No Hugging Face token: set HF_TOKEN or run `hf auth login`, then come back to this step.")
         self.update_preview()
+
+    @on(Button.Pressed, "#chat")
+    def action_chat(self) -> None:
+        if self.session.converted is None:
+            self.say("convert a model first (step 5), then chat with it", "error")
+            return
+        self.app.push_screen(ChatScreen(self.chat_state))
 
     def repo_id(self) -> str:
         return self.query_one("#repo-id", Input).value.strip()
