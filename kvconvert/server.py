@@ -10,7 +10,10 @@ engine streams text pieces back into the handler's asyncio queue. Each engine it
 prefills one chunk of one waiting prompt, then samples one token for every decoding slot
 and evaluates all of them as one ``runtime.eval_multi`` batch (continuous batching: jobs
 join and leave between steps). A job whose client went away is dropped at the next
-iteration and its slot is free again. Admission control: at most ``parallel`` running
+iteration and its slot is free again. A new job takes the free slot whose cache shares the
+longest prefix with its prompt and prefills only the rest (the next turn of a multi-turn
+chat re-evaluates only the new messages); ``/health`` counts the reused tokens. Admission
+control: at most ``parallel`` running
 plus ``max_queue`` waiting jobs; beyond that a request gets 429 with ``Retry-After``.
 
 Errors are OpenAI-shaped: ``{"error": {"message", "type", "param", "code"}}``.
@@ -102,6 +105,7 @@ class Engine:
         self._fresh_contexts = keeps_first_batch_mean(self.params)
         self.parallel, self.max_queue = parallel, max_queue
         self._free = contexts
+        self._cached: dict[int, list[int]] = {}  # id(free context) -> the tokens its cache holds
         self._waiting: collections.deque[Job] = collections.deque()
         self._running: list[Job] = []
         self._cond = threading.Condition()
@@ -109,6 +113,7 @@ class Engine:
         self._thread = threading.Thread(target=self._run, name="kvconvert-engine", daemon=True)
         self.steps = 0  # eval_multi batches run, and the tokens they held (mean batch = tokens / steps)
         self.batched_tokens = 0
+        self.reused_tokens = 0  # prompt tokens not prefilled again: a free slot's cache already held them
 
     # -- handler side ------------------------------------------------------------
     def start(self) -> None:
@@ -138,7 +143,8 @@ class Engine:
         with self._cond:
             return {"slots_idle": len(self._free), "slots_processing": len(self._running),
                     "requests_waiting": len(self._waiting), "slots_total": self.parallel,
-                    "decode_batches": self.steps, "decode_tokens": self.batched_tokens}
+                    "decode_batches": self.steps, "decode_tokens": self.batched_tokens,
+                    "prompt_tokens_reused": self.reused_tokens}
 
     # -- engine thread -----------------------------------------------------------
     def _finish(self, job: Job, reason: str | None, error: str | None = None) -> None:
@@ -146,6 +152,9 @@ class Engine:
         if job in self._running:
             self._running.remove(job)
         if job.ctx is not None:
+            # what the cache holds now: every evaluated token (the last sampled one was not); after an
+            # error nothing is trusted
+            self._cached[id(job.ctx)] = [] if error is not None else job.history[:job.ctx.n_past]
             self._free.append(job.ctx)
             job.ctx = None
         if error is not None:
@@ -164,15 +173,25 @@ class Engine:
             self._finish(job, None)
         while self._free and self._waiting:
             job = self._waiting.popleft()
-            ctx = self._free.pop()
-            if self._fresh_contexts and ctx.n_past:
-                try:
-                    ctx = self.model.context(self.ctx_params)  # the old one is freed with its last reference
-                except (KVConvertError, MemoryError) as e:
-                    self._free.append(ctx)
-                    job.emit(("error", f"cannot make a context for the request: {e}"))
-                    continue
-            ctx.reset(0)
+            keep = 0
+            if self._fresh_contexts:
+                ctx = self._free.pop()
+                if ctx.n_past:
+                    try:
+                        ctx = self.model.context(self.ctx_params)  # the old one is freed with its last reference
+                    except (KVConvertError, MemoryError) as e:
+                        self._free.append(ctx)
+                        job.emit(("error", f"cannot make a context for the request: {e}"))
+                        continue
+            else:  # the free slot whose cache shares the longest prefix with the prompt (a multi-turn chat)
+                ctx, keep = max(((c, _common_prefix(self._cached.get(id(c), []), job.prompt)) for c in self._free),
+                                key=lambda ck: ck[1])
+                self._free.remove(ctx)
+                keep = max(0, min(keep, len(job.prompt) - 1))  # one prompt token is evaluated, for its logits
+            self._cached.pop(id(ctx), None)
+            ctx.reset(keep)
+            job.pos = keep
+            self.reused_tokens += keep
             job.ctx = ctx
             job.rng = np.random.default_rng(job.sampler.seed)
             job.history = list(job.prompt)
@@ -255,6 +274,14 @@ class Engine:
                     for g, _ in group:
                         self._finish(g, None, str(e))
             j += len(group)
+
+
+def _common_prefix(a: list[int], b: list[int]) -> int:
+    n = min(len(a), len(b))
+    i = 0
+    while i < n and a[i] == b[i]:
+        i += 1
+    return i
 
 
 # --------------------------------------------------------------------------- request parsing

@@ -139,6 +139,23 @@ def test_chat_completion_equals_local_greedy(client, local) -> None:
     assert sum(1 for c in chunks if c.choices[0].delta.content) > 5  # really streamed, not one piece
 
 
+def test_multi_turn_reuses_the_common_prefix(local) -> None:
+    """The second turn of a chat goes to the slot holding the first: only the new tokens are
+    prefilled, and the answer is the same as a fresh greedy run of the whole conversation."""
+    with _serve("--parallel", "2") as base:
+        c = openai.OpenAI(base_url=base + "/v1", api_key="unused", max_retries=0, timeout=60)
+        turn1 = [{"role": "user", "content": "Name a colour of the sky."}]
+        a1 = c.chat.completions.create(model=MODEL_ID, messages=turn1, temperature=0, max_tokens=16)
+        assert _get(base + "/health")[1]["prompt_tokens_reused"] == 0
+        turn2 = turn1 + [{"role": "assistant", "content": a1.choices[0].message.content},
+                         {"role": "user", "content": "And of grass?"}]
+        a2 = c.chat.completions.create(model=MODEL_ID, messages=turn2, temperature=0, max_tokens=16)
+        reused = _get(base + "/health")[1]["prompt_tokens_reused"]
+    ids1, ids2 = _chat_ids(local, turn1), _chat_ids(local, turn2)
+    assert len(ids1) - 1 <= reused < len(ids2)  # at least the first turn's prompt was not prefilled again
+    assert a2.choices[0].message.content == _greedy(local, ids2, 16)
+
+
 def test_long_prompt_prefilled_in_chunks(client, local) -> None:
     """A prompt over n_batch (512) is prefilled a chunk per engine iteration; same answer."""
     model, fmt = local
