@@ -244,17 +244,28 @@ class _ScrubHubLogs(logging.Filter):
 
 @contextmanager
 def _scrubbed_hub_logs(token: str | None) -> Iterator[None]:
+    """While talking to the Hub: huggingface_hub's log records scrubbed (_ScrubHubLogs), and its
+    upload/download bars off when stderr is not a terminal (a log gets kvconvert's own lines)."""
+    import sys
+
+    from huggingface_hub.utils import are_progress_bars_disabled, disable_progress_bars, enable_progress_bars
+
     f = _ScrubHubLogs(token)
     handlers = set(logging.getLogger().handlers) | set(logging.getLogger("huggingface_hub").handlers)
     if logging.lastResort is not None:
         handlers.add(logging.lastResort)  # where records go when nothing is configured (the CLI)
     for h in handlers:
         h.addFilter(f)
+    bars_off = not sys.stderr.isatty() and not are_progress_bars_disabled()
+    if bars_off:
+        disable_progress_bars()
     try:
         yield
     finally:
         for h in handlers:
             h.removeFilter(f)
+        if bars_off:
+            enable_progress_bars()
 
 
 def push(gguf_path: str | os.PathLike, repo_id: str, *, private: bool = False,
