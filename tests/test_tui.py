@@ -10,7 +10,7 @@ import argparse
 import asyncio
 import functools
 import shutil
-import time
+import threading
 from pathlib import Path
 
 import pytest
@@ -304,15 +304,18 @@ async def test_chat_with_converted_file(snapenv, built, monkeypatch):
         assert screen.chat.messages == expected.messages
 
         # Esc stops a running answer at its next piece; what came so far stays in the conversation.
-        # The tiny model answers in a blink: each piece is slowed down so that Esc comes mid-answer.
+        # The tiny model answers in a blink: the answer is held after its first piece until Esc has
+        # been pressed (whatever the machine's load), then goes on and must stop at the next piece.
         send = ChatSession.send
+        gate = threading.Event()
 
-        def slow_send(self, text, max_tokens=512):
-            for piece in send(self, text, max_tokens):
-                time.sleep(0.02)
+        def held_send(self, text, max_tokens=512):
+            for i, piece in enumerate(send(self, text, max_tokens)):
                 yield piece
+                if i == 0:
+                    gate.wait(30)
 
-        monkeypatch.setattr(ChatSession, "send", slow_send)
+        monkeypatch.setattr(ChatSession, "send", held_send)
         screen.query_one("#prompt", Input).value = "once more"
         await pilot.press("enter")
         for _ in range(2000):
@@ -321,6 +324,7 @@ async def test_chat_with_converted_file(snapenv, built, monkeypatch):
                 break
         assert screen.job_running()
         await pilot.press("escape")
+        gate.set()
         await settle(pilot)
         assert type(app.screen).__name__ == "ChatScreen"  # Esc stopped the answer, did not leave
         assert "Answer stopped" in message(app)
