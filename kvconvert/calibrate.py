@@ -1,4 +1,4 @@
-"""Calibration (DESIGN §5): run the model in the native runtime (f32 cache) on
+"""Calibration (docs/design.md §5): run the model in the native runtime (f32 cache) on
 text and record, per layer and KV head, what the search and the transforms need.
 
 Recorded (float64 sums over every calibration token, Hugging Face channel

@@ -1,5 +1,5 @@
 """The KV-cache description a rotation-ready GGUF carries in kvconvert.*
-metadata (DESIGN §6): layout, per-layer K and V cache configs, the post-RoPE
+metadata (docs/design.md §6): layout, per-layer K and V cache configs, the post-RoPE
 channel permutation, the pre-RoPE K means (and whether b_k already subtracts
 them), the folded layout's per-layer RoPE pair map, V means, the rotation seed
 and the applied profile as JSON. Arrays are in the file's channel order.

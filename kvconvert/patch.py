@@ -1,5 +1,5 @@
 """Applying a calibrated profile while converting: which transform each tensor
-gets, in which layout, and the KV-cache metadata that goes with it (DESIGN §3).
+gets, in which layout, and the KV-cache metadata that goes with it (docs/design.md §3).
 
 portable: only K→Q smoothing is folded (exact, and stock loaders see nothing
   new); the pair permutation, K centering and V centering are applied by the

@@ -1,5 +1,5 @@
 """Profiles: the per-layer K/V cache configs and calibrated transforms that
-`search` produces and `convert` applies (DESIGN §5), as versioned JSON.
+`search` produces and `convert` applies (docs/design.md §5), as versioned JSON.
 
 Conventions (so a profile means the same for a HF directory and a GGUF of the
 same model): per-channel arrays are in Hugging Face row order (NeoX pairing,

@@ -1,4 +1,4 @@
-"""RoPE frequencies and rotation, for both channel pairings (DESIGN §2).
+"""RoPE frequencies and rotation, for both channel pairings (docs/design.md §2).
 
 - "neox" (Hugging Face rotate_half, GGUF qwen2): pair j = channels (j, j + d/2)
 - "interleaved" (GGUF llama):                    pair j = channels (2j, 2j + 1)

@@ -1,8 +1,8 @@
-"""Search (DESIGN §5): per-layer K and V cache configs under a bits budget.
+"""Search (docs/design.md §5): per-layer K and V cache configs under a bits budget.
 
 1. Candidates per layer: uniform TurboQuant b bits, outlier splits (hi group =
    the d/8, d/4 or d/2 channels of the highest-energy RoPE pairs), optionally QJL, each with
-   and without K→Q smoothing; K is always mean-centered (exact, DESIGN §2).
+   and without K→Q smoothing; K is always mean-centered (exact, docs/design.md §2).
 2. Proxy error per candidate, measured by replaying the calibration windows
    through the numpy twin of the cache (turboquant.py): K — mean KL divergence
    between softmax(q·k/√d) with exact and with quantized keys, over every causal

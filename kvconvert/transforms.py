@@ -1,4 +1,4 @@
-"""Weight surgery (DESIGN §2–3): the calibrated transforms folded into the
+"""Weight surgery (docs/design.md §2–3): the calibrated transforms folded into the
 projection weights, one small function per fusion site.
 
 Every function takes and returns arrays in Hugging Face row order (rows of a

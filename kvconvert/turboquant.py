@@ -1,4 +1,4 @@
-"""TurboQuant K/V cache codes: the numpy twin of the C runtime (DESIGN §4).
+"""TurboQuant K/V cache codes: the numpy twin of the C runtime (docs/design.md §4).
 
 A head vector x (length d) is split into groups: group 0 = channels [0, n_hi),
 group 1 = [n_hi, d) (n_hi = 0: one group, all d channels, using lo_bits/qjl_lo).
@@ -51,7 +51,7 @@ __all__ = ["GroupConfig", "KConfig", "Encoded", "codebook", "signs", "rotate", "
            "encode_group", "decode_group", "encode", "decode", "scores"]
 
 SCALES = ("ls", "norm", "proj")
-MAX_BITS = 10  # hi group (DESIGN §4); codebooks exist for 1..10
+MAX_BITS = 10  # hi group (docs/design.md §4); codebooks exist for 1..10
 MAX_LO_BITS = 8
 _MASK = (1 << 64) - 1
 _GOLDEN = 0x9E3779B97F4A7C15

@@ -1,7 +1,7 @@
 """What an architecture module describes: tensor names and shapes, the GGUF
 hyperparameter keys, and the row order of Q/K weights in each format.
 
-Row order and RoPE pairing (DESIGN §2): Hugging Face checkpoints pair head
+Row order and RoPE pairing (docs/design.md §2): Hugging Face checkpoints pair head
 channel i with i + d/2 ("neox"/rotate_half). A GGUF of arch ``llama`` stores
 Q/K rows permuted so that pairs are adjacent (2i, 2i+1: "interleaved"), which
 is what llama.cpp's ``llama`` RoPE expects; ``qwen2`` GGUFs keep HF order.

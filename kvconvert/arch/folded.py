@@ -1,4 +1,4 @@
-"""The folded layout's architectures (DESIGN §3): ``kvc-llama`` and ``kvc-qwen2``.
+"""The folded layout's architectures (docs/design.md §3): ``kvc-llama`` and ``kvc-qwen2``.
 
 A folded file has the K-cache pair permutation and the K/V means folded into
 the weights, so its RoPE needs a per-layer permuted θ table that stock loaders

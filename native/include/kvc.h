@@ -94,7 +94,7 @@ typedef struct {
     float rms_eps;
     int rope_pairing;            /* KVC_ROPE_* */
     const float *rope_freqs;     /* (head_dim/2) angle per position of each pair */
-    /* Folded layout (DESIGN §3): pair j of layer l rotates with frequency
+    /* Folded layout (docs/design.md §3): pair j of layer l rotates with frequency
      * rope_freqs[rope_pair_src[l * head_dim/2 + j]] (a permutation per layer); NULL: identity. */
     const int *rope_pair_src;    /* (n_layer, head_dim/2) or NULL */
     kvc_tensor tok_embd, output_norm, output; /* output.data == NULL: tied to tok_embd */
@@ -108,7 +108,7 @@ typedef struct kvc_context kvc_context;
 int kvc_model_create(const kvc_model_desc *desc, kvc_model **out, char *err, int err_len);
 void kvc_model_free(kvc_model *model);
 
-/* TurboQuant cache (DESIGN §4): per token and KV head, the head vector (after
+/* TurboQuant cache (docs/design.md §4): per token and KV head, the head vector (after
  * RoPE, K centering and the channel permutation) is split into group 0 =
  * channels [0, n_hi) and group 1 = [n_hi, head_dim) (n_hi = 0: one group that
  * uses lo_bits). Each group is sign-flipped and Walsh–Hadamard rotated, stored

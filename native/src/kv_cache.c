@@ -1,4 +1,4 @@
-/* kv_cache.c — see kv_cache.h. K centering (DESIGN §2): the cache holds
+/* kv_cache.c — see kv_cache.h. K centering (docs/design.md §2): the cache holds
  * R_n(k − μ) and scores add back q·R_n·μ exactly, per centered pair j:
  *   q·R_n μ_j = cos(nθ_j)·(q_a μ_a + q_b μ_b) + sin(nθ_j)·(q_b μ_a − q_a μ_b)
  * where (a, b) are the pair's channels in the file's RoPE pairing. Only the

@@ -58,7 +58,7 @@ void tq_wht(float *v, int m) {
     }
 }
 
-/* Mixing order of a non-power-of-two group (DESIGN §4): the blocks of the binary
+/* Mixing order of a non-power-of-two group (docs/design.md §4): the blocks of the binary
  * expansion of m are interleaved in proportion to their sizes — element r of a
  * block of size B sorts by (2r + 1)·(S / B), S the largest block, ties by block —
  * and the sorted sequence is cut back into blocks. Each new block then takes from

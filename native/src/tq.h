@@ -1,4 +1,4 @@
-/* tq.h — TurboQuant KV-cache rows (DESIGN §4): layout of a head row, encode,
+/* tq.h — TurboQuant KV-cache rows (docs/design.md §4): layout of a head row, encode,
  * and the scalar scoring/accumulation kernels; SIMD variants in cpu/tq_avx2.c,
  * cpu/tq_avx512.c and cpu/tq_neon.c.
  *
