@@ -318,6 +318,8 @@ class _LayerSearch:
         self.verrs: dict[str, float] = {}
 
     def _layer(self) -> _Layer:
+        # built again for pass 2 rather than kept from pass 1: ~0.15 s per layer against ~15 MB per layer
+        # held for the whole search (a 7B's 28 layers would hold ~0.4 GB)
         return _Layer(self.cal, self.l, self.scales, self.order, self.pol.sink_tokens)
 
     def pass1(self) -> None:
