@@ -21,14 +21,14 @@ import tempfile
 import time
 from pathlib import Path
 
-from kvconvert import fixtures
-from kvconvert.calibrate import calibrate
-from kvconvert.convert import convert as write_gguf
-from kvconvert.evaluate import evaluate
-from kvconvert.import_gguf import import_gguf
-from kvconvert.paths import cache_dir
-from kvconvert.pipeline import DEFAULT_TOKENS
-from kvconvert.search import search
+from kvconvert.testdata import fixtures
+from kvconvert.conversion.calibrate import calibrate
+from kvconvert.conversion.writer import convert as write_gguf
+from kvconvert.runtime.evaluate import evaluate
+from kvconvert.conversion.import_gguf import import_gguf
+from kvconvert.base.paths import cache_dir
+from kvconvert.conversion.pipeline import DEFAULT_TOKENS
+from kvconvert.conversion.search import search
 
 MODELS = {"qwen": ("qwen2.5-coder-0.5b", fixtures.qwen25_coder_gguf),
           "smollm2": ("smollm2-135m", fixtures.smollm2_gguf)}

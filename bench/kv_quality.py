@@ -14,9 +14,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from kvconvert import fixtures
-from kvconvert.evaluate import evaluate
-from kvconvert.runtime import Model
+from kvconvert.testdata import fixtures
+from kvconvert.runtime.evaluate import evaluate
+from kvconvert.runtime.engine import Model
 
 DEFAULT = ["q8_0/f16", "q4_0/f16", "tq3/f16", "tq4/f16", "tq5/f16", "tq4:qjl=lo/f16", "tq4/tq4", "tq4/q8_0",
            "tq5/tq4"]

@@ -21,10 +21,10 @@ import sys
 import time
 from dataclasses import dataclass
 
-from kvconvert import fixtures
-from kvconvert.bench import DecodeRow, random_tokens, timed_depths
-from kvconvert.llama_cpp_peer import GGML_TYPES, load, quiet
-from kvconvert.runtime import ContextParams, Model
+from kvconvert.testdata import fixtures
+from kvconvert.runtime.bench import DecodeRow, random_tokens, timed_depths
+from kvconvert.kvcache.llama_cpp_peer import GGML_TYPES, load, quiet
+from kvconvert.runtime.engine import ContextParams, Model
 
 ENGINES = ("ours", "llama.cpp", "llama.cpp+fa")
 

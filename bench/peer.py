@@ -15,11 +15,12 @@ import time
 
 import numpy as np
 
-from kvconvert import fixtures, metrics
-from kvconvert.bench import random_tokens, timed_depths
+from kvconvert.testdata import fixtures
+from kvconvert.runtime import metrics
+from kvconvert.runtime.bench import random_tokens, timed_depths
 from kvconvert.commands.run import add_cache_args
-from kvconvert.llama_cpp_peer import GGML_TYPES, load, quiet
-from kvconvert.runtime import ContextParams, Model
+from kvconvert.kvcache.llama_cpp_peer import GGML_TYPES, load, quiet
+from kvconvert.runtime.engine import ContextParams, Model
 
 
 def speed(eval_tokens, truncate, args, tokens: list[int]) -> tuple[float, dict[int, float]]:

@@ -22,14 +22,16 @@ from pathlib import Path
 
 import numpy as np
 
-from kvconvert import convert, fixtures, metrics
-from kvconvert.calibrate import Calibration, calibrate
-from kvconvert.evaluate import evaluate
-from kvconvert.kvmeta import DEFAULT_SINK
-from kvconvert.profile import sink_bits
-from kvconvert.paths import cache_dir
-from kvconvert.runtime import Model
-from kvconvert.search import search
+from kvconvert import convert
+from kvconvert.testdata import fixtures
+from kvconvert.runtime import metrics
+from kvconvert.conversion.calibrate import Calibration, calibrate
+from kvconvert.runtime.evaluate import evaluate
+from kvconvert.kvcache.kvmeta import DEFAULT_SINK
+from kvconvert.conversion.profile import sink_bits
+from kvconvert.base.paths import cache_dir
+from kvconvert.runtime.engine import Model
+from kvconvert.conversion.search import search
 
 POLICIES = ("long-context", "balanced", "max-quality")
 MODELS = {"qwen": ("qwen2.5-coder-0.5b", fixtures.qwen25_coder_gguf),
@@ -49,7 +51,7 @@ def row(label: str, kb: float, vb: float, kv_bytes: float, ppl: float, kld, top1
 
 def llama_cpp_rows(path: Path, chunks, n_ctx: int, configs, head_values: int) -> list[str]:
     """PPL, KLD and top-1 of llama.cpp's caches vs its own f16-cache run on the same token chunks."""
-    from kvconvert.llama_cpp_peer import load, quiet
+    from kvconvert.kvcache.llama_cpp_peer import load, quiet
 
     bits = {"f16": 16.0, "q8_0": 8.5, "q4_0": 4.5}
     out, base = [], None

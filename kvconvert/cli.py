@@ -37,7 +37,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from . import __version__
+    from ._version import __version__
 
     p = argparse.ArgumentParser(
         prog="kvconvert",
@@ -65,7 +65,7 @@ def _dispatch(argv: list[str]) -> int:
     else:
         build_parser().parse_args(argv)  # prints usage/help/version, or an error for unknown commands
         return 2
-    from .errors import KVConvertError
+    from .base.errors import KVConvertError
 
     try:
         with _sigterm_interrupts():

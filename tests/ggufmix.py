@@ -14,7 +14,7 @@ from typing import Any, Callable
 import gguf
 import numpy as np
 
-from kvconvert.gguf_io import dequantize, open_gguf
+from kvconvert.formats.gguf_io import dequantize, open_gguf
 
 Q = gguf.GGMLQuantizationType
 # fp16 super-block scale d (and dmin) byte ranges per block, and d's magnitude: Q6_K's

@@ -7,4 +7,4 @@ import pytest
 
 pytest.importorskip("llama_cpp", reason="scripts/test.sh installs llama-cpp-python")
 
-from kvconvert.llama_cpp_peer import load, logits, quiet, tokenize  # noqa: E402,F401
+from kvconvert.kvcache.llama_cpp_peer import load, logits, quiet, tokenize  # noqa: E402,F401

@@ -11,7 +11,7 @@ key where there is one), no traceback, no partial or hidden file left, every
 input byte-for-byte unchanged.
 
 Plus a bounded fuzz test of the native loader: mutated tiny GGUFs loaded
-through ``kvconvert.runtime.Model`` (and evaluated when they load) in a child
+through ``kvconvert.runtime.engine.Model`` (and evaluated when they load) in a child
 process, which may raise only InputError/KVConvertError, never crash.
 """
 
@@ -31,8 +31,8 @@ import gguf
 import numpy as np
 import pytest
 
-from kvconvert.calibrate import Calibration
-from kvconvert.gguf_io import open_gguf
+from kvconvert.conversion.calibrate import Calibration
+from kvconvert.formats.gguf_io import open_gguf
 from tests.test_no_data_loss import TEXT, calib_file, leftovers, refused, tree_hashes  # noqa: F401  (fixtures)
 
 VT = gguf.GGUFValueType
@@ -380,7 +380,7 @@ POLICY_CASES: dict[str, tuple[dict, str]] = {
 
 @pytest.mark.parametrize("case", list(POLICY_CASES))
 def test_bad_policy(env, tiny_models, calib_file, capsys, case):
-    from kvconvert.profile import load_profile
+    from kvconvert.conversion.profile import load_profile
 
     edits, key = POLICY_CASES[case]
     pol = env / "in" / f"{case}.json"
@@ -531,7 +531,7 @@ def test_calibrate_refuses_non_finite_statistics(env, tiny_ggufs, capsys):
     """A model whose K projection overflows gives NaN/Inf statistics: calibrate writes nothing
     (was: a NaN file that search later called corrupt)."""
     src = tiny_ggufs["qwen2-hd64"]
-    from kvconvert.gguf_io import dequantize, tensor_map
+    from kvconvert.formats.gguf_io import dequantize, tensor_map
 
     t = tensor_map(open_gguf(src))["blk.1.attn_k.weight"]
     w = dequantize(t).copy()
@@ -548,8 +548,8 @@ def test_calibrate_refuses_non_finite_statistics(env, tiny_ggufs, capsys):
 FUZZ_CHILD = textwrap.dedent("""
     import sys, numpy as np
     from pathlib import Path
-    from kvconvert.errors import KVConvertError
-    from kvconvert.runtime import ContextParams, Model
+    from kvconvert.base.errors import KVConvertError
+    from kvconvert.runtime.engine import ContextParams, Model
 
     src, work, seed, n = Path(sys.argv[1]), Path(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
     data = src.read_bytes()
@@ -614,8 +614,8 @@ def test_fuzz_native_loader_long(tiny_ggufs, tmp_path):
 # --------------------------------------------------------------------------- the helpers themselves
 
 def test_validate_helpers(tmp_path):
-    from kvconvert import validate as V
-    from kvconvert.errors import InputError
+    from kvconvert.base import validate as V
+    from kvconvert.base.errors import InputError
 
     assert V.int_in("f", "k", 5, 0, 10) == 5 and V.int_in("f", "k", np.uint32(7), 0, 10) == 7
     assert V.finite_float("f", "k", 3, 0.0, 4.0) == 3.0

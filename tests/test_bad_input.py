@@ -77,7 +77,7 @@ def test_truncated_safetensors(capsys, model_copy, tmp_path):
 
 
 def test_missing_tensor(capsys, model_copy, tmp_path):
-    from kvconvert.safetensors_io import SafetensorsIndex, write_streaming
+    from kvconvert.formats.safetensors_io import SafetensorsIndex, write_streaming
 
     idx = SafetensorsIndex.from_dir(model_copy)
     keep = [n for n in idx.names() if "layers.1.mlp.up_proj" not in n]

@@ -20,11 +20,11 @@ import pytest
 
 from tests import ggufmix
 
-runtime = pytest.importorskip("kvconvert.runtime")
+runtime = pytest.importorskip("kvconvert.runtime.engine")
 pytest.importorskip("kvconvert._kvc", reason="native runtime not built (pip install -e .)")
 
-from kvconvert._native import NativeError  # noqa: E402
-from kvconvert.generate import BatchDecoder, SamplerParams, generate_batch, generate_tokens  # noqa: E402
+from kvconvert.runtime._native import NativeError  # noqa: E402
+from kvconvert.runtime.generate import BatchDecoder, SamplerParams, generate_batch, generate_tokens  # noqa: E402
 
 TOKENS = [5, 17, 250, 3, 99, 42, 7, 300, 11, 12, 13, 200, 64, 1, 2, 77, 123, 8, 9, 10, 31, 32, 33, 34]
 LENS = [3, 7, 12, 1, 9]  # prompt lengths: the contexts decode at different positions
@@ -140,7 +140,7 @@ def test_generate_batch_equals_generating_alone(tiny_ggufs, sampler):
 
 def test_generate_batch_stops(tiny_ggufs, monkeypatch):
     """Stop at EOS (that sequence only), at a full context, and in groups of n_batch."""
-    from kvconvert import generate
+    from kvconvert.runtime import generate
 
     model = runtime.Model(tiny_ggufs["llama-hd64-tied"])
     prompts = prompts_for(model)
@@ -193,7 +193,8 @@ def test_generate_text_contract(tiny_ggufs, monkeypatch):
     then at least 9 generated tokens, n_tokens in all, the same text on a rerun, and the
     same as writing the sequences one at a time (each sequence's own seed). EOS is off,
     so that no sequence ends early and the layout of the text is known."""
-    from kvconvert import calibrate, generate
+    from kvconvert.conversion import calibrate
+    from kvconvert.runtime import generate
 
     monkeypatch.setattr(generate, "_stop_ids", lambda m: set())
     model = runtime.Model(tiny_ggufs["llama-hd64-tied"])
@@ -217,9 +218,9 @@ def test_generate_text_contract(tiny_ggufs, monkeypatch):
 
 
 def test_generate_text_gives_up_when_the_model_stops(tiny_ggufs, monkeypatch):
-    from kvconvert import generate
-    from kvconvert.calibrate import generate_text
-    from kvconvert.errors import InputError
+    from kvconvert.runtime import generate
+    from kvconvert.conversion.calibrate import generate_text
+    from kvconvert.base.errors import InputError
 
     model = runtime.Model(tiny_ggufs["qwen2-hd64"])
     monkeypatch.setattr(generate, "_stop_ids", lambda m: set(range(m.args.vocab_size)))  # EOS at once
@@ -230,8 +231,8 @@ def test_generate_text_gives_up_when_the_model_stops(tiny_ggufs, monkeypatch):
 def test_generate_text_cancels(tiny_ggufs):
     import threading
 
-    from kvconvert.calibrate import generate_text
-    from kvconvert.progress import Cancelled
+    from kvconvert.conversion.calibrate import generate_text
+    from kvconvert.base.progress import Cancelled
 
     model = runtime.Model(tiny_ggufs["qwen2-hd64"])
     cancel = threading.Event()

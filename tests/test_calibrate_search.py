@@ -11,14 +11,15 @@ import threading
 import numpy as np
 import pytest
 
-from kvconvert import convert, turboquant as tq
-from kvconvert.calibrate import Calibration, calibrate
-from kvconvert.errors import InputError
-from kvconvert.model import load_model
-from kvconvert.profile import ModelShape, Policy, Profile, Transforms, load_profile, shipped_names
-from kvconvert.progress import Cancelled
-from kvconvert.runtime import ContextParams, Model
-from kvconvert.search import allocate, search
+from kvconvert import convert
+from kvconvert.kvcache import turboquant as tq
+from kvconvert.conversion.calibrate import Calibration, calibrate
+from kvconvert.base.errors import InputError
+from kvconvert.models.source import load_model
+from kvconvert.conversion.profile import ModelShape, Policy, Profile, Transforms, load_profile, shipped_names
+from kvconvert.base.progress import Cancelled
+from kvconvert.runtime.engine import ContextParams, Model
+from kvconvert.conversion.search import allocate, search
 from tests.tiny import CORPUS
 
 TEXT = " ".join(CORPUS) * 30
@@ -89,7 +90,7 @@ def test_tq8_with_profile_close_to_f32(tiny_models, plain, tmp_path, layout):
 
 
 def test_portable_runs_in_llama_cpp_folded_refused(tiny_models, plain, tmp_path):
-    from kvconvert import llama_cpp_peer as peer
+    from kvconvert.kvcache import llama_cpp_peer as peer
 
     for name in ("qwen2-hd64", "llama-hd64-tied"):
         src = load_model(tiny_models[name])
@@ -114,8 +115,8 @@ def tiny_cal(tiny_models, tmp_path_factory) -> Calibration:
 
 def test_calibration_statistics_match_reference_model(tiny_models, tiny_cal):
     """Sums from the native capture equal the numpy reference model's pre-RoPE q/k/v."""
-    from kvconvert import reference
-    from kvconvert.calibrate import runtime_gguf
+    from kvconvert.models import reference
+    from kvconvert.conversion.calibrate import runtime_gguf
 
     src = load_model(tiny_models["qwen2-hd64"])
 
@@ -257,7 +258,7 @@ def test_proxy_keeps_sink_positions_exact(tiny_cal):
     """The search proxy replays windows that start a sequence: its sink positions are
     exact like the runtime's, so with every position a sink both errors vanish, and
     one sink changes the K error."""
-    from kvconvert.search import Option, _Layer, pair_order, smoothing_scales
+    from kvconvert.conversion.search import Option, _Layer, pair_order, smoothing_scales
 
     sc = smoothing_scales(tiny_cal)
     order = pair_order(tiny_cal, sc)

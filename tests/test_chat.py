@@ -1,4 +1,4 @@
-"""Chat templates and chat sessions (kvconvert.chat, `kvconvert chat`, `kvconvert run --chat`).
+"""Chat templates and chat sessions (kvconvert.serving.chat, `kvconvert chat`, `kvconvert run --chat`).
 
 The oracle for templates is transformers' ``apply_chat_template`` on a
 ``PreTrainedTokenizerFast`` built from the project's tokenizer for the real GGUF, given
@@ -12,11 +12,11 @@ import sys
 
 import pytest
 
-from kvconvert import fixtures
-from kvconvert.chat import ChatFormat, ChatSession, ChatTemplate, ChatTemplateError, TextStream
-from kvconvert.generate import SamplerParams
-from kvconvert.runtime import ContextParams, Model
-from kvconvert.tokenizer import load_tokenizer
+from kvconvert.testdata import fixtures
+from kvconvert.serving.chat import ChatFormat, ChatSession, ChatTemplate, ChatTemplateError, TextStream
+from kvconvert.runtime.generate import SamplerParams
+from kvconvert.runtime.engine import ContextParams, Model
+from kvconvert.formats.tokenizer import load_tokenizer
 
 GREEDY = SamplerParams(temperature=0.0, repeat_penalty=1.0)
 CONVERSATIONS = [
@@ -170,7 +170,7 @@ def test_multi_turn_keeps_the_cache(qwen) -> None:
 
 
 def test_conversation_longer_than_the_context(smollm2) -> None:
-    from kvconvert.chat import ContextFull
+    from kvconvert.serving.chat import ContextFull
 
     s = ChatSession(smollm2, ContextParams(n_ctx=64), GREEDY)
     with pytest.raises(ContextFull, match="does not fit the context of 64"):

@@ -11,10 +11,10 @@ from kvconvert import convert
 from kvconvert.cli import main
 
 pytest.importorskip("kvconvert._kvc", reason="native runtime not built (pip install -e .)")
-from kvconvert.generate import SamplerParams, generate_tokens, sample  # noqa: E402
-from kvconvert.model import load_model  # noqa: E402
-from kvconvert.reference import forward  # noqa: E402
-from kvconvert.runtime import Model  # noqa: E402
+from kvconvert.runtime.generate import SamplerParams, generate_tokens, sample  # noqa: E402
+from kvconvert.models.source import load_model  # noqa: E402
+from kvconvert.models.reference import forward  # noqa: E402
+from kvconvert.runtime.engine import Model  # noqa: E402
 from tests.tiny import CORPUS  # noqa: E402
 
 
@@ -96,7 +96,7 @@ def test_bench_command(capsys, tiny_gguf):
 def test_timed_depths_visits_each_depth_on_one_fill():
     """The timing loop's contract with an engine: decode at depth d starts from exactly d cached
     tokens of the shared stream, fills are not repeated, and progress ends at its total."""
-    from kvconvert.bench import FILL_CHUNK, timed_depths
+    from kvconvert.runtime.bench import FILL_CHUNK, timed_depths
 
     cache: list[int] = []
     evals: list[tuple[int, int]] = []  # (context length before the call, tokens in the call)

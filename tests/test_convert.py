@@ -13,11 +13,11 @@ import numpy as np
 import pytest
 
 from kvconvert import convert, import_gguf
-from kvconvert.arch.base import interleave_pairs
-from kvconvert.gguf_io import field_value, open_gguf, tensor_map
-from kvconvert.gguf_keys import Keys
-from kvconvert.model import load_model
-from kvconvert.reference import forward
+from kvconvert.models.arch.base import interleave_pairs
+from kvconvert.formats.gguf_io import field_value, open_gguf, tensor_map
+from kvconvert.formats.gguf_keys import Keys
+from kvconvert.models.source import load_model
+from kvconvert.models.reference import forward
 
 TOKENS = [5, 17, 250, 3, 99, 42, 7, 300, 11, 12, 13, 200, 64, 1, 2, 77]
 
@@ -124,7 +124,7 @@ def test_import_refuses_non_empty_dir(tiny_models, tmp_path):
     out = tmp_path / "hf"
     out.mkdir()
     (out / "keep.txt").write_text("mine")
-    from kvconvert.errors import OutputError
+    from kvconvert.base.errors import OutputError
 
     with pytest.raises(OutputError, match="not empty"):
         import_gguf(gg, out)

@@ -14,9 +14,10 @@ import subprocess
 
 import pytest
 
-from kvconvert import fixtures, import_gguf
-from kvconvert.profile import load_profile
-from kvconvert.runtime import Model
+from kvconvert.testdata import fixtures
+from kvconvert import import_gguf
+from kvconvert.conversion.profile import load_profile
+from kvconvert.runtime.engine import Model
 
 PHASES = ("f16 copy for the runtime", "generate text", "calibrate", "search", "write", "check")
 

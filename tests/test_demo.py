@@ -10,9 +10,9 @@ import sys
 
 import pytest
 
-from kvconvert import fixtures
-from kvconvert.gguf_io import field_value, open_gguf
-from kvconvert.paths import cache_dir
+from kvconvert.testdata import fixtures
+from kvconvert.formats.gguf_io import field_value, open_gguf
+from kvconvert.base.paths import cache_dir
 
 DEMO = [sys.executable, "-m", "kvconvert.cli", "demo"]
 
@@ -36,9 +36,9 @@ def test_demo_exits_cleanly(demo_run):
 
 def test_demo_writes_the_profile_into_the_file(demo_run):
     """The written GGUF carries the shipped profile's per-layer TurboQuant caches."""
-    from kvconvert.kvmeta import CacheMeta
-    from kvconvert.model import load_model
-    from kvconvert.profile import load_profile
+    from kvconvert.kvcache.kvmeta import CacheMeta
+    from kvconvert.models.source import load_model
+    from kvconvert.conversion.profile import load_profile
 
     _, out, _, _ = demo_run
     reader = open_gguf(out)

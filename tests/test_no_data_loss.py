@@ -72,7 +72,7 @@ def work(tiny_models, tiny_ggufs, tmp_path, monkeypatch):
 @pytest.fixture(scope="module")
 def calib_file(tiny_models, tmp_path_factory) -> Path:
     """A real calibration of the tiny Qwen2 model (a few hundred tokens)."""
-    from kvconvert.calibrate import calibrate
+    from kvconvert.conversion.calibrate import calibrate
 
     root = tmp_path_factory.mktemp("cal")
     old = os.environ.get("KVCONVERT_CACHE")
@@ -201,7 +201,7 @@ def test_pipeline_profile_json_over_input(capsys, work):
 
 SLOW_CONVERT = """
 import importlib, sys, time
-c = importlib.import_module("kvconvert.convert")  # the module (kvconvert.convert is also a function)
+c = importlib.import_module("kvconvert.conversion.writer")  # the GGUF writer
 encode = c._encode
 def slow(x, q):
     time.sleep(0.2)
@@ -261,7 +261,7 @@ def dead_pid() -> int:
 
 
 def test_leftovers_of_live_writers_and_other_outputs_are_kept(tmp_path):
-    from kvconvert.atomic import atomic_path
+    from kvconvert.base.atomic import atomic_path
 
     sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:
@@ -284,7 +284,7 @@ def test_leftovers_of_live_writers_and_other_outputs_are_kept(tmp_path):
 def test_atomic_dir_swap_cut_by_kill9_is_restored(tmp_path):
     """kill -9 between atomic_dir's two renames leaves the previous version at .NAME.PID.old
     and the new one at .NAME.PID.*.part: the next write puts the previous one back first."""
-    from kvconvert.atomic import atomic_dir, clean_stale
+    from kvconvert.base.atomic import atomic_dir, clean_stale
 
     dead = dead_pid()
     old = tmp_path / f".hf.{dead}.old"
@@ -427,8 +427,8 @@ def test_check_logits_names_the_file_and_the_cache():
 
     import numpy as np
 
-    from kvconvert.errors import InputError
-    from kvconvert.runtime import check_logits
+    from kvconvert.base.errors import InputError
+    from kvconvert.runtime.engine import check_logits
 
     ctx = SimpleNamespace(model=SimpleNamespace(path=Path("m.gguf")), params=SimpleNamespace(type_k="f16", type_v="f16"))
     ok = np.ones((2, 8), np.float32) * 3e38  # finite, and its float32 sum would overflow: still accepted
@@ -478,8 +478,8 @@ def test_device_and_fifo_outputs_are_refused(capsys, work, calib_file):
 def test_disk_errors_become_one_line_and_leave_nothing(tmp_path, code):
     """A full disk (or quota, or read-only file system) while writing: an OutputError naming the
     output, no temporary file left; other OSErrors are not disguised."""
-    from kvconvert.atomic import atomic_path
-    from kvconvert.errors import OutputError
+    from kvconvert.base.atomic import atomic_path
+    from kvconvert.base.errors import OutputError
 
     out = tmp_path / "o.bin"
     with pytest.raises(OutputError, match=f"cannot write {out}: .*nothing was written"):

@@ -18,7 +18,7 @@ def test_wheel_contents(tmp_path):
     names = set(zipfile.ZipFile(wheel).namelist())
     assert "kvconvert/profiles/README.md" in names
     assert "kvconvert/tui/__init__.py" in names
-    assert "kvconvert/data/turboquant_codebooks.npz" in names
-    assert "kvconvert/arch/qwen2.py" in names and "kvconvert/commands/convert.py" in names
+    assert "kvconvert/kvcache/data/turboquant_codebooks.npz" in names
+    assert "kvconvert/models/arch/qwen2.py" in names and "kvconvert/commands/convert.py" in names
     entry = next(n for n in names if n.endswith("entry_points.txt"))
     assert "kvconvert = kvconvert.cli:main" in zipfile.ZipFile(wheel).read(entry).decode()

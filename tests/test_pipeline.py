@@ -10,11 +10,11 @@ from dataclasses import replace
 
 import pytest
 
-from kvconvert import pipeline
-from kvconvert.errors import InputError, OutputError
-from kvconvert.profile import load_profile
-from kvconvert.progress import PhaseReporter
-from kvconvert.runtime import Model
+from kvconvert.conversion import pipeline
+from kvconvert.base.errors import InputError, OutputError
+from kvconvert.conversion.profile import load_profile
+from kvconvert.base.progress import PhaseReporter
+from kvconvert.runtime.engine import Model
 from tests.tiny import CORPUS
 
 TEXT = " ".join(CORPUS) * 30
@@ -59,8 +59,8 @@ def test_check_measures_the_written_file_and_reports_phases(tiny_models, tmp_pat
     assert len(job.attempts) == 1 and job.check.passed and job.verdict.startswith("PASS")
     assert job.check.chunks == 2 and job.check.weights == "f32"  # the two held-out chunks
     # the check's numbers are those of the written file: evaluating it again gives the same PPL
-    from kvconvert.check import check_file
-    from kvconvert.calibrate import calibrate
+    from kvconvert.conversion.check import check_file
+    from kvconvert.conversion.calibrate import calibrate
     cal = calibrate(tiny_models[TINY], text=TEXT, tokens=256, n_ctx=64)
     again = check_file(tmp_path / "o.gguf", token_ids=[t for r in cal.holdout for t in r], n_ctx=64)
     assert again.ppl == pytest.approx(job.check.ppl, rel=1e-6) and again.kld == pytest.approx(job.check.kld, rel=1e-6)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from kvconvert.rdata import (
+from kvconvert.testdata.rdata import (
     LazyLoadDB,
     RDataError,
     RPairList,

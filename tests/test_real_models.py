@@ -8,10 +8,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from kvconvert import convert, fixtures, import_gguf, metrics
-from kvconvert.model import load_model
-from kvconvert.reference import forward
-from kvconvert.tokenizer import load_tokenizer
+from kvconvert import convert, import_gguf
+from kvconvert.testdata import fixtures
+from kvconvert.runtime import metrics
+from kvconvert.models.source import load_model
+from kvconvert.models.reference import forward
+from kvconvert.formats.tokenizer import load_tokenizer
 from tests import oracle_llama_cpp as oracle
 
 
@@ -104,7 +106,7 @@ def test_qwen25_coder_q8_0_round_trip_in_llama_cpp(tmp_path):
 
 
 def runtime_score(path, chunks, **ctx_kw) -> metrics.Score:
-    from kvconvert.runtime import Model
+    from kvconvert.runtime.engine import Model
 
     ctx = Model(path).context(n_ctx=len(chunks[0]), n_threads=2, **ctx_kw)
     nll = []
@@ -125,7 +127,7 @@ def test_smollm2_runtime_perplexity():
     of the f32 numpy reference, KLD < 0.01, top-1 ≥ 94%, position 0 exact to
     1e-4; the q8_0 cache's PPL within 1% of the f32 cache's."""
     pytest.importorskip("kvconvert._kvc", reason="native runtime not built (pip install -e .)")
-    from kvconvert.runtime import Model
+    from kvconvert.runtime.engine import Model
 
     path = fixtures.smollm2_gguf()
     m = load_model(path)
@@ -167,8 +169,8 @@ def test_smollm2_turboquant_k_cache_quality(tmp_path):
     bits/value) at least 3x better than q4_0 K (4.5), the sink at least 1.5x better
     than none, and tq8 (8.25) no worse than q8_0 (8.5) within 10%."""
     pytest.importorskip("kvconvert._kvc", reason="native runtime not built (pip install -e .)")
-    from kvconvert.evaluate import evaluate
-    from kvconvert.runtime import Model
+    from kvconvert.runtime.evaluate import evaluate
+    from kvconvert.runtime.engine import Model
 
     m = Model(fixtures.smollm2_gguf())
     text = fixtures.austen_text("eval")[:20000]
@@ -189,11 +191,11 @@ def test_smollm2_calibrated_profile_beats_uniform(tmp_path):
     Austen eval tokens against the f16-cache run of the same file. The per-layer,
     calibrated profile must beat uniform tq4 K at equal bits, and the portable file must
     give llama.cpp the same logits as the plain conversion (the folds are exact)."""
-    from kvconvert.calibrate import calibrate
-    from kvconvert.evaluate import evaluate
-    from kvconvert.profile import Policy
-    from kvconvert.runtime import Model
-    from kvconvert.search import search
+    from kvconvert.conversion.calibrate import calibrate
+    from kvconvert.runtime.evaluate import evaluate
+    from kvconvert.conversion.profile import Policy
+    from kvconvert.runtime.engine import Model
+    from kvconvert.conversion.search import search
 
     src = fixtures.smollm2_gguf()
     cal = calibrate(src, text=fixtures.austen_text("calib"), tokens=2048, n_ctx=512, n_windows=1,

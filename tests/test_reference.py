@@ -6,10 +6,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from kvconvert.arch.base import deinterleave_pairs, interleave_pairs
-from kvconvert.model import load_model
-from kvconvert.reference import forward
-from kvconvert.rope import apply_rope, base_inv_freq
+from kvconvert.models.arch.base import deinterleave_pairs, interleave_pairs
+from kvconvert.models.source import load_model
+from kvconvert.models.reference import forward
+from kvconvert.models.rope import apply_rope, base_inv_freq
 
 TOKENS = [5, 17, 250, 3, 99, 42, 7, 300, 11, 12, 13, 200, 64, 1, 2, 77, 123, 8, 9, 10]
 

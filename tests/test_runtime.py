@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 
 from kvconvert import convert
-from kvconvert.model import load_model
-from kvconvert.reference import forward
+from kvconvert.models.source import load_model
+from kvconvert.models.reference import forward
 from tests import ggufmix
 
-runtime = pytest.importorskip("kvconvert.runtime")
+runtime = pytest.importorskip("kvconvert.runtime.engine")
 pytest.importorskip("kvconvert._kvc", reason="native runtime not built (pip install -e .)")
 
 Q = gguf.GGMLQuantizationType
@@ -106,7 +106,7 @@ def test_threads_agree(tiny_ggufs):
 
 
 def test_context_full_and_bad_tokens(tiny_ggufs):
-    from kvconvert._native import NativeError
+    from kvconvert.runtime._native import NativeError
 
     ctx = runtime.Model(tiny_ggufs["qwen2-hd64"]).context(n_ctx=16, n_threads=1)
     ctx.eval(TOKENS[:10])
@@ -123,7 +123,7 @@ def test_context_full_and_bad_tokens(tiny_ggufs):
 
 def test_c_validates_tensor_sizes(tiny_ggufs):
     """C checks every size it is given: short data, wrong shapes, absent tensors."""
-    from kvconvert.errors import InputError
+    from kvconvert.base.errors import InputError
 
     def variant(edit):
         class Edited(runtime.Model):

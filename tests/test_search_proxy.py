@@ -10,11 +10,23 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from kvconvert import turboquant as tq
-from kvconvert.calibrate import calibrate, holdout_rows, split_generated
-from kvconvert.runtime import TQ_SEED, tq_roundtrip
-from kvconvert.search import (Option, _Layer, _label, _log_softmax, _scores, allocate, k_configs, pair_order,
-                              query_rows, resolve_policy, search, smoothing_scales)
+from kvconvert.kvcache import turboquant as tq
+from kvconvert.conversion.calibrate import calibrate, holdout_rows, split_generated
+from kvconvert.runtime.engine import TQ_SEED, tq_roundtrip
+from kvconvert.conversion.search import (
+    Option,
+    _Layer,
+    _label,
+    _log_softmax,
+    _scores,
+    allocate,
+    k_configs,
+    pair_order,
+    query_rows,
+    resolve_policy,
+    search,
+    smoothing_scales,
+)
 from tests.tiny import CORPUS
 
 TEXT = " ".join(CORPUS) * 30
@@ -45,7 +57,7 @@ def test_kl_formula_equals_two_softmaxes(cal):
     dk = tq.decode(tq.encode(k, o.cfg, TQ_SEED, 1), o.cfg, TQ_SEED, 1).astype(np.float64) - k
     dk[:, :1] = 0
     pos = np.arange(lay.T)
-    from kvconvert.rope import apply_rope
+    from kvconvert.models.rope import apply_rope
     exact = _scores(lay._heads(lay.q_rot), apply_rope(lay.k_raw, pos, cal.rope_freqs, "neox")) / 8.0
     err = _scores(q.astype(np.float64), dk) / 8.0
     logp = _log_softmax(np.where(lay.mask, exact, -np.inf))
@@ -80,7 +92,7 @@ def test_two_pass_search_matches_exhaustive_allocation(cal):
         o = [Option(c, smooth) for c in k_configs(pol, cal.head_dim)]
         opts.append(o)
         errs.append([lay.k_error(x) for x in o])
-    from kvconvert.profile import sink_bits
+    from kvconvert.conversion.profile import sink_bits
     sink = sink_bits(pol.sink_tokens, cal.n_ctx)
     picks = allocate([[x.bits + sink for x in o] for o in opts], errs, pol.k_budget)
     full = sum(e[i] for e, i in zip(errs, picks))

@@ -23,10 +23,10 @@ import pytest
 
 openai = pytest.importorskip("openai")
 
-from kvconvert import fixtures  # noqa: E402
-from kvconvert.chat import ChatFormat  # noqa: E402
-from kvconvert.generate import SamplerParams, generate_tokens  # noqa: E402
-from kvconvert.runtime import ContextParams, Model  # noqa: E402
+from kvconvert.testdata import fixtures  # noqa: E402
+from kvconvert.serving.chat import ChatFormat  # noqa: E402
+from kvconvert.runtime.generate import SamplerParams, generate_tokens  # noqa: E402
+from kvconvert.runtime.engine import ContextParams, Model  # noqa: E402
 
 CTX = 1024
 GREEDY = SamplerParams(temperature=0.0, repeat_penalty=1.0)

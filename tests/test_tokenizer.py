@@ -1,4 +1,4 @@
-"""Tests of kvconvert.tokenizer (HF tokenizer.json <-> GGUF tokenizer metadata).
+"""Tests of kvconvert.formats.tokenizer (HF tokenizer.json <-> GGUF tokenizer metadata).
 
 The oracle is llama.cpp's own tokenizer (llama-cpp-python, vocab-only loads):
 real GGUFs must tokenize real text (Austen, evaluation part) identically, and
@@ -18,10 +18,10 @@ import pytest
 from gguf import TokenType
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
 
-from kvconvert import _pretok
-from kvconvert import tokenizer as T
-from kvconvert.errors import InputError, OutputError
-from kvconvert.fixtures import austen_text, qwen25_coder_gguf, smollm2_gguf
+from kvconvert.formats import _pretok
+from kvconvert.formats import tokenizer as T
+from kvconvert.base.errors import InputError, OutputError
+from kvconvert.testdata.fixtures import austen_text, qwen25_coder_gguf, smollm2_gguf
 
 # Unicode letters/digits/marks/emoji, whitespace runs, code, contractions, special tokens.
 VARIED = (

@@ -1,4 +1,4 @@
-"""TurboQuant in C against its numpy twin (kvconvert/turboquant.py): identical
+"""TurboQuant in C against its numpy twin (kvconvert/kvcache/turboquant.py): identical
 codes, scales and QJL bits; scores and decodes within float32 rounding; the
 block (query tokens × GQA group, causal) kernels against the scalar twin; and the
 TurboQuant/centering paths of the runtime on tiny models."""
@@ -14,8 +14,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from kvconvert import convert, turboquant as tq
-from kvconvert.runtime import SCALE_MODES
+from kvconvert import convert
+from kvconvert.kvcache import turboquant as tq
+from kvconvert.runtime.engine import SCALE_MODES
 
 kvc = pytest.importorskip("kvconvert._kvc", reason="native runtime not built (pip install -e .)")
 ffi, lib = kvc.ffi, kvc.lib
@@ -215,7 +216,7 @@ def test_auto_dispatch_avx512_unless_forced(tmp_path):
 
 # ---- the runtime's TurboQuant and centering paths on tiny models ----
 
-runtime = pytest.importorskip("kvconvert.runtime")
+runtime = pytest.importorskip("kvconvert.runtime.engine")
 TOKENS = [5, 17, 250, 3, 99, 42, 7, 300, 11, 12, 13, 200, 64, 1, 2, 77, 123, 8, 9, 10, 31, 32, 33, 34]
 
 
@@ -260,7 +261,7 @@ def test_tq_split_and_qjl_run(tiny_ggufs):
 
 
 def test_bad_tq_spec(tiny_ggufs):
-    from kvconvert.errors import InputError
+    from kvconvert.base.errors import InputError
 
     model = runtime.Model(tiny_ggufs["qwen2-hd64"])
     with pytest.raises(InputError, match="unknown option"):

@@ -16,12 +16,12 @@ from pathlib import Path
 import pytest
 from textual.widgets import DataTable, Input, ProgressBar
 
-from kvconvert.calibrate import calibrate
-from kvconvert.convert import convert
-from kvconvert.evaluate import EvalResult
-from kvconvert.modelcard import read_card_info
-from kvconvert.runtime import Model
-from kvconvert.search import search
+from kvconvert.conversion.calibrate import calibrate
+from kvconvert.conversion.writer import convert
+from kvconvert.runtime.evaluate import EvalResult
+from kvconvert.hub.modelcard import read_card_info
+from kvconvert.runtime.engine import Model
+from kvconvert.conversion.search import search
 from kvconvert.tui.app import KVConvertApp
 from kvconvert.tui.state import Session, load_recent, recent_path
 from tests.tiny import CORPUS
@@ -234,7 +234,7 @@ async def test_evaluate_and_share(snapenv, built, monkeypatch):
         progress(1, 1, "committed")
         return f"https://huggingface.co/{repo_id}/commit/0123abc"
 
-    monkeypatch.setattr("kvconvert.hub.push", fake_push)
+    monkeypatch.setattr("kvconvert.hub.transfer.push", fake_push)
     monkeypatch.setenv("HF_TOKEN", SECRET)
     app = KVConvertApp(session=built(), start="evaluate")
     async with app.run_test(size=SIZE) as pilot:
@@ -264,11 +264,11 @@ async def test_evaluate_and_share(snapenv, built, monkeypatch):
 
 @pilot_test
 async def test_chat_with_converted_file(snapenv, built, monkeypatch):
-    """Share → Chat: an answer streamed into the transcript is what kvconvert.chat answers for the
+    """Share → Chat: an answer streamed into the transcript is what kvconvert.serving.chat answers for the
     same conversation and sampling (greedy) on the file's own caches; Esc stops an answer; Reset clears.
-    The tiny GGUF has no chat template: kvconvert.chat's ChatML fallback applies to both sides."""
-    from kvconvert.chat import ChatSession
-    from kvconvert.runtime import ContextParams
+    The tiny GGUF has no chat template: kvconvert.serving.chat's ChatML fallback applies to both sides."""
+    from kvconvert.serving.chat import ChatSession
+    from kvconvert.runtime.engine import ContextParams
     from kvconvert.tui import chat_screen
 
     session = built()
@@ -403,7 +403,7 @@ def built(snapdir):
     """Session(...) factory with results made once by the library itself: a
     calibration on text.txt, a balanced search (no end-to-end check, so no
     timing-dependent numbers) and the converted GGUF."""
-    from kvconvert.model import load_model
+    from kvconvert.models.source import load_model
 
     with pytest.MonkeyPatch.context() as mp:
         _environ(mp, snapdir)

@@ -14,8 +14,8 @@ import math
 import numpy as np
 import pytest
 
-from kvconvert import _codebooks
-from kvconvert import turboquant as tq
+from kvconvert.kvcache import _codebooks
+from kvconvert.kvcache import turboquant as tq
 
 PUBLISHED = {1: 0.363, 2: 0.117, 3: 0.0345, 4: 0.0095}
 

@@ -13,10 +13,10 @@ from pathlib import Path
 import numpy as np
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
-from kvconvert.arch import from_hf
-from kvconvert.config import ModelArgs
-from kvconvert.model import tensor_specs
-from kvconvert.safetensors_io import write_streaming
+from kvconvert.models.arch import from_hf
+from kvconvert.models.config import ModelArgs
+from kvconvert.models.source import tensor_specs
+from kvconvert.formats.safetensors_io import write_streaming
 
 CORPUS = [
     "It is a truth universally acknowledged, that a single man in possession of a good fortune,",

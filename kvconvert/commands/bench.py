@@ -7,9 +7,9 @@ import json
 
 from rich.table import Table
 
-from ..bench import bench
-from ..progress import tqdm_progress
-from ..report import make_console
+from ..runtime.bench import bench
+from ..base.progress import tqdm_progress
+from .report import make_console
 from . import args as A
 from .common import add_cache_args
 

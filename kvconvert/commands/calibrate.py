@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import argparse
 
-from ..atomic import refuse_overwrite
-from ..calibrate import calibrate
-from ..pipeline import DEFAULT_TOKENS
-from ..progress import tqdm_progress
-from ..report import print_calibration
+from ..base.atomic import refuse_overwrite
+from ..conversion.calibrate import calibrate
+from ..conversion.pipeline import DEFAULT_TOKENS
+from ..base.progress import tqdm_progress
+from .report import print_calibration
 from . import args as A
 from .common import add_text_args, read_text_arg
 

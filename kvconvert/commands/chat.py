@@ -28,9 +28,9 @@ def configure(p: argparse.ArgumentParser) -> None:
 
 
 def session_from_args(args: argparse.Namespace, system: str | None = None):
-    from ..chat import ChatSession
-    from ..generate import SamplerParams
-    from ..runtime import ContextParams, Model
+    from ..serving.chat import ChatSession
+    from ..runtime.generate import SamplerParams
+    from ..runtime.engine import ContextParams, Model
 
     model = Model(args.model)
     sampler = SamplerParams(args.temp, args.top_k, args.top_p, args.repeat_penalty, seed=args.seed)
@@ -50,7 +50,7 @@ def answer(session, text: str, max_tokens: int) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..chat import ContextFull
+    from ..serving.chat import ContextFull
 
     session = session_from_args(args, args.system)
     tty = sys.stdin.isatty()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..runtime import CACHE_TYPES
+from ..runtime.engine import CACHE_TYPES
 from . import args as A
 
 
@@ -44,7 +44,7 @@ def add_text_args(p: argparse.ArgumentParser, required: bool, what: str, austen_
 
 def read_text_arg(args: argparse.Namespace) -> tuple[str | None, str]:
     """(text, name) from add_text_args' options; (None, "") if neither was given."""
-    from ..errors import InputError
+    from ..base.errors import InputError
 
     if getattr(args, "text", None):
         try:
@@ -52,7 +52,7 @@ def read_text_arg(args: argparse.Namespace) -> tuple[str | None, str]:
         except (OSError, UnicodeDecodeError) as e:
             raise InputError(f"{args.text}: cannot read as UTF-8 text ({e}); pass a UTF-8 text file") from None
     if getattr(args, "austen", None):
-        from .. import fixtures
+        from ..testdata import fixtures
 
         return fixtures.austen_text(args.austen), f"austen-{args.austen}"
     return None, ""

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import argparse
 
-from ..convert import WEIGHT_TYPES
-from ..patch import LAYOUTS
-from ..pipeline import DEFAULT_TOKENS, ConvertJob, convert
-from ..progress import tqdm_progress
-from ..report import print_convert_job, print_convert_result
-from ..search import DEFAULT_POLICY
+from ..conversion.writer import WEIGHT_TYPES
+from ..conversion.patch import LAYOUTS
+from ..conversion.pipeline import DEFAULT_TOKENS, ConvertJob, convert
+from ..base.progress import tqdm_progress
+from .report import print_convert_job, print_convert_result
+from ..conversion.search import DEFAULT_POLICY
 from . import args as A
 from .common import add_text_args, read_text_arg
 

@@ -17,20 +17,27 @@ import tempfile
 from pathlib import Path
 
 
-from .. import fixtures
-from ..atomic import atomic_path, refuse_overwrite
-from ..bench import bench
-from ..convert import WEIGHT_TYPES, convert
-from ..demo_table import (CacheRow, PlainCheck, cache_layout, cache_table, describe_layers, plain_check_line,
-                          summary_lines)
-from ..errors import InputError
-from ..evaluate import evaluate
-from ..import_gguf import import_gguf
-from ..paths import cache_dir
-from ..profile import Profile, load_profile
-from ..progress import start_phase, tqdm_progress
-from ..report import make_console, print_convert_result
-from ..runtime import Model
+from ..testdata import fixtures
+from ..base.atomic import atomic_path, refuse_overwrite
+from ..runtime.bench import bench
+from ..conversion.writer import WEIGHT_TYPES, convert
+from .demo_table import (
+    CacheRow,
+    PlainCheck,
+    cache_layout,
+    cache_table,
+    describe_layers,
+    plain_check_line,
+    summary_lines,
+)
+from ..base.errors import InputError
+from ..runtime.evaluate import evaluate
+from ..conversion.import_gguf import import_gguf
+from ..base.paths import cache_dir
+from ..conversion.profile import Profile, load_profile
+from ..base.progress import start_phase, tqdm_progress
+from .report import make_console, print_convert_result
+from ..runtime.engine import Model
 from . import args as A
 
 PROFILE = "smollm2-135m-balanced"

@@ -8,10 +8,10 @@ from pathlib import Path
 
 from rich.table import Table
 
-from ..atomic import refuse_overwrite
-from ..evaluate import evaluate
-from ..progress import tqdm_progress
-from ..report import make_console
+from ..base.atomic import refuse_overwrite
+from ..runtime.evaluate import evaluate
+from ..base.progress import tqdm_progress
+from .report import make_console
 from . import args as A
 from .common import add_runtime_args, add_text_args, read_text_arg
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from .. import fixtures
+from ..testdata import fixtures
 
 NAMES = [fixtures.SMOLLM2, fixtures.QWEN25_CODER, fixtures.AUSTEN]
 

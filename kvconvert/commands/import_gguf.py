@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from ..import_gguf import import_gguf
-from ..progress import tqdm_progress
+from ..conversion.import_gguf import import_gguf
+from ..base.progress import tqdm_progress
 
 
 def configure(p: argparse.ArgumentParser) -> None:

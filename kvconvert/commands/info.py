@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from ..model import load_model
-from ..report import print_model_info
+from ..models.source import load_model
+from .report import print_model_info
 
 
 def configure(p: argparse.ArgumentParser) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from ..hub import pull
+from ..hub.transfer import pull
 
 
 def configure(p: argparse.ArgumentParser) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ..hub import push
+from ..hub.transfer import push
 
 
 def configure(p: argparse.ArgumentParser) -> None:
@@ -32,7 +32,7 @@ def run(args: argparse.Namespace) -> int:
 
     profile = args.profile
     if profile is None:
-        from ..pipeline import profile_path_for
+        from ..conversion.pipeline import profile_path_for
 
         found = profile_path_for(args.gguf)
         if found.is_file():

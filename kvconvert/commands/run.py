@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ..generate import SamplerParams, generate
-from ..runtime import ContextParams, Model
+from ..runtime.generate import SamplerParams, generate
+from ..runtime.engine import ContextParams, Model
 from . import args as A
 from .common import add_runtime_args
 

@@ -5,11 +5,11 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..atomic import refuse_overwrite
-from ..errors import InputError
-from ..progress import tqdm_progress
-from ..report import print_search
-from ..search import DEFAULT_POLICY, search
+from ..base.atomic import refuse_overwrite
+from ..base.errors import InputError
+from ..base.progress import tqdm_progress
+from .report import print_search
+from ..conversion.search import DEFAULT_POLICY, search
 from . import args as A
 from .common import add_text_args, read_text_arg
 

@@ -37,7 +37,7 @@ def run(args: argparse.Namespace) -> int:
 
     import uvicorn
 
-    from ..server import make_server
+    from ..serving.server import make_server
 
     key = args.api_key if args.api_key is not None else os.environ.get("KVCONVERT_API_KEY") or None
     sock = socket.socket(socket.AF_INET6 if ":" in args.host else socket.AF_INET, socket.SOCK_STREAM)
@@ -45,7 +45,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         sock.bind((args.host, args.port))
     except OSError as e:
-        from ..errors import InputError
+        from ..base.errors import InputError
 
         raise InputError(f"cannot listen on {args.host}:{args.port}: {e.strerror or e}; choose another --port") \
             from None

@@ -13,6 +13,13 @@ def configure(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    import importlib.util
+    import sys
+
+    if importlib.util.find_spec("textual") is None:
+        print("kvconvert tui: the TUI needs Textual, an optional extra: pip install 'kvconvert[tui]' "
+              "(or pip install textual==8.2.8)", file=sys.stderr)
+        return 2
     from ..tui.app import KVConvertApp
 
     KVConvertApp(args.model).run()

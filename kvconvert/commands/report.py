@@ -1,0 +1,173 @@
+"""Human-readable summaries printed by the CLI (rich tables)."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+from rich.console import Console
+from rich.table import Table
+
+from ..conversion.writer import ConvertResult
+from ..models.source import ModelSource
+
+
+FILE_WIDTH = 120  # columns of tables written to a file or a pipe
+
+
+def make_console() -> Console:
+    """Rich on a terminal; to a file or a pipe, a layout at least FILE_WIDTH wide whatever an
+    inherited COLUMNS says (often 80), so that a table's rows do not wrap in a log."""
+    import os
+    import sys
+
+    if sys.stdout.isatty():
+        return Console()
+    try:
+        columns = int(os.environ.get("COLUMNS", "0"))
+    except ValueError:
+        columns = 0
+    return Console(width=max(FILE_WIDTH, columns))
+
+
+def _size(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
+        n /= 1024
+    return str(n)
+
+
+def print_convert_result(r: ConvertResult, console: Console | None = None) -> None:
+    console = console or make_console()
+    t = Table(title=f"wrote {r.output}", show_header=False)
+    t.add_row("source", r.source)
+    t.add_row("weights", r.weights)
+    t.add_row("tensors", f"{r.n_tensors} (" + ", ".join(f"{k} {v}" for k, v in sorted(r.types.items())) + ")")
+    t.add_row("parameters", f"{r.n_params / 1e6:.1f}M")
+    t.add_row("file size", _size(r.file_bytes))
+    console.print(t)
+
+
+def print_model_info(m: ModelSource, console: Console | None = None) -> None:
+    console = console or make_console()
+    a = m.args
+    t = Table(title=str(m.path), show_header=False)
+    t.add_row("format", m.format)
+    t.add_row("architecture", f"{a.architecture} (GGUF arch {m.arch.name})")
+    t.add_row("layers", str(a.num_hidden_layers))
+    t.add_row("hidden / FFN", f"{a.hidden_size} / {a.intermediate_size}")
+    t.add_row("heads / KV heads / head dim", f"{a.num_attention_heads} / {a.num_key_value_heads} / {a.head_dim}")
+    t.add_row("vocab", str(a.vocab_size))
+    t.add_row("RoPE θ", f"{a.rope_theta:g}" + (f" ({a.rope_scaling.rope_type})" if a.rope_scaling else ""))
+    t.add_row("tied embeddings", str(a.tie_word_embeddings))
+    t.add_row("parameters", f"{sum(_numel(s.shape) for s in m.specs) / 1e6:.1f}M")
+    if m.format == "gguf":
+        types = Counter(tt.tensor_type.name for tt in m.weights.reader.tensors)  # type: ignore[attr-defined]
+        t.add_row("tensor types", ", ".join(f"{k} {v}" for k, v in sorted(types.items())))
+    console.print(t)
+
+
+def _numel(shape: tuple[int, ...]) -> int:
+    n = 1
+    for s in shape:
+        n *= s
+    return n
+
+
+def print_calibration(cal, console: Console | None = None) -> None:
+    """Per-layer summary of a calibration: where K's energy is and how concentrated."""
+    console = console or make_console()
+    t = Table(title=f"calibration of {cal.model}: {cal.n_tokens} tokens ({cal.text_source}), chunks of {cal.n_ctx}")
+    for col in ("layer", "K energy in mean", "K top-d/4 share (centered)", "V top-d/4 share"):
+        t.add_column(col, justify="right")
+    for s in cal.layer_summary():
+        t.add_row(str(s.layer), f"{s.k_mean_share:.1%}", f"{s.k_outlier:.1%}", f"{s.v_outlier:.1%}")
+    console.print(t)
+    console.print(f"written to {cal.path}")
+
+
+def print_search(result, console: Console | None = None) -> None:
+    """The chosen per-layer configs, the candidate table and the end-to-end check."""
+    console = console or make_console()
+    p = result.profile
+    t = Table(title=f"profile {p.name} (policy {p.policy})")
+    for col in ("layer", "K cache", "V cache", "K smoothing"):
+        t.add_column(col, justify="right")
+    for l in range(p.model.n_layer):
+        sm = p.transforms.k_scale is not None and bool((abs(p.transforms.k_scale[l] - 1) > 1e-6).any())
+        t.add_row(str(l), p.k_layers[l] if p.k_layers else p.k_type, p.v_layers[l] if p.v_layers else p.v_type,
+                  "yes" if sm else "no")
+    console.print(t)
+    c = Table(title="candidates (proxy: summed attention KL over layers on the calibration windows)")
+    for col in ("config", "K bpv", "V bpv", "proxy error", "KLD", "PPL", "top-1"):
+        c.add_column(col, justify="right")
+    fmt = lambda x, f: "-" if x is None else format(x, f)  # noqa: E731
+    for r in result.candidates:
+        c.add_row(r.name, f"{r.k_bpv:.3f}", f"{r.v_bpv:.3f}", f"{r.proxy_error:.4f}", fmt(r.kld, ".5f"),
+                  fmt(r.ppl, ".3f"), fmt(r.top1, ".2%"))
+    console.print(c)
+    m = p.measured
+    if m.get("kld") is not None:
+        console.print(f"checked on {m['text']} ({m['chunks']} × {m['n_ctx']} tokens, {m['weights']} weights): "
+                      f"PPL {m['ppl']:.3f} (f16 cache {m['ppl_f16']:.3f}), KLD {m['kld']:.5f}, top-1 {m['top1']:.2%}")
+
+
+SPARK = "▁▂▃▄▅▆▇█"
+
+
+def sparkline(values: list[float], lo: float = 2.0, hi: float = 8.0) -> str:
+    """One character per value, ▁ at ``lo`` up to █ at ``hi``."""
+    n = len(SPARK) - 1
+    return "".join(SPARK[max(0, min(n, round((v - lo) / (hi - lo) * n)))] for v in values)
+
+
+def kv_mib(profile, n_ctx: int = 32768) -> tuple[float, float]:
+    """KV-cache MiB of ``profile``'s caches and of an f16 cache at n_ctx tokens (all layers, K and V)."""
+    s = profile.model
+    values = s.n_layer * s.n_head_kv * s.head_dim * n_ctx
+    kb, vb = profile.bits(n_ctx)
+    return values * (kb + vb) / 8 / 2**20, values * 32 / 8 / 2**20
+
+
+def print_convert_job(job, console: Console | None = None) -> None:
+    """What `kvconvert convert` did with a policy: the file, the chosen bits per layer, the
+    memory, the check on the written file and its verdict, where the time went."""
+    console = console or make_console()
+    print_convert_result(job, console)
+    p = job.profile
+    if p is None:
+        return
+    kc, vc = p.k_configs(), p.v_configs()
+    t = Table(title=f"KV cache profile {p.name} (policy {p.policy})")
+    for col in ("", "bits/value", "per layer (▁ 2 … █ 8 bits)", "range"):
+        t.add_column(col)
+    kb, vb = p.bits(32768)
+    for label, cfgs, mean, kind in (("K", kc, kb, p.k_type), ("V", vc, vb, p.v_type)):
+        if cfgs:
+            bits = [c.bits_per_value() for c in cfgs]
+            t.add_row(label, f"{mean:.2f}", sparkline(bits), f"{min(bits):.2f}–{max(bits):.2f}")
+        else:
+            t.add_row(label, f"{mean:.2f}", kind, "")
+    console.print(t)
+    mib, f16 = kv_mib(p)
+    console.print(f"KV cache at a 32k context: {mib:.0f} MiB (f16: {f16:.0f} MiB, {f16 / mib:.1f}× smaller)")
+    c = job.check
+    if c is not None:
+        r = Table(title=f"check of the written file: {c.chunks} × {c.n_ctx} tokens, {c.text}")
+        for col in ("cache", "PPL", "KLD vs f16 cache", "top-1 agreement"):
+            r.add_column(col, justify="right")
+        r.add_row("f16 K / f16 V", f"{c.ppl_f16:.3f}", "0", "100%")
+        r.add_row(f"profile ({kb:.2f} / {vb:.2f} bpv)", f"{c.ppl:.3f}", f"{c.kld:.5f} ± {c.kld_err:.5f}",
+                  f"{c.top1:.1%}")
+        console.print(r)
+    if len(job.attempts) > 1:
+        for i, a in enumerate(job.attempts):
+            kld = "-" if a.check is None else f"{a.check.kld:.5f}"
+            console.print(f"  attempt {i + 1}: budget K {a.k_budget:g} / V {a.v_budget if a.v_budget else 'f16'} "
+                          f"→ {a.k_bpv:.2f} / {a.v_bpv:.2f} bpv, KLD {kld}")
+    console.print(f"verdict: {job.verdict}")
+    if job.timings:
+        console.print("time: " + ", ".join(f"{k} {v:.0f} s" for k, v in job.timings.items()) +
+                      f" (total {sum(job.timings.values()):.0f} s)")
+    if job.profile_path is not None:
+        console.print(f"profile written to {job.profile_path} (used by `kvconvert push` and reruns)")

@@ -1,0 +1,514 @@
+"""Search (docs/design.md §5): per-layer K and V cache configs under a bits budget.
+
+1. Candidates per layer: uniform TurboQuant b bits, outlier splits (hi group =
+   the d/8, d/4 or d/2 channels of the highest-energy RoPE pairs), optionally QJL, each with
+   and without K→Q smoothing; K is always mean-centered (exact, docs/design.md §2).
+2. Proxy error per candidate, measured by replaying the calibration windows
+   through the numpy twin of the cache (turboquant.py): K — mean KL divergence
+   between softmax(q·k/√d) with exact and with quantized keys, over every causal
+   query, head and window; V — relative error of the attention output. The
+   policy's sink positions (the first of each window) stay exact, as the
+   runtime keeps them (kv_cache.c: one attention sink moves whole rows).
+3. Allocation: the per-layer choice minimising the summed proxy error with mean
+   bits per value ≤ budget (exact multiple-choice knapsack on the layer bit
+   costs, all overheads counted — the f16 sinks spread over the calibration
+   context too).
+4. End-to-end check of the winner on held-out text: KLD, top-1 agreement and
+   PPL against the f16-cache run of the same converted file.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import threading
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+
+from ..kvcache import turboquant as tq
+from .calibrate import Calibration
+from ..base.errors import InputError
+from .profile import ModelShape, Policy, Profile, Transforms, load_profile, sink_bits
+from ..base.progress import ProgressFn, check_cancel, start_phase
+from ..models.rope import apply_rope
+from ..runtime.engine import TQ_SEED as SEED
+from ..runtime.engine import tq_roundtrip
+
+DEFAULT_POLICY = "balanced"
+SMOOTH_CLAMP = 8.0  # smoothing scales stay in [1/8, 8]
+MIN_QUERY = 4  # queries attending to fewer keys are not scored (their softmax is nearly exact)
+
+
+@dataclass(frozen=True)
+class Option:
+    """One per-layer choice: a TurboQuant config and whether K→Q smoothing is applied."""
+
+    cfg: tq.KConfig
+    smooth: bool = False
+    center: bool = True
+
+    @property
+    def bits(self) -> float:
+        return self.cfg.bits_per_value()
+
+
+@dataclass
+class Candidate:
+    """A row of the candidate table (whole-model configurations)."""
+
+    name: str
+    k_bpv: float
+    v_bpv: float
+    proxy_error: float
+    kld: float | None = None
+    ppl: float | None = None
+    top1: float | None = None
+
+
+@dataclass
+class SearchResult:
+    profile: Profile
+    candidates: list[Candidate] = field(default_factory=list)
+    k_errors: list[dict[str, float]] = field(default_factory=list)  # per layer: option label → proxy error
+    v_errors: list[dict[str, float]] = field(default_factory=list)
+    # what rebudget() needs to re-run the allocation without measuring again
+    policy: Policy | None = None
+    k_options: list[list[Option]] = field(default_factory=list)  # per layer, the measured K options
+    v_options: list[tuple[tq.KConfig, bool]] = field(default_factory=list)  # measured (config, centered) V options
+    scales: np.ndarray | None = None
+    order: np.ndarray | None = None
+
+
+def _label(o: Option) -> str:
+    return o.cfg.spec() + ("+smooth" if o.smooth else "") + ("" if o.center else "+nocenter")
+
+
+# -- transforms computed from the statistics ----------------------------------------
+
+def smoothing_scales(cal: Calibration) -> np.ndarray:
+    """Per-pair K→Q scales s (L, Hk, P): K pair j is divided by s_j, Q multiplied.
+
+    Score error of a rotated quantizer ≈ E‖q∘s‖²·E‖k/s‖²·D_b/d, minimised by
+    s_j² = sqrt(E k_j² / E q_j²) (centered K energy per pair); normalised to a
+    geometric mean of 1 and clamped to [1/8, 8]."""
+    ek = Calibration.pairs(cal.k_energy(True))
+    eq = Calibration.pairs(cal.q_energy())
+    floor = 1e-12 * (ek.mean(-1, keepdims=True) + eq.mean(-1, keepdims=True))
+    s = ((ek + floor) / (eq + floor)) ** 0.25
+    s = s / np.exp(np.log(s).mean(-1, keepdims=True))
+    return np.clip(s, 1 / SMOOTH_CLAMP, SMOOTH_CLAMP)
+
+
+def pair_order(cal: Calibration, scales: np.ndarray | None) -> np.ndarray:
+    """(L, P) pairs by decreasing centered (smoothed) K energy summed over KV heads."""
+    e = Calibration.pairs(cal.k_energy(True))
+    if scales is not None:
+        e = e / scales ** 2
+    return np.argsort(-e.sum(1), axis=-1, kind="stable").astype(np.int32)
+
+
+def pair_channels(order: np.ndarray) -> np.ndarray:
+    """HF channel permutation (..., d) placing pair order[0]'s two channels first, etc."""
+    P = order.shape[-1]
+    return np.stack([order, order + P], axis=-1).reshape(*order.shape[:-1], 2 * P)
+
+
+# -- proxy errors --------------------------------------------------------------------
+
+# Scored (query, key) pairs per layer and window set: the proxy's cost per candidate is bounded by this,
+# whatever the model's head count (a 7B scores fewer query rows per head than a 135M).
+PROXY_PAIRS = 1 << 21
+
+
+class _Layer:
+    """Post-RoPE windows of one layer, ready for replaying candidate caches.
+
+    Scored queries: up to ``n_rows`` positions per window, evenly spread from
+    MIN_QUERY on (every other one when the budget allows), all query heads.
+    Arrays are float32 and laid out (W, Hk, rep·nq, ·) so each score and mix
+    step is one BLAS matmul per (window, KV head)."""
+
+    def __init__(self, cal: Calibration, layer: int, scales: np.ndarray, order: np.ndarray, n_sink: int = 0,
+                 max_pairs: int = PROXY_PAIRS):
+        self.cal, self.l, self.n_sink = cal, layer, n_sink
+        W, _, T, H, d = cal.win_q.shape
+        Hk = cal.n_head_kv
+        self.rep, self.d, self.T, self.Hk = H // Hk, d, T, Hk
+        self.rows = query_rows(T, max(1, max_pairs // (W * H * T)))
+        pos = np.arange(T)
+        q = apply_rope(cal.win_q[:, layer, self.rows].astype(np.float64), self.rows, cal.rope_freqs, "neox")
+        self.q_rot = q  # (W, nq, H, d) float64
+        k = cal.win_k[:, layer].astype(np.float64)  # (W, T, Hk, d)
+        exact = _scores(self._heads(q), apply_rope(k, pos, cal.rope_freqs, "neox")) / np.sqrt(d)
+        self.mask = np.tile(self.rows[:, None] >= pos[None, :], (self.rep, 1))  # (rep·nq, T)
+        logp = _log_softmax(np.where(self.mask, exact, -np.inf))
+        self.p = np.where(self.mask, np.exp(logp), 0).astype(np.float32)  # (W, Hk, rep·nq, T)
+        self.k_raw, self.pos = k, pos
+        self.scales, self.perm = scales[layer], pair_channels(order[layer])
+        self.v = cal.win_v[:, layer].astype(np.float32)  # (W, T, Hk, d)
+        self._kcache: dict[tuple[bool, bool], tuple[np.ndarray, np.ndarray]] = {}
+
+    def _heads(self, q: np.ndarray) -> np.ndarray:
+        """(W, nq, H, d) → (W, Hk, rep·nq, d): the query rows of each KV head's group together."""
+        W, nq = q.shape[:2]
+        return q.reshape(W, nq, self.Hk, self.rep, self.d).transpose(0, 2, 3, 1, 4).reshape(
+            W, self.Hk, self.rep * nq, self.d)
+
+    def _keys(self, smooth: bool, center: bool) -> tuple[np.ndarray, np.ndarray]:
+        """Queries (W, Hk, rep·nq, d) and (centered, smoothed) post-RoPE keys (W, T, Hk, d),
+        permuted, float32: what the cache sees."""
+        if (smooth, center) not in self._kcache:
+            s = np.concatenate([self.scales, self.scales], -1) if smooth else np.ones((self.Hk, self.d))
+            kc = (self.k_raw - (self.cal.k_mean[self.l] if center else 0)) / s
+            kr = apply_rope(kc, self.pos, self.cal.rope_freqs, "neox")
+            W, nq = self.q_rot.shape[:2]
+            q = self.q_rot.reshape(W, nq, self.Hk, self.rep, self.d) * s[None, None, :, None, :]
+            q = self._heads(q.reshape(W, nq, self.Hk * self.rep, self.d))
+            self._kcache[(smooth, center)] = (np.ascontiguousarray(q[..., self.perm], np.float32),
+                                              np.ascontiguousarray(kr[..., self.perm], np.float32))
+        return self._kcache[(smooth, center)]
+
+    def k_error(self, o: Option) -> float:
+        """Mean KL(softmax(exact scores) ‖ softmax(scores with quantized keys)) over the scored rows.
+
+        With e the score error and p the exact attention, KL = log Σ p·exp(e) − Σ p·e
+        (the log-partition terms cancel), so no softmax of the perturbed scores is needed."""
+        q, k = self._keys(o.smooth, o.center)
+        dk = _roundtrip(k, o.cfg, self.l) - k
+        dk[:, :self.n_sink] = 0  # sink positions are kept exactly (windows start a sequence)
+        e = _scores(q, dk)
+        e *= np.float32(1 / np.sqrt(self.d))
+        m = e.max(-1, keepdims=True)
+        kl = np.log((self.p * np.exp(e - m)).sum(-1)) + m[..., 0] - (self.p * e).sum(-1)
+        return float(np.maximum(kl, 0).mean(dtype=np.float64))
+
+    def v_error(self, cfg: tq.KConfig, center: bool) -> float:
+        mu = self.cal.v_mean[self.l].astype(np.float32) if center else np.float32(0)
+        vc = self.v - mu
+        v_hat = _roundtrip(vc, cfg, self.l)
+        v_hat[:, :self.n_sink] = vc[:, :self.n_sink]
+        out, diff = _mix(self.p, self.v), _mix(self.p, v_hat - vc)
+        return float((diff.astype(np.float64) ** 2).sum() / max((out.astype(np.float64) ** 2).sum(), 1e-30))
+
+
+def _roundtrip(x: np.ndarray, cfg: tq.KConfig, layer: int) -> np.ndarray:
+    """What the cache reconstructs of x (float32): the C kernels, or the numpy twin when the
+    config has QJL (its inner-product correction lives in the numpy decode only)."""
+    if cfg.qjl_hi or cfg.qjl_lo:
+        return tq.decode(tq.encode(x, cfg, SEED, layer), cfg, SEED, layer).astype(np.float32)
+    return tq_roundtrip(x, cfg, SEED, layer)
+
+
+def query_rows(T: int, n: int) -> np.ndarray:
+    """Up to n scored query positions in [MIN_QUERY, T), evenly spread (at most every other one:
+    neighbouring queries add little)."""
+    n = max(1, min(n, (T - MIN_QUERY + 1) // 2))
+    return np.unique(np.linspace(MIN_QUERY, T - 1, n).round().astype(np.int64))
+
+
+def _scores(q: np.ndarray, k: np.ndarray) -> np.ndarray:
+    """q (W, Hk, R, d) · k (W, T, Hk, d) → (W, Hk, R, T), one matmul per (window, KV head)."""
+    return q @ np.ascontiguousarray(k.transpose(0, 2, 3, 1))
+
+
+def _mix(p: np.ndarray, v: np.ndarray) -> np.ndarray:
+    """p (W, Hk, R, T) · v (W, T, Hk, d) → (W, Hk, R, d)."""
+    return p @ np.ascontiguousarray(v.transpose(0, 2, 1, 3))
+
+
+def _log_softmax(x: np.ndarray) -> np.ndarray:
+    m = np.max(x, axis=-1, keepdims=True)
+    return x - m - np.log(np.exp(x - m).sum(-1, keepdims=True))
+
+
+def k_configs(policy: Policy, d: int) -> list[tq.KConfig]:
+    """Candidate K configs: uniform b bits; splits (the d/8, d/4 or d/2 channels of the
+    highest-energy pairs at b+1 or b+2 bits, the rest at b); QJL variants."""
+    cfgs = [tq.KConfig(d=d, lo_bits=b, hi_bits=b) for b in policy.k_bits]
+    if policy.splits:
+        cfgs += [tq.KConfig(d=d, n_hi=hi, hi_bits=b + dh, lo_bits=b) for hi in (d // 8, d // 4, d // 2)
+                 for b in policy.k_bits for dh in (1, 2) if b + dh <= tq.MAX_BITS and b <= tq.MAX_LO_BITS]
+    if policy.qjl:
+        cfgs += [tq.KConfig(d=d, lo_bits=b, hi_bits=b, qjl_lo=True, qjl_hi=True) for b in policy.k_bits if b >= 2]
+        if policy.splits:
+            cfgs += [tq.KConfig(d=d, n_hi=d // 4, hi_bits=b + 2, lo_bits=b, qjl_lo=True)
+                     for b in policy.k_bits if b >= 2]
+    return list(dict.fromkeys(cfgs))
+
+
+# -- allocation ----------------------------------------------------------------------
+
+def allocate(costs: list[list[float]], errors: list[list[float]], budget: float) -> list[int]:
+    """Per-layer option indices minimising Σ error with mean cost ≤ budget (exact DP).
+
+    costs[l][i] are bits per value; they are multiples of 1/256 for every config
+    (codes + 16-bit scales over d ≤ 512 values), so the DP runs on 1/256 units."""
+    L = len(costs)
+    unit = 256
+    c = [np.rint(np.asarray(cl) * unit).astype(np.int64) for cl in costs]
+    cap = int(np.floor(budget * L * unit + 1e-6))
+    if sum(int(cl.min()) for cl in c) > cap:
+        need = sum(min(cl) for cl in costs) / L
+        raise InputError(f"a budget of {budget:g} bits per value is below the minimum {need:.3f} of the "
+                         "candidate configs; raise the budget or allow fewer bits (policy k_bits/v_bits)")
+    INF = np.inf
+    dp = np.full(cap + 1, INF)
+    dp[0] = 0.0
+    choice = np.zeros((L, cap + 1), dtype=np.int32)
+    for l in range(L):
+        new = np.full(cap + 1, INF)
+        for i, (ci, ei) in enumerate(zip(c[l], errors[l])):
+            if ci > cap:
+                continue
+            cand = np.full(cap + 1, INF)
+            cand[ci:] = dp[:cap + 1 - ci] + ei
+            better = cand < new
+            new[better] = cand[better]
+            choice[l][better] = i
+        dp = new
+    u = int(np.argmin(dp))
+    picks = [0] * L
+    for l in range(L - 1, -1, -1):
+        picks[l] = int(choice[l][u])
+        u -= int(c[l][picks[l]])
+    return picks
+
+
+# -- the search ----------------------------------------------------------------------
+
+def resolve_policy(policy: str | Policy, k_budget: float | None, v_budget: float | None) -> Policy:
+    if isinstance(policy, str):
+        got = load_profile(policy)
+        if not isinstance(got, Policy):
+            raise InputError(f"{policy!r} is a calibrated profile, not a policy; pass it to convert --profile")
+        policy = got
+    kw = {}
+    if k_budget is not None:
+        kw["k_budget"] = float(k_budget)
+    if v_budget is not None:  # 0: V stays f16
+        kw["v_budget"] = float(v_budget) if v_budget > 0 else None
+    return replace(policy, **kw) if kw else policy
+
+
+def split_configs(policy: Policy, d: int, lo_bits: tuple[int, ...]) -> list[tq.KConfig]:
+    """The non-uniform K configs of k_configs() whose lo group has one of ``lo_bits`` bits
+    (outlier splits, QJL variants)."""
+    return [c for c in k_configs(policy, d) if (c.n_hi or c.qjl_hi or c.qjl_lo) and c.lo_bits in lo_bits]
+
+
+class _LayerSearch:
+    """The measured options of one layer, filled in two passes.
+
+    Pass 1: K→Q smoothing and V centering are decided on a probe config (the
+    policy's median bits), then every uniform K width and every V width is
+    measured. Pass 2, once a budget allocation over uniform widths has put layer
+    l at b_l bits: outlier splits with lo bits b_l − 1 and b_l (the ones that
+    can beat uniform near that cost). Options far from any layer's operating
+    point are never measured: about 20 proxy evaluations per layer instead of 37."""
+
+    def __init__(self, cal: Calibration, pol: Policy, l: int, scales: np.ndarray, order: np.ndarray,
+                 v_cfgs: list[tq.KConfig]):
+        self.cal, self.pol, self.l, self.scales, self.order, self.v_cfgs = cal, pol, l, scales, order, v_cfgs
+        self.smooth = False
+        self.opts: list[Option] = []
+        self.errs: dict[str, float] = {}
+        self.verrs: dict[str, float] = {}
+
+    def _layer(self) -> _Layer:
+        # built again for pass 2 rather than kept from pass 1: ~0.15 s per layer against ~15 MB per layer
+        # held for the whole search (a 7B's 28 layers would hold ~0.4 GB)
+        return _Layer(self.cal, self.l, self.scales, self.order, self.pol.sink_tokens)
+
+    def pass1(self) -> None:
+        pol, d, lay = self.pol, self.cal.head_dim, self._layer()
+        probe = tq.KConfig(d=d, lo_bits=sorted(pol.k_bits)[len(pol.k_bits) // 2])
+        if pol.smoothing:  # smoothing on for the layer if it lowers the error of the probe config
+            for sm in (True, False):
+                self.errs[_label(Option(probe, sm))] = lay.k_error(Option(probe, sm))
+            self.smooth = self.errs[_label(Option(probe, True))] < self.errs[_label(Option(probe))]
+        self._measure(lay, [tq.KConfig(d=d, lo_bits=b, hi_bits=b) for b in pol.k_bits])
+        if self.v_cfgs:
+            vprobe = self.v_cfgs[len(self.v_cfgs) // 2]
+            for ctr in (True, False):
+                self.verrs[_v_label(vprobe, ctr)] = lay.v_error(vprobe, ctr)
+            center = self.verrs[_v_label(vprobe, True)] <= self.verrs[_v_label(vprobe, False)]
+            for cfg in self.v_cfgs:
+                if _v_label(cfg, center) not in self.verrs:
+                    self.verrs[_v_label(cfg, center)] = lay.v_error(cfg, center)
+
+    def pass2(self, uniform_bits: int) -> None:
+        lo = tuple(b for b in (uniform_bits - 1, uniform_bits) if b >= 1)
+        cfgs = split_configs(self.pol, self.cal.head_dim, lo)
+        if cfgs:
+            self._measure(self._layer(), cfgs)
+
+    def _measure(self, lay: _Layer, cfgs: list[tq.KConfig]) -> None:
+        for c in cfgs:
+            o = Option(c, self.smooth)
+            if _label(o) not in self.errs:
+                self.errs[_label(o)] = lay.k_error(o)
+            if o not in self.opts:
+                self.opts.append(o)
+
+
+def _workers(n_threads: int) -> int:
+    return n_threads if n_threads > 0 else (os.cpu_count() or 1)
+
+
+def _v_label(cfg: tq.KConfig, center: bool) -> str:
+    return cfg.spec() + ("+center" if center else "")
+
+
+def search(calib: Calibration | str | os.PathLike, *, policy: str | Policy = DEFAULT_POLICY,
+           k_budget: float | None = None, v_budget: float | None = None, eval_text: str | None = None,
+           check: bool = True, model: str | os.PathLike | None = None, n_chunks: int | None = None,
+           n_threads: int = 0, progress: ProgressFn | None = None,
+           cancel: threading.Event | None = None) -> SearchResult:
+    """Choose per-layer K/V configs for a calibration under the policy's budgets.
+
+    check: convert the model (``model``, default the calibrated one) with the
+    profile and measure it on ``eval_text`` (default: the calibration's held-out
+    chunks) against the f16-cache run; the numbers go to profile.measured."""
+    cal = calib if isinstance(calib, Calibration) else Calibration.load(calib)
+    pol = resolve_policy(policy, k_budget, v_budget)
+    if check and eval_text is None and len(cal.holdout) == 0:  # refuse before the long part
+        raise InputError(f"{cal.path or 'the calibration'} has no held-out chunks to check the profile on; "
+                         "give a check text (--text FILE or --austen eval) or skip the check (--no-check)")
+    L, d = cal.n_layer, cal.head_dim
+    check_budgets(pol, d, cal.n_ctx)
+    scales = smoothing_scales(cal)
+    order = pair_order(cal, scales if pol.smoothing else None)
+    v_cfgs = [tq.KConfig(d=d, lo_bits=b, hi_bits=b) for b in pol.v_bits] if pol.v_budget is not None else []
+    layers = [_LayerSearch(cal, pol, l, scales, order, v_cfgs) for l in range(L)]
+    start_phase(progress, "search", "layer")
+    done = [0.0]
+
+    def run(passes, what: str) -> None:
+        """Run the layers' passes on a thread pool (numpy and the C kernels release the GIL)."""
+        pool = ThreadPoolExecutor(max_workers=_workers(n_threads))
+        try:
+            for f in as_completed([pool.submit(fn) for fn in passes]):
+                f.result()
+                check_cancel(cancel)
+                done[0] += 0.5
+                if progress:
+                    progress(done[0], L, what)
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)  # on an error or a cancel: drop the queued layers
+
+    run([ls.pass1 for ls in layers], "pass 1: uniform widths, V")
+    uniform = rebudget(SearchResult(None, k_errors=[ls.errs for ls in layers],  # type: ignore[arg-type]
+                                    v_errors=[ls.verrs for ls in layers], policy=pol,
+                                    k_options=[ls.opts for ls in layers], scales=scales, order=order), cal)
+    bits = [c.lo_bits for c in uniform.profile.k_configs() or []]
+    run([lambda ls=ls, b=b: ls.pass2(b) for ls, b in zip(layers, bits)], "pass 2: outlier splits")
+    k_opts, k_err, v_err = [ls.opts for ls in layers], [ls.errs for ls in layers], [ls.verrs for ls in layers]
+    v_opts = [(c, ctr) for c in v_cfgs for ctr in (False, True)]
+    result = SearchResult(None, k_errors=k_err, v_errors=v_err, policy=pol,  # type: ignore[arg-type]
+                          k_options=k_opts, v_options=v_opts, scales=scales, order=order)
+    result = rebudget(result, cal)
+    if check:
+        measure(result.profile, model or cal.model, cal, eval_text=eval_text, n_chunks=n_chunks,
+                n_threads=n_threads, progress=progress, cancel=cancel)
+        best = result.candidates[0]
+        m = result.profile.measured
+        best.kld, best.ppl, best.top1 = m.get("kld"), m.get("ppl"), m.get("top1")
+    return result
+
+
+def check_budgets(pol: Policy, d: int, n_ctx: int) -> None:
+    """Refuse budgets below the cheapest candidate config (uniform at the fewest bits), before measuring."""
+    sink = sink_bits(pol.sink_tokens, n_ctx)
+    for kind, budget, bits in (("K", pol.k_budget, pol.k_bits), ("V", pol.v_budget, pol.v_bits)):
+        if budget is None:
+            continue
+        least = tq.KConfig(d=d, lo_bits=min(bits), hi_bits=min(bits)).bits_per_value() + sink
+        if not budget >= least - 1e-9:
+            raise InputError(f"a {kind} budget of {budget:g} bits per value is below the minimum {least:.3f} of the "
+                             f"candidate configs ({min(bits)}-bit codes, scales and the sink at {n_ctx} tokens); "
+                             "raise the budget or allow fewer bits (policy k_bits/v_bits)")
+
+
+def rebudget(result: SearchResult, cal: Calibration, k_budget: float | None = None,
+             v_budget: float | None = None) -> SearchResult:
+    """The allocation of ``result``'s measured errors under new budgets (None: the policy's),
+    without measuring anything again: cheap. Returns a new SearchResult."""
+    pol = resolve_policy(result.policy, k_budget, v_budget)  # type: ignore[arg-type]
+    L = cal.n_layer
+    sink = sink_bits(pol.sink_tokens, cal.n_ctx)  # the f16 sinks are part of the budget at the calibration context
+    k_opts, k_err = result.k_options, result.k_errors
+    k_pick = allocate([[o.bits + sink for o in opts] for opts in k_opts],
+                      [[e[_label(o)] for o in opts] for e, opts in zip(k_err, k_opts)], pol.k_budget)
+    k_choice = [opts[i] for opts, i in zip(k_opts, k_pick)]
+    v_choice: list[tuple[tq.KConfig, bool]] = []
+    if pol.v_budget is not None and result.v_options:
+        per_layer = [[(c, ctr) for c, ctr in result.v_options if _v_label(c, ctr) in e] for e in result.v_errors]
+        v_pick = allocate([[c.bits_per_value() + sink for c, _ in opts] for opts in per_layer],
+                          [[e[_v_label(c, ctr)] for c, ctr in opts] for e, opts in zip(result.v_errors, per_layer)],
+                          pol.v_budget)
+        v_choice = [opts[i] for opts, i in zip(per_layer, v_pick)]
+    assert L == len(k_choice)
+    prof = _profile(cal, pol, k_choice, v_choice, result.scales, result.order)
+    out = replace(result, profile=prof, policy=pol)
+    out.candidates = _uniform_candidates(cal, pol, k_err, k_choice, prof)
+    return out
+
+
+def _profile(cal: Calibration, pol: Policy, k_choice: list[Option], v_choice, scales, order) -> Profile:
+    L, Hk, d = cal.n_layer, cal.n_head_kv, cal.head_dim
+    s = np.where(np.asarray([o.smooth for o in k_choice])[:, None, None], scales, 1.0)
+    mean = cal.k_mean / np.concatenate([s, s], -1)
+    v_mean = None
+    if v_choice and any(ctr for _, ctr in v_choice):
+        v_mean = np.where(np.asarray([ctr for _, ctr in v_choice])[:, None, None], cal.v_mean, 0.0)
+    tr = Transforms(k_mean=mean.astype(np.float32), k_scale=s.astype(np.float32), pair_order=order.astype(np.int32),
+                    v_mean=None if v_mean is None else v_mean.astype(np.float32))
+    shape = ModelShape(Path(cal.model).name, cal.arch, L, cal.n_head, Hk, d)
+    prof = Profile(name=f"{shape.name.removesuffix('.gguf')}-{pol.name}", model=shape, k_type="tq",
+                   v_type="tq" if v_choice else "f16", k_layers=[o.cfg.spec() for o in k_choice],
+                   v_layers=[c.spec() for c, _ in v_choice], transforms=tr, policy=pol.name,
+                   provenance={"model": cal.model, "fingerprint": cal.fingerprint, "text": cal.text_source,
+                               "text_sha256": cal.text_sha256, "tokens": cal.n_tokens, "n_ctx": cal.n_ctx,
+                               "calibration": str(cal.path) if cal.path else None},
+                   sink_tokens=pol.sink_tokens)
+    kb, vb = prof.bits(cal.n_ctx)
+    prof.measured = {"k_bpv": round(kb, 4), "v_bpv": round(vb, 4), "bpv_n_ctx": cal.n_ctx}
+    return prof
+
+
+def _uniform_candidates(cal, pol, k_err, k_choice: list[Option], prof: Profile) -> list[Candidate]:
+    """The chosen profile first, then uniform K configs for comparison (proxy errors summed over layers)."""
+    kb, vb = prof.bits(cal.n_ctx)
+    rows = [Candidate(prof.name, kb, vb, sum(e[_label(o)] for e, o in zip(k_err, k_choice)))]
+    for b in pol.k_bits:
+        cfg = tq.KConfig(d=cal.head_dim, lo_bits=b, hi_bits=b)
+        err = sum(e.get(_label(Option(cfg)), e.get(_label(Option(cfg, True)), np.nan)) for e in k_err)
+        rows.append(Candidate(f"uniform tq{b} K", cfg.bits_per_value() + sink_bits(pol.sink_tokens, cal.n_ctx), vb,
+                              err))
+    return rows
+
+
+def measure(prof: Profile, model: str | os.PathLike, cal: Calibration | None = None, *, eval_text: str | None = None,
+            n_ctx: int | None = None, n_chunks: int | None = None, n_threads: int = 0,
+            progress: ProgressFn | None = None, cancel: threading.Event | None = None) -> dict:
+    """Convert ``model`` with ``prof`` to a temporary f16 GGUF and check it (check.check_file) on
+    ``eval_text`` or the calibration's held-out chunks; fills prof.measured and returns it.
+    (`kvconvert convert` checks the file it writes instead.)"""
+    from .check import check_file, holdout_tokens
+    from .writer import convert
+
+    if eval_text is None and (cal is None or len(cal.holdout) == 0):
+        raise InputError("no held-out text to check the profile on; give a check text (--text FILE)")
+    n_ctx = n_ctx or (cal.n_ctx if cal else 512)
+    with tempfile.TemporaryDirectory(prefix="kvconvert-check-") as tmp:
+        out = Path(tmp) / "check.gguf"
+        convert(model, out, weights="f16", profile=prof, cancel=cancel)
+        kw = dict(text=eval_text) if eval_text is not None else \
+            dict(token_ids=holdout_tokens(cal), text_name="calibration held-out chunks")
+        res = check_file(out, n_ctx=n_ctx, n_chunks=n_chunks, n_threads=n_threads, weights="f16",
+                         progress=progress, cancel=cancel, **kw)
+    prof.measured.update({k: v for k, v in res.to_dict().items() if k not in ("max_kld", "passed")})
+    return prof.measured

@@ -1,0 +1,175 @@
+"""Hugging Face model (or GGUF) → GGUF, the way llama.cpp's converter writes it.
+
+Tensors are streamed: the header and tensor table are written from shapes
+alone, then each tensor is loaded (mmap), put in GGUF row order, quantized and
+written before the next is touched. Output goes to a temporary file renamed
+into place only when complete.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+import gguf
+import numpy as np
+
+from .._version import __version__
+from ..models.arch.base import TensorSpec
+from ..base.atomic import atomic_path, check_parent, refuse_overwrite
+from ..base.errors import InputError, OutputError
+from ..formats.gguf_keys import SCHEMA_VERSION, Keys
+from ..models.source import ModelSource, load_model
+from ..base.progress import ProgressFn, check_cancel, start_phase
+
+MIB = float(1 << 20)
+Q = gguf.GGMLQuantizationType
+FT = gguf.LlamaFileType
+
+# --weights choice -> (type of 2-D weights, file_type written to general.file_type)
+WEIGHT_TYPES: dict[str, tuple[Q, FT]] = {
+    "f32": (Q.F32, FT.ALL_F32),
+    "f16": (Q.F16, FT.MOSTLY_F16),
+    "bf16": (Q.BF16, FT.MOSTLY_BF16),
+    "q8_0": (Q.Q8_0, FT.MOSTLY_Q8_0),
+    "q4_0": (Q.Q4_0, FT.MOSTLY_Q4_0),
+}
+
+
+@dataclass
+class ConvertResult:
+    output: Path
+    weights: str
+    n_tensors: int
+    n_params: int
+    file_bytes: int
+    types: dict[str, int]  # GGML type name -> tensor count
+    source: str
+
+
+def tensor_type(spec: TensorSpec, weights: str) -> Q:
+    """GGML type of one tensor: 1-D stays F32; matrices take the requested type.
+
+    Quantized types need rows divisible by the block size, else F16 (as
+    llama.cpp's converter falls back). With q4_0, the token embedding and output
+    matrices are kept at Q8_0: they are the most sensitive weights, and llama.cpp's
+    own Q4_0 recipe also keeps the output at higher precision.
+    """
+    qtype = WEIGHT_TYPES[weights][0]
+    if len(spec.shape) == 1:
+        return Q.F32
+    if qtype in (Q.Q8_0, Q.Q4_0):
+        if spec.shape[-1] % gguf.GGML_QUANT_SIZES[qtype][0]:
+            return Q.F16
+        if qtype == Q.Q4_0 and spec.gguf in ("token_embd.weight", "output.weight"):
+            return Q.Q8_0
+    return qtype
+
+
+def _encode(x: np.ndarray, qtype: Q) -> np.ndarray:
+    if qtype == Q.F32:
+        return np.ascontiguousarray(x, dtype=np.float32)
+    if qtype == Q.F16:
+        return np.ascontiguousarray(x, dtype=np.float16)
+    return gguf.quants.quantize(np.ascontiguousarray(x, dtype=np.float32), qtype)
+
+
+def _nbytes(shape: tuple[int, ...], qtype: Q) -> int:
+    block, size = gguf.GGML_QUANT_SIZES[qtype]
+    return int(np.prod(shape, dtype=np.int64)) // block * size
+
+
+def write_metadata(w: gguf.GGUFWriter, src: ModelSource, weights: str, name: str, kv_meta=None,
+                   arch=None) -> None:
+    w.add_type(gguf.GGUFType.MODEL)
+    w.add_name(name)
+    (arch or src.arch).write_gguf_params(w, src.args)
+    w.add_file_type(WEIGHT_TYPES[weights][1])
+    if weights in ("q8_0", "q4_0"):
+        w.add_quantization_version(gguf.GGML_QUANT_VERSION)
+    from ..formats.tokenizer import add_to_gguf
+
+    add_to_gguf(w, src.tokenizer_spec())
+    w.add_uint32(Keys.KVConvert.SCHEMA_VERSION, SCHEMA_VERSION)
+    w.add_string(Keys.KVConvert.VERSION, __version__)
+    w.add_string(Keys.KVConvert.SOURCE, name)
+    w.add_string(Keys.KVConvert.SOURCE_FORMAT, src.format)
+    if kv_meta is not None:
+        kv_meta.add_to_gguf(w)
+
+
+def check_output(src: ModelSource, output: Path, inputs=()) -> None:
+    """Refuse an output that cannot be written or would touch the input (the model's file or
+    directory, and ``inputs``: e.g. the path the user gave) — before any long work."""
+    refuse_overwrite(output, [src.path, *inputs])
+    if output.exists() and output.is_dir():
+        raise OutputError(f"cannot write {output}: it is a directory; give a .gguf file path")
+    check_parent(output)
+
+
+def convert(model: str | os.PathLike | ModelSource, output: str | os.PathLike, *, weights: str = "f16",
+            profile=None, layout: str = "portable", kv_meta=None, progress: ProgressFn | None = None,
+            cancel: threading.Event | None = None, phase: str = "write") -> ConvertResult:
+    """Write ``model`` (HF dir, GGUF or repo id) as a GGUF at ``output``.
+
+    profile: None — a plain conversion (``kv_meta``, a kvmeta.CacheMeta, may still
+    describe caches); a calibrated Profile (or its name/file) — applied in
+    ``layout`` ("portable" or "folded", see patch.py). Policies (calibrate, search,
+    check, then write) are the pipeline's job: kvconvert.conversion.pipeline.convert.
+    Progress is one phase, ``phase``, counted in MiB written."""
+    if weights not in WEIGHT_TYPES:
+        raise InputError(f"unknown weight type {weights!r} (choose from {', '.join(WEIGHT_TYPES)})")
+    src = model if isinstance(model, ModelSource) else load_model(model)
+    output = Path(output)
+    check_output(src, output, [] if isinstance(model, ModelSource) else [model])
+    name = Path(src.path).name.removesuffix(".gguf")
+    patch = None
+    if profile is not None:
+        from .patch import Patch
+        from .profile import Profile, load_profile
+
+        prof = load_profile(profile) if isinstance(profile, (str, os.PathLike)) else profile
+        if not isinstance(prof, Profile):
+            raise InputError(f"{profile if isinstance(profile, (str, os.PathLike)) else 'profile'} is a policy, "
+                             "not a calibrated profile: use kvconvert.conversion.pipeline.convert (or `kvconvert convert`) "
+                             "to calibrate, search and apply it")
+        patch = Patch(prof, layout, src)
+        kv_meta = patch.cache_meta()
+    arch = patch.arch if patch else src.arch
+    specs = patch.specs() if patch else src.specs
+    plan = [(s, tensor_type(s, weights)) for s in specs]
+    total = sum(_nbytes(s.shape, q) for s, q in plan) / MIB
+
+    w = gguf.GGUFWriter(None, arch.name)
+    write_metadata(w, src, weights, name, kv_meta, arch)
+    for s, q in plan:
+        w.add_tensor_info(s.gguf, s.shape, np.dtype(np.float32), _nbytes(s.shape, q), raw_dtype=q)
+
+    done = 0
+    types: dict[str, int] = {}
+    start_phase(progress, phase, "MiB")
+    with atomic_path(output) as tmp:
+        try:
+            w.write_header_to_file(tmp)
+            w.write_kv_data_to_file()
+            w.write_ti_data_to_file()
+            for s, q in plan:
+                check_cancel(cancel)
+                x = arch.to_gguf_order(s, patch.tensor(s) if patch else src.weights.get(s.hf))
+                data = _encode(x, q)
+                w.write_tensor_data(data)
+                done += data.nbytes
+                types[q.name] = types.get(q.name, 0) + 1
+                if progress:
+                    progress(round(done / MIB, 1), round(total, 1), s.gguf)
+            w.close()
+        except OSError as e:
+            w.close()
+            raise OutputError(f"cannot write {output}: {e.strerror or e}") from None
+        except BaseException:
+            w.close()
+            raise
+    n_params = sum(int(np.prod(s.shape)) for s in specs)
+    return ConvertResult(output, weights, len(plan), n_params, output.stat().st_size, types, str(src.path))

@@ -1,0 +1,1 @@
+"""Sharing on the Hugging Face Hub: push, pull, and the model card."""

@@ -1,0 +1,172 @@
+"""The KV-cache description a rotation-ready GGUF carries in kvconvert.*
+metadata (docs/design.md §6): layout, per-layer K and V cache configs, the post-RoPE
+channel permutation, the pre-RoPE K means (and whether b_k already subtracts
+them), the folded layout's per-layer RoPE pair map, V means, the rotation seed
+and the applied profile as JSON. Arrays are in the file's channel order.
+Written by the converter, read by the runtime so that a file runs with its
+caches by default.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Protocol
+
+import gguf
+import numpy as np
+
+from ..base.errors import InputError
+from ..formats.gguf_io import field_value
+from ..formats.gguf_keys import Keys
+from .turboquant import SCALES, KConfig
+from ..base import validate as V
+
+K, V_ = Keys.KCache, Keys.VCache
+STANDARD_CACHE_TYPES = ("f32", "f16", "q8_0", "q4_0")
+MAX_SINK = 64  # kvc_context_params.n_sink's limit
+DEFAULT_SINK = 1  # TurboQuant caches keep the first position exact unless told otherwise
+
+
+class CacheDims(Protocol):
+    """The model dimensions a cache description is checked against (models.config.ModelArgs has them;
+    kvcache sits below models, so it names only what it reads)."""
+
+    num_hidden_layers: int
+    num_key_value_heads: int
+    head_dim: int
+
+
+@dataclass
+class CacheMeta:
+    k_type: str = "tq"  # "tq" or a standard cache type name
+    v_type: str = "f16"
+    k_configs: list[KConfig] | None = None  # one per layer when k_type == "tq"
+    v_configs: list[KConfig] | None = None
+    k_perm: np.ndarray | None = None  # (layers, head_dim) int
+    k_mean: np.ndarray | None = None  # (layers, kv_heads, head_dim) float32
+    center_pairs: int = 0
+    seed: int = 0x6B7663
+    layout: str = "portable"
+    k_mean_folded: bool = False
+    rope_pair_src: np.ndarray | None = None  # (layers, head_dim/2) int, folded layout
+    v_mean: np.ndarray | None = None  # (layers, kv_heads, head_dim) float32
+    profile_json: str | None = None
+    n_sink: int | None = None  # attention-sink positions kept in f16 by TurboQuant caches (None: runtime default)
+
+    def add_to_gguf(self, w: gguf.GGUFWriter) -> None:
+        w.add_string(Keys.KVConvert.LAYOUT, self.layout)
+        w.add_uint64(Keys.KVConvert.ROTATION_SEED, self.seed)
+        if self.profile_json:
+            w.add_string(Keys.KVConvert.PROFILE, self.profile_json)
+        if self.n_sink is not None:
+            w.add_uint32(Keys.KVConvert.SINK_TOKENS, int(self.n_sink))
+        w.add_string(K.TYPE, self.k_type)
+        w.add_string(V_.TYPE, self.v_type)
+        if self.k_configs:
+            w.add_array(K.N_HI, [c.n_hi for c in self.k_configs])
+            w.add_array(K.HI_BITS, [c.hi_bits for c in self.k_configs])
+            w.add_array(K.LO_BITS, [c.lo_bits for c in self.k_configs])
+            w.add_array(K.QJL_HI, [int(c.qjl_hi) for c in self.k_configs])
+            w.add_array(K.QJL_LO, [int(c.qjl_lo) for c in self.k_configs])
+            w.add_string(K.SCALE, self.k_configs[0].scale)
+        if self.v_configs:
+            w.add_array(V_.N_HI, [c.n_hi for c in self.v_configs])
+            w.add_array(V_.HI_BITS, [c.hi_bits for c in self.v_configs])
+            w.add_array(V_.LO_BITS, [c.lo_bits for c in self.v_configs])
+        if self.k_perm is not None:
+            w.add_array(K.PERM, [int(i) for i in np.asarray(self.k_perm).reshape(-1)])
+        if self.k_mean is not None:
+            w.add_array(K.MEAN, [float(x) for x in np.asarray(self.k_mean, dtype=np.float32).reshape(-1)])
+        w.add_uint32(K.CENTER_PAIRS, self.center_pairs)
+        w.add_bool(K.MEAN_FOLDED, self.k_mean_folded)
+        if self.rope_pair_src is not None:
+            w.add_array(K.ROPE_PAIR_SRC, [int(i) for i in np.asarray(self.rope_pair_src).reshape(-1)])
+        if self.v_mean is not None:
+            w.add_array(V_.MEAN, [float(x) for x in np.asarray(self.v_mean, dtype=np.float32).reshape(-1)])
+
+    @classmethod
+    def from_gguf(cls, reader, args: CacheDims, source: str = "GGUF") -> "CacheMeta | None":
+        """The file's cache description, or None if it has no kvconvert cache keys.
+
+        Every key is checked for its type, range and size against the model (one InputError
+        naming the file and the key)."""
+        get = lambda key, default=None: field_value(reader, key, default)  # noqa: E731
+        if get(K.TYPE) is None:
+            return None
+        L, Hk, d = args.num_hidden_layers, args.num_key_value_heads, args.head_dim
+        types = ("tq",) + STANDARD_CACHE_TYPES
+        try:
+            meta = cls(
+                k_type=V.one_of(source, K.TYPE, get(K.TYPE), types),
+                v_type=V.one_of(source, V_.TYPE, get(V_.TYPE, "f16"), types),
+                center_pairs=V.int_in(source, K.CENTER_PAIRS, get(K.CENTER_PAIRS, 0), 0, d // 2),
+                seed=V.int_in(source, Keys.KVConvert.ROTATION_SEED, get(Keys.KVConvert.ROTATION_SEED, 0x6B7663),
+                              0, V.MAX_U64),
+                layout=V.one_of(source, Keys.KVConvert.LAYOUT, get(Keys.KVConvert.LAYOUT, "portable"),
+                                ("portable", "folded")),
+                k_mean_folded=V.boolean(source, K.MEAN_FOLDED, get(K.MEAN_FOLDED, False)))
+            profile = get(Keys.KVConvert.PROFILE)
+            if profile is not None:
+                meta.profile_json = V.utf8_str(source, Keys.KVConvert.PROFILE, profile)
+                try:
+                    ok = isinstance(json.loads(meta.profile_json), dict)
+                except (ValueError, RecursionError):
+                    ok = False
+                if not ok:
+                    raise InputError(f"{source}: {Keys.KVConvert.PROFILE} is not a JSON object")
+            sink = get(Keys.KVConvert.SINK_TOKENS)
+            if sink is not None:
+                meta.n_sink = V.int_in(source, Keys.KVConvert.SINK_TOKENS, sink, 0, MAX_SINK)
+            scale = V.one_of(source, K.SCALE, get(K.SCALE, "ls"), SCALES)
+            if meta.k_type == "tq":
+                meta.k_configs = _configs(get, K, L, d, scale, qjl=True, source=source)
+            if meta.v_type == "tq":
+                meta.v_configs = _configs(get, V_, L, d, scale, qjl=False, source=source)
+            perm, mean = get(K.PERM), get(K.MEAN)
+            if perm is not None:
+                meta.k_perm = np.asarray(V.int_list(source, K.PERM, perm, 0, d - 1, length=L * d),
+                                         dtype=np.int32).reshape(L, d)
+                if any(sorted(row) != list(range(d)) for row in meta.k_perm.tolist()):
+                    raise ValueError("k_cache.perm is not a permutation of each layer's channels")
+            if mean is not None:
+                meta.k_mean = _floats(source, K.MEAN, mean, (L, Hk, d))
+            if meta.k_mean_folded and meta.k_mean is None:
+                raise ValueError("the K mean is folded into the weights but not stored")
+            src, vmean = get(K.ROPE_PAIR_SRC), get(V_.MEAN)
+            if src is not None:
+                meta.rope_pair_src = np.asarray(V.int_list(source, K.ROPE_PAIR_SRC, src, 0, d // 2 - 1,
+                                                           length=L * (d // 2)), dtype=np.int32).reshape(L, d // 2)
+                if any(sorted(row) != list(range(d // 2)) for row in meta.rope_pair_src.tolist()):
+                    raise ValueError("rope_pair_src is not a permutation of each layer's pairs")
+            if meta.layout == "folded" and meta.rope_pair_src is None:
+                raise ValueError("a folded file needs its RoPE pair map")
+            if vmean is not None:
+                meta.v_mean = _floats(source, V_.MEAN, vmean, (L, Hk, d))
+        except (ValueError, TypeError, OverflowError) as e:
+            raise InputError(f"{source}: invalid kvconvert cache metadata ({e}); re-convert the model") from None
+        return meta
+
+
+def _floats(source: str, key: str, values, shape: tuple[int, ...]) -> np.ndarray:
+    if not isinstance(values, list) or len(values) != int(np.prod(shape)):
+        raise InputError(f"{source}: {key} must be a list of {int(np.prod(shape))} numbers")
+    if values and (isinstance(values[0], (str, bytes)) or not all(isinstance(x, (int, float)) for x in values)):
+        raise InputError(f"{source}: {key} must hold numbers")
+    arr = np.asarray(values, dtype=np.float64)
+    if not np.isfinite(arr).all() or np.abs(arr).max(initial=0) > 3.4e38:
+        raise InputError(f"{source}: {key} holds NaN, infinite or out-of-range values; re-convert the model")
+    return arr.astype(np.float32).reshape(shape)
+
+
+def _configs(get, keys, n_layer: int, d: int, scale: str, qjl: bool, source: str = "GGUF") -> list[KConfig]:
+    names = [keys.N_HI, keys.HI_BITS, keys.LO_BITS] + ([keys.QJL_HI, keys.QJL_LO] if qjl else [])
+    cols = [get(keys.N_HI), get(keys.HI_BITS), get(keys.LO_BITS)]
+    cols += [get(keys.QJL_HI, [0] * n_layer), get(keys.QJL_LO, [0] * n_layer)] if qjl else [[0] * n_layer] * 2
+    if any(c is None for c in cols):
+        raise ValueError(f"per-layer cache arrays must have {n_layer} entries")
+    for name, col in zip(names, cols):
+        V.int_list(source, name, [int(x) if isinstance(x, bool) else x for x in col] if isinstance(col, list)
+                   else col, 0, d, length=n_layer)
+    return [KConfig(d=d, n_hi=int(n), hi_bits=int(h), lo_bits=int(lo), qjl_hi=bool(qh), qjl_lo=bool(ql), scale=scale)
+            for n, h, lo, qh, ql in zip(*cols)]

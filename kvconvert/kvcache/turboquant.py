@@ -1,0 +1,464 @@
+"""TurboQuant K/V cache codes: the numpy twin of the C runtime (docs/design.md §4).
+
+A head vector x (length d) is split into groups: group 0 = channels [0, n_hi),
+group 1 = [n_hi, d) (n_hi = 0: one group, all d channels, using lo_bits/qjl_lo).
+Per group of size m with b bits:
+
+1. signs D (±1) from splitmix64, seeded by (seed, layer, group, stream);
+2. y = H·(D ⊙ x_g): float32 Walsh–Hadamard per power-of-two block of m
+   (binary expansion of m, largest block first), each block scaled by
+   float32(1/sqrt(B)); for a non-power-of-two m the blocks are then interleaved
+   (_mix_order), multiplied by fixed signs (_mix_signs) and transformed again,
+   y = H·D_mix·P·H·(D ⊙ x_g), so energy spreads across blocks; the rotation is
+   orthonormal, so ⟨R q, R k⟩ = ⟨q, k⟩;
+3. codes: u = y/‖y‖ (float64), code_i = #{Lloyd–Max boundaries < u_i};
+4. scale s (fp16): "norm" s = ‖y‖, "ls" (default) s = ⟨y, c⟩/‖c‖² (the
+   least-squares scale for the chosen codes), "proj" s = ‖y‖²/⟨y, c⟩ (keeps
+   ⟨ŷ, y⟩ = ‖y‖², removing the (1 − D_b) shrinkage of ⟨q, x̂⟩); ŷ = s·c[code];
+5. optional QJL on the residual r = y − ŷ: bits = sign(H·D₂·r), plus ‖r‖ (fp16).
+
+Bit-exactness contract with the C side (codes, scales, QJL bits): float32 for the
+rotation and the residual (no FMA contraction: r = y − (s·c) is two roundings),
+float64 sums accumulated sequentially in index order, direct float64 → fp16
+round-to-nearest-even, Lloyd–Max centroids as the float32 values of
+`codebook(m, bits)` and boundaries (c[k] + c[k+1]) / 2 in float64 (exact).
+
+QJL inner-product estimate (derivation). Let S = sqrt(m)·H·D₂, rows s_i with
+‖s_i‖² = m. If the s_i were N(0, I_m), E[sign(⟨s_i, r⟩)·⟨s_i, q⟩] =
+sqrt(2/π)·⟨q, r⟩/‖r‖, so with z = H D₂ r, w = H D₂ q:
+    ⟨q, r⟩ ≈ ‖r‖·sqrt(π/2)/sqrt(m) · Σ_i sign(z_i)·w_i      (unbiased).
+Its variance: i.i.d. Gaussian rows give (π/2·‖q‖²‖r‖² − ⟨q, r⟩²)/m (the QJL
+bound). Our rows are orthogonal (a Haar-like rotation), which removes the
+diagonal-independence noise; to first order in 1/m
+    Var ≈ ((π/2 − 1)·‖q‖²‖r‖² − ½·⟨q, r⟩²) / m,
+(write q = α·r/‖r‖ + q⊥: the q⊥ part sees sign(z) minus its projection on z,
+of squared norm m(1 − 2/π); the α part has Var(‖z‖₁/‖z‖₂) = 1 − 3/π).
+Equivalently the estimate is ⟨q, r̂⟩ with r̂ = ‖r‖·sqrt(π/2)/sqrt(m)·D₂·H·σ,
+and decode() adds that r̂, so scores() = ⟨q, decode()⟩ with or without QJL.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from functools import lru_cache
+
+import numpy as np
+
+from . import _codebooks
+
+__all__ = ["GroupConfig", "KConfig", "Encoded", "codebook", "signs", "rotate", "unrotate",
+           "encode_group", "decode_group", "encode", "decode", "scores"]
+
+SCALES = ("ls", "norm", "proj")
+MAX_BITS = 10  # hi group (docs/design.md §4); codebooks exist for 1..10
+MAX_LO_BITS = 8
+_MASK = (1 << 64) - 1
+_GOLDEN = 0x9E3779B97F4A7C15
+_GROUP_MUL = 0xD1B54A32D192ED03
+_STREAM_MUL = 0x8CB92BA72F3D8DD7
+STREAM_ROTATION, STREAM_QJL, STREAM_MIX = 0, 1, 2
+
+
+@dataclass(frozen=True)
+class GroupConfig:
+    m: int
+    bits: int
+    qjl: bool = False
+
+
+@dataclass(frozen=True)
+class KConfig:
+    """Per-layer K (or V) cache config; see the module docstring for the groups."""
+
+    d: int
+    n_hi: int = 0
+    hi_bits: int = 4
+    lo_bits: int = 4
+    qjl_hi: bool = False
+    qjl_lo: bool = False
+    scale: str = "ls"
+
+    def __post_init__(self) -> None:
+        if self.d < 2:
+            raise ValueError(f"head dim d={self.d}: need d >= 2")
+        if self.n_hi and not 2 <= self.n_hi <= self.d - 2:
+            raise ValueError(f"split={self.n_hi}: need 0 (no split) or 2 <= split <= d - 2 = {self.d - 2}")
+        for name, top in (("lo_bits", MAX_LO_BITS), ("hi_bits", MAX_BITS)):
+            b = getattr(self, name)
+            if not 1 <= b <= top:
+                raise ValueError(f"{name}={b}: need 1..{top}")
+        if self.scale not in SCALES:
+            raise ValueError(f"scale={self.scale!r}: need one of {', '.join(SCALES)}")
+
+    def groups(self) -> list[GroupConfig]:
+        if self.n_hi == 0:
+            return [GroupConfig(self.d, self.lo_bits, self.qjl_lo)]
+        return [GroupConfig(self.n_hi, self.hi_bits, self.qjl_hi),
+                GroupConfig(self.d - self.n_hi, self.lo_bits, self.qjl_lo)]
+
+    def bounds(self) -> list[tuple[int, int]]:
+        """Channel range [start, stop) of each group."""
+        return [(0, self.d)] if self.n_hi == 0 else [(0, self.n_hi), (self.n_hi, self.d)]
+
+    def bits_per_value(self) -> float:
+        """Codes + one fp16 scale per group, + 1 bit/value and an fp16 ‖r‖ per QJL group."""
+        total = sum(g.m * g.bits + 16 + (g.m + 16 if g.qjl else 0) for g in self.groups())
+        return total / self.d
+
+    def spec(self) -> str:
+        """Canonical string; KConfig.parse(cfg.spec(), cfg.d) == cfg for parsed configs."""
+        if self.n_hi == 0:
+            opts = ["qjl=both"] if self.qjl_lo else []
+            head = f"tq{self.lo_bits}"
+        else:
+            q = {(True, True): "both", (True, False): "hi", (False, True): "lo"}.get((self.qjl_hi, self.qjl_lo))
+            opts = [f"split={self.n_hi}", f"hi={self.hi_bits}", f"lo={self.lo_bits}"] + ([f"qjl={q}"] if q else [])
+            head = "tq"
+        if self.scale != "ls":
+            opts.append(f"scale={self.scale}")
+        return head + (":" + ",".join(opts) if opts else "")
+
+    @classmethod
+    def parse(cls, text: str, d: int) -> KConfig:
+        """Parse "tq<b>[:k=v,...]" or "tq:k=v,...".
+
+        Keys: split (n_hi, 0 = none), hi, lo, bits (default for hi and lo, 4),
+        qjl (hi|lo|both|none), scale (ls|norm|proj). Without a split there is
+        one group, so hi= and qjl=hi are errors and qjl=lo/both both mean QJL on.
+        Examples: "tq4", "tq3", "tq:split=32,hi=8,lo=3,qjl=hi".
+        """
+        s = text.strip().lower()
+        if not s.startswith("tq"):
+            raise ValueError(f"bad K cache type {text!r}: expected 'tq<bits>' or 'tq:split=..,hi=..,lo=..'")
+        head, sep, rest = s[2:].partition(":")
+        kw: dict[str, str] = {}
+        if head:
+            if not head.isdigit():
+                raise ValueError(f"bad K cache type {text!r}: 'tq' must be followed by a bit count or ':'")
+            kw["bits"] = head
+        if not head and not sep:
+            raise ValueError(f"bad K cache type {text!r}: expected a bit count ('tq4') or options ('tq:lo=3')")
+        if sep and not rest:
+            raise ValueError(f"bad K cache type {text!r}: nothing after ':'")
+        for item in filter(None, rest.split(",")) if rest else ():
+            key, eq, val = item.partition("=")
+            key, val = key.strip(), val.strip()
+            if not eq or not val:
+                raise ValueError(f"bad K cache type {text!r}: option {item!r} is not key=value")
+            if key not in ("split", "hi", "lo", "bits", "qjl", "scale"):
+                raise ValueError(f"bad K cache type {text!r}: unknown option {key!r} "
+                                 "(known: split, hi, lo, bits, qjl, scale)")
+            if key in kw:
+                raise ValueError(f"bad K cache type {text!r}: {key!r} given twice")
+            kw[key] = val
+
+        def integer(key: str, default: int) -> int:
+            if key not in kw:
+                return default
+            if not kw[key].isdigit():
+                raise ValueError(f"bad K cache type {text!r}: {key}={kw[key]!r} is not a non-negative integer")
+            return int(kw[key])
+
+        if "bits" in kw and ("hi" in kw or "lo" in kw) and "split" not in kw:
+            raise ValueError(f"bad K cache type {text!r}: the bit count is already given; hi=/lo= need split=")
+        split = integer("split", 0)
+        bits = integer("bits", 4)
+        hi, lo = integer("hi", bits), integer("lo", bits)
+        qjl = kw.get("qjl", "none")
+        if qjl not in ("hi", "lo", "both", "none"):
+            raise ValueError(f"bad K cache type {text!r}: qjl={qjl!r}, expected hi, lo, both or none")
+        if split == 0:
+            if "hi" in kw:
+                raise ValueError(f"bad K cache type {text!r}: hi= needs split > 0")
+            if qjl == "hi":
+                raise ValueError(f"bad K cache type {text!r}: qjl=hi needs split > 0")
+            hi = lo
+        qjl_hi, qjl_lo = qjl in ("hi", "both"), qjl in ("lo", "both")
+        if split == 0:
+            qjl_hi = qjl_lo
+        try:
+            return cls(d=d, n_hi=split, hi_bits=hi, lo_bits=lo, qjl_hi=qjl_hi, qjl_lo=qjl_lo,
+                       scale=kw.get("scale", "ls"))
+        except ValueError as e:
+            raise ValueError(f"bad K cache type {text!r}: {e}") from None
+
+
+@dataclass
+class Encoded:
+    """One group of encoded vectors; leading dims are those of the input."""
+
+    codes: np.ndarray  # (..., m) uint16
+    scale: np.ndarray  # (...,) float16
+    qjl_bits: np.ndarray | None = None  # (..., m) bool, True = z_i < 0
+    rnorm: np.ndarray | None = None  # (...,) float16, ‖r‖
+
+
+# --- codebooks ---------------------------------------------------------------
+
+@lru_cache(maxsize=1)
+def _shipped() -> dict[tuple[int, int], np.ndarray]:
+    if not _codebooks.DATA_FILE.exists():
+        raise FileNotFoundError(f"{_codebooks.DATA_FILE} is missing (package data not installed?); "
+                                "`python -m kvconvert.kvcache._codebooks` regenerates it")
+    return _codebooks.load_data_file()
+
+
+@lru_cache(maxsize=None)
+def _codebook(m: int, bits: int) -> np.ndarray:
+    c = _shipped().get((m, bits))
+    if c is None:
+        c = _codebooks.lloyd_max(m, bits).astype(np.float32)
+    c = np.array(c, dtype=np.float32)
+    c.flags.writeable = False
+    return c
+
+
+def codebook(m: int, bits: int) -> np.ndarray:
+    """Lloyd–Max centroids (float32, (2^bits,), ascending, symmetric) for dimension m.
+
+    Shipped for m = 8, 16, …, 256 and bits 1..10 (kvconvert/data); any other
+    m >= 2 is computed on first use and cached. Read-only array.
+    """
+    if m < 2 or not 1 <= bits <= MAX_BITS:
+        raise ValueError(f"no codebook for m={m}, bits={bits} (need m >= 2, 1 <= bits <= {MAX_BITS})")
+    return _codebook(int(m), int(bits))
+
+
+@lru_cache(maxsize=None)
+def _boundaries(m: int, bits: int) -> np.ndarray:
+    c = codebook(m, bits).astype(np.float64)
+    b = (c[:-1] + c[1:]) / 2
+    b.flags.writeable = False
+    return b
+
+
+# --- signs and rotation ------------------------------------------------------
+
+def _splitmix64(state: int, n: int) -> list[int]:
+    out = []
+    for _ in range(n):
+        state = (state + _GOLDEN) & _MASK
+        z = state
+        z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _MASK
+        z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _MASK
+        out.append(z ^ (z >> 31))
+    return out
+
+
+@lru_cache(maxsize=4096)
+def _signs(seed: int, layer: int, group: int, stream: int, m: int) -> np.ndarray:
+    state = ((seed & _MASK) ^ ((layer * _GOLDEN) & _MASK) ^ (((group + 1) * _GROUP_MUL) & _MASK)
+             ^ ((stream * _STREAM_MUL) & _MASK))
+    words = np.array(_splitmix64(state, -(-m // 64)), dtype=np.uint64)
+    i = np.arange(m)
+    bit = (words[i // 64] >> (i % 64).astype(np.uint64)) & np.uint64(1)
+    s = np.where(bit == 1, np.float32(-1), np.float32(1)).astype(np.float32)
+    s.flags.writeable = False
+    return s
+
+
+def signs(seed: int, layer: int, group: int, stream: int, m: int) -> np.ndarray:
+    """±1 (float32, (m,)): sign i = −1 iff bit i%64 of splitmix64 word i//64 is set.
+
+    Initial state = seed ^ layer·0x9E37…7C15 ^ (group+1)·0xD1B5…ED03 ^ stream·0x8CB9…8DD7
+    (all mod 2^64); stream 0 = rotation, 1 = QJL map.
+    """
+    return _signs(int(seed), int(layer), int(group), int(stream), int(m))
+
+
+def _blocks(m: int) -> list[tuple[int, int]]:
+    """(offset, size) of the power-of-two blocks of m, largest first: 96 → (0, 64), (64, 32)."""
+    out, off = [], 0
+    for k in range(m.bit_length() - 1, -1, -1):
+        if m >> k & 1:
+            out.append((off, 1 << k))
+            off += 1 << k
+    return out
+
+
+def _wht(v: np.ndarray) -> np.ndarray:
+    """Orthonormal block Walsh–Hadamard along the last axis, float32, in the contract's order."""
+    v = np.array(v, dtype=np.float32, copy=True)
+    lead = v.shape[:-1]
+    for off, size in _blocks(v.shape[-1]):
+        blk = v[..., off:off + size]
+        h = 1
+        while h < size:
+            r = blk.reshape(*lead, size // (2 * h), 2, h)
+            a, b = r[..., 0, :].copy(), r[..., 1, :].copy()
+            r[..., 0, :] = a + b
+            r[..., 1, :] = a - b
+            blk = r.reshape(*lead, size)
+            h *= 2
+        v[..., off:off + size] = blk * np.float32(1.0 / math.sqrt(size))
+    return v
+
+
+@lru_cache(maxsize=None)
+def _mix_order(m: int) -> np.ndarray | None:
+    """Cross-block mixing order of a non-power-of-two group (None for powers of two).
+
+    The blocks of m are interleaved in proportion to their sizes (element r of a block
+    of size B sorts by (2r + 1)·(S/B), S the largest block, ties by block) and the
+    sequence is cut back into blocks: each new block draws from every old block a
+    share proportional to its size, so the second block transform spreads energy
+    across blocks (per-block rotation alone leaves the calibrated order's high-energy
+    block with larger coordinates than the codebook's law). z = y[..., order]."""
+    if m & (m - 1) == 0:
+        return None
+    blocks = _blocks(m)
+    big = blocks[0][1]
+    keys = [((2 * r + 1) * (big // size), b, off + r) for b, (off, size) in enumerate(blocks) for r in range(size)]
+    return np.array([i for _, _, i in sorted(keys)], dtype=np.intp)
+
+
+@lru_cache(maxsize=None)
+def _mix_signs(m: int) -> np.ndarray:
+    """Fixed ±1 (per group size, not per layer) applied after the mixing order: without them
+    H·P·H would partly undo itself (H is an involution and P keeps runs of a block in order)."""
+    return signs(0, 0, 0, STREAM_MIX, m)
+
+
+def rotate(x: np.ndarray, signs: np.ndarray) -> np.ndarray:
+    """y = R·x over the last axis, float32 (input cast to float32 first), with R = H·D for a
+    power-of-two size and H·D_mix·P·H·D otherwise (H block Walsh–Hadamard, P = _mix_order,
+    D_mix = _mix_signs)."""
+    x = np.asarray(x, dtype=np.float32)
+    if x.shape[-1] != signs.shape[-1]:
+        raise ValueError(f"rotate: last axis {x.shape[-1]} != {signs.shape[-1]} signs")
+    y = _wht(x * signs.astype(np.float32))
+    order = _mix_order(x.shape[-1])
+    return y if order is None else _wht(y[..., order] * _mix_signs(x.shape[-1]))
+
+
+def unrotate(y: np.ndarray, signs: np.ndarray) -> np.ndarray:
+    """x = Rᵀ·y: the inverse of rotate (each H block is symmetric and involutive)."""
+    y = np.asarray(y, dtype=np.float32)
+    if y.shape[-1] != signs.shape[-1]:
+        raise ValueError(f"unrotate: last axis {y.shape[-1]} != {signs.shape[-1]} signs")
+    v = _wht(y)
+    order = _mix_order(y.shape[-1])
+    if order is not None:
+        w = np.empty_like(v)
+        w[..., order] = v * _mix_signs(y.shape[-1])
+        v = _wht(w)
+    return v * signs.astype(np.float32)
+
+
+# --- encode / decode ---------------------------------------------------------
+
+def _seqsum(a: np.ndarray) -> np.ndarray:
+    """Σ over the last axis in index order (float64), as the C loop does; not pairwise."""
+    acc = np.zeros(a.shape[:-1], dtype=np.float64)
+    for i in range(a.shape[-1]):
+        acc += a[..., i]
+    return acc
+
+
+def _residual(y: np.ndarray, s16: np.ndarray, codes: np.ndarray, c: np.ndarray) -> np.ndarray:
+    """r = y − float32(s)·c[code]: two float32 roundings (the C side must not contract to an FMA)."""
+    return y - s16.astype(np.float32)[..., None] * c[codes]
+
+
+def encode_group(x_g: np.ndarray, gc: GroupConfig, seed: int, layer: int, group: int,
+                 scale: str = "ls") -> Encoded:
+    """Encode vectors (..., m) of one group (input cast to float32)."""
+    if scale not in SCALES:
+        raise ValueError(f"scale={scale!r}: need one of {', '.join(SCALES)}")
+    x_g = np.asarray(x_g, dtype=np.float32)
+    if x_g.shape[-1] != gc.m:
+        raise ValueError(f"encode_group: last axis {x_g.shape[-1]} != group size {gc.m}")
+    y = rotate(x_g, signs(seed, layer, group, STREAM_ROTATION, gc.m))
+    y64 = y.astype(np.float64)
+    n2 = _seqsum(y64 * y64)
+    norm = np.sqrt(n2)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        u = np.where(norm[..., None] > 0, y64 / norm[..., None], 0.0)
+    codes = np.searchsorted(_boundaries(gc.m, gc.bits), u, side="left").astype(np.uint16)
+    c = codebook(gc.m, gc.bits)
+    if scale == "norm":
+        s = norm
+    else:
+        cq = c.astype(np.float64)[codes]
+        num = _seqsum(y64 * cq)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            if scale == "ls":
+                den = _seqsum(cq * cq)
+                s = np.where(den != 0, num / den, 0.0)
+            else:  # proj
+                s = np.where(num != 0, n2 / num, 0.0)
+    s16 = np.asarray(s, dtype=np.float64).astype(np.float16)
+    enc = Encoded(codes=codes, scale=s16)
+    if gc.qjl:
+        r = _residual(y, s16, codes, c)
+        z = rotate(r, signs(seed, layer, group, STREAM_QJL, gc.m))
+        r64 = r.astype(np.float64)
+        enc.qjl_bits = z < 0
+        enc.rnorm = np.sqrt(_seqsum(r64 * r64)).astype(np.float16)
+    return enc
+
+
+def _rotated_recon(enc: Encoded, gc: GroupConfig) -> np.ndarray:
+    """ŷ = float32(fp16 s)·c[code] (float32, rotated domain, without the QJL term)."""
+    return enc.scale.astype(np.float32)[..., None] * codebook(gc.m, gc.bits)[enc.codes]
+
+
+def _qjl_coef(enc: Encoded, m: int) -> np.ndarray:
+    return enc.rnorm.astype(np.float64) * math.sqrt(math.pi / 2) / math.sqrt(m)
+
+
+def decode_group(enc: Encoded, gc: GroupConfig, seed: int, layer: int, group: int,
+                 qjl: bool = True) -> np.ndarray:
+    """Back to the unrotated group (..., m), float32.
+
+    With QJL bits (and qjl=True) the reconstruction includes r̂ (module docstring),
+    the linear estimate whose inner products are the QJL score estimates.
+    """
+    y_hat = _rotated_recon(enc, gc)
+    if qjl and enc.qjl_bits is not None:
+        sigma = np.where(enc.qjl_bits, np.float32(-1), np.float32(1))
+        r_hat = unrotate(sigma, signs(seed, layer, group, STREAM_QJL, gc.m)).astype(np.float64)
+        y_hat = (y_hat + _qjl_coef(enc, gc.m)[..., None] * r_hat).astype(np.float32)
+    return unrotate(y_hat, signs(seed, layer, group, STREAM_ROTATION, gc.m))
+
+
+def encode(x: np.ndarray, cfg: KConfig, seed: int, layer: int) -> list[Encoded]:
+    """Encode head vectors x (..., d): one Encoded per group of cfg.groups()."""
+    x = np.asarray(x, dtype=np.float32)
+    if x.shape[-1] != cfg.d:
+        raise ValueError(f"encode: last axis {x.shape[-1]} != d={cfg.d}")
+    return [encode_group(x[..., a:b], gc, seed, layer, g, cfg.scale)
+            for g, (gc, (a, b)) in enumerate(zip(cfg.groups(), cfg.bounds()))]
+
+
+def decode(encs: list[Encoded], cfg: KConfig, seed: int, layer: int, qjl: bool = True) -> np.ndarray:
+    """Reconstruct (..., d) float32 from encode()'s output."""
+    return np.concatenate([decode_group(e, gc, seed, layer, g, qjl=qjl)
+                           for g, (e, gc) in enumerate(zip(encs, cfg.groups()))], axis=-1)
+
+
+def scores(q: np.ndarray, encs: list[Encoded], cfg: KConfig, seed: int, layer: int,
+           qjl: bool = True) -> np.ndarray:
+    """Estimated ⟨q, k⟩ for queries q (..., d) against encoded keys (n_keys, d) → (..., n_keys).
+
+    Keys with batch dims (B..., n_keys, d) pair with queries (B..., n_q, d) by
+    matmul broadcasting. Rotated per group like the keys; accumulated in float64.
+    The QJL term is included for groups that carry QJL bits (unless qjl=False).
+    """
+    q = np.asarray(q, dtype=np.float32)
+    if q.shape[-1] != cfg.d:
+        raise ValueError(f"scores: last axis {q.shape[-1]} != d={cfg.d}")
+    squeeze = q.ndim == 1
+    q = q[None] if squeeze else q
+    total = None
+    for g, (enc, gc, (a, b)) in enumerate(zip(encs, cfg.groups(), cfg.bounds())):
+        q_rot = rotate(q[..., a:b], signs(seed, layer, g, STREAM_ROTATION, gc.m))
+        cb = codebook(gc.m, gc.bits).astype(np.float64)[enc.codes]
+        part = (q_rot.astype(np.float64) @ np.swapaxes(cb, -1, -2)) * enc.scale.astype(np.float64)[..., None, :]
+        if qjl and enc.qjl_bits is not None:
+            w = rotate(q_rot, signs(seed, layer, g, STREAM_QJL, gc.m)).astype(np.float64)
+            sigma = np.where(enc.qjl_bits, -1.0, 1.0)
+            part = part + (w @ np.swapaxes(sigma, -1, -2)) * _qjl_coef(enc, gc.m)[..., None, :]
+        total = part if total is None else total + part
+    return total[..., 0, :] if squeeze else total

@@ -1,0 +1,51 @@
+"""Model architectures kvconvert supports, as an explicit registry.
+
+Each entry maps a Hugging Face architecture name (``config.json``'s
+``architectures[0]``) or a GGUF ``general.architecture`` to the module that
+describes it. Modules are imported lazily.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+from ...base.errors import UnsupportedArchitecture
+from .base import Architecture
+
+# HF architecture name -> module under kvconvert.models.arch
+HF_ARCHITECTURES: dict[str, str] = {
+    "LlamaForCausalLM": "llama",
+    "Qwen2ForCausalLM": "qwen2",
+}
+
+# GGUF general.architecture -> module under kvconvert.models.arch
+GGUF_ARCHITECTURES: dict[str, str] = {
+    "llama": "llama",
+    "qwen2": "qwen2",
+}
+
+
+def _load(module: str) -> Architecture:
+    return importlib.import_module(f"{__name__}.{module}").ARCH
+
+
+def from_hf(name: str, source: str = "config.json") -> Architecture:
+    if name not in HF_ARCHITECTURES:
+        raise UnsupportedArchitecture(
+            f"{source}: architecture {name or '(none)'!r} is not supported "
+            f"(supported: {', '.join(HF_ARCHITECTURES)})"
+        )
+    return _load(HF_ARCHITECTURES[name])
+
+
+def from_gguf(name: str, source: str = "GGUF") -> Architecture:
+    from .folded import PREFIX, folded
+
+    if name.startswith(PREFIX) and name[len(PREFIX):] in GGUF_ARCHITECTURES:  # kvconvert's folded layout
+        return folded(_load(GGUF_ARCHITECTURES[name[len(PREFIX):]]))
+    if name not in GGUF_ARCHITECTURES:
+        raise UnsupportedArchitecture(
+            f"{source}: GGUF architecture {name or '(none)'!r} is not supported "
+            f"(supported: {', '.join(GGUF_ARCHITECTURES)})"
+        )
+    return _load(GGUF_ARCHITECTURES[name])

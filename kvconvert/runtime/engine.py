@@ -1,0 +1,400 @@
+"""Python side of the native runtime: load a GGUF into the C engine, make
+contexts, evaluate tokens.
+
+The GGUF stays memory-mapped (gguf-py's reader); C receives pointers into the
+mapping and validates every size. A ``Model`` keeps the mapping alive; a
+``Context`` keeps its ``Model`` alive, so handles are freed in the right order.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ._native import NativeError, check, ffi, lib  # noqa: F401  (ffi re-exported for tests)
+from ..base.errors import InputError
+from ..formats.gguf_io import tensor_map
+from ..kvcache.kvmeta import DEFAULT_SINK
+from ..models.source import ROPE_FREQS, ModelSource, load_model
+from ..models.rope import inv_freq
+
+CACHE_TYPES = {"f32": 0, "f16": 1, "q8_0": 8, "q4_0": 2}
+KVC_CACHE_TQ = 64
+TQ_SEED = 0x6B7663  # default rotation seed ("kvc"); files carry their own
+SCALE_MODES = {"norm": 0, "ls": 1, "proj": 2}  # turboquant.SCALES, as numbered in tq.c
+
+# HF tensor-name suffix -> field of kvc_layer_desc
+_LAYER_FIELDS = {
+    "input_layernorm.weight": "attn_norm",
+    "self_attn.q_proj.weight": "wq", "self_attn.q_proj.bias": "bq",
+    "self_attn.k_proj.weight": "wk", "self_attn.k_proj.bias": "bk",
+    "self_attn.v_proj.weight": "wv", "self_attn.v_proj.bias": "bv",
+    "self_attn.o_proj.weight": "wo", "self_attn.o_proj.bias": "bo",
+    "post_attention_layernorm.weight": "ffn_norm",
+    "mlp.gate_proj.weight": "w_gate", "mlp.up_proj.weight": "w_up", "mlp.down_proj.weight": "w_down",
+}
+_GLOBAL_FIELDS = {"model.embed_tokens.weight": "tok_embd", "model.norm.weight": "output_norm",
+                  "lm_head.weight": "output"}
+
+
+@dataclass(frozen=True)
+class ContextParams:
+    """Context settings. type_k/type_v: f32, f16, q8_0, q4_0, or a TurboQuant spec
+    ("tq4", "tq3", "tq:split=32,hi=8,lo=3,qjl=hi"; see turboquant.KConfig.parse),
+    applied to every layer unless tq_k_layers/tq_v_layers give one config per layer.
+    k_center: K mean-centering (None: on for TurboQuant K), over the k_center_pairs
+    RoPE pairs of largest mean energy per head (0: all), with k_mean (layers, kv
+    heads, head_dim) if calibrated, else the first batch's mean."""
+
+    n_ctx: int = 4096
+    n_batch: int = 512
+    type_k: str = "auto"  # auto: what the GGUF's kvconvert metadata says, else f16
+    type_v: str = "auto"
+    n_threads: int = 0  # 0: all cores
+    tq_k_layers: tuple | None = None
+    tq_v_layers: tuple | None = None
+    tq_seed: int = TQ_SEED
+    k_center: bool | None = None
+    k_center_pairs: int = 0
+    k_mean: np.ndarray | None = field(default=None, compare=False)
+    k_perm: np.ndarray | None = field(default=None, compare=False)  # (layers, head_dim) post-RoPE channel order
+    k_mean_folded: bool = False  # the weights already subtract k_mean (folded layout): correction only
+    v_mean: np.ndarray | None = field(default=None, compare=False)  # (layers, kv heads, head_dim): V centering
+    # TurboQuant caches: leading positions also kept in f16 and used exactly (attention
+    # sinks). None: what the GGUF's metadata says, else kvmeta.DEFAULT_SINK.
+    n_sink: int | None = None
+
+    def resolved_threads(self) -> int:
+        return self.n_threads if self.n_threads > 0 else (os.cpu_count() or 1)
+
+
+def check_logits(logits: np.ndarray, ctx: "Context", where: str) -> np.ndarray:
+    """``logits`` (computed in ``ctx``) if all finite, else InputError: one line naming the model
+    file and a likely cause.
+
+    One float64 sum (it cannot overflow for float32 inputs) carries any NaN/Inf through, so the
+    check costs a single pass over the logits."""
+    if np.isfinite(np.sum(logits, dtype=np.float64)):
+        return logits
+    what = "NaN" if np.isnan(logits).any() else "infinite"
+    tk, tv = ctx.params.type_k, ctx.params.type_v
+    hint = "" if {tk, tv} <= {"f16", "f32"} else \
+        f", or the {tk}/{tv} cache cannot hold its values (try --ctk f16 --ctv f16)"
+    model_path = ctx.model.path
+    raise InputError(f"{model_path}: the model computed {what} logits {where}; its weights are likely corrupt or "
+                     f"out of range (e.g. overflowing f16 in a conversion){hint}; re-download or re-convert it")
+
+
+def is_tq(name: str) -> bool:
+    return name.lower().startswith("tq")
+
+
+def cache_type(name: str) -> int:
+    if is_tq(name):
+        return KVC_CACHE_TQ
+    if name not in CACHE_TYPES:
+        raise InputError(f"unknown cache type {name!r} (choose from {', '.join(CACHE_TYPES)}, or tq4, tq3, "
+                         "tq:split=32,hi=8,lo=3,qjl=hi)")
+    return CACHE_TYPES[name]
+
+
+def tq_configs(spec: str, layers: tuple | None, n_layer: int, head_dim: int):
+    """One turboquant.KConfig per layer from a CLI spec or explicit per-layer configs."""
+    from ..kvcache.turboquant import KConfig
+
+    if layers is not None:
+        if len(layers) != n_layer:
+            raise InputError(f"{len(layers)} TurboQuant layer configs for a model of {n_layer} layers")
+        return list(layers)
+    try:
+        return [KConfig.parse(spec, head_dim)] * n_layer
+    except ValueError as e:
+        raise InputError(str(e)) from None
+
+
+class Model:
+    """A GGUF loaded into the native engine."""
+
+    def __init__(self, path: str | os.PathLike | ModelSource):
+        src = path if isinstance(path, ModelSource) else load_model(path)
+        if src.format != "gguf":
+            raise InputError(f"{src.path}: the runtime runs GGUF files; convert it first (kvconvert convert)")
+        self.source = src
+        self.path = Path(src.path)
+        self.args = src.args
+        self._keep: list = []  # cffi objects that must outlive the C model
+        desc = self._describe()
+        out = ffi().new("kvc_model **")
+        err = ffi().new("char[512]")
+        status = lib().kvc_model_create(desc, out, err, 512)
+        if status != 0:
+            raise InputError(f"{self.path}: {ffi().string(err).decode(errors='replace')}")
+        self._ptr = ffi().gc(out[0], lib().kvc_model_free)
+        self._tokenizer = None
+
+    def _tensor(self, dst, t) -> None:
+        f = ffi()
+        name = f.new("char[]", t.name.encode())
+        data = np.asarray(t.data)
+        buf = f.from_buffer("char[]", data)
+        self._keep += [name, buf]
+        dst.name = name
+        dst.type = int(t.tensor_type)
+        shape = [int(n) for n in t.shape.tolist()]
+        dst.ne[0] = shape[0]
+        dst.ne[1] = shape[1] if len(shape) > 1 else 1
+        dst.data = buf
+        dst.nbytes = data.nbytes
+
+    def _describe(self):
+        f, a, src = ffi(), self.args, self.source
+        tensors = tensor_map(src.weights.reader)  # type: ignore[attr-defined]
+        desc = f.new("kvc_model_desc *")
+        layers = f.new("kvc_layer_desc[]", a.num_hidden_layers)
+        freqs = np.ascontiguousarray(inv_freq(a), dtype=np.float32)
+        freqs_buf = f.from_buffer("float[]", freqs)
+        self._keep += [desc, layers, freqs, freqs_buf]
+        desc.n_vocab, desc.n_embd, desc.n_layer = a.vocab_size, a.hidden_size, a.num_hidden_layers
+        desc.n_head, desc.n_head_kv, desc.head_dim = a.num_attention_heads, a.num_key_value_heads, a.head_dim
+        desc.n_ff, desc.rms_eps = a.intermediate_size, a.rms_norm_eps
+        desc.rope_pairing = 1 if src.arch.gguf_rope_pairing == "interleaved" else 0
+        desc.rope_freqs = freqs_buf
+        meta = self.cache_meta
+        if meta is not None and meta.rope_pair_src is not None:
+            src_map = np.ascontiguousarray(meta.rope_pair_src, dtype=np.int32)
+            src_buf = f.cast("int *", f.from_buffer(src_map))
+            self._keep += [src_map, src_buf]
+            desc.rope_pair_src = src_buf
+        desc.layers = layers
+        for spec in src.specs:
+            if spec.hf == ROPE_FREQS:
+                continue
+            t = tensors[spec.gguf]
+            if spec.hf in _GLOBAL_FIELDS:
+                self._tensor(getattr(desc, _GLOBAL_FIELDS[spec.hf]), t)
+                continue
+            _, _, idx, rest = spec.hf.split(".", 3)  # model.layers.{i}.{rest}
+            self._tensor(getattr(layers[int(idx)], _LAYER_FIELDS[rest]), t)
+        return desc
+
+    @property
+    def tokenizer(self):
+        if self._tokenizer is None:
+            from ..formats.tokenizer import load_tokenizer
+
+            self._tokenizer = load_tokenizer(self.source.tokenizer_spec())
+        return self._tokenizer
+
+    def tokenize(self, text: str, add_bos: bool | None = None) -> list[int]:
+        spec = self.source.tokenizer_spec()
+        ids = self.tokenizer.encode(text, add_special_tokens=False).ids
+        if add_bos is None:
+            add_bos = spec.effective_add_bos()
+        if add_bos and spec.bos_id is not None:
+            ids = [spec.bos_id] + ids
+        return ids
+
+    def detokenize(self, ids: list[int]) -> str:
+        return self.tokenizer.decode(ids, skip_special_tokens=False)
+
+    @property
+    def cache_meta(self):
+        """The file's kvconvert cache description (kvmeta.CacheMeta) or None."""
+        if not hasattr(self, "_cache_meta"):
+            from ..kvcache.kvmeta import CacheMeta
+
+            self._cache_meta = CacheMeta.from_gguf(self.source.weights.reader, self.args, str(self.path))
+        return self._cache_meta
+
+    def resolve(self, params: ContextParams) -> ContextParams:
+        """Replace "auto" cache types by the file's metadata (or f16 without it)."""
+        import dataclasses
+
+        meta = self.cache_meta
+        kw: dict = {}
+        if meta is not None and meta.k_mean_folded:  # b_k subtracts μ: the correction is not optional
+            kw.update(k_center=True, k_mean_folded=True, k_mean=meta.k_mean)
+        if meta is not None and meta.v_mean is not None and params.v_mean is None:
+            kw["v_mean"] = meta.v_mean
+        if params.type_k == "auto":
+            if meta is None:
+                kw["type_k"] = "f16"
+            elif meta.k_type == "tq":
+                kw.update(type_k="tq", tq_k_layers=tuple(meta.k_configs), tq_seed=meta.seed,
+                          k_center_pairs=meta.center_pairs)
+                if params.k_mean is None and meta.k_mean is not None:
+                    kw["k_mean"] = meta.k_mean
+                if params.k_perm is None and meta.k_perm is not None:
+                    kw["k_perm"] = meta.k_perm
+            else:
+                kw["type_k"] = meta.k_type
+        if params.n_sink is None:
+            kw["n_sink"] = meta.n_sink if meta is not None and meta.n_sink is not None else DEFAULT_SINK
+        if params.type_v == "auto":
+            if meta is not None and meta.v_type == "tq":
+                kw.update(type_v="tq", tq_v_layers=tuple(meta.v_configs))
+            else:
+                kw["type_v"] = meta.v_type if meta is not None else "f16"
+        return dataclasses.replace(params, **kw) if kw else params
+
+    def context(self, params: ContextParams | None = None, **kw) -> "Context":
+        return Context(self, self.resolve(params or ContextParams(**kw)))
+
+
+class Context:
+    """A KV cache and scratch space for evaluating tokens with a Model."""
+
+    def __init__(self, model: Model, params: ContextParams):
+        self.model, self.params = model, params
+        p = ffi().new("kvc_context_params *")
+        p.n_ctx, p.n_batch = params.n_ctx, params.n_batch
+        p.type_k, p.type_v = cache_type(params.type_k), cache_type(params.type_v)
+        p.n_threads = params.resolved_threads()
+        self._keep: list = [p]
+        a = model.args
+        if p.type_k == KVC_CACHE_TQ:
+            p.tq_k = self._tq_layers(tq_configs(params.type_k, params.tq_k_layers, a.num_hidden_layers, a.head_dim),
+                                     params.k_perm)
+        if p.type_v == KVC_CACHE_TQ:
+            p.tq_v = self._tq_layers(tq_configs(params.type_v, params.tq_v_layers, a.num_hidden_layers, a.head_dim))
+        p.tq_seed = params.tq_seed
+        p.tq_scale_mode = getattr(self, "_scale_mode", SCALE_MODES["ls"])
+        center = params.k_center if params.k_center is not None else p.type_k == KVC_CACHE_TQ
+        p.k_center, p.k_center_pairs = int(center), params.k_center_pairs
+        if center and params.k_mean is not None:
+            p.k_mean = self._per_head(params.k_mean, "K mean")
+        p.k_mean_folded = int(params.k_mean_folded)
+        p.n_sink = params.n_sink or 0
+        if params.v_mean is not None:
+            p.v_mean = self._per_head(params.v_mean, "V mean")
+        out = ffi().new("kvc_context **")
+        err = ffi().new("char[512]")
+        status = lib().kvc_context_create(model._ptr, p, out, err, 512)
+        if status != 0:
+            raise NativeError(f"cannot create a context: {ffi().string(err).decode(errors='replace')}")
+        self._ptr = ffi().gc(out[0], lib().kvc_context_free)
+        self.n_vocab = model.args.vocab_size
+
+    def _per_head(self, x: np.ndarray, what: str):
+        """A float buffer for C of a (layers, kv heads, head_dim) array, kept alive with the context."""
+        a = self.model.args
+        arr = np.ascontiguousarray(x, dtype=np.float32)
+        want = (a.num_hidden_layers, a.num_key_value_heads, a.head_dim)
+        if arr.shape != want:
+            raise InputError(f"{what} has shape {arr.shape}, the model needs {want}")
+        buf = ffi().from_buffer("float[]", arr)
+        self._keep += [arr, buf]
+        return buf
+
+    def _tq_layers(self, configs, perm: np.ndarray | None = None):
+        f = ffi()
+        from ..kvcache.turboquant import codebook
+
+        arr = f.new("kvc_tq_layer[]", len(configs))
+        self._keep.append(arr)
+        if perm is not None:
+            perm = np.ascontiguousarray(perm, dtype=np.int32)
+            if perm.shape != (len(configs), configs[0].d):
+                raise InputError(f"K permutation has shape {perm.shape}, expected {(len(configs), configs[0].d)}")
+            self._keep.append(perm)
+        modes = {c.scale for c in configs}
+        if not modes <= set(SCALE_MODES):
+            raise InputError(f"the runtime supports TurboQuant scales {', '.join(SCALE_MODES)}, not {modes}")
+        self._scale_mode = SCALE_MODES[configs[0].scale]
+        for i, c in enumerate(configs):
+            t = arr[i]
+            t.n_hi, t.hi_bits, t.lo_bits, t.qjl_hi, t.qjl_lo = c.n_hi, c.hi_bits, c.lo_bits, int(c.qjl_hi), int(c.qjl_lo)
+            for grp, name in zip(c.groups(), ("codebook_hi", "codebook_lo") if c.n_hi else ("codebook_lo",)):
+                cb = np.ascontiguousarray(codebook(grp.m, grp.bits), dtype=np.float32)
+                buf = f.from_buffer("float[]", cb)
+                self._keep += [cb, buf]
+                setattr(t, name, buf)
+            if perm is not None:
+                pbuf = f.cast("int *", f.from_buffer(perm[i]))
+                self._keep.append(pbuf)
+                t.perm = pbuf
+        return arr
+
+    def capture(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Turn on calibration capture; returns the buffers q (layers, n_batch, H*D),
+        k and v (layers, n_batch, Hk*D) that every later eval batch fills (pre-RoPE,
+        bias added, in the file's channel order; rows beyond the batch are stale)."""
+        a = self.model.args
+        T = min(self.params.n_batch, self.params.n_ctx)
+        bufs = tuple(np.zeros((a.num_hidden_layers, T, n * a.head_dim), dtype=np.float32)
+                     for n in (a.num_attention_heads, a.num_key_value_heads, a.num_key_value_heads))
+        f = ffi()
+        ptrs = [f.cast("float *", f.from_buffer(b)) for b in bufs]
+        self._keep += list(bufs) + ptrs
+        check(lib().kvc_set_capture(self._ptr, *ptrs), "capture")
+        return bufs  # type: ignore[return-value]
+
+    @property
+    def n_past(self) -> int:
+        return lib().kvc_n_past(self._ptr)
+
+    @property
+    def kv_bytes_per_token(self) -> int:
+        return lib().kvc_kv_bytes_per_token(self._ptr)
+
+    def reset(self, n_past: int = 0) -> None:
+        check(lib().kvc_set_n_past(self._ptr, n_past), "reset")
+
+    def eval(self, tokens, all_logits: bool = False) -> np.ndarray:
+        """Append tokens to the cache; logits (n, vocab) if all_logits else (vocab,)."""
+        toks = np.ascontiguousarray(tokens, dtype=np.int32)
+        if toks.ndim != 1 or toks.size == 0:
+            raise ValueError("tokens must be a non-empty 1-D sequence")
+        out = np.empty((toks.size if all_logits else 1, self.n_vocab), dtype=np.float32)
+        f = ffi()
+        status = lib().kvc_eval(self._ptr, f.cast("int *", f.from_buffer(toks)), toks.size,
+                                f.cast("float *", f.from_buffer(out)), int(all_logits))
+        if status != 0:
+            raise NativeError(f"eval: {f.string(lib().kvc_context_error(self._ptr)).decode(errors='replace')}")
+        return out if all_logits else out[0]
+
+
+def eval_multi(contexts: list[Context], tokens: list[int]) -> np.ndarray:
+    """Append tokens[i] to contexts[i] for every i, evaluated as one batch (kvc_eval_multi:
+    each weight row is read once for all the sequences); logits (n, vocab), row i for
+    contexts[i]. The contexts must be distinct, of one model, and at most contexts[0]'s
+    n_batch; a failed call (NativeError) appends nothing to any of them."""
+    toks = np.ascontiguousarray(tokens, dtype=np.int32)
+    if toks.ndim != 1 or toks.size == 0 or toks.size != len(contexts):
+        raise ValueError(f"one token per context: {len(contexts)} contexts, tokens of shape {toks.shape}")
+    lead = contexts[0]
+    out = np.empty((toks.size, lead.n_vocab), dtype=np.float32)
+    f = ffi()
+    ptrs = f.new("kvc_context *[]", [c._ptr for c in contexts])
+    status = lib().kvc_eval_multi(ptrs, toks.size, f.cast("int *", f.from_buffer(toks)),
+                                  f.cast("float *", f.from_buffer(out)))
+    if status != 0:
+        raise NativeError(f"eval_multi: {f.string(lib().kvc_context_error(lead._ptr)).decode(errors='replace')}")
+    return out
+
+
+def tq_roundtrip(x: np.ndarray, cfg, seed: int, layer: int) -> np.ndarray:
+    """x (..., d) float32 → its TurboQuant reconstruction by the C kernels (encode, then
+    decode without the QJL term): the twin of turboquant.decode(encode(x), qjl=False)."""
+    from ..kvcache.turboquant import codebook
+
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    flat = x.reshape(-1, cfg.d)
+    n = flat.shape[0]
+    out = np.empty_like(flat)
+    f, impl = ffi(), lib().kvc_cpu_best_impl()
+    for g, (gc, (a, b)) in enumerate(zip(cfg.groups(), cfg.bounds())):
+        xg = np.ascontiguousarray(flat[:, a:b])
+        cb = np.ascontiguousarray(codebook(gc.m, gc.bits), dtype=np.float32)
+        rows = np.empty((n, lib().kvc_tq_row_bytes(gc.m, gc.bits, int(gc.qjl))), np.uint8)
+        yg = np.empty_like(xg)
+        fcb = f.cast("float *", f.from_buffer(cb))
+        check(lib().kvc_tq_encode(impl, gc.m, gc.bits, int(gc.qjl), SCALE_MODES[cfg.scale], fcb, seed, layer, g,
+                                  f.cast("float *", f.from_buffer(xg)), n, f.from_buffer(rows)), "kvc_tq_encode")
+        check(lib().kvc_tq_decode(impl, gc.m, gc.bits, int(gc.qjl), fcb, seed, layer, g, f.from_buffer(rows), n,
+                                  f.cast("float *", f.from_buffer(yg))), "kvc_tq_decode")
+        out[:, a:b] = yg
+    return out.reshape(x.shape)

@@ -1,0 +1,1 @@
+"""Chat sessions and the OpenAI-compatible server, on the runtime."""
