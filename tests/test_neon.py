@@ -44,14 +44,20 @@ from tests.neon.emu import HERE, NATIVE, Machine, build_image  # noqa: E402
 SRC = NATIVE / "src"
 NEON_FILES = ["quants_neon.c", "quants_neon_dot.c", "quants_neon_dotprod.c", "vec_neon.c", "tq_neon.c"]
 SOURCES = ([(SRC / "cpu" / f, ["-Werror"]) for f in NEON_FILES]
-           + [(SRC / f, []) for f in ("quants_ref.c", "vec.c", "tq.c")]
+           + [(SRC / f, []) for f in ("quants_ref.c", "vec_ref.c", "tq.c", "tq_ref.c")]
            + [(HERE / "driver.c", ["-ffreestanding"])])
+# driver.c takes the scalar vector ops from kvc_vec_ops_for(KVC_IMPL_SCALAR); the library's
+# (kernels.c) looks the impl up in cpu/dispatch.c's tables, which need pthreads: the bare
+# image gets the scalar twins' table directly.
+VEC_OPS_FOR = '#include "vec.h"\nconst kvc_vec_ops *kvc_vec_ops_for(int impl) { (void)impl; return &kvc_vec_ops_ref; }\n'
 
 
 @pytest.fixture(scope="module")
 def machine(tmp_path_factory) -> Machine:
     cc = shlex.split(os.environ.get("KVC_NEON_CC", "")) or None
-    return Machine(build_image(SOURCES, tmp_path_factory.mktemp("neon"), cc))
+    out = tmp_path_factory.mktemp("neon")
+    (out / "vec_ops_for.c").write_text(VEC_OPS_FOR)
+    return Machine(build_image(SOURCES + [(out / "vec_ops_for.c", [])], out, cc))
 
 
 @pytest.fixture
@@ -363,8 +369,8 @@ def test_tq_kernels(arm, cfg, grp, nt, n0):
 
 def test_runtime_links_for_aarch64(tmp_path):
     """Every native source compiles for aarch64 Linux (glibc) with the runtime's
-    flags and links into a shared library with no undefined symbols: dispatch.c's
-    NEON table names only kernels that exist."""
+    flags and links into a shared library with no undefined symbols: the NEON kernel
+    tables (cpu/dispatch.c) name only kernels that exist."""
     cmd = [sys.executable, "-m", "ziglang", "cc", "-target", "aarch64-linux-gnu", "-shared", "-fPIC", "-O1",
            "-std=gnu11", "-pthread", "-fno-math-errno", "-ffp-contract=off", "-Wall", "-Wno-unused-function",
            "-I", str(NATIVE / "include"), "-I", str(SRC), "-Wl,--no-undefined", "-o", str(tmp_path / "libkvc.so"),

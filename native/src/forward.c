@@ -36,6 +36,7 @@ typedef struct {
 } mm_job;
 
 typedef struct {
+    const kvc_kernel_table *kern;
     int T, n_jobs;
     mm_job jobs[3];
 } mm_task;
@@ -48,8 +49,8 @@ static void mm_run(void *arg, int ith, int nth) {
         long long r0, r1;
         kvc_split(w->ne1, ith, nth, 16, &r0, &r1);
         if (r1 <= r0) continue;
-        kvc_gemm(w->type, KVC_IMPL_AUTO, r1 - r0, task->T, w->ne0, w->data + (size_t)r0 * w->row_bytes, jb->a,
-                 jb->out + r0, w->ne1);
+        task->kern->type[w->type].gemm(r1 - r0, task->T, w->ne0, w->data + (size_t)r0 * w->row_bytes, jb->a,
+                                       jb->out + r0, w->ne1);
         if (jb->bias)
             for (int t = 0; t < task->T; t++)
                 for (long long r = r0; r < r1; r++) jb->out[(size_t)t * w->ne1 + r] += jb->bias[r];
@@ -57,6 +58,7 @@ static void mm_run(void *arg, int ith, int nth) {
 }
 
 typedef struct {
+    kvc_quantize_fn quantize; /* to the activation type */
     int type, T;
     long long n;
     const float *x; /* (T, n) */
@@ -68,13 +70,13 @@ static void quant_run(void *arg, int ith, int nth) {
     long long t0, t1;
     kvc_split(q->T, ith, nth, 1, &t0, &t1);
     size_t rb = kvc_row_bytes(q->type, q->n);
-    for (long long t = t0; t < t1; t++) kvc_quantize_row(q->type, KVC_IMPL_AUTO, q->x + t * q->n, q->dst + t * rb, q->n);
+    for (long long t = t0; t < t1; t++) q->quantize(q->x + t * q->n, q->dst + t * rb, q->n);
 }
 
 /* outs[i] (T, ws[i]->ne1) = x (T, n) · ws[i]ᵀ + biases[i], for up to 3 weights sharing x. */
 static void matmul(kvc_context *c, int T, const float *x, long long n, int count, const tview **ws,
                    const float **biases, float **outs) {
-    mm_task task = {.T = T, .n_jobs = count};
+    mm_task task = {.kern = c->kern, .T = T, .n_jobs = count};
     int types[3];
     const uint8_t *bufs[3];
     int n_types = 0;
@@ -86,7 +88,7 @@ static void matmul(kvc_context *c, int T, const float *x, long long n, int count
             if (vdt == KVC_TYPE_F32) {
                 bufs[n_types] = (const uint8_t *)x;
             } else {
-                quant_task q = {vdt, T, n, x, c->aq[n_types]};
+                quant_task q = {c->kern->type[vdt].quantize, vdt, T, n, x, c->aq[n_types]};
                 if (T < 32) /* a decode batch: cheaper than a pool run */
                     quant_run(&q, 0, 1);
                 else
@@ -170,13 +172,13 @@ static void attn_block(kvc_context *c, int layer, attn_scratch *s, int h, int t0
     kv_scores(c, s, layer, h, q, QD, nt, n0, s->scores, ld);
     for (int i = 0; i < nt * n_rep; i++) {
         float *row = s->scores + (size_t)i * ld; /* (n0 + i / n_rep) keys */
-        c->ops->scale(n0 + i / n_rep, scale, row);
-        c->ops->softmax(n0 + i / n_rep, row);
+        c->kern->vec->scale(n0 + i / n_rep, scale, row);
+        c->kern->vec->softmax(n0 + i / n_rep, row);
     }
     kv_values(c, s, layer, h, s->scores, ld, nt, n0, out, QD);
     if (c->v_mean) /* the cache holds v − μ_v; the weights sum to 1 */
         for (int i = 0; i < nt * n_rep; i++)
-            c->ops->axpy(D, 1.0f, c->v_mean + ((size_t)layer * Hk + h) * D,
+            c->kern->vec->axpy(D, 1.0f, c->v_mean + ((size_t)layer * Hk + h) * D,
                          out + (i / n_rep) * QD + (size_t)(i % n_rep) * D);
 }
 
@@ -261,10 +263,10 @@ static void forward_rows(kvc_context *lead, segment *segs, int n_seg, const int 
                          int first) {
     const kvc_model *m = lead->m;
     const long long E = m->n_embd, F = m->n_ff;
-    const kvc_vec_ops *ops = lead->ops;
+    const kvc_vec_ops *ops = lead->kern->vec;
+    const kvc_kernels *emb = &lead->kern->type[m->tok_embd.type];
     for (int t = 0; t < T; t++)
-        kvc_dequantize_row(m->tok_embd.type, KVC_IMPL_AUTO, m->tok_embd.data + (size_t)tokens[t] * m->tok_embd.row_bytes,
-                           lead->x + t * E, E);
+        emb->dequantize(m->tok_embd.data + (size_t)tokens[t] * m->tok_embd.row_bytes, lead->x + t * E, E);
     int nth = lead->n_threads;
     for (int j = 0; j < n_seg; j++) {
         kvc_context *c = segs[j].c;

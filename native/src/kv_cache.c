@@ -233,12 +233,12 @@ void kv_store(kvc_context *c, int layer, int T) {
                     for (int i = 0; i < D; i++) tmp[i] = k[L->perm[i]];
                     k = tmp;
                 }
-                tq_encode(L, c->tq_scale_mode, k, k_row(c, layer, h, pos), scratch);
+                c->kern->tq_encode(L, c->tq_scale_mode, k, k_row(c, layer, h, pos), scratch);
             } else {
-                kvc_quantize_row(c->type_k, KVC_IMPL_AUTO, k, k_row(c, layer, h, pos), D);
+                c->kern->type[c->type_k].quantize(k, k_row(c, layer, h, pos), D);
             }
             if (c->tq_v) {
-                tq_encode(&c->tq_v[layer], c->tq_scale_mode, v, v_row(c, layer, h, pos), scratch);
+                c->kern->tq_encode(&c->tq_v[layer], c->tq_scale_mode, v, v_row(c, layer, h, pos), scratch);
                 if (pos < c->n_sink) { /* correction = value − decoded row (scratch: 2D floats) */
                     const float one = 1.0f;
                     memset(scratch, 0, sizeof(float) * (size_t)D);
@@ -247,7 +247,7 @@ void kv_store(kvc_context *c, int layer, int T) {
                     uint16_t *vs = sink_row(c, c->v_sink, layer, h, pos);
                     for (int i = 0; i < D; i++) vs[i] = kvc_fp32_to_fp16(v[i] - scratch[i]);
                 }
-            } else kvc_quantize_row(c->type_v, KVC_IMPL_AUTO, v, v_row(c, layer, h, pos), D);
+            } else c->kern->type[c->type_v].quantize(v, v_row(c, layer, h, pos), D);
         }
 }
 
@@ -280,7 +280,7 @@ void kv_scores(kvc_context *c, attn_scratch *s, int layer, int h, const float *q
             }
             tq_prepare_query(L, qr, s->tq->qr + (size_t)i * D, s->tq->w + (size_t)i * D);
         }
-        tq_score_for(KVC_IMPL_AUTO)(L, s->tq, nq, n_rep, n0, k_row(c, layer, h, 0), scores, ld);
+        c->kern->tq_score(L, s->tq, nq, n_rep, n0, k_row(c, layer, h, 0), scores, ld);
         for (int j = 0; j < c->n_sink && j < n0 + nt - 1; j++) { /* sinks: exact scores */
             const uint16_t *ks = sink_row(c, c->k_sink, layer, h, j); /* (D) fp16 */
             for (int i = tq_first_seeing(j, n_rep, n0); i < nq; i++) {
@@ -295,11 +295,10 @@ void kv_scores(kvc_context *c, attn_scratch *s, int layer, int h, const float *q
         for (int i = 0; i < nq; i++) {
             const float *qr = q + block_row(i, n_rep, q_stride, D); /* (D) */
             if (c->k_vec_dot_type == KVC_TYPE_F32) memcpy(s->qq + i * qrb, qr, qrb);
-            else kvc_quantize_row(c->k_vec_dot_type, KVC_IMPL_AUTO, qr, s->qq + i * qrb, D);
+            else c->kern->type[c->k_vec_dot_type].quantize(qr, s->qq + i * qrb, D);
         }
         /* keys a query does not see yet (later tokens of the block) are scored too, and ignored */
-        kvc_gemm(c->type_k, KVC_IMPL_AUTO, tq_rows_read(nq, n_rep, n0), nq, D, k_row(c, layer, h, 0), s->qq, scores,
-                 ld);
+        c->kern->type[c->type_k].gemm(tq_rows_read(nq, n_rep, n0), nq, D, k_row(c, layer, h, 0), s->qq, scores, ld);
     }
     if (!c->k_center) return;
     /* corr (nq, D): (A_j, B_j) at (2j, 2j+1) for centered pairs, 0 elsewhere, so the
@@ -318,7 +317,7 @@ void kv_scores(kvc_context *c, attn_scratch *s, int layer, int h, const float *q
             cf[2 * src[jp] + 1] = qr[b] * mu[a] - qr[a] * mu[b];
         }
     }
-    kvc_gemm(KVC_TYPE_F32, KVC_IMPL_AUTO, n0 + nt - 1, nq, D, c->rope_all, s->corr, s->scores2, ld);
+    c->kern->type[KVC_TYPE_F32].gemm(n0 + nt - 1, nq, D, c->rope_all, s->corr, s->scores2, ld);
     for (int i = 0; i < nq; i++) {
         float *sc = scores + (size_t)i * ld; /* (n0 + i / n_rep) visible */
         const float *s2 = s->scores2 + (size_t)i * ld;
@@ -333,7 +332,7 @@ void kv_values(kvc_context *c, attn_scratch *s, int layer, int h, const float *p
         const tq_layout *L = &c->tq_v[layer];
         float *acc = s->qp; /* (nq, D) rotated domain */
         memset(acc, 0, sizeof(float) * (size_t)nq * D);
-        tq_accum_for(KVC_IMPL_AUTO)(L, p, ld, nq, n_rep, n0, v_row(c, layer, h, 0), acc);
+        c->kern->tq_accum(L, p, ld, nq, n_rep, n0, v_row(c, layer, h, 0), acc);
         for (int i = 0; i < nq; i++) {
             tq_unrotate(L, acc + (size_t)i * D);
             for (int j = 0; j < c->n_sink && j < tq_visible(i, n_rep, n0); j++) { /* sinks: exact values */
@@ -351,10 +350,10 @@ void kv_values(kvc_context *c, attn_scratch *s, int layer, int h, const float *p
     for (int j = 0; j < tq_rows_read(nq, n_rep, n0); j++) { /* every value row read once per block */
         const float *vr = (const float *)v_row(c, layer, h, j);
         if (c->type_v != KVC_TYPE_F32) {
-            kvc_dequantize_row(c->type_v, KVC_IMPL_AUTO, v_row(c, layer, h, j), s->vrow, D);
+            c->kern->type[c->type_v].dequantize(v_row(c, layer, h, j), s->vrow, D);
             vr = s->vrow;
         }
         for (int i = tq_first_seeing(j, n_rep, n0); i < nq; i++)
-            c->ops->axpy(D, p[(size_t)i * ld + j], vr, out + block_row(i, n_rep, out_stride, D));
+            c->kern->vec->axpy(D, p[(size_t)i * ld + j], vr, out + block_row(i, n_rep, out_stride, D));
     }
 }

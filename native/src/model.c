@@ -184,7 +184,7 @@ int kvc_context_create(kvc_model *m, const kvc_context_params *p, kvc_context **
     if (!c) return kvc_fail(err, err_len, KVC_ERR_NOMEM, "out of memory");
     c->m = m;
     c->n_layer = m->n_layer;
-    c->ops = kvc_vec_ops_for(KVC_IMPL_AUTO);
+    kvc_kernel_table_for(KVC_IMPL_AUTO, &c->kern);
     c->n_ctx = p->n_ctx;
     c->n_batch = p->n_batch < p->n_ctx ? p->n_batch : p->n_ctx;
     c->n_threads = p->n_threads;

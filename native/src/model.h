@@ -8,10 +8,9 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "kernels.h"
 #include "kvc.h"
 #include "threadpool.h"
-#include "tq.h"
-#include "vec.h"
 
 typedef struct {
     int type;            /* kvc_type */
@@ -58,7 +57,7 @@ typedef struct {
 struct kvc_context {
     kvc_model *m;
     kvc_pool *pool;
-    const kvc_vec_ops *ops;
+    const kvc_kernel_table *kern; /* the kernels of this CPU, chosen once (cpu/dispatch.c) */
     int n_ctx, n_batch, n_past, n_threads, n_layer;
     int type_k, type_v, k_vec_dot_type;
     size_t *k_rb, *v_rb; /* (n_layer) bytes of one cached head row, per layer */

@@ -1,7 +1,8 @@
 /* quants.h — block layouts of the weight/activation types, fp16/bf16 scalar
- * conversions and the kernel trait table shared by quants_ref.c (scalar
- * reference twins), cpu/quants_avx2*.c, cpu/quants_avx512*.c,
- * cpu/quants_neon*.c and cpu/dispatch.c (run-time selection).
+ * conversions, and the signatures of the weight kernels (quantize, dequantize,
+ * vec_dot, gemm): the scalar twins (quants_ref.c) and the SIMD builds
+ * (cpu/quants_avx2*.c, cpu/quants_avx512*.c, cpu/quants_neon*.c) that the
+ * kernel tables of cpu/dispatch.c (kernels.h) point at.
  *
  * Block layouts are GGUF's and must stay bit-compatible with llama.cpp files:
  * they follow ggml/src/ggml-common.h (llama.cpp, MIT), sizes checked below.
@@ -173,7 +174,7 @@ static inline void kvc_q4k_scales(const uint8_t *q, uint8_t *sc, uint8_t *m) {
  * vec_dot:    returns dot(w, a); w (n) of the weight type, a (n) of its vec_dot_type
  * gemm:       out[t*ldo + r] = dot(w row r, a row t), r < m, t < n_tok; w rows are
  *             k/block*type_size bytes apart, a rows k/vblock*vtype_size bytes apart.
- * Preconditions (checked in dispatch.c, not here): n, k multiples of the block
+ * Preconditions (checked by the ABI in kernels.c, not here): n, k multiples of the block
  * sizes, n > 0, pointers valid. Kernels are pure functions (thread-safe). */
 typedef void (*kvc_quantize_fn)(const float *x, void *y, int64_t n);
 typedef void (*kvc_dequantize_fn)(const void *x, float *y, int64_t n);
@@ -181,32 +182,12 @@ typedef float (*kvc_vec_dot_fn)(int64_t n, const void *w, const void *a);
 typedef void (*kvc_gemm_fn)(int64_t m, int64_t n_tok, int64_t k, const void *w, const void *a,
                             float *out, int64_t ldo);
 
-#define KVC_N_IMPL 5 /* indexed by kvc_impl: AUTO (unused), SCALAR, AVX2, AVX512, NEON */
-
 typedef struct {
     kvc_quantize_fn quantize;
     kvc_dequantize_fn dequantize;
     kvc_vec_dot_fn vec_dot;
     kvc_gemm_fn gemm;
-} kvc_kernels;
-
-/* Per type: sizes and kernels per impl. A NULL kernel at some impl means "use
- * the next lower impl's" (AVX512 -> AVX2 -> SCALAR, NEON -> SCALAR); a NULL
- * scalar kernel means the operation is unsupported for the type. The scalar
- * gemm is a loop over the reference vec_dot (dispatch.c). */
-typedef struct {
-    const char *name;
-    int block_size, type_size;
-    int vec_dot_type; /* -1: not usable as a weight (activation-only types) */
-    kvc_kernels k[KVC_N_IMPL];
-} kvc_type_traits;
-
-/* For the runtime (cpu/dispatch.c): the traits of a type (NULL if unknown), and
- * the kernels `impl` resolves to (fallbacks applied; KVC_IMPL_AUTO allowed), to
- * call without per-call validation. kvc_kernels_for returns a kvc_status and
- * runs the one-time init the SIMD kernels need; a NULL field = unsupported. */
-const kvc_type_traits *kvc_traits(int type);
-int kvc_kernels_for(int type, int impl, kvc_kernels *out);
+} kvc_kernels; /* the kernels of one type in one instruction set (kernels.h) */
 
 /* ---- scalar reference twins (quants_ref.c) ---- */
 void kvc_quantize_row_f32_ref(const float *x, void *y, int64_t n);
@@ -241,8 +222,23 @@ float kvc_vec_dot_q5_0_q8_0_ref(int64_t n, const void *w, const void *a);
 float kvc_vec_dot_q4_K_q8_K_ref(int64_t n, const void *w, const void *a);
 float kvc_vec_dot_q6_K_q8_K_ref(int64_t n, const void *w, const void *a);
 
+/* gemm twins: a loop over the vec_dot twin of the type */
+#define KVC_DECLARE_GEMM_REF(name) \
+    void kvc_gemm_##name##_ref(int64_t m, int64_t n_tok, int64_t k, const void *w, const void *a, float *out, int64_t ldo);
+KVC_DECLARE_GEMM_REF(f32_f32)
+KVC_DECLARE_GEMM_REF(f16_f32)
+KVC_DECLARE_GEMM_REF(bf16_f32)
+KVC_DECLARE_GEMM_REF(q8_0_q8_0)
+KVC_DECLARE_GEMM_REF(q4_0_q8_0)
+KVC_DECLARE_GEMM_REF(q4_1_q8_1)
+KVC_DECLARE_GEMM_REF(q5_0_q8_0)
+KVC_DECLARE_GEMM_REF(q4_K_q8_K)
+KVC_DECLARE_GEMM_REF(q6_K_q8_K)
+#undef KVC_DECLARE_GEMM_REF
+
 /* ---- x86 SIMD kernels (cpu/quants_avx2*.c, cpu/quants_avx512*.c) ----
- * Called only after dispatch.c has checked the CPU features. */
+ * Called only through a kernel table cpu/dispatch.c hands out after checking
+ * the CPU features. */
 #if defined(__x86_64__)
 /* quantize/dequantize: AVX2 only (the AVX512 impl falls back to these). */
 void kvc_quantize_row_f16_avx2(const float *x, void *y, int64_t n);
@@ -278,8 +274,9 @@ KVC_DECLARE_SIMD(avx512)
 
 /* ---- aarch64 NEON kernels (cpu/quants_neon*.c) ----
  * Pure functions over pointers (no one-time init needed). The *_neondot
- * integer kernels use the ARMv8.2 dotprod extension: dispatch.c picks them
- * when the CPU has it; the *_neon ones run on every aarch64 CPU. */
+ * integer kernels use the ARMv8.2 dotprod extension: the neon_dotprod kernel
+ * table (cpu/dispatch.c) has them, picked when the CPU has it; the *_neon
+ * ones run on every aarch64 CPU. */
 #if defined(__aarch64__)
 void kvc_quantize_row_f16_neon(const float *x, void *y, int64_t n);
 void kvc_quantize_row_bf16_neon(const float *x, void *y, int64_t n);

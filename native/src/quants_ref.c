@@ -1,5 +1,5 @@
 /* quants_ref.c — scalar reference twins of every weight/activation kernel:
- * quantize, dequantize and vec_dot. Plain C, no processor-specific
+ * quantize, dequantize, vec_dot and gemm (a loop over vec_dot). Plain C, no processor-specific
  * instructions: these define the numbers the SIMD kernels are tested against
  * (tests/test_kernels.py) and are the fallback on CPUs without a SIMD impl.
  *
@@ -444,3 +444,31 @@ float kvc_vec_dot_q6_K_q8_K_ref(int64_t n, const void *vw, const void *va) {
     }
     return s;
 }
+
+/* ---------------- gemm: a loop over vec_dot ---------------- */
+
+/* out[t*ldo + r] = dot(w row r, a row t): w (m, w_row bytes), a (n_tok, a_row bytes). */
+static void gemm_loop(kvc_vec_dot_fn dot, size_t w_row, size_t a_row, int64_t m, int64_t n_tok, int64_t k,
+                      const void *w, const void *a, float *out, int64_t ldo) {
+    const uint8_t *wb = w, *ab = a;
+    for (int64_t t = 0; t < n_tok; t++)
+        for (int64_t r = 0; r < m; r++) out[t * ldo + r] = dot(k, wb + (size_t)r * w_row, ab + (size_t)t * a_row);
+}
+
+/* name: weight_activation; elements and bytes per block of the weight and of the activation */
+#define GEMM_REF(name, w_elems, w_bytes, a_elems, a_bytes)                                                   \
+    void kvc_gemm_##name##_ref(int64_t m, int64_t n_tok, int64_t k, const void *w, const void *a, float *out, \
+                               int64_t ldo) {                                                                \
+        gemm_loop(kvc_vec_dot_##name##_ref, (size_t)(k / (w_elems) * (w_bytes)),                            \
+                  (size_t)(k / (a_elems) * (a_bytes)), m, n_tok, k, w, a, out, ldo);                         \
+    }
+GEMM_REF(f32_f32, 1, 4, 1, 4)
+GEMM_REF(f16_f32, 1, 2, 1, 4)
+GEMM_REF(bf16_f32, 1, 2, 1, 4)
+GEMM_REF(q8_0_q8_0, QK8_0, sizeof(block_q8_0), QK8_0, sizeof(block_q8_0))
+GEMM_REF(q4_0_q8_0, QK4_0, sizeof(block_q4_0), QK8_0, sizeof(block_q8_0))
+GEMM_REF(q4_1_q8_1, QK4_1, sizeof(block_q4_1), QK8_1, sizeof(block_q8_1))
+GEMM_REF(q5_0_q8_0, QK5_0, sizeof(block_q5_0), QK8_0, sizeof(block_q8_0))
+GEMM_REF(q4_K_q8_K, QK_K, sizeof(block_q4_K), QK_K, sizeof(block_q8_K))
+GEMM_REF(q6_K_q8_K, QK_K, sizeof(block_q6_K), QK_K, sizeof(block_q8_K))
+#undef GEMM_REF

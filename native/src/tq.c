@@ -1,27 +1,16 @@
-/* tq.c — TurboQuant rows: layout, signs, block Walsh–Hadamard, encode, and
- * the scalar reference kernels for scoring and V accumulation (see tq.h).
- * Plain C; the ABI test entry points kvc_tq_* are at the end. */
+/* tq.c — TurboQuant rows (docs/design.md §4): the layout of a row, the sign
+ * streams, the block Walsh–Hadamard rotations, query preparation, and the
+ * kvc_tq_* entry points the tests call (they run the kernels of the table
+ * kvc_kernel_table_for picks). The kernels themselves: tq_ref.c (scalar) and
+ * cpu/tq_*.c (SIMD). Plain C. */
 #include "tq.h"
 
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "kernels.h"
 #include "kvc.h"
-#include "quants.h"
-
-/* double -> fp16 with one correct rounding (as numpy's astype(float16)): round to
- * float toward zero and make it odd if inexact ("round to odd"), which keeps the
- * following float -> fp16 round-to-nearest-even from rounding twice. */
-static kvc_half fp16_from_double(double d) {
-    float f = (float)d;
-    if (fabs((double)f) > fabs(d)) f = nextafterf(f, 0.0f);
-    if ((double)f != d) {
-        uint32_t u = kvc_f32_bits(f) | 1u;
-        f = kvc_bits_f32(u);
-    }
-    return kvc_fp32_to_fp16(f);
-}
 
 static uint64_t splitmix64(uint64_t *state) {
     uint64_t z = (*state += 0x9E3779B97F4A7C15ULL);
@@ -88,7 +77,7 @@ void tq_mix_order(int m, int16_t *order) {
 /* v (m) in place: v ← R v with R = H·diag(signs) for a power-of-two m, else
  * R = H·diag(mix_signs)·P·H·diag(signs) (P: g->mix; the fixed mix_signs keep the
  * second H from partly undoing the first); tmp: (m) */
-static void rotate(const tq_group *g, const float *signs, float *v, float *tmp) {
+void tq_rotate(const tq_group *g, const float *signs, float *v, float *tmp) {
     const int m = g->m;
     for (int i = 0; i < m; i++) v[i] *= signs[i];
     tq_wht(v, m);
@@ -186,138 +175,18 @@ int tq_layout_init(tq_layout *L, int d, int n_hi, int hi_bits, int lo_bits, int 
     return st;
 }
 
-static void put_code(uint8_t *codes, int i, int b, unsigned c) {
-    unsigned bit = (unsigned)i * (unsigned)b;
-    for (int k = 0; k < b; k++, bit++)
-        if (c >> k & 1) codes[bit >> 3] |= (uint8_t)(1u << (bit & 7));
-}
-
-static unsigned nearest(const tq_group *g, double u) { /* number of boundaries below u */
-    int lo = 0, hi = (1 << g->bits) - 1; /* answer in [lo, hi] */
-    while (lo < hi) {
-        int mid = (lo + hi) / 2;
-        if (g->bounds[mid] < u) lo = mid + 1;
-        else hi = mid;
-    }
-    return (unsigned)lo;
-}
-
-static void encode_group(const tq_group *g, int scale_mode, const float *x, uint8_t *row, float *y) {
-    const int m = g->m;
-    float *tmp = y + m; /* y: (2m) scratch */
-    memcpy(y, x, sizeof(float) * (size_t)m);
-    rotate(g, g->signs, y, tmp);
-    double n2 = 0;
-    for (int i = 0; i < m; i++) n2 += (double)y[i] * (double)y[i];
-    const double norm = sqrt(n2);
-    uint8_t *codes = row + g->codes_off;
-    memset(codes, 0, (size_t)(m * g->bits + 7) / 8);
-    double num = 0, den = 0;
-    for (int i = 0; i < m; i++) {
-        unsigned c = nearest(g, norm > 0 ? (double)y[i] / norm : 0.0);
-        put_code(codes, i, g->bits, c);
-        num += (double)y[i] * (double)g->cb[c];
-        den += (double)g->cb[c] * (double)g->cb[c];
-    }
-    /* 0 norm: ‖y‖; 1 ls: the least-squares scale of the chosen codes; 2 proj: ‖y‖²/⟨y, c⟩,
-     * so that ⟨ŷ, y⟩ = ‖y‖² (no (1 − D_b) shrinkage of ⟨q, x̂⟩) — as turboquant.py */
-    double s = scale_mode == 1 ? (den > 0 ? num / den : 0.0) : scale_mode == 2 ? (num != 0 ? n2 / num : 0.0) : norm;
-    kvc_half hs = fp16_from_double(s);
-    memcpy(row + g->off, &hs, 2);
-    if (!g->qjl) return;
-    const float sf = kvc_fp16_to_fp32(hs);
-    float *r = y; /* reuse: y is no longer needed once the codes are known */
-    for (int i = 0; i < m; i++) r[i] = r[i] - sf * g->cb[tq_get_code(codes, i, g->bits)];
-    double r2 = 0;
-    for (int i = 0; i < m; i++) r2 += (double)r[i] * (double)r[i];
-    kvc_half hr = fp16_from_double(sqrt(r2));
-    memcpy(row + g->off + 2, &hr, 2);
-    rotate(g, g->signs2, r, tmp);
-    uint8_t *bits = row + g->qjl_off;
-    memset(bits, 0, (size_t)(m + 7) / 8);
-    for (int i = 0; i < m; i++)
-        if (r[i] < 0) bits[i >> 3] |= (uint8_t)(1u << (i & 7));
-}
-
-void tq_encode(const tq_layout *L, int scale_mode, const float *x, uint8_t *row, float *scratch) {
-    int start = 0;
-    for (int k = 0; k < L->n_groups; k++) {
-        encode_group(&L->g[k], scale_mode, x + start, row, scratch);
-        start += L->g[k].m;
-    }
-}
-
 void tq_prepare_query(const tq_layout *L, const float *q, float *qr, float *w) {
     int start = 0;
     for (int k = 0; k < L->n_groups; k++) {
         const tq_group *g = &L->g[k];
         float *gq = qr + start, *gw = w + start, tmp[TQ_MAX_DIM];
         memcpy(gq, q + start, sizeof(float) * (size_t)g->m);
-        rotate(g, g->signs, gq, tmp);
+        tq_rotate(g, g->signs, gq, tmp);
         if (g->qjl) {
             memcpy(gw, gq, sizeof(float) * (size_t)g->m);
-            rotate(g, g->signs2, gw, tmp);
+            tq_rotate(g, g->signs2, gw, tmp);
         }
         start += g->m;
-    }
-}
-
-/* centroid values of one row, in rotated order: vals (d) */
-static void decode_row(const tq_layout *L, const uint8_t *row, float *vals, float *scale) {
-    int start = 0;
-    for (int k = 0; k < L->n_groups; k++) {
-        const tq_group *g = &L->g[k];
-        const uint8_t *codes = row + g->codes_off;
-        for (int i = 0; i < g->m; i++) vals[start + i] = g->cb[tq_get_code(codes, i, g->bits)];
-        scale[k] = kvc_fp16_to_fp32(kvc_ld_half(row + g->off));
-        start += g->m;
-    }
-}
-
-void tq_score_ref(const tq_layout *L, const tq_query *q, int nq, int grp, int n0, const uint8_t *rows, float *out,
-                  int ldo) {
-    float vals[TQ_MAX_DIM], scale[TQ_MAX_GROUPS];
-    const int d = L->d, n = tq_rows_read(nq, grp, n0);
-    for (int j = 0; j < n; j++) {
-        const uint8_t *row = rows + (size_t)j * L->row_bytes;
-        decode_row(L, row, vals, scale);
-        for (int r = tq_first_seeing(j, grp, n0); r < nq; r++) {
-            const float *qr = q->qr + (size_t)r * d, *w = q->w + (size_t)r * d; /* (d) */
-            float total = 0.0f;
-            int start = 0;
-            for (int k = 0; k < L->n_groups; k++) {
-                const tq_group *g = &L->g[k];
-                float acc = 0.0f;
-                for (int i = 0; i < g->m; i++) acc += qr[start + i] * vals[start + i];
-                total += scale[k] * acc;
-                if (g->qjl) {
-                    const uint8_t *bits = row + g->qjl_off;
-                    float sj = 0.0f;
-                    for (int i = 0; i < g->m; i++) sj += (bits[i >> 3] >> (i & 7) & 1) ? -w[start + i] : w[start + i];
-                    total += kvc_fp16_to_fp32(kvc_ld_half(row + g->off + 2)) * g->qjl_c * sj;
-                }
-                start += g->m;
-            }
-            out[(size_t)r * ldo + j] = total;
-        }
-    }
-}
-
-void tq_accum_ref(const tq_layout *L, const float *p, int ldp, int nq, int grp, int n0, const uint8_t *rows,
-                  float *acc) {
-    float vals[TQ_MAX_DIM], scale[TQ_MAX_GROUPS];
-    const int n = tq_rows_read(nq, grp, n0);
-    for (int j = 0; j < n; j++) {
-        decode_row(L, rows + (size_t)j * L->row_bytes, vals, scale);
-        for (int r = tq_first_seeing(j, grp, n0); r < nq; r++) {
-            float *a = acc + (size_t)r * L->d; /* (d) */
-            int start = 0;
-            for (int k = 0; k < L->n_groups; k++) {
-                const float c = p[(size_t)r * ldp + j] * scale[k];
-                for (int i = 0; i < L->g[k].m; i++) a[start + i] += c * vals[start + i];
-                start += L->g[k].m;
-            }
-        }
     }
 }
 
@@ -330,7 +199,14 @@ void tq_unrotate(const tq_layout *L, float *acc) {
     }
 }
 
-/* ---- ABI test entry points: one group of m channels ---- */
+/* ---- ABI test entry points: one group of m channels ----
+ * impl picks the kernel table (kvc_kernel_table_for): KVC_ERR_UNSUPPORTED when
+ * this CPU or build has no such implementation (or impl is not a kvc_impl). */
+
+static const kvc_kernel_table *table_for(int impl) {
+    const kvc_kernel_table *t;
+    return kvc_kernel_table_for(impl, &t) == KVC_OK ? t : NULL;
+}
 
 long long kvc_tq_row_bytes(int m, int bits, int qjl) {
     if (m <= 0 || m > TQ_MAX_DIM || bits < 1 || bits > TQ_MAX_BITS) return -1;
@@ -352,15 +228,16 @@ static int one_group(tq_layout *L, int m, int bits, int qjl, const float *cb, un
 
 int kvc_tq_encode(int impl, int m, int bits, int qjl, int scale_mode, const float *codebook, unsigned long long seed,
                   int layer, int group, const float *x, int n, void *rows) {
-    (void)impl;
     if (!x || !rows || n < 0 || (scale_mode < 0 || scale_mode > 2)) return KVC_ERR_INVALID;
+    const kvc_kernel_table *t = table_for(impl);
+    if (!t) return KVC_ERR_UNSUPPORTED;
     tq_layout L;
     int st = one_group(&L, m, bits, qjl, codebook, seed, layer, group);
     if (st != KVC_OK) return st;
     float *y = malloc(sizeof(float) * 2 * (size_t)m); /* encode scratch */
     if (!y) st = KVC_ERR_NOMEM;
     for (int j = 0; st == KVC_OK && j < n; j++)
-        tq_encode(&L, scale_mode, x + (size_t)j * m, (uint8_t *)rows + (size_t)j * L.row_bytes, y);
+        t->tq_encode(&L, scale_mode, x + (size_t)j * m, (uint8_t *)rows + (size_t)j * L.row_bytes, y);
     free(y);
     tq_layout_free(&L);
     return st;
@@ -369,8 +246,8 @@ int kvc_tq_encode(int impl, int m, int bits, int qjl, int scale_mode, const floa
 int kvc_tq_decode(int impl, int m, int bits, int qjl, const float *codebook, unsigned long long seed, int layer,
                   int group, const void *rows, int n, float *x) {
     if (!rows || !x || n < 0) return KVC_ERR_INVALID;
-    tq_accum_fn accum = tq_accum_for(impl);
-    if (!accum) return KVC_ERR_UNSUPPORTED;
+    const kvc_kernel_table *t = table_for(impl);
+    if (!t) return KVC_ERR_UNSUPPORTED;
     tq_layout L;
     int st = one_group(&L, m, bits, qjl, codebook, seed, layer, group);
     if (st != KVC_OK) return st;
@@ -378,7 +255,7 @@ int kvc_tq_decode(int impl, int m, int bits, int qjl, const float *codebook, uns
     for (int j = 0; j < n; j++) {
         float *out = x + (size_t)j * m;
         memset(out, 0, sizeof(float) * (size_t)m);
-        accum(&L, &one, 1, 1, 1, 1, (const uint8_t *)rows + (size_t)j * L.row_bytes, out);
+        t->tq_accum(&L, &one, 1, 1, 1, 1, (const uint8_t *)rows + (size_t)j * L.row_bytes, out);
         tq_unrotate(&L, out);
     }
     tq_layout_free(&L);
@@ -388,8 +265,8 @@ int kvc_tq_decode(int impl, int m, int bits, int qjl, const float *codebook, uns
 int kvc_tq_score(int impl, int m, int bits, int qjl, const float *codebook, unsigned long long seed, int layer,
                  int group, const float *q, const void *rows, int n, float *out) {
     if (!q || !rows || !out || n < 0) return KVC_ERR_INVALID;
-    tq_score_fn score = tq_score_for(impl);
-    if (!score) return KVC_ERR_UNSUPPORTED;
+    const kvc_kernel_table *t = table_for(impl);
+    if (!t) return KVC_ERR_UNSUPPORTED;
     tq_layout L;
     int st = one_group(&L, m, bits, qjl, codebook, seed, layer, group);
     if (st != KVC_OK) return st;
@@ -400,7 +277,7 @@ int kvc_tq_score(int impl, int m, int bits, int qjl, const float *codebook, unsi
     }
     tq_query tq = {buf, buf + m};
     tq_prepare_query(&L, q, tq.qr, tq.w);
-    score(&L, &tq, 1, 1, n, (const uint8_t *)rows, out, n);
+    t->tq_score(&L, &tq, 1, 1, n, (const uint8_t *)rows, out, n);
     free(buf);
     tq_layout_free(&L);
     return KVC_OK;
@@ -411,9 +288,8 @@ int kvc_tq_block_test(int impl, int d, int n_hi, int hi_bits, int lo_bits, int q
                       int nq, int grp, int n0, const float *p, float *scores, float *acc) {
     if (!keys || !q || !p || !scores || !acc || nq <= 0 || grp <= 0 || n0 < 1 || tq_rows_read(nq, grp, n0) > n)
         return KVC_ERR_INVALID;
-    tq_score_fn score = tq_score_for(impl);
-    tq_accum_fn accum = tq_accum_for(impl);
-    if (!score || !accum) return KVC_ERR_UNSUPPORTED;
+    const kvc_kernel_table *t = table_for(impl);
+    if (!t) return KVC_ERR_UNSUPPORTED;
     tq_layout L;
     int st = tq_layout_init(&L, d, n_hi, hi_bits, lo_bits, qjl_hi, qjl_lo, cb_hi, cb_lo, NULL, seed, layer);
     if (st != KVC_OK) return st;
@@ -422,70 +298,17 @@ int kvc_tq_block_test(int impl, int d, int n_hi, int hi_bits, int lo_bits, int q
     if (!rows || !buf) st = KVC_ERR_NOMEM;
     if (st == KVC_OK) {
         float *scratch = buf + (size_t)2 * nq * d; /* (2d) */
-        for (int j = 0; j < n; j++) tq_encode(&L, 1, keys + (size_t)j * d, rows + (size_t)j * L.row_bytes, scratch);
+        for (int j = 0; j < n; j++) t->tq_encode(&L, 1, keys + (size_t)j * d, rows + (size_t)j * L.row_bytes, scratch);
         tq_query tq = {buf, buf + (size_t)nq * d};
         for (int r = 0; r < nq; r++)
             tq_prepare_query(&L, q + (size_t)r * d, tq.qr + (size_t)r * d, tq.w + (size_t)r * d);
-        score(&L, &tq, nq, grp, n0, rows, scores, n);
+        t->tq_score(&L, &tq, nq, grp, n0, rows, scores, n);
         memset(acc, 0, sizeof(float) * (size_t)nq * d);
-        accum(&L, p, n, nq, grp, n0, rows, acc);
+        t->tq_accum(&L, p, n, nq, grp, n0, rows, acc);
         for (int r = 0; r < nq; r++) tq_unrotate(&L, acc + (size_t)r * d);
     }
     free(rows);
     free(buf);
     tq_layout_free(&L);
     return st;
-}
-
-/* ---- dispatch ---- */
-
-#if defined(__x86_64__)
-void tq_score_avx2(const tq_layout *L, const tq_query *q, int nq, int grp, int n0, const uint8_t *rows, float *out,
-                   int ldo);
-void tq_accum_avx2(const tq_layout *L, const float *p, int ldp, int nq, int grp, int n0, const uint8_t *rows,
-                   float *acc);
-static int have_avx2(void) { return (kvc_cpu_impls() >> KVC_IMPL_AVX2) & 1; }
-#else
-#define tq_score_avx2 tq_score_ref
-#define tq_accum_avx2 tq_accum_ref
-static int have_avx2(void) { return 0; }
-#endif
-
-/* AUTO follows kvc_cpu_best_impl, so KVC_FORCE_IMPL=scalar selects the scalar twins */
-static int auto_avx2(void) {
-    const int best = kvc_cpu_best_impl();
-    return have_avx2() && (best == KVC_IMPL_AVX2 || best == KVC_IMPL_AVX512);
-}
-
-tq_score_fn tq_score_for(int impl) {
-    if (impl == KVC_IMPL_SCALAR) return tq_score_ref;
-#if defined(__aarch64__)
-    if (impl == KVC_IMPL_NEON) return tq_score_neon;
-    if (impl == KVC_IMPL_AUTO) return kvc_cpu_best_impl() == KVC_IMPL_NEON ? tq_score_neon : tq_score_ref;
-#endif
-#if defined(__x86_64__)
-    /* AVX-512 when asked for and present, or when AUTO resolves to it (KVC_FORCE_IMPL=avx2 gives AVX2) */
-    if (impl == KVC_IMPL_AUTO ? kvc_cpu_best_impl() == KVC_IMPL_AVX512
-                              : impl == KVC_IMPL_AVX512 && ((kvc_cpu_impls() >> KVC_IMPL_AVX512) & 1))
-        return tq_score_avx512;
-#endif
-    if (impl == KVC_IMPL_AUTO) return auto_avx2() ? tq_score_avx2 : tq_score_ref;
-    if (impl == KVC_IMPL_AVX2 || impl == KVC_IMPL_AVX512) return have_avx2() ? tq_score_avx2 : NULL;
-    return NULL;
-}
-
-tq_accum_fn tq_accum_for(int impl) {
-    if (impl == KVC_IMPL_SCALAR) return tq_accum_ref;
-#if defined(__aarch64__)
-    if (impl == KVC_IMPL_NEON) return tq_accum_neon;
-    if (impl == KVC_IMPL_AUTO) return kvc_cpu_best_impl() == KVC_IMPL_NEON ? tq_accum_neon : tq_accum_ref;
-#endif
-#if defined(__x86_64__)
-    if (impl == KVC_IMPL_AUTO ? kvc_cpu_best_impl() == KVC_IMPL_AVX512
-                              : impl == KVC_IMPL_AVX512 && ((kvc_cpu_impls() >> KVC_IMPL_AVX512) & 1))
-        return tq_accum_avx512;
-#endif
-    if (impl == KVC_IMPL_AUTO) return auto_avx2() ? tq_accum_avx2 : tq_accum_ref;
-    if (impl == KVC_IMPL_AVX2 || impl == KVC_IMPL_AVX512) return have_avx2() ? tq_accum_avx2 : NULL;
-    return NULL;
 }

@@ -1,13 +1,14 @@
-/* tq.h — TurboQuant KV-cache rows (docs/design.md §4): layout of a head row, encode,
- * and the scalar scoring/accumulation kernels; SIMD variants in cpu/tq_avx2.c,
- * cpu/tq_avx512.c and cpu/tq_neon.c.
+/* tq.h — TurboQuant KV-cache rows (docs/design.md §4): the layout of a head row
+ * and its rotations (tq.c), the kernels (encode, score, accumulate) with their
+ * scalar twins (tq_ref.c) and SIMD variants (cpu/tq_avx2.c, cpu/tq_avx512.c,
+ * cpu/tq_neon.c); which one runs is the kernel table's choice (kernels.h).
  *
  * A head row is the concatenation of its groups; a group of m channels with
  * b-bit codes is laid out as
  *     [fp16 scale][fp16 residual norm, QJL only][codes: m*b bits, little-endian
  *     bitstream][QJL sign bits: m bits, QJL only]
  * Every arithmetic detail (signs, block Walsh–Hadamard order, rounding of the
- * codes) matches kvconvert/turboquant.py, so both produce identical codes. */
+ * codes) matches kvconvert's numpy twin of the cache, so both produce identical codes. */
 #ifndef KVC_TQ_H
 #define KVC_TQ_H
 
@@ -45,12 +46,16 @@ long long tq_group_bytes(int m, int bits, int qjl);
 void tq_signs(uint64_t seed, int layer, int group, int stream, int m, float *out);
 void tq_wht(float *v, int m); /* block Walsh–Hadamard, orthonormal and its own inverse */
 void tq_mix_order(int m, int16_t *order); /* (m) z[j] = y[order[j]] between the two block transforms */
+/* v (m = g->m) in place: v <- R v, R the group's rotation with these signs (g->signs, or
+ * g->signs2 for the QJL map); tmp: (m) scratch */
+void tq_rotate(const tq_group *g, const float *signs, float *v, float *tmp);
 
 /* x: (d) head vector, in cache channel order (already permuted) -> row. scratch: (2*d) floats.
  * A group's rotation is R = H·diag(signs) for a power-of-two size; otherwise
  * H·diag(mix_signs)·P·H·diag(signs) with H the block transform of the binary expansion and
  * P the mixing order, so that energy spreads across blocks too. */
-void tq_encode(const tq_layout *L, int scale_mode, const float *x, uint8_t *row, float *scratch);
+typedef void (*tq_encode_fn)(const tq_layout *L, int scale_mode, const float *x, uint8_t *row, float *scratch);
+void tq_encode_ref(const tq_layout *L, int scale_mode, const float *x, uint8_t *row, float *scratch); /* tq_ref.c */
 
 /* Queries prepared for scoring, packed: row r of qr is query r rotated per group,
  * row r of w its JL image (written and read for QJL groups only). */
@@ -60,7 +65,7 @@ typedef struct {
 } tq_query;
 void tq_prepare_query(const tq_layout *L, const float *q, float *qr, float *w); /* q (d) permuted -> qr, w (d) */
 
-/* Kernels, scalar twins (tq.c) and SIMD (cpu/tq_avx2.c), for nq queries sharing
+/* Kernels, scalar twins (tq_ref.c) and SIMD (cpu/tq_*.c), for nq queries sharing
  * the rows (a block of query tokens × their GQA group), decoding each row once.
  * Causal visibility: query r sees rows 0 .. tq_visible(r, grp, n0) - 1, i.e. grp
  * consecutive queries per token and token i sees n0 + i rows (grp = nq: all see
@@ -78,10 +83,12 @@ void tq_score_ref(const tq_layout *L, const tq_query *q, int nq, int grp, int n0
                   int ldo);
 void tq_accum_ref(const tq_layout *L, const float *p, int ldp, int nq, int grp, int n0, const uint8_t *rows,
                   float *acc);
-tq_score_fn tq_score_for(int impl);
-tq_accum_fn tq_accum_for(int impl);
 #if defined(__x86_64__)
-/* cpu/tq_avx512.c (AVX-512 F/BW/VL/DQ; chosen for KVC_IMPL_AVX512); pure functions over their arguments */
+/* cpu/tq_avx2.c (AVX2 + FMA) and cpu/tq_avx512.c (AVX-512 F/BW/VL/DQ); pure functions over their arguments */
+void tq_score_avx2(const tq_layout *L, const tq_query *q, int nq, int grp, int n0, const uint8_t *rows, float *out,
+                   int ldo);
+void tq_accum_avx2(const tq_layout *L, const float *p, int ldp, int nq, int grp, int n0, const uint8_t *rows,
+                   float *acc);
 void tq_score_avx512(const tq_layout *L, const tq_query *q, int nq, int grp, int n0, const uint8_t *rows, float *out,
                      int ldo);
 void tq_accum_avx512(const tq_layout *L, const float *p, int ldp, int nq, int grp, int n0, const uint8_t *rows,

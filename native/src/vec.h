@@ -1,9 +1,11 @@
 /* vec.h — small float vector ops of the forward pass (norms, softmax, SwiGLU,
- * axpy), as a table of function pointers picked once for this CPU.
+ * axpy, scale): their signatures as one group of function pointers, one group
+ * per instruction set (the kernel table of kernels.h points at it), and the
+ * exp both variants share.
  *
  * The AVX2 and NEON variants (cpu/vec_avx2.c, cpu/vec_neon.c) evaluate the
  * same formulas in the same order with the same fused multiply-adds as the
- * scalar twins here, so they agree bit for bit on exp-based ops and within
+ * scalar twins (vec_ref.c), so they agree bit for bit on exp-based ops and within
  * summation-order rounding on reductions (tests/test_runtime_ops.py and
  * tests/test_neon.py state the tolerances). */
 #ifndef KVC_VEC_H
@@ -11,21 +13,27 @@
 
 #include <math.h>
 
+/* Every array is (n) floats; n >= 1. Pure functions (thread-safe). */
 typedef struct {
-    void (*softmax)(int n, float *x);
-    /* returns 1/sqrt(mean(x^2) + eps); out = x * that * w */
+    void (*softmax)(int n, float *x); /* in place */
+    /* out = x * (1/sqrt(mean(x^2) + eps)) * w */
     void (*rms_norm)(int n, const float *x, const float *w, float eps, float *out);
-    void (*silu_mul)(int n, const float *g, const float *u, float *out);
-    void (*axpy)(int n, float a, const float *x, float *y);
-    void (*scale)(int n, float a, float *x);
+    void (*silu_mul)(int n, const float *g, const float *u, float *out); /* silu(g) * u */
+    void (*axpy)(int n, float a, const float *x, float *y);             /* y += a * x */
+    void (*scale)(int n, float a, float *x);                            /* x *= a */
 } kvc_vec_ops;
 
-/* The table for impl (KVC_IMPL_*); AUTO picks the best. NULL if unavailable. */
-const kvc_vec_ops *kvc_vec_ops_for(int impl);
-
+extern const kvc_vec_ops kvc_vec_ops_ref;  /* vec_ref.c: the scalar twins */
+#if defined(__x86_64__)
+extern const kvc_vec_ops kvc_vec_ops_avx2; /* cpu/vec_avx2.c (the AVX-512 table uses it too: memory-bound ops) */
+#endif
 #if defined(__aarch64__)
 extern const kvc_vec_ops kvc_vec_ops_neon; /* cpu/vec_neon.c: NEON is on every aarch64 CPU */
 #endif
+
+/* The vector ops of impl (KVC_IMPL_*; AUTO: the run-time choice), NULL if this
+ * CPU or build has none: the vec field of kvc_kernel_table_for's table (cpu/dispatch.c). */
+const kvc_vec_ops *kvc_vec_ops_for(int impl);
 
 /* exp(x) for x in float range, ~1e-7 relative error; 0 below -87. Shared by both
  * variants: Cody–Waite range reduction x = n ln2 + r, |r| <= ln2/2, then the

@@ -1,0 +1,144 @@
+/* tq_ref.c — the scalar TurboQuant kernels: encode a head vector into a row,
+ * and the reference twins of scoring and V accumulation that cpu/tq_avx2.c,
+ * cpu/tq_avx512.c and cpu/tq_neon.c are tested against (tests/test_tq_native.py,
+ * tests/test_neon.py). Encode has no SIMD variant: every kernel table uses
+ * tq_encode_ref. Plain C, no processor-specific code; the row format and the
+ * rotations are in tq.c. */
+#include <math.h>
+#include <string.h>
+
+#include "quants.h"
+#include "tq.h"
+
+/* double -> fp16 with one correct rounding (as numpy's astype(float16)): round to
+ * float toward zero and make it odd if inexact ("round to odd"), which keeps the
+ * following float -> fp16 round-to-nearest-even from rounding twice. */
+static kvc_half fp16_from_double(double d) {
+    float f = (float)d;
+    if (fabs((double)f) > fabs(d)) f = nextafterf(f, 0.0f);
+    if ((double)f != d) {
+        uint32_t u = kvc_f32_bits(f) | 1u;
+        f = kvc_bits_f32(u);
+    }
+    return kvc_fp32_to_fp16(f);
+}
+
+static void put_code(uint8_t *codes, int i, int b, unsigned c) {
+    unsigned bit = (unsigned)i * (unsigned)b;
+    for (int k = 0; k < b; k++, bit++)
+        if (c >> k & 1) codes[bit >> 3] |= (uint8_t)(1u << (bit & 7));
+}
+
+static unsigned nearest(const tq_group *g, double u) { /* number of boundaries below u */
+    int lo = 0, hi = (1 << g->bits) - 1; /* answer in [lo, hi] */
+    while (lo < hi) {
+        int mid = (lo + hi) / 2;
+        if (g->bounds[mid] < u) lo = mid + 1;
+        else hi = mid;
+    }
+    return (unsigned)lo;
+}
+
+static void encode_group(const tq_group *g, int scale_mode, const float *x, uint8_t *row, float *y) {
+    const int m = g->m;
+    float *tmp = y + m; /* y: (2m) scratch */
+    memcpy(y, x, sizeof(float) * (size_t)m);
+    tq_rotate(g, g->signs, y, tmp);
+    double n2 = 0;
+    for (int i = 0; i < m; i++) n2 += (double)y[i] * (double)y[i];
+    const double norm = sqrt(n2);
+    uint8_t *codes = row + g->codes_off;
+    memset(codes, 0, (size_t)(m * g->bits + 7) / 8);
+    double num = 0, den = 0;
+    for (int i = 0; i < m; i++) {
+        unsigned c = nearest(g, norm > 0 ? (double)y[i] / norm : 0.0);
+        put_code(codes, i, g->bits, c);
+        num += (double)y[i] * (double)g->cb[c];
+        den += (double)g->cb[c] * (double)g->cb[c];
+    }
+    /* 0 norm: ‖y‖; 1 ls: the least-squares scale of the chosen codes; 2 proj: ‖y‖²/⟨y, c⟩,
+     * so that ⟨ŷ, y⟩ = ‖y‖² (no (1 − D_b) shrinkage of ⟨q, x̂⟩) — as turboquant.py */
+    double s = scale_mode == 1 ? (den > 0 ? num / den : 0.0) : scale_mode == 2 ? (num != 0 ? n2 / num : 0.0) : norm;
+    kvc_half hs = fp16_from_double(s);
+    memcpy(row + g->off, &hs, 2);
+    if (!g->qjl) return;
+    const float sf = kvc_fp16_to_fp32(hs);
+    float *r = y; /* reuse: y is no longer needed once the codes are known */
+    for (int i = 0; i < m; i++) r[i] = r[i] - sf * g->cb[tq_get_code(codes, i, g->bits)];
+    double r2 = 0;
+    for (int i = 0; i < m; i++) r2 += (double)r[i] * (double)r[i];
+    kvc_half hr = fp16_from_double(sqrt(r2));
+    memcpy(row + g->off + 2, &hr, 2);
+    tq_rotate(g, g->signs2, r, tmp);
+    uint8_t *bits = row + g->qjl_off;
+    memset(bits, 0, (size_t)(m + 7) / 8);
+    for (int i = 0; i < m; i++)
+        if (r[i] < 0) bits[i >> 3] |= (uint8_t)(1u << (i & 7));
+}
+
+void tq_encode_ref(const tq_layout *L, int scale_mode, const float *x, uint8_t *row, float *scratch) {
+    int start = 0;
+    for (int k = 0; k < L->n_groups; k++) {
+        encode_group(&L->g[k], scale_mode, x + start, row, scratch);
+        start += L->g[k].m;
+    }
+}
+
+/* centroid values of one row, in rotated order: vals (d) */
+static void decode_row(const tq_layout *L, const uint8_t *row, float *vals, float *scale) {
+    int start = 0;
+    for (int k = 0; k < L->n_groups; k++) {
+        const tq_group *g = &L->g[k];
+        const uint8_t *codes = row + g->codes_off;
+        for (int i = 0; i < g->m; i++) vals[start + i] = g->cb[tq_get_code(codes, i, g->bits)];
+        scale[k] = kvc_fp16_to_fp32(kvc_ld_half(row + g->off));
+        start += g->m;
+    }
+}
+
+void tq_score_ref(const tq_layout *L, const tq_query *q, int nq, int grp, int n0, const uint8_t *rows, float *out,
+                  int ldo) {
+    float vals[TQ_MAX_DIM], scale[TQ_MAX_GROUPS];
+    const int d = L->d, n = tq_rows_read(nq, grp, n0);
+    for (int j = 0; j < n; j++) {
+        const uint8_t *row = rows + (size_t)j * L->row_bytes;
+        decode_row(L, row, vals, scale);
+        for (int r = tq_first_seeing(j, grp, n0); r < nq; r++) {
+            const float *qr = q->qr + (size_t)r * d, *w = q->w + (size_t)r * d; /* (d) */
+            float total = 0.0f;
+            int start = 0;
+            for (int k = 0; k < L->n_groups; k++) {
+                const tq_group *g = &L->g[k];
+                float acc = 0.0f;
+                for (int i = 0; i < g->m; i++) acc += qr[start + i] * vals[start + i];
+                total += scale[k] * acc;
+                if (g->qjl) {
+                    const uint8_t *bits = row + g->qjl_off;
+                    float sj = 0.0f;
+                    for (int i = 0; i < g->m; i++) sj += (bits[i >> 3] >> (i & 7) & 1) ? -w[start + i] : w[start + i];
+                    total += kvc_fp16_to_fp32(kvc_ld_half(row + g->off + 2)) * g->qjl_c * sj;
+                }
+                start += g->m;
+            }
+            out[(size_t)r * ldo + j] = total;
+        }
+    }
+}
+
+void tq_accum_ref(const tq_layout *L, const float *p, int ldp, int nq, int grp, int n0, const uint8_t *rows,
+                  float *acc) {
+    float vals[TQ_MAX_DIM], scale[TQ_MAX_GROUPS];
+    const int n = tq_rows_read(nq, grp, n0);
+    for (int j = 0; j < n; j++) {
+        decode_row(L, rows + (size_t)j * L->row_bytes, vals, scale);
+        for (int r = tq_first_seeing(j, grp, n0); r < nq; r++) {
+            float *a = acc + (size_t)r * L->d; /* (d) */
+            int start = 0;
+            for (int k = 0; k < L->n_groups; k++) {
+                const float c = p[(size_t)r * ldp + j] * scale[k];
+                for (int i = 0; i < L->g[k].m; i++) a[start + i] += c * vals[start + i];
+                start += L->g[k].m;
+            }
+        }
+    }
+}
