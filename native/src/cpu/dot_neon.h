@@ -2,7 +2,8 @@
  * twice: quants_neon_dot.c (baseline ARMv8 NEON: widening multiplies) and
  * quants_neon_dotprod.c (ARMv8.2 SDOT). Each sets the macros below, includes
  * this file (no include guard: it is compiled once per instruction set) and
- * expands the DEFINE_* macros at the end.
+ * expands DEFINE_INT_KERNELS (and DEFINE_FLOAT_KERNELS) of gemm_tiles.h, which
+ * holds the block and tile sizes and the drivers shared with dot_x86.h.
  *
  * Tiles as in dot_x86.h: R weight rows x T tokens share each loaded and
  * unpacked block; vec_dot is the 1 x 1 tile; kvc_gemm uses RD x 1 tiles for
@@ -22,46 +23,10 @@
  * twins.
  *
  * Includer defines: SFX (function suffix), DOT_S8, WITH_FLOAT (0/1); optionally
- * the tile sizes RD_x (decode rows), RM_x/TM_x (gemm rows x tokens) for x = Q
- * (32-blocks), K (K-quants), F (float weights). Defaults are untuned guesses
- * sized for NEON's 32 vector registers. */
+ * the tile sizes of gemm_tiles.h (its defaults are untuned guesses on NEON's 32
+ * vector registers). */
 
-#define CAT_(a, b) a##_##b
-#define CAT(a, b) CAT_(a, b)
-#define NAME(x) CAT(x, SFX)
-
-#define MIN_(a, b) ((a) < (b) ? (a) : (b))
-
-#ifndef RD_Q
-#define RD_Q 4
-#endif
-#ifndef RM_Q
-#define RM_Q 4
-#endif
-#ifndef TM_Q
-#define TM_Q 2
-#endif
-#ifndef RD_K
-#define RD_K 2
-#endif
-#ifndef RM_K
-#define RM_K 2
-#endif
-#ifndef TM_K
-#define TM_K 2
-#endif
-#ifndef RD_F
-#define RD_F 4
-#endif
-#ifndef RM_F
-#define RM_F 4
-#endif
-#ifndef TM_F
-#define TM_F 2
-#endif
-#define RA_Q (RD_Q > RM_Q ? RD_Q : RM_Q)
-#define RA_K (RD_K > RM_K ? RD_K : RM_K)
-#define RA_F (RD_F > RM_F ? RD_F : RM_F)
+#include "gemm_tiles.h"
 
 /* Prefetch the lines of `bytes` bytes at p + pf (pf = 0: none), for decode. */
 KVC_INLINE void prefetch_n(const uint8_t *p, int64_t pf, int bytes) {
@@ -70,11 +35,6 @@ KVC_INLINE void prefetch_n(const uint8_t *p, int64_t pf, int bytes) {
 }
 
 /* ---------------- 32-element blocks: Q8_0, Q4_0, Q5_0 x Q8_0 and Q4_1 x Q8_1 ---------------- */
-
-enum { K_Q8_0, K_Q4_0, K_Q5_0, K_Q4_1 };
-
-static const int kw_size[] = {34, 18, 22, 20}; /* weight block bytes per kind */
-static const int ka_size[] = {34, 34, 34, 36}; /* activation block bytes (q8_0 / q8_1) */
 
 /* The 32 weights of the block at p as signed bytes: w[0] = elements 0..15, w[1] = 16..31. */
 KVC_INLINE void unpack_q32(const int kind, const uint8_t *p, int8x16_t w[2]) {
@@ -133,11 +93,6 @@ KVC_INLINE void tile_q32(const int kind, const int R, const int T, int64_t nb, c
 
 /* ---------------- 256-element superblocks: Q4_K, Q6_K x Q8_K ---------------- */
 
-/* Q8_K activation block fields. */
-#define Q8K_D 0
-#define Q8K_QS 4
-#define Q8K_BSUMS 260
-
 KVC_INLINE void tile_q4_K(const int R, const int T, int64_t nb, const uint8_t *const *wp, const uint8_t *const *ap,
                           float *res, int64_t pf) {
     float acc[RA_K][TM_K];
@@ -147,7 +102,7 @@ KVC_INLINE void tile_q4_K(const int R, const int T, int64_t nb, const uint8_t *c
         float da[TM_K];
         int16x8_t asum[TM_K]; /* sum of the activations of each 32-element sub-block */
         for (int t = 0; t < T; t++) {
-            const uint8_t *p = ap[t] + b * 292;
+            const uint8_t *p = ap[t] + b * Q8K_SIZE;
             da[t] = kvc_ld_f32(p + Q8K_D);
             asum[t] = vpaddq_s16(vreinterpretq_s16_u8(ld_u8(p + Q8K_BSUMS)),
                                  vreinterpretq_s16_u8(ld_u8(p + Q8K_BSUMS + 16)));
@@ -155,16 +110,16 @@ KVC_INLINE void tile_q4_K(const int R, const int T, int64_t nb, const uint8_t *c
         uint8_t sc[RA_K][8], mn[RA_K][8];
         int32x4_t isum[RA_K][TM_K];
         for (int r = 0; r < R; r++) {
-            prefetch_n(wp[r] + b * 144, pf, 144);
-            kvc_q4k_scales(wp[r] + b * 144 + 4, sc[r], mn[r]);
+            prefetch_n(wp[r] + b * Q4K_SIZE, pf, Q4K_SIZE);
+            kvc_q4k_scales(wp[r] + b * Q4K_SIZE + 4, sc[r], mn[r]);
             for (int t = 0; t < T; t++) isum[r][t] = vdupq_n_s32(0);
         }
         for (int i = 0; i < 4; i++) { /* 64 elements: 32 low nibbles, then 32 high nibbles */
             int8x16_t a[TM_K][4];
             for (int t = 0; t < T; t++)
-                for (int l = 0; l < 4; l++) a[t][l] = ld_s8(ap[t] + b * 292 + Q8K_QS + 64 * i + 16 * l);
+                for (int l = 0; l < 4; l++) a[t][l] = ld_s8(ap[t] + b * Q8K_SIZE + Q8K_QS + 64 * i + 16 * l);
             for (int r = 0; r < R; r++) {
-                const uint8_t *q = wp[r] + b * 144 + 16 + 32 * i;
+                const uint8_t *q = wp[r] + b * Q4K_SIZE + 16 + 32 * i;
                 const uint8x16_t q0 = ld_u8(q), q1 = ld_u8(q + 16);
                 const int8x16_t lo0 = vreinterpretq_s8_u8(vandq_u8(q0, vdupq_n_u8(15)));
                 const int8x16_t lo1 = vreinterpretq_s8_u8(vandq_u8(q1, vdupq_n_u8(15)));
@@ -179,7 +134,7 @@ KVC_INLINE void tile_q4_K(const int R, const int T, int64_t nb, const uint8_t *c
             }
         }
         for (int r = 0; r < R; r++) {
-            const uint8_t *p = wp[r] + b * 144;
+            const uint8_t *p = wp[r] + b * Q4K_SIZE;
             const float dw = ld_fp16n(p), dmin = ld_fp16n(p + 2);
             const int16x8_t m16 = vreinterpretq_s16_u16(vmovl_u8(vld1_u8(mn[r])));
             for (int t = 0; t < T; t++) {
@@ -207,13 +162,13 @@ KVC_INLINE void tile_q6_K(const int R, const int T, int64_t nb, const uint8_t *c
     for (int64_t b = 0; b < nb; b++) {
         int32x4_t isum[RA_K][TM_K];
         for (int r = 0; r < R; r++) {
-            prefetch_n(wp[r] + b * 210, pf, 210);
+            prefetch_n(wp[r] + b * Q6K_SIZE, pf, Q6K_SIZE);
             for (int t = 0; t < T; t++) isum[r][t] = vdupq_n_s32(0);
         }
         for (int h = 0; h < 2; h++) {
             int8x16_t q[RA_K][4][2]; /* (row, group, 16-element half): q - 32 */
             for (int r = 0; r < R; r++) {
-                const uint8_t *p = wp[r] + b * 210;
+                const uint8_t *p = wp[r] + b * Q6K_SIZE;
                 for (int k = 0; k < 2; k++) {
                     const uint8x16_t l0 = ld_u8(p + 64 * h + 16 * k), l1 = ld_u8(p + 64 * h + 32 + 16 * k);
                     const uint8x16_t hb = ld_u8(p + 128 + 32 * h + 16 * k);
@@ -230,9 +185,9 @@ KVC_INLINE void tile_q6_K(const int R, const int T, int64_t nb, const uint8_t *c
             for (int g = 0; g < 4; g++) {
                 int8x16_t a[TM_K][2];
                 for (int t = 0; t < T; t++)
-                    for (int k = 0; k < 2; k++) a[t][k] = ld_s8(ap[t] + b * 292 + Q8K_QS + 128 * h + 32 * g + 16 * k);
+                    for (int k = 0; k < 2; k++) a[t][k] = ld_s8(ap[t] + b * Q8K_SIZE + Q8K_QS + 128 * h + 32 * g + 16 * k);
                 for (int r = 0; r < R; r++) {
-                    const int8_t *sc = (const int8_t *)(wp[r] + b * 210 + 192 + 8 * h + 2 * g);
+                    const int8_t *sc = (const int8_t *)(wp[r] + b * Q6K_SIZE + Q6K_SCALES + 8 * h + 2 * g);
                     for (int t = 0; t < T; t++) {
                         isum[r][t] = vmlaq_n_s32(isum[r][t], DOT_S8(vdupq_n_s32(0), q[r][g][0], a[t][0]), sc[0]);
                         isum[r][t] = vmlaq_n_s32(isum[r][t], DOT_S8(vdupq_n_s32(0), q[r][g][1], a[t][1]), sc[1]);
@@ -241,9 +196,9 @@ KVC_INLINE void tile_q6_K(const int R, const int T, int64_t nb, const uint8_t *c
             }
         }
         for (int r = 0; r < R; r++) {
-            const float dw = ld_fp16n(wp[r] + b * 210 + 208);
+            const float dw = ld_fp16n(wp[r] + b * Q6K_SIZE + Q6K_D);
             for (int t = 0; t < T; t++)
-                acc[r][t] += dw * kvc_ld_f32(ap[t] + b * 292 + Q8K_D) * (float)vaddvq_s32(isum[r][t]);
+                acc[r][t] += dw * kvc_ld_f32(ap[t] + b * Q8K_SIZE + Q8K_D) * (float)vaddvq_s32(isum[r][t]);
         }
     }
     for (int r = 0; r < R; r++)
@@ -253,7 +208,6 @@ KVC_INLINE void tile_q6_K(const int R, const int T, int64_t nb, const uint8_t *c
 /* ---------------- float weights x float activations ---------------- */
 
 #if WITH_FLOAT
-enum { K_F32, K_F16, K_BF16 };
 
 /* 8 weights at p as floats */
 KVC_INLINE void ld_w8(const int kind, const uint8_t *p, float32x4_t *lo, float32x4_t *hi) {
@@ -300,92 +254,3 @@ KVC_INLINE void tile_f(const int kind, const int R, const int T, int64_t k, cons
         }
 }
 #endif
-
-/* ---------------- drivers (as dot_x86.h) ---------------- */
-
-/* Row tiles outer, token tiles inner; w_row/a_row: bytes per row. Edge tiles
- * repeat the last valid row/token pointer and drop the duplicate results. */
-#define GEMM_TILES(RMAX, TMAX, TILE_CALL)                                                           \
-    for (int64_t r0 = 0; r0 < m; r0 += RMAX) {                                                     \
-        const int rn = (int)MIN_(RMAX, m - r0);                                                    \
-        const uint8_t *wp[RMAX];                                                                   \
-        for (int r = 0; r < RMAX; r++) wp[r] = (const uint8_t *)w + (r0 + MIN_(r, rn - 1)) * w_row; \
-        for (int64_t t0 = 0; t0 < n_tok; t0 += TMAX) {                                             \
-            const int tn = (int)MIN_(TMAX, n_tok - t0);                                            \
-            const uint8_t *apt[TMAX];                                                              \
-            for (int t = 0; t < TMAX; t++) apt[t] = (const uint8_t *)a + (t0 + MIN_(t, tn - 1)) * a_row; \
-            float res[RMAX * TMAX];                                                                \
-            TILE_CALL(RMAX, TMAX);                                                                 \
-            for (int t = 0; t < tn; t++)                                                           \
-                for (int r = 0; r < rn; r++) out[(t0 + t) * ldo + r0 + r] = res[r * TMAX + t];      \
-        }                                                                                          \
-    }
-
-/* RDEC x 1 tiles for decode (prefetching the next tile's rows), RMAX x TMAX otherwise. */
-#define GEMM_DRIVER(RDEC, RMAX, TMAX, CALL) \
-    if (n_tok == 1) {                       \
-        GEMM_TILES(RDEC, 1, CALL)           \
-    } else {                                \
-        GEMM_TILES(RMAX, TMAX, CALL)        \
-    }
-
-#define Q32_CALL(Rc, Tc) tile_q32(KIND, (Rc), (Tc), k / 32, wp, apt, res, (Tc) == 1 ? (Rc) * w_row : 0)
-#define K_CALL_tile_q4_K(Rc, Tc) tile_q4_K((Rc), (Tc), k / QK_K, wp, apt, res, (Tc) == 1 ? (Rc) * w_row : 0)
-#define K_CALL_tile_q6_K(Rc, Tc) tile_q6_K((Rc), (Tc), k / QK_K, wp, apt, res, (Tc) == 1 ? (Rc) * w_row : 0)
-#define F_CALL(Rc, Tc) tile_f(KIND, (Rc), (Tc), k, wp, apt, res, (Tc) == 1 ? (Rc) * w_row : 0)
-
-#define DEFINE_Q32(name, kind)                                                                    \
-    float NAME(kvc_vec_dot_##name)(int64_t n, const void *w, const void *a) {                     \
-        const uint8_t *wp[1] = {w}, *ap[1] = {a};                                                 \
-        float res[1];                                                                             \
-        tile_q32(kind, 1, 1, n / 32, wp, ap, res, 0);                                             \
-        return res[0];                                                                            \
-    }                                                                                             \
-    void NAME(kvc_gemm_##name)(int64_t m, int64_t n_tok, int64_t k, const void *w, const void *a, \
-                               float *out, int64_t ldo) {                                         \
-        enum { KIND = kind };                                                                     \
-        const int64_t w_row = k / 32 * kw_size[kind], a_row = k / 32 * ka_size[kind];             \
-        GEMM_DRIVER(RD_Q, RM_Q, TM_Q, Q32_CALL)                                                   \
-    }
-
-#define DEFINE_K(name, tile, wsize)                                                               \
-    float NAME(kvc_vec_dot_##name)(int64_t n, const void *w, const void *a) {                     \
-        const uint8_t *wp[1] = {w}, *ap[1] = {a};                                                 \
-        float res[1];                                                                             \
-        tile(1, 1, n / QK_K, wp, ap, res, 0);                                                     \
-        return res[0];                                                                            \
-    }                                                                                             \
-    void NAME(kvc_gemm_##name)(int64_t m, int64_t n_tok, int64_t k, const void *w, const void *a, \
-                               float *out, int64_t ldo) {                                         \
-        const int64_t w_row = k / QK_K * (wsize), a_row = k / QK_K * 292;                         \
-        GEMM_DRIVER(RD_K, RM_K, TM_K, K_CALL_##tile)                                              \
-    }
-
-#define DEFINE_F(name, kind, wes)                                                                 \
-    float NAME(kvc_vec_dot_##name)(int64_t n, const void *w, const void *a) {                     \
-        const uint8_t *wp[1] = {w}, *ap[1] = {a};                                                 \
-        float res[1];                                                                             \
-        tile_f(kind, 1, 1, n, wp, ap, res, 0);                                                    \
-        return res[0];                                                                            \
-    }                                                                                             \
-    void NAME(kvc_gemm_##name)(int64_t m, int64_t n_tok, int64_t k, const void *w, const void *a, \
-                               float *out, int64_t ldo) {                                         \
-        enum { KIND = kind };                                                                     \
-        const int64_t w_row = k * (wes), a_row = k * 4;                                           \
-        GEMM_DRIVER(RD_F, RM_F, TM_F, F_CALL)                                                     \
-    }
-
-/* The integer kernels (both builds). */
-#define DEFINE_INT_KERNELS()                                                                      \
-    DEFINE_Q32(q8_0_q8_0, K_Q8_0)                                                                 \
-    DEFINE_Q32(q4_0_q8_0, K_Q4_0)                                                                 \
-    DEFINE_Q32(q5_0_q8_0, K_Q5_0)                                                                 \
-    DEFINE_Q32(q4_1_q8_1, K_Q4_1)                                                                 \
-    DEFINE_K(q4_K_q8_K, tile_q4_K, 144)                                                           \
-    DEFINE_K(q6_K_q8_K, tile_q6_K, 210)
-
-/* The float-weight kernels (baseline build only: no integer dots in them). */
-#define DEFINE_FLOAT_KERNELS()                                                                    \
-    DEFINE_F(f32_f32, K_F32, 4)                                                                   \
-    DEFINE_F(f16_f32, K_F16, 2)                                                                   \
-    DEFINE_F(bf16_f32, K_BF16, 2)

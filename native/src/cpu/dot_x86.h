@@ -1,7 +1,8 @@
 /* dot_x86.h — vec_dot and gemm kernels for x86, written once and compiled per
  * instruction set: quants_avx2_dot.c and quants_avx512_dot.c set the target
  * pragma and the macros below, include this file (no include guard: it is
- * compiled once per instruction set) and expand DEFINE_ALL_KERNELS.
+ * compiled once per instruction set) and expand DEFINE_INT_KERNELS and
+ * DEFINE_FLOAT_KERNELS (gemm_tiles.h).
  *
  * Everything is a register tile: R weight rows x T tokens share each loaded and
  * unpacked block. vec_dot is the 1 x 1 tile; kvc_gemm uses RD x 1 tiles for
@@ -18,42 +19,19 @@
  * the scalar twins in quants_ref.c. Block scales are read through
  * kvc_fp16_table and applied as (int sum * d_a) * d_w per block.
  *
+ * The block sizes, tile sizes and the drivers that turn the tiles below into
+ * kvc_vec_dot_* / kvc_gemm_* are shared with dot_neon.h: gemm_tiles.h.
+ *
  * Includer defines: SFX (function suffix); DOT_US8, DOT_S16; for Q8_0 x Q8_0
  * (both signed) Q8_0_W(q) (weight prep), Q8_0_ACC0(a) (start value per token
  * block) and Q8_0_DOT(acc0, q, qx, a); Q5_HIGH_BIT(q, p) (q | 16 where bit j of
- * the 32 bits at p is set); optionally NIB_X16; the tile sizes RD_x (decode
- * rows), RM_x/TM_x (gemm rows x tokens) for x = Q (32-blocks), K (K-quants),
- * F (float weights); and the float-vector macros FV, FV_N, FV_ZERO,
+ * the 32 bits at p is set); optionally NIB_X16 and the tile sizes of
+ * gemm_tiles.h; and the float-vector macros FV, FV_N, FV_ZERO,
  * FV_LOAD_F32, FV_LOAD_F16, FV_LOAD_BF16, FV_FMA, FV_HSUM. */
 
-#define CAT_(a, b) a##_##b
-#define CAT(a, b) CAT_(a, b)
-#define NAME(x) CAT(x, SFX)
-
-#define MIN_(a, b) ((a) < (b) ? (a) : (b))
+#include "gemm_tiles.h"
 
 /* ---------------- 32-element blocks: Q8_0, Q4_0, Q5_0 x Q8_0 and Q4_1 x Q8_1 ---------------- */
-
-enum { K_Q8_0, K_Q4_0, K_Q5_0, K_Q4_1 };
-
-/* Array bounds for the tiles: the larger of the decode and gemm row counts. */
-/* tile-size defaults (a file may set its own before including this) */
-#ifndef RD_Q
-#define RD_Q 4 /* rows per decode tile (n_tok = 1) */
-#endif
-#ifndef RD_K
-#define RD_K 2
-#endif
-#ifndef RD_F
-#define RD_F 4
-#endif
-#define RA_Q (RD_Q > RM_Q ? RD_Q : RM_Q)
-#define RA_K (RD_K > RM_K ? RD_K : RM_K)
-#define RA_F (RD_F > RM_F ? RD_F : RM_F)
-
-static const int kw_size[] = {34, 18, 22, 20}; /* weight block bytes per kind */
-static const int kw_qs[] = {2, 2, 6, 4};        /* offset of the weight quants in the block */
-static const int ka_size[] = {34, 34, 34, 36}; /* activation block bytes (q8_0 / q8_1) */
 
 /* With NIB_X16 (VNNI only: vpdpbusd does not saturate) Q4_0/Q4_1 nibbles are
  * not shifted: the high nibbles stay in bits 4-7 (16 q) and their int32 lanes
@@ -125,11 +103,6 @@ KVC_INLINE void tile_q32(const int kind, const int R, const int T, int64_t nb, c
 
 /* ---------------- 256-element superblocks: Q4_K, Q6_K x Q8_K ---------------- */
 
-/* Q8_K activation block fields. */
-#define Q8K_D 0
-#define Q8K_QS 4
-#define Q8K_BSUMS 260
-
 /* Prefetch the lines of `bytes` bytes at p (pf ahead), for decode. */
 KVC_INLINE void prefetch_block(const uint8_t *p, int64_t pf, int bytes) {
     if (pf)
@@ -145,7 +118,7 @@ KVC_INLINE void tile_q4_K(const int R, const int T, int64_t nb, const uint8_t *c
         __m128i bs[TM_K]; /* bsums pairs: asum of each 32-element sub-block */
         float da[TM_K];
         for (int t = 0; t < T; t++) {
-            const uint8_t *p = ap[t] + b * 292;
+            const uint8_t *p = ap[t] + b * Q8K_SIZE;
             da[t] = kvc_ld_f32(p + Q8K_D);
             bs[t] = _mm_hadd_epi16(loadu128(p + Q8K_BSUMS), loadu128(p + Q8K_BSUMS + 16));
         }
@@ -155,8 +128,8 @@ KVC_INLINE void tile_q4_K(const int R, const int T, int64_t nb, const uint8_t *c
         __m256i isum[RA_K][TM_K], isum2[RA_K][TM_K]; /* two chains: vpdpwssd has latency 5 */
         __m128i mins[RA_K];
         for (int r = 0; r < R; r++) {
-            prefetch_block(wp[r] + b * 144, pf, 144);
-            const __m128i sm = q4k_scales_mins(wp[r] + b * 144 + 4); /* sc[0..7], m[0..7] */
+            prefetch_block(wp[r] + b * Q4K_SIZE, pf, Q4K_SIZE);
+            const __m128i sm = q4k_scales_mins(wp[r] + b * Q4K_SIZE + 4); /* sc[0..7], m[0..7] */
             const __m128i sc16 = _mm_cvtepu8_epi16(sm);
             _mm_storeu_si128((__m128i *)&scw[r][0], _mm_unpacklo_epi16(sc16, sc16));
             _mm_storeu_si128((__m128i *)&scw[r][4], _mm_unpackhi_epi16(sc16, sc16));
@@ -166,11 +139,11 @@ KVC_INLINE void tile_q4_K(const int R, const int T, int64_t nb, const uint8_t *c
         for (int i = 0; i < 4; i++) { /* 64 elements: 32 low nibbles, then 32 high nibbles */
             __m256i alo[TM_K], ahi[TM_K];
             for (int t = 0; t < T; t++) {
-                alo[t] = loadu256(ap[t] + b * 292 + Q8K_QS + 64 * i);
-                ahi[t] = loadu256(ap[t] + b * 292 + Q8K_QS + 64 * i + 32);
+                alo[t] = loadu256(ap[t] + b * Q8K_SIZE + Q8K_QS + 64 * i);
+                ahi[t] = loadu256(ap[t] + b * Q8K_SIZE + Q8K_QS + 64 * i + 32);
             }
             for (int r = 0; r < R; r++) {
-                const __m256i qb = loadu256(wp[r] + b * 144 + 16 + 32 * i);
+                const __m256i qb = loadu256(wp[r] + b * Q4K_SIZE + 16 + 32 * i);
                 const __m256i qlo = _mm256_and_si256(qb, _mm256_set1_epi8(15));
                 const __m256i qhi = _mm256_and_si256(_mm256_srli_epi16(qb, 4), _mm256_set1_epi8(15));
                 const __m256i slo = _mm256_set1_epi32(scw[r][2 * i]), shi = _mm256_set1_epi32(scw[r][2 * i + 1]);
@@ -181,7 +154,7 @@ KVC_INLINE void tile_q4_K(const int R, const int T, int64_t nb, const uint8_t *c
             }
         }
         for (int r = 0; r < R; r++) {
-            const uint8_t *p = wp[r] + b * 144;
+            const uint8_t *p = wp[r] + b * Q4K_SIZE;
             const float dw = ld_fp16(p), dmin = ld_fp16(p + 2);
             for (int t = 0; t < T; t++) {
                 /* min term in the low 4 lanes: sum_j m_j * asum_j, subtracted */
@@ -206,20 +179,20 @@ KVC_INLINE void tile_q6_K(const int R, const int T, int64_t nb, const uint8_t *c
         __m256i isum[RA_K][TM_K], isum2[RA_K][TM_K], sc16[RA_K]; /* two chains (vpdpwssd latency) */
         __m128i sc8[RA_K];
         for (int r = 0; r < R; r++) {
-            prefetch_block(wp[r] + b * 210, pf, 210);
-            sc8[r] = loadu128(wp[r] + b * 210 + 192);
+            prefetch_block(wp[r] + b * Q6K_SIZE, pf, Q6K_SIZE);
+            sc8[r] = loadu128(wp[r] + b * Q6K_SIZE + Q6K_SCALES);
             sc16[r] = _mm256_cvtepi8_epi16(sc8[r]);
             /* start at -32 * sum_j sc_j * asum_j: the q - 32 offset, via bsums */
             for (int t = 0; t < T; t++) isum2[r][t] = _mm256_setzero_si256();
             for (int t = 0; t < T; t++)
                 isum[r][t] = _mm256_slli_epi32(
                     _mm256_sub_epi32(_mm256_setzero_si256(),
-                                     _mm256_madd_epi16(sc16[r], loadu256(ap[t] + b * 292 + Q8K_BSUMS))), 5);
+                                     _mm256_madd_epi16(sc16[r], loadu256(ap[t] + b * Q8K_SIZE + Q8K_BSUMS))), 5);
         }
         for (int h = 0; h < 2; h++) { /* halves of 128 elements */
             __m256i q[RA_K][4];
             for (int r = 0; r < R; r++) {
-                const uint8_t *p = wp[r] + b * 210;
+                const uint8_t *p = wp[r] + b * Q6K_SIZE;
                 const __m256i l0 = loadu256(p + 64 * h), l1 = loadu256(p + 64 * h + 32), hb = loadu256(p + 128 + 32 * h);
                 q[r][0] = _mm256_or_si256(_mm256_and_si256(l0, m4), _mm256_slli_epi16(_mm256_and_si256(hb, m3), 4));
                 q[r][1] = _mm256_or_si256(_mm256_and_si256(l1, m4),
@@ -231,7 +204,7 @@ KVC_INLINE void tile_q6_K(const int R, const int T, int64_t nb, const uint8_t *c
             }
             for (int g = 0; g < 4; g++) { /* 32 elements, scales sc[8h + 2g], sc[8h + 2g + 1] */
                 __m256i av[TM_K];
-                for (int t = 0; t < T; t++) av[t] = loadu256(ap[t] + b * 292 + Q8K_QS + 128 * h + 32 * g);
+                for (int t = 0; t < T; t++) av[t] = loadu256(ap[t] + b * Q8K_SIZE + Q8K_QS + 128 * h + 32 * g);
                 for (int r = 0; r < R; r++) {
                     const int j = 8 * h + 2 * g;
                     const __m128i sel = _mm_set_epi64x(0x0101010101010101LL * (j + 1), 0x0101010101010101LL * j);
@@ -245,10 +218,10 @@ KVC_INLINE void tile_q6_K(const int R, const int T, int64_t nb, const uint8_t *c
             }
         }
         for (int r = 0; r < R; r++) {
-            const float dw = ld_fp16(wp[r] + b * 210 + 208);
+            const float dw = ld_fp16(wp[r] + b * Q6K_SIZE + Q6K_D);
             for (int t = 0; t < T; t++)
                 acc[r][t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_add_epi32(isum[r][t], isum2[r][t])),
-                                            _mm256_set1_ps(dw * kvc_ld_f32(ap[t] + b * 292 + Q8K_D)), acc[r][t]);
+                                            _mm256_set1_ps(dw * kvc_ld_f32(ap[t] + b * Q8K_SIZE + Q8K_D)), acc[r][t]);
         }
     }
     for (int r = 0; r < R; r++)
@@ -256,8 +229,6 @@ KVC_INLINE void tile_q6_K(const int R, const int T, int64_t nb, const uint8_t *c
 }
 
 /* ---------------- float weights x float activations ---------------- */
-
-enum { K_F32, K_F16, K_BF16 };
 
 KVC_INLINE FV fv_load_w(const int kind, const uint8_t *p) {
     return kind == K_F32 ? FV_LOAD_F32(p) : kind == K_F16 ? FV_LOAD_F16(p) : FV_LOAD_BF16(p);
@@ -292,94 +263,3 @@ KVC_INLINE void tile_f(const int kind, const int R, const int T, int64_t k, cons
             res[r * T + t] = s;
         }
 }
-
-/* ---------------- drivers ---------------- */
-
-/* Row tiles outer (RMAX weight rows stay in L1 while all tokens stream past),
- * token tiles inner; w_row/a_row: bytes per row. Edge tiles repeat the last
- * valid row/token pointer and drop the duplicate results. */
-#define GEMM_TILES(RMAX, TMAX, TILE_CALL)                                                           \
-    for (int64_t r0 = 0; r0 < m; r0 += RMAX) {                                                     \
-        const int rn = (int)MIN_(RMAX, m - r0);                                                    \
-        const uint8_t *wp[RMAX];                                                                   \
-        for (int r = 0; r < RMAX; r++) wp[r] = (const uint8_t *)w + (r0 + MIN_(r, rn - 1)) * w_row; \
-        for (int64_t t0 = 0; t0 < n_tok; t0 += TMAX) {                                             \
-            const int tn = (int)MIN_(TMAX, n_tok - t0);                                            \
-            const uint8_t *apt[TMAX];                                                              \
-            for (int t = 0; t < TMAX; t++) apt[t] = (const uint8_t *)a + (t0 + MIN_(t, tn - 1)) * a_row; \
-            float res[RMAX * TMAX];                                                                \
-            TILE_CALL(RMAX, TMAX);                                                                 \
-            for (int t = 0; t < tn; t++)                                                           \
-                for (int r = 0; r < rn; r++) out[(t0 + t) * ldo + r0 + r] = res[r * TMAX + t];      \
-        }                                                                                          \
-    }
-
-/* Two tile shapes per kernel: RDEC x 1 for decode (n_tok = 1) and RMAX x TMAX.
- * Decode streams each weight once (from DRAM on a real model): its tiles
- * prefetch the next tile's rows (RDEC * w_row bytes ahead), which doubles the
- * bandwidth reached from memory on this hardware. */
-#define GEMM_DRIVER(RDEC, DEC_CALL, RMAX, TMAX, GEMM_CALL)                                          \
-    if (n_tok == 1) {                                                                              \
-        GEMM_TILES(RDEC, 1, DEC_CALL)                                                              \
-    } else {                                                                                       \
-        GEMM_TILES(RMAX, TMAX, GEMM_CALL)                                                          \
-    }
-
-/* The includer instantiates: DEFINE_Q32(name, kind, GEMM_CALL) etc., where
- * GEMM_CALL(Rc, Tc) computes the Rc x Tc tile from wp, apt into res. */
-#define Q32_CALL(Rc, Tc) tile_q32(KIND, (Rc), (Tc), k / 32, wp, apt, res, (Tc) == 1 ? (Rc) * w_row : 0)
-#define K_CALL_tile_q4_K(Rc, Tc) tile_q4_K((Rc), (Tc), k / QK_K, wp, apt, res, (Tc) == 1 ? (Rc) * w_row : 0)
-#define K_CALL_tile_q6_K(Rc, Tc) tile_q6_K((Rc), (Tc), k / QK_K, wp, apt, res, (Tc) == 1 ? (Rc) * w_row : 0)
-#define F_CALL(Rc, Tc) tile_f(KIND, (Rc), (Tc), k, wp, apt, res, (Tc) == 1 ? (Rc) * w_row : 0)
-
-#define DEFINE_Q32(name, kind, GEMM_CALL)                                                          \
-    float NAME(kvc_vec_dot_##name)(int64_t n, const void *w, const void *a) {                      \
-        const uint8_t *wp[1] = {w}, *ap[1] = {a};                                                  \
-        float res[1];                                                                              \
-        tile_q32(kind, 1, 1, n / 32, wp, ap, res, 0);                                                 \
-        return res[0];                                                                             \
-    }                                                                                              \
-    void NAME(kvc_gemm_##name)(int64_t m, int64_t n_tok, int64_t k, const void *w, const void *a,  \
-                               float *out, int64_t ldo) {                                          \
-        enum { KIND = kind };                                                                      \
-        const int64_t w_row = k / 32 * kw_size[kind], a_row = k / 32 * ka_size[kind];              \
-        GEMM_DRIVER(RD_Q, Q32_CALL, RM_Q, TM_Q, GEMM_CALL)                                         \
-    }
-
-#define DEFINE_K(name, tile, wsize)                                                                \
-    float NAME(kvc_vec_dot_##name)(int64_t n, const void *w, const void *a) {                      \
-        const uint8_t *wp[1] = {w}, *ap[1] = {a};                                                  \
-        float res[1];                                                                              \
-        tile(1, 1, n / QK_K, wp, ap, res, 0);                                                         \
-        return res[0];                                                                             \
-    }                                                                                              \
-    void NAME(kvc_gemm_##name)(int64_t m, int64_t n_tok, int64_t k, const void *w, const void *a,  \
-                               float *out, int64_t ldo) {                                          \
-        const int64_t w_row = k / QK_K * (wsize), a_row = k / QK_K * 292;                          \
-        GEMM_DRIVER(RD_K, K_CALL_##tile, RM_K, TM_K, K_CALL_##tile)                                              \
-    }
-
-#define DEFINE_F(name, kind, wes)                                                                  \
-    float NAME(kvc_vec_dot_##name)(int64_t n, const void *w, const void *a) {                      \
-        const uint8_t *wp[1] = {w}, *ap[1] = {a};                                                  \
-        float res[1];                                                                              \
-        tile_f(kind, 1, 1, n, wp, ap, res, 0);                                                        \
-        return res[0];                                                                             \
-    }                                                                                              \
-    void NAME(kvc_gemm_##name)(int64_t m, int64_t n_tok, int64_t k, const void *w, const void *a,  \
-                               float *out, int64_t ldo) {                                          \
-        enum { KIND = kind };                                                                      \
-        const int64_t w_row = k * (wes), a_row = k * 4;                                            \
-        GEMM_DRIVER(RD_F, F_CALL, RM_F, TM_F, F_CALL)                                              \
-    }
-
-#define DEFINE_ALL_KERNELS(Q32_GEMM_CALL)                                                          \
-    DEFINE_Q32(q8_0_q8_0, K_Q8_0, Q32_GEMM_CALL)                                                   \
-    DEFINE_Q32(q4_0_q8_0, K_Q4_0, Q32_GEMM_CALL)                                                   \
-    DEFINE_Q32(q5_0_q8_0, K_Q5_0, Q32_GEMM_CALL)                                                   \
-    DEFINE_Q32(q4_1_q8_1, K_Q4_1, Q32_GEMM_CALL)                                                   \
-    DEFINE_K(q4_K_q8_K, tile_q4_K, 144)                                                            \
-    DEFINE_K(q6_K_q8_K, tile_q6_K, 210)                                                            \
-    DEFINE_F(f32_f32, K_F32, 4)                                                                    \
-    DEFINE_F(f16_f32, K_F16, 2)                                                                    \
-    DEFINE_F(bf16_f32, K_BF16, 2)

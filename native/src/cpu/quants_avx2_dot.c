@@ -27,28 +27,12 @@
 #define FV_FMA(a, b, c) _mm256_fmadd_ps((a), (b), (c))
 #define FV_HSUM(v) hsum_ps_256(v)
 
-#ifndef RM_Q
-#define RM_Q 4
-#endif
-#ifndef TM_Q
-#define TM_Q 2
-#endif
-#ifndef RM_K
-#define RM_K 2
-#endif
-#ifndef TM_K
-#define TM_K 2
-#endif
-#ifndef RM_F
-#define RM_F 4
-#endif
-#ifndef TM_F
-#define TM_F 2
-#endif
+/* tile sizes: the defaults of gemm_tiles.h */
 
 #include "dot_x86.h"
 
-DEFINE_ALL_KERNELS(Q32_CALL)
+DEFINE_INT_KERNELS(Q32_CALL)
+DEFINE_FLOAT_KERNELS()
 
 #include "target_end.h"
 

@@ -153,7 +153,8 @@ KVC_INLINE void tile_q32_pairs(const int kind, const int R, const int T, int64_t
 
 #define Q32_PAIRS_CALL(Rc, Tc) tile_q32_pairs(KIND, (Rc), (Tc), k / 32, wp, apt, res)
 
-DEFINE_ALL_KERNELS(Q32_PAIRS_CALL)
+DEFINE_INT_KERNELS(Q32_PAIRS_CALL)
+DEFINE_FLOAT_KERNELS()
 
 #if defined(__clang__)
 #pragma clang attribute pop

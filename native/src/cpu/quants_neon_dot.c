@@ -27,7 +27,7 @@ KVC_INLINE int32x4_t dot_s8_mull(int32x4_t acc, int8x16_t w, int8x16_t a) {
 
 #include "dot_neon.h"
 
-DEFINE_INT_KERNELS()
+DEFINE_INT_KERNELS(Q32_CALL)
 DEFINE_FLOAT_KERNELS()
 
 #endif /* __aarch64__ */

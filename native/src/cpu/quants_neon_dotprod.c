@@ -22,7 +22,7 @@
 
 #include "dot_neon.h"
 
-DEFINE_INT_KERNELS()
+DEFINE_INT_KERNELS(Q32_CALL)
 
 #include "target_end.h"
 
