@@ -1,5 +1,5 @@
 /* kvc.c — library-wide entry points of the native runtime: status strings and
- * version. Kernels live in quants*.c / cpu/, the model in model.c. */
+ * version. Kernels: kernels.h; the model: model.c; contexts: context.c. */
 
 #include "kvc.h"
 

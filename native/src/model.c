@@ -1,12 +1,10 @@
-/* model.c — model validation and creation from a kvc_model_desc, and
- * inference contexts (caches, scratch, thread pool). The forward pass itself is
- * in forward.c. Every size coming from the caller is checked here, so the
- * forward pass can trust its inputs. */
+/* model.c — model validation and creation from a kvc_model_desc: every size
+ * coming from the caller is checked here, so the backends can trust their
+ * inputs. Contexts: context.c; the forward pass: a backend's (cpu/forward.c). */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
-#include "kv_cache.h"
 #include "model.h"
 #include "util.h"
 
@@ -150,103 +148,3 @@ int kvc_model_create(const kvc_model_desc *d, kvc_model **out, char *err, int er
     return KVC_OK;
 }
 #undef TRY
-
-/* ---- contexts ---- */
-
-static void *zalloc(size_t n) { return calloc(1, n ? n : 1); }
-
-void kvc_context_free(kvc_context *c) {
-    if (!c) return;
-    kvc_pool_free(c->pool);
-    kv_free(c); /* never touches c->m: the model may already be freed */
-    if (c->scratch) {
-        for (int i = 0; i < c->n_threads; i++) {
-            free(c->scratch[i].scores);
-            free(c->scratch[i].qq);
-            free(c->scratch[i].vrow);
-        }
-    }
-    free(c->scratch);
-    free(c->x), free(c->xn), free(c->q), free(c->k), free(c->v), free(c->att);
-    free(c->gate), free(c->up), free(c->rope_cs);
-    for (int i = 0; i < 3; i++) free(c->aq[i]);
-    free(c);
-}
-
-int kvc_context_create(kvc_model *m, const kvc_context_params *p, kvc_context **out, char *err, int err_len) {
-    if (!out) return KVC_ERR_INVALID;
-    *out = NULL;
-    if (!m || !p) return kvc_fail(err, err_len, KVC_ERR_INVALID, "model and params are required");
-    if (p->n_ctx <= 0 || p->n_ctx > (1 << 22) || p->n_batch <= 0 || p->n_threads <= 0 || p->n_threads > 512)
-        return kvc_fail(err, err_len, KVC_ERR_INVALID, "n_ctx, n_batch or n_threads out of range");
-    const int D = m->head_dim;
-    kvc_context *c = zalloc(sizeof *c);
-    if (!c) return kvc_fail(err, err_len, KVC_ERR_NOMEM, "out of memory");
-    c->m = m;
-    c->n_layer = m->n_layer;
-    kvc_kernel_table_for(KVC_IMPL_AUTO, &c->kern);
-    c->n_ctx = p->n_ctx;
-    c->n_batch = p->n_batch < p->n_ctx ? p->n_batch : p->n_ctx;
-    c->n_threads = p->n_threads;
-    c->type_k = p->type_k, c->type_v = p->type_v;
-
-    const size_t T = (size_t)c->n_batch, E = (size_t)m->n_embd, F = (size_t)m->n_ff;
-    const size_t QD = (size_t)m->n_head * D, KD = (size_t)m->n_head_kv * D;
-    c->x = malloc(T * E * 4), c->xn = malloc(T * E * 4);
-    c->q = malloc(T * QD * 4), c->k = malloc(T * KD * 4), c->v = malloc(T * KD * 4), c->att = malloc(T * QD * 4);
-    c->gate = malloc(T * F * 4), c->up = malloc(T * F * 4);
-    c->rope_cs = malloc(T * (size_t)D * 4);
-    /* activations quantize to at most 4 bytes per value (f32 is the widest vec_dot type) */
-    size_t widest = E > F ? E : F;
-    widest = widest > QD ? widest : QD;
-    c->aq_bytes = T * widest * 4;
-    for (int i = 0; i < 3; i++) c->aq[i] = malloc(c->aq_bytes);
-    int ok = c->x && c->xn && c->q && c->k && c->v && c->att && c->gate && c->up && c->rope_cs;
-    ok = ok && c->aq[0] && c->aq[1] && c->aq[2];
-    c->scratch = zalloc((size_t)c->n_threads * sizeof(attn_scratch));
-    ok = ok && c->scratch;
-    const size_t nq = (size_t)kv_block_tokens(c) * (size_t)(m->n_head / m->n_head_kv); /* query rows per block */
-    for (int i = 0; ok && i < c->n_threads; i++) {
-        c->scratch[i].qq = malloc(nq * (size_t)D * 4);
-        c->scratch[i].vrow = malloc((size_t)D * 4);
-        ok = c->scratch[i].qq && c->scratch[i].vrow; /* scores: kv_init, sized for its blocks */
-    }
-    if (!ok) {
-        kvc_context_free(c);
-        return kvc_fail(err, err_len, KVC_ERR_NOMEM, "out of memory for a context of %d tokens", p->n_ctx);
-    }
-    int st = kv_init(c, p, err, err_len);
-    if (st != KVC_OK) {
-        kvc_context_free(c);
-        return st;
-    }
-    if (kvc_pool_create(c->n_threads, &c->pool) != 0) {
-        kvc_context_free(c);
-        return kvc_fail(err, err_len, KVC_ERR_NOMEM, "cannot start %d threads", p->n_threads);
-    }
-    *out = c;
-    return KVC_OK;
-}
-
-int kvc_n_past(const kvc_context *c) { return c ? c->n_past : 0; }
-
-int kvc_set_capture(kvc_context *c, float *q, float *k, float *v) {
-    if (!c || !q != !k || !q != !v) return KVC_ERR_INVALID;
-    c->cap_q = q, c->cap_k = k, c->cap_v = v;
-    return KVC_OK;
-}
-
-int kvc_set_n_past(kvc_context *c, int n_past) {
-    if (!c || n_past < 0 || n_past > c->n_past) return KVC_ERR_INVALID;
-    c->n_past = n_past;
-    return KVC_OK;
-}
-
-long long kvc_kv_bytes_per_token(const kvc_context *c) {
-    if (!c) return 0;
-    long long total = 0;
-    for (int l = 0; l < c->n_layer; l++) total += (long long)c->m->n_head_kv * (long long)(c->k_rb[l] + c->v_rb[l]);
-    return total;
-}
-
-const char *kvc_context_error(const kvc_context *c) { return c ? c->err : ""; }

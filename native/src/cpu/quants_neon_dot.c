@@ -2,7 +2,7 @@
  * weight type: the tiles of dot_neon.h with integer dots built from widening
  * multiplies (smull/smull2 + sadalp: exact for all int8 operands). CPUs with
  * the dotprod extension run quants_neon_dotprod.c's integer kernels instead
- * (dispatch.c); the float-weight kernels (F32, F16, BF16) are only here. */
+ * (the neon_dotprod table of dispatch.c); the float-weight kernels (F32, F16, BF16) are only here. */
 
 #if defined(__aarch64__)
 

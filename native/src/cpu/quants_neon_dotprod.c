@@ -1,6 +1,6 @@
 /* quants_neon_dotprod.c — the integer vec_dot and gemm kernels of dot_neon.h
  * compiled for ARMv8.2 dotprod (sdot: 16 byte products summed into 4 int32
- * lanes per instruction). dispatch.c selects them over quants_neon_dot.c's
+ * lanes per instruction). The neon_dotprod table (dispatch.c) has them instead of quants_neon_dot.c's
  * when the CPU reports HWCAP_ASIMDDP; results are bit-identical to both the
  * baseline NEON kernels and the scalar twins. */
 

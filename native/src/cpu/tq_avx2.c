@@ -1,5 +1,5 @@
 /* tq_avx2.c — AVX2+FMA kernels for TurboQuant rows (twins of tq_score_ref and
- * tq_accum_ref in tq.c; dispatched from tq.c). Both take a block of queries
+ * tq_accum_ref in tq_ref.c; in the avx2 kernel table). Both take a block of queries
  * (query tokens × GQA group) with causal limits and decode each row once for
  * all of them, 8 rows at a time where they can. Codes are turned into
  * centroid values 8 at a time: ≤ 3-bit codebooks live in one register

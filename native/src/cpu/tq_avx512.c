@@ -1,5 +1,5 @@
 /* tq_avx512.c — AVX-512 kernels for TurboQuant rows (twins of tq_score_ref and
- * tq_accum_ref in tq.c, siblings of cpu/tq_avx2.c; dispatched from tq.c when
+ * tq_accum_ref in tq_ref.c, siblings of cpu/tq_avx2.c; in the avx512 kernel table when
  * the CPU has KVC_IMPL_AVX512). Same structure as the AVX2 file: a block of
  * queries (query tokens × GQA group) with causal limits, each row decoded once
  * for all of them, 16 rows (a tile) at a time.

@@ -1,5 +1,5 @@
 /* tq_neon.c — aarch64 NEON kernels for TurboQuant rows (twins of tq_score_ref
- * and tq_accum_ref in tq.c; the same algorithm as tq_avx2.c). Both take a
+ * and tq_accum_ref in tq_ref.c; the same algorithm as tq_avx2.c). Both take a
  * block of queries (query tokens × GQA group) with causal limits and decode
  * each row once for all of them, 8 rows at a time where they can. Codes become
  * centroid values 8 at a time: codebooks of <= 4 bits (<= 16 floats) are looked

@@ -1,4 +1,4 @@
-/* kv_cache.h — the KV cache of a context: allocation for every cache type
+/* kv_cache.h — the CPU backend's KV cache of a context (cpu_ctx): allocation for every cache type
  * (f32/f16/q8_0/q4_0 rows, TurboQuant rows with per-layer layouts), K
  * mean-centering with its exact positional correction, and the three things
  * attention does with the cache: store new rows, score a block of query tokens
@@ -6,31 +6,31 @@
 #ifndef KVC_KV_CACHE_H
 #define KVC_KV_CACHE_H
 
-#include "model.h"
+#include "backend_cpu.h"
 
-int kv_init(kvc_context *c, const kvc_context_params *p, char *err, int err_len);
-void kv_free(kvc_context *c);
+int kv_init(cpu_ctx *c, const kvc_context_params *p, char *err, int err_len);
+void kv_free(cpu_ctx *c);
 
 /* Before RoPE: subtract the K mean from c->k (T, Hk, D) of this layer (taking the
  * mean from this batch first if the context has none yet). */
-void kv_center(kvc_context *c, int layer, int T);
+void kv_center(cpu_ctx *c, int layer, int T);
 /* After RoPE: append the batch's K/V rows (positions n_past .. n_past+T-1). */
-void kv_store(kvc_context *c, int layer, int T);
+void kv_store(cpu_ctx *c, int layer, int T);
 
 /* Query tokens per attention work item (>= 1): a block of up to this many tokens is
  * scored and accumulated per cached row read (and, TurboQuant, decoded). */
-int kv_block_tokens(const kvc_context *c);
+int kv_block_tokens(const cpu_ctx *c);
 
 /* A block of nt consecutive query tokens of KV head h: token i's n_rep query rows
  * (post-RoPE) are at q + i*q_stride (n_rep, D) and it sees keys 0 .. n0+i-1.
  * scores (nt*n_rep, ld): row i*n_rep + r = that query · each key it sees, including
  * the centering correction, not yet scaled by 1/sqrt(D); entries past a row's keys
  * are unspecified. ld >= n0 + nt - 1; nt <= kv_block_tokens(c). */
-void kv_scores(kvc_context *c, attn_scratch *s, int layer, int h, const float *q, size_t q_stride, int nt, int n0,
+void kv_scores(cpu_ctx *c, attn_scratch *s, int layer, int h, const float *q, size_t q_stride, int nt, int n0,
                float *scores, int ld);
 /* out token i at out + i*out_stride (n_rep, D): row r = sum over keys j < n0+i of
  * p[(i*n_rep + r)*ld + j] * value j of KV head h. */
-void kv_values(kvc_context *c, attn_scratch *s, int layer, int h, const float *p, int ld, int nt, int n0, float *out,
+void kv_values(cpu_ctx *c, attn_scratch *s, int layer, int h, const float *p, int ld, int nt, int n0, float *out,
                size_t out_stride);
 
 #endif

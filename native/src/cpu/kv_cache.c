@@ -62,7 +62,7 @@ static void select_pairs(const kvc_model *m, int max_pairs, float *mean, int *pa
 
 static int tq_layer_ok(const kvc_tq_layer *t) { return t != NULL; }
 
-int kv_init(kvc_context *c, const kvc_context_params *p, char *err, int err_len) {
+int kv_init(cpu_ctx *c, const kvc_context_params *p, char *err, int err_len) {
     const kvc_model *m = c->m;
     const int L = m->n_layer, Hk = m->n_head_kv, D = m->head_dim, n_rep = m->n_head / m->n_head_kv;
     const int k_tq = p->type_k == KVC_CACHE_TQ, v_tq = p->type_v == KVC_CACHE_TQ;
@@ -101,11 +101,11 @@ int kv_init(kvc_context *c, const kvc_context_params *p, char *err, int err_len)
                 rb = kvc_row_bytes(kind ? p->type_v : p->type_k, D);
                 if (!rb) return kvc_fail(err, err_len, KVC_ERR_UNSUPPORTED, "head_dim %d does not fit the cache type", D);
             }
-            size_t bytes = (size_t)Hk * (size_t)c->n_ctx * rb + 8; /* slack: code reads may run 2 bytes past */
+            size_t bytes = (size_t)Hk * (size_t)c->ctx->n_ctx * rb + 8; /* slack: code reads may run 2 bytes past */
             if (kind) c->v_rb[l] = rb, c->kv[l].v = malloc(bytes);
             else c->k_rb[l] = rb, c->kv[l].k = malloc(bytes);
             if (!(kind ? c->kv[l].v : c->kv[l].k))
-                return kvc_fail(err, err_len, KVC_ERR_NOMEM, "out of memory for a context of %d tokens", c->n_ctx);
+                return kvc_fail(err, err_len, KVC_ERR_NOMEM, "out of memory for a context of %d tokens", c->ctx->n_ctx);
         }
     }
     if (!k_tq) {
@@ -114,7 +114,7 @@ int kv_init(kvc_context *c, const kvc_context_params *p, char *err, int err_len)
     }
     if (p->n_sink < 0 || p->n_sink > 64)
         return kvc_fail(err, err_len, KVC_ERR_INVALID, "n_sink must be 0..64, got %d", p->n_sink);
-    c->n_sink = (k_tq || v_tq) ? (p->n_sink < c->n_ctx ? p->n_sink : c->n_ctx) : 0;
+    c->n_sink = (k_tq || v_tq) ? (p->n_sink < c->ctx->n_ctx ? p->n_sink : c->ctx->n_ctx) : 0;
     if (c->n_sink) {
         const size_t n = (size_t)L * Hk * c->n_sink * D;
         if (k_tq && !(c->k_sink = calloc(n, sizeof(uint16_t))))
@@ -135,7 +135,7 @@ int kv_init(kvc_context *c, const kvc_context_params *p, char *err, int err_len)
     if (c->k_center) {
         c->k_mean = calloc((size_t)L * Hk * D, sizeof(float));
         c->k_pairs = malloc(sizeof(int) * (size_t)L * Hk * (D / 2));
-        c->rope_all = malloc(sizeof(float) * (size_t)c->n_ctx * D);
+        c->rope_all = malloc(sizeof(float) * (size_t)c->ctx->n_ctx * D);
         if (!c->k_mean || !c->k_pairs || !c->rope_all) return kvc_fail(err, err_len, KVC_ERR_NOMEM, "out of memory");
         if (p->k_mean) {
             memcpy(c->k_mean, p->k_mean, sizeof(float) * (size_t)L * Hk * D);
@@ -146,12 +146,12 @@ int kv_init(kvc_context *c, const kvc_context_params *p, char *err, int err_len)
     }
     const int tb = kv_block_tokens(c);
     const size_t nq = (size_t)(tb > 0 ? tb : 1) * n_rep; /* query rows of one work item */
-    for (int i = 0; i < c->n_threads; i++) {
+    for (int i = 0; i < c->ctx->n_threads; i++) {
         attn_scratch *s = &c->scratch[i];
-        s->scores = malloc(sizeof(float) * nq * c->n_ctx);
+        s->scores = malloc(sizeof(float) * nq * c->ctx->n_ctx);
         if (!s->scores) return kvc_fail(err, err_len, KVC_ERR_NOMEM, "out of memory");
         s->qp = malloc(sizeof(float) * nq * D);
-        s->scores2 = c->k_center ? malloc(sizeof(float) * nq * c->n_ctx) : NULL;
+        s->scores2 = c->k_center ? malloc(sizeof(float) * nq * c->ctx->n_ctx) : NULL;
         if (c->k_center && !s->scores2) return kvc_fail(err, err_len, KVC_ERR_NOMEM, "out of memory");
         s->corr = malloc(sizeof(float) * nq * D);
         /* one allocation: the header, then its qr (nq, D) and w (nq, D) */
@@ -162,29 +162,29 @@ int kv_init(kvc_context *c, const kvc_context_params *p, char *err, int err_len)
     return KVC_OK;
 }
 
-void kv_free(kvc_context *c) {
+void kv_free(cpu_ctx *c) {
     if (c->kv)
         for (int i = 0; i < c->n_layer; i++) free(c->kv[i].k), free(c->kv[i].v);
     for (int i = 0; c->tq_k && i < c->n_layer; i++) tq_layout_free(&c->tq_k[i]);
     for (int i = 0; c->tq_v && i < c->n_layer; i++) tq_layout_free(&c->tq_v[i]);
     if (c->scratch)
-        for (int i = 0; i < c->n_threads; i++) free(c->scratch[i].qp), free(c->scratch[i].corr), free(c->scratch[i].tq), free(c->scratch[i].scores2);
+        for (int i = 0; i < c->ctx->n_threads; i++) free(c->scratch[i].qp), free(c->scratch[i].corr), free(c->scratch[i].tq), free(c->scratch[i].scores2);
     free(c->kv), free(c->tq_k), free(c->tq_v), free(c->k_rb), free(c->v_rb), free(c->enc_tmp);
     free(c->k_mean), free(c->k_pairs), free(c->rope_all), free(c->v_mean), free(c->k_sink), free(c->v_sink);
 }
 
-static inline uint16_t *sink_row(const kvc_context *c, uint16_t *base, int l, int h, int pos) {
+static inline uint16_t *sink_row(const cpu_ctx *c, uint16_t *base, int l, int h, int pos) {
     return base + (((size_t)l * c->m->n_head_kv + h) * c->n_sink + pos) * c->m->head_dim;
 }
 
-static inline uint8_t *k_row(const kvc_context *c, int l, int h, int pos) {
-    return c->kv[l].k + ((size_t)h * c->n_ctx + pos) * c->k_rb[l];
+static inline uint8_t *k_row(const cpu_ctx *c, int l, int h, int pos) {
+    return c->kv[l].k + ((size_t)h * c->ctx->n_ctx + pos) * c->k_rb[l];
 }
-static inline uint8_t *v_row(const kvc_context *c, int l, int h, int pos) {
-    return c->kv[l].v + ((size_t)h * c->n_ctx + pos) * c->v_rb[l];
+static inline uint8_t *v_row(const cpu_ctx *c, int l, int h, int pos) {
+    return c->kv[l].v + ((size_t)h * c->ctx->n_ctx + pos) * c->v_rb[l];
 }
 
-void kv_center(kvc_context *c, int layer, int T) {
+void kv_center(cpu_ctx *c, int layer, int T) {
     if (!c->k_center || c->k_mean_folded) return;
     const kvc_model *m = c->m;
     const int Hk = m->n_head_kv, D = m->head_dim;
@@ -208,13 +208,13 @@ void kv_center(kvc_context *c, int layer, int T) {
         }
 }
 
-void kv_store(kvc_context *c, int layer, int T) {
+void kv_store(cpu_ctx *c, int layer, int T) {
     const kvc_model *m = c->m;
     const int Hk = m->n_head_kv, D = m->head_dim;
     float *tmp = c->enc_tmp, *scratch = c->enc_tmp + D;
     for (int t = 0; t < T; t++)
         for (int h = 0; h < Hk; h++) {
-            const int pos = c->n_past + t;
+            const int pos = c->ctx->n_past + t;
             const float *k = c->k + ((size_t)t * Hk + h) * D;
             const float *v = c->v + ((size_t)t * Hk + h) * D;
             if (c->v_mean) {
@@ -257,16 +257,16 @@ static inline size_t block_row(int i, int n_rep, size_t stride, int D) {
     return (size_t)(i / n_rep) * stride + (size_t)(i % n_rep) * D;
 }
 
-int kv_block_tokens(const kvc_context *c) {
+int kv_block_tokens(const cpu_ctx *c) {
     const long long n_rep = c->m->n_head / c->m->n_head_kv;
     long long tb = (KV_BLOCK_QUERIES + n_rep - 1) / n_rep;
-    const long long fit = KV_BLOCK_SCORE_BYTES / (n_rep * c->n_ctx * (long long)sizeof(float));
+    const long long fit = KV_BLOCK_SCORE_BYTES / (n_rep * c->ctx->n_ctx * (long long)sizeof(float));
     if (tb > fit) tb = fit;
-    if (tb > c->n_batch) tb = c->n_batch;
+    if (tb > c->ctx->n_batch) tb = c->ctx->n_batch;
     return tb > 1 ? (int)tb : 1;
 }
 
-void kv_scores(kvc_context *c, attn_scratch *s, int layer, int h, const float *q, size_t q_stride, int nt, int n0,
+void kv_scores(cpu_ctx *c, attn_scratch *s, int layer, int h, const float *q, size_t q_stride, int nt, int n0,
                float *scores, int ld) {
     const kvc_model *m = c->m;
     const int D = m->head_dim, P = D / 2, n_rep = m->n_head / m->n_head_kv, nq = nt * n_rep;
@@ -325,7 +325,7 @@ void kv_scores(kvc_context *c, attn_scratch *s, int layer, int h, const float *q
     }
 }
 
-void kv_values(kvc_context *c, attn_scratch *s, int layer, int h, const float *p, int ld, int nt, int n0, float *out,
+void kv_values(cpu_ctx *c, attn_scratch *s, int layer, int h, const float *p, int ld, int nt, int n0, float *out,
                size_t out_stride) {
     const int D = c->m->head_dim, n_rep = c->m->n_head / c->m->n_head_kv, nq = nt * n_rep;
     if (c->tq_v) { /* every value decoded once for the nt * n_rep queries */

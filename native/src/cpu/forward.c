@@ -1,4 +1,5 @@
-/* forward.c — the transformer forward pass behind kvc_eval and kvc_eval_multi.
+/* forward.c — the CPU backend's transformer forward pass (cpu_forward), behind
+ * kvc_eval and kvc_eval_multi (backend_cpu.c).
  *
  * Per layer: RMSNorm → Q/K/V projections (+bias) → RoPE → append K/V to the
  * cache → causal GQA attention → output projection → residual; RMSNorm →
@@ -11,7 +12,7 @@
  * kernel, so K in q8_0/q4_0 is scored with integer dot products.
  *
  * A batch is a list of segments: consecutive rows that belong to one context.
- * kvc_eval runs one segment (its own context); kvc_eval_multi runs one row per
+ * kvc_eval runs one segment (its own context); kvc_eval_multi one row per
  * context, so that independent sequences decode as one GEMM batch and every
  * weight row is read once per step for all of them. The lead context's buffers
  * and thread pool run the weight products; each segment's context keeps its own
@@ -23,7 +24,6 @@
 #include <string.h>
 
 #include "kv_cache.h"
-#include "model.h"
 #include "util.h"
 
 /* ---- matrix products ---- */
@@ -74,7 +74,7 @@ static void quant_run(void *arg, int ith, int nth) {
 }
 
 /* outs[i] (T, ws[i]->ne1) = x (T, n) · ws[i]ᵀ + biases[i], for up to 3 weights sharing x. */
-static void matmul(kvc_context *c, int T, const float *x, long long n, int count, const tview **ws,
+static void matmul(cpu_ctx *c, int T, const float *x, long long n, int count, const tview **ws,
                    const float **biases, float **outs) {
     mm_task task = {.kern = c->kern, .T = T, .n_jobs = count};
     int types[3];
@@ -102,7 +102,7 @@ static void matmul(kvc_context *c, int T, const float *x, long long n, int count
     kvc_pool_run(c->pool, mm_run, &task);
 }
 
-static void matmul1(kvc_context *c, int T, const float *x, const tview *w, const float *bias, float *out) {
+static void matmul1(cpu_ctx *c, int T, const float *x, const tview *w, const float *bias, float *out) {
     matmul(c, T, x, w->ne0, 1, &w, &bias, &out);
 }
 
@@ -141,15 +141,6 @@ static void rope_apply(const kvc_model *m, const int *src, int T, int n_heads, f
 
 /* ---- batches of segments ---- */
 
-/* Rows [row, row + T) of the batch belong to context c. */
-typedef struct {
-    kvc_context *c;
-    int row, T;
-    /* attention work items of this segment: tb query tokens per item, n_blocks items
-     * per KV head, numbered from item0 */
-    int tb, n_blocks, item0;
-} segment;
-
 /* ---- attention ---- */
 
 typedef struct {
@@ -161,12 +152,12 @@ typedef struct {
 
 /* Causal attention of query tokens t0..t1-1 of KV head h (all n_rep query heads) of
  * context c, whose q/att buffers hold its segment's rows. */
-static void attn_block(kvc_context *c, int layer, attn_scratch *s, int h, int t0, int t1) {
+static void attn_block(cpu_ctx *c, int layer, attn_scratch *s, int h, int t0, int t1) {
     const kvc_model *m = c->m;
     const int D = m->head_dim, Hk = m->n_head_kv, n_rep = m->n_head / Hk;
     const size_t QD = (size_t)m->n_head * D;
     const float scale = 1.0f / sqrtf((float)D);
-    const int nt = t1 - t0, n0 = c->n_past + t0 + 1, ld = n0 + nt - 1; /* token t0 + i sees n0 + i keys */
+    const int nt = t1 - t0, n0 = c->ctx->n_past + t0 + 1, ld = n0 + nt - 1; /* token t0 + i sees n0 + i keys */
     const float *q = c->q + t0 * QD + (size_t)h * n_rep * D; /* token i: (n_rep, D) at q + i * QD */
     float *out = c->att + t0 * QD + (size_t)h * n_rep * D;   /* token i: (n_rep, D) at out + i * QD */
     kv_scores(c, s, layer, h, q, QD, nt, n0, s->scores, ld);
@@ -205,7 +196,7 @@ static int attn_plan(segment *segs, int n_seg) {
     for (int j = 0; j < n_seg; j++) {
         segment *g = &segs[j];
         const int Hk = g->c->m->n_head_kv, tb_max = kv_block_tokens(g->c);
-        const int per_head = (4 * g->c->n_threads + Hk - 1) / Hk; /* blocks wanted per KV head */
+        const int per_head = (4 * g->c->ctx->n_threads + Hk - 1) / Hk; /* blocks wanted per KV head */
         const int tb = (g->T + per_head - 1) / per_head;
         g->tb = tb < 1 ? 1 : tb > tb_max ? tb_max : tb;
         g->n_blocks = (g->T + g->tb - 1) / g->tb;
@@ -217,32 +208,32 @@ static int attn_plan(segment *segs, int n_seg) {
 
 /* ---- one batch ---- */
 
-static void capture(kvc_context *c, int l, int T) {
+static void capture(cpu_ctx *c, int l, int T) {
     const kvc_model *m = c->m;
     const size_t QD = (size_t)m->n_head * m->head_dim, KD = (size_t)m->n_head_kv * m->head_dim;
-    const size_t base = (size_t)l * c->n_batch;
-    memcpy(c->cap_q + base * QD, c->q, sizeof(float) * T * QD);
-    memcpy(c->cap_k + base * KD, c->k, sizeof(float) * T * KD);
-    memcpy(c->cap_v + base * KD, c->v, sizeof(float) * T * KD);
+    const size_t base = (size_t)l * c->ctx->n_batch;
+    memcpy(c->ctx->cap_q + base * QD, c->q, sizeof(float) * T * QD);
+    memcpy(c->ctx->cap_k + base * KD, c->k, sizeof(float) * T * KD);
+    memcpy(c->ctx->cap_v + base * KD, c->v, sizeof(float) * T * KD);
 }
 
 /* Layer l from the Q/K/V projections to the attention output, for every segment:
  * capture, K centering, RoPE and cache append in each segment's context (its rows
  * copied into its own buffers first when it is not the lead), then attention of
  * all segments in one run of the lead's pool; lead->att (T, H*D) receives it. */
-static void attention_layer(kvc_context *lead, segment *segs, int n_seg, int n_items, int nth, int l) {
+static void attention_layer(cpu_ctx *lead, segment *segs, int n_seg, int n_items, int nth, int l) {
     const kvc_model *m = lead->m;
     const size_t QD = (size_t)m->n_head * m->head_dim, KD = (size_t)m->n_head_kv * m->head_dim;
     const int *src = m->rope_src + (size_t)l * (m->head_dim / 2);
     for (int j = 0; j < n_seg; j++) {
-        kvc_context *c = segs[j].c;
+        cpu_ctx *c = segs[j].c;
         const int T = segs[j].T;
         if (c != lead) {
             memcpy(c->q, lead->q + segs[j].row * QD, sizeof(float) * T * QD);
             memcpy(c->k, lead->k + segs[j].row * KD, sizeof(float) * T * KD);
             memcpy(c->v, lead->v + segs[j].row * KD, sizeof(float) * T * KD);
         }
-        if (c->cap_q) capture(c, l, T);
+        if (c->ctx->cap_q) capture(c, l, T);
         kv_center(c, l, T);
         rope_apply(m, src, T, m->n_head, c->q, c->rope_cs);
         rope_apply(m, src, T, m->n_head_kv, c->k, c->rope_cs);
@@ -256,24 +247,20 @@ static void attention_layer(kvc_context *lead, segment *segs, int n_seg, int n_i
             memcpy(lead->att + segs[j].row * QD, segs[j].c->att, sizeof(float) * segs[j].T * QD);
 }
 
-/* Evaluate the batch tokens (T) whose rows the segments partition, in order, and
- * append each segment's rows to its context. The lead's buffers (n_batch >= T) and
- * pool run every weight product. logits: (T - first, V) for rows first..T-1, or NULL. */
-static void forward_rows(kvc_context *lead, segment *segs, int n_seg, const int *tokens, int T, float *logits,
-                         int first) {
+void cpu_forward(cpu_ctx *lead, segment *segs, int n_seg, const int *tokens, int T, float *logits, int first) {
     const kvc_model *m = lead->m;
     const long long E = m->n_embd, F = m->n_ff;
     const kvc_vec_ops *ops = lead->kern->vec;
     const kvc_kernels *emb = &lead->kern->type[m->tok_embd.type];
     for (int t = 0; t < T; t++)
         emb->dequantize(m->tok_embd.data + (size_t)tokens[t] * m->tok_embd.row_bytes, lead->x + t * E, E);
-    int nth = lead->n_threads;
+    int nth = lead->ctx->n_threads;
     for (int j = 0; j < n_seg; j++) {
-        kvc_context *c = segs[j].c;
-        rope_table(m, c->n_past, segs[j].T, c->rope_cs);
+        cpu_ctx *c = segs[j].c;
+        rope_table(m, c->ctx->n_past, segs[j].T, c->rope_cs);
         if (c->k_center)
-            memcpy(c->rope_all + (size_t)c->n_past * m->head_dim, c->rope_cs, sizeof(float) * segs[j].T * m->head_dim);
-        nth = c->n_threads < nth ? c->n_threads : nth;
+            memcpy(c->rope_all + (size_t)c->ctx->n_past * m->head_dim, c->rope_cs, sizeof(float) * segs[j].T * m->head_dim);
+        nth = c->ctx->n_threads < nth ? c->ctx->n_threads : nth;
     }
     const int n_items = attn_plan(segs, n_seg);
     for (int l = 0; l < m->n_layer; l++) {
@@ -296,99 +283,12 @@ static void forward_rows(kvc_context *lead, segment *segs, int n_seg, const int 
         ops->axpy((int)(T * E), 1.0f, lead->xn, lead->x);
     }
     for (int j = 0; j < n_seg; j++) {
-        kvc_context *c = segs[j].c;
-        c->n_past += segs[j].T;
+        cpu_ctx *c = segs[j].c;
+        c->ctx->n_past += segs[j].T;
         c->k_mean_ready = c->k_mean_ready || c->k_center;
     }
     if (!logits) return;
     for (int t = first; t < T; t++)
         ops->rms_norm(E, lead->x + t * E, m->output_norm, m->rms_eps, lead->xn + (t - first) * E);
     matmul1(lead, T - first, lead->xn, &m->output, NULL, logits);
-}
-
-int kvc_eval(kvc_context *c, const int *tokens, int n, float *logits, int all_logits) {
-    if (!c) return KVC_ERR_INVALID;
-    c->err[0] = 0;
-    if (n <= 0 || !tokens) {
-        snprintf(c->err, sizeof c->err, "no tokens to evaluate");
-        return KVC_ERR_INVALID;
-    }
-    if (c->n_past + (long long)n > c->n_ctx) {
-        snprintf(c->err, sizeof c->err, "%d tokens do not fit: %d of %d context positions are used", n, c->n_past,
-                 c->n_ctx);
-        return KVC_ERR_CONTEXT_FULL;
-    }
-    for (int i = 0; i < n; i++)
-        if (tokens[i] < 0 || tokens[i] >= c->m->n_vocab) {
-            snprintf(c->err, sizeof c->err, "token id %d at index %d is outside the vocabulary [0, %d)", tokens[i], i,
-                     c->m->n_vocab);
-            return KVC_ERR_INVALID;
-        }
-    const long long V = c->m->n_vocab;
-    for (int i = 0; i < n; i += c->n_batch) {
-        int T = n - i < c->n_batch ? n - i : c->n_batch;
-        int last = i + T == n;
-        float *lg = NULL;
-        if (logits && all_logits) lg = logits + (size_t)i * V;
-        else if (logits && last) lg = logits;
-        segment seg = {.c = c, .row = 0, .T = T};
-        forward_rows(c, &seg, 1, tokens + i, T, lg, all_logits ? 0 : T - 1);
-    }
-    return KVC_OK;
-}
-
-/* Everything is checked before anything runs, so a failed call changes no context. */
-static int multi_check(kvc_context **ctxs, int n, const int *tokens) {
-    kvc_context *lead = ctxs[0];
-    if (n <= 0 || n > lead->n_batch || !tokens) {
-        snprintf(lead->err, sizeof lead->err,
-                 "kvc_eval_multi takes 1 to n_batch (%d) contexts and their tokens, got %d%s", lead->n_batch, n,
-                 tokens ? "" : " and no tokens");
-        return KVC_ERR_INVALID;
-    }
-    for (int i = 0; i < n; i++) {
-        const kvc_context *c = ctxs[i];
-        if (!c) {
-            snprintf(lead->err, sizeof lead->err, "context %d is NULL", i);
-            return KVC_ERR_INVALID;
-        }
-        if (c->m != lead->m) {
-            snprintf(lead->err, sizeof lead->err, "context %d belongs to another model than context 0", i);
-            return KVC_ERR_INVALID;
-        }
-        for (int j = 0; j < i; j++)
-            if (ctxs[j] == c) {
-                snprintf(lead->err, sizeof lead->err, "context %d is also context %d: one token per context", i, j);
-                return KVC_ERR_INVALID;
-            }
-        if (tokens[i] < 0 || tokens[i] >= c->m->n_vocab) {
-            snprintf(lead->err, sizeof lead->err, "token id %d at index %d is outside the vocabulary [0, %d)",
-                     tokens[i], i, c->m->n_vocab);
-            return KVC_ERR_INVALID;
-        }
-    }
-    for (int i = 0; i < n; i++)
-        if (ctxs[i]->n_past >= ctxs[i]->n_ctx) {
-            snprintf(lead->err, sizeof lead->err, "context %d is full: %d of %d context positions are used", i,
-                     ctxs[i]->n_past, ctxs[i]->n_ctx);
-            return KVC_ERR_CONTEXT_FULL;
-        }
-    return KVC_OK;
-}
-
-int kvc_eval_multi(kvc_context **ctxs, int n, const int *tokens, float *logits) {
-    if (!ctxs || !ctxs[0]) return KVC_ERR_INVALID;
-    kvc_context *lead = ctxs[0];
-    lead->err[0] = 0;
-    int st = multi_check(ctxs, n, tokens);
-    if (st != KVC_OK) return st;
-    segment *segs = malloc(sizeof(segment) * (size_t)n); /* (n) one row each */
-    if (!segs) {
-        snprintf(lead->err, sizeof lead->err, "out of memory");
-        return KVC_ERR_NOMEM;
-    }
-    for (int i = 0; i < n; i++) segs[i] = (segment){.c = ctxs[i], .row = i, .T = 1};
-    forward_rows(lead, segs, n, tokens, n, logits, 0);
-    free(segs);
-    return KVC_OK;
 }
