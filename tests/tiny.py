@@ -1,4 +1,4 @@
-"""Tiny random Qwen2 / Llama checkpoints in Hugging Face format, for tests.
+"""Tiny random Qwen2 / Llama / Qwen3 / Mistral / Gemma 3 checkpoints in Hugging Face format, for tests.
 
 Random weights test plumbing and exactness, never quality. K gets structure
 that calibration can find: a large k_proj bias (Qwen2) and a few outlier rows.
@@ -28,7 +28,7 @@ CORPUS = [
 
 @dataclass(frozen=True)
 class TinySpec:
-    arch: str = "qwen2"  # "qwen2" or "llama"
+    arch: str = "qwen2"  # "qwen2", "llama", "qwen3", "mistral" or "gemma3"
     head_dim: int = 64
     n_heads: int = 4
     n_kv_heads: int = 2
@@ -41,6 +41,11 @@ class TinySpec:
     llama3_rope: bool = False
     dtype: str = "f32"  # safetensors dtype: f32, f16, bf16
     seed: int = 0
+    sliding_window: int = 0  # mistral, gemma3 (its every 6th layer is global)
+
+
+HF_CLASS = {"qwen2": "Qwen2ForCausalLM", "llama": "LlamaForCausalLM", "qwen3": "Qwen3ForCausalLM",
+            "mistral": "MistralForCausalLM", "gemma3": "Gemma3ForCausalLM"}
 
 
 def make_tokenizer(vocab: int) -> Tokenizer:
@@ -61,8 +66,8 @@ def make_tiny_model(out: Path, spec: TinySpec = TinySpec()) -> Path:
     tok = make_tokenizer(spec.vocab)
     vocab = tok.get_vocab_size()
     config = {
-        "architectures": ["Qwen2ForCausalLM" if spec.arch == "qwen2" else "LlamaForCausalLM"],
-        "model_type": spec.arch,
+        "architectures": [HF_CLASS[spec.arch]],
+        "model_type": "gemma3_text" if spec.arch == "gemma3" else spec.arch,
         "hidden_size": hidden,
         "intermediate_size": spec.intermediate,
         "num_hidden_layers": spec.n_layers,
@@ -85,8 +90,20 @@ def make_tiny_model(out: Path, spec: TinySpec = TinySpec()) -> Path:
         if spec.llama3_rope:
             config["rope_scaling"] = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
                                       "high_freq_factor": 4.0, "original_max_position_embeddings": 64}
-    else:
+    elif spec.arch in ("qwen2", "qwen3"):
         config["use_sliding_window"] = False
+        config["attention_bias"] = spec.arch == "qwen2" or spec.attention_bias
+    elif spec.arch == "mistral":
+        config["sliding_window"] = spec.sliding_window or None
+    elif spec.arch == "gemma3":
+        from kvconvert.models.arch.gemma3 import layer_types
+
+        config.update(hidden_activation="gelu_pytorch_tanh", query_pre_attn_scalar=spec.head_dim,
+                      sliding_window=spec.sliding_window, layer_types=list(layer_types(spec.n_layers)),
+                      rope_local_base_freq=10000.0, attention_bias=False, final_logit_softcapping=None,
+                      attn_logit_softcapping=None,
+                      rope_parameters={"full_attention": {"rope_type": "default", "rope_theta": spec.rope_theta},
+                                       "sliding_attention": {"rope_type": "default", "rope_theta": 10000.0}})
     (out / "config.json").write_text(json.dumps(config, indent=2))
     tok.save(str(out / "tokenizer.json"))
     (out / "tokenizer_config.json").write_text(json.dumps({
@@ -97,7 +114,7 @@ def make_tiny_model(out: Path, spec: TinySpec = TinySpec()) -> Path:
 
     args = ModelArgs.from_dict(config)
     specs = [s for s in tensor_specs(from_hf(args.architecture), args) if s.hf != "rope_freqs"]
-    tensors = {s.hf: _init(rng, s.hf, s.shape, spec) for s in specs}
+    tensors = {s.hf: _init(rng, s.hf, s.shape, spec) - s.norm_offset for s in specs}
     write_streaming(out / "model.safetensors", [(s.hf, s.shape) for s in specs], spec.dtype,
                     iter(tensors.items()))
     return out

@@ -6,7 +6,7 @@ import argparse
 
 from ..testdata import fixtures
 
-NAMES = [fixtures.SMOLLM2, fixtures.QWEN25_CODER, fixtures.AUSTEN]
+NAMES = [fixtures.SMOLLM2, fixtures.QWEN25_CODER, fixtures.GEMMA3, fixtures.AUSTEN]
 
 
 def configure(p: argparse.ArgumentParser) -> None:

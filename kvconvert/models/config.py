@@ -55,6 +55,10 @@ class RopeScaling:
                              f"high_freq_factor ({self.high_freq_factor})")
 
 
+LAYER_TYPES = ("full_attention", "sliding_attention")
+ACTIVATIONS = {"silu": "silu", "gelu_pytorch_tanh": "gelu_tanh"}  # HF name -> the block's activation
+
+
 @dataclass(frozen=True)
 class ModelArgs:
     architecture: str  # HF class name, e.g. "Qwen2ForCausalLM"
@@ -74,6 +78,13 @@ class ModelArgs:
     rope_scaling: RopeScaling | None = None
     bos_token_id: int | None = None
     eos_token_id: int | None = None
+    # attention variants (models/arch/base.py reads them; docs/design.md §1 "Architectures")
+    sliding_window: int = 0  # 0: none; else a query sees the keys at distance < sliding_window
+    layer_types: tuple[str, ...] | None = None  # per layer "sliding_attention" / "full_attention"; None: all
+    # layers slide when sliding_window is set
+    rope_local_theta: float = 0.0  # RoPE base of sliding layers (Gemma 3); 0: rope_theta
+    query_pre_attn_scalar: float = 0.0  # scores scaled by its -1/2 power (Gemma); 0: head_dim
+    hidden_act: str = "silu"  # MLP gate activation: silu, or gelu_pytorch_tanh (Gemma)
     extra: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     # upper bounds of the dimensions (far above any supported model; bound every allocation by them)
@@ -111,6 +122,18 @@ class ModelArgs:
             )
         if self.head_dim % 2:
             raise InputError(f"model config: head_dim must be even for RoPE, got {self.head_dim}")
+        V.int_in(None, "sliding_window", self.sliding_window, 0, V.MAX_CTX)
+        if self.layer_types is not None:
+            object.__setattr__(self, "layer_types", tuple(self.layer_types))
+            if len(self.layer_types) != self.num_hidden_layers or not set(self.layer_types) <= set(LAYER_TYPES):
+                raise InputError(f"model config: layer_types must list {self.num_hidden_layers} of "
+                                 f"{', '.join(LAYER_TYPES)}")
+        for name in ("rope_local_theta", "query_pre_attn_scalar"):
+            v = getattr(self, name)
+            object.__setattr__(self, name, 0.0 if v == 0 else V.finite_float(None, name, v, 0.0, 1e12, lo_open=True))
+        if self.hidden_act not in ACTIVATIONS:
+            raise InputError(f"model config: activation {self.hidden_act!r} is not supported "
+                             f"(supported: {', '.join(ACTIVATIONS)})")
 
     @property
     def n_rep(self) -> int:
@@ -135,6 +158,12 @@ class ModelArgs:
         kw = {k: d[k] for k in known if k in d and d[k] is not None}
         rope_params = d.get("rope_parameters")  # transformers >= 5 nests rope settings here
         rope = d.get("rope_scaling")
+        if isinstance(rope_params, dict) and isinstance(rope_params.get("full_attention"), dict):
+            # per layer type (Gemma 3 in transformers >= 5): the sliding layers have their own base
+            local = rope_params.get("sliding_attention") or {}
+            if "rope_theta" in local:
+                kw.setdefault("rope_local_theta", local["rope_theta"])
+            rope_params = rope_params["full_attention"]
         if isinstance(rope_params, dict):
             if "rope_theta" in rope_params:
                 kw.setdefault("rope_theta", rope_params["rope_theta"])
@@ -148,6 +177,19 @@ class ModelArgs:
         kw.setdefault("num_key_value_heads", d.get("num_attention_heads"))
         if d.get("model_type") == "qwen2":
             kw.setdefault("attention_bias", True)
+        if "rope_local_base_freq" in d:  # Gemma 3 in transformers 4.x
+            kw.setdefault("rope_local_theta", d["rope_local_base_freq"])
+        act = d.get("hidden_activation", d.get("hidden_act"))
+        if act is not None:
+            kw["hidden_act"] = act
+        if "use_sliding_window" in d and not d["use_sliding_window"]:  # Qwen: the window is switched off
+            kw.pop("sliding_window", None)
+            kw.pop("layer_types", None)
+        if kw.get("layer_types") is not None and not isinstance(kw["layer_types"], (list, tuple)):
+            raise InputError(f"layer_types must be a list, got {V._show(kw['layer_types'])}")
+        if (kw.get("layer_types") is not None and kw.get("sliding_window") is None
+                and "sliding_attention" not in kw["layer_types"]):
+            kw.pop("layer_types")  # all full: the default
         missing = [k for k in ("hidden_size", "intermediate_size", "num_hidden_layers",
                                "num_attention_heads", "vocab_size", "rms_norm_eps") if k not in kw]
         if missing:
@@ -197,8 +239,22 @@ class ModelArgs:
         if self.model_type == "llama":
             d["attention_bias"] = self.attention_bias
             d["mlp_bias"] = False
-        if self.model_type == "qwen2":
+        if self.model_type in ("qwen2", "qwen3"):
             d["use_sliding_window"] = False
+        if self.model_type in ("qwen3", "mistral", "gemma3_text"):
+            d["attention_bias"] = self.attention_bias
+        if self.sliding_window or self.model_type == "mistral":
+            d["sliding_window"] = self.sliding_window or None
+        if self.layer_types is not None:
+            d["layer_types"] = list(self.layer_types)
+        if self.hidden_act != "silu":
+            d["hidden_act"] = d["hidden_activation"] = self.hidden_act
+        if self.query_pre_attn_scalar:
+            d["query_pre_attn_scalar"] = self.query_pre_attn_scalar
+        if self.rope_local_theta:
+            d["rope_local_base_freq"] = self.rope_local_theta  # transformers 4.x; 5.x reads rope_parameters
+            d["rope_parameters"] = {"full_attention": {"rope_type": "default", "rope_theta": self.rope_theta},
+                                    "sliding_attention": {"rope_type": "default", "rope_theta": self.rope_local_theta}}
         if self.rope_scaling is not None:
             d["rope_scaling"] = {k: v for k, v in dataclasses.asdict(self.rope_scaling).items()}
         if self.bos_token_id is not None:

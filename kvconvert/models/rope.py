@@ -52,6 +52,14 @@ def inv_freq(args: ModelArgs) -> np.ndarray:
     return base_inv_freq(args.head_dim, args.rope_theta) / llama3_factors(args)
 
 
+def layer_inv_freq(args: ModelArgs, layer: int) -> np.ndarray:
+    """Frequencies of one layer: sliding-window layers with their own base (Gemma 3) use it
+    unscaled; every other layer uses :func:`inv_freq`."""
+    if args.rope_local_theta and args.layer_types is not None and args.layer_types[layer] == "sliding_attention":
+        return base_inv_freq(args.head_dim, args.rope_local_theta)
+    return inv_freq(args)
+
+
 def pair_index(head_dim: int, pairing: str) -> tuple[np.ndarray, np.ndarray]:
     """Channel indices (first, second) of every pair j."""
     p = head_dim // 2

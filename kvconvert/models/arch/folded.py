@@ -10,6 +10,7 @@ the folded means), with Q/K rows in interleaved pair order.
 
 from __future__ import annotations
 
+from ...base.errors import InputError
 from ..config import ModelArgs
 from .base import Architecture
 
@@ -21,6 +22,9 @@ class Folded(Architecture):
     qkv_bias = True
 
     def __init__(self, base: Architecture):
+        if base.qk_norm or base.post_norms:
+            raise InputError(f"the folded layout puts K centering into b_k, after which {base.name} normalises q and k "
+                             "(QK-norm); convert it with the portable layout")
         self.base = base
         self.name = PREFIX + base.name
         self.hf_architecture, self.model_type, self.gguf_arch = base.hf_architecture, base.model_type, base.gguf_arch
