@@ -1,10 +1,10 @@
-"""kvconvert convert MODEL -o OUT.gguf [--profile NAME|FILE] [--layout portable|folded] [--weights TYPE]"""
+"""kvconvert convert MODEL -o OUT.gguf [--profile NAME|FILE] [--layout portable|folded] [--weights keep|TYPE]"""
 
 from __future__ import annotations
 
 import argparse
 
-from ..conversion.writer import WEIGHT_TYPES
+from ..conversion.writer import WEIGHT_CHOICES
 from ..conversion.patch import LAYOUTS
 from ..conversion.pipeline import DEFAULT_TOKENS, ConvertJob, convert
 from ..base.progress import tqdm_progress
@@ -17,8 +17,10 @@ from .common import add_text_args, read_text_arg
 def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", help="Hugging Face model directory, GGUF file, or Hub repo id (from the local cache)")
     p.add_argument("-o", "--output", required=True, help="output .gguf path (written atomically)")
-    p.add_argument("--weights", choices=list(WEIGHT_TYPES), default="f16",
-                   help="type of the weight matrices (norms and biases stay f32; default f16)")
+    p.add_argument("--weights", choices=list(WEIGHT_CHOICES), default=None,
+                   help="keep: patch a GGUF in place — every tensor byte for byte, only kvconvert.* metadata added, "
+                        "every transform applied by kvconvert's runtime (default for a GGUF); or the type of the "
+                        "weight matrices, norms and biases staying f32 (default f16 for a Hugging Face model)")
     p.add_argument("--profile", default=DEFAULT_POLICY, metavar="NAME|FILE",
                    help="a calibrated profile (JSON from `kvconvert search`, or a shipped one) to apply, or a "
                         "policy name (balanced, max-quality, long-context): calibrate, search and apply in one go "

@@ -359,7 +359,8 @@ def calibrate(model: str | os.PathLike | ModelSource, *, text: str | None = None
     src = model if isinstance(model, ModelSource) else load_model(model)
     refuse_overwrite(out, [src.path], what="calibration output path")
     user_chunks = text_chunks(src, text, tokens, n_ctx, holdout) if text is not None else None  # refuse early
-    rt = Model(runtime_gguf(src, progress, cancel))
+    # the stored weights, without a kept file's k_cache.smooth: the new profile replaces that smoothing
+    rt = Model(runtime_gguf(src, progress, cancel), smoothing=False)
     if user_chunks is not None:
         chunks, held = user_chunks[:len(user_chunks) - holdout], user_chunks[len(user_chunks) - holdout:]
         held_rows = np.stack([h[len(_bos_ids(src)):] for h in held]) if held else np.zeros((0, n_ctx), np.int32)

@@ -4,7 +4,8 @@ gets, in which layout, and the KV-cache metadata that goes with it (docs/design.
 portable: only K→Q smoothing is folded (exact, and stock loaders see nothing
   new); the pair permutation, K centering and V centering are applied by the
   runtime from metadata. The file keeps its architecture and runs unchanged in
-  llama.cpp.
+  llama.cpp. With ``keep_weights`` (`--weights keep`, a GGUF input patched in
+  place) nothing is folded: smoothing too goes to metadata (k_cache.smooth).
 folded: smoothing, the pair permutation (Q/K rows; RoPE then needs the
   permuted θ table), K centering (b_k), a Hadamard V rotation (W_v, W_o) and V
   centering (b_v, b_o) are all in the weights; the architecture is renamed
@@ -35,10 +36,14 @@ class Patch:
     profile: Profile
     layout: str
     src: ModelSource
+    keep_weights: bool = False  # --weights keep: no tensor changes; smoothing goes to k_cache.smooth
 
     def __post_init__(self) -> None:
         if self.layout not in LAYOUTS:
             raise InputError(f"unknown layout {self.layout!r} (choose portable or folded)")
+        if self.keep_weights and self.layout != "portable":
+            raise InputError("--weights keep leaves every tensor as it is, so it needs --layout portable "
+                             "(the folded layout changes the weights)")
         a = self.src.args
         self.profile.model.check(a, self.profile.describe())
         self.L, self.H, self.Hk, self.d = a.num_hidden_layers, a.num_attention_heads, a.num_key_value_heads, a.head_dim
@@ -68,6 +73,10 @@ class Patch:
         x = self._get(name, spec)
         s, order = self.scales[layer], self.order[layer]
         fold = self.layout == "folded"
+        if self.src.arch.qk_norm and proj in ("q_norm", "k_norm"):  # smoothing lives in the gains (§2)
+            return tf.scale_qk_norm(x, self._shared_scales(layer), proj == "k_norm", spec.norm_offset)
+        if self.src.arch.qk_norm and proj in ("q_proj", "k_proj"):
+            return x
         if proj == "q_proj":
             x = tf.scale_q_rows(x, s, self.H)
             return tf.permute_pair_rows(x, order, self.H) if fold else x
@@ -93,6 +102,14 @@ class Patch:
             wo = tf.rotate_o_cols(self.src.weights.get(name.replace(".bias", ".weight")), self.R, self.H)
             return tf.fold_v_mean_into_o_bias(x, wo, self._v_mean_rotated(layer), self.H)
         return x
+
+    def _shared_scales(self, layer: int) -> np.ndarray:
+        """The layer's smoothing scales (P,) when every KV head has the same ones: all a QK-norm gain can hold."""
+        s = self.scales[layer]
+        if not np.allclose(s, s[:1], rtol=1e-6):
+            raise InputError(f"{self.src.path}: {self.src.arch.name} normalises q and k per head (QK-norm), so K→Q "
+                             "smoothing must be the same for every KV head of a layer; re-run the search")
+        return s[0]
 
     def _get(self, name: str, spec: TensorSpec) -> np.ndarray:
         if self.src.weights.has(name):
@@ -126,6 +143,8 @@ class Patch:
             a, b = (self.order, self.order + P) if pairing == "neox" else (2 * self.order, 2 * self.order + 1)
             meta.k_perm = np.stack([a, b], -1).reshape(self.L, self.d).astype(np.int32)
             meta.v_mean = None if self.v_mean is None else self.v_mean.astype(np.float32)
+            if self.keep_weights and not np.all(self.scales == 1):
+                meta.k_smooth = np.asarray(self.scales, dtype=np.float32)
         return meta
 
 

@@ -31,7 +31,7 @@ from pathlib import Path
 from ..base.atomic import atomic_path
 from .calibrate import calibrate
 from .check import CheckResult, check_file, holdout_tokens
-from .writer import ConvertResult, check_output
+from .writer import KEEP, ConvertResult, check_output, default_weights
 from .writer import convert as write_gguf
 from ..base.errors import InputError
 from ..models.source import ModelSource, load_model
@@ -71,7 +71,7 @@ def profile_path_for(output: str | os.PathLike) -> Path:
     return out.with_name(out.name.removesuffix(".gguf") + ".profile.json")
 
 
-def convert(model: str | os.PathLike | ModelSource, output: str | os.PathLike, *, weights: str = "f16",
+def convert(model: str | os.PathLike | ModelSource, output: str | os.PathLike, *, weights: str | None = None,
             profile=None, layout: str = "portable", kv_meta=None, text: str | None = None,
             tokens: int = DEFAULT_TOKENS, n_ctx: int = 512, check: bool = True, save_profile: bool = True,
             n_threads: int = 0,
@@ -82,12 +82,17 @@ def convert(model: str | os.PathLike | ModelSource, output: str | os.PathLike, *
     as is), or a Policy or policy name: calibrate on ``text`` (None: the model's own
     text) over ``tokens`` tokens in chunks of ``n_ctx``, search, write, ``check`` the written file, retry with
     more bits if the check misses the policy's threshold, and save the profile next
-    to the output. Returns a ConvertJob for a policy, else the writer's ConvertResult."""
+    to the output. weights: None keeps a GGUF input's tensors byte for byte ("keep") and writes
+    f16 for a Hugging Face model (writer.default_weights). Returns a ConvertJob for a policy,
+    else the writer's ConvertResult."""
     prof = load_profile(profile) if isinstance(profile, (str, os.PathLike)) else profile
     if not isinstance(prof, Policy):
         return write_gguf(model, output, weights=weights, profile=prof, layout=layout, kv_meta=kv_meta,
                           progress=progress, cancel=cancel)
     src = model if isinstance(model, ModelSource) else load_model(model)
+    weights = weights or default_weights(src)
+    if weights == KEEP and (src.format != "gguf" or layout != "portable"):  # refused by the writer: refuse now
+        write_gguf(src, output, weights=weights, layout=layout, profile=None)
     output = Path(output)
     check_output(src, output)  # all of these before the long stages
     prof_path = profile_path_for(output) if save_profile else None

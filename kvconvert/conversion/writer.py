@@ -36,6 +36,13 @@ WEIGHT_TYPES: dict[str, tuple[Q, FT]] = {
     "q8_0": (Q.Q8_0, FT.MOSTLY_Q8_0),
     "q4_0": (Q.Q4_0, FT.MOSTLY_Q4_0),
 }
+KEEP = "keep"  # a GGUF input's tensors copied byte for byte, only kvconvert.* metadata added (write_kept)
+WEIGHT_CHOICES = (KEEP, *WEIGHT_TYPES)
+
+
+def default_weights(src: ModelSource) -> str:
+    """--weights when not given: keep a GGUF's tensors as they are; f16 for a Hugging Face model."""
+    return KEEP if src.format == "gguf" else "f16"
 
 
 @dataclass
@@ -109,7 +116,7 @@ def check_output(src: ModelSource, output: Path, inputs=()) -> None:
     check_parent(output)
 
 
-def convert(model: str | os.PathLike | ModelSource, output: str | os.PathLike, *, weights: str = "f16",
+def convert(model: str | os.PathLike | ModelSource, output: str | os.PathLike, *, weights: str | None = None,
             profile=None, layout: str = "portable", kv_meta=None, progress: ProgressFn | None = None,
             cancel: threading.Event | None = None, phase: str = "write") -> ConvertResult:
     """Write ``model`` (HF dir, GGUF or repo id) as a GGUF at ``output``.
@@ -118,10 +125,16 @@ def convert(model: str | os.PathLike | ModelSource, output: str | os.PathLike, *
     describe caches); a calibrated Profile (or its name/file) — applied in
     ``layout`` ("portable" or "folded", see patch.py). Policies (calibrate, search,
     check, then write) are the pipeline's job: kvconvert.conversion.pipeline.convert.
+    weights: a type from WEIGHT_TYPES, or "keep" (a GGUF input's tensors byte for byte, see
+    write_kept); None: default_weights (keep for a GGUF, f16 for a Hugging Face model).
     Progress is one phase, ``phase``, counted in MiB written."""
-    if weights not in WEIGHT_TYPES:
-        raise InputError(f"unknown weight type {weights!r} (choose from {', '.join(WEIGHT_TYPES)})")
+    if weights is not None and weights not in WEIGHT_CHOICES:
+        raise InputError(f"unknown weight type {weights!r} (choose from {', '.join(WEIGHT_CHOICES)})")
     src = model if isinstance(model, ModelSource) else load_model(model)
+    weights = weights or default_weights(src)
+    if weights == KEEP and src.format != "gguf":
+        raise InputError(f"{src.path}: --weights keep patches a GGUF file in place; a Hugging Face model needs a "
+                         f"weight type ({', '.join(WEIGHT_TYPES)})")
     output = Path(output)
     check_output(src, output, [] if isinstance(model, ModelSource) else [model])
     name = Path(src.path).name.removesuffix(".gguf")
@@ -135,8 +148,12 @@ def convert(model: str | os.PathLike | ModelSource, output: str | os.PathLike, *
             raise InputError(f"{profile if isinstance(profile, (str, os.PathLike)) else 'profile'} is a policy, "
                              "not a calibrated profile: use kvconvert.conversion.pipeline.convert (or `kvconvert convert`) "
                              "to calibrate, search and apply it")
-        patch = Patch(prof, layout, src)
+        patch = Patch(prof, layout, src, keep_weights=weights == KEEP)
         kv_meta = patch.cache_meta()
+    elif weights == KEEP and layout != "portable":
+        raise InputError("--weights keep leaves every tensor as it is, so it needs --layout portable")
+    if weights == KEEP:
+        return write_kept(src, output, name, kv_meta, progress=progress, cancel=cancel, phase=phase)
     arch = patch.arch if patch else src.arch
     specs = patch.specs() if patch else src.specs
     plan = [(s, tensor_type(s, weights)) for s in specs]
@@ -173,3 +190,41 @@ def convert(model: str | os.PathLike | ModelSource, output: str | os.PathLike, *
             raise
     n_params = sum(int(np.prod(s.shape)) for s in specs)
     return ConvertResult(output, weights, len(plan), n_params, output.stat().st_size, types, str(src.path))
+
+
+def write_kept(src: ModelSource, output: Path, name: str, kv_meta=None, *, progress: ProgressFn | None = None,
+               cancel: threading.Event | None = None, phase: str = "write") -> ConvertResult:
+    """``src`` (a GGUF) at ``output`` with every tensor and every metadata entry byte for byte, except
+    that its kvconvert.* entries are replaced by this conversion's (provenance and ``kv_meta``); the
+    transforms a profile needs are then all applied by the runtime from metadata (k_cache.smooth for
+    K→Q smoothing, docs/design.md §3). llama.cpp computes exactly what it computed on the input."""
+    from ..formats.gguf_patch import pack_entries, write_patched
+
+    reader = src.weights.reader  # type: ignore[attr-defined]
+    if reader.fields.get(Keys.KVConvert.LAYOUT) is not None and \
+            str(reader.fields[Keys.KVConvert.LAYOUT].contents()) == "folded":
+        raise InputError(f"{src.path}: this file has folded transforms in its weights; patch the original model")
+    w = gguf.GGUFWriter(None, src.arch.name)
+    w.add_uint32(Keys.KVConvert.SCHEMA_VERSION, SCHEMA_VERSION)
+    w.add_string(Keys.KVConvert.VERSION, __version__)
+    w.add_string(Keys.KVConvert.SOURCE, name)
+    w.add_string(Keys.KVConvert.SOURCE_FORMAT, src.format)
+    w.add_string(Keys.KVConvert.WEIGHTS, KEEP)
+    if kv_meta is not None:
+        kv_meta.add_to_gguf(w)
+    mine = lambda key: key.startswith("kvconvert.")  # noqa: E731
+    entries, n = pack_entries(w, mine)
+    total = (len(reader.data) - reader.data_offset) / MIB
+    start_phase(progress, phase, "MiB")
+    report = (lambda done, _: progress(round(done / MIB, 1), round(total, 1), "tensor data")) if progress else None
+    with atomic_path(output) as tmp:
+        try:
+            with open(tmp, "wb") as fh:
+                write_patched(reader, fh, mine, entries, n, report, lambda: check_cancel(cancel))
+        except OSError as e:
+            raise OutputError(f"cannot write {output}: {e.strerror or e}") from None
+    types: dict[str, int] = {}
+    for t in reader.tensors:
+        types[t.tensor_type.name] = types.get(t.tensor_type.name, 0) + 1
+    return ConvertResult(output, KEEP, len(reader.tensors), sum(t.n_elements for t in reader.tensors),
+                         output.stat().st_size, types, str(src.path))

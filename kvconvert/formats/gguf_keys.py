@@ -19,6 +19,7 @@ class Keys:
         VERSION = "kvconvert.version"  # kvconvert release that wrote the file
         SOURCE = "kvconvert.source"  # what the file was converted from (path or repo id)
         SOURCE_FORMAT = "kvconvert.source_format"  # "hf" or "gguf"
+        WEIGHTS = "kvconvert.weights"  # "keep": the source GGUF's tensors byte for byte (else absent)
         LAYOUT = "kvconvert.layout"  # "portable" or "folded"
         ROTATION_SEED = "kvconvert.rotation_seed"  # u64 seed of the TurboQuant signs
         PROFILE = "kvconvert.profile"  # JSON: the profile applied (configs, provenance, measurements; no arrays)
@@ -39,6 +40,9 @@ class Keys:
         CENTER_PAIRS = "kvconvert.k_cache.center_pairs"  # u32, 0 = all pairs
         MEAN_FOLDED = "kvconvert.k_cache.mean_folded"  # bool: b_k already subtracts MEAN (folded layout)
         ROPE_PAIR_SRC = "kvconvert.k_cache.rope_pair_src"  # (layers * head_dim/2) i32: θ index of each pair (folded)
+        # (layers * kv_heads * head_dim/2) f32: K→Q smoothing the runtime applies (weights kept as they are):
+        # pair j of KV head g is divided by SMOOTH[l, g, j] in K and multiplied by it in every query head of g
+        SMOOTH = "kvconvert.k_cache.smooth"
 
     class VCache:
         TYPE = "kvconvert.v_cache.type"

@@ -20,12 +20,13 @@ from ..base.errors import InputError
 from ..formats.gguf_io import field_value
 from ..formats.gguf_keys import Keys
 from .turboquant import SCALES, KConfig
+from .types import DEFAULT_SEED, STANDARD, TQ
 from ..base import validate as V
 
 K, V_ = Keys.KCache, Keys.VCache
-STANDARD_CACHE_TYPES = ("f32", "f16", "q8_0", "q4_0")
 MAX_SINK = 64  # kvc_context_params.n_sink's limit
 DEFAULT_SINK = 1  # TurboQuant caches keep the first position exact unless told otherwise
+MIN_SMOOTH = 1e-3  # k_cache.smooth scales must lie in [MIN_SMOOTH, 1/MIN_SMOOTH] (the search clamps to [1/8, 8])
 
 
 class CacheDims(Protocol):
@@ -39,20 +40,23 @@ class CacheDims(Protocol):
 
 @dataclass
 class CacheMeta:
-    k_type: str = "tq"  # "tq" or a standard cache type name
+    k_type: str = TQ  # TQ or a standard cache type name (types.STANDARD)
     v_type: str = "f16"
-    k_configs: list[KConfig] | None = None  # one per layer when k_type == "tq"
+    k_configs: list[KConfig] | None = None  # one per layer when k_type == TQ
     v_configs: list[KConfig] | None = None
     k_perm: np.ndarray | None = None  # (layers, head_dim) int
     k_mean: np.ndarray | None = None  # (layers, kv_heads, head_dim) float32
     center_pairs: int = 0
-    seed: int = 0x6B7663
+    seed: int = DEFAULT_SEED
     layout: str = "portable"
     k_mean_folded: bool = False
     rope_pair_src: np.ndarray | None = None  # (layers, head_dim/2) int, folded layout
     v_mean: np.ndarray | None = None  # (layers, kv_heads, head_dim) float32
     profile_json: str | None = None
     n_sink: int | None = None  # attention-sink positions kept in f16 by TurboQuant caches (None: runtime default)
+    # K→Q smoothing applied by the runtime (weights kept byte for byte): (layers, kv_heads, head_dim/2), pair j
+    # of KV head g divided by it in K, multiplied in Q. None: none, or folded into the weights.
+    k_smooth: np.ndarray | None = None
 
     def add_to_gguf(self, w: gguf.GGUFWriter) -> None:
         w.add_string(Keys.KVConvert.LAYOUT, self.layout)
@@ -84,6 +88,8 @@ class CacheMeta:
             w.add_array(K.ROPE_PAIR_SRC, [int(i) for i in np.asarray(self.rope_pair_src).reshape(-1)])
         if self.v_mean is not None:
             w.add_array(V_.MEAN, [float(x) for x in np.asarray(self.v_mean, dtype=np.float32).reshape(-1)])
+        if self.k_smooth is not None:
+            w.add_array(K.SMOOTH, [float(x) for x in np.asarray(self.k_smooth, dtype=np.float32).reshape(-1)])
 
     @classmethod
     def from_gguf(cls, reader, args: CacheDims, source: str = "GGUF") -> "CacheMeta | None":
@@ -95,13 +101,13 @@ class CacheMeta:
         if get(K.TYPE) is None:
             return None
         L, Hk, d = args.num_hidden_layers, args.num_key_value_heads, args.head_dim
-        types = ("tq",) + STANDARD_CACHE_TYPES
+        types = (TQ, *STANDARD)
         try:
             meta = cls(
                 k_type=V.one_of(source, K.TYPE, get(K.TYPE), types),
                 v_type=V.one_of(source, V_.TYPE, get(V_.TYPE, "f16"), types),
                 center_pairs=V.int_in(source, K.CENTER_PAIRS, get(K.CENTER_PAIRS, 0), 0, d // 2),
-                seed=V.int_in(source, Keys.KVConvert.ROTATION_SEED, get(Keys.KVConvert.ROTATION_SEED, 0x6B7663),
+                seed=V.int_in(source, Keys.KVConvert.ROTATION_SEED, get(Keys.KVConvert.ROTATION_SEED, DEFAULT_SEED),
                               0, V.MAX_U64),
                 layout=V.one_of(source, Keys.KVConvert.LAYOUT, get(Keys.KVConvert.LAYOUT, "portable"),
                                 ("portable", "folded")),
@@ -119,9 +125,9 @@ class CacheMeta:
             if sink is not None:
                 meta.n_sink = V.int_in(source, Keys.KVConvert.SINK_TOKENS, sink, 0, MAX_SINK)
             scale = V.one_of(source, K.SCALE, get(K.SCALE, "ls"), SCALES)
-            if meta.k_type == "tq":
+            if meta.k_type == TQ:
                 meta.k_configs = _configs(get, K, L, d, scale, qjl=True, source=source)
-            if meta.v_type == "tq":
+            if meta.v_type == TQ:
                 meta.v_configs = _configs(get, V_, L, d, scale, qjl=False, source=source)
             perm, mean = get(K.PERM), get(K.MEAN)
             if perm is not None:
@@ -143,6 +149,13 @@ class CacheMeta:
                 raise ValueError("a folded file needs its RoPE pair map")
             if vmean is not None:
                 meta.v_mean = _floats(source, V_.MEAN, vmean, (L, Hk, d))
+            smooth = get(K.SMOOTH)
+            if smooth is not None:
+                meta.k_smooth = _floats(source, K.SMOOTH, smooth, (L, Hk, d // 2))
+                if not ((meta.k_smooth >= MIN_SMOOTH) & (meta.k_smooth <= 1 / MIN_SMOOTH)).all():
+                    raise ValueError(f"{K.SMOOTH} holds scales outside [{MIN_SMOOTH:g}, {1 / MIN_SMOOTH:g}]")
+                if meta.layout == "folded":
+                    raise ValueError(f"a folded file has its smoothing in the weights, not in {K.SMOOTH}")
         except (ValueError, TypeError, OverflowError) as e:
             raise InputError(f"{source}: invalid kvconvert cache metadata ({e}); re-convert the model") from None
         return meta

@@ -18,27 +18,12 @@ from ._native import NativeError, check, ffi, lib  # noqa: F401  (ffi re-exporte
 from ..base.errors import InputError
 from ..formats.gguf_io import tensor_map
 from ..kvcache.kvmeta import DEFAULT_SINK
+from ..kvcache.types import AUTO, DEFAULT_SEED, TQ, CacheSpec
+from ..models.arch.base import ACTIVATIONS
 from ..models.source import ROPE_FREQS, ModelSource, load_model
 from ..models.rope import inv_freq
 
-CACHE_TYPES = {"f32": 0, "f16": 1, "q8_0": 8, "q4_0": 2}
-KVC_CACHE_TQ = 64
-TQ_SEED = 0x6B7663  # default rotation seed ("kvc"); files carry their own
 SCALE_MODES = {"norm": 0, "ls": 1, "proj": 2}  # turboquant.SCALES, as numbered in tq.c
-
-# HF tensor-name suffix -> field of kvc_layer_desc
-_LAYER_FIELDS = {
-    "input_layernorm.weight": "attn_norm",
-    "self_attn.q_proj.weight": "wq", "self_attn.q_proj.bias": "bq",
-    "self_attn.k_proj.weight": "wk", "self_attn.k_proj.bias": "bk",
-    "self_attn.v_proj.weight": "wv", "self_attn.v_proj.bias": "bv",
-    "self_attn.o_proj.weight": "wo", "self_attn.o_proj.bias": "bo",
-    "post_attention_layernorm.weight": "ffn_norm",
-    "mlp.gate_proj.weight": "w_gate", "mlp.up_proj.weight": "w_up", "mlp.down_proj.weight": "w_down",
-}
-_GLOBAL_FIELDS = {"model.embed_tokens.weight": "tok_embd", "model.norm.weight": "output_norm",
-                  "lm_head.weight": "output"}
-
 
 @dataclass(frozen=True)
 class ContextParams:
@@ -56,7 +41,7 @@ class ContextParams:
     n_threads: int = 0  # 0: all cores
     tq_k_layers: tuple | None = None
     tq_v_layers: tuple | None = None
-    tq_seed: int = TQ_SEED
+    tq_seed: int = DEFAULT_SEED  # files carry their own
     k_center: bool | None = None
     k_center_pairs: int = 0
     k_mean: np.ndarray | None = field(default=None, compare=False)
@@ -66,6 +51,11 @@ class ContextParams:
     # TurboQuant caches: leading positions also kept in f16 and used exactly (attention
     # sinks). None: what the GGUF's metadata says, else kvmeta.DEFAULT_SINK.
     n_sink: int | None = None
+
+    def __post_init__(self) -> None:
+        # the cache types are parsed once, here: from now on they are CacheSpecs (still strings)
+        object.__setattr__(self, "type_k", CacheSpec(self.type_k))
+        object.__setattr__(self, "type_v", CacheSpec(self.type_v))
 
     def resolved_threads(self) -> int:
         return self.n_threads if self.n_threads > 0 else (os.cpu_count() or 1)
@@ -88,19 +78,6 @@ def check_logits(logits: np.ndarray, ctx: "Context", where: str) -> np.ndarray:
                      f"out of range (e.g. overflowing f16 in a conversion){hint}; re-download or re-convert it")
 
 
-def is_tq(name: str) -> bool:
-    return name.lower().startswith("tq")
-
-
-def cache_type(name: str) -> int:
-    if is_tq(name):
-        return KVC_CACHE_TQ
-    if name not in CACHE_TYPES:
-        raise InputError(f"unknown cache type {name!r} (choose from {', '.join(CACHE_TYPES)}, or tq4, tq3, "
-                         "tq:split=32,hi=8,lo=3,qjl=hi)")
-    return CACHE_TYPES[name]
-
-
 def tq_configs(spec: str, layers: tuple | None, n_layer: int, head_dim: int):
     """One turboquant.KConfig per layer from a CLI spec or explicit per-layer configs."""
     from ..kvcache.turboquant import KConfig
@@ -118,8 +95,11 @@ def tq_configs(spec: str, layers: tuple | None, n_layer: int, head_dim: int):
 class Model:
     """A GGUF loaded into the native engine."""
 
-    def __init__(self, path: str | os.PathLike | ModelSource):
+    def __init__(self, path: str | os.PathLike | ModelSource, smoothing: bool = True):
+        """smoothing: apply the file's K→Q smoothing (kvconvert.k_cache.smooth) to W_q/W_k; False runs
+        the weights exactly as stored (calibration measures those)."""
         src = path if isinstance(path, ModelSource) else load_model(path)
+        self._smoothing = smoothing
         if src.format != "gguf":
             raise InputError(f"{src.path}: the runtime runs GGUF files; convert it first (kvconvert convert)")
         self.source = src
@@ -169,16 +149,71 @@ class Model:
             self._keep += [src_map, src_buf]
             desc.rope_pair_src = src_buf
         desc.layers = layers
-        for spec in src.specs:
+        self._block(desc, layers, src.arch.block(a))
+        for spec in src.specs:  # each tensor into the descriptor field its architecture names (spec.slot)
             if spec.hf == ROPE_FREQS:
                 continue
-            t = tensors[spec.gguf]
-            if spec.hf in _GLOBAL_FIELDS:
-                self._tensor(getattr(desc, _GLOBAL_FIELDS[spec.hf]), t)
-                continue
-            _, _, idx, rest = spec.hf.split(".", 3)  # model.layers.{i}.{rest}
-            self._tensor(getattr(layers[int(idx)], _LAYER_FIELDS[rest]), t)
+            self._tensor(getattr(desc if spec.layer < 0 else layers[spec.layer], spec.slot), tensors[spec.gguf])
+        if self._smoothing and meta is not None and meta.k_smooth is not None:
+            self._smooth(layers, tensors, meta.k_smooth)
         return desc
+
+    def _block(self, desc, layers, blk) -> None:
+        """The architecture's Block (models/arch/base.py) into kvc_model_desc / kvc_layer_desc."""
+        f = ffi()
+        have = {name for name, _ in f.typeof("kvc_model_desc").fields}
+        if "activation" not in have:  # a runtime built before the Block fields: plain Llama blocks only
+            if (blk.activation, blk.embed_scale, blk.qk_norm, blk.post_norms) != ("silu", 1.0, False, False) or \
+                    any(blk.windows) or not np.isclose(blk.attn_scale, 1.0 / np.sqrt(self.args.head_dim)):
+                raise InputError(f"{self.path}: this build of the native runtime cannot run "
+                                 f"{self.args.architecture} (rebuild kvconvert)")
+            return
+        desc.activation = ACTIVATIONS.index(blk.activation)
+        desc.embd_scale, desc.attn_scale = blk.embed_scale, blk.attn_scale
+        for i, (window, freqs) in enumerate(zip(blk.windows, blk.inv_freq)):
+            layers[i].window = window
+            fq = np.ascontiguousarray(freqs, dtype=np.float32)
+            buf = f.from_buffer("float[]", fq)
+            self._keep += [fq, buf]
+            layers[i].rope_freqs = buf
+
+    def _smooth(self, layers, tensors, k_smooth: np.ndarray) -> None:
+        """K→Q smoothing from metadata (a file patched with --weights keep, docs/design.md §2):
+        rows of pair j of KV head g divided by s[l, g, j] in W_k/b_k and multiplied by it in
+        W_q/b_q of the group's query heads, on float32 copies of those tensors (the file's own
+        stay untouched; exact, as a per-pair scale commutes with RoPE). Layers whose scales
+        are all 1 keep their tensors."""
+        from ..formats.gguf_io import dequantize
+        from ..formats.gguf_keys import HF
+
+        a, arch = self.args, self.source.arch
+        H, Hk = a.num_attention_heads, a.num_key_value_heads
+        specs = {spec.hf: spec for spec in self.source.specs}
+        for layer, s in enumerate(np.asarray(k_smooth, dtype=np.float64)):
+            if np.all(s == 1):
+                continue
+            # (Hk, P) pair scales → one factor per row, in the file's channel order
+            rows = np.concatenate([s, s], -1) if arch.gguf_rope_pairing == "neox" else np.repeat(s, 2, -1)
+            scale = {"q": np.repeat(rows, H // Hk, 0).reshape(-1), "k": 1.0 / rows.reshape(-1)}
+            for kind, proj in (("q", HF.Q), ("k", HF.K)):
+                for suffix in ("weight", "bias"):
+                    spec = specs.get(f"{proj.format(bid=layer)}.{suffix}")
+                    if spec is None:
+                        continue
+                    w = dequantize(tensors[spec.gguf]).astype(np.float64)
+                    w = w * (scale[kind][:, None] if w.ndim == 2 else scale[kind])
+                    self._tensor_array(getattr(layers[layer], f"{suffix[0]}{kind}"), spec.gguf,
+                                       np.ascontiguousarray(w, dtype=np.float32))
+
+    def _tensor_array(self, dst, name: str, arr: np.ndarray) -> None:
+        """Point ``dst`` at a float32 array (rows, row length) or (n,) held by this Model."""
+        f = ffi()
+        cname = f.new("char[]", name.encode())
+        buf = f.from_buffer("char[]", arr)
+        self._keep += [cname, arr, buf]
+        dst.name, dst.type, dst.data, dst.nbytes = cname, 0, buf, arr.nbytes
+        dst.ne[0] = arr.shape[-1]
+        dst.ne[1] = arr.shape[0] if arr.ndim > 1 else 1
 
     @property
     def tokenizer(self):
@@ -219,11 +254,11 @@ class Model:
             kw.update(k_center=True, k_mean_folded=True, k_mean=meta.k_mean)
         if meta is not None and meta.v_mean is not None and params.v_mean is None:
             kw["v_mean"] = meta.v_mean
-        if params.type_k == "auto":
+        if params.type_k.kind == AUTO:
             if meta is None:
                 kw["type_k"] = "f16"
-            elif meta.k_type == "tq":
-                kw.update(type_k="tq", tq_k_layers=tuple(meta.k_configs), tq_seed=meta.seed,
+            elif meta.k_type == TQ:
+                kw.update(type_k=TQ, tq_k_layers=tuple(meta.k_configs), tq_seed=meta.seed,
                           k_center_pairs=meta.center_pairs)
                 if params.k_mean is None and meta.k_mean is not None:
                     kw["k_mean"] = meta.k_mean
@@ -233,9 +268,9 @@ class Model:
                 kw["type_k"] = meta.k_type
         if params.n_sink is None:
             kw["n_sink"] = meta.n_sink if meta is not None and meta.n_sink is not None else DEFAULT_SINK
-        if params.type_v == "auto":
-            if meta is not None and meta.v_type == "tq":
-                kw.update(type_v="tq", tq_v_layers=tuple(meta.v_configs))
+        if params.type_v.kind == AUTO:
+            if meta is not None and meta.v_type == TQ:
+                kw.update(type_v=TQ, tq_v_layers=tuple(meta.v_configs))
             else:
                 kw["type_v"] = meta.v_type if meta is not None else "f16"
         return dataclasses.replace(params, **kw) if kw else params
@@ -251,18 +286,20 @@ class Context:
         self.model, self.params = model, params
         p = ffi().new("kvc_context_params *")
         p.n_ctx, p.n_batch = params.n_ctx, params.n_batch
-        p.type_k, p.type_v = cache_type(params.type_k), cache_type(params.type_v)
+        if AUTO in (params.type_k.kind, params.type_v.kind):
+            raise ValueError("Context needs resolved cache types: use Model.context (it resolves 'auto')")
+        p.type_k, p.type_v = params.type_k.native_id, params.type_v.native_id
         p.n_threads = params.resolved_threads()
         self._keep: list = [p]
         a = model.args
-        if p.type_k == KVC_CACHE_TQ:
+        if params.type_k.kind == TQ:
             p.tq_k = self._tq_layers(tq_configs(params.type_k, params.tq_k_layers, a.num_hidden_layers, a.head_dim),
                                      params.k_perm)
-        if p.type_v == KVC_CACHE_TQ:
+        if params.type_v.kind == TQ:
             p.tq_v = self._tq_layers(tq_configs(params.type_v, params.tq_v_layers, a.num_hidden_layers, a.head_dim))
         p.tq_seed = params.tq_seed
         p.tq_scale_mode = getattr(self, "_scale_mode", SCALE_MODES["ls"])
-        center = params.k_center if params.k_center is not None else p.type_k == KVC_CACHE_TQ
+        center = params.k_center if params.k_center is not None else params.type_k.kind == TQ
         p.k_center, p.k_center_pairs = int(center), params.k_center_pairs
         if center and params.k_mean is not None:
             p.k_mean = self._per_head(params.k_mean, "K mean")
