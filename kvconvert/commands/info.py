@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from ..models.source import load_model
-from .report import print_model_info
+from .report import print_model_info, print_patch_info
 
 
 def configure(p: argparse.ArgumentParser) -> None:
@@ -13,5 +13,8 @@ def configure(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    print_model_info(load_model(args.model))
+    m = load_model(args.model)
+    print_model_info(m)
+    if m.format == "gguf":
+        print_patch_info(m)
     return 0

@@ -67,6 +67,77 @@ def print_model_info(m: ModelSource, console: Console | None = None) -> None:
     console.print(t)
 
 
+INFO_CTX = 32768  # the context `info` states bits and KV MiB for
+
+
+def print_patch_info(m: ModelSource, console: Console | None = None) -> None:
+    """The KV patch a GGUF carries (kvconvert.* metadata): layout, what the weights hold, sinks,
+    the transforms and where each is applied, and a per-layer K/V table with the bpv and KV MiB
+    at a 32k context (sink positions spread over it, as the runtime stores them)."""
+    from ..formats.gguf_io import field_value
+    from ..formats.gguf_keys import Keys
+    from ..kvcache.kvmeta import DEFAULT_SINK, CacheMeta
+    from ..kvcache.types import STANDARD_BITS
+    from ..conversion.profile import sink_bits
+
+    console = console or make_console()
+    reader = m.weights.reader  # type: ignore[attr-defined]
+    meta = CacheMeta.from_gguf(reader, m.args, str(m.path))
+    if meta is None:
+        made = field_value(reader, Keys.KVConvert.VERSION)
+        console.print("KV patch: none" + (f" (written by kvconvert {made} as a plain conversion)" if made else
+                                          " (not converted by kvconvert): the runtime uses f16 caches"))
+        return
+    a = m.args
+    L, Hk, d = a.num_hidden_layers, a.num_key_value_heads, a.head_dim
+    kept = field_value(reader, Keys.KVConvert.WEIGHTS) == "keep"
+    n_sink = meta.n_sink if meta.n_sink is not None else DEFAULT_SINK
+    smooth_layers = meta.k_smooth is not None and int((abs(meta.k_smooth - 1) > 1e-6).any(axis=(1, 2)).sum())
+    t = Table(title="KV patch (kvconvert.* metadata)", show_header=False)
+    t.add_row("layout", meta.layout + (" (stock architecture: llama.cpp runs it, ignoring the patch)"
+                                       if meta.layout == "portable" else " (renamed architecture: kvconvert only)"))
+    t.add_row("weights", "kept byte for byte from the source GGUF; every transform applied by the runtime" if kept
+              else "re-encoded by kvconvert" + ("; transforms folded into them" if meta.layout == "folded" else ""))
+    t.add_row("K→Q smoothing", f"{smooth_layers} of {L} layers, applied by the runtime (k_cache.smooth)"
+              if meta.k_smooth is not None else "in the weights" if not kept else "none")
+    t.add_row("K centering", "none" if meta.k_mean is None else
+              ("mean folded into b_k" if meta.k_mean_folded else "calibrated mean, runtime") +
+              (f", {meta.center_pairs} pairs" if meta.center_pairs else ", all pairs"))
+    t.add_row("K channel order", "calibrated permutation after RoPE" if meta.k_perm is not None else
+              "pairs permuted in the weights (RoPE θ table per layer)" if meta.rope_pair_src is not None else "as is")
+    t.add_row("V centering", "calibrated mean, runtime" if meta.v_mean is not None else
+              "folded (b_v, b_o)" if meta.layout == "folded" else "none")
+    t.add_row("attention sinks", f"first {n_sink} position{'s' if n_sink != 1 else ''} kept in f16 "
+              "(TurboQuant caches)" if n_sink else "none")
+    t.add_row("rotation seed", f"{meta.seed:#x}")
+    console.print(t)
+
+    def side(kind: str, cfgs):
+        if cfgs is None:
+            return [(kind, "", "", "", "", STANDARD_BITS[kind])] * L
+        return [("tq", str(c.n_hi) if c.n_hi else "—", f"{c.hi_bits}" if c.n_hi else "—", str(c.lo_bits),
+                 "/".join(g for g, on in (("hi", c.qjl_hi and c.n_hi), ("lo", c.qjl_lo)) if on) or "—",
+                 c.bits_per_value()) for c in cfgs]
+
+    ks, vs = side(meta.k_type, meta.k_configs), side(meta.v_type, meta.v_configs)
+    per = Table(title="per layer (split: channels in the hi group; hi/lo: bits of each group)")
+    for col in ("layer", "K type", "K split", "K hi", "K lo", "K QJL", "K bpv", "V type", "V split", "V hi",
+                "V lo", "V bpv"):
+        per.add_column(col, justify="right")
+    for l in range(L):
+        k, v = ks[l], vs[l]
+        per.add_row(str(l), k[0], k[1], k[2], k[3], k[4], f"{k[5]:.2f}", v[0], v[1], v[2], v[3], f"{v[5]:.2f}")
+    console.print(per)
+    sink = lambda cfgs: sink_bits(n_sink, INFO_CTX) if cfgs is not None else 0.0  # noqa: E731
+    kb = sum(k[5] for k in ks) / L + sink(meta.k_configs)
+    vb = sum(v[5] for v in vs) / L + sink(meta.v_configs)
+    values = L * Hk * d * INFO_CTX
+    mib, f16 = values * (kb + vb) / 8 / 2**20, values * 32 / 8 / 2**20
+    console.print(f"K {kb:.2f} / V {vb:.2f} bits per value at a {INFO_CTX // 1024}k context (group scales and "
+                  f"sinks counted); KV cache at {INFO_CTX // 1024}k: {mib:.1f} MiB (f16: {f16:.1f} MiB, "
+                  f"{f16 / mib:.1f}× smaller)")
+
+
 def _numel(shape: tuple[int, ...]) -> int:
     n = 1
     for s in shape:
