@@ -131,3 +131,26 @@ def test_import_refuses_non_empty_dir(tiny_models, tmp_path):
     assert (out / "keep.txt").read_text() == "mine"
     import_gguf(gg, out, overwrite=True)
     assert not (out / "keep.txt").exists() and (out / "config.json").exists()
+
+
+def test_import_gguf_default_keeps_the_source_precision(tiny_models, tmp_path):
+    """dtype auto: an f16 GGUF imports to f16 safetensors exactly, an f32 one to f32, a quantized one
+    to f16 with every weight within 2^-11 of its dequantized value (issue 16)."""
+    from kvconvert.formats.safetensors_io import SafetensorsIndex
+
+    src = load_model(tiny_models["qwen2-hd64"])
+    name = "model.layers.0.self_attn.q_proj.weight"
+    for weights, want in (("f32", "F32"), ("f16", "F16"), ("q8_0", "F16")):
+        gg = convert(src, tmp_path / f"{weights}.gguf", weights=weights).output
+        r = import_gguf(gg, tmp_path / weights)
+        idx = SafetensorsIndex.from_dir(tmp_path / weights)
+        assert idx.dtype(name) == want and r.dtype == want.lower()
+        assert json.loads((tmp_path / weights / "config.json").read_text())["torch_dtype"] == \
+            {"F32": "float32", "F16": "float16"}[want]
+        exact = load_model(gg).weights.get(name)
+        got = idx.get(name)
+        if weights == "q8_0":
+            assert np.all(np.abs(got - exact) <= np.abs(exact) * 2.0**-11)
+            assert not np.array_equal(got, exact)  # really rounded: f32 would have been exact
+        else:
+            np.testing.assert_array_equal(got, exact)

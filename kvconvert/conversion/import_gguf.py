@@ -1,9 +1,14 @@
 """GGUF → Hugging Face directory (config.json, tokenizer files, safetensors).
 
 Weights are dequantized tensor by tensor and streamed into safetensors (sharded
-past ``shard_bytes``); llama's Q/K rows are put back in HF order. With
-``dtype="f32"`` (the default) the dequantized values are stored exactly, so the
-imported model computes the same logits as the GGUF.
+past ``shard_bytes``); llama's Q/K rows are put back in HF order. The default
+``dtype="auto"`` (``auto_dtype``) keeps the source's precision at the smallest
+size: a GGUF of F16 (or BF16, or F32) weight matrices is written in that type,
+exactly; a quantized GGUF in f16, which rounds each dequantized weight by at
+most 2^-11 of its value (a fraction of the quantization step the weights
+already carry) and is exactly what kvconvert's default f16 conversion of the
+imported model would round them to anyway. ``dtype="f32"`` stores every
+dequantized value exactly.
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ class ImportResult:
     n_tensors: int
     n_params: int
     files: list[str]
+    dtype: str = "f32"  # the safetensors dtype written
 
 
 def _shards(specs, dtype: str, shard_bytes: int) -> list[list]:
@@ -48,18 +54,37 @@ def _shards(specs, dtype: str, shard_bytes: int) -> list[list]:
     return shards
 
 
-def import_gguf(gguf_path: str | os.PathLike, out_dir: str | os.PathLike, *, dtype: str = "f32",
+F16_MAX = 65504.0
+
+
+def auto_dtype(reader) -> str:
+    """The safetensors dtype ``dtype="auto"`` picks for a GGUF: its matrices' float type if they all
+    have one (F32, F16, BF16), else f16 (quantized weights)."""
+    import gguf
+
+    Q = gguf.GGMLQuantizationType
+    kinds = {t.tensor_type for t in reader.tensors if len(t.shape) > 1 and int(t.shape[1]) > 1}
+    for qtype, name in ((Q.F32, "f32"), (Q.BF16, "bf16")):
+        if kinds == {qtype}:
+            return name
+    return "f16"
+
+
+def import_gguf(gguf_path: str | os.PathLike, out_dir: str | os.PathLike, *, dtype: str = "auto",
                 overwrite: bool = False, shard_bytes: int = 4 << 30,
                 progress: ProgressFn | None = None, cancel: threading.Event | None = None) -> ImportResult:
-    """Write a Hugging Face model directory equivalent to the GGUF at ``gguf_path``."""
-    if dtype not in _ITEMSIZE:
-        raise InputError(f"unknown dtype {dtype!r} (choose from {', '.join(_ITEMSIZE)})")
+    """Write a Hugging Face model directory equivalent to the GGUF at ``gguf_path``; ``dtype``: f32,
+    f16, bf16 or auto (the source's precision, see the module docstring)."""
+    if dtype not in _ITEMSIZE and dtype != "auto":
+        raise InputError(f"unknown dtype {dtype!r} (choose from auto, {', '.join(_ITEMSIZE)})")
     out_dir = Path(out_dir)
     refuse_overwrite(out_dir, [gguf_path], what="output directory",
                      note=" (--force replaces only outputs, never inputs)" if overwrite else "")
     if out_dir.exists() and (not out_dir.is_dir() or (any(out_dir.iterdir()) and not overwrite)):
         raise OutputError(f"cannot write {out_dir}: it exists and is not empty; pass --force to replace it")
     src = load_gguf(Path(gguf_path))
+    if dtype == "auto":
+        dtype = auto_dtype(src.weights.reader)  # type: ignore[attr-defined]
     spec_tok = src.tokenizer_spec()
     specs = [s for s in src.specs if s.hf != ROPE_FREQS]
     shards = _shards(specs, dtype, shard_bytes)
@@ -73,6 +98,9 @@ def import_gguf(gguf_path: str | os.PathLike, out_dir: str | os.PathLike, *, dty
         for s in shard:
             check_cancel(cancel)
             x = src.weights.get(s.hf)
+            if dtype == "f16" and np.abs(x).max(initial=0) > F16_MAX:
+                raise InputError(f"{gguf_path}: tensor {s.hf} has values beyond f16's range; "
+                                 "import with --dtype bf16 or f32")
             yield s.hf, x
             done += x.size
             if progress:
@@ -99,4 +127,4 @@ def import_gguf(gguf_path: str | os.PathLike, out_dir: str | os.PathLike, *, dty
         except OSError as e:
             raise OutputError(f"cannot write {out_dir}: {e.strerror or e}") from None
     files = sorted(p.name for p in out_dir.iterdir())
-    return ImportResult(out_dir, src.args.architecture, len(specs), total, files)
+    return ImportResult(out_dir, src.args.architecture, len(specs), total, files, dtype)
