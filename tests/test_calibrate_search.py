@@ -31,7 +31,8 @@ def random_profile(src, rng, keep=TRANSFORMS, k_type="f32", v_type="f32") -> Pro
     L, Hk, d = a.num_hidden_layers, a.num_key_value_heads, a.head_dim
     P = d // 2
     full = dict(k_mean=rng.normal(size=(L, Hk, d)).astype(np.float32),
-                k_scale=np.exp(rng.normal(size=(L, Hk, P)) * 0.5).astype(np.float32),
+                k_scale=np.exp(rng.normal(size=(L, 1 if src.arch.qk_norm else Hk, P)) * 0.5 +
+                               np.zeros((L, Hk, P))).astype(np.float32),  # QK-norm: one set per layer
                 pair_order=np.stack([rng.permutation(P) for _ in range(L)]).astype(np.int32),
                 v_mean=rng.normal(size=(L, Hk, d)).astype(np.float32))
     tr = Transforms(**{k: (v if k in keep else None) for k, v in full.items()})
@@ -58,6 +59,10 @@ def plain(tiny_models, tmp_path_factory):
 def test_transforms_keep_logits(tiny_model, plain, tmp_path, layout, keep):
     src = load_model(tiny_model)
     prof = random_profile(src, np.random.default_rng(1), keep)
+    if layout == "folded" and src.arch.qk_norm:  # b_k would be normalised away: refused
+        with pytest.raises(InputError, match="portable layout"):
+            convert(tiny_model, tmp_path / "p.gguf", weights="f32", profile=prof, layout=layout)
+        return
     out = convert(tiny_model, tmp_path / "p.gguf", weights="f32", profile=prof, layout=layout).output
     toks = list(np.random.default_rng(2).integers(0, src.args.vocab_size, 40))
     ref = logits(plain[tiny_model.name], toks)
@@ -227,6 +232,42 @@ def test_search_tiny_profile_applies(tiny_models, tiny_cal, tmp_path):
     assert meta.n_sink == 1
     assert [c.spec() for c in meta.k_configs] == prof.k_layers
     assert [c.spec() for c in meta.v_configs] == prof.v_layers
+
+
+@pytest.mark.parametrize("name", ["qwen3-hd64", "mistral-hd64-swa8", "gemma3-hd64-swa8"])
+def test_new_families_calibrate_search_convert(tiny_models, plain, tmp_path, name):
+    """Issue 18: calibrate → search → convert on QK-norm and sliding-window families. The capture
+    is what the cache sees before RoPE (after QK-norm), as in the reference; with QK-norm the
+    smoothing is one set per layer, folded into the q_norm/k_norm gains (W_q, W_k untouched),
+    and the written file computes the original logits with an f32 cache."""
+    from kvconvert.formats.gguf_io import dequantize, open_gguf, tensor_map
+    from kvconvert.models import reference
+
+    src = load_model(tiny_models[name])
+    cal = calibrate(tiny_models[name], text=TEXT, tokens=192, n_ctx=32, n_windows=1, holdout=1,
+                    out=tmp_path / "c.npz")
+    cap = {}
+    m = Model(plain[name])
+    ids = m.tokenize(TEXT, add_bos=False)[:32]
+    weights, pairing = m.source.file_order()  # the capture is in the file's channel order
+    reference.forward(src.args, weights, ids, pairing=pairing, capture=lambda l, n, x: cap.__setitem__((l, n), x))
+    ctx = Model(plain[name]).context(ContextParams(n_ctx=32, n_batch=32, type_k="f32", type_v="f32"))
+    q, k, v = ctx.capture()
+    ctx.eval(ids)
+    np.testing.assert_allclose(k[0, :32].reshape(cap[(0, "k")].shape), cap[(0, "k")], rtol=1e-4, atol=1e-4)
+    pol = Policy(name="t", description="test", k_budget=4.5, v_budget=4.5, k_bits=(3, 4, 5), v_bits=(3, 4, 5))
+    prof = search(cal, policy=pol, check=True, n_chunks=1).profile
+    s = prof.transforms.k_scale
+    if src.arch.qk_norm:
+        assert np.allclose(s, s[:, :1]) and not np.allclose(s, 1)  # shared by the KV heads of a layer
+    out = convert(tiny_models[name], tmp_path / "o.gguf", weights="f32", profile=prof).output
+    toks = list(np.random.default_rng(2).integers(0, src.args.vocab_size, 40))
+    ref = logits(plain[name], toks)
+    assert np.abs(logits(out, toks) - ref).max() <= 2e-5 * np.abs(ref).max()
+    if src.arch.qk_norm:
+        t0, t1 = tensor_map(open_gguf(plain[name])), tensor_map(open_gguf(out))
+        assert np.array_equal(dequantize(t0["blk.0.attn_q.weight"]), dequantize(t1["blk.0.attn_q.weight"]))
+        assert not np.allclose(dequantize(t0["blk.0.attn_k_norm.weight"]), dequantize(t1["blk.0.attn_k_norm.weight"]))
 
 
 # -- bad input -----------------------------------------------------------------------

@@ -60,6 +60,22 @@ def test_rms_norm_and_silu(n):
 
 
 @pytest.mark.parametrize("n", SIZES)
+def test_gelu_mul(n):
+    """GeGLU's gelu(g) * u (tanh approximation, scalar only) against float64 numpy: rtol 1e-5 + atol 1e-6,
+    in place too."""
+    rng = np.random.default_rng(n)
+    g, u = rng.standard_normal(n).astype(np.float32) * 6, rng.standard_normal(n).astype(np.float32)
+    s = np.empty(n, np.float32)
+    assert lib.kvc_op_gelu_mul(SCALAR, n, fp(g), fp(u), fp(s)) == 0
+    g64 = g.astype(np.float64)
+    want = 0.5 * g64 * (1 + np.tanh(np.sqrt(2 / np.pi) * (g64 + 0.044715 * g64**3))) * u
+    np.testing.assert_allclose(s, want, rtol=1e-5, atol=1e-6)  # tanhf near ±1 for |g| ≫ 1: absolute error
+    (inplace,) = run(lambda i, p: lib.kvc_op_gelu_mul(i, n, p, fp(u), p), SCALAR, g)
+    np.testing.assert_array_equal(inplace, s)
+    assert lib.kvc_op_gelu_mul(AVX2, n, fp(g), fp(u), fp(s)) != 0  # no SIMD variant: refused, not faked
+
+
+@pytest.mark.parametrize("n", SIZES)
 def test_axpy_bit_exact(n):
     rng = np.random.default_rng(n)
     x, y = rng.standard_normal(n).astype(np.float32), rng.standard_normal(n).astype(np.float32)

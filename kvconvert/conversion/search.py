@@ -93,13 +93,28 @@ def smoothing_scales(cal: Calibration) -> np.ndarray:
 
     Score error of a rotated quantizer ≈ E‖q∘s‖²·E‖k/s‖²·D_b/d, minimised by
     s_j² = sqrt(E k_j² / E q_j²) (centered K energy per pair); normalised to a
-    geometric mean of 1 and clamped to [1/8, 8]."""
+    geometric mean of 1 and clamped to [1/8, 8]. With QK-norm (Qwen3, Gemma 3) the
+    scales live in the per-head norm gains that every head shares, so one set per
+    layer is computed from the energies summed over KV heads (docs/design.md §2)."""
     ek = Calibration.pairs(cal.k_energy(True))
     eq = Calibration.pairs(cal.q_energy())
+    if _qk_norm(cal.arch):
+        ek = np.broadcast_to(ek.sum(1, keepdims=True), ek.shape)
+        eq = np.broadcast_to(eq.sum(1, keepdims=True), eq.shape)
     floor = 1e-12 * (ek.mean(-1, keepdims=True) + eq.mean(-1, keepdims=True))
     s = ((ek + floor) / (eq + floor)) ** 0.25
     s = s / np.exp(np.log(s).mean(-1, keepdims=True))
     return np.clip(s, 1 / SMOOTH_CLAMP, SMOOTH_CLAMP)
+
+
+def _qk_norm(arch_name: str) -> bool:
+    from ..base.errors import UnsupportedArchitecture
+    from ..models.arch import from_gguf
+
+    try:
+        return from_gguf(arch_name).qk_norm
+    except UnsupportedArchitecture:
+        return False
 
 
 def pair_order(cal: Calibration, scales: np.ndarray | None) -> np.ndarray:

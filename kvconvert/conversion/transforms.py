@@ -11,6 +11,10 @@ Exactness (tested against the original model's logits with an f32 cache):
 - scale_q_rows/scale_k_rows: q_j·s_j and k_j/s_j for both channels of pair j —
   RoPE rotates each pair as a complex number, so a real per-pair scale commutes
   with it and every score q·k is unchanged;
+- scale_qk_norm: with QK-norm (Qwen3, Gemma 3) q and k are RMS-normalised per head
+  before RoPE, which would undo any row scaling of W_q/W_k; the smoothing goes into
+  the norm gains instead (q_norm·s, k_norm/s), exact when s is the same for every
+  KV head (the gains are shared by all heads);
 - permute_pair_rows: reorders whole pairs; exact only if RoPE uses the permuted θ
   table (folded layout: rope_pair_src);
 - center_k_bias: b_k − μ; the runtime adds q·R_n·μ back (k_mean_folded);
@@ -50,6 +54,14 @@ def scale_q_rows(w: np.ndarray, s: np.ndarray, n_head: int) -> np.ndarray:
 def scale_k_rows(w: np.ndarray, s: np.ndarray) -> np.ndarray:
     """W_k or b_k (Hk*d, ...): pair j of KV head g divided by s[g, j]."""
     return _rows(w, 1.0 / _pair_scale(s, 1))
+
+
+def scale_qk_norm(gain: np.ndarray, s: np.ndarray, inverse: bool, offset: float = 0.0) -> np.ndarray:
+    """q_norm or k_norm weights (d,) whose gain is offset + weight (Gemma: 1): the gain of both
+    channels of pair j times s[j] (q) or divided by it (k, inverse). s: (P,) one layer's scales."""
+    f = np.concatenate([s, s]).astype(np.float64)
+    g = np.asarray(gain, dtype=np.float64) + offset
+    return (g / f if inverse else g * f) - offset
 
 
 def permute_pair_rows(w: np.ndarray, order: np.ndarray, n_heads: int) -> np.ndarray:

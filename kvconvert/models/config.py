@@ -250,7 +250,8 @@ class ModelArgs:
         if self.hidden_act != "silu":
             d["hidden_act"] = d["hidden_activation"] = self.hidden_act
         if self.query_pre_attn_scalar:
-            d["query_pre_attn_scalar"] = self.query_pre_attn_scalar
+            q = self.query_pre_attn_scalar
+            d["query_pre_attn_scalar"] = int(q) if float(q).is_integer() else q  # transformers wants an int
         if self.rope_local_theta:
             d["rope_local_base_freq"] = self.rope_local_theta  # transformers 4.x; 5.x reads rope_parameters
             d["rope_parameters"] = {"full_attention": {"rope_type": "default", "rope_theta": self.rope_theta},

@@ -82,12 +82,21 @@ typedef struct {
     long long nbytes;  /* bytes available at data: checked against type and ne */
 } kvc_tensor;
 
+/* One block, as kvconvert/models/arch/base.py describes it (the field names are its
+ * tensor slots): x += [post_norm](attn(norm(x))); x += [post_norm](mlp(norm(x))).
+ * Optional tensors (data == NULL when absent): biases; q_norm/k_norm (QK-norm: a
+ * per-head RMSNorm of q and k with these (head_dim) gains, before RoPE);
+ * attn_post_norm/ffn_post_norm (both or neither). */
 typedef struct {
     kvc_tensor attn_norm, wq, bq, wk, bk, wv, bv, wo, bo;
     kvc_tensor ffn_norm, w_gate, w_up, w_down;
+    kvc_tensor q_norm, k_norm, attn_post_norm, ffn_post_norm;
+    int window;              /* 0: global attention; else a query sees keys at distance < window */
+    const float *rope_freqs; /* (head_dim/2) this layer's RoPE angles per position, or NULL: the model's */
 } kvc_layer_desc;
 
 enum { KVC_ROPE_NEOX = 0, KVC_ROPE_INTERLEAVED = 1 };
+enum { KVC_ACT_SILU = 0, KVC_ACT_GELU_TANH = 1 }; /* MLP: act(gate) * up */
 
 typedef struct {
     int n_vocab, n_embd, n_layer, n_head, n_head_kv, head_dim, n_ff;
@@ -99,6 +108,9 @@ typedef struct {
     const int *rope_pair_src;    /* (n_layer, head_dim/2) or NULL */
     kvc_tensor tok_embd, output_norm, output; /* output.data == NULL: tied to tok_embd */
     const kvc_layer_desc *layers;             /* (n_layer) */
+    int activation;                           /* KVC_ACT_* */
+    float embd_scale;                         /* token embeddings times this; 0: 1 */
+    float attn_scale;                         /* scores q·k times this; 0: 1/sqrt(head_dim) */
 } kvc_model_desc;
 
 typedef struct kvc_model kvc_model;
@@ -200,4 +212,6 @@ const char *kvc_context_error(const kvc_context *ctx);
 int kvc_op_softmax(int impl, int n, float *x);                       /* in place; x: (n) */
 int kvc_op_rms_norm(int impl, int n, const float *x, const float *w, float eps, float *out);
 int kvc_op_silu_mul(int impl, int n, const float *g, const float *u, float *out); /* silu(g) * u */
+/* gelu(g) * u with GELU's tanh approximation (GeGLU); scalar only, impl must be SCALAR or AUTO */
+int kvc_op_gelu_mul(int impl, int n, const float *g, const float *u, float *out);
 int kvc_op_axpy(int impl, int n, float a, const float *x, float *y);  /* y += a * x */

@@ -147,6 +147,13 @@ int kvc_op_silu_mul(int impl, int n, const float *g, const float *u, float *out)
     return KVC_OK;
 }
 
+int kvc_op_gelu_mul(int impl, int n, const float *g, const float *u, float *out) {
+    if (impl != KVC_IMPL_AUTO && impl != KVC_IMPL_SCALAR) return KVC_ERR_UNSUPPORTED;
+    if (n <= 0 || !g || !u || !out) return KVC_ERR_INVALID;
+    kvc_gelu_mul_ref(n, g, u, out);
+    return KVC_OK;
+}
+
 int kvc_op_axpy(int impl, int n, float a, const float *x, float *y) {
     const kvc_vec_ops *o = kvc_vec_ops_for(impl);
     if (!o) return KVC_ERR_UNSUPPORTED;

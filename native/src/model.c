@@ -1,6 +1,7 @@
 /* model.c — model validation and creation from a kvc_model_desc: every size
  * coming from the caller is checked here, so the backends can trust their
  * inputs. Contexts: context.c; the forward pass: a backend's (cpu/forward.c). */
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -63,6 +64,10 @@ void kvc_model_free(kvc_model *m) {
             free(l->bk);
             free(l->bv);
             free(l->bo);
+            free(l->q_norm);
+            free(l->k_norm);
+            free(l->attn_post_norm);
+            free(l->ffn_post_norm);
         }
     }
     free(m->layers);
@@ -102,15 +107,38 @@ int kvc_model_create(const kvc_model_desc *d, kvc_model **out, char *err, int er
     m->n_vocab = d->n_vocab, m->n_embd = d->n_embd, m->n_layer = d->n_layer, m->n_head = d->n_head;
     m->n_head_kv = d->n_head_kv, m->head_dim = d->head_dim, m->n_ff = d->n_ff, m->rms_eps = d->rms_eps;
     m->rope_pairing = d->rope_pairing;
+    if (d->activation != KVC_ACT_SILU && d->activation != KVC_ACT_GELU_TANH)
+        TRY(kvc_fail(err, err_len, KVC_ERR_INVALID, "unknown activation %d", d->activation));
+    m->activation = d->activation;
+    m->embd_scale = d->embd_scale != 0.0f ? d->embd_scale : 1.0f;
+    m->attn_scale = d->attn_scale != 0.0f ? d->attn_scale : 1.0f / sqrtf((float)d->head_dim);
+    if (!(m->embd_scale > 0.0f && m->embd_scale < 1e6f) || !(m->attn_scale > 0.0f && m->attn_scale < 1e6f))
+        TRY(kvc_fail(err, err_len, KVC_ERR_INVALID, "embd_scale or attn_scale out of range"));
     const long long E = d->n_embd, F = d->n_ff, V = d->n_vocab;
     const long long QD = (long long)d->n_head * d->head_dim, KD = (long long)d->n_head_kv * d->head_dim;
 
     const int P = d->head_dim / 2;
-    m->rope_freqs = malloc(sizeof(float) * (size_t)P);
+    m->rope_freqs = malloc(sizeof(float) * (size_t)P * KVC_MAX_ROPE_SETS);
     m->rope_src = malloc(sizeof(int) * (size_t)d->n_layer * P);
     m->layers = calloc((size_t)d->n_layer, sizeof(layer_w));
     if (!m->rope_freqs || !m->rope_src || !m->layers) TRY(kvc_fail(err, err_len, KVC_ERR_NOMEM, "out of memory"));
     memcpy(m->rope_freqs, d->rope_freqs, sizeof(float) * (size_t)P);
+    m->n_rope = 1;
+    for (int l = 0; l < d->n_layer; l++) { /* distinct per-layer tables, the model's first */
+        const float *f = d->layers[l].rope_freqs ? d->layers[l].rope_freqs : d->rope_freqs;
+        int set = 0;
+        while (set < m->n_rope && memcmp(m->rope_freqs + (size_t)set * P, f, sizeof(float) * (size_t)P)) set++;
+        if (set == m->n_rope) {
+            if (set == KVC_MAX_ROPE_SETS)
+                TRY(kvc_fail(err, err_len, KVC_ERR_INVALID, "more than %d distinct RoPE tables", KVC_MAX_ROPE_SETS));
+            memcpy(m->rope_freqs + (size_t)set * P, f, sizeof(float) * (size_t)P);
+            m->n_rope++;
+        }
+        m->layers[l].rope_set = set;
+        if (d->layers[l].window < 0)
+            TRY(kvc_fail(err, err_len, KVC_ERR_INVALID, "layer %d: negative sliding window", l));
+        m->layers[l].window = d->layers[l].window;
+    }
     for (int l = 0; l < d->n_layer; l++) {
         int *src = m->rope_src + (size_t)l * P;
         unsigned char seen[512] = {0};
@@ -140,6 +168,14 @@ int kvc_model_create(const kvc_model_desc *d, kvc_model **out, char *err, int er
         TRY(vector(&ld->bk, KD, 1, &l->bk, err, err_len));
         TRY(vector(&ld->bv, KD, 1, &l->bv, err, err_len));
         TRY(vector(&ld->bo, E, 1, &l->bo, err, err_len));
+        TRY(vector(&ld->q_norm, d->head_dim, 1, &l->q_norm, err, err_len));
+        TRY(vector(&ld->k_norm, d->head_dim, 1, &l->k_norm, err, err_len));
+        if (!l->q_norm != !l->k_norm)
+            TRY(kvc_fail(err, err_len, KVC_ERR_INVALID, "layer %d: q_norm and k_norm come together", i));
+        TRY(vector(&ld->attn_post_norm, E, 1, &l->attn_post_norm, err, err_len));
+        TRY(vector(&ld->ffn_post_norm, E, 1, &l->ffn_post_norm, err, err_len));
+        if (!l->attn_post_norm != !l->ffn_post_norm)
+            TRY(kvc_fail(err, err_len, KVC_ERR_INVALID, "layer %d: attn_post_norm and ffn_post_norm come together", i));
         TRY(matrix(&ld->w_gate, E, F, &l->gate, err, err_len));
         TRY(matrix(&ld->w_up, E, F, &l->up, err, err_len));
         TRY(matrix(&ld->w_down, F, E, &l->down, err, err_len));

@@ -22,14 +22,23 @@ typedef struct {
 typedef struct {
     float *attn_norm, *ffn_norm; /* (E) owned copies */
     float *bq, *bk, *bv, *bo;    /* (H*D) (Hk*D) (Hk*D) (E) or NULL */
+    float *q_norm, *k_norm;      /* (D) QK-norm gains or NULL */
+    float *attn_post_norm, *ffn_post_norm; /* (E) or NULL (both or neither) */
     tview wq, wk, wv, wo, gate, up, down;
+    int window;                  /* 0: global; else keys at distance < window */
+    int rope_set;                /* row of kvc_model.rope_freqs this layer rotates with */
 } layer_w;
+
+#define KVC_MAX_ROPE_SETS 4 /* distinct per-layer RoPE tables (Gemma 3: global and local) */
 
 struct kvc_model {
     int n_vocab, n_embd, n_layer, n_head, n_head_kv, head_dim, n_ff;
     float rms_eps;
     int rope_pairing;
-    float *rope_freqs;  /* (D/2) */
+    int activation;     /* KVC_ACT_* */
+    float embd_scale, attn_scale;
+    int n_rope;         /* distinct RoPE tables, 1..KVC_MAX_ROPE_SETS */
+    float *rope_freqs;  /* (n_rope, D/2) */
     int *rope_src;      /* (n_layer, D/2) frequency index of each pair (identity unless folded) */
     float *output_norm; /* (E) */
     tview tok_embd, output;

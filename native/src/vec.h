@@ -24,6 +24,9 @@ typedef struct {
 } kvc_vec_ops;
 
 extern const kvc_vec_ops kvc_vec_ops_ref;  /* vec_ref.c: the scalar twins */
+/* out = gelu(g) * u, GELU's tanh approximation (GeGLU MLPs; vec_ref.c). Scalar only: the
+ * MLP's matrix products dominate; out may alias g. */
+void kvc_gelu_mul_ref(int n, const float *g, const float *u, float *out);
 #if defined(__x86_64__)
 extern const kvc_vec_ops kvc_vec_ops_avx2; /* cpu/vec_avx2.c (the AVX-512 table uses it too: memory-bound ops) */
 #endif

@@ -28,6 +28,14 @@ static void silu_mul_ref(int n, const float *g, const float *u, float *out) { /*
     for (int i = 0; i < n; i++) out[i] = g[i] / (1.0f + kvc_expf_ref(-g[i])) * u[i];
 }
 
+void kvc_gelu_mul_ref(int n, const float *g, const float *u, float *out) { /* g, u, out: (n) */
+    const float c = 0.7978845608028654f; /* sqrt(2/pi) */
+    for (int i = 0; i < n; i++) {
+        const float x = g[i];
+        out[i] = 0.5f * x * (1.0f + tanhf(c * (x + 0.044715f * x * x * x))) * u[i];
+    }
+}
+
 static void axpy_ref(int n, float a, const float *x, float *y) { /* x, y: (n) */
     for (int i = 0; i < n; i++) y[i] = fmaf(a, x[i], y[i]);
 }

@@ -48,7 +48,7 @@ static int cpu_create(kvc_context *ctx, const kvc_context_params *p, char *err, 
     c->x = malloc(T * E * 4), c->xn = malloc(T * E * 4);
     c->q = malloc(T * QD * 4), c->k = malloc(T * KD * 4), c->v = malloc(T * KD * 4), c->att = malloc(T * QD * 4);
     c->gate = malloc(T * F * 4), c->up = malloc(T * F * 4);
-    c->rope_cs = malloc(T * (size_t)D * 4);
+    c->rope_cs = malloc((size_t)m->n_rope * T * (size_t)D * 4);
     /* activations quantize to at most 4 bytes per value (f32 is the widest vec_dot type) */
     size_t widest = E > F ? E : F;
     widest = widest > QD ? widest : QD;

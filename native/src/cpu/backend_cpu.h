@@ -53,12 +53,12 @@ typedef struct cpu_ctx {
     float *v_mean;          /* (n_layer, Hk, D) or NULL */
     float *k_mean;          /* (n_layer, Hk, D) pre-RoPE, zero outside centered pairs */
     int *k_pairs;           /* (n_layer, Hk, D/2) centered pair indices, -1 after the last */
-    float *rope_all;        /* (C, D/2, 2) cos, sin of every cached position */
+    float *rope_all;        /* (n_rope, C, D/2, 2) cos, sin of every cached position, per RoPE table */
     float *x, *xn;          /* (T, E) residual stream, normed input */
     float *q, *k, *v;       /* (T, H*D), (T, Hk*D), (T, Hk*D) */
     float *att;             /* (T, H*D) attention output */
     float *gate, *up;       /* (T, F) */
-    float *rope_cs;         /* (T, D/2, 2) cos, sin per token and pair */
+    float *rope_cs;         /* (n_rope, n_batch, D/2, 2) cos, sin per token and pair, per RoPE table */
     uint8_t *aq[3];         /* quantized activations, one per distinct vec_dot type */
     size_t aq_bytes;
     attn_scratch *scratch;  /* (n_threads) */

@@ -1,9 +1,12 @@
 /* forward.c — the CPU backend's transformer forward pass (cpu_forward), behind
  * kvc_eval and kvc_eval_multi (backend_cpu.c).
  *
- * Per layer: RMSNorm → Q/K/V projections (+bias) → RoPE → append K/V to the
- * cache → causal GQA attention → output projection → residual; RMSNorm →
- * SwiGLU MLP → residual. Matrix products quantize the activations once per
+ * Per layer, as the model's block description says (kvc_layer_desc, from
+ * kvconvert/models/arch/base.py): RMSNorm → Q/K/V projections (+bias) →
+ * [QK-norm per head] → RoPE (the layer's table) → append K/V to the cache →
+ * causal GQA attention (scores × attn_scale; a sliding window gives keys
+ * outside it weight 0) → output projection → [post-norm] → residual; RMSNorm →
+ * SwiGLU or GeGLU MLP → [post-norm] → residual. Embeddings × embd_scale. Matrix products quantize the activations once per
  * vec_dot type and split weight rows across the thread pool (decode is a
  * bandwidth-bound matvec; prefill runs the kernels' blocked GEMM). Attention
  * takes a block of query tokens (each a group of query heads) per work item, so
@@ -108,12 +111,14 @@ static void matmul1(cpu_ctx *c, int T, const float *x, const tview *w, const flo
 
 /* ---- RoPE ---- */
 
-/* cs (T, D/2, 2): cos and sin of pos * freq for each token and pair, angles in double. */
-static void rope_table(const kvc_model *m, int pos0, int T, float *cs) {
+/* cs (T, D/2, 2): cos and sin of pos * freq for each token and pair of RoPE table set,
+ * angles in double. */
+static void rope_table(const kvc_model *m, int set, int pos0, int T, float *cs) {
     const int P = m->head_dim / 2;
+    const float *freqs = m->rope_freqs + (size_t)set * P;
     for (int t = 0; t < T; t++)
         for (int j = 0; j < P; j++) {
-            double a = (double)(pos0 + t) * (double)m->rope_freqs[j];
+            double a = (double)(pos0 + t) * (double)freqs[j];
             cs[((size_t)t * P + j) * 2] = (float)cos(a);
             cs[((size_t)t * P + j) * 2 + 1] = (float)sin(a);
         }
@@ -156,15 +161,18 @@ static void attn_block(cpu_ctx *c, int layer, attn_scratch *s, int h, int t0, in
     const kvc_model *m = c->m;
     const int D = m->head_dim, Hk = m->n_head_kv, n_rep = m->n_head / Hk;
     const size_t QD = (size_t)m->n_head * D;
-    const float scale = 1.0f / sqrtf((float)D);
+    const float scale = m->attn_scale;
+    const int window = m->layers[layer].window;
     const int nt = t1 - t0, n0 = c->ctx->n_past + t0 + 1, ld = n0 + nt - 1; /* token t0 + i sees n0 + i keys */
     const float *q = c->q + t0 * QD + (size_t)h * n_rep * D; /* token i: (n_rep, D) at q + i * QD */
     float *out = c->att + t0 * QD + (size_t)h * n_rep * D;   /* token i: (n_rep, D) at out + i * QD */
     kv_scores(c, s, layer, h, q, QD, nt, n0, s->scores, ld);
     for (int i = 0; i < nt * n_rep; i++) {
         float *row = s->scores + (size_t)i * ld; /* (n0 + i / n_rep) keys */
-        c->kern->vec->scale(n0 + i / n_rep, scale, row);
-        c->kern->vec->softmax(n0 + i / n_rep, row);
+        const int n = n0 + i / n_rep, lo = window && n > window ? n - window : 0; /* sliding: keys lo.. */
+        c->kern->vec->scale(n - lo, scale, row + lo);
+        c->kern->vec->softmax(n - lo, row + lo);
+        if (lo) memset(row, 0, sizeof(float) * (size_t)lo); /* weight 0 outside the window */
     }
     kv_values(c, s, layer, h, s->scores, ld, nt, n0, out, QD);
     if (c->v_mean) /* the cache holds v − μ_v; the weights sum to 1 */
@@ -225,6 +233,7 @@ static void attention_layer(cpu_ctx *lead, segment *segs, int n_seg, int n_items
     const kvc_model *m = lead->m;
     const size_t QD = (size_t)m->n_head * m->head_dim, KD = (size_t)m->n_head_kv * m->head_dim;
     const int *src = m->rope_src + (size_t)l * (m->head_dim / 2);
+    const size_t cs_off = (size_t)m->layers[l].rope_set * lead->ctx->n_batch * m->head_dim; /* this layer's table */
     for (int j = 0; j < n_seg; j++) {
         cpu_ctx *c = segs[j].c;
         const int T = segs[j].T;
@@ -235,8 +244,8 @@ static void attention_layer(cpu_ctx *lead, segment *segs, int n_seg, int n_items
         }
         if (c->ctx->cap_q) capture(c, l, T);
         kv_center(c, l, T);
-        rope_apply(m, src, T, m->n_head, c->q, c->rope_cs);
-        rope_apply(m, src, T, m->n_head_kv, c->k, c->rope_cs);
+        rope_apply(m, src, T, m->n_head, c->q, c->rope_cs + cs_off);
+        rope_apply(m, src, T, m->n_head_kv, c->k, c->rope_cs + cs_off);
         kv_store(c, l, T);
     }
     attn_task at = {.segs = segs, .n_seg = n_seg, .layer = l, .n_items = n_items, .nth = nth};
@@ -254,12 +263,18 @@ void cpu_forward(cpu_ctx *lead, segment *segs, int n_seg, const int *tokens, int
     const kvc_kernels *emb = &lead->kern->type[m->tok_embd.type];
     for (int t = 0; t < T; t++)
         emb->dequantize(m->tok_embd.data + (size_t)tokens[t] * m->tok_embd.row_bytes, lead->x + t * E, E);
+    if (m->embd_scale != 1.0f) ops->scale((int)(T * E), m->embd_scale, lead->x);
     int nth = lead->ctx->n_threads;
+    const size_t D = (size_t)m->head_dim;
     for (int j = 0; j < n_seg; j++) {
         cpu_ctx *c = segs[j].c;
-        rope_table(m, c->ctx->n_past, segs[j].T, c->rope_cs);
-        if (c->k_center)
-            memcpy(c->rope_all + (size_t)c->ctx->n_past * m->head_dim, c->rope_cs, sizeof(float) * segs[j].T * m->head_dim);
+        for (int set = 0; set < m->n_rope; set++) {
+            float *cs = c->rope_cs + (size_t)set * c->ctx->n_batch * D;
+            rope_table(m, set, c->ctx->n_past, segs[j].T, cs);
+            if (c->k_center)
+                memcpy(c->rope_all + ((size_t)set * c->ctx->n_ctx + c->ctx->n_past) * D, cs,
+                       sizeof(float) * segs[j].T * D);
+        }
         nth = c->ctx->n_threads < nth ? c->ctx->n_threads : nth;
     }
     const int n_items = attn_plan(segs, n_seg);
@@ -270,16 +285,34 @@ void cpu_forward(cpu_ctx *lead, segment *segs, int n_seg, const int *tokens, int
         const float *qkv_b[3] = {w->bq, w->bk, w->bv};
         float *qkv_o[3] = {lead->q, lead->k, lead->v};
         matmul(lead, T, lead->xn, E, 3, qkv, qkv_b, qkv_o);
+        if (w->q_norm) /* QK-norm: per head, before capture, centering and RoPE */
+            for (int t = 0; t < T; t++) {
+                for (int h = 0; h < m->n_head; h++) {
+                    float *x = lead->q + ((size_t)t * m->n_head + h) * D;
+                    ops->rms_norm((int)D, x, w->q_norm, m->rms_eps, x);
+                }
+                for (int h = 0; h < m->n_head_kv; h++) {
+                    float *x = lead->k + ((size_t)t * m->n_head_kv + h) * D;
+                    ops->rms_norm((int)D, x, w->k_norm, m->rms_eps, x);
+                }
+            }
         attention_layer(lead, segs, n_seg, n_items, nth, l);
         matmul1(lead, T, lead->att, &w->wo, w->bo, lead->xn);
+        if (w->attn_post_norm)
+            for (int t = 0; t < T; t++) ops->rms_norm(E, lead->xn + t * E, w->attn_post_norm, m->rms_eps, lead->xn + t * E);
         ops->axpy((int)(T * E), 1.0f, lead->xn, lead->x);
         for (int t = 0; t < T; t++) ops->rms_norm(E, lead->x + t * E, w->ffn_norm, m->rms_eps, lead->xn + t * E);
         const tview *gu[2] = {&w->gate, &w->up};
         const float *gu_b[2] = {NULL, NULL};
         float *gu_o[2] = {lead->gate, lead->up};
         matmul(lead, T, lead->xn, E, 2, gu, gu_b, gu_o);
-        ops->silu_mul((int)(T * F), lead->gate, lead->up, lead->gate);
+        if (m->activation == KVC_ACT_GELU_TANH)
+            kvc_gelu_mul_ref((int)(T * F), lead->gate, lead->up, lead->gate);
+        else
+            ops->silu_mul((int)(T * F), lead->gate, lead->up, lead->gate);
         matmul1(lead, T, lead->gate, &w->down, NULL, lead->xn);
+        if (w->ffn_post_norm)
+            for (int t = 0; t < T; t++) ops->rms_norm(E, lead->xn + t * E, w->ffn_post_norm, m->rms_eps, lead->xn + t * E);
         ops->axpy((int)(T * E), 1.0f, lead->xn, lead->x);
     }
     for (int j = 0; j < n_seg; j++) {

@@ -135,7 +135,7 @@ int kv_init(cpu_ctx *c, const kvc_context_params *p, char *err, int err_len) {
     if (c->k_center) {
         c->k_mean = calloc((size_t)L * Hk * D, sizeof(float));
         c->k_pairs = malloc(sizeof(int) * (size_t)L * Hk * (D / 2));
-        c->rope_all = malloc(sizeof(float) * (size_t)c->ctx->n_ctx * D);
+        c->rope_all = malloc(sizeof(float) * (size_t)m->n_rope * c->ctx->n_ctx * D);
         if (!c->k_mean || !c->k_pairs || !c->rope_all) return kvc_fail(err, err_len, KVC_ERR_NOMEM, "out of memory");
         if (p->k_mean) {
             memcpy(c->k_mean, p->k_mean, sizeof(float) * (size_t)L * Hk * D);
@@ -317,7 +317,8 @@ void kv_scores(cpu_ctx *c, attn_scratch *s, int layer, int h, const float *q, si
             cf[2 * src[jp] + 1] = qr[b] * mu[a] - qr[a] * mu[b];
         }
     }
-    c->kern->type[KVC_TYPE_F32].gemm(n0 + nt - 1, nq, D, c->rope_all, s->corr, s->scores2, ld);
+    const float *rope_all = c->rope_all + (size_t)m->layers[layer].rope_set * c->ctx->n_ctx * D;
+    c->kern->type[KVC_TYPE_F32].gemm(n0 + nt - 1, nq, D, rope_all, s->corr, s->scores2, ld);
     for (int i = 0; i < nq; i++) {
         float *sc = scores + (size_t)i * ld; /* (n0 + i / n_rep) visible */
         const float *s2 = s->scores2 + (size_t)i * ld;
