@@ -53,7 +53,8 @@ def llama_cpp_rows(path: Path, chunks, n_ctx: int, configs, head_values: int) ->
     """PPL, KLD and top-1 of llama.cpp's caches vs its own f16-cache run on the same token chunks."""
     from kvconvert.kvcache.llama_cpp_peer import load, quiet
 
-    bits = {"f16": 16.0, "q8_0": 8.5, "q4_0": 4.5}
+    from kvconvert.kvcache.types import STANDARD_BITS as bits
+
     out, base = [], None
     first = metrics.first_scored(n_ctx)
     for k, v in [("f16", "f16")] + list(configs):

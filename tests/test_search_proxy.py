@@ -12,7 +12,8 @@ import pytest
 
 from kvconvert.kvcache import turboquant as tq
 from kvconvert.conversion.calibrate import calibrate, holdout_rows, split_generated
-from kvconvert.runtime.engine import TQ_SEED, tq_roundtrip
+from kvconvert.kvcache.types import DEFAULT_SEED as TQ_SEED
+from kvconvert.runtime.engine import tq_roundtrip
 from kvconvert.conversion.search import (
     Option,
     _Layer,

@@ -16,6 +16,7 @@ import pytest
 
 from kvconvert import convert
 from kvconvert.kvcache import turboquant as tq
+from kvconvert.kvcache.types import is_tq
 from kvconvert.runtime.engine import SCALE_MODES
 
 kvc = pytest.importorskip("kvconvert._kvc", reason="native runtime not built (pip install -e .)")
@@ -311,7 +312,7 @@ def test_tq_prefill_equals_token_by_token(tiny_ggufs, spec_k, spec_v, n_sink):
         kw = dict(n_ctx=64, type_k=spec_k, type_v=spec_v, k_center=True, n_sink=n_sink,
                   k_mean=rng.standard_normal((a.num_hidden_layers, a.num_key_value_heads, a.head_dim)) * 5,
                   v_mean=rng.standard_normal((a.num_hidden_layers, a.num_key_value_heads, a.head_dim)))
-        if runtime.is_tq(spec_k):
+        if is_tq(spec_k):
             kw["k_perm"] = np.stack([rng.permutation(a.head_dim) for _ in range(a.num_hidden_layers)])
         batch = model.context(n_threads=2, **kw).eval(TOKENS, all_logits=True)
         ctx = model.context(n_threads=2, **kw)
@@ -321,7 +322,7 @@ def test_tq_prefill_equals_token_by_token(tiny_ggufs, spec_k, spec_v, n_sink):
         ctx = model.context(n_threads=2, n_batch=5, **kw)
         parts = np.concatenate([ctx.eval(TOKENS[:13], all_logits=True), ctx.eval(TOKENS[13:], all_logits=True)])
         assert rel(parts, batch) <= 1e-6, name
-        if runtime.is_tq(spec_k) or runtime.is_tq(spec_v):
+        if is_tq(spec_k) or is_tq(spec_v):
             exact = model.context(n_ctx=64, type_k="f32", type_v="f32").eval(TOKENS, all_logits=True)
             assert rel(batch, exact) > 1e-3, name  # the cache really is TurboQuant
 

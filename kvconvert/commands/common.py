@@ -5,18 +5,19 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..runtime.engine import CACHE_TYPES
+from ..base.errors import InputError
+from ..kvcache.types import TYPES_HELP, CacheSpec
 from . import args as A
 
 
-CACHE_HELP = ("{} cache type: f32, f16, q8_0, q4_0, or TurboQuant: tq<bits> (e.g. tq4), or "
-              "tq:split=N,hi=B,lo=B[,qjl=hi|lo|both] (default: what the GGUF's kvconvert metadata says, else f16)")
+CACHE_HELP = "{} cache type: " + TYPES_HELP + " (default: what the GGUF's kvconvert metadata says, else f16)"
 
 
-def cache_arg(text: str) -> str:
-    if text in CACHE_TYPES or text == "auto" or text.lower().startswith("tq"):
-        return text
-    raise argparse.ArgumentTypeError(f"unknown cache type {text!r}: use f32, f16, q8_0, q4_0 or tq<bits>")
+def cache_arg(text: str) -> CacheSpec:
+    try:
+        return CacheSpec(text)
+    except InputError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def add_cache_args(p: argparse.ArgumentParser) -> None:
@@ -44,7 +45,6 @@ def add_text_args(p: argparse.ArgumentParser, required: bool, what: str, austen_
 
 def read_text_arg(args: argparse.Namespace) -> tuple[str | None, str]:
     """(text, name) from add_text_args' options; (None, "") if neither was given."""
-    from ..base.errors import InputError
 
     if getattr(args, "text", None):
         try:

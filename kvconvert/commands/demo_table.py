@@ -13,9 +13,9 @@ from dataclasses import asdict, dataclass
 import numpy as np
 from rich.table import Table
 
-from ..runtime.engine import ContextParams, Model, is_tq, tq_configs
+from ..kvcache.types import STANDARD_BITS, is_tq
+from ..runtime.engine import ContextParams, Model, tq_configs
 
-STANDARD_BITS = {"f32": 32.0, "f16": 16.0, "q8_0": 8.5, "q4_0": 4.5}
 LONG_CTX = 32768  # the context the "KV MiB" column is computed for
 MIB = 1 << 20
 

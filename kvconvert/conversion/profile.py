@@ -27,10 +27,29 @@ from ..models.config import ModelArgs
 from ..base.errors import InputError
 from ..kvcache.kvmeta import DEFAULT_SINK, MAX_SINK
 from ..kvcache.turboquant import MAX_LO_BITS, KConfig
+from ..kvcache.types import STANDARD, TQ, standard_bits
 
 PROFILE_SCHEMA = 1
 POLICY_SCHEMA = 1
-STANDARD_TYPES = ("f32", "f16", "q8_0", "q4_0")
+
+
+def _compact_json(obj, depth: int = 0) -> str:
+    """JSON with objects indented one space per level, arrays of numbers on one line (an array of
+    such arrays: a row per line) and longer arrays of strings (per-layer specs) one item per line.
+    json.loads reads it back unchanged."""
+    pad, inner = " " * depth, " " * (depth + 1)
+    scalar = lambda x: not isinstance(x, (dict, list))  # noqa: E731
+    if isinstance(obj, dict):
+        if not obj:
+            return "{}"
+        items = [f"{inner}{json.dumps(str(k))}: {_compact_json(v, depth + 1)}" for k, v in obj.items()]
+        return "{\n" + ",\n".join(items) + "\n" + pad + "}"
+    if isinstance(obj, list):
+        numbers = all(isinstance(x, (int, float)) for x in obj)
+        if numbers or (all(scalar(x) for x in obj) and len(json.dumps(obj)) < 100):
+            return json.dumps(obj)  # numbers (a table row), or a short list
+        return "[\n" + ",\n".join(inner + _compact_json(x, depth + 1) for x in obj) + "\n" + pad + "]"
+    return json.dumps(obj)
 
 
 def sink_bits(n_sink: int, n_ctx: int) -> float:
@@ -89,7 +108,13 @@ class Transforms:
     v_mean: np.ndarray | None = None  # (L, Hk, d) V mean (applied by the runtime or folded)
 
     def to_json(self) -> dict:
-        return {k: None if v is None else np.asarray(v).tolist() for k, v in asdict(self).items()}
+        # float arrays are float32 (from_json reads them so): each value is written as the shortest
+        # decimal that reads back to the same float32 (numpy's str of a float32), not float64's 17 digits
+        def plain(v):
+            a = np.asarray(v)
+            return a.tolist() if a.dtype.kind in "iu" else a.astype(np.float32).astype(str).astype(np.float64).tolist()
+
+        return {k: None if v is None else plain(v) for k, v in asdict(self).items()}
 
     @classmethod
     def from_json(cls, obj: dict, shape: ModelShape) -> "Transforms":
@@ -120,9 +145,9 @@ class Profile:
 
     name: str
     model: ModelShape
-    k_type: str  # "tq" or a standard type
+    k_type: str  # TQ or a standard type (kvcache.types)
     v_type: str
-    k_layers: list[str] = field(default_factory=list)  # TurboQuant spec per layer when k_type == "tq"
+    k_layers: list[str] = field(default_factory=list)  # TurboQuant spec per layer when k_type == TQ
     v_layers: list[str] = field(default_factory=list)
     transforms: Transforms = field(default_factory=Transforms)
     policy: str = ""
@@ -137,10 +162,10 @@ class Profile:
         return f"{self.source}: profile {self.name!r}" if self.source else f"profile {self.name!r}"
 
     def k_configs(self) -> list[KConfig] | None:
-        return [KConfig.parse(s, self.model.head_dim) for s in self.k_layers] if self.k_type == "tq" else None
+        return [KConfig.parse(s, self.model.head_dim) for s in self.k_layers] if self.k_type == TQ else None
 
     def v_configs(self) -> list[KConfig] | None:
-        return [KConfig.parse(s, self.model.head_dim) for s in self.v_layers] if self.v_type == "tq" else None
+        return [KConfig.parse(s, self.model.head_dim) for s in self.v_layers] if self.v_type == TQ else None
 
     def bits(self, n_ctx: int | None = None) -> tuple[float, float]:
         """Mean K and V bits per value over layers (all overheads counted); with n_ctx,
@@ -149,7 +174,7 @@ class Profile:
             if cfgs is not None:
                 sink = sink_bits(self.sink_tokens, n_ctx) if n_ctx else 0.0
                 return float(np.mean([c.bits_per_value() for c in cfgs]) + sink)
-            return {"f32": 32.0, "f16": 16.0, "q8_0": 8.5, "q4_0": 4.5}[kind]
+            return standard_bits(kind)
         return mean(self.k_type, self.k_configs()), mean(self.v_type, self.v_configs())
 
     def budget_bits(self) -> tuple[float, float]:
@@ -162,10 +187,15 @@ class Profile:
                 "v": {"type": self.v_type, "layers": self.v_layers}, "transforms": self.transforms.to_json(),
                 "sink_tokens": self.sink_tokens, "provenance": self.provenance, "measured": self.measured}
 
+    def dumps(self) -> str:
+        """The profile as the file holds it: JSON, objects indented, each array of numbers on one
+        line (a per-layer table is a row per layer), so a profile reads and diffs as a table."""
+        return _compact_json(self.to_json()) + "\n"
+
     def save(self, path: str | os.PathLike) -> Path:
         path = Path(path)
         with atomic_path(path) as tmp:
-            tmp.write_text(json.dumps(self.to_json(), indent=1) + "\n")
+            tmp.write_text(self.dumps())
         return path
 
     @classmethod
@@ -201,9 +231,9 @@ class Profile:
                        source=source)
             for kind, layers in (("k", prof.k_layers), ("v", prof.v_layers)):
                 t = getattr(prof, f"{kind}_type")
-                if t != "tq" and t not in STANDARD_TYPES:
-                    raise ValueError(f"{kind}.type {t!r} is not tq or one of {', '.join(STANDARD_TYPES)}")
-                if t == "tq" and len(layers) != shape.n_layer:
+                if t != TQ and t not in STANDARD:
+                    raise ValueError(f"{kind}.type {t!r} is not {TQ} or one of {', '.join(STANDARD)}")
+                if t == TQ and len(layers) != shape.n_layer:
                     raise ValueError(f"{kind}.layers has {len(layers)} entries for {shape.n_layer} layers")
             prof.k_configs(), prof.v_configs()  # every spec parses
         except (InputError, KeyError, TypeError, ValueError, AttributeError, OverflowError) as e:

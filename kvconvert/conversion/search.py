@@ -34,7 +34,7 @@ from ..base.errors import InputError
 from .profile import ModelShape, Policy, Profile, Transforms, load_profile, sink_bits
 from ..base.progress import ProgressFn, check_cancel, start_phase
 from ..models.rope import apply_rope
-from ..runtime.engine import TQ_SEED as SEED
+from ..kvcache.types import DEFAULT_SEED as SEED, TQ
 from ..runtime.engine import tq_roundtrip
 
 DEFAULT_POLICY = "balanced"
@@ -482,8 +482,8 @@ def _profile(cal: Calibration, pol: Policy, k_choice: list[Option], v_choice, sc
     tr = Transforms(k_mean=mean.astype(np.float32), k_scale=s.astype(np.float32), pair_order=order.astype(np.int32),
                     v_mean=None if v_mean is None else v_mean.astype(np.float32))
     shape = ModelShape(Path(cal.model).name, cal.arch, L, cal.n_head, Hk, d)
-    prof = Profile(name=f"{shape.name.removesuffix('.gguf')}-{pol.name}", model=shape, k_type="tq",
-                   v_type="tq" if v_choice else "f16", k_layers=[o.cfg.spec() for o in k_choice],
+    prof = Profile(name=f"{shape.name.removesuffix('.gguf')}-{pol.name}", model=shape, k_type=TQ,
+                   v_type=TQ if v_choice else "f16", k_layers=[o.cfg.spec() for o in k_choice],
                    v_layers=[c.spec() for c, _ in v_choice], transforms=tr, policy=pol.name,
                    provenance={"model": cal.model, "fingerprint": cal.fingerprint, "text": cal.text_source,
                                "text_sha256": cal.text_sha256, "tokens": cal.n_tokens, "n_ctx": cal.n_ctx,

@@ -26,11 +26,10 @@ from ..kvcache.kvmeta import CacheMeta
 from ..models.hub_files import REPO_ID
 from ..models.source import ModelSource, load_gguf
 from ..conversion.profile import Profile
+from ..kvcache.types import STANDARD_BITS, TQ
 
 TAGS = ("gguf", "kv-cache-quantization", "kvconvert")
 CONTEXTS = (4096, 32768, 131072)  # context lengths of the memory table
-# Bits per value of llama.cpp's cache types (block scales included); TurboQuant configs compute theirs.
-STANDARD_BITS = {"f32": 32.0, "f16": 16.0, "q8_0": 8.5, "q4_0": 4.5}
 
 
 class NotKVConvertGGUF(InputError):
@@ -41,7 +40,7 @@ class NotKVConvertGGUF(InputError):
 class CacheSide:
     """One of the two caches (K or V): its type and one config spec and bits/value per layer."""
 
-    type: str  # "tq" or a standard type name
+    type: str  # TQ or a standard type name
     specs: tuple[str, ...]  # per layer: a TurboQuant spec ("tq4", "tq:split=16,...") or the type name
     bits: tuple[float, ...]  # per layer: bits per value, every overhead counted
 
@@ -107,9 +106,9 @@ def read_card_info(path: str | os.PathLike, src: ModelSource | None = None) -> C
     def side(kind: str) -> CacheSide:
         typ = getattr(meta, f"{kind}_type") if meta else "f16"
         cfgs = getattr(meta, f"{kind}_configs") if meta else None
-        if typ == "tq" and cfgs:
+        if typ == TQ and cfgs:
             return CacheSide(typ, tuple(c.spec() for c in cfgs), tuple(c.bits_per_value() for c in cfgs))
-        if typ == "tq":
+        if typ == TQ:
             raise InputError(f"{path}: TurboQuant {kind.upper()} cache without per-layer configs in the metadata; "
                              "re-convert the model")
         if typ not in STANDARD_BITS:

@@ -105,7 +105,7 @@ def prepare_push(gguf_path: str | os.PathLike, repo_id: str,
     profile_file = None
     if prof is not None:
         profile_file = f"{gguf_path.stem}.profile.json"
-        files.append(Upload(profile_file, (json.dumps(prof.to_json(), indent=1) + "\n").encode()))
+        files.append(Upload(profile_file, prof.dumps().encode()))
     else:  # the profile summary convert embedded (configs, provenance, measurements) still fills the card
         prof = _embedded_profile(src, gguf_path)
     card = model_card(info, repo_id, prof, profile_file)

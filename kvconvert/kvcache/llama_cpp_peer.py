@@ -10,7 +10,9 @@ from pathlib import Path
 
 import numpy as np
 
-GGML_TYPES = {"f32": 0, "f16": 1, "q4_0": 2, "q8_0": 8}
+from .types import STANDARD
+
+GGML_TYPES = {name: t.ggml_type for name, t in STANDARD.items()}  # llama.cpp has every standard type
 
 
 @contextlib.contextmanager

@@ -25,6 +25,7 @@ import numpy as np
 
 from ..base.errors import InputError
 from ..runtime.generate import SamplerParams, sample
+from ..kvcache.types import is_tq
 from ..runtime.engine import Context, ContextParams, Model, check_logits
 
 CHATML = ("{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + "
@@ -192,7 +193,7 @@ class TextStream:
 def keeps_first_batch_mean(params: ContextParams) -> bool:
     """Whether a context (resolved params) centers K on the mean of its first batch, which it
     keeps for its whole life (no calibrated means): a cleared cache then is not a new one."""
-    centered = params.k_center if params.k_center is not None else params.type_k.lower().startswith("tq")
+    centered = params.k_center if params.k_center is not None else is_tq(params.type_k)
     return bool(centered and params.k_mean is None)
 
 

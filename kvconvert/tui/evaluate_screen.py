@@ -16,7 +16,7 @@ from textual.content import Content
 from textual.widgets import Button, DataTable, Input, Label, RadioButton, RadioSet, Static
 
 from ..base.errors import InputError
-from ..hub.modelcard import STANDARD_BITS
+from ..kvcache.types import STANDARD_BITS
 
 from .base import JobPanel, StepScreen
 from .calibrate_screen import positive_int, read_text_file

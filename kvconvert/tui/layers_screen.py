@@ -11,7 +11,7 @@ from textual.color import Color
 from textual.markup import escape
 from textual.widgets import DataTable, Label, Static
 
-from ..hub.modelcard import STANDARD_BITS
+from ..kvcache.types import STANDARD_BITS, TQ
 from ..kvcache.turboquant import KConfig
 
 from .base import StepScreen
@@ -39,7 +39,7 @@ def layer_spec(prof, kind: str, layer: int) -> str | None:
     if prof is None:
         return None
     typ = getattr(prof, f"{kind}_type")
-    return getattr(prof, f"{kind}_layers")[layer] if typ == "tq" else typ
+    return getattr(prof, f"{kind}_layers")[layer] if typ == TQ else typ
 
 
 def config_cell(spec: str | None, d: int) -> Text:

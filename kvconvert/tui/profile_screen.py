@@ -18,7 +18,7 @@ from textual.markup import escape
 from textual.widgets import Button, Checkbox, DataTable, Input, Label, Static
 
 from ..base.errors import InputError
-from ..hub.modelcard import STANDARD_BITS
+from ..kvcache.types import STANDARD_BITS
 from ..conversion.profile import Policy, load_profile, shipped_names
 
 from .base import JobPanel, StepScreen
