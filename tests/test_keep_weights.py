@@ -50,7 +50,8 @@ def f32_ggufs(tiny_models, tmp_path_factory):
     return {n: convert(p, root / f"{n}.gguf", weights="f32").output for n, p in tiny_models.items()}
 
 
-@pytest.mark.parametrize("name", ["qwen2-hd64", "llama-hd64-tied", "llama-hd128-bias-rope3", "qwen2-hd128-bf16"])
+@pytest.mark.parametrize("name", ["qwen2-hd64", "llama-hd64-tied", "llama-hd128-bias-rope3", "qwen2-hd128-bf16",
+                                  "qwen3-hd64", "gemma3-hd64-swa8"])  # QK-norm: smoothing in the norm gains
 def test_keep_is_byte_for_byte_and_matches_the_reencoded_file(tiny_models, f32_ggufs, tmp_path, name):
     gg = f32_ggufs[name]
     src = load_model(gg)

@@ -195,6 +195,9 @@ class Model:
             # (Hk, P) pair scales → one factor per row, in the file's channel order
             rows = np.concatenate([s, s], -1) if arch.gguf_rope_pairing == "neox" else np.repeat(s, 2, -1)
             scale = {"q": np.repeat(rows, H // Hk, 0).reshape(-1), "k": 1.0 / rows.reshape(-1)}
+            if arch.qk_norm:  # q and k are normalised per head after W_q/W_k: the scales go into the gains
+                self._smooth_qk_norm(layers[layer], layer, rows, tensors)
+                continue
             for kind, proj in (("q", HF.Q), ("k", HF.K)):
                 for suffix in ("weight", "bias"):
                     spec = specs.get(f"{proj.format(bid=layer)}.{suffix}")
@@ -204,6 +207,20 @@ class Model:
                     w = w * (scale[kind][:, None] if w.ndim == 2 else scale[kind])
                     self._tensor_array(getattr(layers[layer], f"{suffix[0]}{kind}"), spec.gguf,
                                        np.ascontiguousarray(w, dtype=np.float32))
+
+    def _smooth_qk_norm(self, layer_desc, layer: int, rows: np.ndarray, tensors) -> None:
+        """QK-norm families (docs/design.md §2): q_norm times, k_norm divided by the layer's per-pair
+        scales (rows (Hk, d), the same for every KV head) — on float32 copies, as _smooth."""
+        from ..formats.gguf_io import dequantize
+
+        if not np.allclose(rows, rows[:1]):
+            raise InputError(f"{self.path}: kvconvert.k_cache.smooth differs between the KV heads of layer "
+                             f"{layer}; with QK-norm it must be one set per layer (re-convert the model)")
+        for spec in self.source.specs:
+            if spec.layer == layer and spec.slot in ("q_norm", "k_norm"):
+                g = dequantize(tensors[spec.gguf]).astype(np.float64)
+                g = g * rows[0] if spec.slot == "q_norm" else g / rows[0]
+                self._tensor_array(getattr(layer_desc, spec.slot), spec.gguf, np.ascontiguousarray(g, dtype=np.float32))
 
     def _tensor_array(self, dst, name: str, arr: np.ndarray) -> None:
         """Point ``dst`` at a float32 array (rows, row length) or (n,) held by this Model."""
