@@ -118,7 +118,7 @@ def test_push_one_commit_with_card_and_profile(hub, kv_gguf, profile_file):
     meta = front_matter(card)
     assert meta["base_model"] == "tiny-org/tiny-qwen"  # source is a local dir name: the profile's model
     assert meta["base_model_relation"] == "quantized"
-    assert meta["tags"] == ["gguf", "kv-cache-quantization", "kvconvert"] and meta["library_name"] == "gguf"
+    assert meta["tags"] == ["gguf", "llama-cpp", "kv-cache-quantization", "kvconvert"] and meta["library_name"] == "gguf"
     assert "license" not in meta  # the GGUF has no general.license
     # what was patched: per-layer configs counted, mean bits
     k0, k1 = (c.bits_per_value() for c in K_CONFIGS)
@@ -129,7 +129,8 @@ def test_push_one_commit_with_card_and_profile(hub, kv_gguf, profile_file):
     assert "Layout **portable**" in card and "K means" in card and "permutation" in card
     # measured quality from the profile
     assert "| f16 | 16 | 16 | 12.001 | 0 | 1 |" in card
-    assert "| this file | 4.60 | 4.25 | 12.345 | 0.0123 | 0.931 |" in card
+    kb, vb = Profile.from_json(json.loads(profile_file.read_text())).budget_bits()  # what the TUI shows
+    assert f"| this file | {kb:.2f} | {vb:.2f} | 12.345 | 0.0123 | 0.931 |" in card
     assert "Austen eval, context 512 tokens, 4 chunks" in card
     # memory at 4k/32k/128k and usage
     for ctx in ("| 4k", "| 32k", "| 128k"):

@@ -23,16 +23,27 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--save-logits", metavar="FILE", help="save log-probs of this run as a KLD base")
     p.add_argument("--kld-base", metavar="FILE", help="report KLD and top-1 agreement against a saved base")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.add_argument("--save-report", metavar="FILE",
+                   help="save the result as an eval report of this file; `kvconvert push` puts it on the model "
+                        "card (it finds MODEL.eval*.json beside the GGUF by itself)")
     add_runtime_args(p, ctx_default=512)
 
 
 def run(args: argparse.Namespace) -> int:
     refuse_overwrite(args.save_logits, [args.model, args.kld_base, args.text], what="--save-logits path")
+    refuse_overwrite(args.save_report, [args.model, args.kld_base, args.text, args.save_logits],
+                     what="--save-report path")
     text, name = read_text_arg(args)
     with tqdm_progress(unit="chunk", name="eval") as progress:
         r = evaluate(args.model, text, text_name=name, n_ctx=args.ctx, n_chunks=args.chunks, type_k=args.ctk,
                      type_v=args.ctv, n_threads=args.threads, n_sink=args.sink, save_logits=args.save_logits,
                      kld_base=args.kld_base, progress=progress)
+    if args.save_report:
+        from ..base.atomic import atomic_path
+        from ..hub.transfer import eval_report
+
+        with atomic_path(args.save_report) as tmp:
+            tmp.write_text(json.dumps(eval_report(r.to_dict(), r.model), indent=2) + "\n", encoding="utf-8")
     if args.json:
         print(json.dumps(r.to_dict(), indent=2))
         return 0

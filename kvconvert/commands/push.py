@@ -17,6 +17,12 @@ def configure(p: argparse.ArgumentParser) -> None:
                    help="Hub model repo to upload to; created if it does not exist")
     p.add_argument("--private", action="store_true",
                    help="create the repo as private (ignored if the repo already exists)")
+    p.add_argument("--base-model", metavar="OWNER/NAME",
+                   help="the Hub repo the model comes from, for the card's base_model (default: what the file "
+                        "records — a repo id it was converted from, or its general.base_model keys)")
+    p.add_argument("--eval", action="append", metavar="FILE", dest="evals",
+                   help="an eval report of this file (`kvconvert eval OUT.gguf ... --save-report FILE`) to put on "
+                        "the card; repeatable (default: OUT.eval*.json beside OUT.gguf)")
     p.add_argument("--profile", metavar="FILE",
                    help="profile JSON used for this file (from `kvconvert search`): uploaded next to it, and its "
                         "measured quality goes into the model card (default: OUT.profile.json beside OUT.gguf, "
@@ -38,6 +44,7 @@ def run(args: argparse.Namespace) -> int:
         if found.is_file():
             profile = found
             print(f"kvconvert: using the conversion's profile {found}", file=sys.stderr)
-    url = push(args.gguf, args.repo, private=args.private, profile=profile, progress=stage)
+    url = push(args.gguf, args.repo, private=args.private, profile=profile, base_model=args.base_model,
+               evals=args.evals or (), progress=stage)
     print(url)
     return 0

@@ -156,8 +156,24 @@ def _to_file(x: np.ndarray, pairing: str) -> np.ndarray:
     return np.stack([x[..., :P], x[..., P:]], -1).reshape(x.shape).astype(np.float32)
 
 
-def _summary(p: Profile) -> dict:
-    """The profile without its arrays (those are in dedicated metadata keys)."""
+def public_profile_json(p: Profile) -> dict:
+    """The profile as it may be shared (GGUF metadata, Hub uploads): provenance keeps names, repo ids
+    and hashes only, never a local path (base.paths.public_name)."""
+    from ..base.paths import public_name
+
     d = p.to_json()
+    prov = dict(d.get("provenance") or {})
+    for key in ("model", "calibration", "text"):
+        if isinstance(prov.get(key), str):
+            prov[key] = public_name(prov[key])
+    d["provenance"] = prov
+    if isinstance(d.get("measured"), dict) and isinstance(d["measured"].get("text"), str):
+        d["measured"] = dict(d["measured"], text=public_name(d["measured"]["text"]))
+    return d
+
+
+def _summary(p: Profile) -> dict:
+    """The shareable profile without its arrays (those are in dedicated metadata keys)."""
+    d = public_profile_json(p)
     d.pop("transforms", None)
     return d

@@ -88,10 +88,32 @@ def _nbytes(shape: tuple[int, ...], qtype: Q) -> int:
     return int(np.prod(shape, dtype=np.int64)) // block * size
 
 
+def source_identity(model, src: ModelSource) -> tuple[str, str | None]:
+    """(the model's name, its Hub repo id or None) from what the user gave: a repo id, or a path
+    (a repo id's snapshot in the Hugging Face cache counts as that repo). Never a local path: the
+    name is the repo's or the file's/directory's own name (kvconvert.source, general.name)."""
+    from ..base.paths import repo_of_cache_path
+    from ..models.hub_files import REPO_ID
+
+    given = None if isinstance(model, ModelSource) else str(model)
+    repo = given if given and REPO_ID.match(given) and not Path(given).exists() else None
+    repo = repo or repo_of_cache_path(src.path)
+    name = repo.split("/")[-1] if repo else Path(src.path).name
+    return name.removesuffix(".gguf"), repo
+
+
 def write_metadata(w: gguf.GGUFWriter, src: ModelSource, weights: str, name: str, kv_meta=None,
-                   arch=None) -> None:
+                   arch=None, repo: str | None = None) -> None:
+    """Standard and kvconvert.* metadata of a written GGUF. ``repo``: the Hub repo the model came
+    from, recorded as general.base_model.0.* (as llama.cpp's converter records a base model) and as
+    kvconvert.source; else kvconvert.source is ``name``."""
     w.add_type(gguf.GGUFType.MODEL)
     w.add_name(name)
+    if repo:
+        w.add_uint32(gguf.Keys.General.BASE_MODEL_COUNT, 1)
+        w.add_string(gguf.Keys.General.BASE_MODEL_NAME.format(id=0), repo.split("/")[-1])
+        w.add_string(gguf.Keys.General.BASE_MODEL_ORGANIZATION.format(id=0), repo.split("/")[0])
+        w.add_string(gguf.Keys.General.BASE_MODEL_REPO_URL.format(id=0), f"https://huggingface.co/{repo}")
     (arch or src.arch).write_gguf_params(w, src.args)
     w.add_file_type(WEIGHT_TYPES[weights][1])
     if weights in ("q8_0", "q4_0"):
@@ -101,7 +123,7 @@ def write_metadata(w: gguf.GGUFWriter, src: ModelSource, weights: str, name: str
     add_to_gguf(w, src.tokenizer_spec())
     w.add_uint32(Keys.KVConvert.SCHEMA_VERSION, SCHEMA_VERSION)
     w.add_string(Keys.KVConvert.VERSION, __version__)
-    w.add_string(Keys.KVConvert.SOURCE, name)
+    w.add_string(Keys.KVConvert.SOURCE, repo or name)
     w.add_string(Keys.KVConvert.SOURCE_FORMAT, src.format)
     if kv_meta is not None:
         kv_meta.add_to_gguf(w)
@@ -137,7 +159,7 @@ def convert(model: str | os.PathLike | ModelSource, output: str | os.PathLike, *
                          f"weight type ({', '.join(WEIGHT_TYPES)})")
     output = Path(output)
     check_output(src, output, [] if isinstance(model, ModelSource) else [model])
-    name = Path(src.path).name.removesuffix(".gguf")
+    name, repo = source_identity(model, src)
     patch = None
     if profile is not None:
         from .patch import Patch
@@ -153,14 +175,14 @@ def convert(model: str | os.PathLike | ModelSource, output: str | os.PathLike, *
     elif weights == KEEP and layout != "portable":
         raise InputError("--weights keep leaves every tensor as it is, so it needs --layout portable")
     if weights == KEEP:
-        return write_kept(src, output, name, kv_meta, progress=progress, cancel=cancel, phase=phase)
+        return write_kept(src, output, repo or name, kv_meta, progress=progress, cancel=cancel, phase=phase)
     arch = patch.arch if patch else src.arch
     specs = patch.specs() if patch else src.specs
     plan = [(s, tensor_type(s, weights)) for s in specs]
     total = sum(_nbytes(s.shape, q) for s, q in plan) / MIB
 
     w = gguf.GGUFWriter(None, arch.name)
-    write_metadata(w, src, weights, name, kv_meta, arch)
+    write_metadata(w, src, weights, name, kv_meta, arch, repo=repo)
     for s, q in plan:
         w.add_tensor_info(s.gguf, s.shape, np.dtype(np.float32), _nbytes(s.shape, q), raw_dtype=q)
 
@@ -192,12 +214,13 @@ def convert(model: str | os.PathLike | ModelSource, output: str | os.PathLike, *
     return ConvertResult(output, weights, len(plan), n_params, output.stat().st_size, types, str(src.path))
 
 
-def write_kept(src: ModelSource, output: Path, name: str, kv_meta=None, *, progress: ProgressFn | None = None,
+def write_kept(src: ModelSource, output: Path, source: str, kv_meta=None, *, progress: ProgressFn | None = None,
                cancel: threading.Event | None = None, phase: str = "write") -> ConvertResult:
     """``src`` (a GGUF) at ``output`` with every tensor and every metadata entry byte for byte, except
     that its kvconvert.* entries are replaced by this conversion's (provenance and ``kv_meta``); the
     transforms a profile needs are then all applied by the runtime from metadata (k_cache.smooth for
-    K→Q smoothing, docs/design.md §3). llama.cpp computes exactly what it computed on the input."""
+    K→Q smoothing, docs/design.md §3). llama.cpp computes exactly what it computed on the input.
+    The source GGUF's general.* entries (its name, base model, license) stay as they are."""
     from ..formats.gguf_patch import pack_entries, write_patched
 
     reader = src.weights.reader  # type: ignore[attr-defined]
@@ -207,7 +230,7 @@ def write_kept(src: ModelSource, output: Path, name: str, kv_meta=None, *, progr
     w = gguf.GGUFWriter(None, src.arch.name)
     w.add_uint32(Keys.KVConvert.SCHEMA_VERSION, SCHEMA_VERSION)
     w.add_string(Keys.KVConvert.VERSION, __version__)
-    w.add_string(Keys.KVConvert.SOURCE, name)
+    w.add_string(Keys.KVConvert.SOURCE, source)  # a repo id or the file's name, never its path
     w.add_string(Keys.KVConvert.SOURCE_FORMAT, src.format)
     w.add_string(Keys.KVConvert.WEIGHTS, KEEP)
     if kv_meta is not None:

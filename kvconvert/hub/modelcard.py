@@ -13,6 +13,7 @@ Nothing here touches the network or writes a file.
 from __future__ import annotations
 
 import os
+import re
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,15 +21,17 @@ from pathlib import Path
 import gguf
 
 from ..base.errors import InputError
+from ..base.paths import public_name
 from ..formats.gguf_io import field_value
 from ..formats.gguf_keys import Keys
-from ..kvcache.kvmeta import CacheMeta
+from ..kvcache.kvmeta import DEFAULT_SINK, CacheMeta
 from ..models.hub_files import REPO_ID
 from ..models.source import ModelSource, load_gguf
-from ..conversion.profile import Profile
+from ..conversion.profile import Profile, sink_bits
 from ..kvcache.types import STANDARD_BITS, TQ
 
-TAGS = ("gguf", "kv-cache-quantization", "kvconvert")
+TAGS = ("gguf", "llama-cpp", "kv-cache-quantization", "kvconvert")  # llama-cpp, gguf: as gguf-my-repo tags
+_HF_URL = re.compile(r"^https://huggingface\.co/([A-Za-z0-9][\w.\-]*/[\w.\-]+?)/?$")
 CONTEXTS = (4096, 32768, 131072)  # context lengths of the memory table
 
 
@@ -76,10 +79,19 @@ class CardInfo:
     v: CacheSide
     k_centered: bool  # calibrated pre-RoPE K means stored
     k_permuted: bool  # post-RoPE channel permutation stored
+    plain: bool = False  # no KV-cache metadata: a plain conversion, the runtime uses f16 caches
+    kept: bool = False  # kvconvert.weights == "keep": the source GGUF's tensors byte for byte
+    n_sink: int = 0  # leading positions TurboQuant caches keep in f16
+    base_repo: str | None = None  # from general.base_model.0.repo_url / general.source.repo_url, if a Hub repo
 
-    def kv_bytes_per_token(self) -> float:
-        """KV-cache bytes per token of context with this file's default caches (all layers)."""
-        return self.n_head_kv * self.head_dim * sum(k + v for k, v in zip(self.k.bits, self.v.bits)) / 8
+    def kv_bytes_per_token(self, n_ctx: int | None = None) -> float:
+        """KV-cache bytes per token of context with this file's default caches (all layers); with
+        n_ctx, the f16 sink positions of TurboQuant caches spread over that context too."""
+        sink = 0.0
+        if n_ctx:
+            sink = sum(sink_bits(self.n_sink, n_ctx) for side in (self.k, self.v) if side.type == TQ)
+        return self.n_head_kv * self.head_dim * (sum(k + v for k, v in zip(self.k.bits, self.v.bits)) +
+                                                 sink * self.n_layer) / 8
 
     def f16_bytes_per_token(self) -> float:
         return self.n_layer * self.n_head_kv * self.head_dim * 2 * 2
@@ -119,60 +131,97 @@ def read_card_info(path: str | os.PathLike, src: ModelSource | None = None) -> C
         weights = gguf.LlamaFileType(int(get("general.file_type", -1))).name.removeprefix("MOSTLY_")
     except ValueError:
         weights = "unknown"
+    base_repo = None
+    for key in (gguf.Keys.General.BASE_MODEL_REPO_URL.format(id=0), gguf.Keys.General.SOURCE_REPO_URL):
+        url = get(key)
+        m = _HF_URL.match(str(url)) if isinstance(url, str) else None
+        if m and base_repo is None:
+            base_repo = m.group(1)
+    n_sink = meta.n_sink if meta is not None and meta.n_sink is not None else DEFAULT_SINK
     return CardInfo(
         file_name=path.name, file_bytes=path.stat().st_size, name=str(get("general.name", path.stem)),
         arch=src.arch.name, n_layer=a.num_hidden_layers, n_head=a.num_attention_heads,
         n_head_kv=a.num_key_value_heads, head_dim=a.head_dim, context_length=a.max_position_embeddings,
         weights=weights.removeprefix("ALL_"), layout=str(get(Keys.KVConvert.LAYOUT, "portable")),
-        source=str(get(Keys.KVConvert.SOURCE, "")), license=get("general.license"),
+        source=public_name(str(get(Keys.KVConvert.SOURCE, ""))), license=get("general.license"),
         kvconvert_version=str(get(Keys.KVConvert.VERSION, "?")), k=side("k"), v=side("v"),
         k_centered=meta is not None and meta.k_mean is not None,
-        k_permuted=meta is not None and meta.k_perm is not None)
+        k_permuted=meta is not None and meta.k_perm is not None, plain=meta is None,
+        kept=get(Keys.KVConvert.WEIGHTS) == "keep", n_sink=n_sink if meta is not None else 0, base_repo=base_repo)
 
 
-def base_model(info: CardInfo, profile: Profile | None = None) -> str | None:
-    """The Hub repo this file derives from: the GGUF's kvconvert.source if it is a repo id,
-    else the profile's provenance model if that is one, else None (the card then omits it)."""
-    candidates = [info.source] + ([str(profile.provenance.get("model", ""))] if profile else [])
+def base_model(info: CardInfo, profile: Profile | None = None, given: str | None = None) -> str | None:
+    """The Hub repo this file derives from: ``given`` (push --base-model), else the GGUF's
+    kvconvert.source if it is a repo id (a conversion from a repo id or the Hub cache), else its
+    general.base_model.0.repo_url / general.source.repo_url, else the profile's provenance model if
+    that is a repo id, else None (the card then omits it)."""
+    if given:
+        if not REPO_ID.match(given):
+            raise InputError(f"--base-model {given!r} is not a Hub repo id (OWNER/NAME)")
+        return given
+    candidates = [info.source, info.base_repo or ""] + ([str(profile.provenance.get("model", ""))] if profile else [])
     for c in candidates:
-        if REPO_ID.match(c) and not c.endswith((".gguf", ".json")):
+        if REPO_ID.match(c) and not c.endswith((".gguf", ".json")) and not Path(c).exists():
             return c
     return None
 
 
+def card_bits(info: CardInfo, profile: Profile | None) -> tuple[float, float, str]:
+    """K and V bits per value as the card states them, and at which context: the profile's
+    (Profile.budget_bits — what `convert`'s summary and the TUI's Profile step show), else the
+    file's configs with the sink positions spread over 32k tokens."""
+    if profile is not None and profile.k_configs() is not None and profile.measured.get("bpv_n_ctx"):
+        kb, vb = profile.budget_bits()
+        return kb, vb, f"at the {profile.measured['bpv_n_ctx']}-token calibration context"
+    per_side = [s.mean_bits + (sink_bits(info.n_sink, 32768) if s.type == TQ else 0) for s in (info.k, info.v)]
+    return per_side[0], per_side[1], "at a 32k context"
+
+
 def model_card(info: CardInfo, repo_id: str, profile: Profile | None = None,
-               profile_file: str | None = None) -> str:
+               profile_file: str | None = None, base: str | None = None, evals: list[dict] | tuple = ()) -> str:
     """The README.md for ``repo_id`` holding ``info.file_name`` (and ``profile_file``, the
-    profile JSON uploaded next to it, if any). Pure: same inputs, same text."""
+    profile JSON uploaded next to it, if any). ``base``: the base model repo if the user named it
+    (else base_model() finds it); ``evals``: eval reports (`kvconvert eval --save-report`, the TUI's
+    Evaluate step) of this file. Pure: same inputs, same text."""
     from huggingface_hub import ModelCardData
 
-    base = base_model(info, profile)
-    data = ModelCardData(base_model=base, license=info.license or None, library_name="gguf", tags=list(TAGS))
+    base = base_model(info, profile, base)
+    tags = [t for t in TAGS if not (t == "llama-cpp" and info.layout == "folded")]
+    data = ModelCardData(base_model=base, license=info.license or None, library_name="gguf", tags=tags)
     if base:
         data.base_model_relation = "quantized"  # written only next to base_model (the Hub's rule)
     intro = (f"A GGUF of [{base}](https://huggingface.co/{base})" if base else f"A GGUF of {info.name}")
-    parts = [
-        f"---\n{data.to_yaml()}\n---\n",
-        f"# {repo_id.split('/')[-1]}\n",
-        f"{intro} with a compressed KV cache, written by kvconvert {info.kvconvert_version}. "
-        f"Weights: {info.weights}; KV cache: K {info.k.mean_bits:.2f} and V {info.v.mean_bits:.2f} "
-        f"bits per value on average (f16 = 16).\n",
-        _patched(info, profile),
-        _quality(profile),
-        _memory(info),
-        _usage(info, repo_id),
-        _files(info, profile_file),
-    ]
+    head = [f"---\n{data.to_yaml()}\n---\n", f"# {repo_id.split('/')[-1]}\n"]
+    if info.plain:
+        head.append(f"{intro}, converted by kvconvert {info.kvconvert_version} without a KV-cache profile: "
+                    f"{info.weights} weights and no `kvconvert.*` cache description, so every runtime "
+                    "(kvconvert's and llama.cpp's) uses its ordinary f16 KV cache. Nothing here is compressed.\n")
+        return "\n".join(p for p in head + [_evals(evals), _usage(info, repo_id), _files(info, profile_file)] if p)
+    kb, vb, where = card_bits(info, profile)
+    weights = ("the original file's, byte for byte" if info.kept else info.weights)
+    head.append(f"{intro} with a compressed KV cache, written by kvconvert {info.kvconvert_version}. "
+                f"Weights: {weights}; KV cache: K {kb:.2f} and V {vb:.2f} bits per value on average "
+                f"{where}, group scales and f16 sink positions counted (f16 = 16).\n")
+    parts = head + [_patched(info, profile), _quality(profile), _evals(evals), _memory(info), _usage(info, repo_id),
+                    _files(info, profile_file)]
     return "\n".join(p for p in parts if p)
 
 
 def _patched(info: CardInfo, profile: Profile | None) -> str:
     if info.layout == "folded":
-        how = ("Layout **folded**: calibrated K/V transforms are folded into the attention weights, so the "
-               "file only gives correct results in kvconvert's runtime, which undoes them in the cache.")
+        how = (f"Layout **folded**: calibrated K/V transforms (smoothing, a channel permutation with its RoPE "
+               f"frequency table, K/V centering, a V rotation) are folded into the attention weights, and the "
+               f"architecture is renamed `{info.arch}` so that only kvconvert's runtime runs it: llama.cpp "
+               "refuses the file (unknown architecture).")
+    elif info.kept:
+        how = ("Layout **portable**, weights kept: every tensor is the source GGUF's, byte for byte, so llama.cpp "
+               "computes exactly what it computed on the original; the KV-cache description, K→Q smoothing "
+               "included, lives in `kvconvert.*` metadata keys, which llama.cpp ignores and kvconvert's runtime "
+               "applies.")
     else:
-        how = ("Layout **portable**: the weights are the original model's, in llama.cpp's tensor layout; the KV-cache "
-               "description lives in `kvconvert.*` metadata keys, which llama.cpp ignores.")
+        how = ("Layout **portable**: the model's weights (with exact K→Q smoothing folded into W_q/W_k) in "
+               "llama.cpp's tensor layout, so llama.cpp runs it; the KV-cache description lives in `kvconvert.*` "
+               "metadata keys, which llama.cpp ignores.")
     extras = []
     if info.k_centered:
         extras.append("calibrated per-layer K means (K is mean-centered with an exact positional correction)")
@@ -185,8 +234,10 @@ def _patched(info: CardInfo, profile: Profile | None) -> str:
     for name, side in (("K", info.k), ("V", info.v)):
         for spec, n, bits in side.groups():
             lines.append(f"| {name} | `{spec}` | {n} of {info.n_layer} | {bits:.2f} |")
-    lines.append(f"\nMean bits per value: K {info.k.mean_bits:.2f}, V {info.v.mean_bits:.2f}. "
-                 "TurboQuant (`tq`) configs count their fp16 scales and QJL residual bits.")
+    lines.append(f"\nMean of the per-layer configs: K {info.k.mean_bits:.2f}, V {info.v.mean_bits:.2f} bits per value "
+                 "(`tq` configs count their fp16 scales and QJL residual bits)" +
+                 (f"; TurboQuant caches also keep the first {info.n_sink} position{'s' if info.n_sink != 1 else ''} "
+                  "in f16 (16 bits per value for those positions)." if info.n_sink else "."))
     if profile is not None:
         prov = profile.provenance
         what = f"Configs chosen by `kvconvert search` (profile `{profile.name}`"
@@ -212,18 +263,39 @@ def _quality(profile: Profile | None) -> str:
     if "ppl_f16" in m:
         lines.append(f"| f16 | 16 | 16 | {num('ppl_f16', '.3f')} | 0 | 1 |")
     if any(k in m for k in ("ppl", "kld", "top1")):
-        lines.append(f"| this file | {num('k_bpv', '.2f')} | {num('v_bpv', '.2f')} | {num('ppl', '.3f')} "
+        kb, vb = (format(x, ".2f") for x in profile.budget_bits())  # as card_bits, the TUI and `convert` say
+        lines.append(f"| this file | {kb} | {vb} | {num('ppl', '.3f')} "
                      f"| {num('kld', '.4f')} | {num('top1', '.3f')} |")
     setup = []
     if m.get("text"):
         setup.append(f"text: {m['text']}")
-    if m.get("ctx"):
-        setup.append(f"context {m['ctx']} tokens")
+    if m.get("ctx") or m.get("n_ctx"):
+        setup.append(f"context {m.get('ctx') or m.get('n_ctx')} tokens")
     if m.get("chunks"):
         setup.append(f"{m['chunks']} chunks")
     note = "\nKLD and top-1 agreement compare next-token distributions with the same runtime using an f16 cache"
     note += f" ({', '.join(setup)})." if setup else "."
     return "\n".join(lines) + "\n" + note + "\n"
+
+
+def _evals(evals) -> str:
+    """The user's own measurements of this file (eval reports), one row each, as measured."""
+    if not evals:
+        return ""
+    lines = ["## Evaluations\n", "Run by the uploader with `kvconvert eval --save-report` or kvconvert's TUI on "
+             "this file:\n", "| text | context | chunks | K cache | V cache | PPL | KLD vs f16 | top-1 vs f16 |",
+             "|---|---|---|---|---|---|---|---|"]
+
+    def num(r: dict, key: str, fmt: str) -> str:
+        v = r.get(key)
+        return format(float(v), fmt) if isinstance(v, (int, float)) and not isinstance(v, bool) else "—"
+
+    for r in evals:
+        ppl = num(r, "ppl", ".3f") + (f" ± {num(r, 'ppl_err', '.3f')}" if "ppl_err" in r else "")
+        lines.append(f"| {r.get('text', '?')} | {r.get('n_ctx', '?')} | {r.get('n_chunks', '?')} | "
+                     f"{r.get('type_k', '?')} | {r.get('type_v', '?')} | {ppl} | {num(r, 'kld', '.4f')} | "
+                     f"{num(r, 'top1', '.3f')} |")
+    return "\n".join(lines) + "\n"
 
 
 def _size(n: float) -> str:
@@ -234,11 +306,13 @@ def _memory(info: CardInfo) -> str:
     per_tok, f16 = info.kv_bytes_per_token(), info.f16_bytes_per_token()
     lines = ["## KV-cache memory\n",
              f"{info.n_layer} layers × {info.n_head_kv} KV heads × head dim {info.head_dim}: "
-             f"{per_tok:,.0f} bytes per token of context ({f16:,.0f} with an f16 cache).\n",
+             f"{per_tok:,.0f} bytes per token of context ({f16:,.0f} with an f16 cache), plus the f16 sink "
+             "positions (counted below).\n",
              "| context | this file | f16 cache | saved |", "|---|---|---|---|"]
     for n in CONTEXTS:
         mark = " *" if n > info.context_length else ""
-        lines.append(f"| {n // 1024}k{mark} | {_size(per_tok * n)} | {_size(f16 * n)} | {1 - per_tok / f16:.0%} |")
+        here = info.kv_bytes_per_token(n)
+        lines.append(f"| {n // 1024}k{mark} | {_size(here * n)} | {_size(f16 * n)} | {1 - here / f16:.0%} |")
     if any(n > info.context_length for n in CONTEXTS):
         lines.append(f"\n\\* beyond the model's trained context ({info.context_length} tokens).")
     return "\n".join(lines) + "\n"
@@ -251,8 +325,8 @@ def _usage(info: CardInfo, repo_id: str) -> str:
              f'kvconvert run {repo_id} -p "Once upon a time" -n 64',
              f"kvconvert eval {repo_id} --austen eval", "```\n"]
     if info.layout == "folded":
-        lines.append("This file uses the **folded** layout: it needs kvconvert's runtime. Stock llama.cpp loads it "
-                     "but its outputs would be wrong.")
+        lines.append("This file uses the **folded** layout: it needs kvconvert's runtime. llama.cpp refuses to load "
+                     f"it (architecture `{info.arch}`).")
     else:
         lines += ["With stock llama.cpp (it ignores the `kvconvert.*` keys and runs with its own cache types, "
                   "e.g. `-ctk q8_0 -ctv q8_0`):\n", "```bash",

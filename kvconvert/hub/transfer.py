@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -90,36 +91,93 @@ def _embedded_profile(src, gguf_path: Path) -> Profile | None:
         return None  # an unreadable summary only costs the card its quality table
 
 
+EVAL_KIND = "kvconvert-eval"  # the "kind" of an eval report (`kvconvert eval --save-report`, the TUI)
+_LOCAL_PATH = re.compile(r"""(?:^|["'\s(=])(?:/(?:home|root|Users|tmp|mnt|media|var|srv|opt|data|work)\b|~/|[A-Za-z]:\\)""")
+
+
+def eval_report(result: dict, gguf_path: str | os.PathLike) -> dict:
+    """An eval result (runtime.evaluate.EvalResult.to_dict) as a report of the file it measured:
+    the file named by its name and size (so push can tell it belongs), no local paths."""
+    from ..base.paths import public_name
+
+    p = Path(gguf_path)
+    r = {k: v for k, v in result.items() if k != "model"}
+    r["text"] = public_name(str(r.get("text", "")))
+    return {"kind": EVAL_KIND, "file": p.name, "file_bytes": p.stat().st_size, **r}
+
+
+def eval_reports_for(gguf_path: Path, given=()) -> list[dict]:
+    """The eval reports of ``gguf_path``: the files ``given`` (each must be a report of this very file,
+    else InputError), else the reports saved beside it as ``STEM.eval*.json`` that match it."""
+    out = []
+    paths = [Path(g) for g in given] or sorted(gguf_path.parent.glob(f"{gguf_path.stem}.eval*.json"))
+    for path in paths:
+        try:
+            r = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError, UnicodeDecodeError) as e:
+            raise InputError(f"{path}: not a readable eval report ({e})") from None
+        ok = isinstance(r, dict) and r.get("kind") == EVAL_KIND and r.get("file") == gguf_path.name and \
+            r.get("file_bytes") == gguf_path.stat().st_size
+        if not ok and given:
+            raise InputError(f"{path}: not an eval report of {gguf_path.name} (written by `kvconvert eval "
+                             f"{gguf_path.name} --save-report FILE` on this very file)")
+        if ok:
+            out.append(r)
+    return out
+
+
+def _no_local_paths(src, gguf_path: Path) -> None:
+    """Refuse a GGUF whose kvconvert.* metadata holds a local path (files written before kvconvert kept
+    names only): uploading it would publish the uploader's directories."""
+    reader = src.weights.reader
+    for key, f in reader.fields.items():
+        if not key.startswith("kvconvert.") or f.types[0].name != "STRING":
+            continue
+        value = str(f.contents())
+        if _LOCAL_PATH.search(value):
+            raise InputError(f"{gguf_path}: its {key} metadata holds a local path; re-patch the file first "
+                             f"(`kvconvert convert {gguf_path.name} -o NEW.gguf --profile PROFILE.json`, which "
+                             "records names only) and push that")
+
+
 def prepare_push(gguf_path: str | os.PathLike, repo_id: str,
-                 profile: str | os.PathLike | Profile | Policy | None = None) -> tuple[str, list[Upload]]:
+                 profile: str | os.PathLike | Profile | Policy | None = None, base_model: str | None = None,
+                 evals=()) -> tuple[str, list[Upload]]:
     """Everything ``push`` checks and builds before touching the network: the repo id and the
-    files of the commit (GGUF, profile JSON, README.md card), in memory except the GGUF."""
+    files of the commit (GGUF, profile JSON, README.md card), in memory except the GGUF.
+    base_model: the card's base_model (a repo id) when the file cannot tell; evals: eval report
+    files to put on the card (default: STEM.eval*.json beside the GGUF)."""
+    from ..conversion.patch import public_profile_json
+
     repo_id = repo_id_of(repo_id)
     gguf_path = Path(gguf_path)
     if not gguf_path.is_file():
         raise InputError(f"{gguf_path}: no such GGUF file; give the path of a GGUF written by `kvconvert convert`")
     src = load_gguf(gguf_path)
     info = read_card_info(gguf_path, src)
+    _no_local_paths(src, gguf_path)
     prof = _profile(profile, src.args, gguf_path)
+    reports = eval_reports_for(gguf_path, evals)
     files = [Upload(info.file_name, gguf_path)]
     profile_file = None
     if prof is not None:
         profile_file = f"{gguf_path.stem}.profile.json"
+        prof = Profile.from_json(public_profile_json(prof), str(profile))  # names and hashes, no local paths
         files.append(Upload(profile_file, prof.dumps().encode()))
     else:  # the profile summary convert embedded (configs, provenance, measurements) still fills the card
         prof = _embedded_profile(src, gguf_path)
-    card = model_card(info, repo_id, prof, profile_file)
+    card = model_card(info, repo_id, prof, profile_file, base=base_model, evals=reports)
     files.append(Upload("README.md", card.encode()))
     return repo_id, files
 
 
 def push(gguf_path: str | os.PathLike, repo_id: str, *, private: bool = False,
          profile: str | os.PathLike | Profile | Policy | None = None, token: str | None = None,
-         progress: ProgressFn | None = None) -> str:
+         base_model: str | None = None, evals=(), progress: ProgressFn | None = None) -> str:
     """Upload a kvconvert GGUF, its profile (if given) and a generated model card to the model
     repo ``repo_id`` in one commit, creating the repo (private if asked) when it does not exist.
     Returns the commit URL. ``progress(done_bytes, total_bytes, what)`` is told each stage."""
-    repo_id, files = prepare_push(gguf_path, repo_id, profile)
+    repo_id, files = prepare_push(gguf_path, repo_id, profile, base_model, evals)
     if is_offline():
         raise HubOfflineError(f"pushing to {repo_id}: HF_HUB_OFFLINE is set; unset it to upload")
     tok = _token(token, repo_id)

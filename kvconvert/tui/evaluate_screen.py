@@ -26,6 +26,24 @@ from .state import fmt, short_path
 RUNS = [("f16", "f16", "f16"), ("q8_0", "q8_0", "q8_0"), ("profile", "auto", "auto")]
 
 
+def save_reports(gguf: Path, results: dict) -> list[Path]:
+    """Each run as an eval report beside the GGUF (STEM.eval-ROW.json), where `kvconvert push` finds
+    them for the model card."""
+    import json
+    import re
+
+    from ..base.atomic import atomic_path
+    from ..hub.transfer import eval_report
+
+    out = []
+    for row, res in results.items():
+        path = gguf.with_name(f"{gguf.stem}.eval-{re.sub(r'[^A-Za-z0-9_]+', '-', row).strip('-')}.json")
+        with atomic_path(path) as tmp:
+            tmp.write_text(json.dumps(eval_report(res.to_dict(), gguf), indent=2) + "\n", encoding="utf-8")
+        out.append(path)
+    return out
+
+
 def austen_available() -> bool:
     try:
         from ..testdata import fixtures
@@ -144,6 +162,7 @@ class EvaluateScreen(StepScreen):
                                    kld_base=None if row == "f16" else base, progress=step, cancel=cancel)
                     results[row] = res
                     self.app.call_from_thread(self.add_result, row, res)
+            save_reports(gguf, results)
             return results
 
         def done(results) -> None:

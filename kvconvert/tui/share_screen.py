@@ -44,7 +44,6 @@ class ShareScreen(StepScreen):
             yield Markdown("", id="card")
 
     def on_mount(self) -> None:
-        self.card_info = None  # (gguf path, CardInfo) of the last preview
         self.card_text = ""
         self.chat_state = ChatState()  # the conversation outlives each visit of the chat screen
 
@@ -76,15 +75,12 @@ class ShareScreen(StepScreen):
             self.set_card("")
             return
         try:
-            from ..hub.modelcard import model_card, read_card_info
+            from ..hub.transfer import prepare_push
 
-            path = Path(r.output)
-            if self.card_info is None or self.card_info[0] != path:
-                self.card_info = (path, read_card_info(path))
-            prof = self.session.profile
-            profile_file = f"{path.stem}.profile.json" if prof is not None else None
-            self.set_card(model_card(self.card_info[1], self.repo_id() or suggested_repo(self.session), prof,
-                                     profile_file))
+            # exactly what the upload sends: the shareable profile, the eval reports beside the file
+            _, files = prepare_push(Path(r.output), self.repo_id() or suggested_repo(self.session),
+                                    self.session.profile)
+            self.set_card(next(f.source for f in files if f.path_in_repo == "README.md").decode())
         except Exception as e:  # the preview is a convenience: say why it is missing
             self.set_card("")
             self.say(f"no model card preview: {error_message(e)}", "error")
