@@ -61,7 +61,9 @@ ffibuilder.set_source(
     # its numpy twins on every CPU (SIMD kernels use FMA explicitly where intended)
     extra_compile_args=["-O3", "-std=gnu11", "-pthread", "-fno-math-errno", "-ffp-contract=off", "-Wall",
                         "-Wno-unused-function"],
-    extra_link_args=["-pthread"],
+    # the Metal backend (native/src/metal/backend_metal.m, macOS only) links Apple's frameworks
+    extra_link_args=["-pthread"] + (["-framework", "Metal", "-framework", "Foundation"]
+                                    if platform.system() == "Darwin" else []),
     libraries=["m"],
 )
 

@@ -6,8 +6,9 @@
  * message) in struct kvc_context; a backend sees only checked calls.
  *
  * Backends: kvc_backend_cpu (cpu/backend_cpu.c: the kernel tables of
- * cpu/dispatch.c, a thread pool). A GPU backend (Metal: issue 20) adds its own
- * table and its sources to kvconvert/_build_native.py's platform list. */
+ * cpu/dispatch.c, a thread pool) and, on macOS, kvc_backend_metal
+ * (metal/backend_metal.m, docs/design.md §9); context.c picks one per context
+ * (environment KVC_BACKEND=cpu|metal, default cpu). */
 #ifndef KVC_BACKEND_H
 #define KVC_BACKEND_H
 
@@ -41,5 +42,8 @@ struct kvc_context {
 };
 
 extern const kvc_backend_ops kvc_backend_cpu;
+#if defined(__APPLE__)
+extern const kvc_backend_ops kvc_backend_metal; /* metal/backend_metal.m (macOS builds); KVC_BACKEND=metal */
+#endif
 
 #endif /* KVC_BACKEND_H */

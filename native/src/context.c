@@ -1,9 +1,11 @@
 /* context.c — the context half of the C ABI: create/free a context on a backend
- * (backend.h; the CPU one today), evaluate tokens, and the bookkeeping every
- * backend shares (position, capture buffers, error message). Every argument is
- * checked here, before the backend runs, so a failed call changes no context. */
+ * (backend.h: the CPU one, or Metal on macOS with KVC_BACKEND=metal), evaluate
+ * tokens, and the bookkeeping every backend shares (position, capture buffers,
+ * error message). Every argument is checked here, before the backend runs, so
+ * a failed call changes no context. */
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include "backend.h"
 #include "util.h"
@@ -24,6 +26,23 @@ int kvc_context_create(kvc_model *m, const kvc_context_params *p, kvc_context **
     if (!c) return kvc_fail(err, err_len, KVC_ERR_NOMEM, "out of memory");
     c->m = m;
     c->backend = &kvc_backend_cpu;
+    const char *be = getenv("KVC_BACKEND"); /* cpu (default) | metal (macOS builds) */
+    if (be && *be && strcmp(be, "cpu") != 0) {
+#if defined(__APPLE__)
+        if (strcmp(be, "metal") == 0) c->backend = &kvc_backend_metal;
+        else
+#endif
+        {
+            free(c);
+            return kvc_fail(err, err_len, KVC_ERR_UNSUPPORTED, "KVC_BACKEND=%s: this build runs cpu%s", be,
+#if defined(__APPLE__)
+                            " or metal"
+#else
+                            " (metal: macOS builds only)"
+#endif
+            );
+        }
+    }
     c->n_ctx = p->n_ctx;
     c->n_batch = p->n_batch < p->n_ctx ? p->n_batch : p->n_ctx;
     c->n_threads = p->n_threads;

@@ -171,7 +171,9 @@ struct wtype {
     kvc_dequantize_fn deq;
 };
 static const wtype WT[] = {
+    {"f32", KVM_TYPE_F32, 1, 4, kvc_dequantize_row_f32_ref},
     {"f16", KVM_TYPE_F16, 1, 2, kvc_dequantize_row_f16_ref},
+    {"bf16", KVM_TYPE_BF16, 1, 2, kvc_dequantize_row_bf16_ref},
     {"q8_0", KVM_TYPE_Q8_0, 32, 34, kvc_dequantize_row_q8_0_ref},
     {"q4_0", KVM_TYPE_Q4_0, 32, 18, kvc_dequantize_row_q4_0_ref},
     {"q4_K", KVM_TYPE_Q4_K, 256, 144, kvc_dequantize_row_q4_K_ref},
@@ -197,7 +199,13 @@ static int case_matvec() {
     for (int r = 0; r < M; r++) // finite scales (random bytes could be inf/NaN halves)
         for (int blk = 0; blk < K / wt->block; blk++) {
             const size_t o = r * rb + (size_t)blk * wt->bytes;
-            if (wt->id == KVM_TYPE_F16) half_at(o, N(rng));
+            if (wt->id == KVM_TYPE_F32) {
+                const float f = N(rng);
+                memcpy(&w[o], &f, 4);
+            } else if (wt->id == KVM_TYPE_BF16) {
+                const uint16_t b = kvc_fp32_to_bf16(N(rng));
+                memcpy(&w[o], &b, 2);
+            } else if (wt->id == KVM_TYPE_F16) half_at(o, N(rng));
             else if (wt->id == KVM_TYPE_Q8_0 || wt->id == KVM_TYPE_Q4_0) half_at(o, 0.01f * N(rng));
             else if (wt->id == KVM_TYPE_Q4_K) half_at(o, 0.001f * N(rng)), half_at(o + 2, 0.001f * N(rng));
             else half_at(o + offsetof(block_q6_K, d), 0.001f * N(rng));

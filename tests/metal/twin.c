@@ -20,6 +20,10 @@ int kvc_kernel_table_for(int impl, const kvc_kernel_table **out) {
     return KVC_ERR_UNSUPPORTED;
 }
 
+/* kv_cache.c in flux: with kv_first_key (sliding-window caches), score column j is key
+ * k0 + j, k0 the window's first key; without it (older kv_cache.c), column j is key j. */
+int kv_first_key(const cpu_ctx *c, int layer, int n0) __attribute__((weak));
+
 struct twin {
     struct kvc_model m;
     layer_w layer;
@@ -92,16 +96,16 @@ void twin_attend(twin *t, const float *q, int T, int n_past, float *out) {
     t->ctx.n_past = n_past;
     for (int tok = 0; tok < T; tok++)
         for (int h = 0; h < Hk; h++) { /* attn_block for one token (nt = 1) */
-            const int n0 = n_past + tok + 1, ld = n0;
+            const int n0 = n_past + tok + 1, k0 = kv_first_key ? kv_first_key(&t->c, 0, n0) : 0, ld = n0 - k0;
             const float *qh = q + tok * QD + (size_t)h * n_rep * D;
             float *oh = out + tok * QD + (size_t)h * n_rep * D;
             kv_scores(&t->c, &t->scratch, 0, h, qh, QD, 1, n0, t->scratch.scores, ld);
             for (int i = 0; i < n_rep; i++) {
-                float *row = t->scratch.scores + (size_t)i * ld;
+                float *row = t->scratch.scores + (size_t)i * ld - k0; /* row[j]: key j */
                 const int n = n0, lo = m->layers[0].window && n > m->layers[0].window ? n - m->layers[0].window : 0;
                 kvc_vec_ops_ref.scale(n - lo, m->attn_scale, row + lo);
                 kvc_vec_ops_ref.softmax(n - lo, row + lo);
-                if (lo) memset(row, 0, sizeof(float) * (size_t)lo);
+                if (lo > k0) memset(row + k0, 0, sizeof(float) * (size_t)(lo - k0));
             }
             kv_values(&t->c, &t->scratch, 0, h, t->scratch.scores, ld, 1, n0, oh, QD);
             if (t->c.v_mean)

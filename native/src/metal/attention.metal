@@ -171,23 +171,23 @@ kernel void kvm_attention(constant kvm_attn_args &a [[buffer(0)]],
     }
     threadgroup_barrier(mem_flags::mem_threadgroup);
     const float inv = red[nt + 1];
-    for (int j = (int)tid; j < n; j += (int)nt) srow[j] = j < lo ? 0.0f : srow[j] * inv;
+    for (int j = lo + (int)tid; j < n; j += (int)nt) srow[j] = srow[j] * inv;
     threadgroup_barrier(mem_flags::mem_device);
 
-    // 4. values: every visible row in order (weights outside the window are 0, as on the CPU)
+    // 4. values: the rows of the window, in order
     const int vrb = a.v_tq ? LV.row_bytes : 2 * D;
     for (int i = (int)tid; i < D; i += (int)nt) {
         float s = 0.0f;
         if (a.v_tq) {
             const int k = kvm_group_of(LV, i), li = i - LV.g[k].start, b = LV.g[k].bits;
             const int cbo = k ? 1 << LV.g[0].bits : 0;
-            for (int j = 0; j < n; j++) {
+            for (int j = lo; j < n; j++) {
                 device const uchar *row = vc + ((ulong)h * a.n_ctx + j) * vrb;
                 const float c = srow[j] * kvm_ld_half(row + LV.g[k].off);
                 s = s + c * cbv[cbo + kvm_get_code(row + LV.g[k].codes_off, li, b)];
             }
         } else {
-            for (int j = 0; j < n; j++) {
+            for (int j = lo; j < n; j++) {
                 device const half *vh = (device const half *)(vc + ((ulong)h * a.n_ctx + j) * vrb);
                 s = fma(srow[j], (float)vh[i], s);
             }
@@ -199,7 +199,7 @@ kernel void kvm_attention(constant kvm_attn_args &a [[buffer(0)]],
     device float *orow = out + (ulong)t * a.q_stride + (ulong)hq * D;
     for (int i = (int)tid; i < D; i += (int)nt) {
         float s = acc[i];
-        for (int j = 0; a.v_tq && j < a.n_sink && j < n; j++) s += srow[j] * (float)v_sink[((ulong)h * a.n_sink + j) * D + i];
+        for (int j = lo; a.v_tq && j < a.n_sink && j < n; j++) s += srow[j] * (float)v_sink[((ulong)h * a.n_sink + j) * D + i];
         if (a.has_v_mean) s = s + v_mean[h * D + i];
         orow[i] = s;
     }

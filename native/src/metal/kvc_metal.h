@@ -53,11 +53,13 @@ static_assert(sizeof(kvm_block_q4_K) == 144, "kvm_block_q4_K size");
 static_assert(sizeof(kvm_block_q6_K) == 210, "kvm_block_q6_K size");
 
 /* Weight types the matvec runs: kvc_type ids (kvc.h / GGML). */
+#define KVM_TYPE_F32 0
 #define KVM_TYPE_F16 1
 #define KVM_TYPE_Q4_0 2
 #define KVM_TYPE_Q8_0 8
 #define KVM_TYPE_Q4_K 12
 #define KVM_TYPE_Q6_K 14
+#define KVM_TYPE_BF16 30
 
 /* ---- TurboQuant (tq.h, docs/design.md §4) ----
  * A layer's layout as kernels read it. Per-layer tables live in two buffers:

@@ -1,4 +1,4 @@
-// matvec.metal — weight × activation products for F16, Q8_0, Q4_0, Q4_K, Q6_K
+// matvec.metal — weight × activation products for F32, F16, BF16, Q8_0, Q4_0, Q4_K, Q6_K
 // weights and f32 activations (as llama.cpp's Metal path; the CPU path instead
 // quantizes activations to the weight's vec_dot type). One simdgroup per
 // weight row; lane l takes the 32-element chunks l, l + 32, ... of the row,
@@ -18,7 +18,13 @@ using namespace metal;
 
 // 32 weights of chunk c (elements 32c .. 32c + 31) of a row
 static inline void kvm_chunk(int type, device const uchar *row, int c, thread float *w) {
-    if (type == KVM_TYPE_F16) {
+    if (type == KVM_TYPE_F32) {
+        device const float *f = (device const float *)row + 32 * c;
+        for (int l = 0; l < 32; l++) w[l] = f[l];
+    } else if (type == KVM_TYPE_BF16) {
+        device const ushort *b = (device const ushort *)row + 32 * c;
+        for (int l = 0; l < 32; l++) w[l] = as_type<float>((uint)b[l] << 16);
+    } else if (type == KVM_TYPE_F16) {
         device const half *h = (device const half *)row + 32 * c;
         for (int l = 0; l < 32; l++) w[l] = (float)h[l];
     } else if (type == KVM_TYPE_Q8_0) {
@@ -99,7 +105,9 @@ static void kvm_matvec(int type, constant kvm_matvec_args &a, device const uchar
         kvm_matvec(type, a, w, x, bias, y, tgpig, lane, sg);                                           \
     }
 
+KVM_MATVEC_KERNEL(kvm_matvec_f32, KVM_TYPE_F32)
 KVM_MATVEC_KERNEL(kvm_matvec_f16, KVM_TYPE_F16)
+KVM_MATVEC_KERNEL(kvm_matvec_bf16, KVM_TYPE_BF16)
 KVM_MATVEC_KERNEL(kvm_matvec_q8_0, KVM_TYPE_Q8_0)
 KVM_MATVEC_KERNEL(kvm_matvec_q4_0, KVM_TYPE_Q4_0)
 KVM_MATVEC_KERNEL(kvm_matvec_q4_K, KVM_TYPE_Q4_K)
