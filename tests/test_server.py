@@ -242,11 +242,25 @@ TOPICS = ["cats", "the moon", "bread", "rivers", "music", "winter", "trains", "g
 
 
 def test_concurrent_streaming_clients_match_sequential_greedy(server, client, local) -> None:
-    n_clients, per_client, max_tokens = 8, 2, 24
-    jobs = [[[{"role": "user", "content": PROMPTS[(c + k) % len(PROMPTS)].format(TOPICS[c])}]
-             for k in range(per_client)] for c in range(n_clients)]
-    want = [[_greedy(local, _chat_ids(local, m), max_tokens) for m in msgs] for msgs in jobs]
-    assert len({w for ws in want for w in ws}) == n_clients * per_client  # 16 different answers
+    n_clients, per_client, max_tokens = 16, 4, 24
+    # 32 different conversations, each asked by two clients at different times
+    jobs = [[[{"role": "user", "content": PROMPTS[(c // len(TOPICS) * 2 + k) % len(PROMPTS)].format(
+        TOPICS[c % len(TOPICS)])}] for k in range(per_client)] for c in range(n_clients)]
+    answers: dict[str, str] = {}
+    for msgs in jobs:
+        for m in msgs:
+            if m[0]["content"] not in answers:
+                answers[m[0]["content"]] = _greedy(local, _chat_ids(local, m), max_tokens)
+    want = [[answers[m[0]["content"]] for m in msgs] for msgs in jobs]
+    assert len(answers) == 32 and len(set(answers.values())) >= 30  # different answers
+    # idle level: after a warm-up of the same shape on every slot (the slots' caches and scratch are
+    # allocated once; measured: RSS then stays flat over repeated rounds of this load)
+    warm = [threading.Thread(target=lambda m=msgs[0]: client.chat.completions.create(
+        model=MODEL_ID, messages=m, temperature=0, max_tokens=max_tokens)) for msgs in jobs[:4]]
+    for t in warm:
+        t.start()
+    for t in warm:
+        t.join(timeout=60)
     _, before = _get(server + "/health")
     got: list[list] = [[None] * per_client for _ in range(n_clients)]
     latency: list[float] = []
@@ -269,7 +283,7 @@ def test_concurrent_streaming_clients_match_sequential_greedy(server, client, lo
     for t in threads:
         t.start()
     for t in threads:
-        t.join(timeout=60)
+        t.join(timeout=120)
     wall = time.monotonic() - t0
     assert not errors and not any(t.is_alive() for t in threads)
     for c in range(n_clients):
@@ -282,10 +296,14 @@ def test_concurrent_streaming_clients_match_sequential_greedy(server, client, lo
     tokens = after["decode_tokens"] - before["decode_tokens"]
     assert tokens / batches > 2.0  # continuous batching: several slots per eval_multi step
     assert after["slots_processing"] == 0 and after["requests_waiting"] == 0
-    assert wall < 50
+    assert wall < 60  # the bound the issue sets for this load on SmolLM2
+    if before["rss_mib"] is not None:  # memory back to the idle level: nothing per request is kept
+        assert after["rss_mib"] <= before["rss_mib"] + 8, (before["rss_mib"], after["rss_mib"])
+    lat = sorted(latency)
+    p50, p99 = lat[len(lat) // 2], lat[min(len(lat) - 1, int(0.99 * len(lat)))]
     print(f"\nload: {n_clients} clients x {per_client} streaming requests x {max_tokens} tokens in {wall:.1f} s; "
-          f"latency mean {sum(latency) / len(latency):.2f} s, max {max(latency):.2f} s; "
-          f"mean decode batch {tokens / batches:.2f}")
+          f"latency p50 {p50:.2f} s, p99 {p99:.2f} s; aggregate {tokens / wall:.1f} tok/s; "
+          f"mean decode batch {tokens / batches:.2f}; RSS {before['rss_mib']} -> {after['rss_mib']} MiB")
 
 
 def test_busy_server_disconnect_api_key_and_slot_reuse(local) -> None:

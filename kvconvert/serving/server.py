@@ -26,6 +26,7 @@ import collections
 import contextlib
 import hmac
 import json
+import os
 import threading
 import time
 import uuid
@@ -453,7 +454,7 @@ class Server:
 
     # -- endpoints ---------------------------------------------------------------
     async def health(self, request):
-        return JSONResponse({"status": "ok", **self.engine.stats()})
+        return JSONResponse({"status": "ok", **self.engine.stats(), "rss_mib": _rss_mib()})
 
     async def models(self, request):
         try:
@@ -594,3 +595,13 @@ def make_server(model: Model | str, *, parallel: int = 4, n_ctx: int = 4096, typ
     params = ContextParams(n_ctx=n_ctx, type_k=type_k, type_v=type_v, n_threads=n_threads, n_sink=n_sink)
     engine = Engine(model, params, parallel, 4 * parallel if max_queue is None else max_queue)
     return Server(engine, model_id or Path(model.path).stem, api_key)
+
+
+def _rss_mib() -> float | None:
+    """This process's resident memory in MiB (Linux /proc; None elsewhere): /health reports it so
+    an operator (and the load test) can see memory return to its idle level after a load."""
+    try:
+        with open("/proc/self/statm") as f:
+            return round(int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20, 1)
+    except (OSError, ValueError, IndexError):
+        return None
