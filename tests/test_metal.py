@@ -5,8 +5,9 @@ native/src/metal/shim/ (address spaces, half, simdgroup reductions, barriers
 over fibers); tests/metal/check.cpp runs the kernels over real grids and
 compares them with their C twins — quants_ref.c, vec_ref.c, tq.c/tq_ref.c and
 the CPU backend's own kv_cache.c (kv_store, kv_scores, kv_values, driven by
-tests/metal/twin.c). Nothing here runs on Apple hardware: see
-docs/design.md §9 for what that leaves unverified.
+tests/metal/twin.c). clang (libclang) compiles the kernels a second time and
+parses the Objective-C host against stand-in headers. Nothing here runs on
+Apple hardware: see docs/design.md §9 for what that leaves unverified.
 
 Tolerances (stated once, checked below):
   * bit-identical: RoPE (both pairings, permuted θ table, K mean subtracted
@@ -213,6 +214,45 @@ def test_attention_long_rows(check_bin):
 def test_shim_catches_a_barrier_not_all_threads_reach(check_bin):
     r = subprocess.run([str(check_bin), "deadlock"], capture_output=True, text=True, timeout=60)
     assert r.returncode != 0 and "barrier deadlock" in r.stderr, (r.returncode, r.stdout, r.stderr)
+
+
+# ---- a second compiler front end: clang (libclang from PyPI) ----
+
+def _clang_args(lang: str) -> list[str]:
+    """System include paths for libclang: gcc's own headers and g++'s C++ library."""
+    args = ["-isystem", _run(["gcc", "-print-file-name=include"]).stdout.strip()]
+    if lang == "c++":
+        v = subprocess.run(["g++", "-E", "-x", "c++", "-", "-v"], input="", capture_output=True, text=True).stderr
+        lines = v.split("#include <...> search starts here:")[1].split("End of search list")[0].split()
+        args = [a for d in lines for a in ("-isystem", d)] + args
+    return args
+
+
+def _clang_diagnostics(path: Path, args: list[str]) -> list[str]:
+    cindex = pytest.importorskip("clang.cindex", reason="libclang (pip install libclang) not installed")
+    tu = cindex.Index.create().parse(str(path), args=args)
+    return [f"{d.location.file}:{d.location.line}: {d.spelling}" for d in tu.diagnostics]
+
+
+@needs_gcc
+def test_kernels_compile_with_clang_too():
+    """Every .metal file through the shim again, with clang's C++ front end (stricter than g++ in places)."""
+    args = ["-x", "c++", "-std=c++17", "-Wall", "-Wno-unused-function", "-Wno-unknown-attributes",
+            f"-I{METAL / 'shim'}", f"-I{METAL}", *_clang_args("c++")]
+    for f in sorted(METAL.glob("*.metal")):
+        assert _clang_diagnostics(f, args) == [], f
+
+
+@needs_gcc
+def test_host_parses_as_objective_c():
+    """backend_metal.m has never been compiled by Apple's toolchain. clang parses it here as
+    Objective-C against stand-in Foundation/Metal headers (tests/metal/objc_stubs: only the
+    interfaces it uses, from Apple's documentation): syntax, C types, selectors and properties
+    consistent with those interfaces. Not a check of the real SDK."""
+    args = ["-x", "objective-c", "-fblocks", "-std=gnu11", "-D__APPLE__=1", "-fobjc-runtime=macosx-14.0",
+            f"-I{ROOT / 'native' / 'include'}", f"-I{SRC}", "-isystem", str(HARNESS / "objc_stubs"),
+            *_clang_args("c"), "-Wall", "-Wno-unused-function"]
+    assert _clang_diagnostics(METAL / "backend_metal.m", args) == []
 
 
 # ---- on a Mac (skipped elsewhere): the real Metal compiler and device ----
