@@ -43,6 +43,12 @@ static const char *const PIPE_NAMES[P_COUNT] = {
     "kvm_matvec_f32", "kvm_matvec_f16", "kvm_matvec_bf16", "kvm_matvec_q8_0", "kvm_matvec_q4_0",
     "kvm_matvec_q4_K", "kvm_matvec_q6_K", "kvm_tq_store", "kvm_f16_store", "kvm_attention"};
 
+/* threads per threadgroup each pipeline is dispatched with (the encoders below) */
+static const int PIPE_THREADS[P_COUNT] = {256, 64, 256, 256, 256, 256, 32 * KVM_MATVEC_SG, 32 * KVM_MATVEC_SG,
+                                          32 * KVM_MATVEC_SG, 32 * KVM_MATVEC_SG, 32 * KVM_MATVEC_SG,
+                                          32 * KVM_MATVEC_SG, 32 * KVM_MATVEC_SG, KVM_STORE_THREADS, 64,
+                                          KVM_ATTN_THREADS};
+
 static struct {
     int status; /* KVC_OK once initialised */
     char err[256];
@@ -92,7 +98,8 @@ static void metal_init_once(void) {
                 return;
             }
             /* simd_sum spans 32 lanes; the threadgroup sizes below must fit */
-            if (G.pipe[i].threadExecutionWidth != 32 || G.pipe[i].maxTotalThreadsPerThreadgroup < 256) {
+            if (G.pipe[i].threadExecutionWidth != 32 ||
+                G.pipe[i].maxTotalThreadsPerThreadgroup < (NSUInteger)PIPE_THREADS[i]) {
                 snprintf(G.err, sizeof G.err, "Metal pipeline %s: SIMD width %d, at most %d threads per group",
                          PIPE_NAMES[i], (int)G.pipe[i].threadExecutionWidth,
                          (int)G.pipe[i].maxTotalThreadsPerThreadgroup);
