@@ -40,6 +40,8 @@ def run(args: argparse.Namespace) -> int:
             t.add_row(f"prefill up to depth {row.depth}", f"{row.fill_tokens_per_s:.1f} tok/s")
         t.add_row(f"decode @ depth {row.depth}", f"{row.tokens_per_s:.2f} tok/s")
     t.add_row("KV cache", f"{r.kv_bytes_per_token} bytes/token")
+    t.add_row(f"KV cache at {r.n_ctx} tokens", f"{r.kv_bytes / 2**20:.1f} MiB"
+              + (" (sliding-window layers: their window)" if r.kv_bytes < r.kv_bytes_per_token * r.n_ctx else ""))
     t.add_row("peak RSS", f"{r.peak_rss_mib:.0f} MiB")
     make_console().print(t)
     return 0

@@ -51,6 +51,8 @@ class ContextParams:
     # TurboQuant caches: leading positions also kept in f16 and used exactly (attention
     # sinks). None: what the GGUF's metadata says, else kvmeta.DEFAULT_SINK.
     n_sink: int | None = None
+    # sliding-window layers cache only what their window can still see (False), or every position
+    kv_keep_all: bool = False
 
     def __post_init__(self) -> None:
         # the cache types are parsed once, here: from now on they are CacheSpecs (still strings)
@@ -322,6 +324,7 @@ class Context:
             p.k_mean = self._per_head(params.k_mean, "K mean")
         p.k_mean_folded = int(params.k_mean_folded)
         p.n_sink = params.n_sink or 0
+        p.kv_keep_all = int(params.kv_keep_all)
         if params.v_mean is not None:
             p.v_mean = self._per_head(params.v_mean, "V mean")
         out = ffi().new("kvc_context **")
@@ -394,8 +397,21 @@ class Context:
     def kv_bytes_per_token(self) -> int:
         return lib().kvc_kv_bytes_per_token(self._ptr)
 
+    @property
+    def rewind_floor(self) -> int:
+        """The smallest n_past > 0 that reset() accepts now (sliding-window layers keep only their window)."""
+        return lib().kvc_rewind_floor(self._ptr)
+
+    @property
+    def kv_bytes(self) -> int:
+        """Bytes of KV cache rows this context holds (sliding-window layers: about their window)."""
+        return lib().kvc_kv_bytes(self._ptr)
+
     def reset(self, n_past: int = 0) -> None:
-        check(lib().kvc_set_n_past(self._ptr, n_past), "reset")
+        """Forget tokens from n_past on: 0, or at least rewind_floor (sliding-window caches)."""
+        if lib().kvc_set_n_past(self._ptr, n_past) != 0:
+            msg = ffi().string(lib().kvc_context_error(self._ptr)).decode(errors="replace")
+            raise NativeError(f"reset: {msg or 'n_past must be between 0 and the tokens in the context'}")
 
     def eval(self, tokens, all_logits: bool = False) -> np.ndarray:
         """Append tokens to the cache; logits (n, vocab) if all_logits else (vocab,)."""

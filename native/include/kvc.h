@@ -163,6 +163,9 @@ typedef struct {
      * context are also kept in f16 and used exactly — K scores from the f16 key,
      * V through an f16 correction to its decoded value. 0: off. At most 64. */
     int n_sink;
+    /* Sliding-window layers cache only the positions their window (plus one batch and
+     * some slack for rewinds) can still see, not all n_ctx; 1: every position (tests). */
+    int kv_keep_all;
 } kvc_context_params;
 
 int kvc_context_create(kvc_model *model, const kvc_context_params *params, kvc_context **out,
@@ -189,8 +192,11 @@ int kvc_n_past(const kvc_context *ctx);
  * q + (l * n_batch + t) * n_head * head_dim, k/v + (l * n_batch + t) * n_head_kv * head_dim
  * for t < T (the last batch of the call wins). All NULL: capture off. */
 int kvc_set_capture(kvc_context *ctx, float *q, float *k, float *v);
-/* Forget cached tokens from position n_past on (0 clears the cache). */
+/* Forget cached tokens from position n_past on (0 clears the cache). Sliding-window
+ * layers keep only a window (kv_keep_all): n_past must be 0 or >= kvc_rewind_floor. */
 int kvc_set_n_past(kvc_context *ctx, int n_past);
+/* The smallest n_past > 0 kvc_set_n_past accepts now (1 when every position is kept). */
+int kvc_rewind_floor(const kvc_context *ctx);
 /* TurboQuant twins, exposed for tests (twin of kvconvert/turboquant.py):
  * encode n vectors x (n, m) into rows of kvc_tq_row_bytes(m, bits, qjl) bytes;
  * score: out[j] = estimated <q, x_j> for the n encoded rows (q unrotated, (m));
@@ -203,8 +209,12 @@ int kvc_tq_decode(int impl, int m, int bits, int qjl, const float *codebook, uns
 int kvc_tq_score(int impl, int m, int bits, int qjl, const float *codebook, unsigned long long seed,
                  int layer, int group, const float *q, const void *rows, int n, float *out);
 
-/* Bytes of KV cache per token (all layers, K and V). */
+/* Bytes of KV cache per token (all layers, K and V) while every layer holds it: a
+ * sliding-window layer stops growing at its window (kvc_kv_bytes). */
 long long kvc_kv_bytes_per_token(const kvc_context *ctx);
+/* Bytes the KV cache rows of ctx take (all layers, K and V): n_ctx rows per KV head of a
+ * global layer, the window's rows (see kv_keep_all) of a sliding-window layer. */
+long long kvc_kv_bytes(const kvc_context *ctx);
 /* Message for the last failed call on ctx ("" if none). */
 const char *kvc_context_error(const kvc_context *ctx);
 

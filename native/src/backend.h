@@ -25,6 +25,8 @@ typedef struct kvc_backend_ops {
     /* One token per context, ctxs[0] leading (checked as kvc_eval_multi documents). */
     int (*eval_multi)(kvc_context **ctxs, int n, const int *tokens, float *logits);
     long long (*kv_bytes_per_token)(const kvc_context *ctx); /* all layers, K and V */
+    long long (*kv_bytes)(const kvc_context *ctx);           /* the cache rows held, all layers, K and V */
+    int (*rewind_floor)(const kvc_context *ctx);             /* smallest n_past > 0 the cache can go back to */
     void (*free)(kvc_context *ctx);                             /* ctx->be and what it owns */
 } kvc_backend_ops;
 

@@ -136,12 +136,22 @@ int kvc_set_capture(kvc_context *c, float *q, float *k, float *v) {
     return KVC_OK;
 }
 
+int kvc_rewind_floor(const kvc_context *c) { return c ? c->backend->rewind_floor(c) : 1; }
+
 int kvc_set_n_past(kvc_context *c, int n_past) {
-    if (!c || n_past < 0 || n_past > c->n_past) return KVC_ERR_INVALID;
+    if (!c) return KVC_ERR_INVALID;
+    c->err[0] = 0;
+    if (n_past < 0 || n_past > c->n_past) return KVC_ERR_INVALID;
+    if (n_past > 0 && n_past < c->backend->rewind_floor(c)) {
+        snprintf(c->err, sizeof c->err, "cannot rewind to %d tokens: the sliding-window layers keep positions from %d "
+                 "on (rewind to 0 instead)", n_past, c->backend->rewind_floor(c));
+        return KVC_ERR_INVALID;
+    }
     c->n_past = n_past;
     return KVC_OK;
 }
 
 long long kvc_kv_bytes_per_token(const kvc_context *c) { return c ? c->backend->kv_bytes_per_token(c) : 0; }
+long long kvc_kv_bytes(const kvc_context *c) { return c ? c->backend->kv_bytes(c) : 0; }
 
 const char *kvc_context_error(const kvc_context *c) { return c ? c->err : ""; }

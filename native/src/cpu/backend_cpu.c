@@ -75,6 +75,7 @@ static int cpu_create(kvc_context *ctx, const kvc_context_params *p, char *err, 
 /* n tokens in batches of at most n_batch, one segment (this context) each. */
 static int cpu_eval(kvc_context *ctx, const int *tokens, int n, float *logits, int all_logits) {
     cpu_ctx *c = ctx->be;
+    if (kv_check_window(c, ctx->err, sizeof ctx->err) != KVC_OK) return KVC_ERR_INVALID;
     const long long V = ctx->m->n_vocab;
     for (int i = 0; i < n; i += ctx->n_batch) {
         int T = n - i < ctx->n_batch ? n - i : ctx->n_batch;
@@ -95,10 +96,23 @@ static int cpu_eval_multi(kvc_context **ctxs, int n, const int *tokens, float *l
         snprintf(ctxs[0]->err, sizeof ctxs[0]->err, "out of memory");
         return KVC_ERR_NOMEM;
     }
+    for (int i = 0; i < n; i++)
+        if (kv_check_window(ctxs[i]->be, ctxs[0]->err, sizeof ctxs[0]->err) != KVC_OK) {
+            free(segs);
+            return KVC_ERR_INVALID;
+        }
     for (int i = 0; i < n; i++) segs[i] = (segment){.c = ctxs[i]->be, .row = i, .T = 1};
     cpu_forward(ctxs[0]->be, segs, n, tokens, n, logits, 0);
     free(segs);
     return KVC_OK;
+}
+
+static long long cpu_kv_bytes(const kvc_context *ctx) {
+    const cpu_ctx *c = ctx->be;
+    long long total = 0;
+    for (int l = 0; l < c->n_layer; l++)
+        total += (long long)c->m->n_head_kv * c->kv_cap[l] * (long long)(c->k_rb[l] + c->v_rb[l]);
+    return total;
 }
 
 static long long cpu_kv_bytes_per_token(const kvc_context *ctx) {
@@ -114,5 +128,7 @@ const kvc_backend_ops kvc_backend_cpu = {
     .eval = cpu_eval,
     .eval_multi = cpu_eval_multi,
     .kv_bytes_per_token = cpu_kv_bytes_per_token,
+    .kv_bytes = cpu_kv_bytes,
+    .rewind_floor = kv_rewind_floor,
     .free = cpu_free,
 };

@@ -40,6 +40,9 @@ typedef struct cpu_ctx {
     int n_layer;
     int type_k, type_v, k_vec_dot_type;
     size_t *k_rb, *v_rb;    /* (n_layer) bytes of one cached head row, per layer */
+    /* (n_layer) rows held per KV head and the position of row 0: n_ctx and 0, except in
+     * sliding-window layers, which keep a window's worth (kv_cache.c: kv_make_room) */
+    int *kv_cap, *kv_base;
     kv_layer *kv;           /* (n_layer) */
     tq_layout *tq_k, *tq_v; /* (n_layer) when the cache type is KVC_CACHE_TQ */
     int tq_scale_mode;

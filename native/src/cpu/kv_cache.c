@@ -77,6 +77,13 @@ int kv_init(cpu_ctx *c, const kvc_context_params *p, char *err, int err_len) {
     c->k_rb = calloc((size_t)L, sizeof(size_t));
     c->v_rb = calloc((size_t)L, sizeof(size_t));
     c->kv = calloc((size_t)L, sizeof(kv_layer));
+    c->kv_cap = calloc((size_t)L, sizeof(int));
+    c->kv_base = calloc((size_t)L, sizeof(int));
+    if (!c->kv_cap || !c->kv_base) return kvc_fail(err, err_len, KVC_ERR_NOMEM, "out of memory");
+    for (int l = 0; l < L; l++) { /* a sliding-window layer: its window, a batch, and a batch to rewind */
+        const long long w = m->layers[l].window, want = 2 * w + 2 * (long long)c->ctx->n_batch;
+        c->kv_cap[l] = w && !p->kv_keep_all && want < c->ctx->n_ctx ? (int)want : c->ctx->n_ctx;
+    }
     c->enc_tmp = malloc(sizeof(float) * 4 * (size_t)D); /* permuted k | encode scratch (2D) | centered v */
     if (k_tq) c->tq_k = calloc((size_t)L, sizeof(tq_layout));
     if (v_tq) c->tq_v = calloc((size_t)L, sizeof(tq_layout));
@@ -101,7 +108,7 @@ int kv_init(cpu_ctx *c, const kvc_context_params *p, char *err, int err_len) {
                 rb = kvc_row_bytes(kind ? p->type_v : p->type_k, D);
                 if (!rb) return kvc_fail(err, err_len, KVC_ERR_UNSUPPORTED, "head_dim %d does not fit the cache type", D);
             }
-            size_t bytes = (size_t)Hk * (size_t)c->ctx->n_ctx * rb + 8; /* slack: code reads may run 2 bytes past */
+            size_t bytes = (size_t)Hk * (size_t)c->kv_cap[l] * rb + 8; /* slack: code reads may run 2 bytes past */
             if (kind) c->v_rb[l] = rb, c->kv[l].v = malloc(bytes);
             else c->k_rb[l] = rb, c->kv[l].k = malloc(bytes);
             if (!(kind ? c->kv[l].v : c->kv[l].k))
@@ -170,6 +177,7 @@ void kv_free(cpu_ctx *c) {
     if (c->scratch)
         for (int i = 0; i < c->ctx->n_threads; i++) free(c->scratch[i].qp), free(c->scratch[i].corr), free(c->scratch[i].tq), free(c->scratch[i].scores2);
     free(c->kv), free(c->tq_k), free(c->tq_v), free(c->k_rb), free(c->v_rb), free(c->enc_tmp);
+    free(c->kv_cap), free(c->kv_base);
     free(c->k_mean), free(c->k_pairs), free(c->rope_all), free(c->v_mean), free(c->k_sink), free(c->v_sink);
 }
 
@@ -177,11 +185,59 @@ static inline uint16_t *sink_row(const cpu_ctx *c, uint16_t *base, int l, int h,
     return base + (((size_t)l * c->m->n_head_kv + h) * c->n_sink + pos) * c->m->head_dim;
 }
 
+/* Row of position pos (>= kv_base[l]) of KV head h in layer l. */
 static inline uint8_t *k_row(const cpu_ctx *c, int l, int h, int pos) {
-    return c->kv[l].k + ((size_t)h * c->ctx->n_ctx + pos) * c->k_rb[l];
+    return c->kv[l].k + ((size_t)h * c->kv_cap[l] + (size_t)(pos - c->kv_base[l])) * c->k_rb[l];
 }
 static inline uint8_t *v_row(const cpu_ctx *c, int l, int h, int pos) {
-    return c->kv[l].v + ((size_t)h * c->ctx->n_ctx + pos) * c->v_rb[l];
+    return c->kv[l].v + ((size_t)h * c->kv_cap[l] + (size_t)(pos - c->kv_base[l])) * c->v_rb[l];
+}
+
+int kv_first_key(const cpu_ctx *c, int layer, int n0) {
+    const int w = c->m->layers[layer].window;
+    return w && n0 > w ? n0 - w : 0;
+}
+
+int kv_rewind_floor(const kvc_context *ctx) {
+    const cpu_ctx *c = ctx->be;
+    int floor = 1;
+    for (int l = 0; l < c->n_layer; l++) /* position n_past sees keys from n_past + 1 - window */
+        if (c->kv_base[l] > 0 && c->kv_base[l] + c->m->layers[l].window - 1 > floor)
+            floor = c->kv_base[l] + c->m->layers[l].window - 1;
+    return floor;
+}
+
+int kv_check_window(cpu_ctx *c, char *err, int err_len) {
+    const int n_past = c->ctx->n_past;
+    for (int l = 0; l < c->n_layer; l++) {
+        if (c->kv_cap[l] == c->ctx->n_ctx) continue;
+        if (n_past == 0) c->kv_base[l] = 0;
+        if (kv_first_key(c, l, n_past + 1) < c->kv_base[l])
+            return kvc_fail(err, err_len, KVC_ERR_INVALID,
+                            "layer %d's sliding-window cache holds positions from %d on, and position %d needs "
+                            "earlier ones: the context was rewound too far (evaluate from 0 again)",
+                            l, c->kv_base[l], n_past);
+    }
+    return KVC_OK;
+}
+
+/* Make room for T more rows of a sliding-window layer: when they would not fit, drop the
+ * rows no query can see any more, keeping the window before n_past plus one batch (so
+ * that a rewind of up to n_batch tokens still finds its keys), and move the rest to the
+ * front. Every row moves at most once per (cap - window - 2 batches) appended. */
+static void kv_make_room(cpu_ctx *c, int layer, int T) {
+    const int n_past = c->ctx->n_past, base = c->kv_base[layer], cap = c->kv_cap[layer];
+    if (cap == c->ctx->n_ctx || n_past + T - base <= cap) return;
+    int keep_from = n_past - (c->m->layers[layer].window - 1) - c->ctx->n_batch;
+    keep_from = keep_from > base ? keep_from : base;
+    const size_t n = (size_t)(n_past - keep_from), off = (size_t)(keep_from - base);
+    for (int h = 0; h < c->m->n_head_kv; h++) {
+        uint8_t *k = c->kv[layer].k + (size_t)h * cap * c->k_rb[layer];
+        uint8_t *v = c->kv[layer].v + (size_t)h * cap * c->v_rb[layer];
+        memmove(k, k + off * c->k_rb[layer], n * c->k_rb[layer]);
+        memmove(v, v + off * c->v_rb[layer], n * c->v_rb[layer]);
+    }
+    c->kv_base[layer] = keep_from;
 }
 
 void kv_center(cpu_ctx *c, int layer, int T) {
@@ -212,6 +268,7 @@ void kv_store(cpu_ctx *c, int layer, int T) {
     const kvc_model *m = c->m;
     const int Hk = m->n_head_kv, D = m->head_dim;
     float *tmp = c->enc_tmp, *scratch = c->enc_tmp + D;
+    kv_make_room(c, layer, T);
     for (int t = 0; t < T; t++)
         for (int h = 0; h < Hk; h++) {
             const int pos = c->ctx->n_past + t;
@@ -270,6 +327,7 @@ void kv_scores(cpu_ctx *c, attn_scratch *s, int layer, int h, const float *q, si
                float *scores, int ld) {
     const kvc_model *m = c->m;
     const int D = m->head_dim, P = D / 2, n_rep = m->n_head / m->n_head_kv, nq = nt * n_rep;
+    const int k0 = kv_first_key(c, layer, n0), n0r = n0 - k0; /* keys k0.. (sliding window); column j = key k0 + j */
     if (c->tq_k) { /* every key decoded once for the nt * n_rep queries */
         const tq_layout *L = &c->tq_k[layer];
         for (int i = 0; i < nq; i++) {
@@ -280,14 +338,14 @@ void kv_scores(cpu_ctx *c, attn_scratch *s, int layer, int h, const float *q, si
             }
             tq_prepare_query(L, qr, s->tq->qr + (size_t)i * D, s->tq->w + (size_t)i * D);
         }
-        c->kern->tq_score(L, s->tq, nq, n_rep, n0, k_row(c, layer, h, 0), scores, ld);
-        for (int j = 0; j < c->n_sink && j < n0 + nt - 1; j++) { /* sinks: exact scores */
+        c->kern->tq_score(L, s->tq, nq, n_rep, n0r, k_row(c, layer, h, k0), scores, ld);
+        for (int j = k0; j < c->n_sink && j < n0 + nt - 1; j++) { /* sinks: exact scores */
             const uint16_t *ks = sink_row(c, c->k_sink, layer, h, j); /* (D) fp16 */
-            for (int i = tq_first_seeing(j, n_rep, n0); i < nq; i++) {
+            for (int i = tq_first_seeing(j - k0, n_rep, n0r); i < nq; i++) {
                 const float *qr = q + block_row(i, n_rep, q_stride, D); /* (D) */
                 float acc = 0.0f;
                 for (int k = 0; k < D; k++) acc += qr[k] * kvc_fp16_to_fp32(ks[k]);
-                scores[(size_t)i * ld + j] = acc;
+                scores[(size_t)i * ld + j - k0] = acc;
             }
         }
     } else { /* one GEMM for the nt * n_rep queries: every key row read once per block */
@@ -298,7 +356,7 @@ void kv_scores(cpu_ctx *c, attn_scratch *s, int layer, int h, const float *q, si
             else c->kern->type[c->k_vec_dot_type].quantize(qr, s->qq + i * qrb, D);
         }
         /* keys a query does not see yet (later tokens of the block) are scored too, and ignored */
-        c->kern->type[c->type_k].gemm(tq_rows_read(nq, n_rep, n0), nq, D, k_row(c, layer, h, 0), s->qq, scores, ld);
+        c->kern->type[c->type_k].gemm(tq_rows_read(nq, n_rep, n0r), nq, D, k_row(c, layer, h, k0), s->qq, scores, ld);
     }
     if (!c->k_center) return;
     /* corr (nq, D): (A_j, B_j) at (2j, 2j+1) for centered pairs, 0 elsewhere, so the
@@ -317,28 +375,29 @@ void kv_scores(cpu_ctx *c, attn_scratch *s, int layer, int h, const float *q, si
             cf[2 * src[jp] + 1] = qr[b] * mu[a] - qr[a] * mu[b];
         }
     }
-    const float *rope_all = c->rope_all + (size_t)m->layers[layer].rope_set * c->ctx->n_ctx * D;
-    c->kern->type[KVC_TYPE_F32].gemm(n0 + nt - 1, nq, D, rope_all, s->corr, s->scores2, ld);
+    const float *rope_all = c->rope_all + ((size_t)m->layers[layer].rope_set * c->ctx->n_ctx + k0) * D;
+    c->kern->type[KVC_TYPE_F32].gemm(n0r + nt - 1, nq, D, rope_all, s->corr, s->scores2, ld);
     for (int i = 0; i < nq; i++) {
-        float *sc = scores + (size_t)i * ld; /* (n0 + i / n_rep) visible */
+        float *sc = scores + (size_t)i * ld; /* (n0r + i / n_rep) visible */
         const float *s2 = s->scores2 + (size_t)i * ld;
-        for (int j = 0; j < tq_visible(i, n_rep, n0); j++) sc[j] += s2[j];
+        for (int j = 0; j < tq_visible(i, n_rep, n0r); j++) sc[j] += s2[j];
     }
 }
 
 void kv_values(cpu_ctx *c, attn_scratch *s, int layer, int h, const float *p, int ld, int nt, int n0, float *out,
                size_t out_stride) {
     const int D = c->m->head_dim, n_rep = c->m->n_head / c->m->n_head_kv, nq = nt * n_rep;
+    const int k0 = kv_first_key(c, layer, n0), n0r = n0 - k0; /* as kv_scores: column j = key k0 + j */
     if (c->tq_v) { /* every value decoded once for the nt * n_rep queries */
         const tq_layout *L = &c->tq_v[layer];
         float *acc = s->qp; /* (nq, D) rotated domain */
         memset(acc, 0, sizeof(float) * (size_t)nq * D);
-        c->kern->tq_accum(L, p, ld, nq, n_rep, n0, v_row(c, layer, h, 0), acc);
+        c->kern->tq_accum(L, p, ld, nq, n_rep, n0r, v_row(c, layer, h, k0), acc);
         for (int i = 0; i < nq; i++) {
             tq_unrotate(L, acc + (size_t)i * D);
-            for (int j = 0; j < c->n_sink && j < tq_visible(i, n_rep, n0); j++) { /* sinks: exact values */
+            for (int j = k0; j < c->n_sink && j < k0 + tq_visible(i, n_rep, n0r); j++) { /* sinks: exact values */
                 const uint16_t *vs = sink_row(c, c->v_sink, layer, h, j); /* (D) fp16 */
-                const float pj = p[(size_t)i * ld + j];
+                const float pj = p[(size_t)i * ld + j - k0];
                 for (int k = 0; k < D; k++) acc[(size_t)i * D + k] += pj * kvc_fp16_to_fp32(vs[k]);
             }
             memcpy(out + block_row(i, n_rep, out_stride, D), acc + (size_t)i * D,
@@ -348,13 +407,13 @@ void kv_values(cpu_ctx *c, attn_scratch *s, int layer, int h, const float *p, in
     }
     for (int i = 0; i < nq; i++)
         memset(out + block_row(i, n_rep, out_stride, D), 0, sizeof(float) * (size_t)D);
-    for (int j = 0; j < tq_rows_read(nq, n_rep, n0); j++) { /* every value row read once per block */
-        const float *vr = (const float *)v_row(c, layer, h, j);
+    for (int j = 0; j < tq_rows_read(nq, n_rep, n0r); j++) { /* every value row read once per block */
+        const float *vr = (const float *)v_row(c, layer, h, k0 + j);
         if (c->type_v != KVC_TYPE_F32) {
-            c->kern->type[c->type_v].dequantize(v_row(c, layer, h, j), s->vrow, D);
+            c->kern->type[c->type_v].dequantize(v_row(c, layer, h, k0 + j), s->vrow, D);
             vr = s->vrow;
         }
-        for (int i = tq_first_seeing(j, n_rep, n0); i < nq; i++)
+        for (int i = tq_first_seeing(j, n_rep, n0r); i < nq; i++)
             c->kern->vec->axpy(D, p[(size_t)i * ld + j], vr, out + block_row(i, n_rep, out_stride, D));
     }
 }
