@@ -64,3 +64,26 @@ def test_cache_clean_frees_a_real_calibration(tiny_models, root, tmp_path, capsy
     assert not list((root / "calibration").glob("*.calib.npz")) and not list((root / "calibration").glob("*.gguf"))
     out.unlink()
     assert main(argv) == 0
+
+
+def test_calibration_keeps_no_copy_of_a_float_checkpoint(tiny_models, tmp_path, monkeypatch):
+    """A float (f32/bf16) safetensors checkpoint is run in place: calibrating it writes no f16 GGUF copy
+    into the cache, and the runtime on the checkpoint computes what it computes on its f32 GGUF."""
+    import numpy as np
+
+    from kvconvert import convert
+    from kvconvert.conversion.calibrate import calibrate
+    from kvconvert.runtime.engine import ContextParams, Model
+    from tests.tiny import CORPUS
+
+    monkeypatch.setenv("KVCONVERT_CACHE", str(tmp_path / "cache"))
+    for name in ("llama-hd128-bias-rope3", "qwen2-hd128-bf16"):
+        hf = tiny_models[name]
+        cal = calibrate(hf, text=" ".join(CORPUS) * 30, tokens=128, n_ctx=64, n_windows=1, holdout=1)
+        assert cal.n_tokens > 0 and cal.rope_pairing == "neox"  # HF order, read as is
+        assert not list((tmp_path / "cache").rglob("*.gguf"))
+        gg = convert(hf, tmp_path / f"{name}.gguf", weights="f32").output
+        p = ContextParams(n_ctx=64, n_batch=16, type_k="f32", type_v="f32")
+        toks = list(range(3, 40))
+        a, b = (Model(m).context(p).eval(toks, all_logits=True) for m in (hf, gg))
+        assert np.abs(a - b).max() <= 1e-6 * np.abs(b).max()

@@ -19,7 +19,7 @@ from kvconvert import import_gguf
 from kvconvert.conversion.profile import load_profile
 from kvconvert.runtime.engine import Model
 
-PHASES = ("f16 copy for the runtime", "generate text", "calibrate", "search", "write", "check")
+PHASES = ("generate text", "calibrate", "search", "write", "check")  # the f16 checkpoint is run in place: no copy
 
 
 def kvconvert(args: list[str], cwd, env, log) -> int:

@@ -65,10 +65,9 @@ def test_check_measures_the_written_file_and_reports_phases(tiny_models, tmp_pat
     again = check_file(tmp_path / "o.gguf", token_ids=[t for r in cal.holdout for t in r], n_ctx=64)
     assert again.ppl == pytest.approx(job.check.ppl, rel=1e-6) and again.kld == pytest.approx(job.check.kld, rel=1e-6)
     names = [p[0] for p in rep.phases]
-    assert names == ["f16 copy for the runtime", "calibrate", "search", "write", "check"]
+    assert names == ["calibrate", "search", "write", "check"]  # the f32 checkpoint is run in place: no copy
     units = {p[0]: p[1] for p in rep.phases}
-    assert units == {"f16 copy for the runtime": "MiB", "calibrate": "tok", "search": "layer", "write": "MiB",
-                     "check": "chunk"}
+    assert units == {"calibrate": "tok", "search": "layer", "write": "MiB", "check": "chunk"}
     text = log.getvalue()
     assert "[search] started" in text and "[check] done: 4 chunk" in text and "ETA" in text
     assert set(job.timings) == {"calibrate", "search", "write", "check"}

@@ -202,8 +202,13 @@ def fingerprint(src: ModelSource) -> str:
     return h.hexdigest()[:16]
 
 
-def runtime_gguf(src: ModelSource, progress: ProgressFn | None = None, cancel=None) -> Path:
-    """A GGUF the runtime can run: the model itself, or a cached f16 conversion of an HF model."""
+def runtime_gguf(src: ModelSource, progress: ProgressFn | None = None, cancel=None) -> Path | ModelSource:
+    """What the runtime runs for calibration: the model itself (a GGUF, or a float safetensors
+    checkpoint read in place: no second copy), else a cached f16 conversion of an HF model."""
+    from ..runtime.engine import runs_directly
+
+    if src.format == "hf" and runs_directly(src):
+        return src
     if src.format == "gguf":
         from ..formats.gguf_keys import Keys
         from ..formats.gguf_io import field_value
@@ -384,7 +389,7 @@ def calibrate(model: str | os.PathLike | ModelSource, *, text: str | None = None
             return cal
     a = rt.args
     L, H, Hk, d = a.num_hidden_layers, a.num_attention_heads, a.num_key_value_heads, a.head_dim
-    pairing = rt.source.arch.gguf_rope_pairing
+    pairing = rt.rope_pairing
     from ..models.rope import inv_freq
 
     state = _Partial.resume(out, text_sha, fp) or _Partial.new(L, Hk, d)

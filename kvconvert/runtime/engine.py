@@ -63,6 +63,18 @@ class ContextParams:
         return self.n_threads if self.n_threads > 0 else (os.cpu_count() or 1)
 
 
+_HF_TYPES = {"F32": 0, "F16": 1, "BF16": 30}  # safetensors dtype -> kvc_type
+
+
+def runs_directly(src: ModelSource) -> bool:
+    """The engine can run ``src`` as it is: a GGUF, or a safetensors checkpoint whose tensors are all
+    F32/F16/BF16 (mapped, no copy; calibration then needs no f16 GGUF of it)."""
+    if src.format == "gguf":
+        return True
+    idx = getattr(src.weights, "index", None)
+    return idx is not None and all(idx.dtype(s.hf) in _HF_TYPES for s in src.specs if s.hf != ROPE_FREQS)
+
+
 def check_logits(logits: np.ndarray, ctx: "Context", where: str) -> np.ndarray:
     """``logits`` (computed in ``ctx``) if all finite, else InputError: one line naming the model
     file and a likely cause.
@@ -102,8 +114,9 @@ class Model:
         the weights exactly as stored (calibration measures those)."""
         src = path if isinstance(path, ModelSource) else load_model(path)
         self._smoothing = smoothing
-        if src.format != "gguf":
-            raise InputError(f"{src.path}: the runtime runs GGUF files; convert it first (kvconvert convert)")
+        if not runs_directly(src):
+            raise InputError(f"{src.path}: the runtime runs GGUF files and float (F32/F16/BF16) safetensors "
+                             "checkpoints; convert it first (kvconvert convert)")
         self.source = src
         self.path = Path(src.path)
         self.args = src.args
@@ -131,9 +144,36 @@ class Model:
         dst.data = buf
         dst.nbytes = data.nbytes
 
+    @property
+    def rope_pairing(self) -> str:
+        """How the weights the engine runs pair RoPE channels: a GGUF's own order, or HF order
+        ("neox") for a safetensors checkpoint read directly."""
+        return "neox" if self.source.format == "hf" else self.source.arch.gguf_rope_pairing
+
+    def _hf_tensors(self, desc, layers) -> None:
+        """A Hugging Face checkpoint's float tensors, straight from the mapped safetensors files (HF row
+        order, so RoPE pairs are NeoX's); norm gains an architecture stores with an offset get a small
+        float32 copy with it added."""
+        idx = self.source.weights.index  # type: ignore[attr-defined]
+        for spec in self.source.specs:
+            if spec.hf == ROPE_FREQS:
+                continue
+            dst = getattr(desc if spec.layer < 0 else layers[spec.layer], spec.slot)
+            if spec.norm_offset:
+                self._tensor_array(dst, spec.hf, np.ascontiguousarray(idx.get(spec.hf) + spec.norm_offset,
+                                                                       dtype=np.float32))
+                continue
+            raw = idx.raw(spec.hf)
+            f = ffi()
+            name, buf = f.new("char[]", spec.hf.encode()), f.from_buffer("char[]", raw)
+            self._keep += [name, buf]
+            dst.name, dst.type, dst.data, dst.nbytes = name, _HF_TYPES[idx.dtype(spec.hf)], buf, raw.nbytes
+            dst.ne[0] = raw.shape[-1]
+            dst.ne[1] = raw.shape[0] if raw.ndim > 1 else 1
+
     def _describe(self):
         f, a, src = ffi(), self.args, self.source
-        tensors = tensor_map(src.weights.reader)  # type: ignore[attr-defined]
+        tensors = tensor_map(src.weights.reader) if src.format == "gguf" else {}  # type: ignore[attr-defined]
         desc = f.new("kvc_model_desc *")
         layers = f.new("kvc_layer_desc[]", a.num_hidden_layers)
         freqs = np.ascontiguousarray(inv_freq(a), dtype=np.float32)
@@ -142,7 +182,7 @@ class Model:
         desc.n_vocab, desc.n_embd, desc.n_layer = a.vocab_size, a.hidden_size, a.num_hidden_layers
         desc.n_head, desc.n_head_kv, desc.head_dim = a.num_attention_heads, a.num_key_value_heads, a.head_dim
         desc.n_ff, desc.rms_eps = a.intermediate_size, a.rms_norm_eps
-        desc.rope_pairing = 1 if src.arch.gguf_rope_pairing == "interleaved" else 0
+        desc.rope_pairing = 1 if self.rope_pairing == "interleaved" else 0
         desc.rope_freqs = freqs_buf
         meta = self.cache_meta
         if meta is not None and meta.rope_pair_src is not None:
@@ -152,6 +192,9 @@ class Model:
             desc.rope_pair_src = src_buf
         desc.layers = layers
         self._block(desc, layers, src.arch.block(a))
+        if src.format == "hf":
+            self._hf_tensors(desc, layers)
+            return desc
         for spec in src.specs:  # each tensor into the descriptor field its architecture names (spec.slot)
             if spec.hf == ROPE_FREQS:
                 continue
@@ -260,7 +303,8 @@ class Model:
         if not hasattr(self, "_cache_meta"):
             from ..kvcache.kvmeta import CacheMeta
 
-            self._cache_meta = CacheMeta.from_gguf(self.source.weights.reader, self.args, str(self.path))
+            self._cache_meta = None if self.source.format != "gguf" else \
+                CacheMeta.from_gguf(self.source.weights.reader, self.args, str(self.path))
         return self._cache_meta
 
     def resolve(self, params: ContextParams) -> ContextParams:
