@@ -229,7 +229,7 @@ async def test_start_model_navigation_and_help(workdir):
 async def test_evaluate_and_share(snapenv, built, monkeypatch):
     pushed = {}
 
-    def fake_push(gguf_path, repo_id, *, private=False, profile=None, token=None, progress=None):
+    def fake_push(gguf_path, repo_id, *, private=False, profile=None, token=None, progress=None, **kw):
         pushed.update(gguf=Path(gguf_path), repo=repo_id, private=private, profile=profile, token=token)
         progress(1, 1, "committed")
         return f"https://huggingface.co/{repo_id}/commit/0123abc"
@@ -249,8 +249,17 @@ async def test_evaluate_and_share(snapenv, built, monkeypatch):
         assert evals["f16"].kld is None and evals["profile"].kld is not None
         assert evals["profile"].type_k == "tq"
         assert app.screen.query_one("#evals", DataTable).row_count == 3
+        out = app.session.converted.output
+        reports = sorted(out.parent.glob(f"{out.stem}.eval-*.json"))  # for push's model card
+        assert [p.name.removeprefix(out.stem) for p in reports] == [".eval-f16.json", ".eval-profile.json",
+                                                                     ".eval-q8_0.json"]
 
         await pilot.press("ctrl+n")
+        try:
+            assert "## Evaluations" in app.screen.card_text and "| text.txt | 64 | 2 |" in app.screen.card_text
+        finally:
+            for p in reports:  # the other tests (and snapshots) share this GGUF
+                p.unlink()
         assert "environment" in str(app.screen.query_one("#token-status").render())
         app.screen.query_one("#repo-id", Input).value = "someone/tiny-kv"
         await pilot.click("#private")

@@ -14,7 +14,7 @@ from textual.content import Content
 from textual.markup import escape
 from textual.widgets import Button, Input, Label, RadioButton, RadioSet, Select, Static
 
-from ..conversion.writer import WEIGHT_TYPES
+from ..conversion.writer import WEIGHT_CHOICES, default_weights
 
 from .base import JobPanel, StepScreen
 from .state import short_path
@@ -46,7 +46,7 @@ class ConvertScreen(StepScreen):
                 yield RadioButton(text, value=i == 0, id=f"layout-{name}")
         with Horizontal(classes="row"):
             yield Label("Weights", classes="field")
-            yield Select([(w, w) for w in WEIGHT_TYPES], value="f16", allow_blank=False, id="weights")
+            yield Select([(w, w) for w in WEIGHT_CHOICES], value="f16", allow_blank=False, id="weights")
             yield Label("Output", classes="field")
             yield Input("", placeholder="out.gguf", id="output")
             yield Button("Convert", id="convert", variant="primary")
@@ -55,6 +55,7 @@ class ConvertScreen(StepScreen):
 
     def on_mount(self) -> None:
         self.auto_output = ""  # the output name we filled in (replaced when the profile or weights change)
+        self.weights_for = None  # the source whose default weights (keep for a GGUF, else f16) are selected
 
     def weights(self) -> str:
         return str(self.query_one("#weights", Select).value)
@@ -76,6 +77,9 @@ class ConvertScreen(StepScreen):
             kb, vb = prof.budget_bits()
             head.update(f"Model {escape(s.model)} with profile [b]{escape(prof.name)}[/b]: "
                         f"K {kb:.2f}, V {vb:.2f} bits per value.")
+        if self.weights_for is not s.source:  # a new model: its default (a GGUF is patched in place)
+            self.weights_for = s.source
+            self.query_one("#weights", Select).value = default_weights(s.source)
         out = self.query_one("#output", Input)
         if not out.value or out.value == self.auto_output:
             self.auto_output = out.value = default_output(s, self.weights())
