@@ -80,6 +80,7 @@ typedef struct {
     const kvc_model *m;
     const kvc_kernel_table *kern; /* the embedding lookup on the CPU */
     kvm_layer *L;                 /* (n_layer) */
+    int n_layer;                  /* = m->n_layer, kept for kvm_free: the model may be freed first */
     kvm_buf out_norm, out_w, dummy;
     kvm_buf x, xn, q, k, v, att, gate, up, logits, scores, cs, rope_all;
     int k_tq, v_tq, n_sink, k_center, k_center_sub, scale_mode;
@@ -125,10 +126,11 @@ static void kvm_select_pairs(const kvc_model *m, int max_pairs, float *mean, int
 
 static kvm_buf kvm_copy(const kvm_device *d, const void *p, size_t n) { return p ? d->alloc(n ? n : 4, p) : NULL; }
 
+/* never touches c->m (context.c: the model may already be freed) */
 static void kvm_free_ctx(kvm_ctx *c) {
     if (!c) return;
     const kvm_device *d = c->dev;
-    for (int l = 0; c->L && l < c->m->n_layer; l++) {
+    for (int l = 0; c->L && l < c->n_layer; l++) {
         kvm_layer *y = &c->L[l];
         for (int i = 0; i < KVM_NW; i++) d->release(y->w[i]);
         kvm_buf all[] = {y->attn_norm, y->ffn_norm, y->bq, y->bk, y->bv, y->bo, y->q_norm, y->k_norm,
@@ -199,6 +201,7 @@ static int kvm_create(const kvm_device *d, kvc_context *ctx, const kvc_context_p
     c->scale_mode = p->tq_scale_mode;
 
     c->L = (kvm_layer *)calloc((size_t)m->n_layer, sizeof(kvm_layer));
+    c->n_layer = c->L ? m->n_layer : 0;
     c->dummy = d->alloc(16, NULL);
     if (!c->L || !c->dummy) return kvc_fail(err, err_len, KVC_ERR_NOMEM, "out of memory");
     for (int l = 0; l < m->n_layer; l++) {
