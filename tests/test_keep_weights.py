@@ -225,3 +225,17 @@ def test_real_kept_vs_reencoded(tmp_path, name, profile, n_chunks):
     assert _kld(enc, keep) < 0.02
     own_keep, own_enc = _kld(keep16, keep), _kld(enc16, enc)
     assert own_keep < 0.03 and own_keep < 1.6 * own_enc, (own_keep, own_enc)
+
+
+@pytest.mark.parametrize("mask", [0o022, 0o077])
+def test_kept_file_gets_the_umask_mode(f32_ggufs, tmp_path, mask):
+    import os
+    import stat
+
+    old = os.umask(mask)
+    try:
+        out = convert(f32_ggufs["qwen2-hd64"], tmp_path / "k.gguf").output
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(out.stat().st_mode) == 0o666 & ~mask
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["k.gguf"]  # written atomically: no leftovers

@@ -42,8 +42,8 @@ class Patch:
         if self.layout not in LAYOUTS:
             raise InputError(f"unknown layout {self.layout!r} (choose portable or folded)")
         if self.keep_weights and self.layout != "portable":
-            raise InputError("--weights keep leaves every tensor as it is, so it needs --layout portable "
-                             "(the folded layout changes the weights)")
+            raise InputError("--weights keep leaves every tensor as it is, so it needs --layout portable; "
+                             "for the folded layout choose a weight type (e.g. --weights f16)")
         a = self.src.args
         self.profile.model.check(a, self.profile.describe())
         self.L, self.H, self.Hk, self.d = a.num_hidden_layers, a.num_attention_heads, a.num_key_value_heads, a.head_dim

@@ -173,7 +173,8 @@ def convert(model: str | os.PathLike | ModelSource, output: str | os.PathLike, *
         patch = Patch(prof, layout, src, keep_weights=weights == KEEP)
         kv_meta = patch.cache_meta()
     elif weights == KEEP and layout != "portable":
-        raise InputError("--weights keep leaves every tensor as it is, so it needs --layout portable")
+        raise InputError("--weights keep leaves every tensor as it is, so it needs --layout portable; "
+                         "for the folded layout choose a weight type (e.g. --weights f16)")
     if weights == KEEP:
         return write_kept(src, output, repo or name, kv_meta, progress=progress, cancel=cancel, phase=phase)
     arch = patch.arch if patch else src.arch

@@ -92,7 +92,8 @@ def _embedded_profile(src, gguf_path: Path) -> Profile | None:
 
 
 EVAL_KIND = "kvconvert-eval"  # the "kind" of an eval report (`kvconvert eval --save-report`, the TUI)
-_LOCAL_PATH = re.compile(r"""(?:^|["'\s(=])(?:/(?:home|root|Users|tmp|mnt|media|var|srv|opt|data|work)\b|~/|[A-Za-z]:\\)""")
+# an absolute path (/dir/…), a home-relative one (~/…) or a Windows one (C:\…) inside a metadata string
+_LOCAL_PATH = re.compile(r"""(?:^|["'\s(=])(?:/[^\s"'/]+/|~/|[A-Za-z]:\\)""")
 
 
 def eval_report(result: dict, gguf_path: str | os.PathLike) -> dict:
