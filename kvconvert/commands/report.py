@@ -210,7 +210,7 @@ def print_convert_job(job, console: Console | None = None) -> None:
         return
     kc, vc = p.k_configs(), p.v_configs()
     t = Table(title=f"KV cache profile {p.name} (policy {p.policy})")
-    for col in ("", "bits/value", "per layer (▁ 2 … █ 8 bits)", "range"):
+    for col in ("", "bits/value at 32k", "per layer (▁ 2 … █ 8 bits)", "range"):
         t.add_column(col)
     kb, vb = p.bits(32768)
     for label, cfgs, mean, kind in (("K", kc, kb, p.k_type), ("V", vc, vb, p.v_type)):
@@ -228,7 +228,8 @@ def print_convert_job(job, console: Console | None = None) -> None:
         for col in ("cache", "PPL", "KLD vs f16 cache", "top-1 agreement"):
             r.add_column(col, justify="right")
         r.add_row("f16 K / f16 V", f"{c.ppl_f16:.3f}", "0", "100%")
-        r.add_row(f"profile ({kb:.2f} / {vb:.2f} bpv)", f"{c.ppl:.3f}", f"{c.kld:.5f} ± {c.kld_err:.5f}",
+        ck, cv = p.bits(c.n_ctx)  # the bits in effect at the check's context (its sink share included)
+        r.add_row(f"profile ({ck:.2f} / {cv:.2f} bpv at {c.n_ctx})", f"{c.ppl:.3f}", f"{c.kld:.5f} ± {c.kld_err:.5f}",
                   f"{c.top1:.1%}")
         console.print(r)
     if len(job.attempts) > 1:

@@ -168,8 +168,9 @@ def base_model(info: CardInfo, profile: Profile | None = None, given: str | None
 
 def card_bits(info: CardInfo, profile: Profile | None) -> tuple[float, float, str]:
     """K and V bits per value as the card states them, and at which context: the profile's
-    (Profile.budget_bits — what `convert`'s summary and the TUI's Profile step show), else the
-    file's configs with the sink positions spread over 32k tokens."""
+    (Profile.budget_bits, sinks over the calibration context — what the TUI's Profile and Convert
+    steps show), else the file's configs with the sink positions spread over 32k tokens (as
+    `kvconvert info` and `convert`'s summary, which say so)."""
     if profile is not None and profile.k_configs() is not None and profile.measured.get("bpv_n_ctx"):
         kb, vb = profile.budget_bits()
         return kb, vb, f"at the {profile.measured['bpv_n_ctx']}-token calibration context"
