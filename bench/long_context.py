@@ -1,14 +1,16 @@
 """Long-context decode speed, side by side: kvconvert's runtime with an f16 cache
-and with TurboQuant K+V caches, and llama.cpp (llama-cpp-python) with its f16 and
-q8_0 caches — same GGUF, same threads, same token stream, one run. Prints decode
-tok/s at each depth, KV bytes per token, and ratios to kvconvert's f16 cache and to
-llama.cpp's f16 cache. A benchmark, not a test: run it by hand on a quiet machine.
+and with TurboQuant K+V caches, and llama.cpp's own llama-bench (bench/peer.py runs
+it; scripts/build_llama_bench.sh builds it) with its f16 and q8_0 caches — same GGUF,
+same threads, one run. Prints decode tok/s at each depth, KV bytes per token, and
+ratios to kvconvert's f16 cache and to llama.cpp's f16 cache. A benchmark, not a
+test: run it by hand on a quiet machine.
 
     python bench/long_context.py [--model FILE] [--threads 2] [--depths 4096,8192,16384]
         [--configs ours:f16/f16,ours:tq4/tq4,llama.cpp:f16/f16,llama.cpp:q8_0/q8_0]
 
 A config is ENGINE:K/V with ENGINE ours or llama.cpp (llama.cpp runs with flash
-attention when V is quantized: it needs it; `llama.cpp+fa:` forces it on).
+attention when V is quantized: it needs it; `llama.cpp+fa:` forces it on). llama-bench
+measures prefill from empty and decode at each depth, not the fills between depths.
 """
 
 from __future__ import annotations
@@ -23,8 +25,9 @@ from dataclasses import dataclass
 
 from kvconvert.testdata import fixtures
 from kvconvert.runtime.bench import DecodeRow, random_tokens, timed_depths
-from kvconvert.kvcache.llama_cpp_peer import GGML_TYPES, load, quiet
+from kvconvert.kvcache.llama_cpp_peer import GGML_TYPES
 from kvconvert.runtime.engine import ContextParams, Model
+from peer import Cache, llama_bin, run_llama_bench  # bench/peer.py: the one llama.cpp peer
 
 ENGINES = ("ours", "llama.cpp", "llama.cpp+fa")
 
@@ -86,15 +89,9 @@ def run_config(cfg: Config, path: str, args, tokens: list[int]) -> Row:
         del m
         gc.collect()
         fa = cfg.engine.endswith("+fa") or cfg.type_v != "f16"
-        llm = load(path, n_ctx, logits_all=False, n_batch=512, type_k=cfg.type_k, type_v=cfg.type_v,
-                   n_threads=args.threads, **({"flash_attn": True} if fa else {}))
-
-        def truncate(n: int) -> None:
-            llm.n_tokens = n  # Llama.eval drops cached positions >= n_tokens first
-
-        with quiet():
-            prefill, rows = timed_depths(llm.eval, truncate, tokens, args.depths, args.prefill, args.decode, show)
-        del llm
+        runs = argparse.Namespace(**{**vars(args), "depths": sorted({0, *args.depths}), "reps": 1})
+        run, _ = run_llama_bench(args.bin_dir, path, Cache(cfg.type_k, cfg.type_v, fa), runs)
+        prefill, rows = run.prefill[0].mean, [DecodeRow(d, run.decode[d].mean) for d in args.depths]
     gc.collect()
     print(f"\r  {cfg.label}: prefill {prefill:.1f} tok/s, decode "
           + ", ".join(f"{r.tokens_per_s:.2f} @ {r.depth}" for r in rows) + " tok/s" + " " * 20, file=sys.stderr)
@@ -126,6 +123,7 @@ def main() -> None:
     p.add_argument("--prefill", type=int, default=512)
     p.add_argument("--decode", type=int, default=32)
     p.add_argument("--configs", default="ours:f16/f16,ours:tq4/tq4,llama.cpp:f16/f16,llama.cpp:q8_0/q8_0")
+    p.add_argument("--bin", default=None, help="llama-bench's directory (default: scripts/build_llama_bench.sh)")
     args = p.parse_args()
     args.depths = sorted(int(d) for d in args.depths.split(","))
     try:
@@ -133,6 +131,7 @@ def main() -> None:
     except ValueError as e:
         p.error(str(e))
     path = str(args.model or fixtures.qwen25_coder_gguf())
+    args.bin_dir = llama_bin(args.bin) if any(c.engine != "ours" for c in configs) else None
     vocab = Model(path).args.vocab_size
     tokens = random_tokens(vocab, max(args.depths[-1] + args.decode, args.prefill + 16))
     rows = [run_config(c, path, args, tokens) for c in configs]
@@ -143,7 +142,8 @@ def main() -> None:
     print("\n| cache | prefill 0 → " + str(args.prefill) + " | "
           + " | ".join(f"fill → {d}" for d in args.depths) + " |\n" + "|---" * (2 + len(args.depths)) + "|")
     for r in rows:
-        print(f"| {r.config.label} | {r.prefill:.1f} | " + " | ".join(f"{x.fill_tokens_per_s:.1f}" for x in r.decode) + " |")
+        print(f"| {r.config.label} | {r.prefill:.1f} | "
+              + " | ".join(f"{x.fill_tokens_per_s:.1f}" if x.fill_tokens_per_s else "—" for x in r.decode) + " |")
 
 
 if __name__ == "__main__":
