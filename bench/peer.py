@@ -1,7 +1,7 @@
 """kvconvert's runtime side by side with llama.cpp's own tools, `llama-bench` and
 `llama-perplexity`, built from the same pinned sources as the Python oracle
 (scripts/build_llama_bench.sh: llama-cpp-python 0.3.36's vendor/llama.cpp,
-AVX2/AVX-512, no AMX). Same GGUF, same threads, the same workloads, one run:
+AVX2/AVX-512 + the CPU's VNNI/VBMI/BF16, no AMX). Same GGUF, same threads, the same workloads, one run:
 
 - prefill P tokens at each depth d (d = 0: from an empty context): llama-bench -p P -d d;
 - decode N tokens at each depth: llama-bench -n N -d d;

@@ -3,16 +3,22 @@
 # of bench/peer.py) from the same pinned sources as the Python oracle: the
 # llama-cpp-python 0.3.36 sdist from the package registry, its vendor/llama.cpp,
 # with the flags of scripts/install_llama_cpp.sh (AVX2/AVX-512, every AMX option
-# off: AMX traps on these machines; never -march=native). Release, static, only
-# the two targets. Cached in $KVCONVERT_CACHE/llama.cpp-0.3.36/bin (default
-# ~/.cache/kvconvert) and rebuilt only if a binary is missing; prints the bin
+# off: AMX traps on these machines; never -march=native) plus the VNNI/VBMI/BF16
+# extensions the CPU has. Release, static, only the two targets. Cached in
+# $KVCONVERT_CACHE/llama.cpp-0.3.36/bin-<flags hash> (default ~/.cache/kvconvert)
+# and rebuilt only if a binary is missing; prints the bin
 # directory on stdout (~10-20 min on 2 cores the first time).
 set -euo pipefail
 py=${PYTHON:-python3}
 version=0.3.36
 flags="-DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_AVX512=ON -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF"
+# A speed peer must be as fast as llama.cpp can be here: the AVX-512/AVX extensions this CPU has
+# (kvconvert's kernels use VNNI where present) are switched on too — never AMX, never -march=native.
+for ext in avx512_vnni:AVX512_VNNI avx512vbmi:AVX512_VBMI avx512_bf16:AVX512_BF16 avx_vnni:AVX_VNNI; do
+  if grep -qw "${ext%%:*}" /proc/cpuinfo 2>/dev/null; then flags="$flags -DGGML_${ext##*:}=ON"; fi
+done
 root=${KVCONVERT_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/kvconvert}/llama.cpp-$version
-bin=$root/bin
+bin=$root/bin-$(echo "$flags" | sha1sum | cut -c1-8)  # one build per flag set
 targets="llama-bench llama-perplexity"
 
 built() { for t in $targets; do [ -x "$bin/$t" ] || return 1; done; }
