@@ -23,9 +23,11 @@ typedef enum {
     KVC_TYPE_Q4_0 = 2,
     KVC_TYPE_Q4_1 = 3,
     KVC_TYPE_Q5_0 = 6,
+    KVC_TYPE_Q5_1 = 7,
     KVC_TYPE_Q8_0 = 8,
     KVC_TYPE_Q8_1 = 9,
     KVC_TYPE_Q4_K = 12,
+    KVC_TYPE_Q5_K = 13,
     KVC_TYPE_Q6_K = 14,
     KVC_TYPE_Q8_K = 15,
     KVC_TYPE_BF16 = 30

@@ -23,7 +23,9 @@ static const kvc_type_traits g_traits[KVC_N_TYPES] = {
     [KVC_TYPE_Q4_0] = {"q4_0", QK4_0, sizeof(block_q4_0), KVC_TYPE_Q8_0},
     [KVC_TYPE_Q4_1] = {"q4_1", QK4_1, sizeof(block_q4_1), KVC_TYPE_Q8_1},
     [KVC_TYPE_Q5_0] = {"q5_0", QK5_0, sizeof(block_q5_0), KVC_TYPE_Q8_0},
+    [KVC_TYPE_Q5_1] = {"q5_1", QK5_1, sizeof(block_q5_1), KVC_TYPE_Q8_1},
     [KVC_TYPE_Q4_K] = {"q4_K", QK_K, sizeof(block_q4_K), KVC_TYPE_Q8_K},
+    [KVC_TYPE_Q5_K] = {"q5_K", QK_K, sizeof(block_q5_K), KVC_TYPE_Q8_K},
     [KVC_TYPE_Q6_K] = {"q6_K", QK_K, sizeof(block_q6_K), KVC_TYPE_Q8_K},
 };
 

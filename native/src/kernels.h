@@ -13,7 +13,7 @@
  * through the table of the impl it is asked for. A slot an instruction set has
  * no faster kernel for holds the next lower set's (AVX-512 -> AVX2 -> scalar,
  * NEON -> scalar), so every table is complete; a NULL kernel means the
- * operation does not exist for that type (e.g. quantizing to Q4_K). */
+ * operation does not exist for that type (e.g. vec_dot of Q8_K, an activation type). */
 #ifndef KVC_KERNELS_H
 #define KVC_KERNELS_H
 

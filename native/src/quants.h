@@ -19,6 +19,7 @@
 #define QK4_0 32
 #define QK4_1 32
 #define QK5_0 32
+#define QK5_1 32
 #define QK8_0 32
 #define QK8_1 32
 #define QK_K 256
@@ -54,6 +55,13 @@ typedef struct KVC_PACKED {
 static_assert(sizeof(block_q5_0) == 22, "block_q5_0 size");
 
 typedef struct KVC_PACKED {
+    kvc_half d, m;       /* x = d * q + m, q = nibble | (bit j of qh) << 4 (as Q5_0) */
+    uint8_t qh[4];
+    uint8_t qs[QK5_1 / 2];
+} block_q5_1;
+static_assert(sizeof(block_q5_1) == 24, "block_q5_1 size");
+
+typedef struct KVC_PACKED {
     kvc_half d;          /* x = d * q */
     int8_t qs[QK8_0];
 } block_q8_0;
@@ -75,6 +83,17 @@ typedef struct KVC_PACKED {
     uint8_t qs[QK_K / 2];
 } block_q4_K;
 static_assert(sizeof(block_q4_K) == 144, "block_q4_K size");
+
+/* 8 sub-blocks of 32 as Q4_K, 5-bit q: x = d * sc[j] * q - dmin * m[j]. Chunk c
+ * (64 elements): qs[32*c + l] low nibble = element 64*c + l, high nibble =
+ * element 64*c + 32 + l; their 5th bits are bits 2c and 2c+1 of qh[l]. */
+typedef struct KVC_PACKED {
+    kvc_half d, dmin;
+    uint8_t scales[K_SCALE_SIZE];
+    uint8_t qh[QK_K / 8];
+    uint8_t qs[QK_K / 2];
+} block_q5_K;
+static_assert(sizeof(block_q5_K) == 176, "block_q5_K size");
 
 /* 16 sub-blocks of 16: x = d * scales[j] * (q - 32), q 6-bit = 4 low bits in
  * ql and 2 high bits in qh (layout in quants_ref.c, dequantize_row_q6_K_ref). */
@@ -168,6 +187,14 @@ static inline void kvc_q4k_scales(const uint8_t *q, uint8_t *sc, uint8_t *m) {
     }
 }
 
+/* ggml's nearest_int: round half to even via the 1.5 * 2^23 trick; |f| < 2^22. */
+static inline int kvc_nearest_int(float f) {
+    float v = f + 12582912.0f;
+    int32_t i;
+    memcpy(&i, &v, 4);
+    return (i & 0x007fffff) - 0x00400000;
+}
+
 /* ---- kernel signatures ----
  * quantize:   x (n) floats -> y (n / block) blocks
  * dequantize: x (n / block) blocks -> y (n) floats
@@ -199,6 +226,11 @@ void kvc_quantize_row_q8_K_ref(const float *x, void *y, int64_t n);
 void kvc_quantize_row_q4_0_ref(const float *x, void *y, int64_t n);
 void kvc_quantize_row_q4_1_ref(const float *x, void *y, int64_t n);
 void kvc_quantize_row_q5_0_ref(const float *x, void *y, int64_t n);
+/* k-quants (quantize_k_ref.c): ggml's scale search without an importance matrix */
+void kvc_quantize_row_q4_K_ref(const float *x, void *y, int64_t n);
+void kvc_quantize_row_q5_K_ref(const float *x, void *y, int64_t n);
+void kvc_quantize_row_q6_K_ref(const float *x, void *y, int64_t n);
+void kvc_quantize_row_q5_1_ref(const float *x, void *y, int64_t n); /* Q5_K_M's fallback type */
 
 void kvc_dequantize_row_f32_ref(const void *x, float *y, int64_t n);
 void kvc_dequantize_row_f16_ref(const void *x, float *y, int64_t n);
@@ -211,6 +243,8 @@ void kvc_dequantize_row_q4_1_ref(const void *x, float *y, int64_t n);
 void kvc_dequantize_row_q5_0_ref(const void *x, float *y, int64_t n);
 void kvc_dequantize_row_q4_K_ref(const void *x, float *y, int64_t n);
 void kvc_dequantize_row_q6_K_ref(const void *x, float *y, int64_t n);
+void kvc_dequantize_row_q5_K_ref(const void *x, float *y, int64_t n); /* quantize_k_ref.c */
+void kvc_dequantize_row_q5_1_ref(const void *x, float *y, int64_t n); /* quantize_k_ref.c */
 
 float kvc_vec_dot_f32_f32_ref(int64_t n, const void *w, const void *a);
 float kvc_vec_dot_f16_f32_ref(int64_t n, const void *w, const void *a);
@@ -221,6 +255,8 @@ float kvc_vec_dot_q4_1_q8_1_ref(int64_t n, const void *w, const void *a);
 float kvc_vec_dot_q5_0_q8_0_ref(int64_t n, const void *w, const void *a);
 float kvc_vec_dot_q4_K_q8_K_ref(int64_t n, const void *w, const void *a);
 float kvc_vec_dot_q6_K_q8_K_ref(int64_t n, const void *w, const void *a);
+float kvc_vec_dot_q5_K_q8_K_ref(int64_t n, const void *w, const void *a); /* quantize_k_ref.c */
+float kvc_vec_dot_q5_1_q8_1_ref(int64_t n, const void *w, const void *a); /* quantize_k_ref.c */
 
 /* gemm twins: a loop over the vec_dot twin of the type */
 #define KVC_DECLARE_GEMM_REF(name) \
@@ -234,6 +270,8 @@ KVC_DECLARE_GEMM_REF(q4_1_q8_1)
 KVC_DECLARE_GEMM_REF(q5_0_q8_0)
 KVC_DECLARE_GEMM_REF(q4_K_q8_K)
 KVC_DECLARE_GEMM_REF(q6_K_q8_K)
+KVC_DECLARE_GEMM_REF(q5_K_q8_K)
+KVC_DECLARE_GEMM_REF(q5_1_q8_1)
 #undef KVC_DECLARE_GEMM_REF
 
 /* ---- x86 SIMD kernels (cpu/quants_avx2*.c, cpu/quants_avx512*.c) ----

@@ -41,15 +41,19 @@ const kvc_kernel_table kvc_kernels_ref = {
         [KVC_TYPE_Q4_0] = {QREF(q4_0), DQREF(q4_0), DOT(q4_0_q8_0, ref)},
         [KVC_TYPE_Q4_1] = {QREF(q4_1), DQREF(q4_1), DOT(q4_1_q8_1, ref)},
         [KVC_TYPE_Q5_0] = {QREF(q5_0), DQREF(q5_0), DOT(q5_0_q8_0, ref)},
-        [KVC_TYPE_Q4_K] = {NULL, DQREF(q4_K), DOT(q4_K_q8_K, ref)},
-        [KVC_TYPE_Q6_K] = {NULL, DQREF(q6_K), DOT(q6_K_q8_K, ref)},
+        [KVC_TYPE_Q5_1] = {QREF(q5_1), DQREF(q5_1), DOT(q5_1_q8_1, ref)},
+        [KVC_TYPE_Q4_K] = {QREF(q4_K), DQREF(q4_K), DOT(q4_K_q8_K, ref)},
+        [KVC_TYPE_Q5_K] = {QREF(q5_K), DQREF(q5_K), DOT(q5_K_q8_K, ref)},
+        [KVC_TYPE_Q6_K] = {QREF(q6_K), DQREF(q6_K), DOT(q6_K_q8_K, ref)},
     },
     &kvc_vec_ops_ref, tq_encode_ref, tq_score_ref, tq_accum_ref,
 };
 
 /* The per-type kernels of a SIMD table: quantize/dequantize from quants_<sfx>.c
  * (sfx: avx2 or neon; scalar where it has none), vec_dot/gemm with suffix int_sfx
- * for the integer weight types and flt_sfx for the float ones. */
+ * for the integer weight types and flt_sfx for the float ones. Q5_1 and Q5_K (the
+ * Q5_K_M mix; kvconvert writes them, the Hub's files hold them) have only the scalar
+ * kernels so far; the k-quant quantizers are scalar in every table. */
 #define SIMD_TYPES(sfx, int_sfx, flt_sfx)                                                                         \
     {                                                                                                             \
         [KVC_TYPE_F32] = {QREF(f32), DQREF(f32), DOT(f32_f32, flt_sfx)},                                          \
@@ -61,8 +65,10 @@ const kvc_kernel_table kvc_kernels_ref = {
         [KVC_TYPE_Q4_0] = {QREF(q4_0), kvc_dequantize_row_q4_0_##sfx, DOT(q4_0_q8_0, int_sfx)},                   \
         [KVC_TYPE_Q4_1] = {QREF(q4_1), DQREF(q4_1), DOT(q4_1_q8_1, int_sfx)},                                     \
         [KVC_TYPE_Q5_0] = {QREF(q5_0), DQREF(q5_0), DOT(q5_0_q8_0, int_sfx)},                                     \
-        [KVC_TYPE_Q4_K] = {NULL, DQREF(q4_K), DOT(q4_K_q8_K, int_sfx)},                                           \
-        [KVC_TYPE_Q6_K] = {NULL, DQREF(q6_K), DOT(q6_K_q8_K, int_sfx)},                                           \
+        [KVC_TYPE_Q5_1] = {QREF(q5_1), DQREF(q5_1), DOT(q5_1_q8_1, ref)}, /* scalar only */                      \
+        [KVC_TYPE_Q4_K] = {QREF(q4_K), DQREF(q4_K), DOT(q4_K_q8_K, int_sfx)},                                     \
+        [KVC_TYPE_Q5_K] = {QREF(q5_K), DQREF(q5_K), DOT(q5_K_q8_K, ref)},                                         \
+        [KVC_TYPE_Q6_K] = {QREF(q6_K), DQREF(q6_K), DOT(q6_K_q8_K, int_sfx)},                                     \
     }
 
 #if defined(__x86_64__)
