@@ -20,7 +20,9 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--weights", choices=list(WEIGHT_CHOICES), default=None,
                    help="keep: patch a GGUF in place — every tensor byte for byte, only kvconvert.* metadata added, "
                         "every transform applied by kvconvert's runtime (default for a GGUF); or the type of the "
-                        "weight matrices, norms and biases staying f32 (default f16 for a Hugging Face model)")
+                        "weight matrices, norms and biases staying f32 (default f16 for a Hugging Face model); "
+                        "q4_k_m, q5_k_m, q6_k: llama-quantize's per-tensor k-quant mixes (kvconvert's own quantizers, "
+                        "the same bytes as llama.cpp's)")
     p.add_argument("--profile", default=DEFAULT_POLICY, metavar="NAME|FILE",
                    help="a calibrated profile (JSON from `kvconvert search`, or a shipped one) to apply, or a "
                         "policy name (balanced, max-quality, long-context): calibrate, search and apply in one go "

@@ -35,7 +35,11 @@ WEIGHT_TYPES: dict[str, tuple[Q, FT]] = {
     "bf16": (Q.BF16, FT.MOSTLY_BF16),
     "q8_0": (Q.Q8_0, FT.MOSTLY_Q8_0),
     "q4_0": (Q.Q4_0, FT.MOSTLY_Q4_0),
+    "q4_k_m": (Q.Q4_K, FT.MOSTLY_Q4_K_M),  # llama-quantize's per-tensor mixes: k_quant_type
+    "q5_k_m": (Q.Q5_K, FT.MOSTLY_Q5_K_M),
+    "q6_k": (Q.Q6_K, FT.MOSTLY_Q6_K),
 }
+K_MIXES = ("q4_k_m", "q5_k_m", "q6_k")
 KEEP = "keep"  # a GGUF input's tensors copied byte for byte, only kvconvert.* metadata added (write_kept)
 WEIGHT_CHOICES = (KEEP, *WEIGHT_TYPES)
 
@@ -75,11 +79,65 @@ def tensor_type(spec: TensorSpec, weights: str) -> Q:
     return qtype
 
 
+# Row length not a multiple of 256: the type llama-quantize falls back to (tensor_type_fallback)
+K_FALLBACK = {Q.Q4_K: Q.Q5_0, Q.Q5_K: Q.Q5_1, Q.Q6_K: Q.Q8_0}
+
+
+def _more_bits(i: int, n: int) -> bool:
+    """llama-quantize's use_more_bits: the first and last eighth of the layers and every third between."""
+    return i < n // 8 or i >= 7 * n // 8 or (i - n // 8) % 3 == 2
+
+
+def k_quant_type(spec: TensorSpec, weights: str, n_layer: int, tied: bool) -> Q:
+    """GGML type of one tensor in a k-quant mix, following llama.cpp's llama-quantize without an
+    importance matrix (src/llama-quant.cpp, llama_tensor_get_type_impl and tensor_type_fallback, as
+    vendored in llama-cpp-python 0.3.36), for dense non-Falcon models:
+
+    * 1-D tensors (norms, biases, rope factors) stay F32;
+    * output.weight, and token_embd.weight when the embeddings are tied (no output.weight): Q6_K
+      (Q8_0 when the row length is not a multiple of 256);
+    * q4_k_m / q5_k_m: attn_v and ffn_down of the layers use_more_bits picks get Q6_K; every other
+      matrix (token_embd when untied included) the mix's type, Q4_K / Q5_K; q6_k: Q6_K everywhere;
+    * a row length that is not a multiple of 256 falls back: Q4_K → Q5_0, Q5_K → Q5_1, Q6_K → Q8_0,
+      and to F16 if not a multiple of 32 either.
+
+    ``n_layer``: the count of attn_v (= ffn_down) tensors, which llama-quantize counts.
+    """
+    if len(spec.shape) == 1:
+        return Q.F32
+    name, ne0 = spec.gguf, spec.shape[-1]
+    q = WEIGHT_TYPES[weights][0]
+    if name == "output.weight" or (tied and name == "token_embd.weight"):
+        return Q.Q6_K if ne0 % 256 == 0 else Q.Q8_0
+    if weights in ("q4_k_m", "q5_k_m") and name.startswith("blk.") and \
+            name.endswith(("attn_v.weight", "ffn_down.weight")) and _more_bits(int(name.split(".")[1]), n_layer):
+        q = Q.Q6_K
+    if ne0 % 256:
+        q = K_FALLBACK[q]
+        if ne0 % 32:
+            q = Q.F16
+    return q
+
+
+def plan_types(specs, weights: str) -> list[tuple[TensorSpec, Q]]:
+    """(spec, GGML type) of every tensor: k-quant mixes per k_quant_type, else tensor_type."""
+    if weights not in K_MIXES:
+        return [(s, tensor_type(s, weights)) for s in specs]
+    names = [s.gguf for s in specs]
+    tied = "output.weight" not in names
+    n_layer = sum(n.endswith("attn_v.weight") for n in names)
+    return [(s, k_quant_type(s, weights, n_layer, tied)) for s in specs]
+
+
 def _encode(x: np.ndarray, qtype: Q) -> np.ndarray:
     if qtype == Q.F32:
         return np.ascontiguousarray(x, dtype=np.float32)
     if qtype == Q.F16:
         return np.ascontiguousarray(x, dtype=np.float16)
+    from ..runtime.quantize import NATIVE_QUANTIZERS, quantize
+
+    if int(qtype) in NATIVE_QUANTIZERS:  # the runtime's C quantizers: ggml's bytes
+        return quantize(x, int(qtype))
     return gguf.quants.quantize(np.ascontiguousarray(x, dtype=np.float32), qtype)
 
 
@@ -116,7 +174,7 @@ def write_metadata(w: gguf.GGUFWriter, src: ModelSource, weights: str, name: str
         w.add_string(gguf.Keys.General.BASE_MODEL_REPO_URL.format(id=0), f"https://huggingface.co/{repo}")
     (arch or src.arch).write_gguf_params(w, src.args)
     w.add_file_type(WEIGHT_TYPES[weights][1])
-    if weights in ("q8_0", "q4_0"):
+    if weights not in ("f32", "f16", "bf16"):
         w.add_quantization_version(gguf.GGML_QUANT_VERSION)
     from ..formats.tokenizer import add_to_gguf
 
@@ -179,7 +237,7 @@ def convert(model: str | os.PathLike | ModelSource, output: str | os.PathLike, *
         return write_kept(src, output, repo or name, kv_meta, progress=progress, cancel=cancel, phase=phase)
     arch = patch.arch if patch else src.arch
     specs = patch.specs() if patch else src.specs
-    plan = [(s, tensor_type(s, weights)) for s in specs]
+    plan = plan_types(specs, weights)
     total = sum(_nbytes(s.shape, q) for s, q in plan) / MIB
 
     w = gguf.GGUFWriter(None, arch.name)
