@@ -5,6 +5,8 @@ Stated tolerances:
   * block format: gguf-py's ``gguf.quants.dequantize`` of what we write == our C dequantization,
     bit for bit; and where llama-cpp-python's libggml-base is installed, our bytes == ggml's own
     quantizer's (``ggml_quantize_chunk``, no importance matrix) on the same floats.
+  * SIMD twins (the AVX2 scale search of Q4_K/Q5_K, also the AVX-512 table's): byte-identical to
+    the scalar quantizer.
   * quantization error on Gaussian rows with per-row scales 0.01–1 (measured worst: Q4_K 0.076,
     Q5_K 0.039, Q6_K 0.019 relative RMSE; 0.072 / 0.037 / 0.016 max |error| / max |x|):
     relative RMSE per row <= 0.085 / 0.045 / 0.022 and max |error| <= 0.10 / 0.05 / 0.025 of the
@@ -101,6 +103,23 @@ def test_quantization_error_bounds(t):
     rel_max = np.abs(y - x).max(1) / np.abs(x).max(1)
     assert rel_rmse.max() <= BOUNDS[t][0], rel_rmse.max()
     assert rel_max.max() <= BOUNDS[t][1], rel_max.max()
+
+
+SIMD = [i for i in (2, 3, 4) if lib().kvc_cpu_impls() & (1 << i)]  # AVX2, AVX512, NEON
+
+
+@pytest.mark.skipif(not SIMD, reason="no SIMD impl on this CPU")
+@pytest.mark.parametrize("t", KTYPES, ids=lambda t: t.name)
+def test_simd_quantizer_equals_scalar_twin(t):
+    rng = np.random.default_rng(15)
+    k = 2048
+    rows = inputs(rng, k) + [(rng.standard_normal(k) * rng.uniform(1e-4, 10)).astype(np.float32) for _ in range(64)]
+    x = np.stack(rows)
+    x[-1, :512] = 0.0  # zero sub-blocks inside a non-zero superblock
+    x[-2, 256:300] = 1.5  # a constant stretch
+    want = quantize(x, int(t), impl=SCALAR)
+    for impl in SIMD:
+        assert np.array_equal(quantize(x, int(t), impl=impl), want), impl
 
 
 def test_threaded_quantize_equals_one_call():

@@ -143,12 +143,10 @@ static void pack_scales_k4(const uint8_t *sc, const uint8_t *m, uint8_t *q) {
     }
 }
 
-/* The common part of Q4_K and Q5_K for one superblock x (256): fit the 8 sub-blocks,
- * quantize their scales/mins to 6 bits into dd = {d, dmin}, scales[12], and re-round every
- * element with the stored values into L (256, 0..nmax). */
-static void quantize_affine_superblock(const float *x, int nmax, float rmin, int nstep, kvc_half dd[2],
-                                       uint8_t *scales, uint8_t *L) {
-    float sub_s[8], sub_m[8], w[32], max_s = 0.0f, max_m = 0.0f;
+/* The scale search of one Q4_K/Q5_K superblock, scalar: each sub-block j of 32 fitted
+ * with weights rms + |x| (kvc_k4_fit_fn, quants.h). */
+static void fit_k4_ref(const float *x, int nmax, float rmin, int nstep, float *sub_s, float *sub_m, uint8_t *L) {
+    float w[32];
     for (int j = 0; j < 8; j++) {
         const float *xs = x + 32 * j;
         float ss = 0.0f;
@@ -156,6 +154,17 @@ static void quantize_affine_superblock(const float *x, int nmax, float rmin, int
         const float rms = sqrtf(ss / 32.0f);
         for (int l = 0; l < 32; l++) w[l] = rms + fabsf(xs[l]);
         sub_s[j] = fit_affine(32, nmax, xs, w, L + 32 * j, &sub_m[j], rmin, 0.1f, nstep);
+    }
+}
+
+/* The common part of Q4_K and Q5_K for one superblock x (256): fit the 8 sub-blocks,
+ * quantize their scales/mins to 6 bits into dd = {d, dmin}, scales[12], and re-round every
+ * element with the stored values into L (256, 0..nmax). */
+static void quantize_affine_superblock(const float *x, int nmax, float rmin, int nstep, kvc_k4_fit_fn fit,
+                                       kvc_half dd[2], uint8_t *scales, uint8_t *L) {
+    float sub_s[8], sub_m[8], max_s = 0.0f, max_m = 0.0f;
+    fit(x, nmax, rmin, nstep, sub_s, sub_m, L);
+    for (int j = 0; j < 8; j++) {
         max_s = sub_s[j] > max_s ? sub_s[j] : max_s;
         max_m = sub_m[j] > max_m ? sub_m[j] : max_m;
     }
@@ -176,13 +185,13 @@ static void quantize_affine_superblock(const float *x, int nmax, float rmin, int
     }
 }
 
-void kvc_quantize_row_q4_K_ref(const float *x, void *vy, int64_t n) {
+void kvc_quantize_row_q4_K_with(const float *x, void *vy, int64_t n, kvc_k4_fit_fn fit) {
     block_q4_K *y = vy; // (n/256) blocks
     for (int64_t i = 0; i < n / QK_K; i++, x += QK_K) {
         block_q4_K b;
         uint8_t L[QK_K];
         kvc_half dd[2];
-        quantize_affine_superblock(x, 15, -1.0f, 20, dd, b.scales, L);
+        quantize_affine_superblock(x, 15, -1.0f, 20, fit, dd, b.scales, L);
         b.d = dd[0];
         b.dmin = dd[1];
         for (int c = 0; c < 4; c++)
@@ -191,13 +200,13 @@ void kvc_quantize_row_q4_K_ref(const float *x, void *vy, int64_t n) {
     }
 }
 
-void kvc_quantize_row_q5_K_ref(const float *x, void *vy, int64_t n) {
+void kvc_quantize_row_q5_K_with(const float *x, void *vy, int64_t n, kvc_k4_fit_fn fit) {
     block_q5_K *y = vy; // (n/256) blocks
     for (int64_t i = 0; i < n / QK_K; i++, x += QK_K) {
         block_q5_K b;
         uint8_t L[QK_K];
         kvc_half dd[2];
-        quantize_affine_superblock(x, 31, -0.5f, 15, dd, b.scales, L);
+        quantize_affine_superblock(x, 31, -0.5f, 15, fit, dd, b.scales, L);
         b.d = dd[0];
         b.dmin = dd[1];
         memset(b.qh, 0, sizeof b.qh);
@@ -211,6 +220,9 @@ void kvc_quantize_row_q5_K_ref(const float *x, void *vy, int64_t n) {
         memcpy(&y[i], &b, sizeof b);
     }
 }
+
+void kvc_quantize_row_q4_K_ref(const float *x, void *y, int64_t n) { kvc_quantize_row_q4_K_with(x, y, n, fit_k4_ref); }
+void kvc_quantize_row_q5_K_ref(const float *x, void *y, int64_t n) { kvc_quantize_row_q5_K_with(x, y, n, fit_k4_ref); }
 
 void kvc_quantize_row_q6_K_ref(const float *x, void *vy, int64_t n) {
     block_q6_K *y = vy; // (n/256) blocks

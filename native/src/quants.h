@@ -231,6 +231,14 @@ void kvc_quantize_row_q4_K_ref(const float *x, void *y, int64_t n);
 void kvc_quantize_row_q5_K_ref(const float *x, void *y, int64_t n);
 void kvc_quantize_row_q6_K_ref(const float *x, void *y, int64_t n);
 void kvc_quantize_row_q5_1_ref(const float *x, void *y, int64_t n); /* Q5_K_M's fallback type */
+/* The Q4_K/Q5_K scale search of one superblock x (256) — the hot loop, so a SIMD table can
+ * bring its own (bit-identical) one: per sub-block j < 8 its scale sub_s[j], its negated
+ * offset sub_m[j] >= 0 and levels L[32j..32j+31] in 0..nmax. The rest of the quantizer
+ * (6-bit scales, re-rounding, packing) is kvc_quantize_row_q{4,5}_K_with's. */
+typedef void (*kvc_k4_fit_fn)(const float *x, int nmax, float rmin, int nstep, float *sub_s, float *sub_m,
+                              uint8_t *L);
+void kvc_quantize_row_q4_K_with(const float *x, void *y, int64_t n, kvc_k4_fit_fn fit);
+void kvc_quantize_row_q5_K_with(const float *x, void *y, int64_t n, kvc_k4_fit_fn fit);
 
 void kvc_dequantize_row_f32_ref(const void *x, float *y, int64_t n);
 void kvc_dequantize_row_f16_ref(const void *x, float *y, int64_t n);
@@ -288,6 +296,9 @@ void kvc_dequantize_row_f16_avx2(const void *x, float *y, int64_t n);
 void kvc_dequantize_row_bf16_avx2(const void *x, float *y, int64_t n);
 void kvc_dequantize_row_q8_0_avx2(const void *x, float *y, int64_t n);
 void kvc_dequantize_row_q4_0_avx2(const void *x, float *y, int64_t n);
+/* k-quant quantizers with the scale search in AVX2 (cpu/quantize_k_avx2.c): the ref's bytes */
+void kvc_quantize_row_q4_K_avx2(const float *x, void *y, int64_t n);
+void kvc_quantize_row_q5_K_avx2(const float *x, void *y, int64_t n);
 
 /* vec_dot and gemm per impl (cpu/dot_x86.h instantiated twice). */
 #define KVC_DECLARE_DOT(name, sfx)                                                                  \
