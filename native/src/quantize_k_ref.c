@@ -224,15 +224,20 @@ void kvc_quantize_row_q5_K_with(const float *x, void *vy, int64_t n, kvc_k4_fit_
 void kvc_quantize_row_q4_K_ref(const float *x, void *y, int64_t n) { kvc_quantize_row_q4_K_with(x, y, n, fit_k4_ref); }
 void kvc_quantize_row_q5_K_ref(const float *x, void *y, int64_t n) { kvc_quantize_row_q5_K_with(x, y, n, fit_k4_ref); }
 
-void kvc_quantize_row_q6_K_ref(const float *x, void *vy, int64_t n) {
+/* The Q6_K scale search of one superblock, scalar (kvc_k6_fit_fn, quants.h). */
+static void fit_k6_ref(const float *x, float *sub_s, uint8_t *L) {
+    for (int j = 0; j < 16; j++) sub_s[j] = fit_symmetric(16, 32, x + 16 * j, L + 16 * j);
+}
+
+void kvc_quantize_row_q6_K_with(const float *x, void *vy, int64_t n, kvc_k6_fit_fn fit) {
     block_q6_K *y = vy; // (n/256) blocks
     for (int64_t i = 0; i < n / QK_K; i++, x += QK_K) {
         block_q6_K b;
         memset(&b, 0, sizeof b);
         float sub_s[16], max_s = 0.0f, amax_s = 0.0f;
         uint8_t L[QK_K]; /* q + 32, 0..63 */
+        fit(x, sub_s, L);
         for (int j = 0; j < 16; j++) {
-            sub_s[j] = fit_symmetric(16, 32, x + 16 * j, L + 16 * j);
             if (fabsf(sub_s[j]) > amax_s) {
                 amax_s = fabsf(sub_s[j]);
                 max_s = sub_s[j];
@@ -268,6 +273,8 @@ void kvc_quantize_row_q6_K_ref(const float *x, void *vy, int64_t n) {
         memcpy(&y[i], &b, sizeof b);
     }
 }
+
+void kvc_quantize_row_q6_K_ref(const float *x, void *y, int64_t n) { kvc_quantize_row_q6_K_with(x, y, n, fit_k6_ref); }
 
 /* ---------------- Q5_K: dequantize, vec_dot, gemm (scalar only) ---------------- */
 

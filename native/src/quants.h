@@ -239,6 +239,10 @@ typedef void (*kvc_k4_fit_fn)(const float *x, int nmax, float rmin, int nstep, f
                               uint8_t *L);
 void kvc_quantize_row_q4_K_with(const float *x, void *y, int64_t n, kvc_k4_fit_fn fit);
 void kvc_quantize_row_q5_K_with(const float *x, void *y, int64_t n, kvc_k4_fit_fn fit);
+/* Q6_K's scale search of one superblock x (256): per sub-block j < 16 of 16 its symmetric
+ * scale sub_s[j] and levels + 32 in L[16j..16j+15] (0 for an all-zero sub-block). */
+typedef void (*kvc_k6_fit_fn)(const float *x, float *sub_s, uint8_t *L);
+void kvc_quantize_row_q6_K_with(const float *x, void *y, int64_t n, kvc_k6_fit_fn fit);
 
 void kvc_dequantize_row_f32_ref(const void *x, float *y, int64_t n);
 void kvc_dequantize_row_f16_ref(const void *x, float *y, int64_t n);
@@ -299,6 +303,7 @@ void kvc_dequantize_row_q4_0_avx2(const void *x, float *y, int64_t n);
 /* k-quant quantizers with the scale search in AVX2 (cpu/quantize_k_avx2.c): the ref's bytes */
 void kvc_quantize_row_q4_K_avx2(const float *x, void *y, int64_t n);
 void kvc_quantize_row_q5_K_avx2(const float *x, void *y, int64_t n);
+void kvc_quantize_row_q6_K_avx2(const float *x, void *y, int64_t n);
 
 /* vec_dot and gemm per impl (cpu/dot_x86.h instantiated twice). */
 #define KVC_DECLARE_DOT(name, sfx)                                                                  \

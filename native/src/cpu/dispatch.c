@@ -68,10 +68,10 @@ const kvc_kernel_table kvc_kernels_ref = {
         [KVC_TYPE_Q5_1] = {QREF(q5_1), DQREF(q5_1), DOT(q5_1_q8_1, ref)}, /* scalar only */                      \
         [KVC_TYPE_Q4_K] = {KQUANT_##sfx(q4_K), DQREF(q4_K), DOT(q4_K_q8_K, int_sfx)},                             \
         [KVC_TYPE_Q5_K] = {KQUANT_##sfx(q5_K), DQREF(q5_K), DOT(q5_K_q8_K, ref)},                                 \
-        [KVC_TYPE_Q6_K] = {QREF(q6_K), DQREF(q6_K), DOT(q6_K_q8_K, int_sfx)},                                     \
+        [KVC_TYPE_Q6_K] = {KQUANT_##sfx(q6_K), DQREF(q6_K), DOT(q6_K_q8_K, int_sfx)},                             \
     }
 
-/* Q4_K/Q5_K quantizers: AVX2 has its own scale search (cpu/quantize_k_avx2.c), NEON the scalar one */
+/* k-quant quantizers: AVX2 has its own scale search (cpu/quantize_k_avx2.c), NEON the scalar one */
 #define KQUANT_avx2(t) kvc_quantize_row_##t##_avx2
 #define KQUANT_neon(t) QREF(t)
 

@@ -1,6 +1,7 @@
-/* quantize_k_avx2.c — the Q4_K/Q5_K scale search (kvc_k4_fit_fn, quants.h) in AVX2:
- * the 8 sub-blocks of a superblock run in the 8 lanes, each lane doing exactly the
- * scalar twin's arithmetic (fit_affine in quantize_k_ref.c) in the same order, so
+/* quantize_k_avx2.c — the k-quant scale searches (kvc_k4_fit_fn, kvc_k6_fit_fn in
+ * quants.h) in AVX2: 8 sub-blocks of a superblock run in the 8 lanes (Q6_K: its 16 in
+ * two passes), each lane doing exactly the scalar twin's arithmetic (fit_affine,
+ * fit_symmetric in quantize_k_ref.c) in the same order, so
  * the bytes are the scalar quantizer's (tests/test_kquant.py). Lanes never mix: no
  * horizontal sums, only lane-wise IEEE add/mul/div/sqrt (no FMA: the build has
  * -ffp-contract=off and nothing here is fused by hand). */
@@ -97,8 +98,64 @@ static void fit_k4_avx2(const float *x, int nmax, float rmin, int nstep, float *
     }
 }
 
+/* Q6_K: sub-blocks 8h..8h+7 of 16 in the lanes, h = 0, 1. */
+static void fit_k6_avx2(const float *x, float *sub_s, uint8_t *L) {
+    const int nmax = 32;
+    const __m256i idx = _mm256_setr_epi32(0, 16, 32, 48, 64, 80, 96, 112);
+    const __m256 zero = _mm256_setzero_ps(), absmask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
+    const __m256i lo_l = _mm256_set1_epi32(-nmax), hi_l = _mm256_set1_epi32(nmax - 1), off = _mm256_set1_epi32(nmax);
+    for (int h = 0; h < 2; h++) {
+        const float *xh = x + 128 * h;
+        __m256 X[16], amax = zero, max = zero;
+        __m256i Lv[16], T[16];
+        for (int i = 0; i < 16; i++) {
+            X[i] = _mm256_i32gather_ps(xh + i, idx, 4);
+            const __m256 ax = _mm256_and_ps(X[i], absmask), gt = _mm256_cmp_ps(ax, amax, _CMP_GT_OQ);
+            amax = _mm256_blendv_ps(amax, ax, gt);
+            max = _mm256_blendv_ps(max, X[i], gt);
+            Lv[i] = _mm256_setzero_si256();
+        }
+        const __m256 tiny = _mm256_cmp_ps(amax, _mm256_set1_ps(1e-15f), _CMP_LT_OQ); /* all-zero lanes */
+        __m256 s = zero, best = zero;
+        for (int k = 0; k <= 18; k++) {
+            const int o = k == 0 ? 0 : (k <= 9 ? k - 10 : k - 9);
+            const __m256 inv = _mm256_div_ps(_mm256_set1_ps(-((float)nmax + 0.1f * (float)o)), max);
+            __m256 sxl = zero, sll = zero;
+            for (int i = 0; i < 16; i++) {
+                const __m256i l = _mm256_min_epi32(_mm256_max_epi32(nearest_int_256(_mm256_mul_ps(inv, X[i])), lo_l), hi_l);
+                T[i] = _mm256_add_epi32(l, off);
+                const __m256 lf = _mm256_cvtepi32_ps(l), w = _mm256_mul_ps(X[i], X[i]);
+                sxl = _mm256_add_ps(sxl, _mm256_mul_ps(_mm256_mul_ps(w, X[i]), lf));
+                sll = _mm256_add_ps(sll, _mm256_mul_ps(_mm256_mul_ps(w, lf), lf));
+            }
+            __m256 take;
+            if (k == 0) {
+                take = _mm256_castsi256_ps(_mm256_set1_epi32(-1));
+                s = _mm256_blendv_ps(_mm256_div_ps(sxl, sll), zero, _mm256_cmp_ps(sll, zero, _CMP_EQ_OQ));
+                best = _mm256_mul_ps(s, sxl);
+            } else {
+                take = _mm256_and_ps(_mm256_cmp_ps(sll, zero, _CMP_GT_OQ),
+                                     _mm256_cmp_ps(_mm256_mul_ps(sxl, sxl), _mm256_mul_ps(best, sll), _CMP_GT_OQ));
+                s = _mm256_blendv_ps(s, _mm256_div_ps(sxl, sll), take);
+                best = _mm256_blendv_ps(best, _mm256_mul_ps(s, sxl), take);
+            }
+            const __m256i ti = _mm256_castps_si256(take);
+            for (int i = 0; i < 16; i++) Lv[i] = _mm256_blendv_epi8(Lv[i], T[i], ti);
+        }
+        s = _mm256_blendv_ps(s, zero, tiny);
+        const __m256i zi = _mm256_castps_si256(tiny);
+        _mm256_storeu_ps(sub_s + 8 * h, s);
+        int32_t t[8];
+        for (int i = 0; i < 16; i++) {
+            _mm256_storeu_si256((__m256i *)t, _mm256_andnot_si256(zi, Lv[i]));
+            for (int j = 0; j < 8; j++) L[128 * h + 16 * j + i] = (uint8_t)t[j];
+        }
+    }
+}
+
 void kvc_quantize_row_q4_K_avx2(const float *x, void *y, int64_t n) { kvc_quantize_row_q4_K_with(x, y, n, fit_k4_avx2); }
 void kvc_quantize_row_q5_K_avx2(const float *x, void *y, int64_t n) { kvc_quantize_row_q5_K_with(x, y, n, fit_k4_avx2); }
+void kvc_quantize_row_q6_K_avx2(const float *x, void *y, int64_t n) { kvc_quantize_row_q6_K_with(x, y, n, fit_k6_avx2); }
 
 #include "target_end.h"
 
