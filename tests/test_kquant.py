@@ -14,6 +14,8 @@ Stated tolerances:
   * a tiny model converted with q4_k_m / q5_k_m: llama.cpp loads it, and its logits and our
     runtime's on the same file agree within 3e-2 of max |logit| (both multiply with 8-bit
     activations, in different orders), argmax agreement >= 90%.
+  * slow (-m slow, ~40 s): SmolLM2-135M's q4_k_m / q5_k_m / q6_k files have every tensor's type
+    and bytes of llama.cpp's llama_model_quantize on the same f16 model.
 """
 
 from __future__ import annotations
@@ -207,3 +209,40 @@ def test_convert_help_lists_the_mixes():
     help_text = p.format_help()
     for weights in K_MIXES:
         assert weights in help_text
+
+
+@pytest.fixture(scope="module")
+def smollm2_f16(tmp_path_factory) -> tuple[Path, Path]:
+    """SmolLM2-135M-Instruct: the f16 Hugging Face import of the fixture and its f16 GGUF."""
+    from kvconvert import convert
+    from kvconvert.conversion.import_gguf import import_gguf
+    from kvconvert.testdata import fixtures
+
+    root = tmp_path_factory.mktemp("kq-smollm2")
+    hf, f16 = root / "hf", root / "f16.gguf"
+    import_gguf(fixtures.smollm2_gguf(), hf, dtype="f16")
+    convert(hf, f16, weights="f16")
+    return hf, f16
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("weights", K_MIXES)
+def test_smollm2_tensors_equal_llama_quantize(smollm2_f16, tmp_path_factory, weights):
+    """The real model: our mix of the f16 import has every tensor's type and bytes of llama.cpp's own
+    llama_model_quantize on the f16 GGUF of the same directory."""
+    llama_cpp = pytest.importorskip("llama_cpp", reason="scripts/test.sh installs llama-cpp-python")
+
+    from kvconvert import convert
+    from tests import oracle_llama_cpp as oracle
+
+    hf, f16 = smollm2_f16
+    ours, theirs = tmp_path_factory.mktemp("ours") / "m.gguf", tmp_path_factory.mktemp("theirs") / "m.gguf"
+    convert(hf, ours, weights=weights)
+    p = llama_cpp.llama_model_quantize_default_params()
+    p.ftype = int(gguf.LlamaFileType[f"MOSTLY_{weights.upper()}"])
+    with oracle.quiet():
+        assert llama_cpp.llama_model_quantize(str(f16).encode(), str(theirs).encode(), ctypes.byref(p)) == 0
+    mine = {t.name: t for t in gguf.GGUFReader(ours).tensors}
+    for t in gguf.GGUFReader(theirs).tensors:
+        assert mine[t.name].tensor_type == t.tensor_type, t.name
+        assert np.array_equal(np.asarray(mine[t.name].data).view(np.uint8), np.asarray(t.data).view(np.uint8)), t.name
