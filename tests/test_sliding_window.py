@@ -59,3 +59,23 @@ def test_window_cache_decode_rewind_and_batches(tiny_ggufs, name):
         got = eval_multi([w for _, w in ctxs], [t, t])
         want = eval_multi([f for f, _ in ctxs], [t, t])
         np.testing.assert_array_equal(got, want)
+
+
+def test_chat_restarts_below_the_rewind_floor(tiny_ggufs):
+    """A chat whose new prompt shares only a prefix shorter than what the window cache still holds
+    (rewind_floor) prefills again from 0 instead of failing; the logits are a fresh context's."""
+    from kvconvert.runtime.engine import ContextParams, Model
+    from kvconvert.runtime.generate import SamplerParams
+    from kvconvert.serving.chat import ChatSession
+
+    model = Model(tiny_ggufs["mistral-hd64-swa8"])
+    params = ContextParams(n_ctx=256, n_batch=4, n_threads=1)
+    s = ChatSession(model, params, SamplerParams(temperature=0.0))
+    first = list(range(5, 65))
+    s._sync(first)
+    assert s.ctx.rewind_floor > 3  # the window cache no longer holds position 3's past
+    second = first[:3] + [7] * 40
+    got = s._sync(second)
+    assert s.prefilled == len(second)  # everything again, not a failed rewind
+    want = model.context(params).eval(second)
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-5)

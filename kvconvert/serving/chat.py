@@ -228,6 +228,8 @@ class ChatSession:
             n += 1
         if n == len(ids):  # nothing new: re-evaluate the last token for its logits
             n -= 1
+        if 0 < n < self.ctx.n_past and n < self.ctx.rewind_floor:
+            n = 0  # sliding-window layers no longer hold what position n needs: prefill it all again
         if n == 0 and self.ctx.n_past and keeps_first_batch_mean(self.ctx.params):
             self.ctx = self.model.context(self.ctx.params)  # start over: a new mean from the new first batch
         elif n < self.ctx.n_past:

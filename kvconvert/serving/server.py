@@ -189,6 +189,8 @@ class Engine:
                                 key=lambda ck: ck[1])
                 self._free.remove(ctx)
                 keep = max(0, min(keep, len(job.prompt) - 1))  # one prompt token is evaluated, for its logits
+                if 0 < keep < ctx.n_past and keep < ctx.rewind_floor:
+                    keep = 0  # sliding-window layers dropped what position `keep` needs: prefill it all
             self._cached.pop(id(ctx), None)
             ctx.reset(keep)
             job.pos = keep
