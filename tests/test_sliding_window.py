@@ -79,3 +79,17 @@ def test_chat_restarts_below_the_rewind_floor(tiny_ggufs):
     assert s.prefilled == len(second)  # everything again, not a failed rewind
     want = model.context(params).eval(second)
     np.testing.assert_allclose(got, want, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["gemma3-hd64-swa8", "mistral-hd64-swa8", "qwen2-hd64"])
+@pytest.mark.parametrize("n_ctx,n_batch", [(64, 4), (256, 16), (24, 8)])
+def test_cache_rows_are_what_the_runtime_allocates(tiny_ggufs, name, n_ctx, n_batch):
+    """models.arch.cache_rows (every KV-MiB figure the CLI, card and TUI show) against the bytes the
+    C runtime holds for an f16 cache."""
+    from kvconvert.models.arch import from_hf
+
+    model = Model(tiny_ggufs[name])
+    a = model.args
+    rows = from_hf(a.architecture).cache_rows(a, n_ctx, n_batch)
+    ctx = model.context(ContextParams(n_ctx=n_ctx, n_batch=n_batch, type_k="f16", type_v="f16", n_threads=1))
+    assert ctx.kv_bytes == sum(rows) * a.num_key_value_heads * a.head_dim * 2 * 2

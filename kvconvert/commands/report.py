@@ -8,7 +8,8 @@ from rich.console import Console
 from rich.table import Table
 
 from ..conversion.writer import ConvertResult
-from ..models.source import ModelSource
+from ..models.arch import cache_rows
+from ..models.source import ModelSource, load_model
 
 
 FILE_WIDTH = 120  # columns of tables written to a file or a pipe
@@ -131,8 +132,10 @@ def print_patch_info(m: ModelSource, console: Console | None = None) -> None:
     sink = lambda cfgs: sink_bits(n_sink, INFO_CTX) if cfgs is not None else 0.0  # noqa: E731
     kb = sum(k[5] for k in ks) / L + sink(meta.k_configs)
     vb = sum(v[5] for v in vs) / L + sink(meta.v_configs)
-    values = L * Hk * d * INFO_CTX
-    mib, f16 = values * (kb + vb) / 8 / 2**20, values * 32 / 8 / 2**20
+    rows = cache_rows(m.args, INFO_CTX)  # sliding-window layers hold only their window
+    sinks = sink(meta.k_configs) + sink(meta.v_configs)
+    mib = sum(r * Hk * d * (k[5] + v[5] + sinks) for r, k, v in zip(rows, ks, vs)) / 8 / 2**20
+    f16 = sum(rows) * Hk * d * 32 / 8 / 2**20
     console.print(f"K {kb:.2f} / V {vb:.2f} bits per value at a {INFO_CTX // 1024}k context (group scales and "
                   f"sinks counted); KV cache at {INFO_CTX // 1024}k: {mib:.1f} MiB (f16: {f16:.1f} MiB, "
                   f"{f16 / mib:.1f}× smaller)")
@@ -192,11 +195,12 @@ def sparkline(values: list[float], lo: float = 2.0, hi: float = 8.0) -> str:
     return "".join(SPARK[max(0, min(n, round((v - lo) / (hi - lo) * n)))] for v in values)
 
 
-def kv_mib(profile, n_ctx: int = 32768) -> tuple[float, float]:
-    """KV-cache MiB of ``profile``'s caches and of an f16 cache at n_ctx tokens (all layers, K and V)."""
+def kv_mib(profile, rows: list[int], n_ctx: int = 32768) -> tuple[float, float]:
+    """KV-cache MiB of ``profile``'s caches and of an f16 cache at n_ctx tokens, K and V, with
+    ``rows[l]`` positions held by layer l (models.arch.cache_rows: sliding-window layers fewer)."""
     s = profile.model
-    values = s.n_layer * s.n_head_kv * s.head_dim * n_ctx
     kb, vb = profile.bits(n_ctx)
+    values = sum(rows) * s.n_head_kv * s.head_dim
     return values * (kb + vb) / 8 / 2**20, values * 32 / 8 / 2**20
 
 
@@ -220,7 +224,7 @@ def print_convert_job(job, console: Console | None = None) -> None:
         else:
             t.add_row(label, f"{mean:.2f}", kind, "")
     console.print(t)
-    mib, f16 = kv_mib(p)
+    mib, f16 = kv_mib(p, cache_rows(load_model(job.output).args, 32768))
     console.print(f"KV cache at a 32k context: {mib:.0f} MiB (f16: {f16:.0f} MiB, {f16 / mib:.1f}× smaller)")
     c = job.check
     if c is not None:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import os
 import re
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import gguf
@@ -25,6 +25,7 @@ from ..base.paths import public_name
 from ..formats.gguf_io import field_value
 from ..formats.gguf_keys import Keys
 from ..kvcache.kvmeta import DEFAULT_SINK, CacheMeta
+from ..models.arch import cache_rows
 from ..models.hub_files import REPO_ID
 from ..models.source import ModelSource, load_gguf
 from ..conversion.profile import Profile, sink_bits
@@ -83,6 +84,9 @@ class CardInfo:
     kept: bool = False  # kvconvert.weights == "keep": the source GGUF's tensors byte for byte
     n_sink: int = 0  # leading positions TurboQuant caches keep in f16
     base_repo: str | None = None  # from general.base_model.0.repo_url / general.source.repo_url, if a Hub repo
+    # positions each layer's cache holds at each context of the memory table (models.arch.cache_rows:
+    # sliding-window layers only their window); missing: every layer holds the whole context
+    cache_rows: dict = field(default_factory=dict, compare=False)
 
     def kv_bytes_per_token(self, n_ctx: int | None = None) -> float:
         """KV-cache bytes per token of context with this file's default caches (all layers); with
@@ -95,6 +99,15 @@ class CardInfo:
 
     def f16_bytes_per_token(self) -> float:
         return self.n_layer * self.n_head_kv * self.head_dim * 2 * 2
+
+    def kv_bytes(self, n_ctx: int) -> tuple[float, float]:
+        """(this file's caches, f16 caches) in bytes at a context of n_ctx tokens, with the positions
+        each layer really holds and the f16 sink positions of TurboQuant caches."""
+        rows = self.cache_rows.get(n_ctx) or (n_ctx,) * self.n_layer
+        sink = sum(sink_bits(self.n_sink, n_ctx) for side in (self.k, self.v) if side.type == TQ)
+        per_row = self.n_head_kv * self.head_dim / 8
+        here = sum(r * per_row * (k + v + sink) for r, k, v in zip(rows, self.k.bits, self.v.bits))
+        return here, sum(rows) * per_row * 32
 
 
 def read_card_info(path: str | os.PathLike, src: ModelSource | None = None) -> CardInfo:
@@ -147,7 +160,8 @@ def read_card_info(path: str | os.PathLike, src: ModelSource | None = None) -> C
         kvconvert_version=str(get(Keys.KVConvert.VERSION, "?")), k=side("k"), v=side("v"),
         k_centered=meta is not None and meta.k_mean is not None,
         k_permuted=meta is not None and meta.k_perm is not None, plain=meta is None,
-        kept=get(Keys.KVConvert.WEIGHTS) == "keep", n_sink=n_sink if meta is not None else 0, base_repo=base_repo)
+        kept=get(Keys.KVConvert.WEIGHTS) == "keep", n_sink=n_sink if meta is not None else 0, base_repo=base_repo,
+        cache_rows={n: tuple(cache_rows(a, n)) for n in CONTEXTS})
 
 
 def base_model(info: CardInfo, profile: Profile | None = None, given: str | None = None) -> str | None:
@@ -308,12 +322,14 @@ def _memory(info: CardInfo) -> str:
     lines = ["## KV-cache memory\n",
              f"{info.n_layer} layers × {info.n_head_kv} KV heads × head dim {info.head_dim}: "
              f"{per_tok:,.0f} bytes per token of context ({f16:,.0f} with an f16 cache), plus the f16 sink "
-             "positions (counted below).\n",
+             "positions (counted below)"
+             + ("; sliding-window layers hold only their window (counted below)" if any(
+                 r < n for n, rows in info.cache_rows.items() for r in rows) else "") + ".\n",
              "| context | this file | f16 cache | saved |", "|---|---|---|---|"]
     for n in CONTEXTS:
         mark = " *" if n > info.context_length else ""
-        here = info.kv_bytes_per_token(n)
-        lines.append(f"| {n // 1024}k{mark} | {_size(here * n)} | {_size(f16 * n)} | {1 - here / f16:.0%} |")
+        here, f16_n = info.kv_bytes(n)
+        lines.append(f"| {n // 1024}k{mark} | {_size(here)} | {_size(f16_n)} | {1 - here / f16_n:.0%} |")
     if any(n > info.context_length for n in CONTEXTS):
         lines.append(f"\n\\* beyond the model's trained context ({info.context_length} tokens).")
     return "\n".join(lines) + "\n"

@@ -128,9 +128,11 @@ def hub_token() -> str | None:
 # ---- numbers the tables show ----
 
 def kv_mib(args, n_ctx: int, k_bpv: float, v_bpv: float) -> float:
-    """KV cache size in MiB at ``n_ctx`` tokens (args: kvconvert.models.config.ModelArgs)."""
-    return (n_ctx * args.num_hidden_layers * args.num_key_value_heads * args.head_dim
-            * (k_bpv + v_bpv) / 8 / 2**20)
+    """KV cache size in MiB at ``n_ctx`` tokens (args: kvconvert.models.config.ModelArgs), with the
+    positions each layer holds (sliding-window layers only their window: models.arch.cache_rows)."""
+    from ..models.arch import cache_rows
+
+    return sum(cache_rows(args, n_ctx)) * args.num_key_value_heads * args.head_dim * (k_bpv + v_bpv) / 8 / 2**20
 
 
 def est_speed(args, n_ctx: int, k_bpv: float, v_bpv: float, weight_bytes: float) -> float:

@@ -43,6 +43,13 @@ def from_hf(name: str, source: str = "config.json") -> Architecture:
     return _load(HF_ARCHITECTURES[name])
 
 
+def cache_rows(args, n_ctx: int) -> list[int]:
+    """Architecture.cache_rows for a model's ModelArgs (every layer n_ctx for unknown families)."""
+    if args.architecture not in HF_ARCHITECTURES:
+        return [n_ctx] * args.num_hidden_layers
+    return from_hf(args.architecture).cache_rows(args, n_ctx)
+
+
 def from_gguf(name: str, source: str = "GGUF") -> Architecture:
     from .folded import PREFIX, folded
 

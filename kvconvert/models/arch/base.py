@@ -122,6 +122,13 @@ class Architecture:
             inv_freq=tuple(layer_inv_freq(args, i) for i in range(args.num_hidden_layers)),
         )
 
+    def cache_rows(self, args: ModelArgs, n_ctx: int, n_batch: int = 512) -> list[int]:
+        """Positions each layer's KV cache holds at a context of n_ctx tokens, as the runtime allocates
+        them (native/src/cpu/kv_cache.c): n_ctx, or for a sliding-window layer at most its window, a
+        batch, and a batch to rewind into (2·window + 2·n_batch). Every KV-MiB figure shown uses this."""
+        return [min(n_ctx, 2 * w + 2 * n_batch) if w else n_ctx
+                for w in (self.layer_window(args, layer) for layer in range(args.num_hidden_layers))]
+
     def layer_window(self, args: ModelArgs, layer: int) -> int:
         """0 for global attention, else the layer's sliding window."""
         if not args.sliding_window:
