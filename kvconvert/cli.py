@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import importlib
+import os
 import signal
 import sys
 import threading
@@ -69,7 +70,7 @@ def _dispatch(argv: list[str]) -> int:
     from .base.errors import KVConvertError
 
     try:
-        with _sigterm_interrupts():
+        with _sigterm_interrupts(), _backend(getattr(args, "backend", None)):
             return int(module.run(args) or 0)
     except KVConvertError as e:
         print(f"kvconvert: error: {e}", file=sys.stderr)
@@ -90,6 +91,24 @@ class Terminated(KeyboardInterrupt):
 def _raise_terminated(signum, frame) -> None:
     signal.signal(signal.SIGTERM, signal.SIG_IGN)  # once: a second SIGTERM must not cut the cleanup short
     raise Terminated()
+
+
+@contextlib.contextmanager
+def _backend(name: str | None):
+    """--backend for the contexts this command creates: the runtime reads KVC_BACKEND when a
+    context is made (native/src/context.c); restored afterwards (main() may run in-process)."""
+    if name is None:
+        yield
+        return
+    previous = os.environ.get("KVC_BACKEND")
+    os.environ["KVC_BACKEND"] = name
+    try:
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop("KVC_BACKEND", None)
+        else:
+            os.environ["KVC_BACKEND"] = previous
 
 
 @contextlib.contextmanager

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import sys
 
 import numpy as np
 import pytest
@@ -130,3 +132,15 @@ def test_eval_bad_text(capsys, tiny_gguf, tmp_path):
     short.write_text("too short")
     assert main(["eval", str(tiny_gguf), "--text", str(short), "--ctx", "512"]) == 2
     assert "fewer than one chunk" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(sys.platform == "darwin", reason="macOS builds have the Metal backend")
+def test_backend_option(tiny_gguf, capsys, monkeypatch):
+    """--backend cpu runs; --backend metal off macOS is one line and exit 2; KVC_BACKEND is restored."""
+    monkeypatch.delenv("KVC_BACKEND", raising=False)
+    assert main(["run", str(tiny_gguf), "-p", "the", "-n", "2", "--backend", "cpu"]) == 0
+    capsys.readouterr()
+    assert main(["run", str(tiny_gguf), "-p", "the", "-n", "2", "--backend", "metal"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "metal" in err and "macOS" in err
+    assert "KVC_BACKEND" not in os.environ
