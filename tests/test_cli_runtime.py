@@ -139,6 +139,7 @@ def test_backend_option(tiny_gguf, capsys, monkeypatch):
     """--backend cpu runs; --backend metal off macOS is one line and exit 2; KVC_BACKEND is restored."""
     monkeypatch.delenv("KVC_BACKEND", raising=False)
     assert main(["run", str(tiny_gguf), "-p", "the", "-n", "2", "--backend", "cpu"]) == 0
+    assert main(["run", str(tiny_gguf), "-p", "the", "-n", "2", "--backend", "auto"]) == 0
     capsys.readouterr()
     assert main(["run", str(tiny_gguf), "-p", "the", "-n", "2", "--backend", "metal"]) == 2
     err = capsys.readouterr().err

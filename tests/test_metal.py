@@ -336,13 +336,29 @@ def test_metal_backend_logits_match_cpu(tiny_ggufs, monkeypatch, cache):
 
 @pytest.mark.skipif(platform.system() == "Darwin", reason="off macOS only")
 def test_backend_selection_off_macos(tiny_ggufs, monkeypatch):
-    """KVC_BACKEND=metal is refused in one line where the build has no Metal backend."""
-    from kvconvert.runtime.engine import Model, NativeError
+    """Where the build has no Metal backend: the default (auto) and cpu run on the CPU, and
+    say so; KVC_BACKEND=metal or an explicit metal backend is refused in one line; a
+    context's own backend setting wins over the environment."""
+    from kvconvert.base.errors import InputError
+    from kvconvert.runtime.engine import ContextParams, Model, NativeError
 
     model = Model(tiny_ggufs["qwen2-hd64"])
-    monkeypatch.setenv("KVC_BACKEND", "cpu")
-    model.context(n_ctx=16, n_batch=8, n_threads=1).eval([1, 2, 3])
+    for value in (None, "", "auto", "cpu"):
+        if value is None:
+            monkeypatch.delenv("KVC_BACKEND", raising=False)
+        else:
+            monkeypatch.setenv("KVC_BACKEND", value)
+        ctx = model.context(n_ctx=16, n_batch=8, n_threads=1)
+        ctx.eval([1, 2, 3])
+        assert ctx.backend == "cpu"
     for value, words in (("metal", "macOS builds only"), ("cuda", "KVC_BACKEND=cuda")):
         monkeypatch.setenv("KVC_BACKEND", value)
         with pytest.raises(NativeError, match=words):
             model.context(n_ctx=16, n_batch=8, n_threads=1)
+        for backend in ("auto", "cpu"):  # the context's own choice wins over the environment
+            assert model.context(ContextParams(n_ctx=16, n_batch=8, n_threads=1, backend=backend)).backend == "cpu"
+    monkeypatch.delenv("KVC_BACKEND")
+    with pytest.raises(NativeError, match="backend metal: this build runs auto, cpu"):
+        model.context(ContextParams(n_ctx=16, n_batch=8, n_threads=1, backend="metal"))
+    with pytest.raises(InputError, match="choose one of auto, cpu, metal"):
+        ContextParams(backend="gpu")

@@ -31,7 +31,7 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(r.to_dict(), indent=2))
         return 0
-    t = Table(title=f"{r.model}  ({r.n_threads} threads, K {r.type_k}, V {r.type_v})")
+    t = Table(title=f"{r.model}  ({r.backend}, {r.n_threads} threads, K {r.type_k}, V {r.type_v})")
     t.add_column("measure")
     t.add_column("value", justify="right")
     t.add_row(f"prefill {r.prefill_tokens} tokens", f"{r.prefill_tokens_per_s:.1f} tok/s")

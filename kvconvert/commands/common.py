@@ -23,9 +23,10 @@ def cache_arg(text: str) -> CacheSpec:
 def add_cache_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ctk", type=cache_arg, default="auto", metavar="TYPE", help=CACHE_HELP.format("K"))
     p.add_argument("--ctv", type=cache_arg, default="auto", metavar="TYPE", help=CACHE_HELP.format("V"))
-    p.add_argument("--backend", choices=("cpu", "metal"), default=None,
-                   help="where the model runs: cpu, or metal (Apple GPUs, macOS builds; not yet verified on a "
-                        "Mac: see README) (default: $KVC_BACKEND, else cpu)")
+    p.add_argument("--backend", choices=("auto", "cpu", "metal"), default=None,
+                   help="where the model runs: auto (Metal on a Mac when it runs this model and these caches, "
+                        "else the CPU), cpu, or metal (macOS builds; not yet verified on a Mac: see README) "
+                        "(default: $KVC_BACKEND, else auto)")
     p.add_argument("--sink", type=A.sink, default=None, metavar="N",
                    help="TurboQuant caches: keep the first N positions (attention sinks) in f16 and use them "
                         "exactly (default: the GGUF's kvconvert metadata, else 1; 0 turns it off)")

@@ -393,7 +393,8 @@ def calibrate(model: str | os.PathLike | ModelSource, *, text: str | None = None
     from ..models.rope import inv_freq
 
     state = _Partial.resume(out, text_sha, fp) or _Partial.new(L, Hk, d)
-    ctx = rt.context(ContextParams(n_ctx=n_ctx, n_batch=n_ctx, type_k="f32", type_v="f32", n_threads=n_threads))
+    ctx = rt.context(ContextParams(n_ctx=n_ctx, n_batch=n_ctx, type_k="f32", type_v="f32", n_threads=n_threads,
+                                   backend="cpu"))  # capture runs on the CPU backend only
     cq, ck, cv = ctx.capture()
     # sample windows: the longest chunks (generated sequences end at different lengths; the proxy wants long ones)
     by_len = sorted(range(len(chunks)), key=lambda i: (-len(chunks[i]), i))

@@ -44,6 +44,7 @@ class BenchResult:
     peak_rss_mib: float = 0.0
     n_ctx: int = 0
     kv_bytes: int = 0  # the KV cache of the n_ctx context: sliding-window layers hold only about their window
+    backend: str = "cpu"  # what ran it (Context.backend)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -112,4 +113,5 @@ def bench(model: str | os.PathLike | Model, *, depths: tuple[int, ...] = (0, 512
     prefill, rows = timed_depths(ctx.eval, ctx.reset, tokens, depths, n_prefill, n_decode, progress, cancel)
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return BenchResult(str(m.path), params.resolved_threads(), ctx.params.type_k, ctx.params.type_v,
-                       ctx.kv_bytes_per_token, n_prefill, prefill, rows, rss, params.n_ctx, ctx.kv_bytes)
+                       ctx.kv_bytes_per_token, n_prefill, prefill, rows, rss, params.n_ctx, ctx.kv_bytes,
+                       ctx.backend)

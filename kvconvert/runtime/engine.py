@@ -24,6 +24,7 @@ from ..models.source import ROPE_FREQS, ModelSource, load_model
 from ..models.rope import inv_freq
 
 SCALE_MODES = {"norm": 0, "ls": 1, "proj": 2}  # turboquant.SCALES, as numbered in tq.c
+BACKENDS = {None: 0, "cpu": 1, "metal": 2, "auto": 3}  # kvc_context_params.backend (kvc.h)
 
 @dataclass(frozen=True)
 class ContextParams:
@@ -53,8 +54,13 @@ class ContextParams:
     n_sink: int | None = None
     # sliding-window layers cache only what their window can still see (False), or every position
     kv_keep_all: bool = False
+    # where the context runs: "auto" (Metal where the build has it, a device exists and it runs
+    # this model and these caches; else the CPU), "cpu", "metal"; None: $KVC_BACKEND, else auto
+    backend: str | None = None
 
     def __post_init__(self) -> None:
+        if self.backend not in BACKENDS:
+            raise InputError(f"backend {self.backend!r}: choose one of auto, cpu, metal")
         # the cache types are parsed once, here: from now on they are CacheSpecs (still strings)
         object.__setattr__(self, "type_k", CacheSpec(self.type_k))
         object.__setattr__(self, "type_v", CacheSpec(self.type_v))
@@ -369,6 +375,7 @@ class Context:
         p.k_mean_folded = int(params.k_mean_folded)
         p.n_sink = params.n_sink or 0
         p.kv_keep_all = int(params.kv_keep_all)
+        p.backend = BACKENDS[params.backend]
         if params.v_mean is not None:
             p.v_mean = self._per_head(params.v_mean, "V mean")
         out = ffi().new("kvc_context **")
@@ -436,6 +443,11 @@ class Context:
     @property
     def n_past(self) -> int:
         return lib().kvc_n_past(self._ptr)
+
+    @property
+    def backend(self) -> str:
+        """The backend this context runs on: "cpu" or "metal"."""
+        return ffi().string(lib().kvc_context_backend(self._ptr)).decode()
 
     @property
     def kv_bytes_per_token(self) -> int:

@@ -168,7 +168,15 @@ typedef struct {
     /* Sliding-window layers cache only the positions their window (plus one batch and
      * some slack for rewinds) can still see, not all n_ctx; 1: every position (tests). */
     int kv_keep_all;
+    /* Which backend runs the context (kvc_context_backend says which one did):
+     * KVC_BACKEND_AUTO: Metal when the build has it, a device exists and it runs this
+     * model and these caches, else the CPU. KVC_BACKEND_CPU / _METAL: that one.
+     * KVC_BACKEND_DEFAULT: the environment variable KVC_BACKEND (cpu, metal, auto),
+     * else auto. */
+    int backend;
 } kvc_context_params;
+
+enum { KVC_BACKEND_DEFAULT = 0, KVC_BACKEND_CPU = 1, KVC_BACKEND_METAL = 2, KVC_BACKEND_AUTO = 3 };
 
 int kvc_context_create(kvc_model *model, const kvc_context_params *params, kvc_context **out,
                        char *err, int err_len);
@@ -217,6 +225,8 @@ long long kvc_kv_bytes_per_token(const kvc_context *ctx);
 /* Bytes the KV cache rows of ctx take (all layers, K and V): n_ctx rows per KV head of a
  * global layer, the window's rows (see kv_keep_all) of a sliding-window layer. */
 long long kvc_kv_bytes(const kvc_context *ctx);
+/* The backend ctx runs on: "cpu" or "metal" (kvc_context_params.backend). */
+const char *kvc_context_backend(const kvc_context *ctx);
 /* Message for the last failed call on ctx ("" if none). */
 const char *kvc_context_error(const kvc_context *ctx);
 
@@ -227,3 +237,9 @@ int kvc_op_silu_mul(int impl, int n, const float *g, const float *u, float *out)
 /* gelu(g) * u with GELU's tanh approximation (GeGLU); scalar only, impl must be SCALAR or AUTO */
 int kvc_op_gelu_mul(int impl, int n, const float *g, const float *u, float *out);
 int kvc_op_axpy(int impl, int n, float a, const float *x, float *y);  /* y += a * x */
+/* One key tile of flash attention (native/src/attn.h states the formulas): qt (D, 64) queries
+ * transposed, k and v (kc, D), lo and hi (nq) each row's visible keys of the tile (both NULL:
+ * all), m and l (64) running max and sum, o (nq, D) running output, st (kc, 64) scratch;
+ * nq <= 64, kc <= 64. */
+int kvc_op_attn_tile(int impl, int nq, int D, int kc, const float *qt, const float *k, const float *v, const int *lo,
+                     const int *hi, float *m, float *l, float *o, float *st);

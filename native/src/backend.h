@@ -8,7 +8,8 @@
  * Backends: kvc_backend_cpu (cpu/backend_cpu.c: the kernel tables of
  * cpu/dispatch.c, a thread pool) and, on macOS, kvc_backend_metal
  * (metal/backend_metal.m, docs/design.md §9); context.c picks one per context
- * (environment KVC_BACKEND=cpu|metal, default cpu). */
+ * (environment KVC_BACKEND=auto|cpu|metal; auto, the default, is Metal where it
+ * runs the context and the CPU otherwise). */
 #ifndef KVC_BACKEND_H
 #define KVC_BACKEND_H
 
@@ -45,7 +46,7 @@ struct kvc_context {
 
 extern const kvc_backend_ops kvc_backend_cpu;
 #if defined(__APPLE__)
-extern const kvc_backend_ops kvc_backend_metal; /* metal/backend_metal.m (macOS builds); KVC_BACKEND=metal */
+extern const kvc_backend_ops kvc_backend_metal; /* metal/backend_metal.m (macOS builds) */
 #endif
 
 #endif /* KVC_BACKEND_H */

@@ -1,5 +1,5 @@
 /* context.c — the context half of the C ABI: create/free a context on a backend
- * (backend.h: the CPU one, or Metal on macOS with KVC_BACKEND=metal), evaluate
+ * (backend.h: Metal where it runs, else the CPU; KVC_BACKEND overrides), evaluate
  * tokens, and the bookkeeping every backend shares (position, capture buffers,
  * error message). Every argument is checked here, before the backend runs, so
  * a failed call changes no context. */
@@ -25,16 +25,27 @@ int kvc_context_create(kvc_model *m, const kvc_context_params *p, kvc_context **
     kvc_context *c = calloc(1, sizeof *c);
     if (!c) return kvc_fail(err, err_len, KVC_ERR_NOMEM, "out of memory");
     c->m = m;
+    /* p->backend, else KVC_BACKEND (cpu | metal | auto), else auto: Metal when the build has
+     * it, a device exists and it runs this model and these caches (its create says
+     * KVC_ERR_UNSUPPORTED otherwise), else the CPU. */
+    const char *be = p->backend == KVC_BACKEND_CPU     ? "cpu"
+                     : p->backend == KVC_BACKEND_METAL ? "metal"
+                     : p->backend == KVC_BACKEND_AUTO  ? "auto"
+                     : p->backend == KVC_BACKEND_DEFAULT ? getenv("KVC_BACKEND")
+                                                         : "?";
+    const int want_auto = !be || !*be || strcmp(be, "auto") == 0;
     c->backend = &kvc_backend_cpu;
-    const char *be = getenv("KVC_BACKEND"); /* cpu (default) | metal (macOS builds) */
-    if (be && *be && strcmp(be, "cpu") != 0) {
+    if (!want_auto && strcmp(be, "cpu") != 0) {
 #if defined(__APPLE__)
         if (strcmp(be, "metal") == 0) c->backend = &kvc_backend_metal;
         else
 #endif
         {
             free(c);
-            return kvc_fail(err, err_len, KVC_ERR_UNSUPPORTED, "KVC_BACKEND=%s: this build runs cpu%s", be,
+            if (p->backend != KVC_BACKEND_DEFAULT && p->backend != KVC_BACKEND_METAL)
+                return kvc_fail(err, err_len, KVC_ERR_INVALID, "backend must be KVC_BACKEND_DEFAULT, _AUTO, _CPU or _METAL");
+            return kvc_fail(err, err_len, KVC_ERR_UNSUPPORTED, "%s%s: this build runs auto, cpu%s",
+                            p->backend == KVC_BACKEND_METAL ? "backend " : "KVC_BACKEND=", be,
 #if defined(__APPLE__)
                             " or metal"
 #else
@@ -43,10 +54,20 @@ int kvc_context_create(kvc_model *m, const kvc_context_params *p, kvc_context **
             );
         }
     }
+#if defined(__APPLE__)
+    if (want_auto) c->backend = &kvc_backend_metal;
+#endif
     c->n_ctx = p->n_ctx;
     c->n_batch = p->n_batch < p->n_ctx ? p->n_batch : p->n_ctx;
     c->n_threads = p->n_threads;
     int st = c->backend->create(c, p, err, err_len);
+    if (st == KVC_ERR_UNSUPPORTED && want_auto && c->backend != &kvc_backend_cpu) { /* auto: the CPU runs it */
+        c->backend->free(c);
+        c->be = NULL;
+        c->backend = &kvc_backend_cpu;
+        if (err && err_len > 0) err[0] = 0;
+        st = c->backend->create(c, p, err, err_len);
+    }
     if (st != KVC_OK) {
         kvc_context_free(c);
         return st;
@@ -135,6 +156,8 @@ int kvc_set_capture(kvc_context *c, float *q, float *k, float *v) {
     c->cap_q = q, c->cap_k = k, c->cap_v = v;
     return KVC_OK;
 }
+
+const char *kvc_context_backend(const kvc_context *c) { return c ? c->backend->name : ""; }
 
 int kvc_rewind_floor(const kvc_context *c) { return c ? c->backend->rewind_floor(c) : 1; }
 

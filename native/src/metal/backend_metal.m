@@ -3,7 +3,7 @@
  * command buffer with one serial compute encoder per batch, and the kernels of
  * this directory compiled once per process from the embedded source
  * (metal_source.inc). Compiled only on macOS (kvconvert/_build_native.py),
- * chosen with KVC_BACKEND=metal (context.c). Objective-C with manual reference
+ * chosen by default where it runs, or with KVC_BACKEND=metal (context.c). Objective-C with manual reference
  * counting; errors are kvc status codes with a message, never prints or exits.
  *
  * NOT YET RUN ON APPLE HARDWARE. The kernels and host.h's forward pass are
