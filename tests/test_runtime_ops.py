@@ -93,3 +93,67 @@ def test_bad_arguments():
     assert lib.kvc_op_softmax(SCALAR, 0, fp(x)) == 1
     assert lib.kvc_op_softmax(99, 4, fp(x)) == 3
     assert lib.kvc_op_axpy(SCALAR, 4, 1.0, ffi.NULL, fp(x)) == 1
+
+
+def attn_tile_numpy(nq, D, kc, qt, k, v, lo, hi, m, l, o):
+    """The formulas of native/src/attn.h in float64: (m, l, o) after one tile."""
+    s = (k.astype(np.float64) @ qt[:, :nq].astype(np.float64)).T * 0.125  # (nq, kc)
+    if lo is not None:
+        j = np.arange(kc)
+        s[(j[None, :] < lo[:, None]) | (j[None, :] >= hi[:, None])] = -np.inf
+    mn = np.maximum(m[:nq], s.max(axis=1))
+    p = np.exp(s - mn[:, None])
+    a = np.exp(m[:nq] - mn)
+    return mn, l[:nq] * a + p.sum(axis=1), o * a[:, None] + p @ v.astype(np.float64)
+
+
+@pytest.mark.parametrize("nq,D,kc,masked", [(1, 64, 64, False), (7, 64, 37, True), (49, 64, 64, True),
+                                            (64, 128, 64, False), (63, 80, 5, True), (17, 16, 1, False),
+                                            (9, 7, 13, True)])
+def test_attn_tile(nq, D, kc, masked):
+    """Flash-attention tile kernel: the scalar twin against float64 numpy over two
+    tiles (online softmax), every SIMD build bit-identical to the twin (same
+    operations in the same order, attn.h)."""
+    W = 64
+    rng = np.random.default_rng(nq * 1000 + D + kc)
+    qt = np.zeros((D, W), np.float32)
+    qt[:, :nq] = rng.standard_normal((D, nq)) / np.sqrt(D)
+    tiles = [(rng.standard_normal((kc, D)).astype(np.float32) * 2, rng.standard_normal((kc, D)).astype(np.float32))
+             for _ in range(2)]
+    bounds = []
+    for t in range(2):  # row i sees lo..hi of each tile; every row sees at least one key over the two tiles
+        if masked:
+            lo = rng.integers(0, kc, nq).astype(np.int32)
+            hi = np.minimum(lo + rng.integers(0 if t else 1, kc + 1, nq), kc).astype(np.int32)
+            bounds.append((lo, hi))
+        else:
+            bounds.append((None, None))
+
+    def run_impl(impl):
+        m = np.full(W, -np.inf, np.float32)
+        l, o, st = np.zeros(W, np.float32), np.zeros((nq, D), np.float32), np.zeros((kc, W), np.float32)
+        for (k, v), (lo, hi) in zip(tiles, bounds):
+            lp = ffi.NULL if lo is None else ffi.cast("int *", ffi.from_buffer(lo))
+            hp = ffi.NULL if hi is None else ffi.cast("int *", ffi.from_buffer(hi))
+            assert lib.kvc_op_attn_tile(impl, nq, D, kc, 0.125, fp(qt), fp(k), fp(v), lp, hp, fp(m), fp(l), fp(o), fp(st)) == 0
+        return m[:nq], l[:nq], o
+
+    m_ref, l_ref, o_ref = run_impl(SCALAR)
+    m64, l64, o64 = np.full(nq, -np.inf), np.zeros(nq), np.zeros((nq, D))
+    for (k, v), (lo, hi) in zip(tiles, bounds):
+        m64, l64, o64 = attn_tile_numpy(nq, D, kc, qt, k, v, lo, hi, np.r_[m64, np.zeros(W - nq)], np.r_[l64, np.zeros(W - nq)], o64)
+    np.testing.assert_allclose(m_ref, m64, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(l_ref, l64, rtol=1e-5)
+    np.testing.assert_allclose(o_ref / l_ref[:, None], o64 / l64[:, None], rtol=1e-4, atol=1e-5)
+    for impl in simd_impls():
+        m2, l2, o2 = run_impl(impl)
+        np.testing.assert_array_equal(m2, m_ref)
+        np.testing.assert_array_equal(l2, l_ref)
+        np.testing.assert_array_equal(o2, o_ref)
+
+
+def test_attn_tile_bad_arguments():
+    z = np.zeros(64 * 64, np.float32)
+    assert lib.kvc_op_attn_tile(SCALAR, 65, 8, 4, 1.0, fp(z), fp(z), fp(z), ffi.NULL, ffi.NULL, fp(z), fp(z), fp(z), fp(z)) == 1
+    assert lib.kvc_op_attn_tile(SCALAR, 4, 8, 0, 1.0, fp(z), fp(z), fp(z), ffi.NULL, ffi.NULL, fp(z), fp(z), fp(z), fp(z)) == 1
+    assert lib.kvc_op_attn_tile(99, 4, 8, 4, 1.0, fp(z), fp(z), fp(z), ffi.NULL, ffi.NULL, fp(z), fp(z), fp(z), fp(z)) == 1

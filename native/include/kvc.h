@@ -237,9 +237,9 @@ int kvc_op_silu_mul(int impl, int n, const float *g, const float *u, float *out)
 /* gelu(g) * u with GELU's tanh approximation (GeGLU); scalar only, impl must be SCALAR or AUTO */
 int kvc_op_gelu_mul(int impl, int n, const float *g, const float *u, float *out);
 int kvc_op_axpy(int impl, int n, float a, const float *x, float *y);  /* y += a * x */
-/* One key tile of flash attention (native/src/attn.h states the formulas): qt (D, 64) queries
+/* One key tile of flash attention (native/src/attn.h states the formulas): scale for the scores, qt (D, 64) queries
  * transposed, k and v (kc, D), lo and hi (nq) each row's visible keys of the tile (both NULL:
  * all), m and l (64) running max and sum, o (nq, D) running output, st (kc, 64) scratch;
  * nq <= 64, kc <= 64. */
-int kvc_op_attn_tile(int impl, int nq, int D, int kc, const float *qt, const float *k, const float *v, const int *lo,
+int kvc_op_attn_tile(int impl, int nq, int D, int kc, float scale, const float *qt, const float *k, const float *v, const int *lo,
                      const int *hi, float *m, float *l, float *o, float *st);

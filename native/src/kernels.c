@@ -163,3 +163,15 @@ int kvc_op_axpy(int impl, int n, float a, const float *x, float *y) {
     o->axpy(n, a, x, y);
     return KVC_OK;
 }
+
+int kvc_op_attn_tile(int impl, int nq, int D, int kc, float scale, const float *qt, const float *k, const float *v, const int *lo,
+                     const int *hi, float *m, float *l, float *o, float *st) {
+    const kvc_kernel_table *t;
+    int st_ = kvc_kernel_table_for(impl, &t);
+    if (st_ != KVC_OK) return st_;
+    if (nq < 1 || nq > KVC_ATTN_ROWS || kc < 1 || kc > KVC_ATTN_KEYS || D < 1 || !qt || !k || !v || !m || !l || !o ||
+        !st || !lo != !hi)
+        return KVC_ERR_INVALID;
+    t->attn_tile(nq, D, kc, scale, qt, k, v, lo, hi, m, l, o, st);
+    return KVC_OK;
+}

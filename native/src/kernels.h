@@ -1,7 +1,7 @@
 /* kernels.h — the kernel table: every compute kernel of the CPU runtime behind
  * one struct of function pointers, one filled table per instruction set.
  *
- *   kvc_kernels_ref           scalar twins (quants_ref.c, vec_ref.c, tq_ref.c): the reference
+ *   kvc_kernels_ref           scalar twins (quants_ref.c, vec_ref.c, tq_ref.c, attn_ref.c): the reference
  *   kvc_kernels_avx2          AVX2 + FMA + F16C (cpu/: *_avx2*.c)            x86-64
  *   kvc_kernels_avx512        AVX-512 F/BW/VL/DQ + VNNI (cpu/: *_avx512*.c)  x86-64
  *   kvc_kernels_neon          baseline ARMv8 NEON (cpu/: *_neon*.c)          aarch64
@@ -17,6 +17,7 @@
 #ifndef KVC_KERNELS_H
 #define KVC_KERNELS_H
 
+#include "attn.h"
 #include "quants.h"
 #include "tq.h"
 #include "vec.h"
@@ -34,6 +35,7 @@ typedef struct {
     tq_encode_fn tq_encode;        /* TurboQuant rows: encode a head vector */
     tq_score_fn tq_score;          /* score a block of queries against the rows */
     tq_accum_fn tq_accum;          /* accumulate weighted rows (V) */
+    kvc_attn_tile_fn attn_tile;    /* one key tile of flash attention, standard caches (attn.h) */
 } kvc_kernel_table;
 
 extern const kvc_kernel_table kvc_kernels_ref;

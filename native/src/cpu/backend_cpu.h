@@ -30,6 +30,7 @@ typedef struct {
     float *qp;      /* (nq, D) permuted query / rotated-domain V accumulators */
     float *corr;    /* (nq, D/2, 2) per-pair centering coefficients A, B */
     tq_query *tq;   /* nq prepared TurboQuant queries, packed (tq.h) */
+    float *flash;   /* standard caches (cpu_ctx.flash): kv_attend's tiles, one allocation (kv_cache.c) */
 } attn_scratch;
 
 typedef struct cpu_ctx {
@@ -39,6 +40,7 @@ typedef struct cpu_ctx {
     kvc_pool *pool;
     int n_layer;
     int type_k, type_v, k_vec_dot_type;
+    int flash;              /* attention by key tiles with online softmax (kv_attend): standard K and V, no centering */
     size_t *k_rb, *v_rb;    /* (n_layer) bytes of one cached head row, per layer */
     /* (n_layer) rows held per KV head and the position of row 0: n_ctx and 0, except in
      * sliding-window layers, which keep a window's worth (kv_cache.c: kv_make_room) */

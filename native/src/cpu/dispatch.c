@@ -46,7 +46,7 @@ const kvc_kernel_table kvc_kernels_ref = {
         [KVC_TYPE_Q5_K] = {QREF(q5_K), DQREF(q5_K), DOT(q5_K_q8_K, ref)},
         [KVC_TYPE_Q6_K] = {QREF(q6_K), DQREF(q6_K), DOT(q6_K_q8_K, ref)},
     },
-    &kvc_vec_ops_ref, tq_encode_ref, tq_score_ref, tq_accum_ref,
+    &kvc_vec_ops_ref, tq_encode_ref, tq_score_ref, tq_accum_ref, kvc_attn_tile_ref,
 };
 
 /* The per-type kernels of a SIMD table: quantize/dequantize from quants_<sfx>.c
@@ -78,28 +78,28 @@ const kvc_kernel_table kvc_kernels_ref = {
 #if defined(__x86_64__)
 const kvc_kernel_table kvc_kernels_avx2 = {
     "avx2", KVC_IMPL_AVX2, SIMD_TYPES(avx2, avx2, avx2),
-    &kvc_vec_ops_avx2, tq_encode_ref, tq_score_avx2, tq_accum_avx2,
+    &kvc_vec_ops_avx2, tq_encode_ref, tq_score_avx2, tq_accum_avx2, kvc_attn_tile_avx2,
 };
 
 /* AVX-512: its own dot/gemm kernels and TurboQuant kernels; quantize/dequantize
  * and the (memory-bound) vector ops are AVX2's. */
 const kvc_kernel_table kvc_kernels_avx512 = {
     "avx512", KVC_IMPL_AVX512, SIMD_TYPES(avx2, avx512, avx512),
-    &kvc_vec_ops_avx2, tq_encode_ref, tq_score_avx512, tq_accum_avx512,
+    &kvc_vec_ops_avx2, tq_encode_ref, tq_score_avx512, tq_accum_avx512, kvc_attn_tile_avx512,
 };
 #endif
 
 #if defined(__aarch64__)
 const kvc_kernel_table kvc_kernels_neon = {
     "neon", KVC_IMPL_NEON, SIMD_TYPES(neon, neon, neon),
-    &kvc_vec_ops_neon, tq_encode_ref, tq_score_neon, tq_accum_neon,
+    &kvc_vec_ops_neon, tq_encode_ref, tq_score_neon, tq_accum_neon, kvc_attn_tile_ref, /* NEON: the scalar twin so far */
 };
 
 /* With dotprod the integer dot kernels are the sdot builds (bit-identical
  * results, fewer instructions); everything else is the NEON table's. */
 const kvc_kernel_table kvc_kernels_neon_dotprod = {
     "neon_dotprod", KVC_IMPL_NEON, SIMD_TYPES(neon, neondot, neon),
-    &kvc_vec_ops_neon, tq_encode_ref, tq_score_neon, tq_accum_neon,
+    &kvc_vec_ops_neon, tq_encode_ref, tq_score_neon, tq_accum_neon, kvc_attn_tile_ref, /* NEON: the scalar twin so far */
 };
 #endif
 

@@ -167,15 +167,19 @@ static void attn_block(cpu_ctx *c, int layer, attn_scratch *s, int h, int t0, in
     const int k0 = kv_first_key(c, layer, n0), ld = n0 - k0 + nt - 1; /* scores: keys k0 .. n0 + nt - 2 */
     const float *q = c->q + t0 * QD + (size_t)h * n_rep * D; /* token i: (n_rep, D) at q + i * QD */
     float *out = c->att + t0 * QD + (size_t)h * n_rep * D;   /* token i: (n_rep, D) at out + i * QD */
-    kv_scores(c, s, layer, h, q, QD, nt, n0, s->scores, ld);
-    for (int i = 0; i < nt * n_rep; i++) {
-        float *row = s->scores + (size_t)i * ld; /* keys k0 .. n - 1 */
-        const int n = n0 + i / n_rep, lo = window && n > window ? n - window : 0; /* sliding: keys lo.. */
-        c->kern->vec->scale(n - lo, scale, row + (lo - k0));
-        c->kern->vec->softmax(n - lo, row + (lo - k0));
-        if (lo > k0) memset(row, 0, sizeof(float) * (size_t)(lo - k0)); /* weight 0 outside the window */
+    if (c->flash) {
+        kv_attend(c, s, layer, h, q, QD, nt, n0, scale, out, QD);
+    } else {
+        kv_scores(c, s, layer, h, q, QD, nt, n0, s->scores, ld);
+        for (int i = 0; i < nt * n_rep; i++) {
+            float *row = s->scores + (size_t)i * ld; /* keys k0 .. n - 1 */
+            const int n = n0 + i / n_rep, lo = window && n > window ? n - window : 0; /* sliding: keys lo.. */
+            c->kern->vec->scale(n - lo, scale, row + (lo - k0));
+            c->kern->vec->softmax(n - lo, row + (lo - k0));
+            if (lo > k0) memset(row, 0, sizeof(float) * (size_t)(lo - k0)); /* weight 0 outside the window */
+        }
+        kv_values(c, s, layer, h, s->scores, ld, nt, n0, out, QD);
     }
-    kv_values(c, s, layer, h, s->scores, ld, nt, n0, out, QD);
     if (c->v_mean) /* the cache holds v − μ_v; the weights sum to 1 */
         for (int i = 0; i < nt * n_rep; i++)
             c->kern->vec->axpy(D, 1.0f, c->v_mean + ((size_t)layer * Hk + h) * D,

@@ -16,6 +16,7 @@
 #include "quants.h"
 #include "util.h"
 
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -151,12 +152,17 @@ int kv_init(cpu_ctx *c, const kvc_context_params *p, char *err, int err_len) {
             c->k_mean_ready = 1;
         }
     }
+    c->flash = !k_tq && !v_tq && !c->k_center && n_rep <= KVC_ATTN_ROWS;
     const int tb = kv_block_tokens(c);
     const size_t nq = (size_t)(tb > 0 ? tb : 1) * n_rep; /* query rows of one work item */
+    const size_t W = KVC_ATTN_ROWS, KT = KVC_ATTN_KEYS;
     for (int i = 0; i < c->ctx->n_threads; i++) {
         attn_scratch *s = &c->scratch[i];
-        s->scores = malloc(sizeof(float) * nq * c->ctx->n_ctx);
-        if (!s->scores) return kvc_fail(err, err_len, KVC_ERR_NOMEM, "out of memory");
+        if (c->flash) { /* qt (D, W) | o (W, D) | m, l (W) | st (KT, W) | k, v tiles (KT, D) */
+            s->flash = malloc(sizeof(float) * (2 * D * W + 2 * W + KT * W + 2 * KT * D));
+            if (!s->flash) return kvc_fail(err, err_len, KVC_ERR_NOMEM, "out of memory");
+        } else if (!(s->scores = malloc(sizeof(float) * nq * c->ctx->n_ctx)))
+            return kvc_fail(err, err_len, KVC_ERR_NOMEM, "out of memory");
         s->qp = malloc(sizeof(float) * nq * D);
         s->scores2 = c->k_center ? malloc(sizeof(float) * nq * c->ctx->n_ctx) : NULL;
         if (c->k_center && !s->scores2) return kvc_fail(err, err_len, KVC_ERR_NOMEM, "out of memory");
@@ -175,7 +181,7 @@ void kv_free(cpu_ctx *c) {
     for (int i = 0; c->tq_k && i < c->n_layer; i++) tq_layout_free(&c->tq_k[i]);
     for (int i = 0; c->tq_v && i < c->n_layer; i++) tq_layout_free(&c->tq_v[i]);
     if (c->scratch)
-        for (int i = 0; i < c->ctx->n_threads; i++) free(c->scratch[i].qp), free(c->scratch[i].corr), free(c->scratch[i].tq), free(c->scratch[i].scores2);
+        for (int i = 0; i < c->ctx->n_threads; i++) free(c->scratch[i].qp), free(c->scratch[i].corr), free(c->scratch[i].tq), free(c->scratch[i].scores2), free(c->scratch[i].flash);
     free(c->kv), free(c->tq_k), free(c->tq_v), free(c->k_rb), free(c->v_rb), free(c->enc_tmp);
     free(c->kv_cap), free(c->kv_base);
     free(c->k_mean), free(c->k_pairs), free(c->rope_all), free(c->v_mean), free(c->k_sink), free(c->v_sink);
@@ -316,7 +322,7 @@ static inline size_t block_row(int i, int n_rep, size_t stride, int D) {
 
 int kv_block_tokens(const cpu_ctx *c) {
     const long long n_rep = c->m->n_head / c->m->n_head_kv;
-    long long tb = (KV_BLOCK_QUERIES + n_rep - 1) / n_rep;
+    long long tb = c->flash ? KVC_ATTN_ROWS / n_rep : (KV_BLOCK_QUERIES + n_rep - 1) / n_rep;
     const long long fit = KV_BLOCK_SCORE_BYTES / (n_rep * c->ctx->n_ctx * (long long)sizeof(float));
     if (tb > fit) tb = fit;
     if (tb > c->ctx->n_batch) tb = c->ctx->n_batch;
@@ -415,5 +421,47 @@ void kv_values(cpu_ctx *c, attn_scratch *s, int layer, int h, const float *p, in
         }
         for (int i = tq_first_seeing(j, n_rep, n0r); i < nq; i++)
             c->kern->vec->axpy(D, p[(size_t)i * ld + j], vr, out + block_row(i, n_rep, out_stride, D));
+    }
+}
+
+void kv_attend(cpu_ctx *c, attn_scratch *s, int layer, int h, const float *q, size_t q_stride, int nt, int n0,
+               float scale, float *out, size_t out_stride) {
+    enum { W = KVC_ATTN_ROWS, KT = KVC_ATTN_KEYS };
+    const kvc_model *m = c->m;
+    const int D = m->head_dim, n_rep = m->n_head / m->n_head_kv, nq = nt * n_rep, window = m->layers[layer].window;
+    const int k0 = kv_first_key(c, layer, n0), nk = n0 - k0 + nt - 1; /* keys k0 .. n0 + nt - 2; column j: k0 + j */
+    float *qt = s->flash, *o = qt + (size_t)D * W, *mx = o + (size_t)W * D, *sum = mx + W, *st = sum + W;
+    float *kt = st + (size_t)KT * W, *vt = kt + (size_t)KT * D; /* qt (D, W), o (nq, D), st (KT, W), kt, vt (KT, D) */
+    int lo_r[W], hi_r[W], lo[W], hi[W]; /* row i sees keys lo_r[i] <= j < hi_r[i]; lo, hi: within a tile */
+    memset(qt, 0, sizeof(float) * (size_t)D * W);
+    for (int i = 0; i < nq; i++) {
+        const float *qr = q + block_row(i, n_rep, q_stride, D); /* (D) */
+        for (int d = 0; d < D; d++) qt[(size_t)d * W + i] = qr[d];
+        const int n = n0 + i / n_rep; /* keys 0 .. n - 1, from n - window in a sliding-window layer */
+        lo_r[i] = (window && n > window ? n - window : 0) - k0, hi_r[i] = n - k0;
+    }
+    for (int i = 0; i < W; i++) mx[i] = -INFINITY, sum[i] = 0.0f;
+    memset(o, 0, sizeof(float) * (size_t)nq * D);
+    const kvc_kernels *tk = &c->kern->type[c->type_k], *tv = &c->kern->type[c->type_v];
+    for (int j0 = 0; j0 < nk; j0 += KT) {
+        const int kc = nk - j0 < KT ? nk - j0 : KT;
+        int mask = 0, any = 0;
+        for (int i = 0; i < nq; i++) {
+            lo[i] = lo_r[i] - j0 < 0 ? 0 : lo_r[i] - j0 > kc ? kc : lo_r[i] - j0;
+            hi[i] = hi_r[i] - j0 < 0 ? 0 : hi_r[i] - j0 > kc ? kc : hi_r[i] - j0;
+            mask |= lo[i] > 0 || hi[i] < kc;
+            any |= hi[i] > lo[i];
+        }
+        if (!any) continue;
+        /* the tile's rows are consecutive in the cache: one conversion each for K and V */
+        const float *kp = (const float *)k_row(c, layer, h, k0 + j0), *vp = (const float *)v_row(c, layer, h, k0 + j0);
+        if (c->type_k != KVC_TYPE_F32) tk->dequantize(kp, kt, (int64_t)kc * D), kp = kt;
+        if (c->type_v != KVC_TYPE_F32) tv->dequantize(vp, vt, (int64_t)kc * D), vp = vt;
+        c->kern->attn_tile(nq, D, kc, scale, qt, kp, vp, mask ? lo : NULL, mask ? hi : NULL, mx, sum, o, st);
+    }
+    for (int i = 0; i < nq; i++) {
+        float *orow = out + block_row(i, n_rep, out_stride, D); /* (D) */
+        const float inv = 1.0f / sum[i];
+        for (int d = 0; d < D; d++) orow[d] = o[(size_t)i * D + d] * inv;
     }
 }

@@ -39,6 +39,13 @@ int kv_block_tokens(const cpu_ctx *c);
  * ld >= n0 - k0 + nt - 1; nt <= kv_block_tokens(c). */
 void kv_scores(cpu_ctx *c, attn_scratch *s, int layer, int h, const float *q, size_t q_stride, int nt, int n0,
                float *scores, int ld);
+/* The whole attention of a block (when c->flash): token i's n_rep query rows at q + i*q_stride
+ * (n_rep, D), seeing the keys kv_scores describes (and the sliding window), scaled by scale,
+ * softmax over the keys, weights times the values, into out + i*out_stride (n_rep, D). Keys are
+ * read in tiles of KVC_ATTN_KEYS with an online softmax, so nothing of size n_ctx is
+ * written; nt * n_rep <= KVC_ATTN_ROWS (kv_block_tokens). */
+void kv_attend(cpu_ctx *c, attn_scratch *s, int layer, int h, const float *q, size_t q_stride, int nt, int n0,
+               float scale, float *out, size_t out_stride);
 /* out token i at out + i*out_stride (n_rep, D): row r = sum over keys k0 + j < n0+i of
  * p[(i*n_rep + r)*ld + j] * value k0 + j of KV head h (k0 as kv_scores). */
 void kv_values(cpu_ctx *c, attn_scratch *s, int layer, int h, const float *p, int ld, int nt, int n0, float *out,
