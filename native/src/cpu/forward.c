@@ -38,20 +38,31 @@ typedef struct {
     const uint8_t *a;  /* (T) activation rows in w->vec_dot_type */
 } mm_job;
 
+/* The rows of every job are cut into chunks that threads take from a shared counter
+ * (work stealing): when another process holds one of our cores, the threads still
+ * running take the chunks of the one waiting for it, instead of idling at the end of
+ * the run. Chunks are multiples of 16 rows, about MM_CHUNKS_PER_THREAD per thread. */
+#define MM_CHUNKS_PER_THREAD 8
+
 typedef struct {
     const kvc_kernel_table *kern;
     int T, n_jobs;
     mm_job jobs[3];
+    long long chunk_rows[3]; /* rows per chunk of each job */
+    int chunk0[4];           /* first chunk of each job; chunk0[n_jobs]: the total */
+    atomic_int next;         /* next chunk to take */
 } mm_task;
 
 static void mm_run(void *arg, int ith, int nth) {
     mm_task *task = arg;
-    for (int j = 0; j < task->n_jobs; j++) {
+    (void)ith, (void)nth;
+    int j = 0; /* job of the chunk: chunks are taken in increasing order */
+    for (int i; (i = atomic_fetch_add_explicit(&task->next, 1, memory_order_relaxed)) < task->chunk0[task->n_jobs];) {
+        while (i >= task->chunk0[j + 1]) j++;
         const mm_job *jb = &task->jobs[j];
         const tview *w = jb->w;
-        long long r0, r1;
-        kvc_split(w->ne1, ith, nth, 16, &r0, &r1);
-        if (r1 <= r0) continue;
+        const long long r0 = (i - task->chunk0[j]) * task->chunk_rows[j];
+        const long long r1 = r0 + task->chunk_rows[j] < w->ne1 ? r0 + task->chunk_rows[j] : w->ne1;
         task->kern->type[w->type].gemm(r1 - r0, task->T, w->ne0, w->data + (size_t)r0 * w->row_bytes, jb->a,
                                        jb->out + r0, w->ne1);
         if (jb->bias)
@@ -101,6 +112,15 @@ static void matmul(cpu_ctx *c, int T, const float *x, long long n, int count, co
             n_types++;
         }
         task.jobs[i] = (mm_job){ws[i], biases[i], outs[i], bufs[k]};
+    }
+    long long rows = 0;
+    for (int i = 0; i < count; i++) rows += ws[i]->ne1;
+    const int nth = kvc_pool_size(c->pool);
+    long long per = (rows + (long long)MM_CHUNKS_PER_THREAD * nth - 1) / ((long long)MM_CHUNKS_PER_THREAD * nth);
+    per = nth == 1 ? rows : (per + 15) / 16 * 16; /* one thread: one chunk per job */
+    for (int i = 0; i < count; i++) {
+        task.chunk_rows[i] = per < ws[i]->ne1 ? per : ws[i]->ne1;
+        task.chunk0[i + 1] = task.chunk0[i] + (int)((ws[i]->ne1 + task.chunk_rows[i] - 1) / task.chunk_rows[i]);
     }
     kvc_pool_run(c->pool, mm_run, &task);
 }
