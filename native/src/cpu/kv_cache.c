@@ -370,6 +370,32 @@ void kv_scores(cpu_ctx *c, attn_scratch *s, int layer, int h, const float *q, si
     const int *pairs = c->k_pairs + ((size_t)layer * m->n_head_kv + h) * P;
     const int *src = m->rope_src + (size_t)layer * P; /* pair -> column of rope_all */
     const float *mu = c->k_mean + ((size_t)layer * m->n_head_kv + h) * D;
+    const float *rope_all = c->rope_all + ((size_t)m->layers[layer].rope_set * c->ctx->n_ctx + k0) * D;
+    int np = 0; /* centered pairs */
+    while (np < P && pairs[np] >= 0) np++;
+    if (2 * np <= nq && 16 * np <= D) { /* a few pairs: cost per score ∝ pairs, not D */
+        const int nk = n0r + nt - 1;
+        float *cs = s->scores2; /* (2 np, nk): cos, sin of each centered pair at each key */
+        for (int k = 0; k < np; k++) {
+            const int col = 2 * src[pairs[k]];
+            for (int j = 0; j < nk; j++) {
+                cs[(size_t)2 * k * nk + j] = rope_all[(size_t)j * D + col];
+                cs[(size_t)(2 * k + 1) * nk + j] = rope_all[(size_t)j * D + col + 1];
+            }
+        }
+        for (int i = 0; i < nq; i++) {
+            const float *qr = q + block_row(i, n_rep, q_stride, D); /* (D) */
+            float *sc = scores + (size_t)i * ld;
+            const int nv = tq_visible(i, n_rep, n0r);
+            for (int k = 0; k < np; k++) {
+                int a, b;
+                pair_channels(m, pairs[k], &a, &b);
+                c->kern->vec->axpy(nv, qr[a] * mu[a] + qr[b] * mu[b], cs + (size_t)2 * k * nk, sc);
+                c->kern->vec->axpy(nv, qr[b] * mu[a] - qr[a] * mu[b], cs + (size_t)(2 * k + 1) * nk, sc);
+            }
+        }
+        return;
+    }
     memset(s->corr, 0, sizeof(float) * (size_t)nq * D);
     for (int i = 0; i < nq; i++) {
         const float *qr = q + block_row(i, n_rep, q_stride, D); /* (D) */
@@ -381,7 +407,6 @@ void kv_scores(cpu_ctx *c, attn_scratch *s, int layer, int h, const float *q, si
             cf[2 * src[jp] + 1] = qr[b] * mu[a] - qr[a] * mu[b];
         }
     }
-    const float *rope_all = c->rope_all + ((size_t)m->layers[layer].rope_set * c->ctx->n_ctx + k0) * D;
     c->kern->type[KVC_TYPE_F32].gemm(n0r + nt - 1, nq, D, rope_all, s->corr, s->scores2, ld);
     for (int i = 0; i < nq; i++) {
         float *sc = scores + (size_t)i * ld; /* (n0r + i / n_rep) visible */
