@@ -259,7 +259,17 @@ class Policy:
     # the end-to-end check's acceptance threshold: KLD vs the f16 cache on held-out text (None: report only);
     # a convert whose check is above it searches again with more bits
     max_kld: float | None = None
+    # weight each layer's proxy error by its measured end-to-end sensitivity (sensitivity.py: 2·L + 3 extra
+    # forward passes over one chunk), and with joint, spend one budget on K and V together: the mean of
+    # K and V bits per value ≤ the mean of k_budget and v_budget (joint needs sensitivity and a V budget)
+    sensitivity: bool = False
+    joint: bool = False
     schema: int = POLICY_SCHEMA
+
+    def __post_init__(self) -> None:
+        if self.joint and not (self.sensitivity and self.v_budget is not None):
+            raise InputError(f"policy {self.name!r}: joint K/V allocation needs sensitivity weights "
+                             "(\"sensitivity\": true) and a V budget")
 
     @classmethod
     def from_json(cls, obj: dict, source: str = "policy") -> "Policy":
@@ -279,7 +289,7 @@ class Policy:
                     if len(bits) > 16:
                         raise InputError(f"{source}: {k} has {len(bits)} entries (at most 16)")
                     kw[k] = tuple(bits)
-            for k in ("splits", "qjl", "smoothing"):
+            for k in ("splits", "qjl", "smoothing", "sensitivity", "joint"):
                 if k in obj:
                     kw[k] = V.boolean(source, k, obj[k])
             if obj.get("max_kld") is not None:

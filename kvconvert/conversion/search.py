@@ -32,6 +32,7 @@ from ..kvcache import turboquant as tq
 from .calibrate import Calibration
 from ..base.errors import InputError
 from .profile import ModelShape, Policy, Profile, Transforms, load_profile, sink_bits
+from .sensitivity import Sensitivity, measure_sensitivity
 from ..base.progress import ProgressFn, check_cancel, start_phase
 from ..models.rope import apply_rope
 from ..kvcache.types import DEFAULT_SEED as SEED, TQ
@@ -80,6 +81,7 @@ class SearchResult:
     v_options: list[tuple[tq.KConfig, bool]] = field(default_factory=list)  # measured (config, centered) V options
     scales: np.ndarray | None = None
     order: np.ndarray | None = None
+    sensitivity: Sensitivity | None = None  # per-layer weights of the proxy errors (Policy.sensitivity)
 
 
 def _label(o: Option) -> str:
@@ -380,8 +382,8 @@ def _v_label(cfg: tq.KConfig, center: bool) -> str:
 def search(calib: Calibration | str | os.PathLike, *, policy: str | Policy = DEFAULT_POLICY,
            k_budget: float | None = None, v_budget: float | None = None, eval_text: str | None = None,
            check: bool = True, model: str | os.PathLike | None = None, n_chunks: int | None = None,
-           n_threads: int = 0, progress: ProgressFn | None = None,
-           cancel: threading.Event | None = None) -> SearchResult:
+           n_threads: int = 0, progress: ProgressFn | None = None, cancel: threading.Event | None = None,
+           sensitivity_tokens: list[int] | None = None) -> SearchResult:
     """Choose per-layer K/V configs for a calibration under the policy's budgets.
 
     check: convert the model (``model``, default the calibrated one) with the
@@ -415,15 +417,18 @@ def search(calib: Calibration | str | os.PathLike, *, policy: str | Policy = DEF
             pool.shutdown(wait=True, cancel_futures=True)  # on an error or a cancel: drop the queued layers
 
     run([ls.pass1 for ls in layers], "pass 1: uniform widths, V")
+    sens = measure_sensitivity(cal, scales, order, sink_tokens=pol.sink_tokens, tokens=sensitivity_tokens,
+                               n_threads=n_threads, progress=progress, cancel=cancel) if pol.sensitivity else None
+    v_opts = [(c, ctr) for c in v_cfgs for ctr in (False, True)]
     uniform = rebudget(SearchResult(None, k_errors=[ls.errs for ls in layers],  # type: ignore[arg-type]
                                     v_errors=[ls.verrs for ls in layers], policy=pol,
-                                    k_options=[ls.opts for ls in layers], scales=scales, order=order), cal)
+                                    k_options=[ls.opts for ls in layers], v_options=v_opts, scales=scales,
+                                    order=order, sensitivity=sens), cal)
     bits = [c.lo_bits for c in uniform.profile.k_configs() or []]
     run([lambda ls=ls, b=b: ls.pass2(b) for ls, b in zip(layers, bits)], "pass 2: outlier splits")
     k_opts, k_err, v_err = [ls.opts for ls in layers], [ls.errs for ls in layers], [ls.verrs for ls in layers]
-    v_opts = [(c, ctr) for c in v_cfgs for ctr in (False, True)]
     result = SearchResult(None, k_errors=k_err, v_errors=v_err, policy=pol,  # type: ignore[arg-type]
-                          k_options=k_opts, v_options=v_opts, scales=scales, order=order)
+                          k_options=k_opts, v_options=v_opts, scales=scales, order=order, sensitivity=sens)
     result = rebudget(result, cal)
     if check:
         measure(result.profile, model or cal.model, cal, eval_text=eval_text, n_chunks=n_chunks,
@@ -455,18 +460,31 @@ def rebudget(result: SearchResult, cal: Calibration, k_budget: float | None = No
     L = cal.n_layer
     sink = sink_bits(pol.sink_tokens, cal.n_ctx)  # the f16 sinks are part of the budget at the calibration context
     k_opts, k_err = result.k_options, result.k_errors
-    k_pick = allocate([[o.bits + sink for o in opts] for opts in k_opts],
-                      [[e[_label(o)] for o in opts] for e, opts in zip(k_err, k_opts)], pol.k_budget)
-    k_choice = [opts[i] for opts, i in zip(k_opts, k_pick)]
+    sens = result.sensitivity
+    if pol.sensitivity and sens is None:
+        raise InputError(f"policy {pol.name!r} weights the proxy by measured sensitivities: this search "
+                         "result has none (search again with the policy)")
+    kw, vw = (sens.k, sens.v) if sens is not None else ((1.0,) * L, (1.0,) * L)
+    k_costs = [[o.bits + sink for o in opts] for opts in k_opts]
+    k_errs = [[w * e[_label(o)] for o in opts] for w, e, opts in zip(kw, k_err, k_opts)]
     v_choice: list[tuple[tq.KConfig, bool]] = []
     if pol.v_budget is not None and result.v_options:
         per_layer = [[(c, ctr) for c, ctr in result.v_options if _v_label(c, ctr) in e] for e in result.v_errors]
-        v_pick = allocate([[c.bits_per_value() + sink for c, _ in opts] for opts in per_layer],
-                          [[e[_v_label(c, ctr)] for c, ctr in opts] for e, opts in zip(result.v_errors, per_layer)],
-                          pol.v_budget)
+        v_costs = [[c.bits_per_value() + sink for c, _ in opts] for opts in per_layer]
+        v_errs = [[w * e[_v_label(c, ctr)] for c, ctr in opts] for w, e, opts in zip(vw, result.v_errors, per_layer)]
+        if pol.joint:  # one budget: mean over K and V layers ≤ the mean of the two budgets
+            picks = allocate(k_costs + v_costs, k_errs + v_errs, (pol.k_budget + pol.v_budget) / 2)
+            k_pick, v_pick = picks[:L], picks[L:]
+        else:
+            k_pick, v_pick = allocate(k_costs, k_errs, pol.k_budget), allocate(v_costs, v_errs, pol.v_budget)
         v_choice = [opts[i] for opts, i in zip(per_layer, v_pick)]
+    else:
+        k_pick = allocate(k_costs, k_errs, pol.k_budget)
+    k_choice = [opts[i] for opts, i in zip(k_opts, k_pick)]
     assert L == len(k_choice)
     prof = _profile(cal, pol, k_choice, v_choice, result.scales, result.order)
+    if sens is not None:
+        prof.provenance["sensitivity"] = sens.to_json()
     out = replace(result, profile=prof, policy=pol)
     out.candidates = _uniform_candidates(cal, pol, k_err, k_choice, prof)
     return out
