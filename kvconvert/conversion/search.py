@@ -419,6 +419,8 @@ def search(calib: Calibration | str | os.PathLike, *, policy: str | Policy = DEF
     run([ls.pass1 for ls in layers], "pass 1: uniform widths, V")
     sens = measure_sensitivity(cal, scales, order, sink_tokens=pol.sink_tokens, tokens=sensitivity_tokens,
                                n_threads=n_threads, progress=progress, cancel=cancel) if pol.sensitivity else None
+    if sens is not None:  # back to the search's phase for pass 2
+        start_phase(progress, "search", "layer")
     v_opts = [(c, ctr) for c in v_cfgs for ctr in (False, True)]
     uniform = rebudget(SearchResult(None, k_errors=[ls.errs for ls in layers],  # type: ignore[arg-type]
                                     v_errors=[ls.verrs for ls in layers], policy=pol,
