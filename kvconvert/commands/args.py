@@ -87,6 +87,7 @@ threads = int_in(0, MAX_THREADS)  # -t/--threads: 0 = all cores
 positive = int_in(1)  # --chunks, --tokens, --prefill, --decode
 non_negative = int_in(0)  # -n/--max-tokens, --top-k
 sink = int_in(0, MAX_CTX)  # --sink
+recent = int_in(0, 256)  # --recent: kvc_context_params.n_recent's limit
 seed = int_in(0, MAX_SEED)
 bits_per_value = float_in(1, 16, lo_open=True)  # --budget, --v-budget: (1, 16]
 temperature = float_in(0)  # --temp: 0 = greedy

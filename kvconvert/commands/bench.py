@@ -27,7 +27,8 @@ def configure(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     with tqdm_progress(unit="tok", name="bench") as progress:
         r = bench(args.model, depths=args.depths, n_prefill=args.prefill, n_decode=args.decode, type_k=args.ctk,
-                  type_v=args.ctv, n_threads=args.threads, n_sink=args.sink, progress=progress)
+                  type_v=args.ctv, n_threads=args.threads, n_sink=args.sink, n_recent=args.recent,
+                  progress=progress)
     if args.json:
         print(json.dumps(r.to_dict(), indent=2))
         return 0

@@ -34,7 +34,8 @@ def session_from_args(args: argparse.Namespace, system: str | None = None):
 
     model = Model(args.model)
     sampler = SamplerParams(args.temp, args.top_k, args.top_p, args.repeat_penalty, seed=args.seed)
-    ctx = ContextParams(n_ctx=args.ctx, type_k=args.ctk, type_v=args.ctv, n_threads=args.threads, n_sink=args.sink)
+    ctx = ContextParams(n_ctx=args.ctx, type_k=args.ctk, type_v=args.ctv, n_threads=args.threads, n_sink=args.sink,
+                        n_recent=args.recent)
     return ChatSession(model, ctx, sampler, system=system)
 
 

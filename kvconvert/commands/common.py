@@ -30,6 +30,12 @@ def add_cache_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--sink", type=A.sink, default=None, metavar="N",
                    help="TurboQuant caches: keep the first N positions (attention sinks) in f16 and use them "
                         "exactly (default: the GGUF's kvconvert metadata, else 1; 0 turns it off)")
+    p.add_argument("--recent", type=A.recent, default=None, metavar="N",
+                   help="TurboQuant caches: each query also uses the last N positions (its own included) exactly, "
+                        "from an f16 ring (CPU backend). Costs 2*N*(layers*KV heads*head_dim) f16 values of fixed "
+                        "memory, independent of the context (plus one batch of rows for prefill): N*16/n_ctx bits "
+                        "per value at a context of n_ctx, e.g. N=32: 1 bpv at 512 tokens, 0.016 at 32k "
+                        "(default: the GGUF's kvconvert metadata, else 0 = off; at most 256)")
 
 
 def add_runtime_args(p: argparse.ArgumentParser, ctx_default: int = 4096) -> None:

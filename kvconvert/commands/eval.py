@@ -36,7 +36,8 @@ def run(args: argparse.Namespace) -> int:
     text, name = read_text_arg(args)
     with tqdm_progress(unit="chunk", name="eval") as progress:
         r = evaluate(args.model, text, text_name=name, n_ctx=args.ctx, n_chunks=args.chunks, type_k=args.ctk,
-                     type_v=args.ctv, n_threads=args.threads, n_sink=args.sink, save_logits=args.save_logits,
+                     type_v=args.ctv, n_threads=args.threads, n_sink=args.sink, n_recent=args.recent,
+                     save_logits=args.save_logits,
                      kld_base=args.kld_base, progress=progress)
     if args.save_report:
         from ..base.atomic import atomic_path
@@ -54,4 +55,7 @@ def run(args: argparse.Namespace) -> int:
               "-" if r.kld is None else f"{r.kld:.5f} ± {r.kld_err:.5f}",
               "-" if r.top1 is None else f"{r.top1:.2%}")
     make_console().print(t)
+    if r.n_recent:
+        make_console().print(f"recent exact window: {r.n_recent} positions, +{r.recent_bpv:.3f} bits per value of each "
+                             f"TurboQuant cache at {r.n_ctx} tokens (+{r.n_recent * 16 / 32768:.3f} at 32k)")
     return 0

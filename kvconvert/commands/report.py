@@ -77,7 +77,7 @@ def print_patch_info(m: ModelSource, console: Console | None = None) -> None:
     at a 32k context (sink positions spread over it, as the runtime stores them)."""
     from ..formats.gguf_io import field_value
     from ..formats.gguf_keys import Keys
-    from ..kvcache.kvmeta import DEFAULT_SINK, CacheMeta
+    from ..kvcache.kvmeta import DEFAULT_SINK, CacheMeta, recent_bits
     from ..kvcache.types import STANDARD_BITS
     from ..conversion.profile import sink_bits
 
@@ -93,6 +93,7 @@ def print_patch_info(m: ModelSource, console: Console | None = None) -> None:
     L, Hk, d = a.num_hidden_layers, a.num_key_value_heads, a.head_dim
     kept = field_value(reader, Keys.KVConvert.WEIGHTS) == "keep"
     n_sink = meta.n_sink if meta.n_sink is not None else DEFAULT_SINK
+    n_recent = meta.n_recent or 0
     smooth_layers = meta.k_smooth is not None and int((abs(meta.k_smooth - 1) > 1e-6).any(axis=(1, 2)).sum())
     t = Table(title="KV patch (kvconvert.* metadata)", show_header=False)
     t.add_row("layout", meta.layout + (" (stock architecture: llama.cpp runs it, ignoring the patch)"
@@ -110,6 +111,8 @@ def print_patch_info(m: ModelSource, console: Console | None = None) -> None:
               "folded (b_v, b_o)" if meta.layout == "folded" else "none")
     t.add_row("attention sinks", f"first {n_sink} position{'s' if n_sink != 1 else ''} kept in f16 "
               "(TurboQuant caches)" if n_sink else "none")
+    t.add_row("recent window", f"the last {n_recent} positions before each query used exactly (f16 ring, "
+              "TurboQuant caches, CPU backend)" if n_recent else "none")
     t.add_row("rotation seed", f"{meta.seed:#x}")
     console.print(t)
 
@@ -129,15 +132,19 @@ def print_patch_info(m: ModelSource, console: Console | None = None) -> None:
         k, v = ks[l], vs[l]
         per.add_row(str(l), k[0], k[1], k[2], k[3], k[4], f"{k[5]:.2f}", v[0], v[1], v[2], v[3], f"{v[5]:.2f}")
     console.print(per)
-    sink = lambda cfgs: sink_bits(n_sink, INFO_CTX) if cfgs is not None else 0.0  # noqa: E731
+
+    def sink(cfgs) -> float:  # the f16 sink rows and the recent window's rows, spread over the context
+        return sink_bits(n_sink, INFO_CTX) + recent_bits(n_recent, INFO_CTX) if cfgs is not None else 0.0
+
     kb = sum(k[5] for k in ks) / L + sink(meta.k_configs)
     vb = sum(v[5] for v in vs) / L + sink(meta.v_configs)
     rows = cache_rows(m.args, INFO_CTX)  # sliding-window layers hold only their window
     sinks = sink(meta.k_configs) + sink(meta.v_configs)
     mib = sum(r * Hk * d * (k[5] + v[5] + sinks) for r, k, v in zip(rows, ks, vs)) / 8 / 2**20
     f16 = sum(rows) * Hk * d * 32 / 8 / 2**20
-    console.print(f"K {kb:.2f} / V {vb:.2f} bits per value at a {INFO_CTX // 1024}k context (group scales and "
-                  f"sinks counted); KV cache at {INFO_CTX // 1024}k: {mib:.1f} MiB (f16: {f16:.1f} MiB, "
+    counted = "group scales, sinks" + (" and the recent window" if n_recent else "")
+    console.print(f"K {kb:.2f} / V {vb:.2f} bits per value at a {INFO_CTX // 1024}k context ({counted} "
+                  f"counted); KV cache at {INFO_CTX // 1024}k: {mib:.1f} MiB (f16: {f16:.1f} MiB, "
                   f"{f16 / mib:.1f}× smaller)")
 
 

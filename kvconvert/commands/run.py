@@ -36,7 +36,8 @@ def run(args: argparse.Namespace) -> int:
         return 0
     model = Model(args.model)
     sampler = SamplerParams(args.temp, args.top_k, args.top_p, args.repeat_penalty, seed=args.seed)
-    ctx = ContextParams(n_ctx=args.ctx, type_k=args.ctk, type_v=args.ctv, n_threads=args.threads, n_sink=args.sink)
+    ctx = ContextParams(n_ctx=args.ctx, type_k=args.ctk, type_v=args.ctv, n_threads=args.threads, n_sink=args.sink,
+                        n_recent=args.recent)
     sys.stdout.write(args.prompt)
     try:
         for piece in generate(model, args.prompt, args.max_tokens, sampler, ctx):

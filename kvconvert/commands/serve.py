@@ -50,7 +50,8 @@ def run(args: argparse.Namespace) -> int:
         raise InputError(f"cannot listen on {args.host}:{args.port}: {e.strerror or e}; choose another --port") \
             from None
     server = make_server(args.model, parallel=args.parallel, n_ctx=args.ctx, type_k=args.ctk, type_v=args.ctv,
-                         n_threads=args.threads, n_sink=args.sink, api_key=key, max_queue=args.queue,
+                         n_threads=args.threads, n_sink=args.sink, n_recent=args.recent, api_key=key,
+                         max_queue=args.queue,
                          model_id=args.alias)
     host, bound = sock.getsockname()[:2]
     ctx = server.engine.params

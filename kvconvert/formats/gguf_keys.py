@@ -24,6 +24,8 @@ class Keys:
         ROTATION_SEED = "kvconvert.rotation_seed"  # u64 seed of the TurboQuant signs
         PROFILE = "kvconvert.profile"  # JSON: the profile applied (configs, provenance, measurements; no arrays)
         SINK_TOKENS = "kvconvert.sink_tokens"  # u32: leading positions TurboQuant caches also keep in f16
+        # u32: TurboQuant caches also use the last N positions before each query exactly (f16 ring)
+        RECENT_WINDOW = "kvconvert.recent_window"
 
     class KCache:
         """Per-layer K cache (arrays have one entry per layer)."""

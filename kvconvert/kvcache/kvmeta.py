@@ -26,6 +26,17 @@ from ..base import validate as V
 K, V_ = Keys.KCache, Keys.VCache
 MAX_SINK = 64  # kvc_context_params.n_sink's limit
 DEFAULT_SINK = 1  # TurboQuant caches keep the first position exact unless told otherwise
+MAX_RECENT = 256  # kvc_context_params.n_recent's limit
+DEFAULT_RECENT = 0  # no recent exact window unless the file or the user asks for one
+
+
+def recent_bits(n_recent: int, n_ctx: int) -> float:
+    """Bits per value a recent exact window of n_recent positions adds to a TurboQuant cache at a
+    context of n_ctx tokens: its n_recent f16 rows spread over n_ctx (the ring's extra batch of
+    rows, a prefill buffer, not counted). E.g. 32 rows: 1.0 at 512 tokens, 0.016 at 32k."""
+    return min(n_recent, n_ctx) * 16.0 / n_ctx if n_ctx > 0 else 0.0
+
+
 MIN_SMOOTH = 1e-3  # k_cache.smooth scales must lie in [MIN_SMOOTH, 1/MIN_SMOOTH] (the search clamps to [1/8, 8])
 
 
@@ -54,6 +65,7 @@ class CacheMeta:
     v_mean: np.ndarray | None = None  # (layers, kv_heads, head_dim) float32
     profile_json: str | None = None
     n_sink: int | None = None  # attention-sink positions kept in f16 by TurboQuant caches (None: runtime default)
+    n_recent: int | None = None  # recent exact window of TurboQuant caches (None: runtime default, off)
     # K→Q smoothing applied by the runtime (weights kept byte for byte): (layers, kv_heads, head_dim/2), pair j
     # of KV head g divided by it in K, multiplied in Q. None: none, or folded into the weights.
     k_smooth: np.ndarray | None = None
@@ -65,6 +77,8 @@ class CacheMeta:
             w.add_string(Keys.KVConvert.PROFILE, self.profile_json)
         if self.n_sink is not None:
             w.add_uint32(Keys.KVConvert.SINK_TOKENS, int(self.n_sink))
+        if self.n_recent is not None:
+            w.add_uint32(Keys.KVConvert.RECENT_WINDOW, int(self.n_recent))
         w.add_string(K.TYPE, self.k_type)
         w.add_string(V_.TYPE, self.v_type)
         if self.k_configs:
@@ -124,6 +138,9 @@ class CacheMeta:
             sink = get(Keys.KVConvert.SINK_TOKENS)
             if sink is not None:
                 meta.n_sink = V.int_in(source, Keys.KVConvert.SINK_TOKENS, sink, 0, MAX_SINK)
+            recent = get(Keys.KVConvert.RECENT_WINDOW)
+            if recent is not None:
+                meta.n_recent = V.int_in(source, Keys.KVConvert.RECENT_WINDOW, recent, 0, MAX_RECENT)
             scale = V.one_of(source, K.SCALE, get(K.SCALE, "ls"), SCALES)
             if meta.k_type == TQ:
                 meta.k_configs = _configs(get, K, L, d, scale, qjl=True, source=source)

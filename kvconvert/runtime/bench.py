@@ -104,10 +104,11 @@ def random_tokens(vocab_size: int, n: int) -> list[int]:
 
 def bench(model: str | os.PathLike | Model, *, depths: tuple[int, ...] = (0, 512, 4096), n_prefill: int = 512,
           n_decode: int = 32, type_k: str = "auto", type_v: str = "auto", n_threads: int = 0,
-          n_sink: int | None = None, progress: ProgressFn | None = None, cancel: threading.Event | None = None) -> BenchResult:
+          n_sink: int | None = None, n_recent: int | None = None, progress: ProgressFn | None = None,
+          cancel: threading.Event | None = None) -> BenchResult:
     m = model if isinstance(model, Model) else Model(model)
     params = ContextParams(n_ctx=max(max(depths) + n_decode, n_prefill + 16), n_batch=512, type_k=type_k,
-                           type_v=type_v, n_threads=n_threads, n_sink=n_sink)
+                           type_v=type_v, n_threads=n_threads, n_sink=n_sink, n_recent=n_recent)
     ctx = m.context(params)
     tokens = random_tokens(m.args.vocab_size, max(max(depths) + n_decode, n_prefill + 16))
     prefill, rows = timed_depths(ctx.eval, ctx.reset, tokens, depths, n_prefill, n_decode, progress, cancel)

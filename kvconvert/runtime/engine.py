@@ -17,7 +17,7 @@ import numpy as np
 from ._native import NativeError, check, ffi, lib  # noqa: F401  (ffi re-exported for tests)
 from ..base.errors import InputError
 from ..formats.gguf_io import tensor_map
-from ..kvcache.kvmeta import DEFAULT_SINK
+from ..kvcache.kvmeta import DEFAULT_RECENT, DEFAULT_SINK
 from ..kvcache.types import AUTO, DEFAULT_SEED, TQ, CacheSpec
 from ..models.arch.base import ACTIVATIONS
 from ..models.source import ROPE_FREQS, ModelSource, load_model
@@ -52,6 +52,10 @@ class ContextParams:
     # TurboQuant caches: leading positions also kept in f16 and used exactly (attention
     # sinks). None: what the GGUF's metadata says, else kvmeta.DEFAULT_SINK.
     n_sink: int | None = None
+    # TurboQuant caches: each query also uses the last n_recent positions (its own included)
+    # exactly, from an f16 ring of n_recent + n_batch rows per layer and KV head (fixed memory,
+    # counted in kv_bytes). None: what the GGUF's metadata says, else 0 (off). CPU backend only.
+    n_recent: int | None = None
     # sliding-window layers cache only what their window can still see (False), or every position
     kv_keep_all: bool = False
     # where the context runs: "auto" (Metal where the build has it, a device exists and it runs
@@ -337,6 +341,8 @@ class Model:
                 kw["type_k"] = meta.k_type
         if params.n_sink is None:
             kw["n_sink"] = meta.n_sink if meta is not None and meta.n_sink is not None else DEFAULT_SINK
+        if params.n_recent is None:
+            kw["n_recent"] = meta.n_recent if meta is not None and meta.n_recent is not None else DEFAULT_RECENT
         if params.type_v.kind == AUTO:
             if meta is not None and meta.v_type == TQ:
                 kw.update(type_v=TQ, tq_v_layers=tuple(meta.v_configs))
@@ -374,6 +380,7 @@ class Context:
             p.k_mean = self._per_head(params.k_mean, "K mean")
         p.k_mean_folded = int(params.k_mean_folded)
         p.n_sink = params.n_sink or 0
+        p.n_recent = params.n_recent or 0
         p.kv_keep_all = int(params.kv_keep_all)
         p.backend = BACKENDS[params.backend]
         if params.v_mean is not None:
@@ -460,7 +467,8 @@ class Context:
 
     @property
     def kv_bytes(self) -> int:
-        """Bytes of KV cache rows this context holds (sliding-window layers: about their window)."""
+        """Bytes of KV cache rows this context holds (sliding-window layers: about their window; the
+        recent window's fixed f16 ring included)."""
         return lib().kvc_kv_bytes(self._ptr)
 
     def reset(self, n_past: int = 0) -> None:

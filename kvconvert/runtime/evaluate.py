@@ -23,6 +23,8 @@ from . import metrics
 from ..base.atomic import atomic_path, refuse_overwrite
 from ..base.errors import InputError
 from ..base.progress import ProgressFn, check_cancel
+from ..kvcache.kvmeta import recent_bits
+from ..kvcache.types import TQ
 from .engine import ContextParams, Model, check_logits
 
 LOGITS_MAGIC = b"KVCLOGP1"  # version 1: JSON header, then float16 log-probs (positions, vocab)
@@ -44,6 +46,10 @@ class EvalResult:
     kld_err: float | None = None
     top1: float | None = None
     kv_bytes_per_token: int = 0
+    # recent exact window of the TurboQuant caches (ContextParams.n_recent) and the bits per value
+    # it adds to each TurboQuant cache at this n_ctx: its n_recent f16 rows spread over n_ctx tokens
+    n_recent: int = 0
+    recent_bpv: float = 0.0
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -77,7 +83,7 @@ def read_base(path: Path) -> tuple[dict, np.ndarray]:
 
 def evaluate(model: str | os.PathLike | Model, text: str, *, text_name: str = "text", n_ctx: int = 512,
              n_chunks: int | None = None, type_k: str = "auto", type_v: str = "auto", n_threads: int = 0,
-             n_sink: int | None = None,
+             n_sink: int | None = None, n_recent: int | None = None,
              save_logits: str | os.PathLike | None = None, kld_base: str | os.PathLike | None = None,
              token_ids=None, progress: ProgressFn | None = None,
              cancel: threading.Event | None = None) -> EvalResult:
@@ -105,7 +111,7 @@ def evaluate(model: str | os.PathLike | Model, text: str, *, text_name: str = "t
             raise InputError(f"{kld_base}: made with other settings ({', '.join(bad)} differ); "
                              "use the same text, --ctx and --chunks")
     ctx = m.context(ContextParams(n_ctx=n_ctx, n_batch=min(n_ctx, 512), type_k=type_k, type_v=type_v,
-                                  n_threads=n_threads, n_sink=n_sink))
+                                  n_threads=n_threads, n_sink=n_sink, n_recent=n_recent))
     nll, klds, top1, saved = [], [], [], []
     first = metrics.first_scored(n_ctx)
     pos = 0
@@ -134,6 +140,9 @@ def evaluate(model: str | os.PathLike | Model, text: str, *, text_name: str = "t
                          f"{s.mean_nll:.1f}); the model's weights are likely corrupt or do not match its tokenizer")
     result = EvalResult(str(m.path), text_name, text_hash, n_ctx, len(chunks), s.n, ctx.params.type_k, ctx.params.type_v, s.ppl,
                         s.ppl_err, kv_bytes_per_token=ctx.kv_bytes_per_token)
+    if TQ in (ctx.params.type_k.kind, ctx.params.type_v.kind):
+        result.n_recent = ctx.params.n_recent or 0
+        result.recent_bpv = recent_bits(result.n_recent, n_ctx)
     if klds:
         k = metrics.score(np.concatenate(klds))
         result.kld, result.kld_err = k.mean_nll, k.stderr_nll

@@ -586,7 +586,8 @@ class Server:
 
 
 def make_server(model: Model | str, *, parallel: int = 4, n_ctx: int = 4096, type_k: str = "auto",
-                type_v: str = "auto", n_threads: int = 0, n_sink: int | None = None, api_key: str | None = None,
+                type_v: str = "auto", n_threads: int = 0, n_sink: int | None = None,
+                n_recent: int | None = None, api_key: str | None = None,
                 max_queue: int | None = None, model_id: str | None = None) -> Server:
     """Load the model (if a path), make the slots' contexts and the app (engine not started:
     the app's startup starts it)."""
@@ -594,7 +595,8 @@ def make_server(model: Model | str, *, parallel: int = 4, n_ctx: int = 4096, typ
 
     if not isinstance(model, Model):
         model = Model(model)
-    params = ContextParams(n_ctx=n_ctx, type_k=type_k, type_v=type_v, n_threads=n_threads, n_sink=n_sink)
+    params = ContextParams(n_ctx=n_ctx, type_k=type_k, type_v=type_v, n_threads=n_threads, n_sink=n_sink,
+                           n_recent=n_recent)
     engine = Engine(model, params, parallel, 4 * parallel if max_queue is None else max_queue)
     return Server(engine, model_id or Path(model.path).stem, api_key)
 

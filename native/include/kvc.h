@@ -165,6 +165,11 @@ typedef struct {
      * context are also kept in f16 and used exactly — K scores from the f16 key,
      * V through an f16 correction to its decoded value. 0: off. At most 64. */
     int n_sink;
+    /* Recent exact window (TurboQuant caches only): each query also uses the last n_recent
+     * positions up to and including its own exactly, as the sinks (f16 key, f16 V correction),
+     * from a ring of n_recent + n_batch rows per layer and KV head (fixed memory, counted in
+     * kvc_kv_bytes). 0: off. At most 256. Rewinds keep working down to kvc_rewind_floor. */
+    int n_recent;
     /* Sliding-window layers cache only the positions their window (plus one batch and
      * some slack for rewinds) can still see, not all n_ctx; 1: every position (tests). */
     int kv_keep_all;
@@ -203,7 +208,8 @@ int kvc_n_past(const kvc_context *ctx);
  * for t < T (the last batch of the call wins). All NULL: capture off. */
 int kvc_set_capture(kvc_context *ctx, float *q, float *k, float *v);
 /* Forget cached tokens from position n_past on (0 clears the cache). Sliding-window
- * layers keep only a window (kv_keep_all): n_past must be 0 or >= kvc_rewind_floor. */
+ * layers keep only a window (kv_keep_all), the recent window's ring the last n_recent +
+ * n_batch positions: n_past must be 0 or >= kvc_rewind_floor. */
 int kvc_set_n_past(kvc_context *ctx, int n_past);
 /* The smallest n_past > 0 kvc_set_n_past accepts now (1 when every position is kept). */
 int kvc_rewind_floor(const kvc_context *ctx);
@@ -223,7 +229,8 @@ int kvc_tq_score(int impl, int m, int bits, int qjl, const float *codebook, unsi
  * sliding-window layer stops growing at its window (kvc_kv_bytes). */
 long long kvc_kv_bytes_per_token(const kvc_context *ctx);
 /* Bytes the KV cache rows of ctx take (all layers, K and V): n_ctx rows per KV head of a
- * global layer, the window's rows (see kv_keep_all) of a sliding-window layer. */
+ * global layer, the window's rows (see kv_keep_all) of a sliding-window layer, plus the
+ * recent window's fixed ring (n_recent). */
 long long kvc_kv_bytes(const kvc_context *ctx);
 /* The backend ctx runs on: "cpu" or "metal" (kvc_context_params.backend). */
 const char *kvc_context_backend(const kvc_context *ctx);

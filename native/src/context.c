@@ -166,8 +166,9 @@ int kvc_set_n_past(kvc_context *c, int n_past) {
     c->err[0] = 0;
     if (n_past < 0 || n_past > c->n_past) return KVC_ERR_INVALID;
     if (n_past > 0 && n_past < c->backend->rewind_floor(c)) {
-        snprintf(c->err, sizeof c->err, "cannot rewind to %d tokens: the sliding-window layers keep positions from %d "
-                 "on (rewind to 0 instead)", n_past, c->backend->rewind_floor(c));
+        snprintf(c->err, sizeof c->err,
+                 "cannot rewind to %d tokens: the sliding-window layers keep positions (the recent window the rows "
+                 "it needs) from %d on (rewind to 0 instead)", n_past, c->backend->rewind_floor(c));
         return KVC_ERR_INVALID;
     }
     c->n_past = n_past;

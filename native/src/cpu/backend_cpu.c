@@ -7,6 +7,7 @@
 
 #include "backend_cpu.h"
 #include "kv_cache.h"
+#include "kv_recent.h"
 #include "util.h"
 
 static void *zalloc(size_t n) { return calloc(1, n ? n : 1); }
@@ -112,7 +113,7 @@ static long long cpu_kv_bytes(const kvc_context *ctx) {
     long long total = 0;
     for (int l = 0; l < c->n_layer; l++)
         total += (long long)c->m->n_head_kv * c->kv_cap[l] * (long long)(c->k_rb[l] + c->v_rb[l]);
-    return total;
+    return total + kv_recent_bytes(c); /* the recent window's fixed ring */
 }
 
 static long long cpu_kv_bytes_per_token(const kvc_context *ctx) {

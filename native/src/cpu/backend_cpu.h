@@ -1,7 +1,8 @@
 /* backend_cpu.h — the CPU backend's state of one context (cpu_ctx, behind
  * kvc_context.be) and the functions its files share: backend_cpu.c (the
  * kvc_backend_ops: create, eval, eval_multi, free), forward.c (the forward
- * pass), kv_cache.c (the caches and attention over them).
+ * pass), kv_cache.c (the caches and attention over them), kv_recent.c (the
+ * exact rows of sinks and the recent window).
  *
  * Shapes as model.h: E = n_embd, F = n_ff, H = n_head, Hk = n_head_kv,
  * D = head_dim, T = tokens in the current batch, C = n_ctx. */
@@ -53,6 +54,12 @@ typedef struct cpu_ctx {
     int n_sink;
     uint16_t *k_sink;       /* fp16 (n_layer, Hk, n_sink, D) the cached key (centered, file channel order), TQ K only */
     uint16_t *v_sink;       /* fp16 (n_layer, Hk, n_sink, D) value − its decoded TQ row, TQ V only */
+    /* recent exact window (kv_recent.c): every position's exact rows in a ring of rec_rows =
+     * n_recent + n_batch rows (at most n_ctx), position pos at slot pos % rec_rows; positions
+     * rec_lo .. n_past - 1 are held */
+    int n_recent, rec_rows, rec_lo;
+    uint16_t *k_rec;        /* fp16 (n_layer, Hk, rec_rows, D) as k_sink, TQ K only */
+    uint16_t *v_rec;        /* fp16 (n_layer, Hk, rec_rows, D) as v_sink, TQ V only */
     /* K mean-centering */
     int k_center, k_center_pairs, k_mean_ready, k_mean_folded;
     float *v_mean;          /* (n_layer, Hk, D) or NULL */

@@ -10,8 +10,11 @@
  * is ~3.5x the median), so its quantization error moves whole attention rows.
  * With n_sink > 0 a TurboQuant cache also keeps positions < n_sink exactly:
  * their K scores are recomputed from an fp16 copy of the cached key, and V adds
- * an fp16 correction (value − decoded row) with the same attention weights. */
+ * an fp16 correction (value − decoded row) with the same attention weights.
+ * The recent window (kv_recent.c) does the same for the last n_recent positions
+ * before each query, with the same formulas (kv_exact_*). */
 #include "kv_cache.h"
+#include "kv_recent.h"
 
 #include "quants.h"
 #include "util.h"
@@ -130,6 +133,8 @@ int kv_init(cpu_ctx *c, const kvc_context_params *p, char *err, int err_len) {
         if (v_tq && !(c->v_sink = calloc(n, sizeof(uint16_t))))
             return kvc_fail(err, err_len, KVC_ERR_NOMEM, "out of memory");
     }
+    const int st_rec = kv_recent_init(c, p, err, err_len);
+    if (st_rec != KVC_OK) return st_rec;
     c->k_center = p->k_center != 0;
     c->k_center_pairs = p->k_center_pairs;
     c->k_mean_folded = p->k_mean_folded != 0;
@@ -185,6 +190,7 @@ void kv_free(cpu_ctx *c) {
     free(c->kv), free(c->tq_k), free(c->tq_v), free(c->k_rb), free(c->v_rb), free(c->enc_tmp);
     free(c->kv_cap), free(c->kv_base);
     free(c->k_mean), free(c->k_pairs), free(c->rope_all), free(c->v_mean), free(c->k_sink), free(c->v_sink);
+    kv_recent_free(c);
 }
 
 static inline uint16_t *sink_row(const cpu_ctx *c, uint16_t *base, int l, int h, int pos) {
@@ -206,7 +212,7 @@ int kv_first_key(const cpu_ctx *c, int layer, int n0) {
 
 int kv_rewind_floor(const kvc_context *ctx) {
     const cpu_ctx *c = ctx->be;
-    int floor = 1;
+    int floor = kv_recent_floor(c); /* the recent window's ring */
     for (int l = 0; l < c->n_layer; l++) /* position n_past sees keys from n_past + 1 - window */
         if (c->kv_base[l] > 0 && c->kv_base[l] + c->m->layers[l].window - 1 > floor)
             floor = c->kv_base[l] + c->m->layers[l].window - 1;
@@ -215,6 +221,11 @@ int kv_rewind_floor(const kvc_context *ctx) {
 
 int kv_check_window(cpu_ctx *c, char *err, int err_len) {
     const int n_past = c->ctx->n_past;
+    kv_recent_check(c);
+    if (n_past > 0 && n_past < kv_recent_floor(c))
+        return kvc_fail(err, err_len, KVC_ERR_INVALID,
+                        "the recent window holds positions from %d on, and position %d needs earlier ones: the "
+                        "context was rewound too far (evaluate from 0 again)", c->rec_lo, n_past);
     for (int l = 0; l < c->n_layer; l++) {
         if (c->kv_cap[l] == c->ctx->n_ctx) continue;
         if (n_past == 0) c->kv_base[l] = 0;
@@ -288,10 +299,8 @@ void kv_store(cpu_ctx *c, int layer, int T) {
             }
             if (c->tq_k) {
                 const tq_layout *L = &c->tq_k[layer];
-                if (pos < c->n_sink) {
-                    uint16_t *ks = sink_row(c, c->k_sink, layer, h, pos);
-                    for (int i = 0; i < D; i++) ks[i] = kvc_fp32_to_fp16(k[i]);
-                }
+                if (pos < c->n_sink) kv_exact_key(k, D, sink_row(c, c->k_sink, layer, h, pos));
+                if (c->k_rec) kv_exact_key(k, D, kv_recent_row(c, c->k_rec, layer, h, pos));
                 if (L->perm) {
                     for (int i = 0; i < D; i++) tmp[i] = k[L->perm[i]];
                     k = tmp;
@@ -302,16 +311,15 @@ void kv_store(cpu_ctx *c, int layer, int T) {
             }
             if (c->tq_v) {
                 c->kern->tq_encode(&c->tq_v[layer], c->tq_scale_mode, v, v_row(c, layer, h, pos), scratch);
-                if (pos < c->n_sink) { /* correction = value − decoded row (scratch: 2D floats) */
-                    const float one = 1.0f;
-                    memset(scratch, 0, sizeof(float) * (size_t)D);
-                    tq_accum_ref(&c->tq_v[layer], &one, 1, 1, 1, 1, v_row(c, layer, h, pos), scratch);
-                    tq_unrotate(&c->tq_v[layer], scratch);
-                    uint16_t *vs = sink_row(c, c->v_sink, layer, h, pos);
-                    for (int i = 0; i < D; i++) vs[i] = kvc_fp32_to_fp16(v[i] - scratch[i]);
+                uint16_t *vs = pos < c->n_sink ? sink_row(c, c->v_sink, layer, h, pos) : NULL;
+                uint16_t *vr = c->v_rec ? kv_recent_row(c, c->v_rec, layer, h, pos) : NULL;
+                if (vs || vr) { /* correction = value − decoded row (scratch: 2D floats), computed once */
+                    kv_exact_residual(&c->tq_v[layer], v, v_row(c, layer, h, pos), D, scratch, vr ? vr : vs);
+                    if (vs && vr) memcpy(vs, vr, sizeof(uint16_t) * (size_t)D);
                 }
             } else c->kern->type[c->type_v].quantize(v, v_row(c, layer, h, pos), D);
         }
+    kv_recent_stored(c, layer, T);
 }
 
 /* Offset of query row i of a block (token i / n_rep, head i % n_rep) in a buffer whose
@@ -345,15 +353,13 @@ void kv_scores(cpu_ctx *c, attn_scratch *s, int layer, int h, const float *q, si
             tq_prepare_query(L, qr, s->tq->qr + (size_t)i * D, s->tq->w + (size_t)i * D);
         }
         c->kern->tq_score(L, s->tq, nq, n_rep, n0r, k_row(c, layer, h, k0), scores, ld);
+        float *kf = s->corr; /* (D) one exact row in f32; corr is free until the centering below */
         for (int j = k0; j < c->n_sink && j < n0 + nt - 1; j++) { /* sinks: exact scores */
-            const uint16_t *ks = sink_row(c, c->k_sink, layer, h, j); /* (D) fp16 */
-            for (int i = tq_first_seeing(j - k0, n_rep, n0r); i < nq; i++) {
-                const float *qr = q + block_row(i, n_rep, q_stride, D); /* (D) */
-                float acc = 0.0f;
-                for (int k = 0; k < D; k++) acc += qr[k] * kvc_fp16_to_fp32(ks[k]);
-                scores[(size_t)i * ld + j - k0] = acc;
-            }
+            kv_exact_load(sink_row(c, c->k_sink, layer, h, j), D, kf);
+            for (int i = tq_first_seeing(j - k0, n_rep, n0r); i < nq; i++)
+                scores[(size_t)i * ld + j - k0] = kv_exact_dot(q + block_row(i, n_rep, q_stride, D), kf, D);
         }
+        kv_recent_scores(c, layer, h, q, q_stride, nt, n0, k0, scores, ld, kf); /* the recent window: exact */
     } else { /* one GEMM for the nt * n_rep queries: every key row read once per block */
         const size_t qrb = kvc_row_bytes(c->k_vec_dot_type, D);
         for (int i = 0; i < nq; i++) {
@@ -424,16 +430,16 @@ void kv_values(cpu_ctx *c, attn_scratch *s, int layer, int h, const float *p, in
         float *acc = s->qp; /* (nq, D) rotated domain */
         memset(acc, 0, sizeof(float) * (size_t)nq * D);
         c->kern->tq_accum(L, p, ld, nq, n_rep, n0r, v_row(c, layer, h, k0), acc);
-        for (int i = 0; i < nq; i++) {
-            tq_unrotate(L, acc + (size_t)i * D);
-            for (int j = k0; j < c->n_sink && j < k0 + tq_visible(i, n_rep, n0r); j++) { /* sinks: exact values */
-                const uint16_t *vs = sink_row(c, c->v_sink, layer, h, j); /* (D) fp16 */
-                const float pj = p[(size_t)i * ld + j - k0];
-                for (int k = 0; k < D; k++) acc[(size_t)i * D + k] += pj * kvc_fp16_to_fp32(vs[k]);
-            }
-            memcpy(out + block_row(i, n_rep, out_stride, D), acc + (size_t)i * D,
-                   sizeof(float) * (size_t)D);
+        float *rf = s->corr; /* (D) one exact correction row in f32 */
+        for (int i = 0; i < nq; i++) tq_unrotate(L, acc + (size_t)i * D);
+        for (int j = k0; j < c->n_sink && j < n0 + nt - 1; j++) { /* sinks: exact values */
+            kv_exact_load(sink_row(c, c->v_sink, layer, h, j), D, rf);
+            for (int i = tq_first_seeing(j - k0, n_rep, n0r); i < nq; i++)
+                kv_exact_value(p[(size_t)i * ld + j - k0], rf, D, acc + (size_t)i * D);
         }
+        kv_recent_values(c, layer, h, p, ld, nt, n0, k0, acc, rf); /* the recent window: exact values */
+        for (int i = 0; i < nq; i++)
+            memcpy(out + block_row(i, n_rep, out_stride, D), acc + (size_t)i * D, sizeof(float) * (size_t)D);
         return;
     }
     for (int i = 0; i < nq; i++)

@@ -196,6 +196,11 @@ static int kvm_create(const kvm_device *d, kvc_context *ctx, const kvc_context_p
         return kvc_fail(err, err_len, KVC_ERR_INVALID, "a K mean folded into the weights needs k_center and k_mean");
     if (p->n_sink < 0 || p->n_sink > 64) return kvc_fail(err, err_len, KVC_ERR_INVALID, "n_sink must be 0..64");
     c->n_sink = (c->k_tq || c->v_tq) ? (p->n_sink < C ? p->n_sink : C) : 0;
+    if (p->n_recent < 0 || p->n_recent > 256)
+        return kvc_fail(err, err_len, KVC_ERR_INVALID, "n_recent must be 0..256");
+    if ((c->k_tq || c->v_tq) && p->n_recent > 0) /* auto then runs the context on the CPU */
+        return kvc_fail(err, err_len, KVC_ERR_UNSUPPORTED,
+                        "the recent exact window (n_recent) runs on the CPU backend only");
     c->k_center = p->k_center != 0;
     c->k_center_sub = c->k_center && !p->k_mean_folded;
     c->scale_mode = p->tq_scale_mode;
