@@ -108,8 +108,8 @@ def twin_logits(path, tokens, w: int, spec_k: str, spec_v: str, seed: int):
 @pytest.mark.parametrize("name", ["qwen2-hd64", "llama-hd128-bias-rope3", "mistral-hd64-swa8"])
 def test_window_matches_numpy_twin(tiny_ggufs, name):
     """A window of 5 (and none) against the numpy twin: equal within float rounding
-    (summation order, the twin's f32 TurboQuant; bound 2e-3), while the window moves the
-    logits by far more than that."""
+    (summation order, the twin's f32 TurboQuant; measured 7e-7 .. 3e-5, bound 2e-4), while
+    the window moves the logits by far more than that."""
     path = tiny_ggufs[name]
     model = runtime.Model(path)
     seed = 1234
@@ -117,7 +117,7 @@ def test_window_matches_numpy_twin(tiny_ggufs, name):
     got = {w: model.context(n_recent=w, **kw).eval(TOKENS, all_logits=True) for w in (0, 5)}
     want = {w: twin_logits(path, TOKENS, w, "tq3", "tq2", seed) for w in (0, 5)}
     for w in (0, 5):
-        assert rel(got[w], want[w]) <= 2e-3, (name, w, rel(got[w], want[w]))
+        assert rel(got[w], want[w]) <= 2e-4, (name, w, rel(got[w], want[w]))
     assert rel(got[5], got[0]) > 10 * rel(got[5], want[5]), name
 
 
