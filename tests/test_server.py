@@ -175,12 +175,15 @@ def test_long_prompt_prefilled_in_chunks(client, local) -> None:
 def test_completion_and_stop_strings(client, local) -> None:
     prompt = "The capital of France is"
     model, fmt = local
-    want = _greedy(local, fmt.encode(prompt), 32)
-    r = client.completions.create(model=MODEL_ID, prompt=prompt, temperature=0, max_tokens=32)
+    limit = 32
+    want = _greedy(local, fmt.encode(prompt), limit)
+    r = client.completions.create(model=MODEL_ID, prompt=prompt, temperature=0, max_tokens=limit)
     n = len(local[0].tokenizer.encode(want, add_special_tokens=False).ids)
-    assert r.choices[0].text == want and r.usage.completion_tokens == n and 8 < n < 32
-    assert r.choices[0].finish_reason == "stop"  # the model wrote EOS before max_tokens
-    streamed = list(client.completions.create(model=MODEL_ID, prompt=prompt, temperature=0, max_tokens=32,
+    assert r.choices[0].text == want and r.usage.completion_tokens == n and 8 < n <= limit
+    # EOS before max_tokens is "stop", else "length" (whether greedy SmolLM2 ends within 32 tokens
+    # here moves with float rounding; the stop strings below always end in "stop")
+    assert r.choices[0].finish_reason == ("stop" if n < limit else "length")
+    streamed = list(client.completions.create(model=MODEL_ID, prompt=prompt, temperature=0, max_tokens=limit,
                                               stream=True))
     assert "".join(c.choices[0].text for c in streamed) == want
     # a stop string from the middle of the greedy text: the text before it, finish_reason "stop"
@@ -189,7 +192,7 @@ def test_completion_and_stop_strings(client, local) -> None:
     cut = want.index(stop)
     assert cut > 0
     for stream in (False, True):
-        res = client.completions.create(model=MODEL_ID, prompt=prompt, temperature=0, max_tokens=32,
+        res = client.completions.create(model=MODEL_ID, prompt=prompt, temperature=0, max_tokens=limit,
                                         stop=["@@never@@", stop], stream=stream)
         if stream:
             res = list(res)
