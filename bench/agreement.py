@@ -18,11 +18,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 import longctx as L  # noqa: E402
 
 PROMPTS = [

@@ -23,13 +23,11 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 import longctx as L  # noqa: E402
 
 VERSION = 1  # of the cached base log-probs; bump when what they mean changes

@@ -22,14 +22,12 @@ from __future__ import annotations
 
 import argparse
 import re
-import sys
 import time
 from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 import longctx as L  # noqa: E402
 
 COLOURS = ["red", "blue", "green", "yellow", "purple", "orange", "silver", "black", "white", "brown", "golden",

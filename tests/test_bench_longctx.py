@@ -10,11 +10,16 @@ from pathlib import Path
 import pytest
 
 BENCH = Path(__file__).resolve().parent.parent / "bench"
+# bench/ on sys.path only while these import: left there, its kernels.py would shadow the
+# `kernels` package that transformers looks for in every later test
 sys.path.insert(0, str(BENCH))
-import agreement  # noqa: E402
-import long_quality  # noqa: E402
-import longctx  # noqa: E402
-import needle  # noqa: E402
+try:
+    import agreement  # noqa: E402
+    import long_quality  # noqa: E402
+    import longctx  # noqa: E402
+    import needle  # noqa: E402
+finally:
+    sys.path.remove(str(BENCH))
 
 
 def test_scored_rows_predict_the_last_n_tokens():

@@ -16,7 +16,7 @@ from kvconvert.base.errors import InputError
 from kvconvert.conversion.calibrate import calibrate
 from kvconvert.conversion.profile import Policy, load_profile
 from kvconvert.conversion.search import rebudget, search
-from kvconvert.conversion.sensitivity import FLOOR, Sensitivity, measure_sensitivity, weights
+from kvconvert.conversion.sensitivity import FLOOR, Sensitivity, weights
 from tests.tiny import CORPUS
 
 TEXT = " ".join(CORPUS) * 30
@@ -95,10 +95,10 @@ def test_rebudget_refuses_a_sensitivity_policy_without_weights(cal):
 def test_measure_sensitivity_and_search_with_it(cal):
     """The measurement runs the model 2·L + 3 times; weights are positive, one per layer, and a
     search with a joint policy uses them (and keeps the joint budget)."""
-    from kvconvert.conversion.search import pair_order, smoothing_scales
+    from kvconvert.conversion.search import measure_layer_sensitivity, pair_order, smoothing_scales
 
     sc = smoothing_scales(cal)
-    s = measure_sensitivity(cal, sc, pair_order(cal, sc), sink_tokens=1)
+    s = measure_layer_sensitivity(cal, sc, pair_order(cal, sc), sink_tokens=1)
     assert len(s.k) == len(s.v) == cal.n_layer
     assert all(x > 0 and np.isfinite(x) for x in s.k + s.v)
     assert any(x > 0 for x in s.k_kld) and any(x > 0 for x in s.v_kld)  # quantizing a layer to 3 bits shows

@@ -133,6 +133,17 @@ def pair_channels(order: np.ndarray) -> np.ndarray:
     return np.stack([order, order + P], axis=-1).reshape(*order.shape[:-1], 2 * P)
 
 
+def measure_layer_sensitivity(cal: Calibration, scales: np.ndarray | None, order: np.ndarray, *, sink_tokens: int,
+                              **kw) -> Sensitivity:
+    """sensitivity.measure_sensitivity with this search's channel order and proxy errors (K with the
+    layer's smoothing off, V centered) — the same codec the measurement runs."""
+    def proxy(layer: int, cfg: tq.KConfig) -> tuple[float, float]:
+        lay = _Layer(cal, layer, scales, order, sink_tokens)
+        return lay.k_error(Option(cfg, smooth=False)), lay.v_error(cfg, True)
+
+    return measure_sensitivity(cal, pair_channels(order), proxy, sink_tokens=sink_tokens, **kw)
+
+
 # -- proxy errors --------------------------------------------------------------------
 
 # Scored (query, key) pairs per layer and window set: the proxy's cost per candidate is bounded by this,
@@ -417,8 +428,8 @@ def search(calib: Calibration | str | os.PathLike, *, policy: str | Policy = DEF
             pool.shutdown(wait=True, cancel_futures=True)  # on an error or a cancel: drop the queued layers
 
     run([ls.pass1 for ls in layers], "pass 1: uniform widths, V")
-    sens = measure_sensitivity(cal, scales, order, sink_tokens=pol.sink_tokens, tokens=sensitivity_tokens,
-                               n_threads=n_threads, progress=progress, cancel=cancel) if pol.sensitivity else None
+    sens = measure_layer_sensitivity(cal, scales, order, sink_tokens=pol.sink_tokens, tokens=sensitivity_tokens,
+                                     n_threads=n_threads, progress=progress, cancel=cancel) if pol.sensitivity else None
     if sens is not None:  # back to the search's phase for pass 2
         start_phase(progress, "search", "layer")
     v_opts = [(c, ctr) for c in v_cfgs for ctr in (False, True)]

@@ -21,6 +21,7 @@ K and V (Policy.joint). It costs 2·L + 3 forward passes over ``tokens``
 from __future__ import annotations
 
 import threading
+from typing import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -63,17 +64,19 @@ def weights(kld: np.ndarray, proxy: np.ndarray) -> np.ndarray:
     return np.maximum(w, FLOOR * med if med > 0 else 1e-12)
 
 
-def measure_sensitivity(cal: Calibration, scales: np.ndarray, order: np.ndarray, *, sink_tokens: int,
+def measure_sensitivity(cal: Calibration, channels: np.ndarray,
+                        proxy: Callable[[int, tq.KConfig], tuple[float, float]], *, sink_tokens: int,
                         tokens: list[int] | None = None, n_chunks: int = 1, ref_bits: int = REF_BITS,
                         n_threads: int = 0, progress: ProgressFn | None = None,
                         cancel: threading.Event | None = None) -> Sensitivity:
     """Measure per-layer K and V sensitivities on ``tokens`` (default: the calibration's held-out
     chunks, of which ``n_chunks`` are used). The model runs unsmoothed with centered K (the
-    calibration's mean) and centered V; the proxy errors are computed for the same codec."""
+    calibration's mean) and centered V. ``channels`` (layers, kv heads, d): the search's HF channel
+    permutation (pair order); ``proxy(layer, cfg)``: the search's (K, V) proxy errors of that layer
+    for the same codec (search.measure_layer_sensitivity supplies both: the search sits above)."""
     from ..models.source import load_model
     from ..runtime.engine import ContextParams, Model
     from .calibrate import runtime_gguf
-    from .search import Option, _Layer, pair_channels
 
     if tokens is None:
         if len(cal.holdout) == 0:
@@ -89,7 +92,7 @@ def measure_sensitivity(cal: Calibration, scales: np.ndarray, order: np.ndarray,
                                                                                hi_bits=BASE_BITS)
     first = metrics.first_scored(cal.n_ctx)
     k_mean, v_mean = _file_order(cal.k_mean, m), cal.v_mean.astype(np.float32)
-    perm = _file_order(pair_channels(order).astype(np.float64), m, perm=True)
+    perm = _file_order(channels.astype(np.float64), m, perm=True)
     n_runs = 2 * L + 3
     start_phase(progress, "sensitivity", "run")
     done = [0]
@@ -124,9 +127,9 @@ def measure_sensitivity(cal: Calibration, scales: np.ndarray, order: np.ndarray,
         cf[l] = ref
         k_kld.append(kld(run(cf, None)) - b_k)
         v_kld.append(kld(run(None, cf)) - b_v)
-        lay = _Layer(cal, l, scales, order, sink_tokens)
-        k_proxy.append(lay.k_error(Option(ref, smooth=False)))
-        v_proxy.append(lay.v_error(ref, True))
+        k_err, v_err = proxy(l, ref)
+        k_proxy.append(k_err)
+        v_proxy.append(v_err)
     return Sensitivity(tuple(weights(np.array(k_kld), np.array(k_proxy)).tolist()),
                        tuple(weights(np.array(v_kld), np.array(v_proxy)).tolist()),
                        tuple(k_kld), tuple(v_kld), ref_bits, sum(len(c) for c in chunks))
