@@ -94,24 +94,41 @@ def kv_bytes_per_token(path: str, engine: str, k: str, v: str) -> float:
     return per_value * (LLAMA_KV_BYTES[k] + LLAMA_KV_BYTES[v])
 
 
+def asked_types(run: dict) -> tuple[str, str]:
+    """The cache types to build a context of: a file's own caches (peer.py's auto, auto@PATH; recorded
+    resolved, e.g. tq/tq, whose per-layer configs only the file has) as peer.py asked for them."""
+    c = run["cache"]
+    if not c.get("own"):
+        return c["k"], c["v"]
+    spec = run.get("spec") or "auto/auto"
+    k, _, v = ("auto/auto" if spec.startswith("auto@") else spec).partition("/")
+    return k, v
+
+
 def table(peer: dict, bw: Bandwidth, threads: int) -> str:
     model = peer["model"]
     w = weight_bytes_per_token(model)
     rows = ["| engine | cache | depth | decode tok/s | MB read / token (weights + KV) | achieved GB/s "
             "| of read bandwidth | of copy bandwidth |", "|---|---|---|---|---|---|---|---|"]
     kv_cache: dict[tuple, float] = {}
+    weights = {model: w}
     for run in peer["runs"]:
         c = run["cache"]
-        key = (run["engine"], c["k"], c["v"])
+        path = run.get("model") or model  # peer.py's auto@PATH runs time another file
+        key = (path, run["engine"], *asked_types(run))
         if key not in kv_cache:
-            kv_cache[key] = kv_bytes_per_token(model, *key)
+            kv_cache[key] = kv_bytes_per_token(*key)
+        if path not in weights:
+            weights[path] = weight_bytes_per_token(path)
+        wt = weights[path]
         label = f"{c['k']}/{c['v']}" + (" FA" if c.get("fa") else "")
+        label += f" ({Path(path).stem})" if path != model else ""
         for depth, speed in sorted(run["decode"].items(), key=lambda kv: int(kv[0])):
             d = int(depth)
-            per_token = w + kv_cache[key] * d
+            per_token = wt + kv_cache[key] * d
             gbs = per_token * speed["mean"] / 1e9
             rows.append(f"| {run['engine']} | {label} | {d} | {speed['mean']:.1f} | {per_token / 1e6:.0f} "
-                        f"({w / 1e6:.0f} + {kv_cache[key] * d / 1e6:.0f}) | {gbs:.1f} | {gbs / bw.read:.0%} "
+                        f"({wt / 1e6:.0f} + {kv_cache[key] * d / 1e6:.0f}) | {gbs:.1f} | {gbs / bw.read:.0%} "
                         f"| {gbs / bw.copy:.0%} |")
     head = (f"{Path(model).name}, {threads} threads; machine bandwidth with {threads} threads: "
             f"read {bw.read:.1f} GB/s, copy {bw.copy:.1f} GB/s (bytes read + written); "

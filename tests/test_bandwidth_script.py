@@ -47,3 +47,29 @@ def test_kv_bytes_and_table(tiny_ggufs):
     assert len(at_depth) == 1
     gbs = (w + values * 4 * 1000) * 50.0 / 1e9
     assert f"| {gbs:.1f} | {gbs / 10.0:.0%} | {gbs / 20.0:.0%} |" in at_depth[0]
+
+
+def test_table_times_each_runs_own_file(monkeypatch):
+    """peer.py's auto@PATH runs time another GGUF (its "model"), with that file's own caches (recorded
+    resolved, e.g. tq/tq): KV and weight bytes come from that file, asked for as peer.py asked."""
+    kv_calls = []
+
+    def kv(path, engine, k, v):
+        kv_calls.append((path, engine, k, v))
+        return 1000.0
+
+    monkeypatch.setattr(bandwidth, "kv_bytes_per_token", kv)
+    monkeypatch.setattr(bandwidth, "weight_bytes_per_token", lambda path: {"base.gguf": 4e6, "/p/prof.gguf": 2e6}[path])
+    speed = {"1000": {"mean": 10.0, "sd": 0}}
+    peer = {"model": "base.gguf", "runs": [
+        {"engine": "kvconvert", "cache": {"k": "f16", "v": "f16", "fa": False}, "decode": speed},  # older saves
+        {"engine": "kvconvert", "cache": {"k": "tq", "v": "tq", "fa": False, "own": True, "path": "/p/prof.gguf"},
+         "spec": "auto@/p/prof.gguf", "model": "/p/prof.gguf", "decode": speed},
+        {"engine": "kvconvert", "cache": {"k": "tq", "v": "f16", "fa": False, "own": True},
+         "spec": "auto/f16", "model": "base.gguf", "decode": speed}]}
+    rows = bandwidth.table(peer, bandwidth.Bandwidth(read=10.0, copy=20.0), 2).splitlines()
+    assert kv_calls == [("base.gguf", "kvconvert", "f16", "f16"), ("/p/prof.gguf", "kvconvert", "auto", "auto"),
+                        ("base.gguf", "kvconvert", "auto", "f16")]
+    prof = [r for r in rows if r.startswith("| kvconvert | tq/tq (prof) | 1000 |")]
+    assert len(prof) == 1 and "| 3 (2 + 1) |" in prof[0]  # the profile file's 2 MB of weights, not base's 4
+    assert any(r.startswith("| kvconvert | f16/f16 | 1000 | 10.0 | 5 (4 + 1) |") for r in rows)
