@@ -2,9 +2,11 @@
 generate.generate_batch) against each sequence decoded alone, its errors, and the
 data-free calibration text written with it.
 
-Tolerance: none. The batched products go through the kernels' GEMM tiles, which
-give bit-identical results to the decode matvec (cpu/dot_x86.h, and tested in
-test_kernels.py); activations are quantized per row and attention runs per context,
+Tolerance: none. The batched products give every row exactly its decode matvec
+result: the float types' GEMM tiles equal their vec_dot, and on x86 the integer
+types' tiles and AVX-512's packed panels (8+ rows; the 13-context test takes them)
+are all bit-identical to the scalar reference (cpu/dot_x86.h, gemm_panel.h; tested
+in test_kernels.py); activations are quantized per row and attention runs per context,
 so eval_multi's logits equal each context's own single-token kvc_eval exactly. That
 is what was measured (max |Δlogit| = 0) on the tiny models in f32, f16, bf16, q8_0,
 q4_1, q4_K and q6_K weights, every cache type, and SmolLM2-135M (q4_1); the tests

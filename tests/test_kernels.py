@@ -10,7 +10,9 @@ Tolerances (stated once, used below):
     results identical to numpy's integer dot); otherwise |simd - scalar| <=
     1e-6 * sum|w_i a_i| (only the float summation order differs; the worst seen
     over 20 rows x k up to 19456 per type was 1.2e-7).
-  * gemm: identical to a loop over vec_dot of the same impl.
+  * gemm: identical to a loop over vec_dot of the same impl; on x86 the integer
+    types' vec_dot and gemm (tiles and AVX-512's packed panels) identical to the
+    scalar reference.
 """
 
 from __future__ import annotations
@@ -360,6 +362,49 @@ def test_gemm_equals_vec_dot_loop(t, impl):
                               for r in range(m)] for i in range(n_tok)], np.float32)
             assert np.array_equal(got[:, :m], want), (m, n_tok, k)
             assert np.isnan(got[:, m:]).all()  # the ldo padding is untouched
+
+
+PANEL_MIN_TOK = 8  # native/src/cpu/gemm_panel.h: KVC_PANEL_MIN_TOK
+X86 = [i for i in SIMD if i in (AVX2, AVX512)]
+
+
+@pytest.mark.skipif(not X86, reason="the x86 integer kernels")
+@pytest.mark.parametrize("impl", X86, ids=[IMPL_NAMES[i] for i in X86])
+@pytest.mark.parametrize("t", [Q.Q8_0, Q.Q4_0, Q.Q5_0, Q.Q4_1, Q.Q4_K, Q.Q6_K], ids=lambda t: t.name)
+def test_x86_integer_products_equal_scalar_reference(t, impl):
+    """The x86 integer kernels sum every block exactly and take the scalar reference's
+    float steps in its order, so vec_dot, the gemm tiles (1..7 tokens) and AVX-512's
+    packed panels (n_tok >= PANEL_MIN_TOK) are all bit-identical to the scalar
+    reference: a row's result does not depend on the batch it is computed in (a prompt
+    split differently, batched decode). Covers partial panels (m % 16), short last
+    token tiles, unaligned operands, Q8_0's -128 quant."""
+    rng = np.random.default_rng(12)
+    at, bs = TYPES[t][2], max(TYPES[t][0], 32)
+    cases = [(16, 2, PANEL_MIN_TOK), (37, 3, 13), (5, 1, 9), (50, 28 if bs == 32 else 4, 21),
+             (7, 3, 1), (19, 2, 3), (33, 28 if bs == 32 else 4, 7)]
+    for m, nb, n_tok in cases:
+        k = nb * bs
+        w = random_weights(t, m, k, rng)
+        if t == Q.Q8_0:
+            w.reshape(-1, 34)[::7, 2:5] = 0x80
+        wb, wrow = w.reshape(-1), row_bytes(t, k)
+        a = random_activations(at, n_tok, k, rng, impl=SCALAR)
+        ab, arow = a.reshape(-1), row_bytes(at, k)
+        wu = np.zeros(wb.size + 1, np.uint8)
+        wu[1:] = wb
+        au = np.zeros(ab.size + 1, np.uint8)
+        au[1:] = ab
+        ldo = m + 5
+        got = np.full(n_tok * ldo + 1, np.nan, np.float32)
+        want = np.full(n_tok * ldo, np.nan, np.float32)
+        assert gemm(t, impl, m, n_tok, k, wu, au, got, ldo, 1, 1, 1) == OK
+        assert gemm(t, SCALAR, m, n_tok, k, wb, ab, want, ldo) == OK
+        got = got[1:].reshape(n_tok, ldo)
+        want = want.reshape(n_tok, ldo)
+        assert np.array_equal(got[:, :m], want[:, :m]), (m, n_tok, k)
+        assert np.isnan(got[:, m:]).all()  # the ldo padding is untouched
+        for r in (0, m - 1):  # vec_dot: the 1 x 1 tile
+            assert vec_dot(t, wb[r * wrow:(r + 1) * wrow], ab[:arow], k, impl) == want[0, r]
 
 
 def test_gemm_empty_and_zero_k():

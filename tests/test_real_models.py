@@ -119,13 +119,16 @@ def runtime_score(path, chunks, **ctx_kw) -> metrics.Score:
 def test_smollm2_runtime_perplexity():
     """Native runtime on the original SmolLM2 Q4_1 GGUF, 2×512 Austen eval tokens.
 
-    Position 0 is bit-identical with llama.cpp (same q8_1 activation rounding).
-    Later positions differ by float-level noise in softmax that flips a few
-    8-bit activation roundings, amplified over 30 layers to the size of the
-    activation-quantization noise: measured KLD(llama.cpp ‖ ours) ≈ 0.0035,
-    top-1 ≈ 97%, PPL within 0.2%. Asserted: PPL within 0.5% of llama.cpp and 1%
-    of the f32 numpy reference, KLD < 0.01, top-1 ≥ 94%, position 0 exact to
-    1e-4; the q8_0 cache's PPL within 1% of the f32 cache's."""
+    Both round activations to q8_1 alike, but llama.cpp sums each block's
+    products in per-lane partials and ours sums them exactly first (the scalar
+    reference's order, which every x86 kernel follows): that flips an 8-bit
+    rounding at position 0 already (max |Δlogit| 0.16, KLD 2.3e-4, the same with
+    KVC_FORCE_IMPL=scalar; it was 6e-6 when our tiles summed per lane). Later positions differ by
+    float-level noise that flips a few roundings, amplified over 30 layers to
+    the size of the activation-quantization noise: measured KLD(llama.cpp ‖ ours)
+    0.0035–0.0038, top-1 95–96%, PPL within 0.2%. Asserted: PPL within 0.5% of
+    llama.cpp and 1% of the f32 numpy reference, KLD < 0.01, top-1 ≥ 94%, position
+    0 KLD < 1e-3; the q8_0 cache's PPL within 1% of the f32 cache's."""
     pytest.importorskip("kvconvert._kvc", reason="native runtime not built (pip install -e .)")
     from kvconvert.runtime.engine import Model
 
@@ -143,7 +146,7 @@ def test_smollm2_runtime_perplexity():
     c = chunks[0]
     a = Model(path).context(n_ctx=512, n_threads=2, type_k="f32", type_v="f32").eval(c, all_logits=True)
     b = oracle.logits(oracle.load(path, 512), c)
-    assert np.abs(a[0] - b[0]).max() < 1e-4
+    assert metrics.kld(metrics.log_probs(b[:1]), a[:1]).mean() < 1e-3
     kld = metrics.kld(metrics.log_probs(b[256:-1]), a[256:-1])
     assert kld.mean() < 0.01 and (a.argmax(-1) == b.argmax(-1)).mean() >= 0.94
 

@@ -34,10 +34,14 @@ def rel(a, b) -> float:
 # flash attention (online softmax, kv_attend) sums in another order than llama.cpp's
 # softmax-then-V, and one flipped activation moves the logits by ~1.5e-3 (4 of 28
 # tiny-model/weight/cache combinations), hence 3e-3; for F16/BF16 weights llama.cpp
-# rounds activations to f16/bf16 (≤ 2e-3, 1e-2).
+# rounds activations to f16/bf16 (≤ 2e-3, 1e-2). Q8_0: the x86 products sum each
+# block exactly in int32 and scale it once (bit-identical to the scalar reference),
+# llama.cpp's Q8_0 x Q8_0 sums per-lane partials first; on qwen2-hd64 that flips one
+# rounding: 6.1e-3 (Q4_0/Q5_0/Q4_K/Q6_K agree to 2e-7), hence 1e-2.
 WEIGHT_TYPES = {"F32": 1e-5, "F16": 1e-5, "BF16": 1e-5, "Q8_0": 3e-2, "Q4_0": 3e-2, "Q4_1": 3e-2,
                 "Q5_0": 3e-2, "Q4_K": 3e-2, "Q6_K": 0.4}
-LLAMA_CPP_TOL = {"F32": 2e-3, "F16": 2e-3, "BF16": 1e-2, "Q6_K": 1e-2}  # Q6_K: the badly conditioned one
+LLAMA_CPP_TOL = {"F32": 2e-3, "F16": 2e-3, "BF16": 1e-2, "Q6_K": 1e-2,  # Q6_K: the badly conditioned one
+                 "Q8_0": 1e-2}
 
 
 @pytest.mark.parametrize("wtype", list(WEIGHT_TYPES))

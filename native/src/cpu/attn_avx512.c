@@ -4,12 +4,7 @@
  * In the avx512 kernel table (cpu/dispatch.c). AVX-512 F only; never AMX. */
 #if defined(__x86_64__)
 
-#if defined(__clang__)
-#pragma clang attribute push(__attribute__((target("avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512dq"))), \
-                             apply_to = function)
-#else
-#pragma GCC target("avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512dq")
-#endif
+#include "target_avx512.h"
 
 #include "../vec.h"
 #include "simd_x86.h"
@@ -54,8 +49,6 @@ KVC_INLINE __m512 exp16(__m512 x) {
 
 #include "attn_tile.h"
 
-#if defined(__clang__)
-#pragma clang attribute pop
-#endif
+#include "target_end.h"
 
 #endif

@@ -7,7 +7,12 @@
  * Everything is a register tile: R weight rows x T tokens share each loaded and
  * unpacked block. vec_dot is the 1 x 1 tile; kvc_gemm uses RD x 1 tiles for
  * decode (n_tok = 1: a multi-row matvec, the fast way to run decode) and
- * RM x TM tiles for prefill. gemm and vec_dot give bit-identical results.
+ * RM x TM tiles for prefill. The integer types' products are bit-identical to
+ * the scalar reference (quants_ref.c) — exact integer block sums, then its
+ * float steps in its order — so vec_dot, every gemm tile shape and AVX-512's
+ * packed panels for 8+ tokens (gemm_panel.h) agree bit for bit, and a row's
+ * result does not depend on how many tokens share the call. The float types
+ * sum per lane (gemm and vec_dot still bit-identical).
  *
  * Integer dot products (the ggml approach, ggml-cpu/arch/x86/quants.c): weights
  * unpacked to unsigned bytes u, activations kept as signed bytes s, and
@@ -15,9 +20,7 @@
  *   DOT_S16(acc, x, y):  acc + sums over pairs of x*y (int16 in), int32 lanes
  * Offset weights (Q4_0: q - 8, Q5_0: q - 16) subtract o * sum(a) per block,
  * precomputed per token block and used as the accumulator's start value.
- * All integer sums are exact; only the float accumulation order differs from
- * the scalar twins in quants_ref.c. Block scales are read through
- * kvc_fp16_table and applied as (int sum * d_a) * d_w per block.
+ * All integer sums are exact. Block scales are read through kvc_fp16_table.
  *
  * The block sizes, tile sizes and the drivers that turn the tiles below into
  * kvc_vec_dot_* / kvc_gemm_* are shared with dot_neon.h: gemm_tiles.h.
@@ -42,12 +45,23 @@
 #endif
 
 /* res[r*T + t] = dot(wp[r], ap[t]) over nb blocks. pf: prefetch distance in
- * bytes (the next tile's rows, for decode), 0 for none. */
+ * bytes (the next tile's rows, for decode), 0 for none. Each block's integer
+ * sum is reduced to one int32 (exact) and accumulated in float exactly as the
+ * scalar reference does: s += (float)sumi * (d_w * d_a) [+ m_w * s_a]. So every
+ * product is bit-identical to quants_ref.c, whatever the tile shape or the
+ * number of tokens (and to AVX-512's packed panels: gemm_panel.h). */
+/* The int32 totals of a, b, c, d (8 lanes each) in lanes 0..3: exact. */
+KVC_INLINE __m128i hsum4_epi32(__m256i a, __m256i b, __m256i c, __m256i d) {
+    const __m256i h = _mm256_hadd_epi32(_mm256_hadd_epi32(a, b), _mm256_hadd_epi32(c, d));
+    return _mm_add_epi32(_mm256_castsi256_si128(h), _mm256_extracti128_si256(h, 1));
+}
+
 KVC_INLINE void tile_q32(const int kind, const int R, const int T, int64_t nb, const uint8_t *const *wp,
                          const uint8_t *const *ap, float *res, int64_t pf) {
     const int ws = kw_size[kind], wq = kw_qs[kind], as = ka_size[kind], aq = kind == K_Q4_1 ? 4 : 2;
     const int x16 = NIB_X16 && (kind == K_Q4_0 || kind == K_Q4_1);
-    const __m256 lane_scale = x16 ? _mm256_setr_ps(1, 1, 1, 1, 0.0625f, 0.0625f, 0.0625f, 0.0625f) : _mm256_set1_ps(1);
+    /* x16: the upper four lanes hold 16 x their sums (exact multiples of 16): >> 4 is exact */
+    const __m256i lane_shift = x16 ? _mm256_setr_epi32(0, 0, 0, 0, 4, 4, 4, 4) : _mm256_setzero_si256();
     const __m256i nib_mask = x16 ? _mm256_setr_epi64x(0x0f0f0f0f0f0f0f0f, 0x0f0f0f0f0f0f0f0f, (long long)0xf0f0f0f0f0f0f0f0,
                                                       (long long)0xf0f0f0f0f0f0f0f0)
                                  : _mm256_set1_epi8(15);
@@ -56,19 +70,20 @@ KVC_INLINE void tile_q32(const int kind, const int R, const int T, int64_t nb, c
                          : x16          ? _mm256_setr_epi64x(0x0808080808080808, 0x0808080808080808,
                                                              (long long)0x8080808080808080, (long long)0x8080808080808080)
                                         : _mm256_set1_epi8(8);
-    __m256 acc[RA_Q][TM_Q];
-    float macc[RA_Q][TM_Q]; /* Q4_1: sum of m_w * s_a */
-    for (int r = 0; r < R; r++)
-        for (int t = 0; t < T; t++) acc[r][t] = _mm256_setzero_ps(), macc[r][t] = 0.0f;
+    /* rows in quads: lane i of acc[q][t] is row 4q + i (R = 1, vec_dot: lanes 1..3 unused);
+     * every lane takes the scalar reference's float steps */
+    const int NQ = (R + 3) / 4;
+    __m128 acc[(RA_Q + 3) / 4][TM_Q];
+    for (int q = 0; q < NQ; q++)
+        for (int t = 0; t < T; t++) acc[q][t] = _mm_setzero_ps();
     for (int64_t b = 0; b < nb; b++) {
         __m256i av[TM_Q], a0[TM_Q];
-        __m256 da[TM_Q];
-        float sa[TM_Q] = {0};
+        __m128 da[TM_Q], sa[TM_Q];
         for (int t = 0; t < T; t++) {
             const uint8_t *p = ap[t] + b * as;
             av[t] = loadu256(p + aq);
-            da[t] = _mm256_mul_ps(_mm256_set1_ps(ld_fp16(p)), lane_scale);
-            if (kind == K_Q4_1) sa[t] = ld_fp16(p + 2);
+            da[t] = _mm_set1_ps(ld_fp16(p));
+            sa[t] = kind == K_Q4_1 ? _mm_set1_ps(ld_fp16(p + 2)) : _mm_setzero_ps();
             if (kind == K_Q4_0 || kind == K_Q5_0) /* -o * sum(a) per lane group */
                 a0[t] = _mm256_sub_epi32(_mm256_setzero_si256(), DOT_US8(_mm256_setzero_si256(), offs, av[t]));
             else if (kind == K_Q8_0)
@@ -76,29 +91,44 @@ KVC_INLINE void tile_q32(const int kind, const int R, const int T, int64_t nb, c
             else
                 a0[t] = _mm256_setzero_si256();
         }
-        for (int r = 0; r < R; r++) {
-            const uint8_t *p = wp[r] + b * ws;
-            if (pf) _mm_prefetch((const char *)p + pf, _MM_HINT_T0);
-            const __m256 dw = bcast_fp16(p);
-            __m256i q;
-            if (kind == K_Q8_0) q = loadu256(p + wq);
-            else if (x16) q = _mm256_and_si256(_mm256_broadcastsi128_si256(loadu128(p + wq)), nib_mask);
-            else q = nibbles_32(p + wq);
-            if (kind == K_Q5_0) q = Q5_HIGH_BIT(q, p + 2);
-            const float mw = kind == K_Q4_1 ? ld_fp16(p + 2) : 0.0f;
-            const __m256i qx = kind == K_Q8_0 ? Q8_0_W(q) : q;
+        for (int q4 = 0; q4 < NQ; q4++) {
+            __m256i s[4][TM_Q];
+            float dw[4] = {0}, mw[4] = {0};
+            for (int i = 0; i < 4; i++) {
+                const int r = 4 * q4 + i < R ? 4 * q4 + i : R - 1; /* R = 1: lanes repeat row 0 */
+                const uint8_t *p = wp[r] + b * ws;
+                if (pf && i < R) _mm_prefetch((const char *)p + pf, _MM_HINT_T0);
+                dw[i] = ld_fp16(p);
+                __m256i q;
+                if (kind == K_Q8_0) q = loadu256(p + wq);
+                else if (x16) q = _mm256_and_si256(_mm256_broadcastsi128_si256(loadu128(p + wq)), nib_mask);
+                else q = nibbles_32(p + wq);
+                if (kind == K_Q5_0) q = Q5_HIGH_BIT(q, p + 2);
+                if (kind == K_Q4_1) mw[i] = ld_fp16(p + 2);
+                const __m256i qx = kind == K_Q8_0 ? Q8_0_W(q) : q;
+                for (int t = 0; t < T; t++) {
+                    s[i][t] = kind == K_Q8_0 ? Q8_0_DOT(a0[t], q, qx, av[t]) : DOT_US8(a0[t], q, av[t]);
+                    if (x16) s[i][t] = _mm256_srav_epi32(s[i][t], lane_shift);
+                }
+            }
+            /* built in registers (no store-to-load forwarding stall) */
+            const __m128 dw4 = _mm_setr_ps(dw[0], dw[1], dw[2], dw[3]);
             for (int t = 0; t < T; t++) {
-                __m256i s;
-                if (kind == K_Q8_0) s = Q8_0_DOT(a0[t], q, qx, av[t]);
-                else s = DOT_US8(a0[t], q, av[t]);
-                /* (s * d_a) * d_w: d_w is a broadcast load, no shuffle-port uop */
-                acc[r][t] = _mm256_fmadd_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(s), da[t]), dw, acc[r][t]);
-                if (kind == K_Q4_1) macc[r][t] = __builtin_fmaf(mw, sa[t], macc[r][t]); /* as the gemm tiles */
+                const __m128 si = _mm_cvtepi32_ps(hsum4_epi32(s[0][t], s[1][t], s[2][t], s[3][t]));
+                const __m128 prod = _mm_mul_ps(si, _mm_mul_ps(dw4, da[t]));
+                if (kind == K_Q4_1)
+                    acc[q4][t] = _mm_add_ps(acc[q4][t], _mm_add_ps(prod, _mm_mul_ps(_mm_setr_ps(mw[0], mw[1], mw[2], mw[3]), sa[t])));
+                else
+                    acc[q4][t] = _mm_add_ps(acc[q4][t], prod);
             }
         }
     }
     for (int r = 0; r < R; r++)
-        for (int t = 0; t < T; t++) res[r * T + t] = hsum_ps_256(acc[r][t]) + macc[r][t];
+        for (int t = 0; t < T; t++) {
+            float v[4];
+            _mm_storeu_ps(v, acc[r / 4][t]);
+            res[r * T + t] = v[r % 4];
+        }
 }
 
 /* ---------------- 256-element superblocks: Q4_K, Q6_K x Q8_K ---------------- */
@@ -109,11 +139,13 @@ KVC_INLINE void prefetch_block(const uint8_t *p, int64_t pf, int bytes) {
         for (int o = 0; o < bytes; o += 64) _mm_prefetch((const char *)p + pf + o, _MM_HINT_T0);
 }
 
+/* The K-quant tiles sum each superblock exactly in int32 lanes, reduce them and
+ * accumulate in float as the scalar reference does: bit-identical to it. */
 KVC_INLINE void tile_q4_K(const int R, const int T, int64_t nb, const uint8_t *const *wp, const uint8_t *const *ap,
                           float *res, int64_t pf) {
-    __m256 acc[RA_K][TM_K];
+    float acc[RA_K][TM_K];
     for (int r = 0; r < R; r++)
-        for (int t = 0; t < T; t++) acc[r][t] = _mm256_setzero_ps();
+        for (int t = 0; t < T; t++) acc[r][t] = 0.0f;
     for (int64_t b = 0; b < nb; b++) {
         __m128i bs[TM_K]; /* bsums pairs: asum of each 32-element sub-block */
         float da[TM_K];
@@ -156,24 +188,22 @@ KVC_INLINE void tile_q4_K(const int R, const int T, int64_t nb, const uint8_t *c
         for (int r = 0; r < R; r++) {
             const uint8_t *p = wp[r] + b * Q4K_SIZE;
             const float dw = ld_fp16(p), dmin = ld_fp16(p + 2);
-            for (int t = 0; t < T; t++) {
-                /* min term in the low 4 lanes: sum_j m_j * asum_j, subtracted */
-                const __m256 mt = _mm256_zextps128_ps256(_mm_cvtepi32_ps(_mm_madd_epi16(mins[r], bs[t])));
-                const __m256i is = _mm256_add_epi32(isum[r][t], isum2[r][t]);
-                acc[r][t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(is), _mm256_set1_ps(dw * da[t]), acc[r][t]);
-                acc[r][t] = _mm256_fnmadd_ps(mt, _mm256_set1_ps(dmin * da[t]), acc[r][t]);
+            for (int t = 0; t < T; t++) { /* exact int sums, then the scalar reference's float steps */
+                const int sumi = hsum_epi32_256(_mm256_add_epi32(isum[r][t], isum2[r][t]));
+                const int summ = hsum_epi32_256(_mm256_zextsi128_si256(_mm_madd_epi16(mins[r], bs[t])));
+                acc[r][t] += da[t] * (dw * (float)sumi - dmin * (float)summ);
             }
         }
     }
     for (int r = 0; r < R; r++)
-        for (int t = 0; t < T; t++) res[r * T + t] = hsum_ps_256(acc[r][t]);
+        for (int t = 0; t < T; t++) res[r * T + t] = acc[r][t];
 }
 
 KVC_INLINE void tile_q6_K(const int R, const int T, int64_t nb, const uint8_t *const *wp, const uint8_t *const *ap,
                           float *res, int64_t pf) {
-    __m256 acc[RA_K][TM_K];
+    float acc[RA_K][TM_K];
     for (int r = 0; r < R; r++)
-        for (int t = 0; t < T; t++) acc[r][t] = _mm256_setzero_ps();
+        for (int t = 0; t < T; t++) acc[r][t] = 0.0f;
     const __m256i m4 = _mm256_set1_epi8(15), m3 = _mm256_set1_epi8(3);
     for (int64_t b = 0; b < nb; b++) {
         __m256i isum[RA_K][TM_K], isum2[RA_K][TM_K], sc16[RA_K]; /* two chains (vpdpwssd latency) */
@@ -219,13 +249,14 @@ KVC_INLINE void tile_q6_K(const int R, const int T, int64_t nb, const uint8_t *c
         }
         for (int r = 0; r < R; r++) {
             const float dw = ld_fp16(wp[r] + b * Q6K_SIZE + Q6K_D);
-            for (int t = 0; t < T; t++)
-                acc[r][t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_add_epi32(isum[r][t], isum2[r][t])),
-                                            _mm256_set1_ps(dw * kvc_ld_f32(ap[t] + b * Q8K_SIZE + Q8K_D)), acc[r][t]);
+            for (int t = 0; t < T; t++) {
+                const int sumi = hsum_epi32_256(_mm256_add_epi32(isum[r][t], isum2[r][t]));
+                acc[r][t] += dw * kvc_ld_f32(ap[t] + b * Q8K_SIZE + Q8K_D) * (float)sumi;
+            }
         }
     }
     for (int r = 0; r < R; r++)
-        for (int t = 0; t < T; t++) res[r * T + t] = hsum_ps_256(acc[r][t]);
+        for (int t = 0; t < T; t++) res[r * T + t] = acc[r][t];
 }
 
 /* ---------------- float weights x float activations ---------------- */

@@ -120,7 +120,16 @@ enum { K_F32, K_F16, K_BF16 };
 #define F_CALL(Rc, Tc) tile_f(KIND, (Rc), (Tc), k, wp, apt, res, (Tc) == 1 ? (Rc) * w_row : 0)
 
 /* vec_dot is the 1 x 1 tile; gemm the driver. GEMM_CALL: the gemm tile of the
- * 32-blocks (Q32_CALL, or an ISA's own, e.g. AVX-512's token pairs). */
+ * 32-blocks (Q32_CALL, or an ISA's own, e.g. AVX-512's token pairs). An ISA may
+ * define Q32_GEMM_PANEL(kind, m, n_tok, k, w, a, out, ldo): a whole-product path
+ * tried first (nonzero: done), e.g. AVX-512's packed panels for prefill. */
+#ifndef Q32_GEMM_PANEL
+#define Q32_GEMM_PANEL(kind, m, n_tok, k, w, a, out, ldo) 0
+#endif
+/* K_GEMM_PANEL(tile, ...): the same for the K-quants (tile: tile_q4_K, tile_q6_K) */
+#ifndef K_GEMM_PANEL
+#define K_GEMM_PANEL(tile, m, n_tok, k, w, a, out, ldo) 0
+#endif
 #define DEFINE_Q32(name, kind, GEMM_CALL)                                                          \
     float NAME(kvc_vec_dot_##name)(int64_t n, const void *w, const void *a) {                      \
         const uint8_t *wp[1] = {w}, *ap[1] = {a};                                                  \
@@ -131,6 +140,7 @@ enum { K_F32, K_F16, K_BF16 };
     void NAME(kvc_gemm_##name)(int64_t m, int64_t n_tok, int64_t k, const void *w, const void *a,  \
                                float *out, int64_t ldo) {                                          \
         enum { KIND = kind };                                                                      \
+        if (Q32_GEMM_PANEL(kind, m, n_tok, k, w, a, out, ldo)) return;                             \
         const int64_t w_row = k / 32 * kw_size[kind], a_row = k / 32 * ka_size[kind];              \
         GEMM_DRIVER(RD_Q, Q32_CALL, RM_Q, TM_Q, GEMM_CALL)                                         \
     }
@@ -144,6 +154,7 @@ enum { K_F32, K_F16, K_BF16 };
     }                                                                                              \
     void NAME(kvc_gemm_##name)(int64_t m, int64_t n_tok, int64_t k, const void *w, const void *a,  \
                                float *out, int64_t ldo) {                                          \
+        if (K_GEMM_PANEL(tile, m, n_tok, k, w, a, out, ldo)) return;                               \
         const int64_t w_row = k / QK_K * (wsize), a_row = k / QK_K * Q8K_SIZE;                     \
         GEMM_DRIVER(RD_K, K_CALL_##tile, RM_K, TM_K, K_CALL_##tile)                                \
     }

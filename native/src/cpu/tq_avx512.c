@@ -22,12 +22,7 @@
 #if defined(__x86_64__)
 #include <string.h>
 
-#if defined(__clang__)
-#pragma clang attribute push(__attribute__((target("avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512dq"))), \
-                             apply_to = function)
-#else
-#pragma GCC target("avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512dq")
-#endif
+#include "target_avx512.h"
 
 #include "../quants.h"
 #include "../tq.h"
@@ -334,7 +329,5 @@ void tq_accum_avx512(const tq_layout *L, const float *p, int ldp, int nq, int gr
     }
 }
 
-#if defined(__clang__)
-#pragma clang attribute pop
-#endif
+#include "target_end.h"
 #endif

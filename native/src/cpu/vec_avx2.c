@@ -10,27 +10,6 @@
 
 #define AVX2
 
-AVX2 static inline __m256 exp8(__m256 x) {
-    const __m256 lo = _mm256_set1_ps(-87.0f);
-    __m256 zero_mask = _mm256_cmp_ps(x, lo, _CMP_LT_OQ);
-    x = _mm256_min_ps(x, _mm256_set1_ps(88.0f));
-    __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(KVC_EXP_LOG2E)),
-                               _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    __m256 r = _mm256_fmadd_ps(_mm256_xor_ps(n, _mm256_set1_ps(-0.0f)), _mm256_set1_ps(KVC_EXP_LN2_HI), x);
-    r = _mm256_fmadd_ps(_mm256_xor_ps(n, _mm256_set1_ps(-0.0f)), _mm256_set1_ps(KVC_EXP_LN2_LO), r);
-    __m256 p = _mm256_set1_ps(KVC_EXP_C7);
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(KVC_EXP_C6));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(KVC_EXP_C5));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(KVC_EXP_C4));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(KVC_EXP_C3));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(KVC_EXP_C2));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f));
-    __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
-    __m256 out = _mm256_mul_ps(p, _mm256_castsi256_ps(e));
-    return _mm256_andnot_ps(zero_mask, out);
-}
-
 AVX2 static inline float hmax8(__m256 v) {
     __m128 s = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
     s = _mm_max_ps(s, _mm_movehl_ps(s, s));
