@@ -294,7 +294,8 @@ KVC_INLINE void tile_q6_K(const int kind, const panel_q6_K *pb, const act_q8_K *
         if (n_tok < KVC_PANEL_MIN_TOK || m <= 0 || k < (ELEMS)) return 0;                          \
         const int64_t nb = k / (ELEMS), w_row = nb * (WSIZE), n_tiles = (n_tok + PT - 1) / PT;     \
         const size_t panel_bytes = ((size_t)nb * sizeof(PANEL_T) + 63) / 64 * 64;                  \
-        uint8_t *buf = aligned_alloc(64, panel_bytes + (size_t)(n_tiles * nb) * sizeof(ACT_T));    \
+        const size_t act_bytes = ((size_t)(n_tiles * nb) * sizeof(ACT_T) + 63) / 64 * 64;         \
+        uint8_t *buf = aligned_alloc(64, panel_bytes + act_bytes); /* size: a multiple of 64 */    \
         if (!buf) return 0;                                                                        \
         PANEL_T *pb = (PANEL_T *)buf;                                                              \
         ACT_T *x = (ACT_T *)(buf + panel_bytes);                                                   \
