@@ -337,6 +337,18 @@ def gemm(t, impl, m, n_tok, k, w, a, out, ldo, w_off=0, a_off=0, out_off=0):
     return lib.kvc_gemm(int(t), impl, m, n_tok, k, ptr(w, w_off), ptr(a, a_off), fptr(out) + out_off, ldo)
 
 
+def gemm_unaligned(t, impl, m, n_tok, k, wb, ab, ldo) -> np.ndarray:
+    """gemm on copies of wb and ab that start 1 byte into a buffer (unaligned), into an
+    output that also starts 1 float in and is NaN-filled: (n_tok, ldo), the padding kept."""
+    wu = np.zeros(wb.size + 1, np.uint8)
+    wu[1:] = wb
+    au = np.zeros(ab.size + 1, np.uint8)
+    au[1:] = ab
+    out = np.full(n_tok * ldo + 1, np.nan, np.float32)
+    assert gemm(t, impl, m, n_tok, k, wu, au, out, ldo, 1, 1, 1) == OK
+    return out[1:].reshape(n_tok, ldo)
+
+
 @pytest.mark.parametrize("impl", [SCALAR] + SIMD, ids=[IMPL_NAMES[i] for i in [SCALAR] + SIMD])
 @pytest.mark.parametrize("t", WEIGHTS, ids=lambda t: t.name)
 def test_gemm_equals_vec_dot_loop(t, impl):
@@ -349,15 +361,8 @@ def test_gemm_equals_vec_dot_loop(t, impl):
         for n_tok in range(1, 8):
             a = random_activations(at, n_tok, k, rng, impl=SCALAR)
             ab, arow = a.reshape(-1), row_bytes(at, k)
-            # unaligned copies: weights and activations start 1 byte into a buffer
-            wu = np.zeros(wb.size + 1, np.uint8)
-            wu[1:] = wb
-            au = np.zeros(ab.size + 1, np.uint8)
-            au[1:] = ab
             ldo = m + 3
-            out = np.full(n_tok * ldo + 1, np.nan, np.float32)
-            assert gemm(t, impl, m, n_tok, k, wu, au, out, ldo, 1, 1, 1) == OK
-            got = out[1:].reshape(n_tok, ldo)
+            got = gemm_unaligned(t, impl, m, n_tok, k, wb, ab, ldo)
             want = np.array([[vec_dot(t, wb[r * wrow:(r + 1) * wrow], ab[i * arow:(i + 1) * arow], k, impl)
                               for r in range(m)] for i in range(n_tok)], np.float32)
             assert np.array_equal(got[:, :m], want), (m, n_tok, k)
@@ -390,16 +395,10 @@ def test_x86_integer_products_equal_scalar_reference(t, impl):
         wb, wrow = w.reshape(-1), row_bytes(t, k)
         a = random_activations(at, n_tok, k, rng, impl=SCALAR)
         ab, arow = a.reshape(-1), row_bytes(at, k)
-        wu = np.zeros(wb.size + 1, np.uint8)
-        wu[1:] = wb
-        au = np.zeros(ab.size + 1, np.uint8)
-        au[1:] = ab
         ldo = m + 5
-        got = np.full(n_tok * ldo + 1, np.nan, np.float32)
+        got = gemm_unaligned(t, impl, m, n_tok, k, wb, ab, ldo)
         want = np.full(n_tok * ldo, np.nan, np.float32)
-        assert gemm(t, impl, m, n_tok, k, wu, au, got, ldo, 1, 1, 1) == OK
         assert gemm(t, SCALAR, m, n_tok, k, wb, ab, want, ldo) == OK
-        got = got[1:].reshape(n_tok, ldo)
         want = want.reshape(n_tok, ldo)
         assert np.array_equal(got[:, :m], want[:, :m]), (m, n_tok, k)
         assert np.isnan(got[:, m:]).all()  # the ldo padding is untouched
