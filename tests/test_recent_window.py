@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 from kvconvert.kvcache import turboquant as tq
+from kvconvert.kvcache.kvmeta import RECENT_SLACK, recent_bits
 from kvconvert.models import reference as R
 from kvconvert.models.rope import apply_rope
 from kvconvert.models.source import load_model
@@ -152,24 +153,26 @@ def test_batch_pieces_tokens_and_multi_agree(tiny_ggufs, spec_k, spec_v, n_sink,
 
 
 def test_rewind_then_reeval_equals_fresh(tiny_ggufs):
-    """The ring keeps n_recent + n_batch rows: after 20 tokens in batches of 4 with w = 3 it
-    holds positions 13..19, so a rewind may go back to 15 (its window needs 13, 14): then
-    other tokens give a fresh run's logits; 14 is refused (rewind_floor), 0 always works."""
+    """The ring keeps n_recent + RECENT_SLACK rows (the batch's own rows sit in a buffer until the
+    layer's attention is done): after 40 tokens in batches of 4 with w = 3 it holds positions
+    21..39, so a rewind may go back to 23 (its window needs 21, 22): then other tokens give a
+    fresh run's logits; 22 is refused (rewind_floor), 0 always works."""
     model = runtime.Model(tiny_ggufs["qwen2-hd64"])
     kw = dict(n_ctx=64, n_batch=4, type_k="tq3", type_v="tq3", n_sink=1, n_recent=3, n_threads=2, **means(model))
+    toks = (TOKENS * 2)[:40]
     other = [40, 41, 42, 43, 44, 45, 46]
     ctx = model.context(**kw)
-    ctx.eval(TOKENS[:20])
-    assert ctx.rewind_floor == 15
-    with pytest.raises(runtime.NativeError, match="cannot rewind to 14 tokens"):
-        ctx.reset(14)
-    ctx.reset(15)
+    ctx.eval(toks)
+    assert RECENT_SLACK == 16 and ctx.rewind_floor == 40 - RECENT_SLACK - 1 == 23
+    with pytest.raises(runtime.NativeError, match="cannot rewind to 22 tokens"):
+        ctx.reset(22)
+    ctx.reset(23)
     got = ctx.eval(other, all_logits=True)
-    fresh = model.context(**kw).eval(TOKENS[:15] + other, all_logits=True)[15:]
+    fresh = model.context(**kw).eval(toks[:23] + other, all_logits=True)[23:]
     assert rel(got, fresh) <= 1e-6, rel(got, fresh)
-    ctx.reset(19)  # a short rewind inside the re-evaluated tokens
+    ctx.reset(27)  # a short rewind inside the re-evaluated tokens
     got = ctx.eval(TOKENS[:3], all_logits=True)
-    fresh = model.context(**kw).eval(TOKENS[:15] + other[:4] + TOKENS[:3], all_logits=True)[19:]
+    fresh = model.context(**kw).eval(toks[:23] + other[:4] + TOKENS[:3], all_logits=True)[27:]
     assert rel(got, fresh) <= 1e-6, rel(got, fresh)
     ctx.reset(0)
     assert ctx.rewind_floor == 1
@@ -194,19 +197,24 @@ def test_sliding_window_layers(tiny_ggufs, name):
 
 
 def test_ring_bytes_and_limits(tiny_ggufs):
-    """kv_bytes counts the ring: (n_recent + n_batch) f16 rows per layer and KV head, for each
-    TurboQuant cache; kv_bytes_per_token does not change. 0..256; a standard cache ignores it."""
+    """kv_bytes counts the ring: (n_recent + RECENT_SLACK) f16 rows per layer and KV head, and one
+    batch of rows for all layers, for each TurboQuant cache; kv_bytes_per_token does not change;
+    recent_bits counts the ring's rows. 0..256; a standard cache ignores it."""
     model = runtime.Model(tiny_ggufs["qwen2-hd64"])
     a = model.args
     row = a.num_hidden_layers * a.num_key_value_heads * a.head_dim * 2
+    batch = 8 * a.num_key_value_heads * a.head_dim * 2
     for tk, tv, n in (("tq3", "tq3", 2), ("tq3", "f16", 1), ("f16", "f16", 0)):
         base = model.context(n_ctx=64, n_batch=8, type_k=tk, type_v=tv, n_recent=0)
         ring = model.context(n_ctx=64, n_batch=8, type_k=tk, type_v=tv, n_recent=16)
-        assert ring.kv_bytes - base.kv_bytes == n * row * (16 + 8), (tk, tv)
+        assert ring.kv_bytes - base.kv_bytes == n * (row * (16 + RECENT_SLACK) + batch), (tk, tv)
         assert ring.kv_bytes_per_token == base.kv_bytes_per_token
+        if n:  # the per-value bits of the profile and search: the ring's rows over n_ctx, per cache
+            assert recent_bits(16, 64) == pytest.approx((ring.kv_bytes - base.kv_bytes - n * batch) * 8
+                                                        / (n * 64 * row / 2))
     small = model.context(n_ctx=20, n_batch=8, type_k="tq3", type_v="tq3", n_recent=16)  # the ring is at most n_ctx
     assert small.kv_bytes - model.context(n_ctx=20, n_batch=8, type_k="tq3", type_v="tq3", n_recent=0).kv_bytes \
-        == 2 * row * 20
+        == 2 * (row * 20 + batch)
     with pytest.raises(runtime.NativeError, match="n_recent must be 0..256"):
         model.context(n_ctx=64, type_k="tq4", n_recent=257)
 
@@ -247,7 +255,8 @@ def test_metal_refuses_a_window():
 
 def test_cli_recent(capsys, tiny_ggufs, tmp_path):
     """--recent N on the commands that take --sink: eval reports the window and the bits per
-    value it adds at the chunk length (N·16/n_ctx); argparse refuses N > 256."""
+    value it adds at the chunk length (the ring's min(N + slack, n_ctx) rows · 16 / n_ctx);
+    argparse refuses N > 256."""
     import json
 
     from kvconvert.cli import main
@@ -261,7 +270,7 @@ def test_cli_recent(capsys, tiny_ggufs, tmp_path):
     for n in ("0", "8"):
         assert main(["eval", *common, "--recent", n]) == 0
         res[n] = json.loads(capsys.readouterr().out)
-    assert res["8"]["n_recent"] == 8 and res["8"]["recent_bpv"] == pytest.approx(4.0)
+    assert res["8"]["n_recent"] == 8 and res["8"]["recent_bpv"] == pytest.approx(min(8 + RECENT_SLACK, 32) * 16 / 32)
     assert res["0"]["n_recent"] == 0 and res["0"]["recent_bpv"] == 0.0
     assert res["8"]["ppl"] != res["0"]["ppl"]
     with pytest.raises(SystemExit) as exc:

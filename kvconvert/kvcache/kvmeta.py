@@ -30,11 +30,17 @@ MAX_RECENT = 256  # kvc_context_params.n_recent's limit
 DEFAULT_RECENT = 0  # no recent exact window unless the file or the user asks for one
 
 
+RECENT_SLACK = 16  # ring rows beyond the window (native/src/cpu/kv_recent.h KV_RECENT_SLACK)
+
+
 def recent_bits(n_recent: int, n_ctx: int) -> float:
     """Bits per value a recent exact window of n_recent positions adds to a TurboQuant cache at a
-    context of n_ctx tokens: its n_recent f16 rows spread over n_ctx (the ring's extra batch of
-    rows, a prefill buffer, not counted). E.g. 32 rows: 1.0 at 512 tokens, 0.016 at 32k."""
-    return min(n_recent, n_ctx) * 16.0 / n_ctx if n_ctx > 0 else 0.0
+    context of n_ctx tokens: the runtime's ring of n_recent + RECENT_SLACK f16 rows (at most
+    n_ctx) spread over n_ctx (its one-batch buffer, shared by the layers, is not counted).
+    E.g. w = 32: 1.5 at 512 tokens, 0.023 at 32k."""
+    if n_recent <= 0 or n_ctx <= 0:
+        return 0.0
+    return min(n_recent + RECENT_SLACK, n_ctx) * 16.0 / n_ctx
 
 
 MIN_SMOOTH = 1e-3  # k_cache.smooth scales must lie in [MIN_SMOOTH, 1/MIN_SMOOTH] (the search clamps to [1/8, 8])

@@ -27,6 +27,7 @@
 #include <string.h>
 
 #include "kv_cache.h"
+#include "kv_recent.h"
 #include "util.h"
 
 /* ---- matrix products ---- */
@@ -276,6 +277,7 @@ static void attention_layer(cpu_ctx *lead, segment *segs, int n_seg, int n_items
     attn_task at = {.segs = segs, .n_seg = n_seg, .layer = l, .n_items = n_items, .nth = nth};
     atomic_init(&at.next, 0);
     kvc_pool_run(lead->pool, attn_run, &at);
+    for (int j = 0; j < n_seg; j++) kv_recent_commit(segs[j].c, l, segs[j].T); /* the batch's exact rows */
     for (int j = 0; j < n_seg; j++)
         if (segs[j].c != lead)
             memcpy(lead->att + segs[j].row * QD, segs[j].c->att, sizeof(float) * segs[j].T * QD);

@@ -300,7 +300,7 @@ void kv_store(cpu_ctx *c, int layer, int T) {
             if (c->tq_k) {
                 const tq_layout *L = &c->tq_k[layer];
                 if (pos < c->n_sink) kv_exact_key(k, D, sink_row(c, c->k_sink, layer, h, pos));
-                if (c->k_rec) kv_exact_key(k, D, kv_recent_row(c, c->k_rec, layer, h, pos));
+                if (c->k_rec) kv_exact_key(k, D, kv_recent_row(c, 0, layer, h, pos));
                 if (L->perm) {
                     for (int i = 0; i < D; i++) tmp[i] = k[L->perm[i]];
                     k = tmp;
@@ -312,14 +312,13 @@ void kv_store(cpu_ctx *c, int layer, int T) {
             if (c->tq_v) {
                 c->kern->tq_encode(&c->tq_v[layer], c->tq_scale_mode, v, v_row(c, layer, h, pos), scratch);
                 uint16_t *vs = pos < c->n_sink ? sink_row(c, c->v_sink, layer, h, pos) : NULL;
-                uint16_t *vr = c->v_rec ? kv_recent_row(c, c->v_rec, layer, h, pos) : NULL;
+                uint16_t *vr = c->v_rec ? kv_recent_row(c, 1, layer, h, pos) : NULL;
                 if (vs || vr) { /* correction = value − decoded row (scratch: 2D floats), computed once */
                     kv_exact_residual(&c->tq_v[layer], v, v_row(c, layer, h, pos), D, scratch, vr ? vr : vs);
                     if (vs && vr) memcpy(vs, vr, sizeof(uint16_t) * (size_t)D);
                 }
             } else c->kern->type[c->type_v].quantize(v, v_row(c, layer, h, pos), D);
         }
-    kv_recent_stored(c, layer, T);
 }
 
 /* Offset of query row i of a block (token i / n_rep, head i % n_rep) in a buffer whose

@@ -44,28 +44,47 @@ int kv_recent_init(cpu_ctx *c, const kvc_context_params *p, char *err, int err_l
     c->n_recent = (c->tq_k || c->tq_v) ? (p->n_recent < n_ctx ? p->n_recent : n_ctx) : 0;
     c->rec_lo = 0;
     if (!c->n_recent) return KVC_OK;
-    const long long R = (long long)c->n_recent + c->ctx->n_batch;
+    const long long R = (long long)c->n_recent + KV_RECENT_SLACK;
     c->rec_rows = R < n_ctx ? (int)R : n_ctx;
     const size_t n = (size_t)m->n_layer * m->n_head_kv * c->rec_rows * m->head_dim;
-    if (c->tq_k && !(c->k_rec = calloc(n, sizeof(uint16_t))))
+    const size_t nb = (size_t)c->ctx->n_batch * m->n_head_kv * m->head_dim;
+    if (c->tq_k && (!(c->k_rec = calloc(n, sizeof(uint16_t))) || !(c->k_rec_batch = calloc(nb, sizeof(uint16_t)))))
         return kvc_fail(err, err_len, KVC_ERR_NOMEM, "out of memory");
-    if (c->tq_v && !(c->v_rec = calloc(n, sizeof(uint16_t))))
+    if (c->tq_v && (!(c->v_rec = calloc(n, sizeof(uint16_t))) || !(c->v_rec_batch = calloc(nb, sizeof(uint16_t)))))
         return kvc_fail(err, err_len, KVC_ERR_NOMEM, "out of memory");
     return KVC_OK;
 }
 
 void kv_recent_free(cpu_ctx *c) {
-    free(c->k_rec), free(c->v_rec);
-    c->k_rec = c->v_rec = NULL;
+    free(c->k_rec), free(c->v_rec), free(c->k_rec_batch), free(c->v_rec_batch);
+    c->k_rec = c->v_rec = c->k_rec_batch = c->v_rec_batch = NULL;
 }
 
-uint16_t *kv_recent_row(const cpu_ctx *c, uint16_t *base, int l, int h, int pos) {
+/* The ring's row of position pos < n_past. */
+static uint16_t *ring_row(const cpu_ctx *c, int is_v, int l, int h, int pos) {
+    uint16_t *base = is_v ? c->v_rec : c->k_rec;
     return base + (((size_t)l * c->m->n_head_kv + h) * c->rec_rows + (size_t)(pos % c->rec_rows)) * c->m->head_dim;
 }
 
-void kv_recent_stored(cpu_ctx *c, int layer, int T) {
-    if (!c->n_recent || layer != 0) return; /* every layer stores the same positions */
-    const int lo = c->ctx->n_past + T - c->rec_rows; /* the slots of positions before lo now hold later ones */
+uint16_t *kv_recent_row(const cpu_ctx *c, int is_v, int l, int h, int pos) {
+    const int t = pos - c->ctx->n_past; /* the current batch's rows live in the batch buffer */
+    if (t >= 0) return (is_v ? c->v_rec_batch : c->k_rec_batch) + ((size_t)t * c->m->n_head_kv + h) * c->m->head_dim;
+    return ring_row(c, is_v, l, h, pos);
+}
+
+void kv_recent_commit(cpu_ctx *c, int layer, int T) {
+    if (!c->n_recent) return;
+    const int n_past = c->ctx->n_past, Hk = c->m->n_head_kv, D = c->m->head_dim;
+    const int t0 = T > c->rec_rows ? T - c->rec_rows : 0; /* earlier batch rows would be overwritten anyway */
+    for (int v = 0; v < 2; v++) {
+        const uint16_t *rb = v ? c->v_rec_batch : c->k_rec_batch;
+        if (!rb) continue;
+        for (int t = t0; t < T; t++)
+            for (int h = 0; h < Hk; h++)
+                memcpy(ring_row(c, v, layer, h, n_past + t), rb + ((size_t)t * Hk + h) * D, sizeof(uint16_t) * (size_t)D);
+    }
+    if (layer != 0) return; /* every layer holds the same positions */
+    const int lo = n_past + T - c->rec_rows; /* the slots of positions before lo now hold later ones */
     if (lo > c->rec_lo) c->rec_lo = lo;
 }
 
@@ -89,7 +108,8 @@ void kv_recent_check(cpu_ctx *c) {
 
 long long kv_recent_bytes(const cpu_ctx *c) {
     if (!c->n_recent) return 0;
-    const long long rows = (long long)c->m->n_layer * c->m->n_head_kv * c->rec_rows;
+    const long long rows = (long long)c->m->n_layer * c->m->n_head_kv * c->rec_rows
+                           + (long long)c->ctx->n_batch * c->m->n_head_kv; /* + the batch buffer */
     return rows * c->m->head_dim * 2 * ((c->k_rec != NULL) + (c->v_rec != NULL));
 }
 
@@ -120,7 +140,7 @@ void kv_recent_scores(const cpu_ctx *c, int layer, int h, const float *q, size_t
         int r0, r1;
         rows_of_key(c, layer, j, nt, n0, n_rep, &r0, &r1);
         if (r0 >= r1) continue;
-        kv_exact_load(kv_recent_row(c, c->k_rec, layer, h, j), D, kf);
+        kv_exact_load(kv_recent_row(c, 0, layer, h, j), D, kf);
         for (int i = r0; i < r1; i++) {
             const float *qr = q + (size_t)(i / n_rep) * q_stride + (size_t)(i % n_rep) * D; /* (D) */
             scores[(size_t)i * ld + j - k0] = kv_exact_dot(qr, kf, D);
@@ -138,7 +158,7 @@ void kv_recent_values(const cpu_ctx *c, int layer, int h, const float *p, int ld
         int r0, r1;
         rows_of_key(c, layer, j, nt, n0, n_rep, &r0, &r1);
         if (r0 >= r1) continue;
-        kv_exact_load(kv_recent_row(c, c->v_rec, layer, h, j), D, kf);
+        kv_exact_load(kv_recent_row(c, 1, layer, h, j), D, kf);
         for (int i = r0; i < r1; i++) kv_exact_value(p[(size_t)i * ld + j - k0], kf, D, acc + (size_t)i * D);
     }
 }

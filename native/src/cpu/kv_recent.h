@@ -5,17 +5,22 @@
  * Recent window (n_recent = w > 0): a query at position p also uses keys
  * max(p - w + 1, n_sink, its sliding window's first) .. p exactly: its score from
  * the f16 key, its value through the f16 correction v − v̂ (v̂: the decoded TQ
- * row) with the same attention weight, exactly as the sinks do. Every stored
- * position goes into a ring of R = w + n_batch rows per (layer, KV head) at slot
- * pos % R: a batch's first query needs the w - 1 rows before the batch, its last
- * one the batch's own rows. After a rewind the ring still holds the positions
- * rec_lo .. n_past - 1 (kv_recent_floor bounds how far back a rewind may go). */
+ * row) with the same attention weight, exactly as the sinks do. A batch's
+ * exact rows go to a batch buffer (n_batch rows, shared by the layers: one layer
+ * at a time), its queries read positions before the batch from a ring of
+ * R = w + KV_RECENT_SLACK rows per (layer, KV head) at slot pos % R, and once the
+ * layer's attention is done its last rows are committed to the ring. So the
+ * window costs w + slack rows per layer, not w + n_batch. After a rewind the ring
+ * still holds the positions rec_lo .. n_past - 1: the slack lets a rewind go back
+ * KV_RECENT_SLACK positions (kv_recent_floor), as a chat's re-tokenized turn end
+ * needs; further back the caller evaluates from 0 again. */
 #ifndef KVC_KV_RECENT_H
 #define KVC_KV_RECENT_H
 
 #include "backend_cpu.h"
 
-#define KV_MAX_RECENT 256 /* kvc_context_params.n_recent's limit */
+#define KV_MAX_RECENT 256  /* kvc_context_params.n_recent's limit */
+#define KV_RECENT_SLACK 16 /* ring rows beyond the window: how far back a rewind may go */
 
 /* The shared formulas. k16/r16: (D) fp16 rows; kf: (D) scratch. */
 void kv_exact_load(const uint16_t *k16, int D, float *kf);     /* kf = f32(k16), exact */
@@ -28,16 +33,17 @@ void kv_exact_residual(const tq_layout *L, const float *v, const uint8_t *row, i
 /* Validate and allocate the window (p->n_recent; off unless a cache is TurboQuant). */
 int kv_recent_init(cpu_ctx *c, const kvc_context_params *p, char *err, int err_len);
 void kv_recent_free(cpu_ctx *c);
-/* fp16 (D) ring row of position pos in base (c->k_rec or c->v_rec), layer l, KV head h. */
-uint16_t *kv_recent_row(const cpu_ctx *c, uint16_t *base, int l, int h, int pos);
-/* After layer's rows of positions n_past .. n_past + T - 1 are stored: the ring's bookkeeping. */
-void kv_recent_stored(cpu_ctx *c, int layer, int T);
+/* fp16 (D) exact row of position pos (K: is_v 0, V: 1), layer l, KV head h: the batch buffer for
+ * pos >= n_past (the batch being evaluated), else the ring. */
+uint16_t *kv_recent_row(const cpu_ctx *c, int is_v, int l, int h, int pos);
+/* After the layer's attention over positions n_past .. n_past + T - 1: its batch rows into the ring. */
+void kv_recent_commit(cpu_ctx *c, int layer, int T);
 /* The first key of the exact window of the query at position pos in layer l (keys first .. pos). */
 int kv_recent_first(const cpu_ctx *c, int layer, int pos);
 /* Smallest n_past > 0 a rewind may go to (1: any) and, before a batch, rec_lo's reset at 0. */
 int kv_recent_floor(const cpu_ctx *c);
 void kv_recent_check(cpu_ctx *c);
-/* Bytes of the ring (K and V), fixed for the context's life. */
+/* Bytes of the ring and the batch buffer (K and V), fixed for the context's life. */
 long long kv_recent_bytes(const cpu_ctx *c);
 
 /* As the sink block of kv_scores: for the block's query rows (token i's n_rep rows at
