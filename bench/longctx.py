@@ -17,6 +17,7 @@ and are compared with llama.cpp's own f16-cache run.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from dataclasses import dataclass
@@ -37,12 +38,16 @@ class Config:
     type_k: str
     type_v: str
     label: str  # for tables
+    recent: int | None = None  # kvconvert's exact recent window (None: the file's own)
 
 
 def _configs() -> dict[str, Config]:
     c = [Config("f16", "kvc", "base", "f16", "f16", "kvconvert f16 K / f16 V"),
          Config("q8_0", "kvc", "base", "q8_0", "q8_0", "kvconvert q8_0 K / q8_0 V")]
-    c += [Config(p, "kvc", p, "auto", "auto", f"kvconvert {p} (profile K+V)") for p in PROFILES]
+    c += [Config(p, "kvc", p, "auto", "auto", f"kvconvert {p} (profile K+V, no recent window)", 0) for p in PROFILES]
+    # the recent exact window (README "The fidelity frontier"): does its gain hold deep in context?
+    c += [Config(f"{p}+w{w}", "kvc", p, "auto", "auto", f"kvconvert {p} + recent window {w}", w)
+          for p in ("balanced", "long-context") for w in (32,)]
     c += [Config(f"llama-{t}", "llama", "base", t, t, f"llama.cpp {t} K / {t} V (FA)") for t in ("f16", "q8_0", "q4_0")]
     # QJL question (issue 19 item 4): uniform TurboQuant K at about the same bits with and without QJL,
     # V in f16 so only K differs (mean-centered from the first batch, one f16 sink position, as
@@ -78,9 +83,10 @@ def model_file(which: str) -> Path:
         if not out.exists():
             convert(fixtures.qwen25_coder_gguf(), out, weights="f16")
         return out
-    out = work_dir() / f"{SLUG}-{which}.f16.gguf"
+    prof = REPO / "profiles" / f"{SLUG}-{which}.json"
+    digest = hashlib.sha256(prof.read_bytes()).hexdigest()[:12]  # a re-searched profile is another file
+    out = work_dir() / f"{SLUG}-{which}-{digest}.f16.gguf"
     if not out.exists():
-        prof = REPO / "profiles" / f"{SLUG}-{which}.json"
         convert(fixtures.qwen25_coder_gguf(), out, weights="f16", profile=str(prof))
     return out
 
@@ -104,7 +110,8 @@ class KvcRunner:
         self.cfg, self.n_batch = cfg, n_batch
         self.model = Model(model_file(cfg.file))
         self.ctx = self.model.context(ContextParams(n_ctx=n_ctx, n_batch=n_batch, type_k=cfg.type_k,
-                                                    type_v=cfg.type_v, n_threads=threads))
+                                                    type_v=cfg.type_v, n_threads=threads,
+                                                    n_recent=cfg.recent))
         self.n_vocab = self.ctx.n_vocab
         self.kv_bytes_per_token = self.ctx.kv_bytes_per_token
 

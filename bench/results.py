@@ -18,6 +18,7 @@ import argparse
 import json
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +29,7 @@ from kvconvert.runtime import metrics
 from kvconvert.conversion.calibrate import Calibration, calibrate
 from kvconvert.runtime.evaluate import evaluate
 from kvconvert.kvcache.kvmeta import DEFAULT_SINK
+from kvconvert.kvcache.types import STANDARD_BITS
 from kvconvert.conversion.profile import sink_bits
 from kvconvert.base.paths import cache_dir
 from kvconvert.runtime.engine import Model
@@ -38,15 +40,18 @@ MODELS = {"qwen": ("qwen2.5-coder-0.5b", fixtures.qwen25_coder_gguf),
           "smollm2": ("smollm2-135m", fixtures.smollm2_gguf)}
 
 
-def mib32k(bytes_per_token: float) -> float:
-    return bytes_per_token * 32768 / 2**20
+LONG = 32768  # the second context bits and memory are stated at
 
 
-def row(label: str, kb: float, vb: float, kv_bytes: float, ppl: float, kld, top1, secs: float) -> str:
+def row(label: str, bits: tuple[float, float], bits_long: tuple[float, float], head_values: int, ppl: float, kld,
+        top1, secs: float) -> str:
+    """A table row: K/V bits per value at the evaluation context and at LONG tokens (f16 sink and
+    recent-window rows spread over each), and the KV cache's MiB at LONG tokens."""
     k = "0" if kld is None else f"{kld:.4f}"
     t = "1" if top1 is None else f"{top1:.3f}"
-    return (f"| {label} | {kb:.2f} | {vb:.2f} | {mib32k(kv_bytes):.0f} | {ppl:.3f} | {k} | {t} |"
-            f"  <!-- {secs:.0f}s -->")
+    mib = head_values * sum(bits_long) / 8 * LONG / 2**20
+    return (f"| {label} | {bits[0]:.2f} / {bits[1]:.2f} | {bits_long[0]:.2f} / {bits_long[1]:.2f} | {mib:.0f} | "
+            f"{ppl:.3f} | {k} | {t} |  <!-- {secs:.0f}s -->")
 
 
 def llama_cpp_rows(path: Path, chunks, n_ctx: int, configs, head_values: int) -> list[str]:
@@ -76,8 +81,8 @@ def llama_cpp_rows(path: Path, chunks, n_ctx: int, configs, head_values: int) ->
             kl = np.concatenate([metrics.kld(b.astype(np.float64), x) for b, x in zip(base, lps)])
             kld = float(kl.mean())
             top1 = float(np.mean(np.concatenate([b.argmax(-1) == x.argmax(-1) for b, x in zip(base, lps)])))
-        kv = head_values * (bits[k] + bits[v]) / 8
-        out.append(row(f"llama.cpp {k} K / {v} V", bits[k], bits[v], kv, s.ppl, kld, top1, time.time() - t0))
+        b = (bits[k], bits[v])
+        out.append(row(f"llama.cpp {k} K / {v} V", b, b, head_values, s.ppl, kld, top1, time.time() - t0))
         del llm
     return out
 
@@ -111,37 +116,46 @@ def main() -> None:
         logp = Path(tmp) / "base.logp"
         t0 = time.time()
         r0 = evaluate(base, text, type_k="f16", type_v="f16", save_logits=logp, **common)
-        lines.append(row("f16 K / f16 V", 16, 16, r0.kv_bytes_per_token, r0.ppl, None, None, time.time() - t0))
+        lines.append(row("f16 K / f16 V", (16, 16), (16, 16), head_values, r0.ppl, None, None, time.time() - t0))
 
-        def measure(label, model, k="auto", v="auto", n_sink=None):
+        def measure(label, model, k="auto", v="auto", n_sink=None, n_recent=None):
             t0 = time.time()
-            r = evaluate(model, text, type_k=k, type_v=v, kld_base=logp, n_sink=n_sink, **common)
-            kb = r.kv_bytes_per_token * 8 / (2 * head_values)  # mean over K and V; split below when known
-            return r, kb, time.time() - t0
+            r = evaluate(model, text, type_k=k, type_v=v, kld_base=logp, n_sink=n_sink, n_recent=n_recent, **common)
+            return r, time.time() - t0
 
-        tq4 = 4.25 + sink_bits(DEFAULT_SINK, args.ctx)  # one f16 sink position per sequence, spread over ctx
-        for k, v, kb, vb, sink in (("q8_0", "f16", 8.5, 16, None), ("q8_0", "q8_0", 8.5, 8.5, None),
-                                   ("q4_0", "q4_0", 4.5, 4.5, None), ("tq4", "f16", 4.25, 16, 0),
-                                   ("tq4", "f16", tq4, 16, None), ("tq4", "tq4", tq4, tq4, None)):
-            r, _, secs = measure(f"{k}/{v}", base, k, v, n_sink=sink)
+        def tq_bits(n_ctx: int, n_sink: int) -> float:  # uniform tq4 with n_sink f16 positions over n_ctx
+            return 4.25 + sink_bits(n_sink, n_ctx)
+
+        for k, v, sink in (("q8_0", "f16", None), ("q8_0", "q8_0", None), ("q4_0", "q4_0", None),
+                           ("tq4", "f16", 0), ("tq4", "f16", None), ("tq4", "tq4", None)):
+            r, secs = measure(f"{k}/{v}", base, k, v, n_sink=sink)
+            n = DEFAULT_SINK if sink is None else sink
+            at = lambda ctx: tuple(tq_bits(ctx, n) if t == "tq4" else STANDARD_BITS[t] for t in (k, v))  # noqa: E731
             note = {0: " (uniform TurboQuant, centered, no sink)", None: " (uniform TurboQuant, centered)"}[sink]
-            lines.append(row(f"{k} K / {v} V" + (note if k == "tq4" else ""), kb, vb,
-                             r.kv_bytes_per_token, r.ppl, r.kld, r.top1, secs))
+            lines.append(row(f"{k} K / {v} V" + (note if k == "tq4" else ""), at(args.ctx), at(LONG), head_values,
+                             r.ppl, r.kld, r.top1, secs))
             print(lines[-1], flush=True)
         for pol in POLICIES:
             res = search(cal, policy=pol, check=False)
             prof = res.profile
             out = Path(tmp) / f"{pol}.gguf"
             convert(path, out, weights="f16", profile=prof)
-            kb, vb = prof.budget_bits()
+            here, long = prof.bits(args.ctx), prof.bits(LONG)
             m = Model(out)
-            r, _, secs = measure(pol, m)
-            lines.append(row(f"kvconvert {pol}", kb, vb, r.kv_bytes_per_token, r.ppl, r.kld, r.top1, secs))
+            r, secs = measure(pol, m)
+            w = f" (recent window {prof.recent})" if prof.recent else ""
+            lines.append(row(f"kvconvert {pol}{w}", here, long, head_values, r.ppl, r.kld, r.top1, secs))
             print(lines[-1], flush=True)
-            rk, _, secs = measure(pol, m, v="f16")
-            lines.append(row(f"kvconvert {pol} K / f16 V", kb, 16, rk.kv_bytes_per_token, rk.ppl, rk.kld, rk.top1,
-                             secs))
+            rk, secs = measure(pol, m, v="f16")
+            lines.append(row(f"kvconvert {pol} K / f16 V{w}", (here[0], 16), (long[0], 16), head_values, rk.ppl,
+                             rk.kld, rk.top1, secs))
             print(lines[-1], flush=True)
+            if prof.recent:  # the same codes without the window: what the window buys
+                r0w, secs = measure(pol, m, n_recent=0)
+                codes = replace(prof, recent=0)
+                lines.append(row(f"kvconvert {pol}, no recent window", codes.bits(args.ctx), codes.bits(LONG),
+                                 head_values, r0w.ppl, r0w.kld, r0w.top1, secs))
+                print(lines[-1], flush=True)
             prof.measured.update(kld=r.kld, kld_err=r.kld_err, top1=r.top1, ppl=r.ppl, ppl_err=r.ppl_err,
                                  ppl_f16=r0.ppl, kld_k_only=rk.kld, text="austen-eval (held out)",
                                  text_sha256=r.text_sha256, n_ctx=args.ctx, chunks=r.n_chunks, weights="f16")
@@ -159,7 +173,7 @@ def main() -> None:
                                     [("q8_0", "f16"), ("q8_0", "q8_0"), ("q4_0", "q4_0")], head_values)
     print(f"\n{slug} (f16 weights), Austen eval (held out), {r0.n_chunks} chunks × {args.ctx} tokens; "
           f"calibration: {cal.n_tokens} tokens of the Austen calibration part\n")
-    print("| cache | K bpv | V bpv | KV MiB @32k | PPL | KLD vs f16 | top-1 |")
+    print(f"| cache | K / V bpv @{args.ctx} | K / V bpv @32k | KV MiB @32k | PPL | KLD vs f16 | top-1 |")
     print("|---|---|---|---|---|---|---|")
     print("\n".join(lines))
     (work / f"{slug}-results.json").write_text(json.dumps(lines, indent=1))

@@ -79,8 +79,8 @@ def test_build_document_inserts_needles_at_paragraph_boundaries():
 
 def test_configs():
     cs = longctx.parse_configs("all")
-    assert [c.name for c in cs] == ["f16", "q8_0", "balanced", "long-context", "max-quality", "llama-f16",
-                                    "llama-q8_0", "llama-q4_0"]
+    assert [c.name for c in cs] == ["f16", "q8_0", "balanced", "long-context", "max-quality", "balanced+w32",
+                                    "long-context+w32", "llama-f16", "llama-q8_0", "llama-q4_0"]
     assert longctx.CONFIGS["tq3+qjl-k"].type_k == "tq3:qjl=lo"
     from kvconvert.kvcache.turboquant import KConfig
 

@@ -229,9 +229,13 @@ def test_search_tiny_profile_applies(tiny_models, tiny_cal, tmp_path):
     assert back.k_layers == prof.k_layers and back.v_layers == prof.v_layers and back.sink_tokens == 1
     out = convert(tiny_models["qwen2-hd64"], tmp_path / "o.gguf", weights="f32", profile=path).output
     meta = Model(out).cache_meta
-    assert meta.n_sink == 1
+    assert meta.n_sink == 1 and meta.n_recent is None  # no window unless the profile has one
     assert [c.spec() for c in meta.k_configs] == prof.k_layers
     assert [c.spec() for c in meta.v_configs] == prof.v_layers
+    prof.recent = 6  # a profile's recent window travels to the file and the runtime uses it
+    out = convert(tiny_models["qwen2-hd64"], tmp_path / "w.gguf", weights="f32", profile=prof).output
+    m = Model(out)
+    assert m.cache_meta.n_recent == 6 and m.context(n_ctx=64).params.n_recent == 6
 
 
 @pytest.mark.parametrize("name", ["qwen3-hd64", "mistral-hd64-swa8", "gemma3-hd64-swa8"])

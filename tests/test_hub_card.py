@@ -140,7 +140,7 @@ def test_card_bits_are_the_tuis(tiny_models, tmp_path):
     tui_k, tui_v = prof.budget_bits()  # tui/profile_screen.py show_choice
     bare = np.mean([c.bits_per_value() for c in prof.k_configs()])
     assert f"{tui_k:.2f}" != f"{bare:.2f}"  # the test can tell the two apart
-    assert f"K {tui_k:.2f} and V {tui_v:.2f} bits per value on average at the 512-token calibration context" in card
+    assert f"K {tui_k:.2f} and V {tui_v:.2f} bits per value on average at a 512-token context" in card
     assert f"| this file | {tui_k:.2f} | {tui_v:.2f} | 10.000 | 0.0100 | 0.950 |" in card
 
 

@@ -113,3 +113,71 @@ def test_generated_sequences_split_by_tokens():
     assert rows.shape == (2, 64)
     one, _ = split_generated([[1] + [7] * 500], 10**6, bos)
     assert len(one) == 1  # at least one sequence always stays for calibration
+
+
+def test_recent_window_masks_exactly_the_window(cal):
+    """n_recent = w: a query at r sees keys/values r−w+1..r exactly. Recompute both proxies the
+    long way (quantization error zeroed inside each row's window), and check the limits: w = 0 is
+    the plain proxy, w ≥ T leaves no error, and a window only lowers the error."""
+    sc = smoothing_scales(cal)
+    order = pair_order(cal, sc)
+    o = Option(tq.KConfig(d=64, lo_bits=2, hi_bits=2), smooth=False)
+    plain = _Layer(cal, 1, sc, order, n_sink=1)
+    w = 8
+    lay = _Layer(cal, 1, sc, order, n_sink=1, n_recent=w)
+    # K: the long way, from the two log-softmaxes with the window's score errors removed
+    q, k = lay._keys(False, True)
+    dk = tq.decode(tq.encode(k, o.cfg, TQ_SEED, 1), o.cfg, TQ_SEED, 1).astype(np.float64) - k
+    dk[:, :1] = 0
+    pos = np.arange(lay.T)
+    from kvconvert.models.rope import apply_rope
+    exact = _scores(lay._heads(lay.q_rot), apply_rope(lay.k_raw, pos, cal.rope_freqs, "neox")) / 8.0
+    err = _scores(q.astype(np.float64), dk) / 8.0
+    rows = np.tile(lay.rows, lay.rep)
+    in_window = (rows[:, None] - pos[None, :] < w) & lay.mask
+    err = np.where(in_window, 0.0, err)
+    logp = _log_softmax(np.where(lay.mask, exact, -np.inf))
+    logq = _log_softmax(np.where(lay.mask, exact + err, -np.inf))
+    kl = (np.exp(logp) * (np.where(lay.mask, logp, 0) - np.where(lay.mask, logq, 0))).sum(-1).mean()
+    assert lay.k_error(o) == pytest.approx(kl, rel=2e-3)
+    assert 0 < lay.k_error(o) < plain.k_error(o)
+    # V: attention output error with the window's values exact
+    mu = cal.v_mean[1].astype(np.float32)
+    vc = lay.v - mu
+    dv = tq_roundtrip(vc, o.cfg, TQ_SEED, 1) - vc
+    dv[:, :1] = 0
+    p = lay.p.astype(np.float64) * ~in_window
+    diff = p @ dv.astype(np.float64).transpose(0, 2, 1, 3)
+    out = lay.p.astype(np.float64) @ lay.v.astype(np.float64).transpose(0, 2, 1, 3)
+    assert lay.v_error(o.cfg, True) == pytest.approx((diff ** 2).sum() / (out ** 2).sum(), rel=1e-3)
+    assert 0 < lay.v_error(o.cfg, True) < plain.v_error(o.cfg, True)
+    whole = _Layer(cal, 1, sc, order, n_sink=1, n_recent=lay.T)
+    assert whole.k_error(o) < 1e-7 and whole.v_error(o.cfg, True) == 0  # K: log Σp of float32 p, ~0
+    assert _Layer(cal, 1, sc, order, n_sink=1, n_recent=0).k_error(o) == plain.k_error(o)
+
+
+def test_search_with_recent_window_counts_it_and_writes_it(cal, tmp_path):
+    """A policy's recent window reaches the profile (and its JSON), its f16 rows are counted in
+    the budget at the policy's budget context, and the proxy errors drop."""
+    from dataclasses import replace
+    from kvconvert.conversion.profile import Policy, Profile, load_profile
+    from kvconvert.kvcache.kvmeta import recent_bits
+    base = replace(resolve_policy("balanced", 4.0, 4.0), recent=0, budget_ctx=None)
+    win = replace(base, recent=8, budget_ctx=4096)
+    r0, r1 = search(cal, policy=base, check=False), search(cal, policy=win, check=False)
+    assert r1.profile.recent == 8 and r0.profile.recent == 0
+    kb, vb = r1.profile.budget_bits()
+    assert r1.profile.measured["bpv_n_ctx"] == 4096 and kb <= 4.0 + 1e-9 and vb <= 4.0 + 1e-9
+    codes_k = np.mean([c.bits_per_value() for c in r1.profile.k_configs()])
+    assert kb == pytest.approx(codes_k + recent_bits(8, 4096) + 16 / 4096)
+    assert r1.profile.bits(64)[0] == pytest.approx(codes_k + recent_bits(8, 64) + 16 / 64)  # at the calibration context
+    same = lambda r: sum(r.k_errors[l][_label(Option(tq.KConfig(d=64, lo_bits=3, hi_bits=3),  # noqa: E731
+                                                       r.k_options[l][0].smooth))] for l in range(cal.n_layer))
+    assert same(r1) < same(r0)
+    p = r1.profile.save(tmp_path / "p.json")
+    back = load_profile(p)
+    assert isinstance(back, Profile) and back.recent == 8 and back.budget_bits() == pytest.approx((kb, vb))
+    pol = Policy.from_json({**win.to_json()}, "pol.json")
+    assert pol.recent == 8 and pol.budget_ctx == 4096
+    with pytest.raises(Exception, match="recent"):
+        Policy.from_json({**win.to_json(), "recent": 1000}, "pol.json")

@@ -61,14 +61,14 @@ def test_joint_allocation_follows_the_weights(cal):
     bits = {}
     for name, k, v in (("v", [1.0] * L, [100.0] * L), ("k", [100.0] * L, [1.0] * L)):
         out = rebudget(replace(res, sensitivity=_sens(k, v)), cal)
-        kb, vb = out.profile.bits(cal.n_ctx)
+        kb, vb = out.profile.budget_bits()
         assert (kb + vb) / 2 <= 4.0 + 1e-9
         bits[name] = (kb, vb)
     assert bits["v"][1] > bits["v"][0] + 0.5  # V-heavy weights: V above K
     assert bits["k"][0] > bits["k"][1] + 0.5
     # the separate allocation with the same weights keeps each within its own budget
     sep = rebudget(replace(res, policy=replace(pol, joint=False), sensitivity=_sens([1.0] * L, [100.0] * L)), cal)
-    kb, vb = sep.profile.bits(cal.n_ctx)
+    kb, vb = sep.profile.budget_bits()
     assert kb <= 4.0 + 1e-9 and vb <= 4.0 + 1e-9
 
 
@@ -105,5 +105,5 @@ def test_measure_sensitivity_and_search_with_it(cal):
     pol = replace(load_profile("balanced"), sensitivity=True, joint=True, k_budget=4.0, v_budget=4.0)
     res = search(cal, policy=pol, check=False)
     assert res.sensitivity is not None
-    kb, vb = res.profile.bits(cal.n_ctx)
+    kb, vb = res.profile.budget_bits()
     assert (kb + vb) / 2 <= 4.0 + 1e-9

@@ -77,9 +77,8 @@ def print_patch_info(m: ModelSource, console: Console | None = None) -> None:
     at a 32k context (sink positions spread over it, as the runtime stores them)."""
     from ..formats.gguf_io import field_value
     from ..formats.gguf_keys import Keys
-    from ..kvcache.kvmeta import DEFAULT_SINK, CacheMeta, recent_bits
+    from ..kvcache.kvmeta import DEFAULT_SINK, CacheMeta, exact_bits
     from ..kvcache.types import STANDARD_BITS
-    from ..conversion.profile import sink_bits
 
     console = console or make_console()
     reader = m.weights.reader  # type: ignore[attr-defined]
@@ -134,7 +133,7 @@ def print_patch_info(m: ModelSource, console: Console | None = None) -> None:
     console.print(per)
 
     def sink(cfgs) -> float:  # the f16 sink rows and the recent window's rows, spread over the context
-        return sink_bits(n_sink, INFO_CTX) + recent_bits(n_recent, INFO_CTX) if cfgs is not None else 0.0
+        return exact_bits(n_sink, n_recent, INFO_CTX) if cfgs is not None else 0.0
 
     kb = sum(k[5] for k in ks) / L + sink(meta.k_configs)
     vb = sum(v[5] for v in vs) / L + sink(meta.v_configs)

@@ -130,7 +130,8 @@ class Patch:
         p = self.profile
         pairing = self.arch.gguf_rope_pairing
         meta = CacheMeta(k_type=p.k_type, v_type=p.v_type, k_configs=p.k_configs(), v_configs=p.v_configs(),
-                         layout=self.layout, profile_json=json.dumps(_summary(p)), n_sink=p.sink_tokens)
+                         layout=self.layout, profile_json=json.dumps(_summary(p)), n_sink=p.sink_tokens,
+                         n_recent=p.recent or None)
         P = self.d // 2
         if self.layout == "folded":
             mu = np.stack([self._k_mean_folded(l) for l in range(self.L)]) if self.k_mean is not None else None

@@ -25,7 +25,7 @@ from ..base import validate as V
 from ..base.atomic import atomic_path
 from ..models.config import ModelArgs
 from ..base.errors import InputError
-from ..kvcache.kvmeta import DEFAULT_SINK, MAX_SINK
+from ..kvcache.kvmeta import DEFAULT_SINK, MAX_RECENT, MAX_SINK, exact_bits, sink_bits  # noqa: F401 (re-exported)
 from ..kvcache.turboquant import MAX_LO_BITS, KConfig
 from ..kvcache.types import STANDARD, TQ, standard_bits
 
@@ -50,12 +50,6 @@ def _compact_json(obj, depth: int = 0) -> str:
             return json.dumps(obj)  # numbers (a table row), or a short list
         return "[\n" + ",\n".join(inner + _compact_json(x, depth + 1) for x in obj) + "\n" + pad + "]"
     return json.dumps(obj)
-
-
-def sink_bits(n_sink: int, n_ctx: int) -> float:
-    """Extra bits per value of keeping n_sink positions in f16 besides their codes,
-    spread over a context of n_ctx tokens."""
-    return n_sink * 16.0 / n_ctx if n_ctx > 0 else 0.0
 
 
 @dataclass(frozen=True)
@@ -154,6 +148,7 @@ class Profile:
     provenance: dict = field(default_factory=dict)  # model, text, text_sha256, tokens, calibration
     measured: dict = field(default_factory=dict)  # k_bpv, v_bpv, kld, ppl, ppl_f16, top1, text, ctx, chunks
     sink_tokens: int = 0  # leading positions TurboQuant caches also keep in f16 (attention sinks)
+    recent: int = 0  # recent exact window of the TurboQuant caches (kvconvert.recent_window; 0: none)
     schema: int = PROFILE_SCHEMA
     source: str = field(default="", compare=False, repr=False)  # the file it was read from, for messages
 
@@ -169,23 +164,26 @@ class Profile:
 
     def bits(self, n_ctx: int | None = None) -> tuple[float, float]:
         """Mean K and V bits per value over layers (all overheads counted); with n_ctx,
-        the f16 sink positions are spread over a context of n_ctx tokens too."""
+        the f16 sink positions and the recent window's rows are spread over a context of n_ctx
+        tokens too."""
         def mean(kind: str, cfgs) -> float:
             if cfgs is not None:
-                sink = sink_bits(self.sink_tokens, n_ctx) if n_ctx else 0.0
-                return float(np.mean([c.bits_per_value() for c in cfgs]) + sink)
+                extra = exact_bits(self.sink_tokens, self.recent, n_ctx) if n_ctx else 0.0
+                return float(np.mean([c.bits_per_value() for c in cfgs]) + extra)
             return standard_bits(kind)
         return mean(self.k_type, self.k_configs()), mean(self.v_type, self.v_configs())
 
     def budget_bits(self) -> tuple[float, float]:
-        """bits() as the search's budget counts them: sinks spread over the calibration context."""
+        """bits() as the search's budget counts them: sinks and the recent window spread over the
+        policy's budget context (the calibration context unless the policy names one)."""
         return self.bits(self.measured.get("bpv_n_ctx"))
 
     def to_json(self) -> dict:
         return {"schema": self.schema, "kind": "profile", "name": self.name, "policy": self.policy,
                 "model": asdict(self.model), "k": {"type": self.k_type, "layers": self.k_layers},
                 "v": {"type": self.v_type, "layers": self.v_layers}, "transforms": self.transforms.to_json(),
-                "sink_tokens": self.sink_tokens, "provenance": self.provenance, "measured": self.measured}
+                "sink_tokens": self.sink_tokens, **({"recent": self.recent} if self.recent else {}),
+                "provenance": self.provenance, "measured": self.measured}
 
     def dumps(self) -> str:
         """The profile as the file holds it: JSON, objects indented, each array of numbers on one
@@ -228,7 +226,7 @@ class Profile:
                        policy=V.utf8_str(source, "policy", obj.get("policy", "") or "", 1000),
                        provenance=dict(obj.get("provenance") or {}), measured=measured,
                        sink_tokens=V.int_in(source, "sink_tokens", obj.get("sink_tokens", 0), 0, MAX_SINK),
-                       source=source)
+                       recent=V.int_in(source, "recent", obj.get("recent", 0), 0, MAX_RECENT), source=source)
             for kind, layers in (("k", prof.k_layers), ("v", prof.v_layers)):
                 t = getattr(prof, f"{kind}_type")
                 if t != TQ and t not in STANDARD:
@@ -255,7 +253,14 @@ class Policy:
     splits: bool = True  # also try outlier-pair splits (hi group = the d/8, d/4 or d/2 highest-energy channels)
     qjl: bool = False  # also try QJL on the lo group
     smoothing: bool = True
-    sink_tokens: int = DEFAULT_SINK  # leading positions kept in f16; counted in the budgets at the calibration context
+    sink_tokens: int = DEFAULT_SINK  # leading positions kept in f16; counted in the budgets at budget_ctx
+    # recent exact window (positions) of the searched profile's TurboQuant caches: the proxy scores
+    # each query with its last `recent` keys and values exact (as the runtime does), and the window's
+    # f16 rows are counted in the budgets at budget_ctx
+    recent: int = 0
+    # the context length the budgets are stated at (sinks and window spread over it);
+    # None: the calibration's context
+    budget_ctx: int | None = None
     # the end-to-end check's acceptance threshold: KLD vs the f16 cache on held-out text (None: report only);
     # a convert whose check is above it searches again with more bits
     max_kld: float | None = None
@@ -298,6 +303,10 @@ class Policy:
                     raise ValueError(f"max_kld {kw['max_kld']} outside (0, 10)")
             if "sink_tokens" in obj:
                 kw["sink_tokens"] = V.int_in(source, "sink_tokens", obj["sink_tokens"], 0, MAX_SINK)
+            if "recent" in obj:
+                kw["recent"] = V.int_in(source, "recent", obj["recent"], 0, MAX_RECENT)
+            if obj.get("budget_ctx") is not None:
+                kw["budget_ctx"] = V.int_in(source, "budget_ctx", obj["budget_ctx"], 1, V.MAX_CTX)
             pol = cls(**kw)
         except (InputError, KeyError, TypeError, ValueError, OverflowError) as e:
             raise InputError(f"{source}: not a valid kvconvert policy ({_detail(e, source)})") from None

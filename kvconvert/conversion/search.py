@@ -31,10 +31,11 @@ import numpy as np
 from ..kvcache import turboquant as tq
 from .calibrate import Calibration
 from ..base.errors import InputError
-from .profile import ModelShape, Policy, Profile, Transforms, load_profile, sink_bits
+from .profile import ModelShape, Policy, Profile, Transforms, load_profile
 from .sensitivity import Sensitivity, measure_sensitivity
 from ..base.progress import ProgressFn, check_cancel, start_phase
 from ..models.rope import apply_rope
+from ..kvcache import kvmeta
 from ..kvcache.types import DEFAULT_SEED as SEED, TQ
 from ..runtime.engine import tq_roundtrip
 
@@ -134,14 +135,14 @@ def pair_channels(order: np.ndarray) -> np.ndarray:
 
 
 def measure_layer_sensitivity(cal: Calibration, scales: np.ndarray | None, order: np.ndarray, *, sink_tokens: int,
-                              **kw) -> Sensitivity:
+                              recent: int = 0, **kw) -> Sensitivity:
     """sensitivity.measure_sensitivity with this search's channel order and proxy errors (K with the
-    layer's smoothing off, V centered) — the same codec the measurement runs."""
+    layer's smoothing off, V centered) — the same codec (and recent window) the measurement runs."""
     def proxy(layer: int, cfg: tq.KConfig) -> tuple[float, float]:
-        lay = _Layer(cal, layer, scales, order, sink_tokens)
+        lay = _Layer(cal, layer, scales, order, sink_tokens, recent)
         return lay.k_error(Option(cfg, smooth=False)), lay.v_error(cfg, True)
 
-    return measure_sensitivity(cal, pair_channels(order), proxy, sink_tokens=sink_tokens, **kw)
+    return measure_sensitivity(cal, pair_channels(order), proxy, sink_tokens=sink_tokens, recent=recent, **kw)
 
 
 # -- proxy errors --------------------------------------------------------------------
@@ -157,10 +158,13 @@ class _Layer:
     Scored queries: up to ``n_rows`` positions per window, evenly spread from
     MIN_QUERY on (every other one when the budget allows), all query heads.
     Arrays are float32 and laid out (W, Hk, rep·nq, ·) so each score and mix
-    step is one BLAS matmul per (window, KV head)."""
+    step is one BLAS matmul per (window, KV head).
+
+    n_recent = w > 0: a query at position r uses keys and values r − w + 1 .. r exactly (the
+    runtime's recent window), so their errors are masked out of both proxies."""
 
     def __init__(self, cal: Calibration, layer: int, scales: np.ndarray, order: np.ndarray, n_sink: int = 0,
-                 max_pairs: int = PROXY_PAIRS):
+                 n_recent: int = 0, max_pairs: int = PROXY_PAIRS):
         self.cal, self.l, self.n_sink = cal, layer, n_sink
         W, _, T, H, d = cal.win_q.shape
         Hk = cal.n_head_kv
@@ -174,6 +178,9 @@ class _Layer:
         self.mask = np.tile(self.rows[:, None] >= pos[None, :], (self.rep, 1))  # (rep·nq, T)
         logp = _log_softmax(np.where(self.mask, exact, -np.inf))
         self.p = np.where(self.mask, np.exp(logp), 0).astype(np.float32)  # (W, Hk, rep·nq, T)
+        # 1 where a query sees a key through the cache's codes, 0 in its recent exact window (or None: no window)
+        self.coded = None if n_recent <= 0 else np.tile(
+            self.rows[:, None] - pos[None, :] >= n_recent, (self.rep, 1)).astype(np.float32)  # (rep·nq, T)
         self.k_raw, self.pos = k, pos
         self.scales, self.perm = scales[layer], pair_channels(order[layer])
         self.v = cal.win_v[:, layer].astype(np.float32)  # (W, T, Hk, d)
@@ -209,6 +216,8 @@ class _Layer:
         dk[:, :self.n_sink] = 0  # sink positions are kept exactly (windows start a sequence)
         e = _scores(q, dk)
         e *= np.float32(1 / np.sqrt(self.d))
+        if self.coded is not None:
+            e *= self.coded
         m = e.max(-1, keepdims=True)
         kl = np.log((self.p * np.exp(e - m)).sum(-1)) + m[..., 0] - (self.p * e).sum(-1)
         return float(np.maximum(kl, 0).mean(dtype=np.float64))
@@ -218,7 +227,8 @@ class _Layer:
         vc = self.v - mu
         v_hat = _roundtrip(vc, cfg, self.l)
         v_hat[:, :self.n_sink] = vc[:, :self.n_sink]
-        out, diff = _mix(self.p, self.v), _mix(self.p, v_hat - vc)
+        p_coded = self.p if self.coded is None else self.p * self.coded
+        out, diff = _mix(self.p, self.v), _mix(p_coded, v_hat - vc)
         return float((diff.astype(np.float64) ** 2).sum() / max((out.astype(np.float64) ** 2).sum(), 1e-30))
 
 
@@ -348,7 +358,7 @@ class _LayerSearch:
     def _layer(self) -> _Layer:
         # built again for pass 2 rather than kept from pass 1: ~0.15 s per layer against ~15 MB per layer
         # held for the whole search (a 7B's 28 layers would hold ~0.4 GB)
-        return _Layer(self.cal, self.l, self.scales, self.order, self.pol.sink_tokens)
+        return _Layer(self.cal, self.l, self.scales, self.order, self.pol.sink_tokens, self.pol.recent)
 
     def pass1(self) -> None:
         pol, d, lay = self.pol, self.cal.head_dim, self._layer()
@@ -406,7 +416,7 @@ def search(calib: Calibration | str | os.PathLike, *, policy: str | Policy = DEF
         raise InputError(f"{cal.path or 'the calibration'} has no held-out chunks to check the profile on; "
                          "give a check text (--text FILE or --austen eval) or skip the check (--no-check)")
     L, d = cal.n_layer, cal.head_dim
-    check_budgets(pol, d, cal.n_ctx)
+    check_budgets(pol, d, budget_ctx(pol, cal))
     scales = smoothing_scales(cal)
     order = pair_order(cal, scales if pol.smoothing else None)
     v_cfgs = [tq.KConfig(d=d, lo_bits=b, hi_bits=b) for b in pol.v_bits] if pol.v_budget is not None else []
@@ -428,7 +438,8 @@ def search(calib: Calibration | str | os.PathLike, *, policy: str | Policy = DEF
             pool.shutdown(wait=True, cancel_futures=True)  # on an error or a cancel: drop the queued layers
 
     run([ls.pass1 for ls in layers], "pass 1: uniform widths, V")
-    sens = measure_layer_sensitivity(cal, scales, order, sink_tokens=pol.sink_tokens, tokens=sensitivity_tokens,
+    sens = measure_layer_sensitivity(cal, scales, order, sink_tokens=pol.sink_tokens, recent=pol.recent,
+                                     tokens=sensitivity_tokens,
                                      n_threads=n_threads, progress=progress, cancel=cancel) if pol.sensitivity else None
     if sens is not None:  # back to the search's phase for pass 2
         start_phase(progress, "search", "layer")
@@ -452,16 +463,26 @@ def search(calib: Calibration | str | os.PathLike, *, policy: str | Policy = DEF
     return result
 
 
+def budget_ctx(pol: Policy, cal: Calibration) -> int:
+    """The context the policy's budgets are stated at: its own, else the calibration's."""
+    return pol.budget_ctx or cal.n_ctx
+
+
+def exact_bits(pol: Policy, n_ctx: int) -> float:
+    """Bits per value of a TurboQuant cache's exact rows (sinks, recent window) at n_ctx tokens."""
+    return kvmeta.exact_bits(pol.sink_tokens, pol.recent, n_ctx)
+
+
 def check_budgets(pol: Policy, d: int, n_ctx: int) -> None:
     """Refuse budgets below the cheapest candidate config (uniform at the fewest bits), before measuring."""
-    sink = sink_bits(pol.sink_tokens, n_ctx)
+    sink = exact_bits(pol, n_ctx)
     for kind, budget, bits in (("K", pol.k_budget, pol.k_bits), ("V", pol.v_budget, pol.v_bits)):
         if budget is None:
             continue
         least = tq.KConfig(d=d, lo_bits=min(bits), hi_bits=min(bits)).bits_per_value() + sink
         if not budget >= least - 1e-9:
             raise InputError(f"a {kind} budget of {budget:g} bits per value is below the minimum {least:.3f} of the "
-                             f"candidate configs ({min(bits)}-bit codes, scales and the sink at {n_ctx} tokens); "
+                             f"candidate configs ({min(bits)}-bit codes, scales and the exact rows at {n_ctx} tokens); "
                              "raise the budget or allow fewer bits (policy k_bits/v_bits)")
 
 
@@ -471,7 +492,7 @@ def rebudget(result: SearchResult, cal: Calibration, k_budget: float | None = No
     without measuring anything again: cheap. Returns a new SearchResult."""
     pol = resolve_policy(result.policy, k_budget, v_budget)  # type: ignore[arg-type]
     L = cal.n_layer
-    sink = sink_bits(pol.sink_tokens, cal.n_ctx)  # the f16 sinks are part of the budget at the calibration context
+    sink = exact_bits(pol, budget_ctx(pol, cal))  # the f16 sinks and recent rows are part of the budget
     k_opts, k_err = result.k_options, result.k_errors
     sens = result.sensitivity
     if pol.sensitivity and sens is None:
@@ -519,20 +540,20 @@ def _profile(cal: Calibration, pol: Policy, k_choice: list[Option], v_choice, sc
                    provenance={"model": cal.model, "fingerprint": cal.fingerprint, "text": cal.text_source,
                                "text_sha256": cal.text_sha256, "tokens": cal.n_tokens, "n_ctx": cal.n_ctx,
                                "calibration": str(cal.path) if cal.path else None},
-                   sink_tokens=pol.sink_tokens)
-    kb, vb = prof.bits(cal.n_ctx)
-    prof.measured = {"k_bpv": round(kb, 4), "v_bpv": round(vb, 4), "bpv_n_ctx": cal.n_ctx}
+                   sink_tokens=pol.sink_tokens, recent=pol.recent)
+    kb, vb = prof.bits(budget_ctx(pol, cal))
+    prof.measured = {"k_bpv": round(kb, 4), "v_bpv": round(vb, 4), "bpv_n_ctx": budget_ctx(pol, cal)}
     return prof
 
 
 def _uniform_candidates(cal, pol, k_err, k_choice: list[Option], prof: Profile) -> list[Candidate]:
     """The chosen profile first, then uniform K configs for comparison (proxy errors summed over layers)."""
-    kb, vb = prof.bits(cal.n_ctx)
+    kb, vb = prof.bits(budget_ctx(pol, cal))
     rows = [Candidate(prof.name, kb, vb, sum(e[_label(o)] for e, o in zip(k_err, k_choice)))]
     for b in pol.k_bits:
         cfg = tq.KConfig(d=cal.head_dim, lo_bits=b, hi_bits=b)
         err = sum(e.get(_label(Option(cfg)), e.get(_label(Option(cfg, True)), np.nan)) for e in k_err)
-        rows.append(Candidate(f"uniform tq{b} K", cfg.bits_per_value() + sink_bits(pol.sink_tokens, cal.n_ctx), vb,
+        rows.append(Candidate(f"uniform tq{b} K", cfg.bits_per_value() + exact_bits(pol, budget_ctx(pol, cal)), vb,
                               err))
     return rows
 

@@ -66,12 +66,12 @@ def weights(kld: np.ndarray, proxy: np.ndarray) -> np.ndarray:
 
 def measure_sensitivity(cal: Calibration, channels: np.ndarray,
                         proxy: Callable[[int, tq.KConfig], tuple[float, float]], *, sink_tokens: int,
-                        tokens: list[int] | None = None, n_chunks: int = 1, ref_bits: int = REF_BITS,
+                        recent: int = 0, tokens: list[int] | None = None, n_chunks: int = 1, ref_bits: int = REF_BITS,
                         n_threads: int = 0, progress: ProgressFn | None = None,
                         cancel: threading.Event | None = None) -> Sensitivity:
     """Measure per-layer K and V sensitivities on ``tokens`` (default: the calibration's held-out
     chunks, of which ``n_chunks`` are used). The model runs unsmoothed with centered K (the
-    calibration's mean) and centered V. ``channels`` (layers, kv heads, d): the search's HF channel
+    calibration's mean) and centered V, with the policy's sinks and recent window. ``channels`` (layers, kv heads, d): the search's HF channel
     permutation (pair order); ``proxy(layer, cfg)``: the search's (K, V) proxy errors of that layer
     for the same codec (search.measure_layer_sensitivity supplies both: the search sits above)."""
     from ..models.source import load_model
@@ -100,6 +100,7 @@ def measure_sensitivity(cal: Calibration, channels: np.ndarray,
     def run(k: list[tq.KConfig] | None, v: list[tq.KConfig] | None) -> list[np.ndarray]:
         check_cancel(cancel)
         kw: dict = dict(n_ctx=cal.n_ctx, n_batch=min(cal.n_ctx, 512), n_threads=n_threads, n_sink=sink_tokens,
+                        n_recent=recent,
                         type_k="tq" if k else "f16", type_v="tq" if v else "f16")
         if k:
             kw.update(tq_k_layers=tuple(k), k_mean=k_mean, k_perm=perm)

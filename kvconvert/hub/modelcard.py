@@ -28,7 +28,8 @@ from ..kvcache.kvmeta import DEFAULT_SINK, CacheMeta
 from ..models.arch import cache_rows
 from ..models.hub_files import REPO_ID
 from ..models.source import ModelSource, load_gguf
-from ..conversion.profile import Profile, sink_bits
+from ..conversion.profile import Profile
+from ..kvcache.kvmeta import exact_bits
 from ..kvcache.types import STANDARD_BITS, TQ
 
 TAGS = ("gguf", "llama-cpp", "kv-cache-quantization", "kvconvert")  # llama-cpp, gguf: as gguf-my-repo tags
@@ -83,6 +84,7 @@ class CardInfo:
     plain: bool = False  # no KV-cache metadata: a plain conversion, the runtime uses f16 caches
     kept: bool = False  # kvconvert.weights == "keep": the source GGUF's tensors byte for byte
     n_sink: int = 0  # leading positions TurboQuant caches keep in f16
+    n_recent: int = 0  # recent exact window of TurboQuant caches (its ring of f16 rows)
     base_repo: str | None = None  # from general.base_model.0.repo_url / general.source.repo_url, if a Hub repo
     # positions each layer's cache holds at each context of the memory table (models.arch.cache_rows:
     # sliding-window layers only their window); missing: every layer holds the whole context
@@ -90,21 +92,25 @@ class CardInfo:
 
     def kv_bytes_per_token(self, n_ctx: int | None = None) -> float:
         """KV-cache bytes per token of context with this file's default caches (all layers); with
-        n_ctx, the f16 sink positions of TurboQuant caches spread over that context too."""
+        n_ctx, the f16 rows of TurboQuant caches (sinks, recent window) spread over that context too."""
         sink = 0.0
         if n_ctx:
-            sink = sum(sink_bits(self.n_sink, n_ctx) for side in (self.k, self.v) if side.type == TQ)
+            sink = sum(self.exact_bits(n_ctx) for side in (self.k, self.v) if side.type == TQ)
         return self.n_head_kv * self.head_dim * (sum(k + v for k, v in zip(self.k.bits, self.v.bits)) +
                                                  sink * self.n_layer) / 8
+
+    def exact_bits(self, n_ctx: int) -> float:
+        """Bits per value of one TurboQuant cache's f16 rows at n_ctx tokens."""
+        return exact_bits(self.n_sink, self.n_recent, n_ctx)
 
     def f16_bytes_per_token(self) -> float:
         return self.n_layer * self.n_head_kv * self.head_dim * 2 * 2
 
     def kv_bytes(self, n_ctx: int) -> tuple[float, float]:
         """(this file's caches, f16 caches) in bytes at a context of n_ctx tokens, with the positions
-        each layer really holds and the f16 sink positions of TurboQuant caches."""
+        each layer really holds and the f16 rows of TurboQuant caches (sinks, recent window)."""
         rows = self.cache_rows.get(n_ctx) or (n_ctx,) * self.n_layer
-        sink = sum(sink_bits(self.n_sink, n_ctx) for side in (self.k, self.v) if side.type == TQ)
+        sink = sum(self.exact_bits(n_ctx) for side in (self.k, self.v) if side.type == TQ)
         per_row = self.n_head_kv * self.head_dim / 8
         here = sum(r * per_row * (k + v + sink) for r, k, v in zip(rows, self.k.bits, self.v.bits))
         return here, sum(rows) * per_row * 32
@@ -160,7 +166,8 @@ def read_card_info(path: str | os.PathLike, src: ModelSource | None = None) -> C
         kvconvert_version=str(get(Keys.KVConvert.VERSION, "?")), k=side("k"), v=side("v"),
         k_centered=meta is not None and meta.k_mean is not None,
         k_permuted=meta is not None and meta.k_perm is not None, plain=meta is None,
-        kept=get(Keys.KVConvert.WEIGHTS) == "keep", n_sink=n_sink if meta is not None else 0, base_repo=base_repo,
+        kept=get(Keys.KVConvert.WEIGHTS) == "keep", n_sink=n_sink if meta is not None else 0,
+        n_recent=(meta.n_recent or 0) if meta is not None else 0, base_repo=base_repo,
         cache_rows={n: tuple(cache_rows(a, n)) for n in CONTEXTS})
 
 
@@ -180,15 +187,20 @@ def base_model(info: CardInfo, profile: Profile | None = None, given: str | None
     return None
 
 
+def _window(info: CardInfo) -> str:
+    """The recent window's part of the bits sentence (the window keeps the last N positions exactly)."""
+    return f" and the f16 rows of the last {info.n_recent} positions (kept exactly)" if info.n_recent else ""
+
+
 def card_bits(info: CardInfo, profile: Profile | None) -> tuple[float, float, str]:
     """K and V bits per value as the card states them, and at which context: the profile's
-    (Profile.budget_bits, sinks over the calibration context — what the TUI's Profile and Convert
-    steps show), else the file's configs with the sink positions spread over 32k tokens (as
+    (Profile.budget_bits, f16 rows over the search's budget context — what the TUI's Profile and
+    Convert steps show), else the file's configs with the f16 rows spread over 32k tokens (as
     `kvconvert info` and `convert`'s summary, which say so)."""
     if profile is not None and profile.k_configs() is not None and profile.measured.get("bpv_n_ctx"):
         kb, vb = profile.budget_bits()
-        return kb, vb, f"at the {profile.measured['bpv_n_ctx']}-token calibration context"
-    per_side = [s.mean_bits + (sink_bits(info.n_sink, 32768) if s.type == TQ else 0) for s in (info.k, info.v)]
+        return kb, vb, f"at a {profile.measured['bpv_n_ctx']}-token context"
+    per_side = [s.mean_bits + (info.exact_bits(32768) if s.type == TQ else 0) for s in (info.k, info.v)]
     return per_side[0], per_side[1], "at a 32k context"
 
 
@@ -216,7 +228,7 @@ def model_card(info: CardInfo, repo_id: str, profile: Profile | None = None,
     weights = ("the original file's, byte for byte" if info.kept else info.weights)
     head.append(f"{intro} with a compressed KV cache, written by kvconvert {info.kvconvert_version}. "
                 f"Weights: {weights}; KV cache: K {kb:.2f} and V {vb:.2f} bits per value on average "
-                f"{where}, group scales and f16 sink positions counted (f16 = 16).\n")
+                f"{where}, group scales and f16 sink positions{_window(info)} counted (f16 = 16).\n")
     parts = head + [_patched(info, profile), _quality(profile), _evals(evals), _memory(info), _usage(info, repo_id),
                     _files(info, profile_file)]
     return "\n".join(p for p in parts if p)

@@ -30,6 +30,12 @@ MAX_RECENT = 256  # kvc_context_params.n_recent's limit
 DEFAULT_RECENT = 0  # no recent exact window unless the file or the user asks for one
 
 
+def sink_bits(n_sink: int, n_ctx: int) -> float:
+    """Extra bits per value of keeping n_sink positions in f16 besides their codes,
+    spread over a context of n_ctx tokens."""
+    return n_sink * 16.0 / n_ctx if n_ctx > 0 else 0.0
+
+
 RECENT_SLACK = 16  # ring rows beyond the window (native/src/cpu/kv_recent.h KV_RECENT_SLACK)
 
 
@@ -41,6 +47,12 @@ def recent_bits(n_recent: int, n_ctx: int) -> float:
     if n_recent <= 0 or n_ctx <= 0:
         return 0.0
     return min(n_recent + RECENT_SLACK, n_ctx) * 16.0 / n_ctx
+
+
+def exact_bits(n_sink: int, n_recent: int, n_ctx: int) -> float:
+    """Bits per value of a TurboQuant cache's exact f16 rows (sinks and the recent window's ring)
+    at a context of n_ctx tokens."""
+    return sink_bits(n_sink, n_ctx) + recent_bits(n_recent, n_ctx)
 
 
 MIN_SMOOTH = 1e-3  # k_cache.smooth scales must lie in [MIN_SMOOTH, 1/MIN_SMOOTH] (the search clamps to [1/8, 8])
