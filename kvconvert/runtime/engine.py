@@ -53,8 +53,9 @@ class ContextParams:
     # sinks). None: what the GGUF's metadata says, else kvmeta.DEFAULT_SINK.
     n_sink: int | None = None
     # TurboQuant caches: each query also uses the last n_recent positions (its own included)
-    # exactly, from an f16 ring of n_recent + n_batch rows per layer and KV head (fixed memory,
-    # counted in kv_bytes). None: what the GGUF's metadata says, else 0 (off). CPU backend only.
+    # exactly, from an f16 ring of n_recent + 16 rows per layer and KV head and one batch buffer
+    # (fixed memory, counted in kv_bytes; a rewind may go back 16 positions). None: what the GGUF's
+    # metadata says, else 0 (off). CPU backend only (backend auto picks the CPU for it).
     n_recent: int | None = None
     # sliding-window layers cache only what their window can still see (False), or every position
     kv_keep_all: bool = False
