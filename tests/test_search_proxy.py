@@ -49,23 +49,36 @@ def test_c_roundtrip_equals_numpy_twin(cfg):
     np.testing.assert_array_equal(tq_roundtrip(x, cfg, TQ_SEED, 5), want)  # same codes, same float32 decode
 
 
+def kl_long_way(cal, lay, o: Option, w: int = 0) -> float:
+    """k_error recomputed from two log-softmaxes (float64), the score errors of each query's last
+    w keys zeroed (the recent window), sink position 0 exact."""
+    from kvconvert.models.rope import apply_rope
+
+    q, k = lay._keys(o.smooth, True)
+    dk = tq.decode(tq.encode(k, o.cfg, TQ_SEED, 1), o.cfg, TQ_SEED, 1).astype(np.float64) - k
+    dk[:, :1] = 0
+    pos = np.arange(lay.T)
+    exact = _scores(lay._heads(lay.q_rot), apply_rope(lay.k_raw, pos, cal.rope_freqs, "neox")) / 8.0
+    err = _scores(q.astype(np.float64), dk) / 8.0
+    err = np.where(window_mask(lay, w), 0.0, err)
+    logp = _log_softmax(np.where(lay.mask, exact, -np.inf))
+    logq = _log_softmax(np.where(lay.mask, exact + err, -np.inf))
+    lp, lq = np.where(lay.mask, logp, 0), np.where(lay.mask, logq, 0)
+    return float((np.exp(logp) * (lp - lq)).sum(-1).mean())
+
+
+def window_mask(lay, w: int) -> np.ndarray:
+    """(rep·nq, T): key j is in the recent window of scored query row i."""
+    rows = np.tile(lay.rows, lay.rep)
+    return (rows[:, None] - np.arange(lay.T)[None, :] < w) & lay.mask
+
+
 def test_kl_formula_equals_two_softmaxes(cal):
     """k_error computes KL(p‖q) as log Σ p·exp(e) − Σ p·e; recompute it the long way."""
     sc = smoothing_scales(cal)
     lay = _Layer(cal, 1, sc, pair_order(cal, sc), n_sink=1)
     o = Option(tq.KConfig(d=64, lo_bits=2, hi_bits=2), smooth=True)
-    q, k = lay._keys(True, True)
-    dk = tq.decode(tq.encode(k, o.cfg, TQ_SEED, 1), o.cfg, TQ_SEED, 1).astype(np.float64) - k
-    dk[:, :1] = 0
-    pos = np.arange(lay.T)
-    from kvconvert.models.rope import apply_rope
-    exact = _scores(lay._heads(lay.q_rot), apply_rope(lay.k_raw, pos, cal.rope_freqs, "neox")) / 8.0
-    err = _scores(q.astype(np.float64), dk) / 8.0
-    logp = _log_softmax(np.where(lay.mask, exact, -np.inf))
-    logq = _log_softmax(np.where(lay.mask, exact + err, -np.inf))
-    lp, lq = np.where(lay.mask, logp, 0), np.where(lay.mask, logq, 0)
-    kl = (np.exp(logp) * (lp - lq)).sum(-1).mean()
-    assert lay.k_error(o) == pytest.approx(kl, rel=2e-3)  # float32 scores in k_error
+    assert lay.k_error(o) == pytest.approx(kl_long_way(cal, lay, o), rel=2e-3)  # float32 scores in k_error
 
 
 def test_query_sample_is_bounded(cal):
@@ -125,28 +138,14 @@ def test_recent_window_masks_exactly_the_window(cal):
     plain = _Layer(cal, 1, sc, order, n_sink=1)
     w = 8
     lay = _Layer(cal, 1, sc, order, n_sink=1, n_recent=w)
-    # K: the long way, from the two log-softmaxes with the window's score errors removed
-    q, k = lay._keys(False, True)
-    dk = tq.decode(tq.encode(k, o.cfg, TQ_SEED, 1), o.cfg, TQ_SEED, 1).astype(np.float64) - k
-    dk[:, :1] = 0
-    pos = np.arange(lay.T)
-    from kvconvert.models.rope import apply_rope
-    exact = _scores(lay._heads(lay.q_rot), apply_rope(lay.k_raw, pos, cal.rope_freqs, "neox")) / 8.0
-    err = _scores(q.astype(np.float64), dk) / 8.0
-    rows = np.tile(lay.rows, lay.rep)
-    in_window = (rows[:, None] - pos[None, :] < w) & lay.mask
-    err = np.where(in_window, 0.0, err)
-    logp = _log_softmax(np.where(lay.mask, exact, -np.inf))
-    logq = _log_softmax(np.where(lay.mask, exact + err, -np.inf))
-    kl = (np.exp(logp) * (np.where(lay.mask, logp, 0) - np.where(lay.mask, logq, 0))).sum(-1).mean()
-    assert lay.k_error(o) == pytest.approx(kl, rel=2e-3)
+    assert lay.k_error(o) == pytest.approx(kl_long_way(cal, lay, o, w), rel=2e-3)  # K: the window's errors zeroed
     assert 0 < lay.k_error(o) < plain.k_error(o)
     # V: attention output error with the window's values exact
     mu = cal.v_mean[1].astype(np.float32)
     vc = lay.v - mu
     dv = tq_roundtrip(vc, o.cfg, TQ_SEED, 1) - vc
     dv[:, :1] = 0
-    p = lay.p.astype(np.float64) * ~in_window
+    p = lay.p.astype(np.float64) * ~window_mask(lay, w)
     diff = p @ dv.astype(np.float64).transpose(0, 2, 1, 3)
     out = lay.p.astype(np.float64) @ lay.v.astype(np.float64).transpose(0, 2, 1, 3)
     assert lay.v_error(o.cfg, True) == pytest.approx((diff ** 2).sum() / (out ** 2).sum(), rel=1e-3)
