@@ -16,5 +16,5 @@ LDFLAGS="-fsanitize=address,undefined" \
   "$py" setup.py -q build_ext --inplace >/dev/null 2>build.log || { cat build.log; exit 1; }
 asan=$(gcc -print-file-name=libasan.so)
 LD_PRELOAD="$asan" ASAN_OPTIONS=detect_leaks=0:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1 \
-  "$py" -m pytest -q -p no:cacheprovider tests/test_kernels.py tests/test_kquant.py tests/test_runtime_ops.py tests/test_runtime.py \
+  "$py" -m pytest -q -p no:cacheprovider ${ASAN_PYTEST_ARGS:-} tests/test_kernels.py tests/test_kquant.py tests/test_runtime_ops.py tests/test_runtime.py \
   tests/test_cli_runtime.py tests/test_recent_window.py "tests/test_bad_files.py::test_fuzz_native_loader"

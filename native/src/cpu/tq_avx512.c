@@ -42,10 +42,12 @@ AVX512 static void load_grp(const tq_group *g, grp_regs *r) {
     float tmp[64] = {0};
     if (b <= 6) memcpy(tmp, g->cb, sizeof(float) << b);
     for (int t = 0; t < 4; t++) r->cb[t] = _mm512_loadu_ps(tmp + 16 * t);
-    int pick[16], shift[16];
+    uint32_t pick[16];
+    int shift[16];
     for (int k = 0; k < 16; k++) {
-        const int bit = k * b, byte = (bit >> 3) & 15;
-        pick[k] = byte | (byte < 15 ? byte + 1 : 0x80) << 8 | 0x8080 << 16; /* 0x80: a zero byte */
+        const int bit = k * b;
+        const uint32_t byte = (uint32_t)(bit >> 3) & 15;
+        pick[k] = byte | (byte < 15 ? byte + 1 : 0x80u) << 8 | 0x8080u << 16; /* 0x80: a zero byte */
         shift[k] = bit & 7;
     }
     r->pick = _mm512_loadu_si512(pick);
