@@ -62,6 +62,7 @@ def test_default_convert_works_and_says_what_it_did(converted):
     assert kb <= 4.5 + 1e-9 and vb <= 4.5 + 1e-9
     meta = Model(root / "smollm2.gguf").cache_meta  # the file carries the profile's caches
     assert meta.k_type == "tq" and [c.spec() for c in meta.k_configs] == prof.k_layers
+    assert meta.n_recent == prof.recent == 32 and "recent window: the last 32 positions" in log  # balanced's window
     assert not list(root.glob(".*.part")) and not list(root.glob("*.part"))
 
 
@@ -73,6 +74,7 @@ def test_eval_and_run_on_the_result(converted):
     log = (root / "eval.log").read_text()
     r = json.loads(log[log.index("{"):])
     assert r["type_k"] == "auto" or r["type_k"].startswith("tq")
+    assert r["n_recent"] == 32  # the file's window is used
     assert 10 < r["ppl"] < 30  # SmolLM2 on Austen: ~18 with an f16 cache (README)
     assert kvconvert(["run", "smollm2.gguf", "-p", "The capital of France is", "-n", "8"], root, env,
                      root / "run.log") == 0

@@ -8,6 +8,7 @@ from rich.console import Console
 from rich.table import Table
 
 from ..conversion.writer import ConvertResult
+from ..kvcache.kvmeta import RECENT_SLACK
 from ..models.arch import cache_rows
 from ..models.source import ModelSource, load_model
 
@@ -232,6 +233,9 @@ def print_convert_job(job, console: Console | None = None) -> None:
     console.print(t)
     mib, f16 = kv_mib(p, cache_rows(load_model(job.output).args, 32768))
     console.print(f"KV cache at a 32k context: {mib:.0f} MiB (f16: {f16:.0f} MiB, {f16 / mib:.1f}× smaller)")
+    if p.recent:
+        console.print(f"recent window: the last {p.recent} positions are used exactly (an f16 ring of "
+                      f"{p.recent + RECENT_SLACK} rows, counted above; `--recent 0` at run time turns it off)")
     c = job.check
     if c is not None:
         r = Table(title=f"check of the written file: {c.chunks} × {c.n_ctx} tokens, {c.text}")
