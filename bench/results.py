@@ -28,9 +28,8 @@ from kvconvert.testdata import fixtures
 from kvconvert.runtime import metrics
 from kvconvert.conversion.calibrate import Calibration, calibrate
 from kvconvert.runtime.evaluate import evaluate
-from kvconvert.kvcache.kvmeta import DEFAULT_SINK
+from kvconvert.kvcache.kvmeta import DEFAULT_SINK, sink_bits
 from kvconvert.kvcache.types import STANDARD_BITS
-from kvconvert.conversion.profile import sink_bits
 from kvconvert.base.paths import cache_dir
 from kvconvert.runtime.engine import Model
 from kvconvert.conversion.search import search

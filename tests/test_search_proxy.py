@@ -106,7 +106,7 @@ def test_two_pass_search_matches_exhaustive_allocation(cal):
         o = [Option(c, smooth) for c in k_configs(pol, cal.head_dim)]
         opts.append(o)
         errs.append([lay.k_error(x) for x in o])
-    from kvconvert.conversion.profile import sink_bits
+    from kvconvert.kvcache.kvmeta import sink_bits
     sink = sink_bits(pol.sink_tokens, cal.n_ctx)
     picks = allocate([[x.bits + sink for x in o] for o in opts], errs, pol.k_budget)
     full = sum(e[i] for e, i in zip(errs, picks))

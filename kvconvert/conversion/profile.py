@@ -25,7 +25,7 @@ from ..base import validate as V
 from ..base.atomic import atomic_path
 from ..models.config import ModelArgs
 from ..base.errors import InputError
-from ..kvcache.kvmeta import DEFAULT_SINK, MAX_RECENT, MAX_SINK, exact_bits, sink_bits  # noqa: F401 (re-exported)
+from ..kvcache.kvmeta import DEFAULT_SINK, MAX_RECENT, MAX_SINK, exact_bits
 from ..kvcache.turboquant import MAX_LO_BITS, KConfig
 from ..kvcache.types import STANDARD, TQ, standard_bits
 
