@@ -83,7 +83,7 @@ def generate(cfg: L.Config, prompts: list[list[int]], n_tok: int, threads: int) 
 
         m = Model(L.model_file(cfg.file))
         params = ContextParams(n_ctx=max(map(len, prompts)) + n_tok + 8, n_batch=64, type_k=cfg.type_k,
-                               type_v=cfg.type_v, n_threads=threads)
+                               type_v=cfg.type_v, n_threads=threads, n_recent=cfg.recent)
         out: list[list[int]] = [[] for _ in prompts]
         for i, tok in generate_batch(m, prompts, n_tok, SamplerParams(temperature=0, repeat_penalty=1.0), params,
                                      stop_at_eos=False):

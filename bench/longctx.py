@@ -47,7 +47,10 @@ def _configs() -> dict[str, Config]:
     c += [Config(p, "kvc", p, "auto", "auto", f"kvconvert {p} (profile K+V, no recent window)", 0) for p in PROFILES]
     # the recent exact window (README "The fidelity frontier"): does its gain hold deep in context?
     c += [Config(f"{p}+w{w}", "kvc", p, "auto", "auto", f"kvconvert {p} + recent window {w}", w)
-          for p in ("balanced", "long-context") for w in (32,)]
+          for p in PROFILES for w in (32,)]
+    # larger windows over the same codes (is the window the lever at 3.5 bpv deep in context?)
+    c += [Config(f"long-context+w{w}", "kvc", "long-context", "auto", "auto",
+                 f"kvconvert long-context + recent window {w}", w) for w in (64, 128, 256)]
     c += [Config(f"llama-{t}", "llama", "base", t, t, f"llama.cpp {t} K / {t} V (FA)") for t in ("f16", "q8_0", "q4_0")]
     # QJL question (issue 19 item 4): uniform TurboQuant K at about the same bits with and without QJL,
     # V in f16 so only K differs (mean-centered from the first batch, one f16 sink position, as
