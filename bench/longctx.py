@@ -39,6 +39,8 @@ class Config:
     type_v: str
     label: str  # for tables
     recent: int | None = None  # kvconvert's exact recent window (None: the file's own)
+    sink: int | None = None  # kvconvert's exact first positions (None: the file's own)
+    study: bool = False  # a one-question experiment, left out of "all"
 
 
 def _configs() -> dict[str, Config]:
@@ -50,7 +52,10 @@ def _configs() -> dict[str, Config]:
           for p in PROFILES for w in (32,)]
     # larger windows over the same codes (is the window the lever at 3.5 bpv deep in context?)
     c += [Config(f"long-context+w{w}", "kvc", "long-context", "auto", "auto",
-                 f"kvconvert long-context + recent window {w}", w) for w in (64, 128, 256)]
+                 f"kvconvert long-context + recent window {w}", w, study=True) for w in (64, 128, 256)]
+    # more exact sink positions (the profiles keep 1): does the start of the text carry the error?
+    c += [Config(f"long-context+w32+s{s}", "kvc", "long-context", "auto", "auto",
+                 f"kvconvert long-context + recent window 32 + {s} sinks", 32, s, True) for s in (4, 16)]
     c += [Config(f"llama-{t}", "llama", "base", t, t, f"llama.cpp {t} K / {t} V (FA)") for t in ("f16", "q8_0", "q4_0")]
     # QJL question (issue 19 item 4): uniform TurboQuant K at about the same bits with and without QJL,
     # V in f16 so only K differs (mean-centered from the first batch, one f16 sink position, as
@@ -58,7 +63,7 @@ def _configs() -> dict[str, Config]:
     for spec, bpv in (("tq4", "4.25"), ("tq3:qjl=lo", "4.50"), ("tq3", "3.25"), ("tq2:qjl=lo", "3.50")):
         name = spec.replace(":qjl=lo", "+qjl")
         c.append(Config(f"{name}-k", "kvc", "base", spec, "f16",
-                        f"kvconvert {name.replace('+qjl', ' + QJL')} K ({bpv} bpv) / f16 V"))
+                        f"kvconvert {name.replace('+qjl', ' + QJL')} K ({bpv} bpv) / f16 V", study=True))
     return {x.name: x for x in c}
 
 
@@ -97,7 +102,7 @@ def model_file(which: str) -> Path:
 def parse_configs(text: str) -> list[Config]:
     names = [x.strip() for x in text.split(",") if x.strip()]
     if names == ["all"]:
-        names = [n for n in CONFIGS if not n.endswith("-k")]
+        names = [n for n, c in CONFIGS.items() if not c.study]
     bad = [n for n in names if n not in CONFIGS]
     if bad:
         raise SystemExit(f"unknown config(s) {bad}; known: {', '.join(CONFIGS)}")
@@ -114,7 +119,7 @@ class KvcRunner:
         self.model = Model(model_file(cfg.file))
         self.ctx = self.model.context(ContextParams(n_ctx=n_ctx, n_batch=n_batch, type_k=cfg.type_k,
                                                     type_v=cfg.type_v, n_threads=threads,
-                                                    n_recent=cfg.recent))
+                                                    n_recent=cfg.recent, n_sink=cfg.sink))
         self.n_vocab = self.ctx.n_vocab
         self.kv_bytes_per_token = self.ctx.kv_bytes_per_token
 

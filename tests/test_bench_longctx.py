@@ -80,10 +80,24 @@ def test_build_document_inserts_needles_at_paragraph_boundaries():
 def test_configs():
     cs = longctx.parse_configs("all")
     assert [c.name for c in cs] == ["f16", "q8_0", "balanced", "long-context", "max-quality", "balanced+w32",
-                                    "long-context+w32", "llama-f16", "llama-q8_0", "llama-q4_0"]
+                                    "long-context+w32", "max-quality+w32", "llama-f16", "llama-q8_0", "llama-q4_0"]
     assert longctx.CONFIGS["tq3+qjl-k"].type_k == "tq3:qjl=lo"
     from kvconvert.kvcache.turboquant import KConfig
 
     for name in ("tq4-k", "tq3+qjl-k", "tq3-k", "tq2+qjl-k"):
         cfg = KConfig.parse(longctx.CONFIGS[name].type_k, 64)
         assert cfg.qjl_lo == ("qjl" in name)
+
+
+def test_config_names_match_their_window_and_sinks():
+    """A "+wN" config runs with an N-position recent window and "+sN" with N sinks; a plain profile
+    config runs without a window (so the tables compare what their labels say)."""
+    import re
+
+    for name, cfg in longctx.CONFIGS.items():
+        w = re.search(r"\+w(\d+)", name)
+        s = re.search(r"\+s(\d+)", name)
+        if cfg.engine == "kvc" and cfg.file != "base":
+            assert cfg.recent == (int(w.group(1)) if w else 0), name
+        assert cfg.sink == (int(s.group(1)) if s else None), name
+        assert (w is None) == (f"window {cfg.recent}" not in cfg.label), name
