@@ -164,7 +164,8 @@ def main() -> None:
     p.add_argument("--lengths", default="8192,16384", help="window lengths (nested prefixes of one stream)")
     p.add_argument("--scored", type=int, default=1024, help="score the last N tokens of each window")
     p.add_argument("--start", type=int, default=0, help="first token of the windows in the evaluation part")
-    p.add_argument("--configs", default="all", help=f"comma list of {', '.join(L.CONFIGS)} (all: every one but the one-question studies: QJL, larger windows, more sinks)")
+    p.add_argument("--configs", default="all", help=f"comma list of {', '.join(L.CONFIGS)} "
+                   "(all: every one but the one-question studies: QJL, larger windows, more sinks)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--table", action="store_true", help="only print the table of the saved results")
     p.add_argument("--wait-base", action="store_true", help="wait for another run to write the f16 reference")
