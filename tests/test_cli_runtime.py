@@ -107,7 +107,10 @@ def test_timed_depths_visits_each_depth_on_one_fill():
         evals.append((len(cache), len(ids)))
         cache.extend(ids)
 
+    cuts: list[int] = []
+
     def truncate(n):
+        cuts.append(n)
         del cache[n:]
 
     tokens = list(range(3000))
@@ -118,9 +121,25 @@ def test_timed_depths_visits_each_depth_on_one_fill():
     singles = [e for e in evals if e[1] == 1]
     assert [e[0] for e in singles] == [0, 1, 2, 3, 4, 600, 601, 602, 603, 604, 1500, 1501, 1502, 1503, 1504]
     filled = sum(n for start, n in evals if n > 1) - 16 - 40  # minus warm-up and prefill
-    assert filled == 1500 and max(n for _, n in evals) <= max(FILL_CHUNK, 40)
+    assert filled == 1500 - 2 * 5 and max(n for _, n in evals) <= max(FILL_CHUNK, 40)  # decoded tokens stay
     assert cache == tokens[:1505]  # the stream is evaluated in order, decoded tokens included
-    assert seen[-1] == (40 + 1500 + 3 * 5, 40 + 1500 + 3 * 5)
+    assert set(cuts) == {0}  # never a rewind but to empty: windowed caches cannot go back far
+    assert seen[-1] == (40 + 1490 + 3 * 5, 40 + 1490 + 3 * 5)
+    # depths closer together than the decode steps start again from empty
+    cache.clear(), evals.clear(), cuts.clear(), seen.clear()
+    _, rows = timed_depths(eval_tokens, truncate, tokens, [0, 3], 8, 5, lambda d, t, w: seen.append((d, t)))
+    assert [e[0] for e in evals if e[1] == 1] == [0, 1, 2, 3, 4, 3, 4, 5, 6, 7] and cache == tokens[:8]
+    assert seen[-1][0] == seen[-1][1] == 8 + 3 + 2 * 5
+
+
+def test_bench_with_a_recent_window(capsys, tiny_gguf):
+    """A TurboQuant cache with a recent window can rewind only 16 positions; the depths loop must not
+    need more (24 decode steps per depth here). Before the fix `bench --depths 4096,16384` failed on
+    every shipped profile."""
+    assert main(["bench", str(tiny_gguf), "--depths", "0,40,80", "--prefill", "16", "--decode", "24",
+                 "--ctk", "tq4", "--ctv", "tq4", "--recent", "4", "--json"]) == 0
+    r = json.loads(capsys.readouterr().out)
+    assert [d["depth"] for d in r["decode"]] == [0, 40, 80] and all(d["tokens_per_s"] > 0 for d in r["decode"])
 
 
 def test_eval_bad_text(capsys, tiny_gguf, tmp_path):

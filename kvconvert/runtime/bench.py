@@ -3,8 +3,10 @@ context depths, KV bytes per token and peak memory.
 
 Decode at depth d: the cache is filled with d tokens (prefill, untimed), then
 ``n_decode`` single-token evaluations are timed; depths are visited in
-increasing order on one context (the decoded tokens are dropped, the filled
-prefix is extended), so a 4k/8k/16k run prefills 16k tokens, not 28k. Tokens are random ids (speed
+increasing order on one context: the decoded tokens are the stream's next
+tokens, so they stay and the next fill carries on after them (a 4k/8k/16k run
+prefills 16k tokens, not 28k). Nothing is rewound but to 0 — a recent window
+or a sliding-window layer can go back only a few positions. Tokens are random ids (speed
 does not depend on them), drawn from a fixed seed. ``timed_depths`` takes any engine as two
 callables, so bench/peer.py and bench/long_context.py time llama.cpp with the same loop.
 """
@@ -62,7 +64,10 @@ def timed_depths(eval_tokens: Callable[[list[int]], object], truncate: Callable[
     stream; depths are visited in increasing order on one fill (see the module docstring), so
     two engines given the same stream do the same work."""
     depths = sorted(depths)
-    total, done = n_prefill + max(depths) + n_decode * len(depths), 0
+    total, done, at = n_prefill + n_decode * len(depths), 0, 0
+    for d in depths:  # the fills the loop below makes
+        total += d - (at if d >= at else 0)
+        at = d + n_decode
 
     def advance(n: int, what: str) -> None:
         nonlocal done
@@ -78,8 +83,10 @@ def timed_depths(eval_tokens: Callable[[list[int]], object], truncate: Callable[
     advance(n_prefill, "prefill")
     rows, filled = [], 0
     truncate(0)
-    for d in depths:  # increasing: the decoded tokens are dropped, the filled prefix extended
-        truncate(filled)
+    for d in depths:  # increasing; the decoded tokens are tokens[d:d + n_decode] of the stream, so they stay
+        if d < filled:  # depths closer than n_decode: start again from empty
+            truncate(0)
+            filled = 0
         t0, fill = time.perf_counter(), 0.0
         for i in range(filled, d, FILL_CHUNK):  # chunks keep the progress bar moving
             check_cancel(cancel)
@@ -87,12 +94,12 @@ def timed_depths(eval_tokens: Callable[[list[int]], object], truncate: Callable[
             advance(min(i + FILL_CHUNK, d) - i, f"fill to {d}")
         if d > filled:
             fill = (d - filled) / (time.perf_counter() - t0)
-        filled = d
         check_cancel(cancel)
         t0 = time.perf_counter()
         for t in tokens[d:d + n_decode]:
             eval_tokens([t])
         rows.append(DecodeRow(d, n_decode / (time.perf_counter() - t0), fill))
+        filled = d + n_decode
         advance(n_decode, f"decode @ {d}")
     return prefill, rows
 

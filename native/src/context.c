@@ -167,8 +167,9 @@ int kvc_set_n_past(kvc_context *c, int n_past) {
     if (n_past < 0 || n_past > c->n_past) return KVC_ERR_INVALID;
     if (n_past > 0 && n_past < c->backend->rewind_floor(c)) {
         snprintf(c->err, sizeof c->err,
-                 "cannot rewind to %d tokens: the sliding-window layers keep positions (the recent window the rows "
-                 "it needs) from %d on (rewind to 0 instead)", n_past, c->backend->rewind_floor(c));
+                 "cannot rewind to %d tokens: this cache can go back to %d at the earliest (sliding-window layers "
+                 "and the recent window keep only their last rows); evaluate from 0 again", n_past,
+                 c->backend->rewind_floor(c));
         return KVC_ERR_INVALID;
     }
     c->n_past = n_past;
