@@ -28,6 +28,8 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 SLUG = "qwen2.5-coder-0.5b"
 PROFILES = ("balanced", "long-context", "max-quality")
+# positions a recent window's ring lets a runner rewind (bench/needle.py: question + answer ~40 tokens)
+REWIND = 64
 
 
 @dataclass(frozen=True)
@@ -119,7 +121,8 @@ class KvcRunner:
         self.model = Model(model_file(cfg.file))
         self.ctx = self.model.context(ContextParams(n_ctx=n_ctx, n_batch=n_batch, type_k=cfg.type_k,
                                                     type_v=cfg.type_v, n_threads=threads,
-                                                    n_recent=cfg.recent, n_sink=cfg.sink))
+                                                    n_recent=cfg.recent, n_sink=cfg.sink,
+                                                    n_rewind=REWIND))
         self.n_vocab = self.ctx.n_vocab
         self.kv_bytes_per_token = self.ctx.kv_bytes_per_token
 

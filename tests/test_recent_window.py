@@ -180,6 +180,29 @@ def test_rewind_then_reeval_equals_fresh(tiny_ggufs):
                                rtol=1e-6, atol=1e-6)
 
 
+def test_longer_rewinds_with_n_rewind(tiny_ggufs):
+    """n_rewind widens the ring: with 30 rows beyond a window of 3, a rewind may go ~30 positions back
+    (bench/needle.py's questions need ~40), gives a fresh run's logits, and kv_bytes grows by the
+    extra rows; out-of-range values are refused."""
+    model = runtime.Model(tiny_ggufs["qwen2-hd64"])
+    kw = dict(n_ctx=64, n_batch=4, type_k="tq3", type_v="tq3", n_sink=1, n_recent=3, n_threads=2, **means(model))
+    toks = (TOKENS * 2)[:40]
+    ctx = model.context(n_rewind=30, **kw)
+    ctx.eval(toks)
+    assert ctx.rewind_floor == 40 - (3 + 30) + 3 - 1 == 9  # the ring holds 7..39; position 9's window is 7..9
+    with pytest.raises(runtime.NativeError, match="cannot rewind to 8 tokens"):
+        ctx.reset(8)
+    ctx.reset(9)
+    got = ctx.eval([40, 41, 42], all_logits=True)
+    fresh = model.context(**kw).eval(toks[:9] + [40, 41, 42], all_logits=True)[9:]
+    assert rel(got, fresh) <= 1e-6, rel(got, fresh)
+    a = model.args
+    extra = (30 - RECENT_SLACK) * a.num_hidden_layers * a.num_key_value_heads * a.head_dim * 2 * 2  # K, V; f16
+    assert model.context(n_rewind=30, **kw).kv_bytes - model.context(**kw).kv_bytes == extra
+    with pytest.raises(runtime.NativeError, match="n_rewind must be 0..4096"):
+        model.context(n_rewind=-1, **kw)
+
+
 @pytest.mark.parametrize("name", ["gemma3-hd64-swa8", "mistral-hd64-swa8"])
 def test_sliding_window_layers(tiny_ggufs, name):
     """Sliding-window layers (window 8) with a larger exact window (12): the exact keys stay

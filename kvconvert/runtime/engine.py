@@ -57,6 +57,9 @@ class ContextParams:
     # (fixed memory, counted in kv_bytes; a rewind may go back 16 positions). None: what the GGUF's
     # metadata says, else 0 (off). CPU backend only (backend auto picks the CPU for it).
     n_recent: int | None = None
+    # with a recent window: how many positions a rewind (Context.reset) may go back without
+    # evaluating again — the ring's f16 rows beyond the window (0: 16)
+    n_rewind: int = 0
     # sliding-window layers cache only what their window can still see (False), or every position
     kv_keep_all: bool = False
     # where the context runs: "auto" (Metal where the build has it, a device exists and it runs
@@ -382,6 +385,7 @@ class Context:
         p.k_mean_folded = int(params.k_mean_folded)
         p.n_sink = params.n_sink or 0
         p.n_recent = params.n_recent or 0
+        p.n_rewind = params.n_rewind
         p.kv_keep_all = int(params.kv_keep_all)
         p.backend = BACKENDS[params.backend]
         if params.v_mean is not None:

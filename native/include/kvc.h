@@ -167,9 +167,12 @@ typedef struct {
     int n_sink;
     /* Recent exact window (TurboQuant caches only): each query also uses the last n_recent
      * positions up to and including its own exactly, as the sinks (f16 key, f16 V correction),
-     * from a ring of n_recent + n_batch rows per layer and KV head (fixed memory, counted in
-     * kvc_kv_bytes). 0: off. At most 256. Rewinds keep working down to kvc_rewind_floor. */
+     * from a ring of n_recent + n_rewind rows per layer and KV head plus one batch buffer
+     * (fixed memory, counted in kvc_kv_bytes). 0: off. At most 256. */
     int n_recent;
+    /* With a recent window: how many positions a rewind may go back without evaluating
+     * again (the ring's rows beyond the window; kvc_rewind_floor). 0: 16. At most 4096. */
+    int n_rewind;
     /* Sliding-window layers cache only the positions their window (plus one batch and
      * some slack for rewinds) can still see, not all n_ctx; 1: every position (tests). */
     int kv_keep_all;
@@ -209,7 +212,7 @@ int kvc_n_past(const kvc_context *ctx);
 int kvc_set_capture(kvc_context *ctx, float *q, float *k, float *v);
 /* Forget cached tokens from position n_past on (0 clears the cache). Sliding-window
  * layers keep only a window (kv_keep_all), the recent window's ring the last n_recent +
- * n_batch positions: n_past must be 0 or >= kvc_rewind_floor. */
+ * n_rewind positions: n_past must be 0 or >= kvc_rewind_floor. */
 int kvc_set_n_past(kvc_context *ctx, int n_past);
 /* The smallest n_past > 0 kvc_set_n_past accepts now (1 when every position is kept). */
 int kvc_rewind_floor(const kvc_context *ctx);

@@ -55,7 +55,7 @@ typedef struct cpu_ctx {
     uint16_t *k_sink;       /* fp16 (n_layer, Hk, n_sink, D) the cached key (centered, file channel order), TQ K only */
     uint16_t *v_sink;       /* fp16 (n_layer, Hk, n_sink, D) value − its decoded TQ row, TQ V only */
     /* recent exact window (kv_recent.c): exact rows of positions before the batch in a ring of
-     * rec_rows = n_recent + KV_RECENT_SLACK rows (at most n_ctx), position pos at slot
+     * rec_rows = n_recent + n_rewind rows (at most n_ctx), position pos at slot
      * pos % rec_rows, positions rec_lo .. n_past - 1 held; the batch's own rows in a buffer */
     int n_recent, rec_rows, rec_lo;
     uint16_t *k_rec;        /* fp16 (n_layer, Hk, rec_rows, D) as k_sink, TQ K only */

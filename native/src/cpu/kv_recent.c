@@ -38,11 +38,13 @@ int kv_recent_init(cpu_ctx *c, const kvc_context_params *p, char *err, int err_l
     const kvc_model *m = c->m;
     if (p->n_recent < 0 || p->n_recent > KV_MAX_RECENT)
         return kvc_fail(err, err_len, KVC_ERR_INVALID, "n_recent must be 0..%d, got %d", KV_MAX_RECENT, p->n_recent);
+    if (p->n_rewind < 0 || p->n_rewind > KV_MAX_REWIND)
+        return kvc_fail(err, err_len, KVC_ERR_INVALID, "n_rewind must be 0..%d, got %d", KV_MAX_REWIND, p->n_rewind);
     const int n_ctx = c->ctx->n_ctx;
     c->n_recent = (c->tq_k || c->tq_v) ? (p->n_recent < n_ctx ? p->n_recent : n_ctx) : 0;
     c->rec_lo = 0;
     if (!c->n_recent) return KVC_OK;
-    const long long R = (long long)c->n_recent + KV_RECENT_SLACK;
+    const long long R = (long long)c->n_recent + (p->n_rewind ? p->n_rewind : KV_RECENT_SLACK);
     c->rec_rows = R < n_ctx ? (int)R : n_ctx;
     const size_t n = (size_t)m->n_layer * m->n_head_kv * c->rec_rows * m->head_dim;
     const size_t nb = (size_t)c->ctx->n_batch * m->n_head_kv * m->head_dim;

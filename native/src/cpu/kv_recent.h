@@ -8,11 +8,11 @@
  * row) with the same attention weight, exactly as the sinks do. A batch's
  * exact rows go to a batch buffer (n_batch rows, shared by the layers: one layer
  * at a time), its queries read positions before the batch from a ring of
- * R = w + KV_RECENT_SLACK rows per (layer, KV head) at slot pos % R, and once the
+ * R = w + n_rewind (default KV_RECENT_SLACK) rows per (layer, KV head) at slot pos % R, and once the
  * layer's attention is done its last rows are committed to the ring. So the
  * window costs w + slack rows per layer, not w + n_batch. After a rewind the ring
  * still holds the positions rec_lo .. n_past - 1: the slack lets a rewind go back
- * KV_RECENT_SLACK positions (kv_recent_floor), as a chat's re-tokenized turn end
+ * n_rewind positions (kv_recent_floor), as a chat's re-tokenized turn end
  * needs; further back the caller evaluates from 0 again. */
 #ifndef KVC_KV_RECENT_H
 #define KVC_KV_RECENT_H
@@ -20,7 +20,8 @@
 #include "backend_cpu.h"
 
 #define KV_MAX_RECENT 256  /* kvc_context_params.n_recent's limit */
-#define KV_RECENT_SLACK 16 /* ring rows beyond the window: how far back a rewind may go */
+#define KV_RECENT_SLACK 16 /* ring rows beyond the window (n_rewind 0): how far back a rewind may go */
+#define KV_MAX_REWIND 4096 /* kvc_context_params.n_rewind's limit */
 
 /* The shared formulas, through the context's kernel table (f16 dequantize, f32 dot, axpy:
  * each has its scalar twin in the table and its test). k16/r16: (D) fp16 rows; kf: (D) scratch. */
