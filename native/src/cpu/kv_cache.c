@@ -354,9 +354,9 @@ void kv_scores(cpu_ctx *c, attn_scratch *s, int layer, int h, const float *q, si
         c->kern->tq_score(L, s->tq, nq, n_rep, n0r, k_row(c, layer, h, k0), scores, ld);
         float *kf = s->corr; /* (D) one exact row in f32; corr is free until the centering below */
         for (int j = k0; j < c->n_sink && j < n0 + nt - 1; j++) { /* sinks: exact scores */
-            kv_exact_load(c, sink_row(c, c->k_sink, layer, h, j), D, kf);
+            kv_exact_load(sink_row(c, c->k_sink, layer, h, j), D, kf);
             for (int i = tq_first_seeing(j - k0, n_rep, n0r); i < nq; i++)
-                scores[(size_t)i * ld + j - k0] = kv_exact_dot(c, q + block_row(i, n_rep, q_stride, D), kf, D);
+                scores[(size_t)i * ld + j - k0] = kv_exact_dot(q + block_row(i, n_rep, q_stride, D), kf, D);
         }
         kv_recent_scores(c, layer, h, q, q_stride, nt, n0, k0, scores, ld, kf); /* the recent window: exact */
     } else { /* one GEMM for the nt * n_rep queries: every key row read once per block */
@@ -432,9 +432,9 @@ void kv_values(cpu_ctx *c, attn_scratch *s, int layer, int h, const float *p, in
         float *rf = s->corr; /* (D) one exact correction row in f32 */
         for (int i = 0; i < nq; i++) tq_unrotate(L, acc + (size_t)i * D);
         for (int j = k0; j < c->n_sink && j < n0 + nt - 1; j++) { /* sinks: exact values */
-            kv_exact_load(c, sink_row(c, c->v_sink, layer, h, j), D, rf);
+            kv_exact_load(sink_row(c, c->v_sink, layer, h, j), D, rf);
             for (int i = tq_first_seeing(j - k0, n_rep, n0r); i < nq; i++)
-                kv_exact_value(c, p[(size_t)i * ld + j - k0], rf, D, acc + (size_t)i * D);
+                kv_exact_value(p[(size_t)i * ld + j - k0], rf, D, acc + (size_t)i * D);
         }
         kv_recent_values(c, layer, h, p, ld, nt, n0, k0, acc, rf); /* the recent window: exact values */
         for (int i = 0; i < nq; i++)

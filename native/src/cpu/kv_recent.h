@@ -23,11 +23,10 @@
 #define KV_RECENT_SLACK 16 /* ring rows beyond the window (n_rewind 0): how far back a rewind may go */
 #define KV_MAX_REWIND 4096 /* kvc_context_params.n_rewind's limit */
 
-/* The shared formulas, through the context's kernel table (f16 dequantize, f32 dot, axpy:
- * each has its scalar twin in the table and its test). k16/r16: (D) fp16 rows; kf: (D) scratch. */
-void kv_exact_load(const cpu_ctx *c, const uint16_t *k16, int D, float *kf);        /* kf = f32(k16), exact */
-float kv_exact_dot(const cpu_ctx *c, const float *q, const float *kf, int D);        /* the exact score q · k */
-void kv_exact_value(const cpu_ctx *c, float p, const float *rf, int D, float *acc); /* acc (D) += p * (v − v̂) */
+/* The shared formulas. k16/r16: (D) fp16 rows; kf: (D) scratch. */
+void kv_exact_load(const uint16_t *k16, int D, float *kf);     /* kf = f32(k16), exact */
+float kv_exact_dot(const float *q, const float *kf, int D);     /* the exact score q · k */
+void kv_exact_value(float p, const float *rf, int D, float *acc); /* acc (D) += p * (v − v̂) */
 void kv_exact_key(const float *k, int D, uint16_t *out);          /* out = fp16(k) */
 /* out = fp16(v − v̂) (D) for v (D) and its encoded row (layout L); scratch: (2D) floats. */
 void kv_exact_residual(const tq_layout *L, const float *v, const uint8_t *row, int D, float *scratch, uint16_t *out);
