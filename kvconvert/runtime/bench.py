@@ -63,11 +63,13 @@ def timed_depths(eval_tokens: Callable[[list[int]], object], truncate: Callable[
     positions. ``tokens`` (at least max(depths) + n_decode, and n_prefill + 16) is the token
     stream; depths are visited in increasing order on one fill (see the module docstring), so
     two engines given the same stream do the same work."""
-    depths = sorted(depths)
-    total, done, at = n_prefill + n_decode * len(depths), 0, 0
-    for d in depths:  # the fills the loop below makes
-        total += d - (at if d >= at else 0)
+    # (depth, first token to fill from): the decoded tokens are tokens[d:d + n_decode] of the stream,
+    # so they stay and the next fill carries on after them; depths closer than n_decode start from empty
+    plan, at = [], 0
+    for d in sorted(depths):
+        plan.append((d, at if d >= at else 0))
         at = d + n_decode
+    total, done = n_prefill + sum(d - a for d, a in plan) + n_decode * len(plan), 0
 
     def advance(n: int, what: str) -> None:
         nonlocal done
@@ -81,12 +83,10 @@ def timed_depths(eval_tokens: Callable[[list[int]], object], truncate: Callable[
     eval_tokens(tokens[16:16 + n_prefill])
     prefill = n_prefill / (time.perf_counter() - t0)
     advance(n_prefill, "prefill")
-    rows, filled = [], 0
-    truncate(0)
-    for d in depths:  # increasing; the decoded tokens are tokens[d:d + n_decode] of the stream, so they stay
-        if d < filled:  # depths closer than n_decode: start again from empty
+    rows = []
+    for d, filled in plan:
+        if filled == 0:
             truncate(0)
-            filled = 0
         t0, fill = time.perf_counter(), 0.0
         for i in range(filled, d, FILL_CHUNK):  # chunks keep the progress bar moving
             check_cancel(cancel)
@@ -99,7 +99,6 @@ def timed_depths(eval_tokens: Callable[[list[int]], object], truncate: Callable[
         for t in tokens[d:d + n_decode]:
             eval_tokens([t])
         rows.append(DecodeRow(d, n_decode / (time.perf_counter() - t0), fill))
-        filled = d + n_decode
         advance(n_decode, f"decode @ {d}")
     return prefill, rows
 

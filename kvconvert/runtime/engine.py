@@ -54,7 +54,7 @@ class ContextParams:
     n_sink: int | None = None
     # TurboQuant caches: each query also uses the last n_recent positions (its own included)
     # exactly, from an f16 ring of n_recent + 16 rows per layer and KV head and one batch buffer
-    # (fixed memory, counted in kv_bytes; a rewind may go back 16 positions). None: what the GGUF's
+    # (fixed memory, counted in kv_bytes; a rewind may go back n_rewind positions). None: what the GGUF's
     # metadata says, else 0 (off). CPU backend only (backend auto picks the CPU for it).
     n_recent: int | None = None
     # with a recent window: how many positions a rewind (Context.reset) may go back without
