@@ -58,6 +58,52 @@ def test_runtime_uses_file_cache_metadata(tiny_models, tmp_path):
     assert np.linalg.norm(cpp - ref) / np.linalg.norm(ref) < 2e-3
 
 
+def test_scale8_metadata_round_trip(tiny_models, tmp_path):
+    """8-bit scales travel per layer and side (kvconvert.k_cache/v_cache.scale8_base), the runtime
+    uses the file's grid (another grid gives other logits), its rows are 1 byte per group shorter,
+    a side may keep fp16 scales in some layers, and a base out of range is refused."""
+    from kvconvert.base.errors import InputError
+    from kvconvert.formats.gguf_keys import Keys
+
+    k = [KConfig(d=64, n_hi=16, hi_bits=6, lo_bits=3, scale_base=-150), KConfig(d=64, lo_bits=5, scale_base=-140)]
+    fp16_one = [k[0], KConfig(d=64, lo_bits=5)]  # a side may mix: layer 1 keeps its fp16 scales
+    v = [KConfig(d=64, lo_bits=4, scale_base=-200)] * 2
+    out = tmp_path / "s8.gguf"
+    convert(tiny_models["qwen2-hd64"], out, weights="f32", kv_meta=CacheMeta(k_type="tq", v_type="tq", k_configs=k,
+                                                                              v_configs=v, seed=7))
+    model = runtime.Model(out)
+    assert model.cache_meta.k_configs == k and model.cache_meta.v_configs == v
+    a = model.args
+    ctx = model.context(n_ctx=32)
+    # per KV head and token: K (1 + 12) + (1 + 18) split, 1 + 40; V 1 + 32 twice
+    assert ctx.kv_bytes_per_token == a.num_key_value_heads * 139
+    assert ctx.kv_bytes_per_token == a.num_key_value_heads * sum(c.bits_per_value() * 64 / 8 for c in k + v)
+    got = ctx.eval(TOKENS, all_logits=True)
+    # the grid is the set 2^(j/16) cut to 255 steps: another base changes the codes only where it cuts
+    # (a shift of a few steps relabels the same values); 200 steps lower clips every K scale
+    other = [c.with_scale_base(c.scale_base - 200) for c in k]
+    moved = model.context(runtime.ContextParams(n_ctx=32, type_k="tq", type_v="tq", tq_k_layers=tuple(other),
+                                                tq_v_layers=tuple(v), tq_seed=7, k_center=True))
+    assert not np.array_equal(moved.eval(TOKENS, all_logits=True), got)
+    mixed = tmp_path / "mixed.gguf"
+    convert(tiny_models["qwen2-hd64"], mixed, weights="f32", kv_meta=CacheMeta(k_type="tq", k_configs=fp16_one))
+    m2 = runtime.Model(mixed)
+    assert m2.cache_meta.k_configs == fp16_one
+    assert m2.context(n_ctx=32).kv_bytes_per_token == a.num_key_value_heads * (32 + 42 + 2 * 64 * 2)  # V f16
+    plain = model.context(n_ctx=32, type_k="f16", type_v="f16").eval(TOKENS, all_logits=True)
+    assert np.linalg.norm(got - plain) / np.linalg.norm(plain) < 0.3
+    bad = tmp_path / "bad.gguf"
+    meta = CacheMeta(k_type="tq", k_configs=k)
+    convert(tiny_models["qwen2-hd64"], bad, weights="f32", kv_meta=meta)
+    data = bytearray(bad.read_bytes())
+    key = Keys.KCache.SCALE8_BASE.encode()
+    i = data.index(key) + len(key) + 4 + 4 + 8  # value type, array item type, count: the first base (i32)
+    data[i:i + 4] = np.int32(5000).tobytes()
+    bad.write_bytes(bytes(data))
+    with pytest.raises(InputError, match="scale8_base"):
+        runtime.Model(bad).context(n_ctx=16)
+
+
 def test_bad_cache_metadata(tiny_models, tmp_path):
     from kvconvert.base.errors import InputError
 

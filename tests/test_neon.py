@@ -293,11 +293,13 @@ def test_vec_ops(arm, n):
 
 # ---------------- TurboQuant ----------------
 
-# (d, n_hi, hi_bits, lo_bits, qjl_hi, qjl_lo): uniform 4-bit (tbl, 8-key blocks), an 8-bit
-# QJL split over 3 bits, 6/2 bits with QJL on both, 10-bit codes, 1 bit, and groups of
-# 36 + 28 channels (not multiples of 8: the scalar twins run)
-TQ_LAYOUTS = [(128, 0, 4, 4, 0, 0), (128, 32, 8, 3, 1, 0), (96, 64, 6, 2, 1, 1), (64, 32, 10, 5, 0, 0),
-              (64, 0, 1, 1, 0, 0), (64, 36, 4, 3, 0, 0)]
+# (d, n_hi, hi_bits, lo_bits, qjl_hi, qjl_lo, scale8, scale_base): uniform 4-bit (tbl, 8-key
+# blocks), an 8-bit QJL split over 3 bits, 6/2 bits with QJL on both, 10-bit codes, 1 bit, groups
+# of 36 + 28 channels (not multiples of 8: the scalar twins run), and 8-bit scales (odd row sizes,
+# a QJL norm after a 1-byte scale)
+TQ_LAYOUTS = [(128, 0, 4, 4, 0, 0, 0, 0), (128, 32, 8, 3, 1, 0, 0, 0), (96, 64, 6, 2, 1, 1, 0, 0),
+              (64, 32, 10, 5, 0, 0, 0, 0), (64, 0, 1, 1, 0, 0, 0, 0), (64, 36, 4, 3, 0, 0, 0, 0),
+              (64, 16, 5, 3, 1, 0, 1, -240), (40, 0, 3, 3, 0, 0, 1, -240)]
 TQ_SHAPES = [(1, 1, 1), (6, 8, 13), (3, 5, 37), (1, 48, 1), (4, 9, 8)]  # (grp, tokens, n0)
 
 
@@ -310,21 +312,23 @@ class TqCase:
         cbs = [f32(np.sort(rng.choice(np.linspace(-2, 2, 4096), 1 << b, replace=False))) for b in (hb, lb)]
         self.cb_max = max(np.abs(c).max() for c in cbs)
         self.L = arm.alloc(1024)
-        info = arm.alloc(4 * 8)
+        info = arm.alloc(4 * 8)  # 7 ints
         assert arm.call("kvc_neon_test_tq_layout", self.L, arm.alloc(np.array(cfg, np.int32)), arm.alloc(cbs[0]),
                         arm.alloc(cbs[1]), info) == 0
-        info = arm.read(info, np.int32, 5)
-        self.row_bytes = int(info[0])
-        self.groups = [(int(info[1 + 2 * k]), bool(info[2 + 2 * k])) for k in range(2) if info[1 + 2 * k] >= 0]
+        info = arm.read(info, np.int32, 7)
+        self.row_bytes, self.scale8 = int(info[0]), bool(cfg[6])
+        self.groups = [(int(info[1 + 3 * k]), bool(info[2 + 3 * k]), int(info[3 + 3 * k])) for k in range(2)
+                       if info[1 + 3 * k] >= 0]
         sizes = [n_hi, d - n_hi] if n_hi else [d]
-        self.qjl_c = max((np.sqrt(np.pi / 2 / m) for m, (_, qjl) in zip(sizes, self.groups) if qjl), default=0.0)
+        self.qjl_c = max((np.sqrt(np.pi / 2 / m) for m, (_, qjl, _) in zip(sizes, self.groups) if qjl), default=0.0)
 
     def rows(self, n: int, rng) -> int:
         rows = rng.integers(0, 256, (n, self.row_bytes), dtype=np.uint8)
-        for off, qjl in self.groups:
-            rows[:, off:off + 2] = f16_bytes(rng.uniform(0.25, 2.0, n))
+        for off, qjl, rn in self.groups:
+            if not self.scale8:  # 8-bit scales: any byte is a step of the grid (base -240: ŝ ≤ 2^(15/16) < 2)
+                rows[:, off:off + 2] = f16_bytes(rng.uniform(0.25, 2.0, n))
             if qjl:
-                rows[:, off + 2:off + 4] = f16_bytes(rng.uniform(0.0, 1.0, n))
+                rows[:, rn:rn + 2] = f16_bytes(rng.uniform(0.0, 1.0, n))
         return self.arm.alloc(np.concatenate([rows.reshape(-1), np.zeros(8, np.uint8)]))  # slack: 3-byte code reads
 
     def run(self, impl: str, qr, w, p, grp, n0, rows) -> tuple[np.ndarray, np.ndarray]:
@@ -337,7 +341,7 @@ class TqCase:
         return arm.read(out, np.float32, nq * n).reshape(nq, n), arm.read(acc, np.float32, nq * d).reshape(nq, d)
 
 
-@pytest.mark.parametrize("cfg", TQ_LAYOUTS, ids=lambda c: "d{}-hi{}x{}-lo{}-qjl{}{}".format(*c))
+@pytest.mark.parametrize("cfg", TQ_LAYOUTS, ids=lambda c: "d{}-hi{}x{}-lo{}-qjl{}{}-s{}".format(*c[:7]))
 @pytest.mark.parametrize("grp,nt,n0", TQ_SHAPES)
 def test_tq_kernels(arm, cfg, grp, nt, n0):
     rng = np.random.default_rng(grp * 1000 + nt * 10 + n0)

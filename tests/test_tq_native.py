@@ -32,23 +32,29 @@ def impls():
     return [i for i in (1, 2, 3) if lib.kvc_cpu_impls() & (1 << i)]
 
 
-def c_encode(x, m, bits, qjl, scale_mode, group):
+def s8(base):
+    """(scale8, scale_base) arguments of the C entry points for a KConfig.scale_base"""
+    return int(base is not None), base or 0
+
+
+def c_encode(x, m, bits, qjl, scale_mode, group, base=None):
     cb = np.ascontiguousarray(tq.codebook(m, bits), dtype=np.float32)
-    rb = lib.kvc_tq_row_bytes(m, bits, int(qjl))
+    rb = lib.kvc_tq_row_bytes(m, bits, int(qjl), s8(base)[0])
     rows = np.zeros((x.shape[0], rb), np.uint8)
-    assert lib.kvc_tq_encode(1, m, bits, int(qjl), scale_mode, fp(cb), SEED, LAYER, group, fp(x), x.shape[0],
-                             ffi.from_buffer(rows)) == 0
+    assert lib.kvc_tq_encode(1, m, bits, int(qjl), *s8(base), scale_mode, fp(cb), SEED, LAYER, group, fp(x),
+                             x.shape[0], ffi.from_buffer(rows)) == 0
     return cb, rows
 
 
-def unpack(rows, m, bits, qjl):
-    """Row bytes -> (scale fp16, rnorm fp16 | None, codes, qjl bits | None), per the layout in tq.h."""
-    scale = rows[:, 0:2].copy().view(np.float16)[:, 0]
-    off = 2
+def unpack(rows, m, bits, qjl, base=None):
+    """Row bytes -> (scale: fp16, or the 8-bit step | rnorm fp16 | None, codes, qjl bits | None), per the
+    layout in tq.h."""
+    off = 2 if base is None else 1
+    scale = rows[:, 0:2].copy().view(np.float16)[:, 0] if base is None else rows[:, 0].copy()
     rnorm = None
     if qjl:
-        rnorm = rows[:, 2:4].copy().view(np.float16)[:, 0]
-        off = 4
+        rnorm = rows[:, off:off + 2].copy().view(np.float16)[:, 0]
+        off += 2
     nbytes = (m * bits + 7) // 8
     bitstream = np.unpackbits(rows[:, off:off + nbytes], axis=1, bitorder="little")
     idx = np.arange(m)[:, None] * bits + np.arange(bits)[None, :]
@@ -64,16 +70,24 @@ CASES = [(m, b, q) for m in (32, 64, 96, 128) for b in (1, 2, 3, 4, 5, 8) for q 
 
 @pytest.mark.parametrize("m,bits,qjl", CASES)
 @pytest.mark.parametrize("scale", tq.SCALES)
-def test_c_encode_equals_numpy(m, bits, qjl, scale):
+@pytest.mark.parametrize("base", [None, -150], ids=["fp16", "s8"])
+def test_c_encode_equals_numpy(m, bits, qjl, scale, base):
+    """Identical codes, scales and QJL bits; 8-bit scales: the grid of base -150 spans
+    2^-9.3 .. 2^6.6, so the 0.1..50-scaled rows land inside it, the 40-outlier row near
+    its top, and the zero row on step 0."""
     rng = np.random.default_rng(m * 100 + bits)
     x = (rng.standard_normal((200, m)) * rng.uniform(0.1, 50, (200, 1))).astype(np.float32)
     x[0] = 0  # a zero vector
     x[1, : m // 2] += 40  # a strong outlier half
-    _, rows = c_encode(x, m, bits, qjl, SCALE_MODES[scale], group=1)
-    enc = tq.encode_group(x, tq.GroupConfig(m, bits, qjl), SEED, LAYER, 1, scale=scale)
-    s, rn, codes, signs = unpack(rows, m, bits, qjl)
+    _, rows = c_encode(x, m, bits, qjl, SCALE_MODES[scale], group=1, base=base)
+    enc = tq.encode_group(x, tq.GroupConfig(m, bits, qjl), SEED, LAYER, 1, scale=scale, scale_base=base)
+    s, rn, codes, signs = unpack(rows, m, bits, qjl, base)
     np.testing.assert_array_equal(codes, enc.codes)
-    np.testing.assert_array_equal(s.view(np.uint16), np.asarray(enc.scale, np.float16).view(np.uint16))
+    if base is None:
+        np.testing.assert_array_equal(s.view(np.uint16), np.asarray(enc.scale, np.float16).view(np.uint16))
+    else:
+        assert s[0] == 0 and (s[1:] > 0).all()
+        np.testing.assert_array_equal(tq.scale8_values(base)[s], enc.scale)
     if qjl:
         np.testing.assert_array_equal(signs.astype(bool), enc.qjl_bits)
         np.testing.assert_array_equal(rn.view(np.uint16), np.asarray(enc.rnorm, np.float16).view(np.uint16))
@@ -81,24 +95,25 @@ def test_c_encode_equals_numpy(m, bits, qjl, scale):
 
 @pytest.mark.parametrize("m,bits,qjl", [(64, 4, False), (64, 3, True), (128, 4, True), (96, 2, False), (64, 8, False),
                                         (32, 6, False)])
-def test_c_scores_and_decode_match_numpy(m, bits, qjl):
+@pytest.mark.parametrize("base", [None, -200], ids=["fp16", "s8"])
+def test_c_scores_and_decode_match_numpy(m, bits, qjl, base):
     rng = np.random.default_rng(7)
     x = rng.standard_normal((300, m)).astype(np.float32) * 3
     q = rng.standard_normal(m).astype(np.float32)
-    cb, rows = c_encode(x, m, bits, qjl, 1, group=0)
-    cfg = tq.KConfig(d=m, n_hi=0, lo_bits=bits, qjl_lo=qjl)
+    cb, rows = c_encode(x, m, bits, qjl, 1, group=0, base=base)
+    cfg = tq.KConfig(d=m, n_hi=0, lo_bits=bits, qjl_lo=qjl, scale_base=base)
     encs = tq.encode(x, cfg, SEED, LAYER)
     want = tq.scores(q, encs, cfg, SEED, LAYER).reshape(-1)
     dec_want = tq.decode(encs, cfg, SEED, LAYER, qjl=False)
     scale = np.abs(q).sum() * np.abs(x).max()
     for impl in impls():
         out = np.empty(300, np.float32)
-        assert lib.kvc_tq_score(impl, m, bits, int(qjl), fp(cb), SEED, LAYER, 0, fp(q), ffi.from_buffer(rows), 300,
-                                fp(out)) == 0
+        assert lib.kvc_tq_score(impl, m, bits, int(qjl), *s8(base), fp(cb), SEED, LAYER, 0, fp(q),
+                                ffi.from_buffer(rows), 300, fp(out)) == 0
         assert np.abs(out - want).max() <= 1e-5 * scale  # float32 summation order only
         dec = np.empty((300, m), np.float32)
-        assert lib.kvc_tq_decode(impl, m, bits, int(qjl), fp(cb), SEED, LAYER, 0, ffi.from_buffer(rows), 300,
-                                 fp(dec)) == 0
+        assert lib.kvc_tq_decode(impl, m, bits, int(qjl), *s8(base), fp(cb), SEED, LAYER, 0,
+                                 ffi.from_buffer(rows), 300, fp(dec)) == 0
         np.testing.assert_allclose(dec, dec_want, rtol=1e-5, atol=1e-5 * np.abs(x).max())
 
 
@@ -106,11 +121,34 @@ def test_bad_tq_arguments():
     cb = np.ascontiguousarray(tq.codebook(64, 4), dtype=np.float32)
     x = np.zeros((1, 64), np.float32)
     rows = np.zeros((1, 64), np.uint8)
-    assert lib.kvc_tq_row_bytes(64, 11, 0) == -1
-    assert lib.kvc_tq_encode(1, 64, 4, 0, 5, fp(cb), 0, 0, 0, fp(x), 1, ffi.from_buffer(rows)) == 1  # scale mode
-    assert lib.kvc_tq_encode(1, 60, 4, 1, 1, fp(cb), 0, 0, 0, fp(x), 1, ffi.from_buffer(rows)) == 1  # QJL m % 8
+    assert lib.kvc_tq_row_bytes(64, 11, 0, 0) == -1
+    assert lib.kvc_tq_row_bytes(64, 4, 0, 0) == 34 and lib.kvc_tq_row_bytes(64, 4, 0, 1) == 33
+    assert lib.kvc_tq_row_bytes(64, 3, 1, 1) == 1 + 2 + 24 + 8
+    assert lib.kvc_tq_encode(1, 64, 4, 0, 0, 0, 5, fp(cb), 0, 0, 0, fp(x), 1, ffi.from_buffer(rows)) == 1  # scale mode
+    assert lib.kvc_tq_encode(1, 60, 4, 1, 0, 0, 1, fp(cb), 0, 0, 0, fp(x), 1, ffi.from_buffer(rows)) == 1  # QJL m % 8
     bad = cb[::-1].copy()
-    assert lib.kvc_tq_encode(1, 64, 4, 0, 1, fp(bad), 0, 0, 0, fp(x), 1, ffi.from_buffer(rows)) == 1  # not ascending
+    assert lib.kvc_tq_encode(1, 64, 4, 0, 0, 0, 1, fp(bad), 0, 0, 0, fp(x), 1, ffi.from_buffer(rows)) == 1  # not ascending
+    for base in (-1025, 1025):  # the 8-bit grid's base out of range
+        assert lib.kvc_tq_encode(1, 64, 4, 0, 1, base, 1, fp(cb), 0, 0, 0, fp(x), 1, ffi.from_buffer(rows)) == 1
+
+
+def test_scale8_grid():
+    """The grid (numpy twin): ŝ(e) = 2^((e + base)/16) to float32 precision, step 0 is 0, the
+    nearest step is chosen, and scale8_base puts SCALE8_HEADROOM × the largest scale under the top."""
+    for base in (-1024, -300, -17, 0, 33, 1024):
+        v = tq.scale8_values(base)
+        e = np.arange(1, 256)
+        np.testing.assert_allclose(v[1:], 2.0 ** ((e + base) / 16), rtol=1e-7)
+        assert v[0] == 0 and np.all(np.diff(v) > 0)
+        s = np.exp(np.random.default_rng(base + 2000).uniform(np.log(v[1]), np.log(v[255]), 1000))
+        got = v[tq.scale8_quantize(s, base)]
+        best = v[np.abs(s[:, None] - v[None, :]).argmin(1)]
+        np.testing.assert_array_equal(got, best)
+        assert np.abs(got / s - 1).max() <= 2 ** (1 / 32) - 1 + 1e-6  # half a step
+    assert tq.scale8_quantize([0.0, -1.0, np.nan], 0).tolist() == [0, 0, 0]
+    for top in (1e-3, 0.7, 13.0, 900.0):
+        v = tq.scale8_values(tq.scale8_base(top))
+        assert v[255] >= tq.SCALE8_HEADROOM * top > v[255] / 2 ** (1 / 16)
 
 
 # ---- block kernels: nq queries (tokens × GQA group) per decoded row, causal ----
@@ -119,7 +157,7 @@ def test_bad_tq_arguments():
 _P, _I = ctypes.c_void_p, ctypes.c_int
 _block_test = ctypes.CDLL(kvc.__file__).kvc_tq_block_test
 _block_test.restype = _I
-_block_test.argtypes = [_I] * 7 + [_P, _P, ctypes.c_ulonglong, _I, _P, _I, _P, _I, _I, _I, _P, _P, _P]
+_block_test.argtypes = [_I] * 7 + [_P, _P, ctypes.c_ulonglong, _I, _I, _I, _P, _I, _P, _I, _I, _I, _P, _P, _P]
 
 
 def c_block(impl, cfg, keys, q, grp, n0, p):
@@ -133,7 +171,8 @@ def c_block(impl, cfg, keys, q, grp, n0, p):
     acc = np.empty((nq, d), np.float32)
     ptr = lambda a: None if a is None else a.ctypes.data  # noqa: E731
     assert _block_test(impl, d, cfg.n_hi, cfg.hi_bits, cfg.lo_bits, int(cfg.qjl_hi), int(cfg.qjl_lo), ptr(cb_hi),
-                       ptr(cb_lo), SEED, LAYER, ptr(keys), n, ptr(q), nq, grp, n0, ptr(p), ptr(scores), ptr(acc)) == 0
+                       ptr(cb_lo), SEED, LAYER, *s8(cfg.scale_base), ptr(keys), n, ptr(q), nq, grp, n0, ptr(p),
+                       ptr(scores), ptr(acc)) == 0
     return scores, acc
 
 
@@ -146,7 +185,11 @@ BLOCK_LAYOUTS = [tq.KConfig(64, lo_bits=4), tq.KConfig(96, lo_bits=2), tq.KConfi
                  tq.KConfig(64, lo_bits=5), tq.KConfig(48, lo_bits=1),
                  tq.KConfig(64, n_hi=8, hi_bits=8, lo_bits=6, qjl_hi=True),
                  tq.KConfig(72, n_hi=24, hi_bits=7, lo_bits=2, qjl_lo=True),
-                 tq.KConfig(48, n_hi=16, hi_bits=10, lo_bits=4), tq.KConfig(40, n_hi=24, hi_bits=9, lo_bits=5)]
+                 tq.KConfig(48, n_hi=16, hi_bits=10, lo_bits=4), tq.KConfig(40, n_hi=24, hi_bits=9, lo_bits=5),
+                 # 8-bit scales: odd row sizes (1 + 32 + 1 + 24 bytes), a QJL norm after a 1-byte scale
+                 tq.KConfig(64, n_hi=16, hi_bits=8, lo_bits=4, scale_base=-140),
+                 tq.KConfig(64, n_hi=32, hi_bits=5, lo_bits=3, qjl_hi=True, scale_base=-140),
+                 tq.KConfig(40, lo_bits=3, scale_base=-140)]
 # (queries per token, tokens, keys seen by the first token): single queries and tokens,
 # blocks starting at key 0, row counts that are and are not multiples of 8 and 16, tiles
 # (8 keys in AVX2, 16 in AVX-512) that straddle the causal edge

@@ -37,6 +37,8 @@ class Keys:
         QJL_HI = "kvconvert.k_cache.qjl_hi"
         QJL_LO = "kvconvert.k_cache.qjl_lo"
         SCALE = "kvconvert.k_cache.scale"  # "ls" or "norm"
+        # (layers) i32: 8-bit group scales on the grid 2^((e + base)/16) of each layer; absent: fp16 scales
+        SCALE8_BASE = "kvconvert.k_cache.scale8_base"
         PERM = "kvconvert.k_cache.perm"  # (layers * head_dim) i32: channel order after RoPE
         MEAN = "kvconvert.k_cache.mean"  # (layers * kv_heads * head_dim) f32: pre-RoPE K mean
         CENTER_PAIRS = "kvconvert.k_cache.center_pairs"  # u32, 0 = all pairs
@@ -51,6 +53,7 @@ class Keys:
         N_HI = "kvconvert.v_cache.n_hi"
         HI_BITS = "kvconvert.v_cache.hi_bits"
         LO_BITS = "kvconvert.v_cache.lo_bits"
+        SCALE8_BASE = "kvconvert.v_cache.scale8_base"  # as KCache.SCALE8_BASE
         MEAN = "kvconvert.v_cache.mean"  # (layers * kv_heads * head_dim) f32, subtracted by the runtime (portable)
 
 

@@ -19,7 +19,7 @@ import numpy as np
 from ..base.errors import InputError
 from ..formats.gguf_io import field_value
 from ..formats.gguf_keys import Keys
-from .turboquant import SCALES, KConfig
+from .turboquant import SCALE8_BASE_MAX, SCALE8_BASE_MIN, SCALES, KConfig
 from .types import DEFAULT_SEED, STANDARD, TQ
 from ..base import validate as V
 
@@ -106,10 +106,12 @@ class CacheMeta:
             w.add_array(K.QJL_HI, [int(c.qjl_hi) for c in self.k_configs])
             w.add_array(K.QJL_LO, [int(c.qjl_lo) for c in self.k_configs])
             w.add_string(K.SCALE, self.k_configs[0].scale)
+            _add_scale8(w, K.SCALE8_BASE, self.k_configs)
         if self.v_configs:
             w.add_array(V_.N_HI, [c.n_hi for c in self.v_configs])
             w.add_array(V_.HI_BITS, [c.hi_bits for c in self.v_configs])
             w.add_array(V_.LO_BITS, [c.lo_bits for c in self.v_configs])
+            _add_scale8(w, V_.SCALE8_BASE, self.v_configs)
         if self.k_perm is not None:
             w.add_array(K.PERM, [int(i) for i in np.asarray(self.k_perm).reshape(-1)])
         if self.k_mean is not None:
@@ -207,6 +209,16 @@ def _floats(source: str, key: str, values, shape: tuple[int, ...]) -> np.ndarray
     return arr.astype(np.float32).reshape(shape)
 
 
+SCALE8_FP16 = -32768  # a scale8_base entry: this layer keeps fp16 scales
+
+
+def _add_scale8(w: gguf.GGUFWriter, key: str, configs: list[KConfig]) -> None:
+    """The per-layer grid bases when any layer has 8-bit scales (SCALE8_FP16 for the others)."""
+    bases = [c.scale_base for c in configs]
+    if any(b is not None for b in bases):
+        w.add_array(key, [SCALE8_FP16 if b is None else int(b) for b in bases])
+
+
 def _configs(get, keys, n_layer: int, d: int, scale: str, qjl: bool, source: str = "GGUF") -> list[KConfig]:
     names = [keys.N_HI, keys.HI_BITS, keys.LO_BITS] + ([keys.QJL_HI, keys.QJL_LO] if qjl else [])
     cols = [get(keys.N_HI), get(keys.HI_BITS), get(keys.LO_BITS)]
@@ -216,5 +228,14 @@ def _configs(get, keys, n_layer: int, d: int, scale: str, qjl: bool, source: str
     for name, col in zip(names, cols):
         V.int_list(source, name, [int(x) if isinstance(x, bool) else x for x in col] if isinstance(col, list)
                    else col, 0, d, length=n_layer)
-    return [KConfig(d=d, n_hi=int(n), hi_bits=int(h), lo_bits=int(lo), qjl_hi=bool(qh), qjl_lo=bool(ql), scale=scale)
-            for n, h, lo, qh, ql in zip(*cols)]
+    bases = get(keys.SCALE8_BASE)
+    if bases is not None:
+        bases = V.int_list(source, keys.SCALE8_BASE, bases, SCALE8_FP16, SCALE8_BASE_MAX, length=n_layer)
+        if not all(b == SCALE8_FP16 or b >= SCALE8_BASE_MIN for b in bases):
+            raise ValueError(f"{keys.SCALE8_BASE} holds a base below {SCALE8_BASE_MIN} (and not {SCALE8_FP16}: fp16)")
+        bases = [None if b == SCALE8_FP16 else b for b in bases]
+    else:
+        bases = [None] * n_layer
+    return [KConfig(d=d, n_hi=int(n), hi_bits=int(h), lo_bits=int(lo), qjl_hi=bool(qh), qjl_lo=bool(ql), scale=scale,
+                    scale_base=None if b is None else int(b))
+            for n, h, lo, qh, ql, b in zip(*cols, bases)]

@@ -12,15 +12,18 @@ Per group of size m with b bits:
    y = H·D_mix·P·H·(D ⊙ x_g), so energy spreads across blocks; the rotation is
    orthonormal, so ⟨R q, R k⟩ = ⟨q, k⟩;
 3. codes: u = y/‖y‖ (float64), code_i = #{Lloyd–Max boundaries < u_i};
-4. scale s (fp16): "norm" s = ‖y‖, "ls" (default) s = ⟨y, c⟩/‖c‖² (the
+4. scale s: "norm" s = ‖y‖, "ls" (default) s = ⟨y, c⟩/‖c‖² (the
    least-squares scale for the chosen codes), "proj" s = ‖y‖²/⟨y, c⟩ (keeps
-   ⟨ŷ, y⟩ = ‖y‖², removing the (1 − D_b) shrinkage of ⟨q, x̂⟩); ŷ = s·c[code];
+   ⟨ŷ, y⟩ = ‖y‖², removing the (1 − D_b) shrinkage of ⟨q, x̂⟩); stored as fp16, or
+   (``scale_base`` set: 8-bit scales) as the nearest step e of the log grid
+   ŝ(e) = 2^((e + base)/16), e = 1..255, ŝ(0) = 0 (ties to the lower step); ŷ = ŝ·c[code];
 5. optional QJL on the residual r = y − ŷ: bits = sign(H·D₂·r), plus ‖r‖ (fp16).
 
 Bit-exactness contract with the C side (codes, scales, QJL bits): float32 for the
 rotation and the residual (no FMA contraction: r = y − (s·c) is two roundings),
 float64 sums accumulated sequentially in index order, direct float64 → fp16
-round-to-nearest-even, Lloyd–Max centroids as the float32 values of
+round-to-nearest-even (8-bit scales: float32 grid values built from the same 16
+float32 constants, float64 midpoints), Lloyd–Max centroids as the float32 values of
 `codebook(m, bits)` and boundaries (c[k] + c[k+1]) / 2 in float64 (exact).
 
 QJL inner-product estimate (derivation). Let S = sqrt(m)·H·D₂, rows s_i with
@@ -51,6 +54,10 @@ __all__ = ["GroupConfig", "KConfig", "Encoded", "codebook", "signs", "rotate", "
            "encode_group", "decode_group", "encode", "decode", "scores"]
 
 SCALES = ("ls", "norm", "proj")
+SCALE8_BASE_MIN, SCALE8_BASE_MAX = -1024, 1024  # tq.h TQ_SCALE8_BASE_*: ŝ within [2^-64, 2^80]
+SCALE8_HEADROOM = 4.0  # scale8_base: the grid's top step is at least this × the largest scale seen
+# float32(2^(k/16)), k = 0..15, as tq.c's scale8_steps (hex literals there, the same values)
+_SCALE8_STEPS = np.array([2.0 ** (k / 16) for k in range(16)], dtype=np.float32)
 MAX_BITS = 10  # hi group (docs/design.md §4); codebooks exist for 1..10
 MAX_LO_BITS = 8
 _MASK = (1 << 64) - 1
@@ -78,6 +85,7 @@ class KConfig:
     qjl_hi: bool = False
     qjl_lo: bool = False
     scale: str = "ls"
+    scale_base: int | None = None  # None: fp16 scales; else 8-bit scales on this grid (scale8_values)
 
     def __post_init__(self) -> None:
         if self.d < 2:
@@ -90,6 +98,8 @@ class KConfig:
                 raise ValueError(f"{name}={b}: need 1..{top}")
         if self.scale not in SCALES:
             raise ValueError(f"scale={self.scale!r}: need one of {', '.join(SCALES)}")
+        if self.scale_base is not None and not SCALE8_BASE_MIN <= self.scale_base <= SCALE8_BASE_MAX:
+            raise ValueError(f"s8={self.scale_base}: need {SCALE8_BASE_MIN}..{SCALE8_BASE_MAX}")
 
     def groups(self) -> list[GroupConfig]:
         if self.n_hi == 0:
@@ -101,9 +111,19 @@ class KConfig:
         """Channel range [start, stop) of each group."""
         return [(0, self.d)] if self.n_hi == 0 else [(0, self.n_hi), (self.n_hi, self.d)]
 
+    @property
+    def scale_bits(self) -> int:
+        return 16 if self.scale_base is None else 8
+
+    def with_scale_base(self, base: int | None) -> "KConfig":
+        """The same codes with 8-bit scales on the grid of base (None: fp16 scales)."""
+        from dataclasses import replace
+
+        return replace(self, scale_base=base)
+
     def bits_per_value(self) -> float:
-        """Codes + one fp16 scale per group, + 1 bit/value and an fp16 ‖r‖ per QJL group."""
-        total = sum(g.m * g.bits + 16 + (g.m + 16 if g.qjl else 0) for g in self.groups())
+        """Codes + one scale per group (16 or 8 bits), + 1 bit/value and an fp16 ‖r‖ per QJL group."""
+        total = sum(g.m * g.bits + self.scale_bits + (g.m + 16 if g.qjl else 0) for g in self.groups())
         return total / self.d
 
     def spec(self) -> str:
@@ -117,14 +137,21 @@ class KConfig:
             head = "tq"
         if self.scale != "ls":
             opts.append(f"scale={self.scale}")
+        if self.scale_base is not None:
+            opts.append(f"s8={self.scale_base}")
         return head + (":" + ",".join(opts) if opts else "")
+
+    def label(self) -> str:
+        """spec() for people: an 8-bit scale grid shown as "s8", without its base."""
+        return self.spec() if self.scale_base is None else self.spec().replace(f"s8={self.scale_base}", "s8")
 
     @classmethod
     def parse(cls, text: str, d: int) -> KConfig:
         """Parse "tq<b>[:k=v,...]" or "tq:k=v,...".
 
         Keys: split (n_hi, 0 = none), hi, lo, bits (default for hi and lo, 4),
-        qjl (hi|lo|both|none), scale (ls|norm|proj). Without a split there is
+        qjl (hi|lo|both|none), scale (ls|norm|proj), s8 (8-bit scales on the grid of
+        this base, an integer; written by the search, not usually typed). Without a split there is
         one group, so hi= and qjl=hi are errors and qjl=lo/both both mean QJL on.
         Examples: "tq4", "tq3", "tq:split=32,hi=8,lo=3,qjl=hi".
         """
@@ -146,9 +173,9 @@ class KConfig:
             key, val = key.strip(), val.strip()
             if not eq or not val:
                 raise ValueError(f"bad K cache type {text!r}: option {item!r} is not key=value")
-            if key not in ("split", "hi", "lo", "bits", "qjl", "scale"):
+            if key not in ("split", "hi", "lo", "bits", "qjl", "scale", "s8"):
                 raise ValueError(f"bad K cache type {text!r}: unknown option {key!r} "
-                                 "(known: split, hi, lo, bits, qjl, scale)")
+                                 "(known: split, hi, lo, bits, qjl, scale, s8)")
             if key in kw:
                 raise ValueError(f"bad K cache type {text!r}: {key!r} given twice")
             kw[key] = val
@@ -177,9 +204,14 @@ class KConfig:
         qjl_hi, qjl_lo = qjl in ("hi", "both"), qjl in ("lo", "both")
         if split == 0:
             qjl_hi = qjl_lo
+        base = None
+        if "s8" in kw:
+            if not kw["s8"].lstrip("-").isdigit():
+                raise ValueError(f"bad K cache type {text!r}: s8={kw['s8']!r} is not an integer")
+            base = int(kw["s8"])
         try:
             return cls(d=d, n_hi=split, hi_bits=hi, lo_bits=lo, qjl_hi=qjl_hi, qjl_lo=qjl_lo,
-                       scale=kw.get("scale", "ls"))
+                       scale=kw.get("scale", "ls"), scale_base=base)
         except ValueError as e:
             raise ValueError(f"bad K cache type {text!r}: {e}") from None
 
@@ -189,7 +221,7 @@ class Encoded:
     """One group of encoded vectors; leading dims are those of the input."""
 
     codes: np.ndarray  # (..., m) uint16
-    scale: np.ndarray  # (...,) float16
+    scale: np.ndarray  # (...,) float16, or float32 grid values (8-bit scales)
     qjl_bits: np.ndarray | None = None  # (..., m) bool, True = z_i < 0
     rnorm: np.ndarray | None = None  # (...,) float16, ‖r‖
 
@@ -231,6 +263,41 @@ def _boundaries(m: int, bits: int) -> np.ndarray:
     b = (c[:-1] + c[1:]) / 2
     b.flags.writeable = False
     return b
+
+
+# --- 8-bit scales --------------------------------------------------------------
+
+@lru_cache(maxsize=None)
+def scale8_values(base: int) -> np.ndarray:
+    """(256,) float32: ŝ(0) = 0, ŝ(e) = 2^((e + base)/16) as float32(2^(k/16))·2^octave (exact)."""
+    t = np.arange(1, 256) + int(base)
+    v = np.zeros(256, dtype=np.float32)
+    v[1:] = np.ldexp(_SCALE8_STEPS[t % 16], t // 16).astype(np.float32)
+    v.flags.writeable = False
+    return v
+
+
+@lru_cache(maxsize=None)
+def _scale8_mids(base: int) -> np.ndarray:
+    v = scale8_values(base).astype(np.float64)
+    m = (v[:-1] + v[1:]) / 2
+    m.flags.writeable = False
+    return m
+
+
+def scale8_quantize(s: np.ndarray, base: int) -> np.ndarray:
+    """Steps e (uint8) of the scales s: the nearest grid value (ties to the lower; NaN → 0)."""
+    s = np.asarray(s, dtype=np.float64)
+    e = np.searchsorted(_scale8_mids(base), s, side="left")
+    return np.where(np.isnan(s), 0, e).astype(np.uint8)
+
+
+def scale8_base(max_scale: float) -> int:
+    """The grid whose top step is ≥ SCALE8_HEADROOM × max_scale (the largest group scale a
+    calibration saw), so runtime outliers up to that factor are not clipped; it reaches
+    2^(−254/16) ≈ 1.7e-5 of the top, where a group's contribution is negligible."""
+    top = SCALE8_HEADROOM * float(max_scale) if max_scale > 0 and math.isfinite(max_scale) else 1.0
+    return int(min(max(math.ceil(16 * math.log2(top)) - 255, SCALE8_BASE_MIN), SCALE8_BASE_MAX))
 
 
 # --- signs and rotation ------------------------------------------------------
@@ -362,8 +429,8 @@ def _residual(y: np.ndarray, s16: np.ndarray, codes: np.ndarray, c: np.ndarray) 
 
 
 def encode_group(x_g: np.ndarray, gc: GroupConfig, seed: int, layer: int, group: int,
-                 scale: str = "ls") -> Encoded:
-    """Encode vectors (..., m) of one group (input cast to float32)."""
+                 scale: str = "ls", scale_base: int | None = None) -> Encoded:
+    """Encode vectors (..., m) of one group (input cast to float32); scale_base: 8-bit scales."""
     if scale not in SCALES:
         raise ValueError(f"scale={scale!r}: need one of {', '.join(SCALES)}")
     x_g = np.asarray(x_g, dtype=np.float32)
@@ -388,7 +455,10 @@ def encode_group(x_g: np.ndarray, gc: GroupConfig, seed: int, layer: int, group:
                 s = np.where(den != 0, num / den, 0.0)
             else:  # proj
                 s = np.where(num != 0, n2 / num, 0.0)
-    s16 = np.asarray(s, dtype=np.float64).astype(np.float16)
+    if scale_base is None:
+        s16 = np.asarray(s, dtype=np.float64).astype(np.float16)
+    else:
+        s16 = scale8_values(scale_base)[scale8_quantize(s, scale_base)]
     enc = Encoded(codes=codes, scale=s16)
     if gc.qjl:
         r = _residual(y, s16, codes, c)
@@ -400,7 +470,7 @@ def encode_group(x_g: np.ndarray, gc: GroupConfig, seed: int, layer: int, group:
 
 
 def _rotated_recon(enc: Encoded, gc: GroupConfig) -> np.ndarray:
-    """ŷ = float32(fp16 s)·c[code] (float32, rotated domain, without the QJL term)."""
+    """ŷ = float32(ŝ)·c[code] (float32, rotated domain, without the QJL term)."""
     return enc.scale.astype(np.float32)[..., None] * codebook(gc.m, gc.bits)[enc.codes]
 
 
@@ -428,7 +498,7 @@ def encode(x: np.ndarray, cfg: KConfig, seed: int, layer: int) -> list[Encoded]:
     x = np.asarray(x, dtype=np.float32)
     if x.shape[-1] != cfg.d:
         raise ValueError(f"encode: last axis {x.shape[-1]} != d={cfg.d}")
-    return [encode_group(x[..., a:b], gc, seed, layer, g, cfg.scale)
+    return [encode_group(x[..., a:b], gc, seed, layer, g, cfg.scale, cfg.scale_base)
             for g, (gc, (a, b)) in enumerate(zip(cfg.groups(), cfg.bounds()))]
 
 

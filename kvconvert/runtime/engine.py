@@ -427,6 +427,7 @@ class Context:
         for i, c in enumerate(configs):
             t = arr[i]
             t.n_hi, t.hi_bits, t.lo_bits, t.qjl_hi, t.qjl_lo = c.n_hi, c.hi_bits, c.lo_bits, int(c.qjl_hi), int(c.qjl_lo)
+            t.scale8, t.scale_base = int(c.scale_base is not None), c.scale_base or 0
             for grp, name in zip(c.groups(), ("codebook_hi", "codebook_lo") if c.n_hi else ("codebook_lo",)):
                 cb = np.ascontiguousarray(codebook(grp.m, grp.bits), dtype=np.float32)
                 buf = f.from_buffer("float[]", cb)
@@ -528,12 +529,14 @@ def tq_roundtrip(x: np.ndarray, cfg, seed: int, layer: int) -> np.ndarray:
     for g, (gc, (a, b)) in enumerate(zip(cfg.groups(), cfg.bounds())):
         xg = np.ascontiguousarray(flat[:, a:b])
         cb = np.ascontiguousarray(codebook(gc.m, gc.bits), dtype=np.float32)
-        rows = np.empty((n, lib().kvc_tq_row_bytes(gc.m, gc.bits, int(gc.qjl))), np.uint8)
+        s8, base = int(cfg.scale_base is not None), cfg.scale_base or 0
+        rows = np.empty((n, lib().kvc_tq_row_bytes(gc.m, gc.bits, int(gc.qjl), s8)), np.uint8)
         yg = np.empty_like(xg)
         fcb = f.cast("float *", f.from_buffer(cb))
-        check(lib().kvc_tq_encode(impl, gc.m, gc.bits, int(gc.qjl), SCALE_MODES[cfg.scale], fcb, seed, layer, g,
-                                  f.cast("float *", f.from_buffer(xg)), n, f.from_buffer(rows)), "kvc_tq_encode")
-        check(lib().kvc_tq_decode(impl, gc.m, gc.bits, int(gc.qjl), fcb, seed, layer, g, f.from_buffer(rows), n,
-                                  f.cast("float *", f.from_buffer(yg))), "kvc_tq_decode")
+        check(lib().kvc_tq_encode(impl, gc.m, gc.bits, int(gc.qjl), s8, base, SCALE_MODES[cfg.scale], fcb, seed,
+                                  layer, g, f.cast("float *", f.from_buffer(xg)), n, f.from_buffer(rows)),
+              "kvc_tq_encode")
+        check(lib().kvc_tq_decode(impl, gc.m, gc.bits, int(gc.qjl), s8, base, fcb, seed, layer, g,
+                                  f.from_buffer(rows), n, f.cast("float *", f.from_buffer(yg))), "kvc_tq_decode")
         out[:, a:b] = yg
     return out.reshape(x.shape)

@@ -126,7 +126,7 @@ void kvc_model_free(kvc_model *model);
  * RoPE, K centering and the channel permutation) is split into group 0 =
  * channels [0, n_hi) and group 1 = [n_hi, head_dim) (n_hi = 0: one group that
  * uses lo_bits). Each group is sign-flipped and Walsh–Hadamard rotated, stored
- * as an fp16 scale plus b-bit Lloyd–Max codes, optionally plus QJL residual
+ * as a scale (fp16, or 8 bits: scale8) plus b-bit Lloyd–Max codes, optionally plus QJL residual
  * signs and an fp16 residual norm (K only). kvconvert/turboquant.py is the numpy
  * twin and the definition of every detail (signs, block WHT, rounding). */
 enum { KVC_CACHE_TQ = 64 };
@@ -136,6 +136,9 @@ typedef struct {
     const float *codebook_hi; /* (1 << hi_bits) ascending centroids; NULL when n_hi == 0 */
     const float *codebook_lo; /* (1 << lo_bits) */
     const int *perm;          /* (head_dim) channel order applied after RoPE, or NULL */
+    /* scale8: each group's scale is one byte e on a log grid, ŝ = 2^((e + scale_base)/16)
+     * (e = 0: 0), scale_base in -1024..1024; 0: an fp16 scale (2 bytes) */
+    int scale8, scale_base;
 } kvc_tq_layer;
 
 typedef struct {
@@ -217,16 +220,18 @@ int kvc_set_n_past(kvc_context *ctx, int n_past);
 /* The smallest n_past > 0 kvc_set_n_past accepts now (1 when every position is kept). */
 int kvc_rewind_floor(const kvc_context *ctx);
 /* TurboQuant twins, exposed for tests (twin of kvconvert/turboquant.py):
- * encode n vectors x (n, m) into rows of kvc_tq_row_bytes(m, bits, qjl) bytes;
+ * encode n vectors x (n, m) into rows of kvc_tq_row_bytes(m, bits, qjl, scale8) bytes;
  * score: out[j] = estimated <q, x_j> for the n encoded rows (q unrotated, (m));
- * decode: rows back to (n, m) float vectors (no QJL term). layer/group pick the signs. */
-long long kvc_tq_row_bytes(int m, int bits, int qjl);
-int kvc_tq_encode(int impl, int m, int bits, int qjl, int scale_mode, const float *codebook,
-                  unsigned long long seed, int layer, int group, const float *x, int n, void *rows);
-int kvc_tq_decode(int impl, int m, int bits, int qjl, const float *codebook, unsigned long long seed,
-                  int layer, int group, const void *rows, int n, float *x);
-int kvc_tq_score(int impl, int m, int bits, int qjl, const float *codebook, unsigned long long seed,
-                 int layer, int group, const float *q, const void *rows, int n, float *out);
+ * decode: rows back to (n, m) float vectors (no QJL term). layer/group pick the signs;
+ * scale8, scale_base: the scale format (kvc_tq_layer). */
+long long kvc_tq_row_bytes(int m, int bits, int qjl, int scale8);
+int kvc_tq_encode(int impl, int m, int bits, int qjl, int scale8, int scale_base, int scale_mode,
+                  const float *codebook, unsigned long long seed, int layer, int group, const float *x, int n,
+                  void *rows);
+int kvc_tq_decode(int impl, int m, int bits, int qjl, int scale8, int scale_base, const float *codebook,
+                  unsigned long long seed, int layer, int group, const void *rows, int n, float *x);
+int kvc_tq_score(int impl, int m, int bits, int qjl, int scale8, int scale_base, const float *codebook,
+                 unsigned long long seed, int layer, int group, const float *q, const void *rows, int n, float *out);
 
 /* Bytes of KV cache per token (all layers, K and V) while every layer holds it: a
  * sliding-window layer stops growing at its window (kvc_kv_bytes). */

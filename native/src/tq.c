@@ -99,18 +99,39 @@ static void unrotate(const tq_group *g, float *v, float *tmp) {
     for (int i = 0; i < m; i++) v[i] *= g->signs[i];
 }
 
-long long tq_group_bytes(int m, int bits, int qjl) {
-    return 2 + (qjl ? 2 : 0) + ((long long)m * bits + 7) / 8 + (qjl ? (m + 7) / 8 : 0);
+long long tq_group_bytes(int m, int bits, int qjl, int scale8) {
+    return (scale8 ? 1 : 2) + (qjl ? 2 : 0) + ((long long)m * bits + 7) / 8 + (qjl ? (m + 7) / 8 : 0);
+}
+
+/* float32(2^(k/16)), k = 0..15, correctly rounded (turboquant._SCALE8_STEPS holds the same) */
+static const float scale8_steps[16] = {
+    0x1p+0f,         0x1.0b5586p+0f, 0x1.172b84p+0f, 0x1.2387a6p+0f, 0x1.306fep+0f,  0x1.3dea64p+0f,
+    0x1.4bfdaep+0f,  0x1.5ab07ep+0f, 0x1.6a09e6p+0f, 0x1.7a1148p+0f, 0x1.8ace54p+0f, 0x1.9c4918p+0f,
+    0x1.ae89fap+0f,  0x1.c199bep+0f, 0x1.d5818ep+0f, 0x1.ea4afap+0f};
+
+float tq_scale8_value(int e, int base) {
+    const int t = e + base, oct = t >= 0 ? t / 16 : -((15 - t) / 16); /* floor(t / 16), in -64..80 */
+    return scale8_steps[t - 16 * oct] * kvc_bits_f32((uint32_t)(oct + 127) << 23); /* × 2^oct, exact */
 }
 
 static int group_init(tq_group *g, int m, int bits, int qjl, const float *cb, int off, uint64_t seed, int layer,
-                      int group) {
+                      int group, int scale8, int scale_base) {
     memset(g, 0, sizeof *g);
     if (m <= 0 || m > TQ_MAX_DIM || bits < 1 || bits > TQ_MAX_BITS || !cb) return KVC_ERR_INVALID;
+    if (scale8 && (scale_base < TQ_SCALE8_BASE_MIN || scale_base > TQ_SCALE8_BASE_MAX)) return KVC_ERR_INVALID;
     g->m = m, g->bits = bits, g->qjl = qjl, g->cb = cb, g->off = off;
-    g->codes_off = off + 2 + (qjl ? 2 : 0);
+    g->rnorm_off = off + (scale8 ? 1 : 2);
+    g->codes_off = g->rnorm_off + (qjl ? 2 : 0);
     g->qjl_off = g->codes_off + (m * bits + 7) / 8;
-    g->bytes = (int)tq_group_bytes(m, bits, qjl);
+    g->bytes = (int)tq_group_bytes(m, bits, qjl, scale8);
+    if (scale8) {
+        g->scale_lut = malloc(sizeof(float) * 256);
+        g->scale_mid = malloc(sizeof(double) * 255);
+        if (!g->scale_lut || !g->scale_mid) return KVC_ERR_NOMEM;
+        g->scale_lut[0] = 0.0f;
+        for (int e = 1; e < 256; e++) g->scale_lut[e] = tq_scale8_value(e, scale_base);
+        for (int e = 0; e < 255; e++) g->scale_mid[e] = ((double)g->scale_lut[e] + (double)g->scale_lut[e + 1]) / 2;
+    }
     g->qjl_c = (float)(sqrt(M_PI / 2) / sqrt((double)m));
     int n = 1 << bits;
     for (int k = 1; k < n; k++)
@@ -139,23 +160,28 @@ void tq_layout_free(tq_layout *L) {
         free(L->g[i].signs2);
         free(L->g[i].mix);
         free(L->g[i].mix_signs);
+        free(L->g[i].scale_lut);
+        free(L->g[i].scale_mid);
     }
     memset(L, 0, sizeof *L);
 }
 
 int tq_layout_init(tq_layout *L, int d, int n_hi, int hi_bits, int lo_bits, int qjl_hi, int qjl_lo,
-                   const float *cb_hi, const float *cb_lo, const int *perm, uint64_t seed, int layer) {
+                   const float *cb_hi, const float *cb_lo, const int *perm, uint64_t seed, int layer, int scale8,
+                   int scale_base) {
     memset(L, 0, sizeof *L);
     if (d <= 0 || d > TQ_MAX_DIM || n_hi < 0 || n_hi >= d) return KVC_ERR_INVALID;
     if ((qjl_hi && n_hi % 8) || (qjl_lo && (d - n_hi) % 8)) return KVC_ERR_INVALID;
     L->d = d, L->perm = perm;
     int st = KVC_OK, off = 0;
     if (n_hi > 0) {
-        st = group_init(&L->g[0], n_hi, hi_bits, qjl_hi, cb_hi, 0, seed, layer, 0);
+        st = group_init(&L->g[0], n_hi, hi_bits, qjl_hi, cb_hi, 0, seed, layer, 0, scale8, scale_base);
         off = L->g[0].bytes;
         L->n_groups = 1;
     }
-    if (st == KVC_OK) st = group_init(&L->g[L->n_groups], d - n_hi, lo_bits, qjl_lo, cb_lo, off, seed, layer, n_hi > 0);
+    if (st == KVC_OK)
+        st = group_init(&L->g[L->n_groups], d - n_hi, lo_bits, qjl_lo, cb_lo, off, seed, layer, n_hi > 0, scale8,
+                        scale_base);
     L->n_groups++;
     if (st != KVC_OK) {
         tq_layout_free(L);
@@ -208,16 +234,16 @@ static const kvc_kernel_table *table_for(int impl) {
     return kvc_kernel_table_for(impl, &t) == KVC_OK ? t : NULL;
 }
 
-long long kvc_tq_row_bytes(int m, int bits, int qjl) {
+long long kvc_tq_row_bytes(int m, int bits, int qjl, int scale8) {
     if (m <= 0 || m > TQ_MAX_DIM || bits < 1 || bits > TQ_MAX_BITS) return -1;
-    return tq_group_bytes(m, bits, qjl);
+    return tq_group_bytes(m, bits, qjl, scale8);
 }
 
-static int one_group(tq_layout *L, int m, int bits, int qjl, const float *cb, unsigned long long seed, int layer,
-                     int group) {
+static int one_group(tq_layout *L, int m, int bits, int qjl, int scale8, int scale_base, const float *cb,
+                     unsigned long long seed, int layer, int group) {
     if (qjl && m % 8) return KVC_ERR_INVALID;
     memset(L, 0, sizeof *L);
-    int st = group_init(&L->g[0], m, bits, qjl, cb, 0, seed, layer, group);
+    int st = group_init(&L->g[0], m, bits, qjl, cb, 0, seed, layer, group, scale8, scale_base);
     if (st != KVC_OK) {
         tq_layout_free(L);
         return st;
@@ -226,13 +252,13 @@ static int one_group(tq_layout *L, int m, int bits, int qjl, const float *cb, un
     return KVC_OK;
 }
 
-int kvc_tq_encode(int impl, int m, int bits, int qjl, int scale_mode, const float *codebook, unsigned long long seed,
-                  int layer, int group, const float *x, int n, void *rows) {
+int kvc_tq_encode(int impl, int m, int bits, int qjl, int scale8, int scale_base, int scale_mode, const float *codebook,
+                  unsigned long long seed, int layer, int group, const float *x, int n, void *rows) {
     if (!x || !rows || n < 0 || (scale_mode < 0 || scale_mode > 2)) return KVC_ERR_INVALID;
     const kvc_kernel_table *t = table_for(impl);
     if (!t) return KVC_ERR_UNSUPPORTED;
     tq_layout L;
-    int st = one_group(&L, m, bits, qjl, codebook, seed, layer, group);
+    int st = one_group(&L, m, bits, qjl, scale8, scale_base, codebook, seed, layer, group);
     if (st != KVC_OK) return st;
     float *y = malloc(sizeof(float) * 2 * (size_t)m); /* encode scratch */
     if (!y) st = KVC_ERR_NOMEM;
@@ -243,13 +269,13 @@ int kvc_tq_encode(int impl, int m, int bits, int qjl, int scale_mode, const floa
     return st;
 }
 
-int kvc_tq_decode(int impl, int m, int bits, int qjl, const float *codebook, unsigned long long seed, int layer,
-                  int group, const void *rows, int n, float *x) {
+int kvc_tq_decode(int impl, int m, int bits, int qjl, int scale8, int scale_base, const float *codebook,
+                  unsigned long long seed, int layer, int group, const void *rows, int n, float *x) {
     if (!rows || !x || n < 0) return KVC_ERR_INVALID;
     const kvc_kernel_table *t = table_for(impl);
     if (!t) return KVC_ERR_UNSUPPORTED;
     tq_layout L;
-    int st = one_group(&L, m, bits, qjl, codebook, seed, layer, group);
+    int st = one_group(&L, m, bits, qjl, scale8, scale_base, codebook, seed, layer, group);
     if (st != KVC_OK) return st;
     const float one = 1.0f;
     for (int j = 0; j < n; j++) {
@@ -262,13 +288,13 @@ int kvc_tq_decode(int impl, int m, int bits, int qjl, const float *codebook, uns
     return KVC_OK;
 }
 
-int kvc_tq_score(int impl, int m, int bits, int qjl, const float *codebook, unsigned long long seed, int layer,
-                 int group, const float *q, const void *rows, int n, float *out) {
+int kvc_tq_score(int impl, int m, int bits, int qjl, int scale8, int scale_base, const float *codebook,
+                 unsigned long long seed, int layer, int group, const float *q, const void *rows, int n, float *out) {
     if (!q || !rows || !out || n < 0) return KVC_ERR_INVALID;
     const kvc_kernel_table *t = table_for(impl);
     if (!t) return KVC_ERR_UNSUPPORTED;
     tq_layout L;
-    int st = one_group(&L, m, bits, qjl, codebook, seed, layer, group);
+    int st = one_group(&L, m, bits, qjl, scale8, scale_base, codebook, seed, layer, group);
     if (st != KVC_OK) return st;
     float *buf = malloc(sizeof(float) * 2 * (size_t)m);
     if (!buf) {
@@ -284,14 +310,16 @@ int kvc_tq_score(int impl, int m, int bits, int qjl, const float *codebook, unsi
 }
 
 int kvc_tq_block_test(int impl, int d, int n_hi, int hi_bits, int lo_bits, int qjl_hi, int qjl_lo, const float *cb_hi,
-                      const float *cb_lo, unsigned long long seed, int layer, const float *keys, int n, const float *q,
-                      int nq, int grp, int n0, const float *p, float *scores, float *acc) {
+                      const float *cb_lo, unsigned long long seed, int layer, int scale8, int scale_base,
+                      const float *keys, int n, const float *q, int nq, int grp, int n0, const float *p, float *scores,
+                      float *acc) {
     if (!keys || !q || !p || !scores || !acc || nq <= 0 || grp <= 0 || n0 < 1 || tq_rows_read(nq, grp, n0) > n)
         return KVC_ERR_INVALID;
     const kvc_kernel_table *t = table_for(impl);
     if (!t) return KVC_ERR_UNSUPPORTED;
     tq_layout L;
-    int st = tq_layout_init(&L, d, n_hi, hi_bits, lo_bits, qjl_hi, qjl_lo, cb_hi, cb_lo, NULL, seed, layer);
+    int st = tq_layout_init(&L, d, n_hi, hi_bits, lo_bits, qjl_hi, qjl_lo, cb_hi, cb_lo, NULL, seed, layer, scale8,
+                            scale_base);
     if (st != KVC_OK) return st;
     uint8_t *rows = calloc((size_t)n * L.row_bytes + 8, 1); /* slack: code reads may run 2 bytes past */
     float *buf = malloc(sizeof(float) * ((size_t)2 * nq * d + 2 * (size_t)d));

@@ -5,8 +5,10 @@
  *
  * A head row is the concatenation of its groups; a group of m channels with
  * b-bit codes is laid out as
- *     [fp16 scale][fp16 residual norm, QJL only][codes: m*b bits, little-endian
- *     bitstream][QJL sign bits: m bits, QJL only]
+ *     [scale: fp16, or 1 byte (8-bit scales)][fp16 residual norm, QJL only]
+ *     [codes: m*b bits, little-endian bitstream][QJL sign bits: m bits, QJL only]
+ * An 8-bit scale is a step e of a log grid: ŝ = 2^((e + base)/16) for e = 1..255 and
+ * ŝ = 0 for e = 0, base chosen per layer and side (tq_scale8_value; docs/design.md §4).
  * Every arithmetic detail (signs, block Walsh–Hadamard order, rounding of the
  * codes) matches kvconvert's numpy twin of the cache, so both produce identical codes. */
 #ifndef KVC_TQ_H
@@ -15,14 +17,20 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "quants.h"
+
 #define TQ_MAX_GROUPS 2
 #define TQ_MAX_BITS 10
 #define TQ_MAX_DIM 1024
+#define TQ_SCALE8_BASE_MIN (-1024) /* range of an 8-bit scale grid's base: ŝ within [2^-64, 2^80] */
+#define TQ_SCALE8_BASE_MAX 1024
 
 typedef struct {
     int m, bits, qjl;
     int off;              /* byte offset of the group within the head row */
-    int codes_off, qjl_off, bytes;
+    int codes_off, qjl_off, rnorm_off, bytes;
+    float *scale_lut;     /* (256) 8-bit scales: ŝ of each step e, owned; NULL: fp16 scales */
+    double *scale_mid;    /* (255) midpoints between consecutive scale_lut entries, owned */
     const float *cb;      /* (1 << bits) centroids */
     double *bounds;       /* (1 << bits) - 1 midpoints, owned */
     float *signs, *signs2; /* (m) ±1 for the rotation and (QJL) the JL map, owned */
@@ -37,12 +45,26 @@ typedef struct {
     const int *perm;      /* (d) channel order, or NULL */
 } tq_layout;
 
-/* Build a layout for one layer (free with tq_layout_free). Returns 0 or a kvc status. */
+/* Build a layout for one layer (free with tq_layout_free). scale8: 1 for 8-bit scales on the
+ * grid of scale_base (TQ_SCALE8_BASE_MIN..MAX), 0 for fp16 scales. Returns 0 or a kvc status. */
 int tq_layout_init(tq_layout *L, int d, int n_hi, int hi_bits, int lo_bits, int qjl_hi, int qjl_lo,
-                   const float *cb_hi, const float *cb_lo, const int *perm, uint64_t seed, int layer);
+                   const float *cb_hi, const float *cb_lo, const int *perm, uint64_t seed, int layer, int scale8,
+                   int scale_base);
 void tq_layout_free(tq_layout *L);
 
-long long tq_group_bytes(int m, int bits, int qjl);
+long long tq_group_bytes(int m, int bits, int qjl, int scale8);
+/* ŝ of step e (1..255) of the grid with this base, as float: 2^((e + base)/16), built from
+ * the float32 values of 2^(k/16), k = 0..15, times a power of two (exact; turboquant.py
+ * builds the same) */
+float tq_scale8_value(int e, int base);
+
+/* a group's decoded scale, and (QJL groups) its residual norm, in row */
+static inline float tq_group_scale(const tq_group *g, const uint8_t *row) {
+    return g->scale_lut ? g->scale_lut[row[g->off]] : kvc_fp16_to_fp32(kvc_ld_half(row + g->off));
+}
+static inline float tq_group_rnorm(const tq_group *g, const uint8_t *row) {
+    return kvc_fp16_to_fp32(kvc_ld_half(row + g->rnorm_off));
+}
 void tq_signs(uint64_t seed, int layer, int group, int stream, int m, float *out);
 void tq_wht(float *v, int m); /* block Walsh–Hadamard, orthonormal and its own inverse */
 void tq_mix_order(int m, int16_t *order); /* (m) z[j] = y[order[j]] between the two block transforms */
@@ -109,8 +131,9 @@ void tq_accum_neon(const tq_layout *L, const float *p, int ldp, int nq, int grp,
  * visibility (grp, n0) above. Entries of scores past a query's visibility are left
  * untouched. Returns a kvc status. */
 int kvc_tq_block_test(int impl, int d, int n_hi, int hi_bits, int lo_bits, int qjl_hi, int qjl_lo, const float *cb_hi,
-                      const float *cb_lo, unsigned long long seed, int layer, const float *keys, int n, const float *q,
-                      int nq, int grp, int n0, const float *p, float *scores, float *acc);
+                      const float *cb_lo, unsigned long long seed, int layer, int scale8, int scale_base,
+                      const float *keys, int n, const float *q, int nq, int grp, int n0, const float *p, float *scores,
+                      float *acc);
 
 /* Rotated-domain accumulator (d) -> head vector (d) in cache channel order. */
 void tq_unrotate(const tq_layout *L, float *acc);

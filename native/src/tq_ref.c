@@ -59,16 +59,28 @@ static void encode_group(const tq_group *g, int scale_mode, const float *x, uint
     /* 0 norm: ‖y‖; 1 ls: the least-squares scale of the chosen codes; 2 proj: ‖y‖²/⟨y, c⟩,
      * so that ⟨ŷ, y⟩ = ‖y‖² (no (1 − D_b) shrinkage of ⟨q, x̂⟩) — as turboquant.py */
     double s = scale_mode == 1 ? (den > 0 ? num / den : 0.0) : scale_mode == 2 ? (num != 0 ? n2 / num : 0.0) : norm;
-    kvc_half hs = fp16_from_double(s);
-    memcpy(row + g->off, &hs, 2);
+    float sf;
+    if (g->scale_lut) { /* the nearest step of the grid (0 included; ties to the lower) */
+        int lo = 0, hi = 255; /* answer in [lo, hi]: the number of midpoints below s */
+        while (lo < hi) {
+            int mid = (lo + hi) / 2;
+            if (g->scale_mid[mid] < s) lo = mid + 1;
+            else hi = mid;
+        }
+        row[g->off] = (uint8_t)lo;
+        sf = g->scale_lut[lo];
+    } else {
+        kvc_half hs = fp16_from_double(s);
+        memcpy(row + g->off, &hs, 2);
+        sf = kvc_fp16_to_fp32(hs);
+    }
     if (!g->qjl) return;
-    const float sf = kvc_fp16_to_fp32(hs);
     float *r = y; /* reuse: y is no longer needed once the codes are known */
     for (int i = 0; i < m; i++) r[i] = r[i] - sf * g->cb[tq_get_code(codes, i, g->bits)];
     double r2 = 0;
     for (int i = 0; i < m; i++) r2 += (double)r[i] * (double)r[i];
     kvc_half hr = fp16_from_double(sqrt(r2));
-    memcpy(row + g->off + 2, &hr, 2);
+    memcpy(row + g->rnorm_off, &hr, 2);
     tq_rotate(g, g->signs2, r, tmp);
     uint8_t *bits = row + g->qjl_off;
     memset(bits, 0, (size_t)(m + 7) / 8);
@@ -91,7 +103,7 @@ static void decode_row(const tq_layout *L, const uint8_t *row, float *vals, floa
         const tq_group *g = &L->g[k];
         const uint8_t *codes = row + g->codes_off;
         for (int i = 0; i < g->m; i++) vals[start + i] = g->cb[tq_get_code(codes, i, g->bits)];
-        scale[k] = kvc_fp16_to_fp32(kvc_ld_half(row + g->off));
+        scale[k] = tq_group_scale(g, row);
         start += g->m;
     }
 }
@@ -116,7 +128,7 @@ void tq_score_ref(const tq_layout *L, const tq_query *q, int nq, int grp, int n0
                     const uint8_t *bits = row + g->qjl_off;
                     float sj = 0.0f;
                     for (int i = 0; i < g->m; i++) sj += (bits[i >> 3] >> (i & 7) & 1) ? -w[start + i] : w[start + i];
-                    total += kvc_fp16_to_fp32(kvc_ld_half(row + g->off + 2)) * g->qjl_c * sj;
+                    total += tq_group_rnorm(g, row) * g->qjl_c * sj;
                 }
                 start += g->m;
             }

@@ -55,17 +55,19 @@ void *calloc(size_t count, size_t size) {
 
 void free(void *p) { (void)p; }
 
-/* tq_layout_init(L, cfg = {d, n_hi, hi_bits, lo_bits, qjl_hi, qjl_lo}, no permutation,
- * seed 0, layer 0) on a fresh heap; info (1 + 2 * TQ_MAX_GROUPS) = row_bytes, then
- * (byte offset, qjl) per group. Returns the kvc status. */
+/* tq_layout_init(L, cfg = {d, n_hi, hi_bits, lo_bits, qjl_hi, qjl_lo, scale8, scale_base}, no
+ * permutation, seed 0, layer 0) on a fresh heap; info (1 + 3 * TQ_MAX_GROUPS) = row_bytes, then
+ * (byte offset, qjl, residual norm offset) per group. Returns the kvc status. */
 int kvc_neon_test_tq_layout(tq_layout *L, const int *cfg, const float *cb_hi, const float *cb_lo, int *info) {
     g_heap_used = 0;
-    const int st = tq_layout_init(L, cfg[0], cfg[1], cfg[2], cfg[3], cfg[4], cfg[5], cb_hi, cb_lo, NULL, 0, 0);
+    const int st = tq_layout_init(L, cfg[0], cfg[1], cfg[2], cfg[3], cfg[4], cfg[5], cb_hi, cb_lo, NULL, 0, 0, cfg[6],
+                                  cfg[7]);
     if (st != KVC_OK) return st;
     info[0] = L->row_bytes;
     for (int k = 0; k < TQ_MAX_GROUPS; k++) {
-        info[1 + 2 * k] = k < L->n_groups ? L->g[k].off : -1;
-        info[2 + 2 * k] = k < L->n_groups ? L->g[k].qjl : 0;
+        info[1 + 3 * k] = k < L->n_groups ? L->g[k].off : -1;
+        info[2 + 3 * k] = k < L->n_groups ? L->g[k].qjl : 0;
+        info[3 + 3 * k] = k < L->n_groups ? L->g[k].rnorm_off : -1;
     }
     return KVC_OK;
 }

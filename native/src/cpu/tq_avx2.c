@@ -78,7 +78,7 @@ AVX2 static inline void decode_row8(const tq_layout *L, const cb_regs *regs, con
     int start = 0;
     for (int k = 0; k < L->n_groups; k++) {
         const tq_group *g = &L->g[k];
-        const __m256 s = _mm256_set1_ps(kvc_fp16_to_fp32(kvc_ld_half(row + g->off)));
+        const __m256 s = _mm256_set1_ps(tq_group_scale(g, row));
         const uint8_t *codes = row + g->codes_off;
         for (int i = 0; i < g->m; i += 8)
             _mm256_storeu_ps(vals + start + i, _mm256_mul_ps(s, lookup(g, regs[k], codes8(codes, i, g->bits))));
@@ -109,7 +109,7 @@ AVX2 static inline float qjl_term(const tq_layout *L, const uint8_t *row, const 
             __m256 sj = _mm256_setzero_ps();
             for (int i = 0; i < g->m; i += 8)
                 sj = _mm256_add_ps(sj, _mm256_xor_ps(_mm256_loadu_ps(w + start + i), sign_mask(bits[i / 8])));
-            total += kvc_fp16_to_fp32(kvc_ld_half(row + g->off + 2)) * g->qjl_c * hsum_ps_256(sj);
+            total += tq_group_rnorm(g, row) * g->qjl_c * hsum_ps_256(sj);
         }
         start += g->m;
     }

@@ -98,7 +98,7 @@ KVC_INLINE __m512 lookup16(const int b, const tq_group *g, const grp_regs *r, __
 
 /* scale × centroid of each code of a b-bit group into vals (m); the last 8 a masked store */
 KVC_INLINE void decode_group(const int b, const tq_group *g, const grp_regs *r, const uint8_t *row, float *vals) {
-    const __m512 s = _mm512_set1_ps(ld_fp16(row + g->off));
+    const __m512 s = _mm512_set1_ps(tq_group_scale(g, row));
     const uint8_t *codes = row + g->codes_off;
     int i = 0;
     for (; i + 16 <= g->m; i += 16)
@@ -202,7 +202,7 @@ AVX512 static void score_tile(const tq_layout *L, const grp_regs *regs, const tq
         float t[16];
         for (int k = 0; k < 16; k++) {
             const uint8_t *row = tile + (size_t)k * rb;
-            t[k] = ld_fp16(row + L->g[g].off + 2) * L->g[g].qjl_c;
+            t[k] = tq_group_rnorm(&L->g[g], row) * L->g[g].qjl_c;
             bits[g][k] = row + L->g[g].qjl_off;
         }
         rnc[g] = _mm512_permutexvar_ps(KEY_LANES, _mm512_loadu_ps(t));
@@ -263,7 +263,7 @@ void tq_score_avx512(const tq_layout *L, const tq_query *q, int nq, int grp, int
                     const uint8_t *bits = row + G->qjl_off;
                     __m512 s;
                     qjl_sums(G, q->w + (size_t)r * d + start, &bits, 1, &s);
-                    total += ld_fp16(row + G->off + 2) * G->qjl_c * hsum16(s);
+                    total += tq_group_rnorm(G, row) * G->qjl_c * hsum16(s);
                 }
                 start += G->m;
             }

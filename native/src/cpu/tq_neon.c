@@ -72,7 +72,7 @@ KVC_INLINE void decode_row(const tq_layout *L, const cb_tbl *tb, const uint8_t *
     int start = 0;
     for (int k = 0; k < L->n_groups; k++) {
         const tq_group *g = &L->g[k];
-        const float s = ld_fp16n(row + g->off);
+        const float s = tq_group_scale(g, row);
         const uint8_t *codes = row + g->codes_off;
         for (int i = 0; i < g->m; i += 8) {
             float32x4_t v[2];
@@ -105,7 +105,7 @@ KVC_INLINE float qjl_term(const tq_layout *L, const uint8_t *row, const float *w
                 sj = vaddq_f32(sj, vreinterpretq_f32_u32(veorq_u32(w0, sign4(bits[i / 8] & 15u))));
                 sj = vaddq_f32(sj, vreinterpretq_f32_u32(veorq_u32(w1, sign4(bits[i / 8] >> 4))));
             }
-            total += ld_fp16n(row + g->off + 2) * g->qjl_c * hsum_f32x4(sj);
+            total += tq_group_rnorm(g, row) * g->qjl_c * hsum_f32x4(sj);
         }
         start += g->m;
     }
