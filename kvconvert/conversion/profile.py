@@ -269,6 +269,9 @@ class Policy:
     # K and V bits per value ≤ the mean of k_budget and v_budget (joint needs sensitivity and a V budget)
     sensitivity: bool = False
     joint: bool = False
+    # 8-bit group scales (one byte on a log grid per group instead of an fp16: 0.125 bits per value less
+    # per group at head dim 64, spent on codes by the search); the grid comes from the calibration
+    scale8: bool = True
     schema: int = POLICY_SCHEMA
 
     def __post_init__(self) -> None:
@@ -294,7 +297,7 @@ class Policy:
                     if len(bits) > 16:
                         raise InputError(f"{source}: {k} has {len(bits)} entries (at most 16)")
                     kw[k] = tuple(bits)
-            for k in ("splits", "qjl", "smoothing", "sensitivity", "joint"):
+            for k in ("splits", "qjl", "smoothing", "sensitivity", "joint", "scale8"):
                 if k in obj:
                     kw[k] = V.boolean(source, k, obj[k])
             if obj.get("max_kld") is not None:

@@ -83,10 +83,47 @@ class SearchResult:
     scales: np.ndarray | None = None
     order: np.ndarray | None = None
     sensitivity: Sensitivity | None = None  # per-layer weights of the proxy errors (Policy.sensitivity)
+    scale8: "Scale8Bases | None" = None  # the 8-bit scale grids of the candidates (Policy.scale8), or fp16 scales
 
 
 def _label(o: Option) -> str:
     return o.cfg.spec() + ("+smooth" if o.smooth else "") + ("" if o.center else "+nocenter")
+
+
+@dataclass(frozen=True)
+class Scale8Bases:
+    """One 8-bit scale grid per side for every layer and candidate (turboquant.scale8_base): the grid
+    is logarithmic, so one base loses no precision against per-layer ones, only range — 2^16 between its
+    lowest and top step, far more than K or V norms differ between layers."""
+
+    k: int
+    v: int
+
+
+def scale8_bases(cal: Calibration, scales: np.ndarray) -> Scale8Bases:
+    """Grids above the largest head-vector norm the calibration saw in any form the cache may store:
+    K with and without centering and smoothing (RoPE and the permutation keep norms), V with and
+    without centering. A group's least-squares scale is within ~1.2× of its norm, which is at most
+    the head's; the grid's 4× headroom covers both and larger runtime norms."""
+    k_max = v_max = 0.0
+    for l in range(cal.n_layer):
+        s = np.concatenate([scales[l], scales[l]], -1)  # (Hk, d)
+        k = cal.win_k[:, l].astype(np.float32)  # (W, T, Hk, d)
+        for kc in (k, k - cal.k_mean[l]):
+            for x in (kc, kc / s):
+                k_max = max(k_max, float(np.sqrt((x.astype(np.float64) ** 2).sum(-1)).max()))
+        v = cal.win_v[:, l].astype(np.float32)
+        for x in (v, v - cal.v_mean[l]):
+            v_max = max(v_max, float(np.sqrt((x.astype(np.float64) ** 2).sum(-1)).max()))
+    return Scale8Bases(tq.scale8_base(k_max), tq.scale8_base(v_max))
+
+
+def _with_base(cfgs: list[tq.KConfig], base: int | None) -> list[tq.KConfig]:
+    """cfgs (fp16 scales) and, with a grid, each of them with 8-bit scales too: the byte saves 1/8 bit
+    per value at d = 64 but its rounding adds ~1.6e-4 of a group's energy, more than the codes' own
+    error at 6 bits and beyond (Lloyd–Max MSE ~7e-4 at 6 bits, 1e-2 at 4), so the proxy decides per
+    layer and width."""
+    return cfgs if base is None else cfgs + [c.with_scale_base(base) for c in cfgs]
 
 
 # -- transforms computed from the statistics ----------------------------------------
@@ -262,9 +299,10 @@ def _log_softmax(x: np.ndarray) -> np.ndarray:
     return x - m - np.log(np.exp(x - m).sum(-1, keepdims=True))
 
 
-def k_configs(policy: Policy, d: int) -> list[tq.KConfig]:
+def k_configs(policy: Policy, d: int, base: int | None = None) -> list[tq.KConfig]:
     """Candidate K configs: uniform b bits; splits (the d/8, d/4 or d/2 channels of the
-    highest-energy pairs at b+1 or b+2 bits, the rest at b); QJL variants."""
+    highest-energy pairs at b+1 or b+2 bits, the rest at b); QJL variants. base: 8-bit scales
+    on that grid (None: fp16 scales)."""
     cfgs = [tq.KConfig(d=d, lo_bits=b, hi_bits=b) for b in policy.k_bits]
     if policy.splits:
         cfgs += [tq.KConfig(d=d, n_hi=hi, hi_bits=b + dh, lo_bits=b) for hi in (d // 8, d // 4, d // 2)
@@ -274,7 +312,7 @@ def k_configs(policy: Policy, d: int) -> list[tq.KConfig]:
         if policy.splits:
             cfgs += [tq.KConfig(d=d, n_hi=d // 4, hi_bits=b + 2, lo_bits=b, qjl_lo=True)
                      for b in policy.k_bits if b >= 2]
-    return list(dict.fromkeys(cfgs))
+    return _with_base(list(dict.fromkeys(cfgs)), base)
 
 
 # -- allocation ----------------------------------------------------------------------
@@ -283,7 +321,7 @@ def allocate(costs: list[list[float]], errors: list[list[float]], budget: float)
     """Per-layer option indices minimising Σ error with mean cost ≤ budget (exact DP).
 
     costs[l][i] are bits per value; they are multiples of 1/256 for every config
-    (codes + 16-bit scales over d ≤ 512 values), so the DP runs on 1/256 units."""
+    (codes + 16- or 8-bit scales over d ≤ 512 values), so the DP runs on 1/256 units."""
     L = len(costs)
     unit = 256
     c = [np.rint(np.asarray(cl) * unit).astype(np.int64) for cl in costs]
@@ -331,10 +369,10 @@ def resolve_policy(policy: str | Policy, k_budget: float | None, v_budget: float
     return replace(policy, **kw) if kw else policy
 
 
-def split_configs(policy: Policy, d: int, lo_bits: tuple[int, ...]) -> list[tq.KConfig]:
+def split_configs(policy: Policy, d: int, lo_bits: tuple[int, ...], base: int | None = None) -> list[tq.KConfig]:
     """The non-uniform K configs of k_configs() whose lo group has one of ``lo_bits`` bits
     (outlier splits, QJL variants)."""
-    return [c for c in k_configs(policy, d) if (c.n_hi or c.qjl_hi or c.qjl_lo) and c.lo_bits in lo_bits]
+    return [c for c in k_configs(policy, d, base) if (c.n_hi or c.qjl_hi or c.qjl_lo) and c.lo_bits in lo_bits]
 
 
 class _LayerSearch:
@@ -348,8 +386,9 @@ class _LayerSearch:
     point are never measured: about 20 proxy evaluations per layer instead of 37."""
 
     def __init__(self, cal: Calibration, pol: Policy, l: int, scales: np.ndarray, order: np.ndarray,
-                 v_cfgs: list[tq.KConfig]):
+                 v_cfgs: list[tq.KConfig], k_base: int | None = None):
         self.cal, self.pol, self.l, self.scales, self.order, self.v_cfgs = cal, pol, l, scales, order, v_cfgs
+        self.k_base = k_base
         self.smooth = False
         self.opts: list[Option] = []
         self.errs: dict[str, float] = {}
@@ -367,7 +406,7 @@ class _LayerSearch:
             for sm in (True, False):
                 self.errs[_label(Option(probe, sm))] = lay.k_error(Option(probe, sm))
             self.smooth = self.errs[_label(Option(probe, True))] < self.errs[_label(Option(probe))]
-        self._measure(lay, [tq.KConfig(d=d, lo_bits=b, hi_bits=b) for b in pol.k_bits])
+        self._measure(lay, _with_base([tq.KConfig(d=d, lo_bits=b, hi_bits=b) for b in pol.k_bits], self.k_base))
         if self.v_cfgs:
             vprobe = self.v_cfgs[len(self.v_cfgs) // 2]
             for ctr in (True, False):
@@ -379,7 +418,7 @@ class _LayerSearch:
 
     def pass2(self, uniform_bits: int) -> None:
         lo = tuple(b for b in (uniform_bits - 1, uniform_bits) if b >= 1)
-        cfgs = split_configs(self.pol, self.cal.head_dim, lo)
+        cfgs = split_configs(self.pol, self.cal.head_dim, lo, self.k_base)
         if cfgs:
             self._measure(self._layer(), cfgs)
 
@@ -419,8 +458,10 @@ def search(calib: Calibration | str | os.PathLike, *, policy: str | Policy = DEF
     check_budgets(pol, d, budget_ctx(pol, cal))
     scales = smoothing_scales(cal)
     order = pair_order(cal, scales if pol.smoothing else None)
+    s8 = scale8_bases(cal, scales) if pol.scale8 else None
     v_cfgs = [tq.KConfig(d=d, lo_bits=b, hi_bits=b) for b in pol.v_bits] if pol.v_budget is not None else []
-    layers = [_LayerSearch(cal, pol, l, scales, order, v_cfgs) for l in range(L)]
+    v_cfgs = _with_base(v_cfgs, s8.v if s8 else None)
+    layers = [_LayerSearch(cal, pol, l, scales, order, v_cfgs, s8.k if s8 else None) for l in range(L)]
     start_phase(progress, "search", "layer")
     done = [0.0]
 
@@ -447,12 +488,13 @@ def search(calib: Calibration | str | os.PathLike, *, policy: str | Policy = DEF
     uniform = rebudget(SearchResult(None, k_errors=[ls.errs for ls in layers],  # type: ignore[arg-type]
                                     v_errors=[ls.verrs for ls in layers], policy=pol,
                                     k_options=[ls.opts for ls in layers], v_options=v_opts, scales=scales,
-                                    order=order, sensitivity=sens), cal)
+                                    order=order, sensitivity=sens, scale8=s8), cal)
     bits = [c.lo_bits for c in uniform.profile.k_configs() or []]
     run([lambda ls=ls, b=b: ls.pass2(b) for ls, b in zip(layers, bits)], "pass 2: outlier splits")
     k_opts, k_err, v_err = [ls.opts for ls in layers], [ls.errs for ls in layers], [ls.verrs for ls in layers]
     result = SearchResult(None, k_errors=k_err, v_errors=v_err, policy=pol,  # type: ignore[arg-type]
-                          k_options=k_opts, v_options=v_opts, scales=scales, order=order, sensitivity=sens)
+                          k_options=k_opts, v_options=v_opts, scales=scales, order=order, sensitivity=sens,
+                          scale8=s8)
     result = rebudget(result, cal)
     if check:
         measure(result.profile, model or cal.model, cal, eval_text=eval_text, n_chunks=n_chunks,
@@ -479,7 +521,8 @@ def check_budgets(pol: Policy, d: int, n_ctx: int) -> None:
     for kind, budget, bits in (("K", pol.k_budget, pol.k_bits), ("V", pol.v_budget, pol.v_bits)):
         if budget is None:
             continue
-        least = tq.KConfig(d=d, lo_bits=min(bits), hi_bits=min(bits)).bits_per_value() + sink
+        least = tq.KConfig(d=d, lo_bits=min(bits), hi_bits=min(bits),
+                           scale_base=0 if pol.scale8 else None).bits_per_value() + sink
         if not budget >= least - 1e-9:
             raise InputError(f"a {kind} budget of {budget:g} bits per value is below the minimum {least:.3f} of the "
                              f"candidate configs ({min(bits)}-bit codes, scales and the exact rows at {n_ctx} tokens); "

@@ -262,7 +262,7 @@ def _patched(info: CardInfo, profile: Profile | None) -> str:
         for spec, n, bits in side.groups():
             lines.append(f"| {name} | `{spec}` | {n} of {info.n_layer} | {bits:.2f} |")
     lines.append(f"\nMean of the per-layer configs: K {info.k.mean_bits:.2f}, V {info.v.mean_bits:.2f} bits per value "
-                 "(`tq` configs count their fp16 scales and QJL residual bits)" +
+                 "(`tq` configs count their group scales and QJL residual bits)" +
                  (f"; TurboQuant caches also keep the first {info.n_sink} position{'s' if info.n_sink != 1 else ''} "
                   "in f16 (16 bits per value for those positions)." if info.n_sink else "."))
     if profile is not None:

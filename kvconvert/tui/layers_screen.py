@@ -46,11 +46,12 @@ def config_cell(spec: str | None, d: int) -> Text:
     if not spec:
         return Text("—", style="dim")
     try:
-        bits = STANDARD_BITS[spec] if spec in STANDARD_BITS else KConfig.parse(spec, d).bits_per_value()
+        cfg = None if spec in STANDARD_BITS else KConfig.parse(spec, d)
+        bits = STANDARD_BITS[spec] if cfg is None else cfg.bits_per_value()
     except (ValueError, KeyError):
         return Text(spec)
     c = HIGH.blend(LOW, max(0.0, min(1.0, (bits - 2) / 6)))  # fewer bits → warmer
-    return Text(f"{spec} ({bits:.2f})", style=c.hex)
+    return Text(f"{spec if cfg is None else cfg.label()} ({bits:.2f})", style=c.hex)
 
 
 class LayersScreen(StepScreen):
@@ -108,6 +109,8 @@ class LayersScreen(StepScreen):
                  "exactly by centering)",
                  f"V outlier concentration {s.v_outlier:.3f}"]
         if prof is not None:
-            lines.append(f"Chosen: K {layer_spec(prof, 'k', i)}, V {layer_spec(prof, 'v', i)} "
-                         f"(profile {escape(prof.name)})")
+            k, v = layer_spec(prof, "k", i), layer_spec(prof, "v", i)
+            s8 = " — s8=N: each group's scale in one byte on the log grid 2^((e + N)/16)" \
+                if "s8=" in f"{k} {v}" else ""
+            lines.append(f"Chosen: K {k}, V {v} (profile {escape(prof.name)}){s8}")
         self.query_one("#layer-detail", Static).update("\n".join(lines))
