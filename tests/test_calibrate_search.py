@@ -346,9 +346,17 @@ def test_cli_calibrate_search_convert(tiny_models, tiny_cal, tmp_path, capsys):
                    "-o", str(k_only))[0] == 0
     assert load_profile(k_only).v_type == "f16" and load_profile(prof).v_type == "tq"
     out = tmp_path / "o.gguf"
-    assert run_cli(capsys, "convert", str(tiny_models["qwen2-hd64"]), "--profile", str(prof), "--layout", "folded",
-                   "-o", str(out))[0] == 0
-    assert Model(out).cache_meta.layout == "folded"
+    from kvconvert.cli import main
+
+    capsys.readouterr()
+    rc = main(["convert", str(tiny_models["qwen2-hd64"]), "--profile", str(prof), "--layout", "folded", "-o", str(out)])
+    stdout = capsys.readouterr().out
+    assert rc == 0 and Model(out).cache_meta.layout == "folded"
+    # the summary says which KV cache the profile gave the file, not only the weights
+    p = load_profile(prof)
+    kb, vb = p.bits(32768)
+    assert f"KV cache profile {p.name}" in stdout and f"{kb:.2f}" in stdout and "8-bit scales" in stdout
+    assert "KV cache at a 32k context" in stdout
     # bad input: one line, non-zero exit, nothing written
     assert_one_line_error(*run_cli(capsys, "search", str(cal), "--budget", "1.5", "-o", str(tmp_path / "x.json")),
                           "below the minimum")

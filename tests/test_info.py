@@ -36,9 +36,9 @@ def test_info_shows_the_patch(tiny_ggufs, tmp_path, capsys, monkeypatch):
     assert sorted(rows) == list(range(L))
     cells = lambda l: [c.strip() for c in rows[l].split("│")[1:-1]]  # noqa: E731
     # split 16 at 6 bits + 48 at 4 bits, QJL on the hi group: (16·6 + 16 + 16 + 16 + 48·4 + 16) / 64 bits
-    assert cells(1) == ["1", "tq", "16", "6", "4", "hi", f"{(96 + 48 + 192 + 16) / 64:.2f}", "tq", "—", "—", "3",
-                        f"{(64 * 3 + 16) / 64:.2f}"]
-    assert cells(0)[1:7] == ["tq", "—", "—", "4", "—", "4.25"]
+    assert cells(1) == ["1", "tq", "16", "6", "4", "hi", "fp16", f"{(96 + 48 + 192 + 16) / 64:.2f}", "tq", "—", "—",
+                        "3", "fp16", f"{(64 * 3 + 16) / 64:.2f}"]
+    assert cells(0)[1:8] == ["tq", "—", "—", "4", "—", "fp16", "4.25"]
     k_bits = np.mean([(96 + 48 + 192 + 16) / 64 if l % 2 else 4.25 for l in range(L)]) + 2 * 16 / 32768
     v_bits = (64 * 3 + 16) / 64 + 2 * 16 / 32768
     mib = L * Hk * d * 32768 * (k_bits + v_bits) / 8 / 2**20

@@ -8,7 +8,8 @@ from ..conversion.writer import WEIGHT_CHOICES
 from ..conversion.patch import LAYOUTS
 from ..conversion.pipeline import DEFAULT_TOKENS, ConvertJob, convert
 from ..base.progress import tqdm_progress
-from .report import print_convert_job, print_convert_result
+from ..conversion.profile import Profile, load_profile
+from .report import print_convert_job, print_convert_result, print_profile_summary
 from ..conversion.search import DEFAULT_POLICY
 from . import args as A
 from .common import add_text_args, read_text_arg
@@ -52,4 +53,8 @@ def run(args: argparse.Namespace) -> int:
         print_convert_job(result)
     else:
         print_convert_result(result)
+        if profile is not None:  # a calibrated profile (a policy makes a ConvertJob)
+            prof = load_profile(profile)
+            if isinstance(prof, Profile):
+                print_profile_summary(prof, result.output)
     return 0

@@ -118,19 +118,21 @@ def print_patch_info(m: ModelSource, console: Console | None = None) -> None:
 
     def side(kind: str, cfgs):
         if cfgs is None:
-            return [(kind, "", "", "", "", STANDARD_BITS[kind])] * L
+            return [(kind, "", "", "", "", STANDARD_BITS[kind], "")] * L
         return [("tq", str(c.n_hi) if c.n_hi else "—", f"{c.hi_bits}" if c.n_hi else "—", str(c.lo_bits),
                  "/".join(g for g, on in (("hi", c.qjl_hi and c.n_hi), ("lo", c.qjl_lo)) if on) or "—",
-                 c.bits_per_value()) for c in cfgs]
+                 c.bits_per_value(), "fp16" if c.scale_base is None else "8-bit") for c in cfgs]
 
     ks, vs = side(meta.k_type, meta.k_configs), side(meta.v_type, meta.v_configs)
-    per = Table(title="per layer (split: channels in the hi group; hi/lo: bits of each group)")
-    for col in ("layer", "K type", "K split", "K hi", "K lo", "K QJL", "K bpv", "V type", "V split", "V hi",
-                "V lo", "V bpv"):
+    per = Table(title="per layer (split: channels in the hi group; hi/lo: bits of each group; scale: each "
+                      "group's, fp16 or one byte on a log grid)")
+    for col in ("layer", "K type", "K split", "K hi", "K lo", "K QJL", "K scale", "K bpv", "V type", "V split",
+                "V hi", "V lo", "V scale", "V bpv"):
         per.add_column(col, justify="right")
     for l in range(L):
         k, v = ks[l], vs[l]
-        per.add_row(str(l), k[0], k[1], k[2], k[3], k[4], f"{k[5]:.2f}", v[0], v[1], v[2], v[3], f"{v[5]:.2f}")
+        per.add_row(str(l), k[0], k[1], k[2], k[3], k[4], k[6], f"{k[5]:.2f}", v[0], v[1], v[2], v[3], v[6],
+                    f"{v[5]:.2f}")
     console.print(per)
 
     def sink(cfgs) -> float:  # the f16 sink rows and the recent window's rows, spread over the context
@@ -211,6 +213,36 @@ def kv_mib(profile, rows: list[int], n_ctx: int = 32768) -> tuple[float, float]:
     return values * (kb + vb) / 8 / 2**20, values * 32 / 8 / 2**20
 
 
+def print_profile_summary(p, output, console: Console | None = None) -> None:
+    """The KV cache a profile gives the written file: bits per layer, memory at 32k, the window,
+    and (a calibrated profile) what was measured when it was made."""
+    console = console or make_console()
+    kc, vc = p.k_configs(), p.v_configs()
+    t = Table(title=f"KV cache profile {p.name} (policy {p.policy})")
+    for col in ("", "bits/value at 32k", "per layer (▁ 2 … █ 8 bits)", "range", "8-bit scales"):
+        t.add_column(col)
+    kb, vb = p.bits(32768)
+    for label, cfgs, mean, kind in (("K", kc, kb, p.k_type), ("V", vc, vb, p.v_type)):
+        if cfgs:
+            bits = [c.bits_per_value() for c in cfgs]
+            s8 = sum(c.scale_base is not None for c in cfgs)
+            t.add_row(label, f"{mean:.2f}", sparkline(bits), f"{min(bits):.2f}–{max(bits):.2f}",
+                      f"{s8} of {len(cfgs)} layers")
+        else:
+            t.add_row(label, f"{mean:.2f}", kind, "", "")
+    console.print(t)
+    mib, f16 = kv_mib(p, cache_rows(load_model(output).args, 32768))
+    console.print(f"KV cache at a 32k context: {mib:.0f} MiB (f16: {f16:.0f} MiB, {f16 / mib:.1f}× smaller)")
+    if p.recent:
+        console.print(f"recent window: the last {p.recent} positions are used exactly (an f16 ring of "
+                      f"{p.recent + RECENT_SLACK} rows, counted above; `--recent 0` at run time turns it off)")
+    m = p.measured
+    if m.get("kld") is not None and m.get("text"):
+        console.print(f"measured when the profile was made: {m['text']}, {m.get('chunks', '?')} × "
+                      f"{m.get('n_ctx', '?')} tokens, KLD {m['kld']:.5f} vs the f16 cache, top-1 {m['top1']:.1%} "
+                      "(`kvconvert eval` measures the written file on your text)")
+
+
 def print_convert_job(job, console: Console | None = None) -> None:
     """What `kvconvert convert` did with a policy: the file, the chosen bits per layer, the
     memory, the check on the written file and its verdict, where the time went."""
@@ -219,23 +251,7 @@ def print_convert_job(job, console: Console | None = None) -> None:
     p = job.profile
     if p is None:
         return
-    kc, vc = p.k_configs(), p.v_configs()
-    t = Table(title=f"KV cache profile {p.name} (policy {p.policy})")
-    for col in ("", "bits/value at 32k", "per layer (▁ 2 … █ 8 bits)", "range"):
-        t.add_column(col)
-    kb, vb = p.bits(32768)
-    for label, cfgs, mean, kind in (("K", kc, kb, p.k_type), ("V", vc, vb, p.v_type)):
-        if cfgs:
-            bits = [c.bits_per_value() for c in cfgs]
-            t.add_row(label, f"{mean:.2f}", sparkline(bits), f"{min(bits):.2f}–{max(bits):.2f}")
-        else:
-            t.add_row(label, f"{mean:.2f}", kind, "")
-    console.print(t)
-    mib, f16 = kv_mib(p, cache_rows(load_model(job.output).args, 32768))
-    console.print(f"KV cache at a 32k context: {mib:.0f} MiB (f16: {f16:.0f} MiB, {f16 / mib:.1f}× smaller)")
-    if p.recent:
-        console.print(f"recent window: the last {p.recent} positions are used exactly (an f16 ring of "
-                      f"{p.recent + RECENT_SLACK} rows, counted above; `--recent 0` at run time turns it off)")
+    print_profile_summary(p, job.output, console)
     c = job.check
     if c is not None:
         r = Table(title=f"check of the written file: {c.chunks} × {c.n_ctx} tokens, {c.text}")
