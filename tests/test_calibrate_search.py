@@ -221,8 +221,8 @@ def test_search_tiny_profile_applies(tiny_models, tiny_cal, tmp_path):
     assert {"kld", "ppl", "ppl_f16", "top1"} <= set(prof.measured)
     assert res.candidates[0].proxy_error <= min(c.proxy_error for c in res.candidates[1:] if c.k_bpv <= kb)
     # more bits, less error (per layer, uniform configs)
-    for e in res.k_errors:
-        sfx = f":s8={res.scale8.k}"  # the policy's 8-bit scales
+    for l, e in enumerate(res.k_errors):
+        sfx = f":s8={res.scale8.k[l]}"  # the policy's 8-bit scales
         errs = [e.get(f"tq{b}{sfx}", e.get(f"tq{b}{sfx}+smooth")) for b in (3, 4, 5)]
         assert errs[0] > errs[1] > errs[2]
     path = prof.save(tmp_path / "p.json")

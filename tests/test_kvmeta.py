@@ -65,9 +65,9 @@ def test_scale8_metadata_round_trip(tiny_models, tmp_path):
     from kvconvert.base.errors import InputError
     from kvconvert.formats.gguf_keys import Keys
 
-    k = [KConfig(d=64, n_hi=16, hi_bits=6, lo_bits=3, scale_base=-150), KConfig(d=64, lo_bits=5, scale_base=-140)]
+    k = [KConfig(d=64, n_hi=16, hi_bits=6, lo_bits=3, scale_base=-20), KConfig(d=64, lo_bits=5, scale_base=-10)]
     fp16_one = [k[0], KConfig(d=64, lo_bits=5)]  # a side may mix: layer 1 keeps its fp16 scales
-    v = [KConfig(d=64, lo_bits=4, scale_base=-200)] * 2
+    v = [KConfig(d=64, lo_bits=4, scale_base=-96)] * 2
     out = tmp_path / "s8.gguf"
     convert(tiny_models["qwen2-hd64"], out, weights="f32", kv_meta=CacheMeta(k_type="tq", v_type="tq", k_configs=k,
                                                                               v_configs=v, seed=7))
@@ -79,8 +79,8 @@ def test_scale8_metadata_round_trip(tiny_models, tmp_path):
     assert ctx.kv_bytes_per_token == a.num_key_value_heads * 139
     assert ctx.kv_bytes_per_token == a.num_key_value_heads * sum(c.bits_per_value() * 64 / 8 for c in k + v)
     got = ctx.eval(TOKENS, all_logits=True)
-    # the grid is the set 2^(j/16) cut to 255 steps: another base changes the codes only where it cuts
-    # (a shift of a few steps relabels the same values); 200 steps lower clips every K scale
+    # the grid is the set 2^(j/32) cut to 255 steps: another base changes the codes only where it cuts
+    # (a shift of a few steps relabels the same values); 200 steps lower clips the K scales
     other = [c.with_scale_base(c.scale_base - 200) for c in k]
     moved = model.context(runtime.ContextParams(n_ctx=32, type_k="tq", type_v="tq", tq_k_layers=tuple(other),
                                                 tq_v_layers=tuple(v), tq_seed=7, k_center=True))

@@ -299,7 +299,7 @@ def test_vec_ops(arm, n):
 # a QJL norm after a 1-byte scale)
 TQ_LAYOUTS = [(128, 0, 4, 4, 0, 0, 0, 0), (128, 32, 8, 3, 1, 0, 0, 0), (96, 64, 6, 2, 1, 1, 0, 0),
               (64, 32, 10, 5, 0, 0, 0, 0), (64, 0, 1, 1, 0, 0, 0, 0), (64, 36, 4, 3, 0, 0, 0, 0),
-              (64, 16, 5, 3, 1, 0, 1, -240), (40, 0, 3, 3, 0, 0, 1, -240)]
+              (64, 16, 5, 3, 1, 0, 1, -224), (40, 0, 3, 3, 0, 0, 1, -224)]
 TQ_SHAPES = [(1, 1, 1), (6, 8, 13), (3, 5, 37), (1, 48, 1), (4, 9, 8)]  # (grp, tokens, n0)
 
 
@@ -325,7 +325,7 @@ class TqCase:
     def rows(self, n: int, rng) -> int:
         rows = rng.integers(0, 256, (n, self.row_bytes), dtype=np.uint8)
         for off, qjl, rn in self.groups:
-            if not self.scale8:  # 8-bit scales: any byte is a step of the grid (base -240: ŝ ≤ 2^(15/16) < 2)
+            if not self.scale8:  # 8-bit scales: any byte is a step of the grid (base -224: ŝ ≤ 2^(31/32) < 2)
                 rows[:, off:off + 2] = f16_bytes(rng.uniform(0.25, 2.0, n))
             if qjl:
                 rows[:, rn:rn + 2] = f16_bytes(rng.uniform(0.0, 1.0, n))

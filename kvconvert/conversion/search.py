@@ -92,30 +92,20 @@ def _label(o: Option) -> str:
 
 @dataclass(frozen=True)
 class Scale8Bases:
-    """One 8-bit scale grid per side for every layer and candidate (turboquant.scale8_base): the grid
-    is logarithmic, so one base loses no precision against per-layer ones, only range — 2^16 between its
-    lowest and top step, far more than K or V norms differ between layers."""
+    """The 8-bit scale grid of each layer's K and V candidates (turboquant.scale8_base): 254 steps
+    of 2.2% span 245×, enough for one layer's vectors as the cache stores them (their norms span
+    3–18× on Qwen2.5) but not for all layers (V's largest norms differ 80× between Qwen's layers)."""
 
-    k: int
-    v: int
+    k: tuple[int, ...]
+    v: tuple[int, ...]
 
 
-def scale8_bases(cal: Calibration, scales: np.ndarray) -> Scale8Bases:
-    """Grids above the largest head-vector norm the calibration saw in any form the cache may store:
-    K with and without centering and smoothing (RoPE and the permutation keep norms), V with and
-    without centering. A group's least-squares scale is within ~1.2× of its norm, which is at most
-    the head's; the grid's 4× headroom covers both and larger runtime norms."""
-    k_max = v_max = 0.0
-    for l in range(cal.n_layer):
-        s = np.concatenate([scales[l], scales[l]], -1)  # (Hk, d)
-        k = cal.win_k[:, l].astype(np.float32)  # (W, T, Hk, d)
-        for kc in (k, k - cal.k_mean[l]):
-            for x in (kc, kc / s):
-                k_max = max(k_max, float(np.sqrt((x.astype(np.float64) ** 2).sum(-1)).max()))
-        v = cal.win_v[:, l].astype(np.float32)
-        for x in (v, v - cal.v_mean[l]):
-            v_max = max(v_max, float(np.sqrt((x.astype(np.float64) ** 2).sum(-1)).max()))
-    return Scale8Bases(tq.scale8_base(k_max), tq.scale8_base(v_max))
+def norm_base(x: np.ndarray) -> int:
+    """The 8-bit scale grid for vectors x (..., d) as the cache stores them: its top ≥ 4× their
+    largest norm (a group's least-squares scale is within ~1.2× of its norm, at most the head's).
+    Measured on what is stored — K centered and (if chosen) smoothed: Qwen2.5's uncentered K norms
+    are up to 50× larger, a grid set from them put a quarter of a layer's scales below its floor."""
+    return tq.scale8_base(float(np.sqrt((x.astype(np.float64) ** 2).sum(-1)).max()))
 
 
 def _with_base(cfgs: list[tq.KConfig], base: int | None) -> list[tq.KConfig]:
@@ -386,9 +376,10 @@ class _LayerSearch:
     point are never measured: about 20 proxy evaluations per layer instead of 37."""
 
     def __init__(self, cal: Calibration, pol: Policy, l: int, scales: np.ndarray, order: np.ndarray,
-                 v_cfgs: list[tq.KConfig], k_base: int | None = None):
+                 v_cfgs: list[tq.KConfig]):
         self.cal, self.pol, self.l, self.scales, self.order, self.v_cfgs = cal, pol, l, scales, order, v_cfgs
-        self.k_base = k_base
+        self.k_base: int | None = None  # this layer's 8-bit scale grids (pol.scale8), set in pass 1
+        self.v_base: int | None = None
         self.smooth = False
         self.opts: list[Option] = []
         self.errs: dict[str, float] = {}
@@ -406,12 +397,17 @@ class _LayerSearch:
             for sm in (True, False):
                 self.errs[_label(Option(probe, sm))] = lay.k_error(Option(probe, sm))
             self.smooth = self.errs[_label(Option(probe, True))] < self.errs[_label(Option(probe))]
+        if pol.scale8:
+            self.k_base = norm_base(lay._keys(self.smooth, True)[1])
         self._measure(lay, _with_base([tq.KConfig(d=d, lo_bits=b, hi_bits=b) for b in pol.k_bits], self.k_base))
         if self.v_cfgs:
             vprobe = self.v_cfgs[len(self.v_cfgs) // 2]
             for ctr in (True, False):
                 self.verrs[_v_label(vprobe, ctr)] = lay.v_error(vprobe, ctr)
             center = self.verrs[_v_label(vprobe, True)] <= self.verrs[_v_label(vprobe, False)]
+            if pol.scale8:
+                self.v_base = norm_base(lay.v - self.cal.v_mean[self.l] if center else lay.v)
+                self.v_cfgs = _with_base(self.v_cfgs, self.v_base)
             for cfg in self.v_cfgs:
                 if _v_label(cfg, center) not in self.verrs:
                     self.verrs[_v_label(cfg, center)] = lay.v_error(cfg, center)
@@ -458,10 +454,8 @@ def search(calib: Calibration | str | os.PathLike, *, policy: str | Policy = DEF
     check_budgets(pol, d, budget_ctx(pol, cal))
     scales = smoothing_scales(cal)
     order = pair_order(cal, scales if pol.smoothing else None)
-    s8 = scale8_bases(cal, scales) if pol.scale8 else None
     v_cfgs = [tq.KConfig(d=d, lo_bits=b, hi_bits=b) for b in pol.v_bits] if pol.v_budget is not None else []
-    v_cfgs = _with_base(v_cfgs, s8.v if s8 else None)
-    layers = [_LayerSearch(cal, pol, l, scales, order, v_cfgs, s8.k if s8 else None) for l in range(L)]
+    layers = [_LayerSearch(cal, pol, l, scales, order, v_cfgs) for l in range(L)]
     start_phase(progress, "search", "layer")
     done = [0.0]
 
@@ -479,12 +473,13 @@ def search(calib: Calibration | str | os.PathLike, *, policy: str | Policy = DEF
             pool.shutdown(wait=True, cancel_futures=True)  # on an error or a cancel: drop the queued layers
 
     run([ls.pass1 for ls in layers], "pass 1: uniform widths, V")
+    s8 = Scale8Bases(tuple(ls.k_base for ls in layers), tuple(ls.v_base for ls in layers)) if pol.scale8 else None
     sens = measure_layer_sensitivity(cal, scales, order, sink_tokens=pol.sink_tokens, recent=pol.recent,
                                      tokens=sensitivity_tokens,
                                      n_threads=n_threads, progress=progress, cancel=cancel) if pol.sensitivity else None
     if sens is not None:  # back to the search's phase for pass 2
         start_phase(progress, "search", "layer")
-    v_opts = [(c, ctr) for c in v_cfgs for ctr in (False, True)]
+    v_opts = list(dict.fromkeys((c, ctr) for ls in layers for c in ls.v_cfgs for ctr in (False, True)))
     uniform = rebudget(SearchResult(None, k_errors=[ls.errs for ls in layers],  # type: ignore[arg-type]
                                     v_errors=[ls.verrs for ls in layers], policy=pol,
                                     k_options=[ls.opts for ls in layers], v_options=v_opts, scales=scales,

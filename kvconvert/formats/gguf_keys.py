@@ -37,7 +37,7 @@ class Keys:
         QJL_HI = "kvconvert.k_cache.qjl_hi"
         QJL_LO = "kvconvert.k_cache.qjl_lo"
         SCALE = "kvconvert.k_cache.scale"  # "ls" or "norm"
-        # (layers) i32: 8-bit group scales on the grid 2^((e + base)/16) of each layer; absent: fp16 scales
+        # (layers) i32: 8-bit group scales on the grid 2^((e + base)/32) of each layer (-32768: fp16); absent: fp16 scales
         SCALE8_BASE = "kvconvert.k_cache.scale8_base"
         PERM = "kvconvert.k_cache.perm"  # (layers * head_dim) i32: channel order after RoPE
         MEAN = "kvconvert.k_cache.mean"  # (layers * kv_heads * head_dim) f32: pre-RoPE K mean

@@ -16,13 +16,13 @@ Per group of size m with b bits:
    least-squares scale for the chosen codes), "proj" s = ‖y‖²/⟨y, c⟩ (keeps
    ⟨ŷ, y⟩ = ‖y‖², removing the (1 − D_b) shrinkage of ⟨q, x̂⟩); stored as fp16, or
    (``scale_base`` set: 8-bit scales) as the nearest step e of the log grid
-   ŝ(e) = 2^((e + base)/16), e = 1..255, ŝ(0) = 0 (ties to the lower step); ŷ = ŝ·c[code];
+   ŝ(e) = 2^((e + base)/32), e = 1..255, ŝ(0) = 0 (ties to the lower step); ŷ = ŝ·c[code];
 5. optional QJL on the residual r = y − ŷ: bits = sign(H·D₂·r), plus ‖r‖ (fp16).
 
 Bit-exactness contract with the C side (codes, scales, QJL bits): float32 for the
 rotation and the residual (no FMA contraction: r = y − (s·c) is two roundings),
 float64 sums accumulated sequentially in index order, direct float64 → fp16
-round-to-nearest-even (8-bit scales: float32 grid values built from the same 16
+round-to-nearest-even (8-bit scales: float32 grid values built from the same 32
 float32 constants, float64 midpoints), Lloyd–Max centroids as the float32 values of
 `codebook(m, bits)` and boundaries (c[k] + c[k+1]) / 2 in float64 (exact).
 
@@ -54,10 +54,20 @@ __all__ = ["GroupConfig", "KConfig", "Encoded", "codebook", "signs", "rotate", "
            "encode_group", "decode_group", "encode", "decode", "scores"]
 
 SCALES = ("ls", "norm", "proj")
-SCALE8_BASE_MIN, SCALE8_BASE_MAX = -1024, 1024  # tq.h TQ_SCALE8_BASE_*: ŝ within [2^-64, 2^80]
+SCALE8_BASE_MIN, SCALE8_BASE_MAX = -2048, 2048  # tq.h TQ_SCALE8_BASE_*: ŝ within [2^-64, 2^72]
+SCALE8_STEP = 32  # steps per octave: 2.2% apart, a scale rounded by at most 1.1%; 254 steps span 245×
 SCALE8_HEADROOM = 4.0  # scale8_base: the grid's top step is at least this × the largest scale seen
-# float32(2^(k/16)), k = 0..15, as tq.c's scale8_steps (hex literals there, the same values)
-_SCALE8_STEPS = np.array([2.0 ** (k / 16) for k in range(16)], dtype=np.float32)
+# float32(2^(k/32)), k = 0..31: the hex values of tq.c's scale8_steps, so both sides hold the same floats
+_SCALE8_STEPS = np.array([float.fromhex(h) for h in (
+    "0x1.0p+0", "0x1.059b0ep+0", "0x1.0b5586p+0", "0x1.11301ep+0",
+    "0x1.172b84p+0", "0x1.1d4874p+0", "0x1.2387a6p+0", "0x1.29e9ep+0",
+    "0x1.306fep+0", "0x1.371a74p+0", "0x1.3dea64p+0", "0x1.44e086p+0",
+    "0x1.4bfdaep+0", "0x1.5342b6p+0", "0x1.5ab07ep+0", "0x1.6247ecp+0",
+    "0x1.6a09e6p+0", "0x1.71f75ep+0", "0x1.7a1148p+0", "0x1.82589ap+0",
+    "0x1.8ace54p+0", "0x1.93737cp+0", "0x1.9c4918p+0", "0x1.a5503cp+0",
+    "0x1.ae89fap+0", "0x1.b7f77p+0", "0x1.c199bep+0", "0x1.cb720ep+0",
+    "0x1.d5818ep+0", "0x1.dfc974p+0", "0x1.ea4afap+0", "0x1.f50766p+0",
+)], dtype=np.float32)
 MAX_BITS = 10  # hi group (docs/design.md §4); codebooks exist for 1..10
 MAX_LO_BITS = 8
 _MASK = (1 << 64) - 1
@@ -269,10 +279,10 @@ def _boundaries(m: int, bits: int) -> np.ndarray:
 
 @lru_cache(maxsize=None)
 def scale8_values(base: int) -> np.ndarray:
-    """(256,) float32: ŝ(0) = 0, ŝ(e) = 2^((e + base)/16) as float32(2^(k/16))·2^octave (exact)."""
+    """(256,) float32: ŝ(0) = 0, ŝ(e) = 2^((e + base)/32) as float32(2^(k/32))·2^octave (exact)."""
     t = np.arange(1, 256) + int(base)
     v = np.zeros(256, dtype=np.float32)
-    v[1:] = np.ldexp(_SCALE8_STEPS[t % 16], t // 16).astype(np.float32)
+    v[1:] = np.ldexp(_SCALE8_STEPS[t % SCALE8_STEP], t // SCALE8_STEP).astype(np.float32)
     v.flags.writeable = False
     return v
 
@@ -294,10 +304,11 @@ def scale8_quantize(s: np.ndarray, base: int) -> np.ndarray:
 
 def scale8_base(max_scale: float) -> int:
     """The grid whose top step is ≥ SCALE8_HEADROOM × max_scale (the largest group scale a
-    calibration saw), so runtime outliers up to that factor are not clipped; it reaches
-    2^(−254/16) ≈ 1.7e-5 of the top, where a group's contribution is negligible."""
+    calibration saw in one layer), so runtime outliers up to that factor are not clipped; its
+    lowest step is 1/245 of the top (1/61 of max_scale): a layer's head-vector norms span 3–18×
+    on Qwen2.5, and a group below the floor is stored at the floor (an error smaller than it)."""
     top = SCALE8_HEADROOM * float(max_scale) if max_scale > 0 and math.isfinite(max_scale) else 1.0
-    return int(min(max(math.ceil(16 * math.log2(top)) - 255, SCALE8_BASE_MIN), SCALE8_BASE_MAX))
+    return int(min(max(math.ceil(SCALE8_STEP * math.log2(top)) - 255, SCALE8_BASE_MIN), SCALE8_BASE_MAX))
 
 
 # --- signs and rotation ------------------------------------------------------

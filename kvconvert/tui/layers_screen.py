@@ -110,7 +110,7 @@ class LayersScreen(StepScreen):
                  f"V outlier concentration {s.v_outlier:.3f}"]
         if prof is not None:
             k, v = layer_spec(prof, "k", i), layer_spec(prof, "v", i)
-            s8 = " — s8=N: each group's scale in one byte on the log grid 2^((e + N)/16)" \
+            s8 = " — s8=N: each group's scale in one byte on the log grid 2^((e + N)/32)" \
                 if "s8=" in f"{k} {v}" else ""
             lines.append(f"Chosen: K {k}, V {v} (profile {escape(prof.name)}){s8}")
         self.query_one("#layer-detail", Static).update("\n".join(lines))

@@ -136,8 +136,8 @@ typedef struct {
     const float *codebook_hi; /* (1 << hi_bits) ascending centroids; NULL when n_hi == 0 */
     const float *codebook_lo; /* (1 << lo_bits) */
     const int *perm;          /* (head_dim) channel order applied after RoPE, or NULL */
-    /* scale8: each group's scale is one byte e on a log grid, ŝ = 2^((e + scale_base)/16)
-     * (e = 0: 0), scale_base in -1024..1024; 0: an fp16 scale (2 bytes) */
+    /* scale8: each group's scale is one byte e on a log grid, ŝ = 2^((e + scale_base)/32)
+     * (e = 0: 0), scale_base in -2048..2048; 0: an fp16 scale (2 bytes) */
     int scale8, scale_base;
 } kvc_tq_layer;
 

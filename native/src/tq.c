@@ -103,15 +103,18 @@ long long tq_group_bytes(int m, int bits, int qjl, int scale8) {
     return (scale8 ? 1 : 2) + (qjl ? 2 : 0) + ((long long)m * bits + 7) / 8 + (qjl ? (m + 7) / 8 : 0);
 }
 
-/* float32(2^(k/16)), k = 0..15, correctly rounded (turboquant._SCALE8_STEPS holds the same) */
-static const float scale8_steps[16] = {
-    0x1p+0f,         0x1.0b5586p+0f, 0x1.172b84p+0f, 0x1.2387a6p+0f, 0x1.306fep+0f,  0x1.3dea64p+0f,
-    0x1.4bfdaep+0f,  0x1.5ab07ep+0f, 0x1.6a09e6p+0f, 0x1.7a1148p+0f, 0x1.8ace54p+0f, 0x1.9c4918p+0f,
-    0x1.ae89fap+0f,  0x1.c199bep+0f, 0x1.d5818ep+0f, 0x1.ea4afap+0f};
+/* float32(2^(k/32)), k = 0..31, correctly rounded (turboquant._SCALE8_STEPS holds the same hex values) */
+static const float scale8_steps[32] = {
+    0x1.0p+0f, 0x1.059b0ep+0f, 0x1.0b5586p+0f, 0x1.11301ep+0f, 0x1.172b84p+0f, 0x1.1d4874p+0f,
+    0x1.2387a6p+0f, 0x1.29e9ep+0f, 0x1.306fep+0f, 0x1.371a74p+0f, 0x1.3dea64p+0f, 0x1.44e086p+0f,
+    0x1.4bfdaep+0f, 0x1.5342b6p+0f, 0x1.5ab07ep+0f, 0x1.6247ecp+0f, 0x1.6a09e6p+0f, 0x1.71f75ep+0f,
+    0x1.7a1148p+0f, 0x1.82589ap+0f, 0x1.8ace54p+0f, 0x1.93737cp+0f, 0x1.9c4918p+0f, 0x1.a5503cp+0f,
+    0x1.ae89fap+0f, 0x1.b7f77p+0f, 0x1.c199bep+0f, 0x1.cb720ep+0f, 0x1.d5818ep+0f, 0x1.dfc974p+0f,
+    0x1.ea4afap+0f, 0x1.f50766p+0f};
 
 float tq_scale8_value(int e, int base) {
-    const int t = e + base, oct = t >= 0 ? t / 16 : -((15 - t) / 16); /* floor(t / 16), in -64..80 */
-    return scale8_steps[t - 16 * oct] * kvc_bits_f32((uint32_t)(oct + 127) << 23); /* × 2^oct, exact */
+    const int t = e + base, oct = t >= 0 ? t / 32 : -((31 - t) / 32); /* floor(t / 32), in -64..72 */
+    return scale8_steps[t - 32 * oct] * kvc_bits_f32((uint32_t)(oct + 127) << 23); /* × 2^oct, exact */
 }
 
 static int group_init(tq_group *g, int m, int bits, int qjl, const float *cb, int off, uint64_t seed, int layer,

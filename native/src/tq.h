@@ -7,7 +7,7 @@
  * b-bit codes is laid out as
  *     [scale: fp16, or 1 byte (8-bit scales)][fp16 residual norm, QJL only]
  *     [codes: m*b bits, little-endian bitstream][QJL sign bits: m bits, QJL only]
- * An 8-bit scale is a step e of a log grid: ŝ = 2^((e + base)/16) for e = 1..255 and
+ * An 8-bit scale is a step e of a log grid: ŝ = 2^((e + base)/32) for e = 1..255 and
  * ŝ = 0 for e = 0, base chosen per layer and side (tq_scale8_value; docs/design.md §4).
  * Every arithmetic detail (signs, block Walsh–Hadamard order, rounding of the
  * codes) matches kvconvert's numpy twin of the cache, so both produce identical codes. */
@@ -22,8 +22,8 @@
 #define TQ_MAX_GROUPS 2
 #define TQ_MAX_BITS 10
 #define TQ_MAX_DIM 1024
-#define TQ_SCALE8_BASE_MIN (-1024) /* range of an 8-bit scale grid's base: ŝ within [2^-64, 2^80] */
-#define TQ_SCALE8_BASE_MAX 1024
+#define TQ_SCALE8_BASE_MIN (-2048) /* range of an 8-bit scale grid's base: ŝ within [2^-64, 2^72] */
+#define TQ_SCALE8_BASE_MAX 2048
 
 typedef struct {
     int m, bits, qjl;
@@ -53,8 +53,8 @@ int tq_layout_init(tq_layout *L, int d, int n_hi, int hi_bits, int lo_bits, int 
 void tq_layout_free(tq_layout *L);
 
 long long tq_group_bytes(int m, int bits, int qjl, int scale8);
-/* ŝ of step e (1..255) of the grid with this base, as float: 2^((e + base)/16), built from
- * the float32 values of 2^(k/16), k = 0..15, times a power of two (exact; turboquant.py
+/* ŝ of step e (1..255) of the grid with this base, as float: 2^((e + base)/32), built from
+ * the float32 values of 2^(k/32), k = 0..31, times a power of two (exact; turboquant.py
  * builds the same) */
 float tq_scale8_value(int e, int base);
 
