@@ -213,9 +213,9 @@ def kv_mib(profile, rows: list[int], n_ctx: int = 32768) -> tuple[float, float]:
     return values * (kb + vb) / 8 / 2**20, values * 32 / 8 / 2**20
 
 
-def print_profile_summary(p, output, console: Console | None = None) -> None:
+def print_profile_summary(p, output, console: Console | None = None, measured: bool = True) -> None:
     """The KV cache a profile gives the written file: bits per layer, memory at 32k, the window,
-    and (a calibrated profile) what was measured when it was made."""
+    and (measured: a calibrated profile applied as it is) what was measured when it was made."""
     console = console or make_console()
     kc, vc = p.k_configs(), p.v_configs()
     t = Table(title=f"KV cache profile {p.name} (policy {p.policy})")
@@ -237,7 +237,7 @@ def print_profile_summary(p, output, console: Console | None = None) -> None:
         console.print(f"recent window: the last {p.recent} positions are used exactly (an f16 ring of "
                       f"{p.recent + RECENT_SLACK} rows, counted above; `--recent 0` at run time turns it off)")
     m = p.measured
-    if m.get("kld") is not None and m.get("text"):
+    if measured and m.get("kld") is not None and m.get("text"):
         console.print(f"measured when the profile was made: {m['text']}, {m.get('chunks', '?')} × "
                       f"{m.get('n_ctx', '?')} tokens, KLD {m['kld']:.5f} vs the f16 cache, top-1 {m['top1']:.1%} "
                       "(`kvconvert eval` measures the written file on your text)")
@@ -251,7 +251,7 @@ def print_convert_job(job, console: Console | None = None) -> None:
     p = job.profile
     if p is None:
         return
-    print_profile_summary(p, job.output, console)
+    print_profile_summary(p, job.output, console, measured=False)  # the check below is this file's
     c = job.check
     if c is not None:
         r = Table(title=f"check of the written file: {c.chunks} × {c.n_ctx} tokens, {c.text}")
