@@ -427,7 +427,7 @@ class Context:
         for i, c in enumerate(configs):
             t = arr[i]
             t.n_hi, t.hi_bits, t.lo_bits, t.qjl_hi, t.qjl_lo = c.n_hi, c.hi_bits, c.lo_bits, int(c.qjl_hi), int(c.qjl_lo)
-            t.scale8, t.scale_base = int(c.scale_base is not None), c.scale_base or 0
+            t.scale8, t.scale_base = _scale8_args(c)
             for grp, name in zip(c.groups(), ("codebook_hi", "codebook_lo") if c.n_hi else ("codebook_lo",)):
                 cb = np.ascontiguousarray(codebook(grp.m, grp.bits), dtype=np.float32)
                 buf = f.from_buffer("float[]", cb)
@@ -516,6 +516,11 @@ def eval_multi(contexts: list[Context], tokens: list[int]) -> np.ndarray:
     return out
 
 
+def _scale8_args(cfg) -> tuple[int, int]:
+    """(scale8, scale_base) of the C ABI (kvc_tq_layer, kvc_tq_encode) for a KConfig."""
+    return int(cfg.scale_base is not None), cfg.scale_base or 0
+
+
 def tq_roundtrip(x: np.ndarray, cfg, seed: int, layer: int) -> np.ndarray:
     """x (..., d) float32 → its TurboQuant reconstruction by the C kernels (encode, then
     decode without the QJL term): the twin of turboquant.decode(encode(x), qjl=False)."""
@@ -529,7 +534,7 @@ def tq_roundtrip(x: np.ndarray, cfg, seed: int, layer: int) -> np.ndarray:
     for g, (gc, (a, b)) in enumerate(zip(cfg.groups(), cfg.bounds())):
         xg = np.ascontiguousarray(flat[:, a:b])
         cb = np.ascontiguousarray(codebook(gc.m, gc.bits), dtype=np.float32)
-        s8, base = int(cfg.scale_base is not None), cfg.scale_base or 0
+        s8, base = _scale8_args(cfg)
         rows = np.empty((n, lib().kvc_tq_row_bytes(gc.m, gc.bits, int(gc.qjl), s8)), np.uint8)
         yg = np.empty_like(xg)
         fcb = f.cast("float *", f.from_buffer(cb))
