@@ -104,6 +104,34 @@ def test_scale8_metadata_round_trip(tiny_models, tmp_path):
         runtime.Model(bad).context(n_ctx=16)
 
 
+def test_per_side_scale_metadata(tiny_models, tmp_path):
+    """K and V may use different TurboQuant scales: kvconvert.v_cache.scale is written only when V's
+    differs from K's (a file without it: V uses k_cache.scale, as files written before the key), the
+    runtime encodes each side with its own (the logits differ from V on K's scale), and a side that
+    mixes scales is refused at write time."""
+    import gguf
+
+    from kvconvert.formats.gguf_keys import Keys
+
+    k = [KConfig(d=64, lo_bits=3, scale="proj")] * 2
+    v_ls, v_proj = [KConfig(d=64, lo_bits=2)] * 2, [KConfig(d=64, lo_bits=2, scale="proj")] * 2
+    files = {}
+    for name, v in (("split", v_ls), ("same", v_proj)):
+        files[name] = tmp_path / f"{name}.gguf"
+        convert(tiny_models["qwen2-hd64"], files[name], weights="f32",
+                kv_meta=CacheMeta(k_type="tq", v_type="tq", k_configs=k, v_configs=v, seed=3))
+        back = runtime.Model(files[name]).cache_meta
+        assert back.k_configs == k and back.v_configs == v, name
+    keys = {n: set(gguf.GGUFReader(f).fields) for n, f in files.items()}
+    assert Keys.VCache.SCALE in keys["split"] and Keys.VCache.SCALE not in keys["same"]
+    logits = {n: runtime.Model(f).context(n_ctx=32).eval(TOKENS, all_logits=True) for n, f in files.items()}
+    assert not np.array_equal(logits["split"], logits["same"])
+    with pytest.raises(ValueError, match="mix TurboQuant scales"):
+        convert(tiny_models["qwen2-hd64"], tmp_path / "mixed.gguf", weights="f32",
+                kv_meta=CacheMeta(k_type="tq", k_configs=[k[0], KConfig(d=64, lo_bits=3)]))
+    assert not (tmp_path / "mixed.gguf").exists()
+
+
 def test_bad_cache_metadata(tiny_models, tmp_path):
     from kvconvert.base.errors import InputError
 

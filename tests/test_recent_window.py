@@ -122,6 +122,51 @@ def test_window_matches_numpy_twin(tiny_ggufs, name):
     assert rel(got[5], got[0]) > 10 * rel(got[5], want[5]), name
 
 
+@pytest.mark.parametrize("spec_k,spec_v", [("tq3:scale=proj", "tq2"), ("tq3", "tq2:scale=proj"),
+                                           ("tq3:scale=norm", "tq2:scale=proj")])
+def test_per_side_scale_modes_match_numpy_twin(tiny_ggufs, spec_k, spec_v):
+    """K and V with different TurboQuant scales (kvc_context_params.tq_v_scale_mode) against
+    the numpy twin encoding each side with its own scale (bound 2e-4 as above), and far from
+    the run with both sides on K's scale: V's mode is really used."""
+    path = tiny_ggufs["qwen2-hd64"]
+    model = runtime.Model(path)
+    seed = 77
+    kw = dict(n_ctx=64, n_batch=7, k_center=False, n_sink=0, tq_seed=seed, n_threads=2)
+    for w in (0, 5):
+        got = model.context(type_k=spec_k, type_v=spec_v, n_recent=w, **kw).eval(TOKENS, all_logits=True)
+        want = twin_logits(path, TOKENS, w, spec_k, spec_v, seed)
+        assert rel(got, want) <= 2e-4, (spec_k, spec_v, w, rel(got, want))
+        k_scale = tq.KConfig.parse(spec_k, 64).scale
+        same = model.context(type_k=spec_k, type_v=f"tq2:scale={k_scale}", n_recent=w, **kw).eval(TOKENS,
+                                                                                                  all_logits=True)
+        assert rel(same, got) > 10 * rel(got, want), (spec_k, spec_v, w)
+
+
+def test_metal_refuses_different_scale_modes():
+    """host.h's create refuses K and V TurboQuant caches on different scale modes with
+    KVC_ERR_UNSUPPORTED (its kernels take one mode), so auto runs them on the CPU; a V-only cache
+    takes V's mode (checked in the source: no Metal device here)."""
+    from pathlib import Path
+
+    src = (Path(__file__).resolve().parent.parent / "native" / "src" / "metal" / "host.h").read_text()
+    i = src.index("different K and V TurboQuant scale modes run on the CPU backend only")
+    assert "p->tq_v_scale_mode - 1 != p->tq_scale_mode" in src[i - 300:i] and "KVC_ERR_UNSUPPORTED" in src[i - 200:i]
+    assert "c->scale_mode = !c->k_tq && p->tq_v_scale_mode ? p->tq_v_scale_mode - 1 : p->tq_scale_mode;" in src
+
+
+@pytest.mark.parametrize("mode", [-1, 4])
+def test_bad_v_scale_mode_is_refused(tiny_ggufs, mode):
+    from kvconvert.runtime._native import ffi, lib
+
+    model = runtime.Model(tiny_ggufs["qwen2-hd64"])
+    p = ffi().new("kvc_context_params *")
+    p.n_ctx, p.n_batch, p.n_threads, p.type_k, p.type_v = 16, 4, 1, lib().KVC_TYPE_F16, lib().KVC_TYPE_F16
+    p.tq_v_scale_mode = mode
+    out, err = ffi().new("kvc_context **"), ffi().new("char[256]")
+    assert lib().kvc_context_create(model._ptr, p, out, err, 256) != 0
+    assert b"tq_v_scale_mode must be 0" in ffi().string(err)
+
+
 @pytest.mark.parametrize("spec_k,spec_v,n_sink,w", [("tq4", "tq4", 0, 4), ("tq4", "tq4", 3, 6),
                                                     ("tq:split=32,hi=8,lo=3,qjl=hi", "tq3", 1, 9),
                                                     ("tq4", "f16", 2, 5), ("f16", "tq4", 5, 3)])

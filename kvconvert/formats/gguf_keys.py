@@ -36,7 +36,7 @@ class Keys:
         LO_BITS = "kvconvert.k_cache.lo_bits"
         QJL_HI = "kvconvert.k_cache.qjl_hi"
         QJL_LO = "kvconvert.k_cache.qjl_lo"
-        SCALE = "kvconvert.k_cache.scale"  # "ls" or "norm"
+        SCALE = "kvconvert.k_cache.scale"  # "ls", "norm" or "proj"; V's too unless v_cache.scale is set
         # (layers) i32: 8-bit group scales on the grid 2^((e + base)/32) of each layer (-32768: fp16); absent: fp16 scales
         SCALE8_BASE = "kvconvert.k_cache.scale8_base"
         PERM = "kvconvert.k_cache.perm"  # (layers * head_dim) i32: channel order after RoPE
@@ -53,6 +53,7 @@ class Keys:
         N_HI = "kvconvert.v_cache.n_hi"
         HI_BITS = "kvconvert.v_cache.hi_bits"
         LO_BITS = "kvconvert.v_cache.lo_bits"
+        SCALE = "kvconvert.v_cache.scale"  # as KCache.SCALE, for V (absent: V uses k_cache.scale)
         SCALE8_BASE = "kvconvert.v_cache.scale8_base"  # as KCache.SCALE8_BASE
         MEAN = "kvconvert.v_cache.mean"  # (layers * kv_heads * head_dim) f32, subtracted by the runtime (portable)
 

@@ -89,6 +89,9 @@ class CacheMeta:
     k_smooth: np.ndarray | None = None
 
     def add_to_gguf(self, w: gguf.GGUFWriter) -> None:
+        for side, cfgs in (("K", self.k_configs), ("V", self.v_configs)):
+            if cfgs and len({c.scale for c in cfgs}) > 1:  # one scale key per side
+                raise ValueError(f"{side} cache layers mix TurboQuant scales {sorted({c.scale for c in cfgs})}")
         w.add_string(Keys.KVConvert.LAYOUT, self.layout)
         w.add_uint64(Keys.KVConvert.ROTATION_SEED, self.seed)
         if self.profile_json:
@@ -111,6 +114,8 @@ class CacheMeta:
             w.add_array(V_.N_HI, [c.n_hi for c in self.v_configs])
             w.add_array(V_.HI_BITS, [c.hi_bits for c in self.v_configs])
             w.add_array(V_.LO_BITS, [c.lo_bits for c in self.v_configs])
+            if self.v_configs[0].scale != (self.k_configs[0].scale if self.k_configs else "ls"):
+                w.add_string(V_.SCALE, self.v_configs[0].scale)  # absent: V's scale is K's (older files)
             _add_scale8(w, V_.SCALE8_BASE, self.v_configs)
         if self.k_perm is not None:
             w.add_array(K.PERM, [int(i) for i in np.asarray(self.k_perm).reshape(-1)])
@@ -165,7 +170,8 @@ class CacheMeta:
             if meta.k_type == TQ:
                 meta.k_configs = _configs(get, K, L, d, scale, qjl=True, source=source)
             if meta.v_type == TQ:
-                meta.v_configs = _configs(get, V_, L, d, scale, qjl=False, source=source)
+                v_scale = V.one_of(source, V_.SCALE, get(V_.SCALE, scale), SCALES)
+                meta.v_configs = _configs(get, V_, L, d, v_scale, qjl=False, source=source)
             perm, mean = get(K.PERM), get(K.MEAN)
             if perm is not None:
                 meta.k_perm = np.asarray(V.int_list(source, K.PERM, perm, 0, d - 1, length=L * d),

@@ -371,13 +371,17 @@ class Context:
         p.n_threads = params.resolved_threads()
         self._keep: list = [p]
         a = model.args
+        k_mode = v_mode = None  # each side's encode scale (one per side: turboquant.SCALES)
         if params.type_k.kind == TQ:
-            p.tq_k = self._tq_layers(tq_configs(params.type_k, params.tq_k_layers, a.num_hidden_layers, a.head_dim),
-                                     params.k_perm)
+            p.tq_k, k_mode = self._tq_layers(tq_configs(params.type_k, params.tq_k_layers, a.num_hidden_layers,
+                                                        a.head_dim), params.k_perm)
         if params.type_v.kind == TQ:
-            p.tq_v = self._tq_layers(tq_configs(params.type_v, params.tq_v_layers, a.num_hidden_layers, a.head_dim))
+            p.tq_v, v_mode = self._tq_layers(tq_configs(params.type_v, params.tq_v_layers, a.num_hidden_layers,
+                                                        a.head_dim))
         p.tq_seed = params.tq_seed
-        p.tq_scale_mode = getattr(self, "_scale_mode", SCALE_MODES["ls"])
+        p.tq_scale_mode = SCALE_MODES[k_mode or v_mode or "ls"]
+        if k_mode and v_mode and v_mode != k_mode:  # kvc.h: 0 = as K, else 1 + V's mode
+            p.tq_v_scale_mode = 1 + SCALE_MODES[v_mode]
         center = params.k_center if params.k_center is not None else params.type_k.kind == TQ
         p.k_center, p.k_center_pairs = int(center), params.k_center_pairs
         if center and params.k_mean is not None:
@@ -410,6 +414,7 @@ class Context:
         return buf
 
     def _tq_layers(self, configs, perm: np.ndarray | None = None):
+        """The kvc_tq_layer array for one cache side, and that side's scale mode."""
         f = ffi()
         from ..kvcache.turboquant import codebook
 
@@ -421,9 +426,9 @@ class Context:
                 raise InputError(f"K permutation has shape {perm.shape}, expected {(len(configs), configs[0].d)}")
             self._keep.append(perm)
         modes = {c.scale for c in configs}
-        if not modes <= set(SCALE_MODES):
-            raise InputError(f"the runtime supports TurboQuant scales {', '.join(SCALE_MODES)}, not {modes}")
-        self._scale_mode = SCALE_MODES[configs[0].scale]
+        if len(modes) != 1 or not modes <= set(SCALE_MODES):
+            raise InputError(f"the runtime needs one TurboQuant scale ({', '.join(SCALE_MODES)}) per cache side, "
+                             f"not {', '.join(sorted(modes))}")
         for i, c in enumerate(configs):
             t = arr[i]
             t.n_hi, t.hi_bits, t.lo_bits, t.qjl_hi, t.qjl_lo = c.n_hi, c.hi_bits, c.lo_bits, int(c.qjl_hi), int(c.qjl_lo)
@@ -437,7 +442,7 @@ class Context:
                 pbuf = f.cast("int *", f.from_buffer(perm[i]))
                 self._keep.append(pbuf)
                 t.perm = pbuf
-        return arr
+        return arr, configs[0].scale
 
     def capture(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Turn on calibration capture; returns the buffers q (layers, n_batch, H*D),

@@ -151,6 +151,8 @@ typedef struct {
     const kvc_tq_layer *tq_v; /* (n_layer) when type_v == KVC_CACHE_TQ */
     unsigned long long tq_seed;
     int tq_scale_mode;        /* 0: scale = norm; 1: least-squares scale; 2: ‖y‖²/⟨y, c⟩ (proj) */
+    int tq_v_scale_mode;      /* V's own scale: 0 = tq_scale_mode (zero-initialised callers keep one
+                                 mode); 1 + mode otherwise (1 norm, 2 ls, 3 proj) */
     /* K mean-centering (any K type): subtract the pre-RoPE mean before caching and
      * add q·R_n·mean back exactly in the scores, for the k_center_pairs pairs of
      * largest mean energy per head (0: all pairs). k_mean NULL: the mean of the

@@ -48,7 +48,7 @@ typedef struct cpu_ctx {
     int *kv_cap, *kv_base;
     kv_layer *kv;           /* (n_layer) */
     tq_layout *tq_k, *tq_v; /* (n_layer) when the cache type is KVC_CACHE_TQ */
-    int tq_scale_mode;
+    int tq_scale_mode, tq_v_scale_mode; /* K's and V's encode scales (kvc_context_params) */
     float *enc_tmp;         /* (4*D) encode scratch (caches are written by thread 0 only) */
     /* attention sinks: positions < n_sink kept exactly besides their TurboQuant rows */
     int n_sink;

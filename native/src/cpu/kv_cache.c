@@ -76,8 +76,11 @@ int kv_init(cpu_ctx *c, const kvc_context_params *p, char *err, int err_len) {
         return kvc_fail(err, err_len, KVC_ERR_INVALID, "TurboQuant caches need one config per layer");
     if (p->tq_scale_mode < 0 || p->tq_scale_mode > 2)
         return kvc_fail(err, err_len, KVC_ERR_INVALID, "tq_scale_mode must be 0 (norm), 1 (ls) or 2 (proj)");
+    if (p->tq_v_scale_mode < 0 || p->tq_v_scale_mode > 3)
+        return kvc_fail(err, err_len, KVC_ERR_INVALID, "tq_v_scale_mode must be 0 (as K) or 1 + a scale mode");
     if (D > TQ_MAX_DIM) return kvc_fail(err, err_len, KVC_ERR_UNSUPPORTED, "head_dim %d is too large", D);
     c->tq_scale_mode = p->tq_scale_mode;
+    c->tq_v_scale_mode = p->tq_v_scale_mode ? p->tq_v_scale_mode - 1 : p->tq_scale_mode;
     c->k_rb = calloc((size_t)L, sizeof(size_t));
     c->v_rb = calloc((size_t)L, sizeof(size_t));
     c->kv = calloc((size_t)L, sizeof(kv_layer));
@@ -311,7 +314,7 @@ void kv_store(cpu_ctx *c, int layer, int T) {
                 c->kern->type[c->type_k].quantize(k, k_row(c, layer, h, pos), D);
             }
             if (c->tq_v) {
-                c->kern->tq_encode(&c->tq_v[layer], c->tq_scale_mode, v, v_row(c, layer, h, pos), scratch);
+                c->kern->tq_encode(&c->tq_v[layer], c->tq_v_scale_mode, v, v_row(c, layer, h, pos), scratch);
                 uint16_t *vs = pos < c->n_sink ? sink_row(c, c->v_sink, layer, h, pos) : NULL;
                 uint16_t *vr = c->v_rec ? kv_recent_row(c, 1, layer, h, pos) : NULL;
                 if (vs || vr) { /* correction = value − decoded row (scratch: 2D floats), computed once */
