@@ -375,6 +375,8 @@ POLICY_CASES: dict[str, tuple[dict, str]] = {
     "splits_string": ({"splits": "no"}, "splits"),
     "sink_tokens_float": ({"sink_tokens": 1.5}, "sink_tokens"),
     "name_number": ({"name": 5}, "name"),
+    "k_scale_mode_unknown": ({"k_scale_mode": "lsq"}, "k_scale_mode"),
+    "v_scale_mode_number": ({"v_scale_mode": 2}, "v_scale_mode"),
 }
 
 

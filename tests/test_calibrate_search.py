@@ -7,6 +7,7 @@ from __future__ import annotations
 import itertools
 import json
 import threading
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -239,6 +240,28 @@ def test_search_tiny_profile_applies(tiny_models, tiny_cal, tmp_path):
     assert m.cache_meta.n_recent == 6 and m.context(n_ctx=64).params.n_recent == 6
 
 
+def test_policy_scale_modes_reach_the_file(tiny_models, tiny_cal, tmp_path):
+    """Policy k_scale_mode / v_scale_mode: the search allocates as with the default scales (the proxies
+    use least-squares scales) and writes the chosen configs with each side's scale; the file carries
+    them and the runtime uses them (other logits than the default's)."""
+    kw = dict(name="t", description="test", k_budget=4.0, v_budget=3.5, k_bits=(3, 4, 5), v_bits=(2, 3, 4))
+    plain = search(tiny_cal, policy=Policy(**kw), check=False).profile
+    prof = search(tiny_cal, policy=Policy(**kw, k_scale_mode="proj"), check=False).profile
+    parse = lambda specs: [tq.KConfig.parse(x, tiny_cal.head_dim) for x in specs]  # noqa: E731
+    assert parse(prof.k_layers) == [replace(c, scale="proj") for c in parse(plain.k_layers)]
+    assert prof.v_layers == plain.v_layers and prof.bits() == plain.bits()
+    files = {}
+    for name, p in (("plain", plain), ("proj", prof)):
+        files[name] = convert(tiny_models["qwen2-hd64"], tmp_path / f"{name}.gguf", weights="f32", profile=p).output
+    meta = Model(files["proj"]).cache_meta
+    assert {c.scale for c in meta.k_configs} == {"proj"} and {c.scale for c in meta.v_configs} == {"ls"}
+    toks = list(range(5, 45))
+    got = {n: Model(f).context(n_ctx=64).eval(toks, all_logits=True) for n, f in files.items()}
+    assert not np.array_equal(got["plain"], got["proj"])
+    with pytest.raises(InputError, match="v_scale_mode"):
+        Policy(**kw, v_scale_mode="nope")
+
+
 @pytest.mark.parametrize("name", ["qwen3-hd64", "mistral-hd64-swa8", "gemma3-hd64-swa8"])
 def test_new_families_calibrate_search_convert(tiny_models, plain, tmp_path, name):
     """Issue 18: calibrate → search → convert on QK-norm and sliding-window families. The capture
@@ -384,3 +407,6 @@ def test_shipped_calibrated_profiles_are_complete():
         assert prof.provenance["tokens"] > 0 and len(prof.provenance["text_sha256"]) == 64
         t = prof.transforms
         assert t.k_mean is not None and t.k_scale is not None and t.pair_order is not None
+        d = prof.model.head_dim  # the configs carry the scale modes of the policy they were searched with
+        assert {tq.KConfig.parse(x, d).scale for x in prof.k_layers} == {pol.k_scale_mode}, name
+        assert {tq.KConfig.parse(x, d).scale for x in prof.v_layers} <= {pol.v_scale_mode}, name

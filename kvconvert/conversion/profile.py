@@ -26,7 +26,7 @@ from ..base.atomic import atomic_path
 from ..models.config import ModelArgs
 from ..base.errors import InputError
 from ..kvcache.kvmeta import DEFAULT_SINK, MAX_RECENT, MAX_SINK, exact_bits
-from ..kvcache.turboquant import MAX_LO_BITS, KConfig
+from ..kvcache.turboquant import MAX_LO_BITS, SCALES, KConfig
 from ..kvcache.types import STANDARD, TQ, standard_bits
 
 PROFILE_SCHEMA = 1
@@ -272,9 +272,19 @@ class Policy:
     # 8-bit group scales (one byte on a log grid per group instead of an fp16: 0.125 bits per value less
     # per group at head dim 64, spent on codes by the search); the grid comes from the calibration
     scale8: bool = True
+    # each side's encode scale (turboquant.SCALES): "ls" minimises each vector's error but shrinks its
+    # inner products by (1 − D_b); "proj" keeps them unshrunk. The per-layer proxies cannot see the
+    # difference (a bias that adds up over layers and long contexts), so the search allocates bits with
+    # "ls" proxies and writes the chosen configs with these scales; measured end to end (README)
+    k_scale_mode: str = "ls"
+    v_scale_mode: str = "ls"
     schema: int = POLICY_SCHEMA
 
     def __post_init__(self) -> None:
+        for side in ("k_scale_mode", "v_scale_mode"):
+            if getattr(self, side) not in SCALES:
+                raise InputError(f"policy {self.name!r}: {side} {getattr(self, side)!r} is not one of "
+                                 f"{', '.join(SCALES)}")
         if self.joint and not (self.sensitivity and self.v_budget is not None):
             raise InputError(f"policy {self.name!r}: joint K/V allocation needs sensitivity weights "
                              "(\"sensitivity\": true) and a V budget")
@@ -304,6 +314,9 @@ class Policy:
                 kw["max_kld"] = V.finite_float(source, "max_kld", obj["max_kld"], 0.0, 10.0, lo_open=True)
                 if kw["max_kld"] >= 10:
                     raise ValueError(f"max_kld {kw['max_kld']} outside (0, 10)")
+            for k in ("k_scale_mode", "v_scale_mode"):
+                if k in obj:
+                    kw[k] = V.one_of(source, k, obj[k], SCALES)
             if "sink_tokens" in obj:
                 kw["sink_tokens"] = V.int_in(source, "sink_tokens", obj["sink_tokens"], 0, MAX_SINK)
             if "recent" in obj:
