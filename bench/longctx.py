@@ -93,9 +93,9 @@ def model_file(which: str) -> Path:
         if not out.exists():
             convert(fixtures.qwen25_coder_gguf(), out, weights="f16")
         return out
-    prof = REPO / "profiles" / f"{SLUG}-{which}.json"
+    prof = Path(which) if which.endswith(".json") else REPO / "profiles" / f"{SLUG}-{which}.json"
     digest = hashlib.sha256(prof.read_bytes()).hexdigest()[:12]  # a re-searched profile is another file
-    out = work_dir() / f"{SLUG}-{which}-{digest}.f16.gguf"
+    out = work_dir() / f"{SLUG}-{prof.stem.removeprefix(SLUG + '-')}-{digest}.f16.gguf"
     if not out.exists():
         convert(fixtures.qwen25_coder_gguf(), out, weights="f16", profile=str(prof))
     return out
@@ -105,10 +105,23 @@ def parse_configs(text: str) -> list[Config]:
     names = [x.strip() for x in text.split(",") if x.strip()]
     if names == ["all"]:
         names = [n for n, c in CONFIGS.items() if not c.study]
-    bad = [n for n in names if n not in CONFIGS]
+    bad = [n for n in names if n not in CONFIGS and not _profile_path(n)]
     if bad:
-        raise SystemExit(f"unknown config(s) {bad}; known: {', '.join(CONFIGS)}")
-    return [CONFIGS[n] for n in names]
+        raise SystemExit(f"unknown config(s) {bad}; known: {', '.join(CONFIGS)}, or PROFILE.json[+wN]")
+    return [CONFIGS.get(n) or _profile_config(n) for n in names]
+
+
+def _profile_path(name: str) -> Path | None:
+    path = Path(name.rsplit("+w", 1)[0])
+    return path if path.suffix == ".json" and path.is_file() else None
+
+
+def _profile_config(name: str) -> Config:
+    """An experiment: a profile JSON from disk (e.g. a re-searched or hand-edited one), optionally
+    with a recent window ("PATH.json+w32"; without it the file's own window)."""
+    path, _, w = name.partition("+w") if "+w" in name else (name, "", "")
+    return Config(name, "kvc", str(Path(path).resolve()), "auto", "auto", f"kvconvert profile {Path(path).stem}"
+                  + (f" + recent window {w}" if w else ""), int(w) if w else None, study=True)
 
 
 class KvcRunner:
