@@ -25,10 +25,11 @@ def test_info_shows_the_patch(tiny_ggufs, tmp_path, capsys, monkeypatch):
     L, Hk, d = a.num_hidden_layers, a.num_key_value_heads, a.head_dim
     prof = random_profile(src, np.random.default_rng(1), k_type="tq", v_type="tq")
     prof.k_layers = ["tq:split=16,hi=6,lo=4,qjl=hi" if l % 2 else "tq4" for l in range(L)]
-    prof.v_layers = ["tq3"] * L
+    prof.v_layers = ["tq3:scale=proj"] * L
     prof.sink_tokens = 2
     kept = convert(gg, tmp_path / "k.gguf", profile=prof).output
     out = info(capsys, kept)
+    assert "K ls (least-squares); V proj (‖y‖²/⟨y, c⟩: inner products unshrunk)" in out
     assert "kept byte for byte" in out and "portable" in out
     assert "applied by the runtime (k_cache.smooth)" in out
     assert "first 2 positions kept in f16" in out

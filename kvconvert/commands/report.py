@@ -70,6 +70,8 @@ def print_model_info(m: ModelSource, console: Console | None = None) -> None:
 
 
 INFO_CTX = 32768  # the context `info` states bits and KV MiB for
+SCALE_RULES = {"ls": "ls (least-squares)", "proj": "proj (‖y‖²/⟨y, c⟩: inner products unshrunk)",
+               "norm": "norm (the group's norm)"}  # turboquant.SCALES, for people
 
 
 def print_patch_info(m: ModelSource, console: Console | None = None) -> None:
@@ -113,6 +115,9 @@ def print_patch_info(m: ModelSource, console: Console | None = None) -> None:
               "(TurboQuant caches)" if n_sink else "none")
     t.add_row("recent window", f"the last {n_recent} positions before each query used exactly (f16 ring, "
               "TurboQuant caches, CPU backend)" if n_recent else "none")
+    scales = [(side, cfgs[0].scale) for side, cfgs in (("K", meta.k_configs), ("V", meta.v_configs)) if cfgs]
+    if scales:
+        t.add_row("group scale rule", "; ".join(f"{side} {SCALE_RULES[mode]}" for side, mode in scales))
     t.add_row("rotation seed", f"{meta.seed:#x}")
     console.print(t)
 

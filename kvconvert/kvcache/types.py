@@ -47,7 +47,8 @@ KVC_CACHE_TQ = 64  # kvc.h's id of a TurboQuant cache
 DEFAULT_SEED = 0x6B7663  # the rotation seed ("kvc") when a file or profile gives none
 AUTO = "auto"
 
-TYPES_HELP = f"{', '.join(STANDARD)}, or TurboQuant: tq<bits> (e.g. tq4) or tq:split=N,hi=B,lo=B[,qjl=hi|lo|both]"
+TYPES_HELP = (f"{', '.join(STANDARD)}, or TurboQuant: tq<bits> (e.g. tq4) or tq:split=N,hi=B,lo=B[,qjl=hi|lo|both]"
+              "[,scale=ls|proj|norm][,s8=BASE] (s8: 8-bit scales on the grid 2^((e + BASE)/32))")
 
 
 def is_tq(name: str) -> bool:
