@@ -43,7 +43,7 @@ and decode() adds that r̂, so scores() = ⟨q, decode()⟩ with or without QJL.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
 
 import numpy as np
@@ -127,8 +127,6 @@ class KConfig:
 
     def with_scale_base(self, base: int | None) -> "KConfig":
         """The same codes with 8-bit scales on the grid of base (None: fp16 scales)."""
-        from dataclasses import replace
-
         return replace(self, scale_base=base)
 
     def bits_per_value(self) -> float:
@@ -152,8 +150,9 @@ class KConfig:
         return head + (":" + ",".join(opts) if opts else "")
 
     def label(self) -> str:
-        """spec() for people: an 8-bit scale grid shown as "s8", without its base."""
-        return self.spec() if self.scale_base is None else self.spec().replace(f"s8={self.scale_base}", "s8")
+        """spec() for people, short enough for a table cell: an 8-bit scale grid shown as "s8",
+        without its base, and no scale mode (one per cache side: say it once, not per layer)."""
+        return replace(self, scale="ls").spec().replace(f"s8={self.scale_base}", "s8")
 
     @classmethod
     def parse(cls, text: str, d: int) -> KConfig:

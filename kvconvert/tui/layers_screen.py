@@ -112,5 +112,7 @@ class LayersScreen(StepScreen):
             k, v = layer_spec(prof, "k", i), layer_spec(prof, "v", i)
             s8 = " — s8=N: each group's scale in one byte on the log grid 2^((e + N)/32)" \
                 if "s8=" in f"{k} {v}" else ""
-            lines.append(f"Chosen: K {k}, V {v} (profile {escape(prof.name)}){s8}")
+            proj = " — scale=proj: group scales that keep inner products unshrunk" \
+                if "scale=proj" in f"{k} {v}" else ""
+            lines.append(f"Chosen: K {k}, V {v} (profile {escape(prof.name)}){s8}{proj}")
         self.query_one("#layer-detail", Static).update("\n".join(lines))
