@@ -150,8 +150,9 @@ def test_metal_refuses_different_scale_modes():
 
     src = (Path(__file__).resolve().parent.parent / "native" / "src" / "metal" / "host.h").read_text()
     i = src.index("different K and V TurboQuant scale modes run on the CPU backend only")
-    assert "p->tq_v_scale_mode - 1 != p->tq_scale_mode" in src[i - 300:i] and "KVC_ERR_UNSUPPORTED" in src[i - 200:i]
-    assert "c->scale_mode = !c->k_tq && p->tq_v_scale_mode ? p->tq_v_scale_mode - 1 : p->tq_scale_mode;" in src
+    assert "c->k_tq && c->v_tq && kvc_v_scale_mode(p) != p->tq_scale_mode" in src[i - 300:i]
+    assert "KVC_ERR_UNSUPPORTED" in src[i - 200:i]
+    assert "c->scale_mode = c->k_tq ? p->tq_scale_mode : kvc_v_scale_mode(p);" in src
 
 
 @pytest.mark.parametrize("mode", [-1, 4])

@@ -19,7 +19,7 @@ import numpy as np
 from ..base.errors import InputError
 from ..formats.gguf_io import field_value
 from ..formats.gguf_keys import Keys
-from .turboquant import SCALE8_BASE_MAX, SCALE8_BASE_MIN, SCALES, KConfig
+from .turboquant import SCALE8_BASE_MAX, SCALE8_BASE_MIN, SCALES, KConfig, side_scale
 from .types import DEFAULT_SEED, STANDARD, TQ
 from ..base import validate as V
 
@@ -89,9 +89,8 @@ class CacheMeta:
     k_smooth: np.ndarray | None = None
 
     def add_to_gguf(self, w: gguf.GGUFWriter) -> None:
-        for side, cfgs in (("K", self.k_configs), ("V", self.v_configs)):
-            if cfgs and len({c.scale for c in cfgs}) > 1:  # one scale key per side
-                raise ValueError(f"{side} cache layers mix TurboQuant scales {sorted({c.scale for c in cfgs})}")
+        k_scale = side_scale(self.k_configs, "K") if self.k_configs else "ls"
+        v_scale = side_scale(self.v_configs, "V") if self.v_configs else None
         w.add_string(Keys.KVConvert.LAYOUT, self.layout)
         w.add_uint64(Keys.KVConvert.ROTATION_SEED, self.seed)
         if self.profile_json:
@@ -108,14 +107,14 @@ class CacheMeta:
             w.add_array(K.LO_BITS, [c.lo_bits for c in self.k_configs])
             w.add_array(K.QJL_HI, [int(c.qjl_hi) for c in self.k_configs])
             w.add_array(K.QJL_LO, [int(c.qjl_lo) for c in self.k_configs])
-            w.add_string(K.SCALE, self.k_configs[0].scale)
+            w.add_string(K.SCALE, k_scale)
             _add_scale8(w, K.SCALE8_BASE, self.k_configs)
         if self.v_configs:
             w.add_array(V_.N_HI, [c.n_hi for c in self.v_configs])
             w.add_array(V_.HI_BITS, [c.hi_bits for c in self.v_configs])
             w.add_array(V_.LO_BITS, [c.lo_bits for c in self.v_configs])
-            if self.v_configs[0].scale != (self.k_configs[0].scale if self.k_configs else "ls"):
-                w.add_string(V_.SCALE, self.v_configs[0].scale)  # absent: V's scale is K's (older files)
+            if v_scale != k_scale:
+                w.add_string(V_.SCALE, v_scale)  # absent: V's scale is K's (older files)
             _add_scale8(w, V_.SCALE8_BASE, self.v_configs)
         if self.k_perm is not None:
             w.add_array(K.PERM, [int(i) for i in np.asarray(self.k_perm).reshape(-1)])

@@ -225,6 +225,15 @@ class KConfig:
             raise ValueError(f"bad K cache type {text!r}: {e}") from None
 
 
+def side_scale(cfgs: list[KConfig], side: str) -> str:
+    """The scale mode of one cache side's layers: one per side (k_cache.scale / v_cache.scale, the
+    runtime's tq_scale_mode / tq_v_scale_mode), so layers that mix them are an error."""
+    modes = {c.scale for c in cfgs}
+    if len(modes) != 1:
+        raise ValueError(f"{side} cache layers mix TurboQuant scales {sorted(modes)}: one per cache side")
+    return modes.pop()
+
+
 @dataclass
 class Encoded:
     """One group of encoded vectors; leading dims are those of the input."""

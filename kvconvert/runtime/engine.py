@@ -374,10 +374,10 @@ class Context:
         k_mode = v_mode = None  # each side's encode scale (one per side: turboquant.SCALES)
         if params.type_k.kind == TQ:
             p.tq_k, k_mode = self._tq_layers(tq_configs(params.type_k, params.tq_k_layers, a.num_hidden_layers,
-                                                        a.head_dim), params.k_perm)
+                                                        a.head_dim), "K", params.k_perm)
         if params.type_v.kind == TQ:
             p.tq_v, v_mode = self._tq_layers(tq_configs(params.type_v, params.tq_v_layers, a.num_hidden_layers,
-                                                        a.head_dim))
+                                                        a.head_dim), "V")
         p.tq_seed = params.tq_seed
         p.tq_scale_mode = SCALE_MODES[k_mode or v_mode or "ls"]
         if k_mode and v_mode and v_mode != k_mode:  # kvc.h: 0 = as K, else 1 + V's mode
@@ -413,10 +413,10 @@ class Context:
         self._keep += [arr, buf]
         return buf
 
-    def _tq_layers(self, configs, perm: np.ndarray | None = None):
+    def _tq_layers(self, configs, side: str, perm: np.ndarray | None = None):
         """The kvc_tq_layer array for one cache side, and that side's scale mode."""
         f = ffi()
-        from ..kvcache.turboquant import codebook
+        from ..kvcache.turboquant import codebook, side_scale
 
         arr = f.new("kvc_tq_layer[]", len(configs))
         self._keep.append(arr)
@@ -425,10 +425,10 @@ class Context:
             if perm.shape != (len(configs), configs[0].d):
                 raise InputError(f"K permutation has shape {perm.shape}, expected {(len(configs), configs[0].d)}")
             self._keep.append(perm)
-        modes = {c.scale for c in configs}
-        if len(modes) != 1 or not modes <= set(SCALE_MODES):
-            raise InputError(f"the runtime needs one TurboQuant scale ({', '.join(SCALE_MODES)}) per cache side, "
-                             f"not {', '.join(sorted(modes))}")
+        try:
+            mode = side_scale(configs, side)
+        except ValueError as e:
+            raise InputError(str(e)) from None
         for i, c in enumerate(configs):
             t = arr[i]
             t.n_hi, t.hi_bits, t.lo_bits, t.qjl_hi, t.qjl_lo = c.n_hi, c.hi_bits, c.lo_bits, int(c.qjl_hi), int(c.qjl_lo)
@@ -442,7 +442,7 @@ class Context:
                 pbuf = f.cast("int *", f.from_buffer(perm[i]))
                 self._keep.append(pbuf)
                 t.perm = pbuf
-        return arr, configs[0].scale
+        return arr, mode
 
     def capture(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Turn on calibration capture; returns the buffers q (layers, n_batch, H*D),

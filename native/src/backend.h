@@ -31,6 +31,11 @@ typedef struct kvc_backend_ops {
     void (*free)(kvc_context *ctx);                             /* ctx->be and what it owns */
 } kvc_backend_ops;
 
+/* V's TurboQuant encode scale (kvc.h: tq_v_scale_mode 0 = K's, else 1 + the mode); checked by context.c. */
+static inline int kvc_v_scale_mode(const kvc_context_params *p) {
+    return p->tq_v_scale_mode ? p->tq_v_scale_mode - 1 : p->tq_scale_mode;
+}
+
 /* What every backend shares; the ABI's opaque kvc_context. */
 struct kvc_context {
     kvc_model *m;

@@ -22,6 +22,10 @@ int kvc_context_create(kvc_model *m, const kvc_context_params *p, kvc_context **
     if (!m || !p) return kvc_fail(err, err_len, KVC_ERR_INVALID, "model and params are required");
     if (p->n_ctx <= 0 || p->n_ctx > (1 << 22) || p->n_batch <= 0 || p->n_threads <= 0 || p->n_threads > 512)
         return kvc_fail(err, err_len, KVC_ERR_INVALID, "n_ctx, n_batch or n_threads out of range");
+    if (p->tq_scale_mode < 0 || p->tq_scale_mode > 2)
+        return kvc_fail(err, err_len, KVC_ERR_INVALID, "tq_scale_mode must be 0 (norm), 1 (ls) or 2 (proj)");
+    if (p->tq_v_scale_mode < 0 || p->tq_v_scale_mode > 3)
+        return kvc_fail(err, err_len, KVC_ERR_INVALID, "tq_v_scale_mode must be 0 (as K) or 1 + a scale mode");
     kvc_context *c = calloc(1, sizeof *c);
     if (!c) return kvc_fail(err, err_len, KVC_ERR_NOMEM, "out of memory");
     c->m = m;

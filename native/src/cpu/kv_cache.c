@@ -74,13 +74,9 @@ int kv_init(cpu_ctx *c, const kvc_context_params *p, char *err, int err_len) {
         return kvc_fail(err, err_len, KVC_ERR_UNSUPPORTED, "cache types must be f32, f16, q8_0, q4_0 or TurboQuant");
     if ((k_tq && !tq_layer_ok(p->tq_k)) || (v_tq && !tq_layer_ok(p->tq_v)))
         return kvc_fail(err, err_len, KVC_ERR_INVALID, "TurboQuant caches need one config per layer");
-    if (p->tq_scale_mode < 0 || p->tq_scale_mode > 2)
-        return kvc_fail(err, err_len, KVC_ERR_INVALID, "tq_scale_mode must be 0 (norm), 1 (ls) or 2 (proj)");
-    if (p->tq_v_scale_mode < 0 || p->tq_v_scale_mode > 3)
-        return kvc_fail(err, err_len, KVC_ERR_INVALID, "tq_v_scale_mode must be 0 (as K) or 1 + a scale mode");
     if (D > TQ_MAX_DIM) return kvc_fail(err, err_len, KVC_ERR_UNSUPPORTED, "head_dim %d is too large", D);
     c->tq_scale_mode = p->tq_scale_mode;
-    c->tq_v_scale_mode = p->tq_v_scale_mode ? p->tq_v_scale_mode - 1 : p->tq_scale_mode;
+    c->tq_v_scale_mode = kvc_v_scale_mode(p);
     c->k_rb = calloc((size_t)L, sizeof(size_t));
     c->v_rb = calloc((size_t)L, sizeof(size_t));
     c->kv = calloc((size_t)L, sizeof(kv_layer));

@@ -184,11 +184,7 @@ static int kvm_create(const kvm_device *d, kvc_context *ctx, const kvc_context_p
         return kvc_fail(err, err_len, KVC_ERR_UNSUPPORTED, "the Metal backend runs f16 and TurboQuant caches only");
     if ((c->k_tq && !p->tq_k) || (c->v_tq && !p->tq_v))
         return kvc_fail(err, err_len, KVC_ERR_INVALID, "TurboQuant caches need one config per layer");
-    if (p->tq_scale_mode < 0 || p->tq_scale_mode > 2)
-        return kvc_fail(err, err_len, KVC_ERR_INVALID, "tq_scale_mode must be 0 (norm), 1 (ls) or 2 (proj)");
-    if (p->tq_v_scale_mode < 0 || p->tq_v_scale_mode > 3)
-        return kvc_fail(err, err_len, KVC_ERR_INVALID, "tq_v_scale_mode must be 0 (as K) or 1 + a scale mode");
-    if (c->k_tq && c->v_tq && p->tq_v_scale_mode && p->tq_v_scale_mode - 1 != p->tq_scale_mode)
+    if (c->k_tq && c->v_tq && kvc_v_scale_mode(p) != p->tq_scale_mode)
         return kvc_fail(err, err_len, KVC_ERR_UNSUPPORTED, /* one scale_mode per kernel call; auto runs the CPU */
                         "different K and V TurboQuant scale modes run on the CPU backend only");
     if (D > KVM_TQ_MAX_DIM || D % 2)
@@ -211,7 +207,7 @@ static int kvm_create(const kvm_device *d, kvc_context *ctx, const kvc_context_p
             return kvc_fail(err, err_len, KVC_ERR_UNSUPPORTED, "8-bit TurboQuant scales run on the CPU backend only");
     c->k_center = p->k_center != 0;
     c->k_center_sub = c->k_center && !p->k_mean_folded;
-    c->scale_mode = !c->k_tq && p->tq_v_scale_mode ? p->tq_v_scale_mode - 1 : p->tq_scale_mode;
+    c->scale_mode = c->k_tq ? p->tq_scale_mode : kvc_v_scale_mode(p); /* V-only: V's */
 
     c->L = (kvm_layer *)calloc((size_t)m->n_layer, sizeof(kvm_layer));
     c->n_layer = c->L ? m->n_layer : 0;
