@@ -111,17 +111,23 @@ def parse_configs(text: str) -> list[Config]:
     return [CONFIGS.get(n) or _profile_config(n) for n in names]
 
 
+def _split_window(name: str) -> tuple[str, int | None]:
+    """"PATH.json+w32" → ("PATH.json", 32); without a "+wN" tail → (name, None)."""
+    head, sep, tail = name.rpartition("+w")
+    return (head, int(tail)) if sep and tail.isdigit() else (name, None)
+
+
 def _profile_path(name: str) -> Path | None:
-    path = Path(name.rsplit("+w", 1)[0])
+    path = Path(_split_window(name)[0])
     return path if path.suffix == ".json" and path.is_file() else None
 
 
 def _profile_config(name: str) -> Config:
     """An experiment: a profile JSON from disk (e.g. a re-searched or hand-edited one), optionally
     with a recent window ("PATH.json+w32"; without it the file's own window)."""
-    path, _, w = name.partition("+w") if "+w" in name else (name, "", "")
+    path, w = _split_window(name)
     return Config(name, "kvc", str(Path(path).resolve()), "auto", "auto", f"kvconvert profile {Path(path).stem}"
-                  + (f" + recent window {w}" if w else ""), int(w) if w else None, study=True)
+                  + (f" + recent window {w}" if w is not None else ""), w, study=True)
 
 
 class KvcRunner:

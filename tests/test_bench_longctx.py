@@ -101,3 +101,17 @@ def test_config_names_match_their_window_and_sinks():
             assert cfg.recent == (int(w.group(1)) if w else 0), name
         assert cfg.sink == (int(s.group(1)) if s else None), name
         assert (w is None) == (f"window {cfg.recent}" not in cfg.label), name
+
+
+def test_profile_json_configs(tmp_path):
+    """A profile JSON on disk is a config ("PATH.json", "PATH.json+wN" with a recent window); a "+w"
+    inside a directory name is part of the path; unknown names are refused."""
+    d = tmp_path / "a+wb"
+    d.mkdir()
+    prof = d / "p.json"
+    prof.write_text("{}")
+    got = longctx.parse_configs(f"{prof}+w16,{prof},f16")
+    assert [(c.file, c.recent, c.study) for c in got[:2]] == [(str(prof), 16, True), (str(prof), None, True)]
+    assert got[2] is longctx.CONFIGS["f16"]
+    with pytest.raises(SystemExit, match="unknown config"):
+        longctx.parse_configs(str(d / "missing.json"))
