@@ -447,6 +447,27 @@ def _residual(y: np.ndarray, s16: np.ndarray, codes: np.ndarray, c: np.ndarray) 
     return y - s16.astype(np.float32)[..., None] * c[codes]
 
 
+def fit_scale(y64: np.ndarray, cq: np.ndarray, scale: str) -> np.ndarray:
+    """A group's scale (float64, per vector) for rotated y (..., m) and its chosen unit-norm
+    code values cq (same shape, float64): step 4 of the module docstring."""
+    n2 = _seqsum(y64 * y64)
+    if scale == "norm":
+        return np.sqrt(n2)
+    num = _seqsum(y64 * cq)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        if scale == "ls":
+            den = _seqsum(cq * cq)
+            return np.where(den != 0, num / den, 0.0)
+        return np.where(num != 0, n2 / num, 0.0)  # proj
+
+
+def stored_scale(s: np.ndarray, scale_base: int | None) -> np.ndarray:
+    """What the cache holds of a scale: fp16, or the 8-bit grid's value (scale_base set)."""
+    if scale_base is None:
+        return np.asarray(s, dtype=np.float64).astype(np.float16)
+    return scale8_values(scale_base)[scale8_quantize(s, scale_base)]
+
+
 def encode_group(x_g: np.ndarray, gc: GroupConfig, seed: int, layer: int, group: int,
                  scale: str = "ls", scale_base: int | None = None) -> Encoded:
     """Encode vectors (..., m) of one group (input cast to float32); scale_base: 8-bit scales."""
@@ -463,21 +484,7 @@ def encode_group(x_g: np.ndarray, gc: GroupConfig, seed: int, layer: int, group:
         u = np.where(norm[..., None] > 0, y64 / norm[..., None], 0.0)
     codes = np.searchsorted(_boundaries(gc.m, gc.bits), u, side="left").astype(np.uint16)
     c = codebook(gc.m, gc.bits)
-    if scale == "norm":
-        s = norm
-    else:
-        cq = c.astype(np.float64)[codes]
-        num = _seqsum(y64 * cq)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            if scale == "ls":
-                den = _seqsum(cq * cq)
-                s = np.where(den != 0, num / den, 0.0)
-            else:  # proj
-                s = np.where(num != 0, n2 / num, 0.0)
-    if scale_base is None:
-        s16 = np.asarray(s, dtype=np.float64).astype(np.float16)
-    else:
-        s16 = scale8_values(scale_base)[scale8_quantize(s, scale_base)]
+    s16 = stored_scale(fit_scale(y64, c.astype(np.float64)[codes], scale), scale_base)
     enc = Encoded(codes=codes, scale=s16)
     if gc.qjl:
         r = _residual(y, s16, codes, c)

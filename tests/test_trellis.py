@@ -1,0 +1,114 @@
+"""Bitshift-trellis codes (kvcache/trellis.py): the Viterbi search against exhaustive search,
+the ring decoded from the stored symbols alone, and the shipped tables against Lloyd–Max."""
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+
+from kvconvert.kvcache import trellis
+from kvconvert.kvcache import turboquant as tq
+
+
+def ring_states(stream: np.ndarray, bits: int, L: int) -> np.ndarray:
+    """States of a cyclic bit stream given as n symbols: the L bits up to each symbol."""
+    n = stream.size
+    return np.array([sum(int(stream[(i - j) % n]) << (bits * j) for j in range(-(-L // bits))) & ((1 << L) - 1)
+                     for i in range(n)])
+
+
+def test_free_viterbi_is_the_exhaustive_optimum():
+    """Free ends (the rolled first pass): the least-squares path over every start state and
+    symbol sequence, found by enumeration (1 bit, 2 memory bits, 6 coordinates: 256 paths)."""
+    rng = np.random.default_rng(1)
+    bits, M, n = 1, 2, 6
+    L = bits + M
+    tbl = rng.standard_normal(1 << L)
+    u = rng.standard_normal((40, n))
+    got = trellis._viterbi(u, tbl, bits)
+    for row, path in zip(u, got):
+        assert all((path[i] >> bits) == (path[i - 1] & ((1 << M) - 1)) for i in range(1, n))  # a trellis path
+        paths = [_walk(s0, syms, bits, L) for s0 in range(1 << L)
+                 for syms in itertools.product(range(1 << bits), repeat=n - 1)]
+        best = min(sum((row[i] - tbl[s]) ** 2 for i, s in enumerate(p)) for p in paths)
+        assert sum((row[i] - tbl[s]) ** 2 for i, s in enumerate(path)) == pytest.approx(best, rel=1e-12)
+
+
+def _walk(s0: int, syms: tuple[int, ...], bits: int, L: int) -> list[int]:
+    path = [s0]
+    for x in syms:
+        path.append(((path[-1] << bits) | x) & ((1 << L) - 1))
+    return path
+
+
+def test_tail_biting_paths_are_rings_and_near_the_ring_optimum():
+    """The two-pass encoder returns a closed ring (its states are exactly what the decoder reads
+    from the symbols) whose error is within 2% of the best ring found by enumeration (measured:
+    0.5% above on these 200 groups of 12 coordinates, 1 bit, 2 memory bits: 4096 rings; shorter
+    rings lose more to the two-pass search: 3% at 5 coordinates × 2 bits)."""
+    rng = np.random.default_rng(2)
+    bits, M, n = 1, 2, 12
+    L = bits + M
+    tbl = rng.standard_normal(1 << L)
+    u = rng.standard_normal((200, n))
+    path = trellis.encode_states(u, bits, tbl)
+    rings = np.array([ring_states(np.array(s), bits, L) for s in itertools.product(range(1 << bits), repeat=n)])
+    err_best = ((u[:, None, :] - tbl[rings][None]) ** 2).sum(-1).min(1)
+    err = ((u - tbl[path]) ** 2).sum(-1)
+    for row in path:
+        np.testing.assert_array_equal(ring_states(row & ((1 << bits) - 1), bits, L), row)
+    assert np.all(err >= err_best - 1e-12)
+    assert err.sum() <= 1.02 * err_best.sum(), err.sum() / err_best.sum()
+
+
+@pytest.mark.parametrize("bits", trellis.BITS)
+@pytest.mark.parametrize("m", [8, 16, 48, 64])
+def test_symbols_decode_to_the_encoded_values(bits, m):
+    """What a cache stores (one symbol per coordinate) decodes to the encoder's values, for the
+    group sizes of splits and whole heads."""
+    if m * bits < bits + trellis.MEMORY:
+        pytest.skip("group shorter than a state")
+    u = np.random.default_rng(bits * 100 + m).standard_normal((64, m))
+    path = trellis.encode_states(u, bits)
+    sym = trellis.symbols(path, bits)
+    assert sym.dtype == np.uint8 and sym.max() < (1 << bits)
+    np.testing.assert_array_equal(trellis.states(sym, bits), path)
+    np.testing.assert_array_equal(trellis.decode(sym, bits), trellis.table(bits)[path])
+
+
+def _sphere(n_vec: int, m: int, seed: int) -> np.ndarray:
+    """Coordinates of random unit vectors × √m: what a rotated, normalized group holds."""
+    x = np.random.default_rng(seed).standard_normal((n_vec, m))
+    return x / np.linalg.norm(x, axis=1, keepdims=True) * np.sqrt(m)
+
+
+@pytest.mark.parametrize("bits", [2, 3, 4, 5, 6])
+def test_shipped_tables_beat_lloyd_max(bits):
+    """Same bits per coordinate, unit vectors of a 64-wide group (fresh data, not the training
+    set): the trellis codes' MSE is ≥ 25% below the shipped Lloyd–Max codebook's (measured
+    28% at 2 bits, 34% at 3, 37–38% at 4–6; 17% at 1 bit, not tested), with the least-squares
+    scale both use."""
+    u = _sphere(512, 64, 7 + bits)
+    c = tq.codebook(64, bits).astype(np.float64) * 8.0
+    scalar = c[np.searchsorted((c[:-1] + c[1:]) / 2, u)]
+    tc = trellis.table(bits).astype(np.float64)[trellis.encode_states(u, bits)]
+
+    def err(v):  # after the least-squares scale, as the cache stores it
+        s = (u * v).sum(1, keepdims=True) / (v * v).sum(1, keepdims=True)
+        return float(((u - s * v) ** 2).mean())
+    assert err(tc) <= 0.75 * err(scalar), (err(tc), err(scalar))
+
+
+def test_tables_regenerate_from_their_recipe():
+    """The shipped 1- and 2-bit tables are what train_table makes (the bigger ones take minutes:
+    same code, same seeds)."""
+    for b in (1, 2):
+        np.testing.assert_allclose(trellis.train_table(b).astype(np.float32), trellis.table(b), rtol=0, atol=1e-6)
+
+
+def test_bad_sizes_are_refused():
+    with pytest.raises(ValueError, match="no trellis table"):
+        trellis.table(7)
+    with pytest.raises(ValueError, match="shorter than a state"):
+        trellis.encode_states(np.zeros((1, 2)), 2)
