@@ -131,6 +131,27 @@ class Twin:
         return R.log_softmax((x @ (m("output") if m.has("output") else m("tok_embd")).T).astype(np.float64))
 
 
+def with_code(spec: str, code: str) -> str:
+    """A config string with its codes swapped ("tq3" -> "tq3:code=trellis")."""
+    head, _, opts = spec.partition(":")
+    opts = [o for o in opts.split(",") if o and not o.startswith("code=")]
+    return head + ":" + ",".join(opts + [f"code={code}"])
+
+
+def trellis_profile(profile: str) -> Path:
+    """The profile JSON with every K and V layer on trellis codes (same bits), next to the bench's files."""
+    import json
+
+    src = Path(profile) if profile.endswith(".json") else L.REPO / "profiles" / f"{L.SLUG}-{profile}.json"
+    obj = json.loads(src.read_text())
+    for side in ("k", "v"):
+        obj[side]["layers"] = [with_code(s, "trellis") for s in obj[side]["layers"]]
+    obj["name"] += "-trellis"
+    out = L.work_dir() / f"{src.stem}-trellis.json"
+    out.write_text(json.dumps(obj, indent=1))
+    return out
+
+
 def engine_logprobs(path: Path, tokens: np.ndarray, last: int, threads: int) -> np.ndarray:
     from kvconvert.runtime.engine import Model
 
@@ -146,7 +167,9 @@ def main() -> None:
     ap.add_argument("--chunks", type=int, default=8, help="512-token chunks (second halves scored)")
     ap.add_argument("--ctx", type=int, default=0, help="one window of this many tokens instead of chunks")
     ap.add_argument("--scored", type=int, default=1024, help="with --ctx: the last N tokens scored")
-    ap.add_argument("--codes", default="engine,scalar,trellis")
+    ap.add_argument("--codes", default="engine,scalar,trellis",
+                    help="engine (the file in the runtime), engine-trellis (its profile on trellis codes, in the "
+                         "runtime), scalar / trellis (the numpy twin with either code)")
     ap.add_argument("--threads", type=int, default=2)
     a = ap.parse_args()
     from kvconvert.runtime.engine import Model
@@ -166,7 +189,12 @@ def main() -> None:
         t0 = time.time()
         kl, top = [], []
         for w, b in zip(windows, base):
-            lp = engine_logprobs(path, w, last, a.threads) if codes == "engine" else twin.logprobs(w, codes, last)
+            if codes == "engine":
+                lp = engine_logprobs(path, w, last, a.threads)
+            elif codes == "engine-trellis":
+                lp = engine_logprobs(L.model_file(str(trellis_profile(a.profile))), w, last, a.threads)
+            else:
+                lp = twin.logprobs(w, codes, last)
             kl.append((np.exp(b) * (b - lp)).sum(-1))
             top.append(b.argmax(-1) == lp.argmax(-1))
         kl = np.concatenate(kl)

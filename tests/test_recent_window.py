@@ -345,3 +345,23 @@ def test_cli_recent(capsys, tiny_ggufs, tmp_path):
     with pytest.raises(SystemExit) as exc:
         main(["eval", *common, "--recent", "257"])
     assert exc.value.code == 2
+
+
+@pytest.mark.parametrize("spec_k,spec_v", [("tq3:code=trellis", "tq2:code=trellis,scale=proj"),
+                                           ("tq:split=16,hi=5,lo=2,code=trellis", "tq3")])
+def test_trellis_codes_match_numpy_twin(tiny_ggufs, spec_k, spec_v):
+    """Trellis codes through the whole runtime (encode in the cache, scalar score and V kernels,
+    the window on top) against the numpy twin with the same codes (bound 2e-4 as above), and far
+    from the same bits on Lloyd–Max codes: the trellis path really runs."""
+    path = tiny_ggufs["qwen2-hd64"]
+    model = runtime.Model(path)
+    seed = 5
+    kw = dict(n_ctx=64, n_batch=7, k_center=False, n_sink=0, tq_seed=seed, n_threads=2)
+    for w in (0, 5):
+        got = model.context(type_k=spec_k, type_v=spec_v, n_recent=w, **kw).eval(TOKENS, all_logits=True)
+        want = twin_logits(path, TOKENS, w, spec_k, spec_v, seed)
+        assert rel(got, want) <= 2e-4, (spec_k, spec_v, w, rel(got, want))
+        plain = model.context(type_k=spec_k.replace(",code=trellis", "").replace(":code=trellis", ""),
+                              type_v=spec_v.replace(",code=trellis", "").replace("code=trellis,", ""), n_recent=w,
+                              **kw).eval(TOKENS, all_logits=True)
+        assert rel(plain, got) > 10 * rel(got, want), (spec_k, spec_v, w)

@@ -41,7 +41,7 @@ def c_encode(x, m, bits, qjl, scale_mode, group, base=None):
     cb = np.ascontiguousarray(tq.codebook(m, bits), dtype=np.float32)
     rb = lib.kvc_tq_row_bytes(m, bits, int(qjl), s8(base)[0])
     rows = np.zeros((x.shape[0], rb), np.uint8)
-    assert lib.kvc_tq_encode(1, m, bits, int(qjl), *s8(base), scale_mode, fp(cb), SEED, LAYER, group, fp(x),
+    assert lib.kvc_tq_encode(1, m, bits, int(qjl), 0, *s8(base), scale_mode, fp(cb), SEED, LAYER, group, fp(x),
                              x.shape[0], ffi.from_buffer(rows)) == 0
     return cb, rows
 
@@ -108,11 +108,11 @@ def test_c_scores_and_decode_match_numpy(m, bits, qjl, base):
     scale = np.abs(q).sum() * np.abs(x).max()
     for impl in impls():
         out = np.empty(300, np.float32)
-        assert lib.kvc_tq_score(impl, m, bits, int(qjl), *s8(base), fp(cb), SEED, LAYER, 0, fp(q),
+        assert lib.kvc_tq_score(impl, m, bits, int(qjl), 0, *s8(base), fp(cb), SEED, LAYER, 0, fp(q),
                                 ffi.from_buffer(rows), 300, fp(out)) == 0
         assert np.abs(out - want).max() <= 1e-5 * scale  # float32 summation order only
         dec = np.empty((300, m), np.float32)
-        assert lib.kvc_tq_decode(impl, m, bits, int(qjl), *s8(base), fp(cb), SEED, LAYER, 0,
+        assert lib.kvc_tq_decode(impl, m, bits, int(qjl), 0, *s8(base), fp(cb), SEED, LAYER, 0,
                                  ffi.from_buffer(rows), 300, fp(dec)) == 0
         np.testing.assert_allclose(dec, dec_want, rtol=1e-5, atol=1e-5 * np.abs(x).max())
 
@@ -124,12 +124,12 @@ def test_bad_tq_arguments():
     assert lib.kvc_tq_row_bytes(64, 11, 0, 0) == -1
     assert lib.kvc_tq_row_bytes(64, 4, 0, 0) == 34 and lib.kvc_tq_row_bytes(64, 4, 0, 1) == 33
     assert lib.kvc_tq_row_bytes(64, 3, 1, 1) == 1 + 2 + 24 + 8
-    assert lib.kvc_tq_encode(1, 64, 4, 0, 0, 0, 5, fp(cb), 0, 0, 0, fp(x), 1, ffi.from_buffer(rows)) == 1  # scale mode
-    assert lib.kvc_tq_encode(1, 60, 4, 1, 0, 0, 1, fp(cb), 0, 0, 0, fp(x), 1, ffi.from_buffer(rows)) == 1  # QJL m % 8
+    assert lib.kvc_tq_encode(1, 64, 4, 0, 0, 0, 0, 5, fp(cb), 0, 0, 0, fp(x), 1, ffi.from_buffer(rows)) == 1  # scale mode
+    assert lib.kvc_tq_encode(1, 60, 4, 1, 0, 0, 0, 1, fp(cb), 0, 0, 0, fp(x), 1, ffi.from_buffer(rows)) == 1  # QJL m % 8
     bad = cb[::-1].copy()
-    assert lib.kvc_tq_encode(1, 64, 4, 0, 0, 0, 1, fp(bad), 0, 0, 0, fp(x), 1, ffi.from_buffer(rows)) == 1  # not ascending
+    assert lib.kvc_tq_encode(1, 64, 4, 0, 0, 0, 0, 1, fp(bad), 0, 0, 0, fp(x), 1, ffi.from_buffer(rows)) == 1  # not ascending
     for base in (-2049, 2049):  # the 8-bit grid's base out of range
-        assert lib.kvc_tq_encode(1, 64, 4, 0, 1, base, 1, fp(cb), 0, 0, 0, fp(x), 1, ffi.from_buffer(rows)) == 1
+        assert lib.kvc_tq_encode(1, 64, 4, 0, 0, 1, base, 1, fp(cb), 0, 0, 0, fp(x), 1, ffi.from_buffer(rows)) == 1
 
 
 def test_scale8_grid():
@@ -157,13 +157,13 @@ def test_scale8_grid():
 _P, _I = ctypes.c_void_p, ctypes.c_int
 _block_test = ctypes.CDLL(kvc.__file__).kvc_tq_block_test
 _block_test.restype = _I
-_block_test.argtypes = [_I] * 7 + [_P, _P, ctypes.c_ulonglong, _I, _I, _I, _P, _I, _P, _I, _I, _I, _P, _P, _P]
+_block_test.argtypes = [_I] * 7 + [_P, _P, ctypes.c_ulonglong, _I, _I, _I, _I, _P, _I, _P, _I, _I, _I, _P, _P, _P]
 
 
 def c_block(impl, cfg, keys, q, grp, n0, p):
     """Scores (nq, n) (NaN where a query does not see the key) and unrotated V
     accumulators (nq, d) of the C kernels, for query r seeing keys 0 .. n0 + r // grp - 1."""
-    cbs = [np.ascontiguousarray(tq.codebook(g.m, g.bits), np.float32) for g in cfg.groups()]
+    cbs = [np.ascontiguousarray(tq.group_codebook(g), np.float32) for g in cfg.groups()]
     cb_hi, cb_lo = (cbs[0], cbs[1]) if cfg.n_hi else (None, cbs[0])
     keys, q, p = (np.ascontiguousarray(x, np.float32) for x in (keys, q, p))
     (nq, d), n = q.shape, keys.shape[0]
@@ -171,7 +171,7 @@ def c_block(impl, cfg, keys, q, grp, n0, p):
     acc = np.empty((nq, d), np.float32)
     ptr = lambda a: None if a is None else a.ctypes.data  # noqa: E731
     assert _block_test(impl, d, cfg.n_hi, cfg.hi_bits, cfg.lo_bits, int(cfg.qjl_hi), int(cfg.qjl_lo), ptr(cb_hi),
-                       ptr(cb_lo), SEED, LAYER, *s8(cfg.scale_base), ptr(keys), n, ptr(q), nq, grp, n0, ptr(p),
+                       ptr(cb_lo), SEED, LAYER, *s8(cfg.scale_base), cfg.trellis, ptr(keys), n, ptr(q), nq, grp, n0, ptr(p),
                        ptr(scores), ptr(acc)) == 0
     return scores, acc
 
@@ -189,7 +189,12 @@ BLOCK_LAYOUTS = [tq.KConfig(64, lo_bits=4), tq.KConfig(96, lo_bits=2), tq.KConfi
                  # 8-bit scales: odd row sizes (1 + 32 + 1 + 24 bytes), a QJL norm after a 1-byte scale
                  tq.KConfig(64, n_hi=16, hi_bits=8, lo_bits=4, scale_base=-63),
                  tq.KConfig(64, n_hi=32, hi_bits=5, lo_bits=3, qjl_hi=True, scale_base=-63),
-                 tq.KConfig(40, lo_bits=3, scale_base=-63)]
+                 tq.KConfig(40, lo_bits=3, scale_base=-63),
+                 # trellis codes (the SIMD tables fall back to the scalar kernels): a ring that wraps
+                 # inside one byte (1 bit), a split with 8-bit scales, 6-bit states of 12 bits
+                 tq.KConfig(64, lo_bits=3, trellis=6), tq.KConfig(16, lo_bits=1, trellis=6),
+                 tq.KConfig(64, n_hi=16, hi_bits=5, lo_bits=2, scale_base=-63, trellis=6),
+                 tq.KConfig(40, n_hi=8, hi_bits=6, lo_bits=4, trellis=6)]
 # (queries per token, tokens, keys seen by the first token): single queries and tokens,
 # blocks starting at key 0, row counts that are and are not multiples of 8 and 16, tiles
 # (8 keys in AVX2, 16 in AVX-512) that straddle the causal edge

@@ -39,6 +39,8 @@ class Keys:
         SCALE = "kvconvert.k_cache.scale"  # "ls", "norm" or "proj"; V's too unless v_cache.scale is set
         # (layers) i32: 8-bit group scales on the grid 2^((e + base)/32) of each layer (-32768: fp16); absent: fp16 scales
         SCALE8_BASE = "kvconvert.k_cache.scale8_base"
+        # (layers) u32: memory bits of each layer's bitshift-trellis codes (0: Lloyd–Max codes); absent: all 0
+        TRELLIS = "kvconvert.k_cache.trellis"
         PERM = "kvconvert.k_cache.perm"  # (layers * head_dim) i32: channel order after RoPE
         MEAN = "kvconvert.k_cache.mean"  # (layers * kv_heads * head_dim) f32: pre-RoPE K mean
         CENTER_PAIRS = "kvconvert.k_cache.center_pairs"  # u32, 0 = all pairs
@@ -55,6 +57,7 @@ class Keys:
         LO_BITS = "kvconvert.v_cache.lo_bits"
         SCALE = "kvconvert.v_cache.scale"  # as KCache.SCALE, for V (absent: V uses k_cache.scale)
         SCALE8_BASE = "kvconvert.v_cache.scale8_base"  # as KCache.SCALE8_BASE
+        TRELLIS = "kvconvert.v_cache.trellis"  # as KCache.TRELLIS
         MEAN = "kvconvert.v_cache.mean"  # (layers * kv_heads * head_dim) f32, subtracted by the runtime (portable)
 
 

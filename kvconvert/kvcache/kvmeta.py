@@ -19,6 +19,7 @@ import numpy as np
 from ..base.errors import InputError
 from ..formats.gguf_io import field_value
 from ..formats.gguf_keys import Keys
+from . import trellis
 from .turboquant import SCALE8_BASE_MAX, SCALE8_BASE_MIN, SCALES, KConfig, side_scale
 from .types import DEFAULT_SEED, STANDARD, TQ
 from ..base import validate as V
@@ -109,6 +110,7 @@ class CacheMeta:
             w.add_array(K.QJL_LO, [int(c.qjl_lo) for c in self.k_configs])
             w.add_string(K.SCALE, k_scale)
             _add_scale8(w, K.SCALE8_BASE, self.k_configs)
+            _add_trellis(w, K.TRELLIS, self.k_configs)
         if self.v_configs:
             w.add_array(V_.N_HI, [c.n_hi for c in self.v_configs])
             w.add_array(V_.HI_BITS, [c.hi_bits for c in self.v_configs])
@@ -116,6 +118,7 @@ class CacheMeta:
             if v_scale != k_scale:
                 w.add_string(V_.SCALE, v_scale)  # absent: V's scale is K's (older files)
             _add_scale8(w, V_.SCALE8_BASE, self.v_configs)
+            _add_trellis(w, V_.TRELLIS, self.v_configs)
         if self.k_perm is not None:
             w.add_array(K.PERM, [int(i) for i in np.asarray(self.k_perm).reshape(-1)])
         if self.k_mean is not None:
@@ -224,6 +227,12 @@ def _add_scale8(w: gguf.GGUFWriter, key: str, configs: list[KConfig]) -> None:
         w.add_array(key, [SCALE8_FP16 if b is None else int(b) for b in bases])
 
 
+def _add_trellis(w: gguf.GGUFWriter, key: str, configs: list[KConfig]) -> None:
+    """Each layer's trellis memory bits, when any layer has trellis codes (absent: Lloyd–Max codes)."""
+    if any(c.trellis for c in configs):
+        w.add_array(key, [int(c.trellis) for c in configs])
+
+
 def _configs(get, keys, n_layer: int, d: int, scale: str, qjl: bool, source: str = "GGUF") -> list[KConfig]:
     names = [keys.N_HI, keys.HI_BITS, keys.LO_BITS] + ([keys.QJL_HI, keys.QJL_LO] if qjl else [])
     cols = [get(keys.N_HI), get(keys.HI_BITS), get(keys.LO_BITS)]
@@ -241,6 +250,10 @@ def _configs(get, keys, n_layer: int, d: int, scale: str, qjl: bool, source: str
         bases = [None if b == SCALE8_FP16 else b for b in bases]
     else:
         bases = [None] * n_layer
+    tc = get(keys.TRELLIS)
+    tc = [0] * n_layer if tc is None else V.int_list(source, keys.TRELLIS, tc, 0, trellis.MEMORY, length=n_layer)
+    if any(t not in (0, trellis.MEMORY) for t in tc):
+        raise ValueError(f"{keys.TRELLIS} holds memory bits other than 0 and {trellis.MEMORY} (the shipped tables)")
     return [KConfig(d=d, n_hi=int(n), hi_bits=int(h), lo_bits=int(lo), qjl_hi=bool(qh), qjl_lo=bool(ql), scale=scale,
-                    scale_base=None if b is None else int(b))
-            for n, h, lo, qh, ql, b in zip(*cols, bases)]
+                    scale_base=None if b is None else int(b), trellis=int(t))
+            for n, h, lo, qh, ql, b, t in zip(*cols, bases, tc)]

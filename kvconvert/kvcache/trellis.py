@@ -36,6 +36,7 @@ DATA_FILE = Path(__file__).resolve().parent / "data" / "trellis_tables.npz"
 FILE_VERSION = 1
 MEMORY = 6  # state bits beyond a symbol's own: 2^(b + 6) states, 64 of them reachable per symbol
 BITS = tuple(range(1, 7))
+MAX_M = 256  # channels of a group (the C encoder's stack buffers: tq.h TQ_TRELLIS_MAX_M)
 TRAIN_SEED, TRAIN_VECTORS, TRAIN_ITERS, TRAIN_N = 20261207, 2048, 6, 64
 
 
@@ -90,7 +91,7 @@ def symbols(path: np.ndarray, bits: int) -> np.ndarray:
 def states(sym: np.ndarray, bits: int) -> np.ndarray:
     """Decoder side: each coordinate's state from the stored symbols (..., n), read as a ring."""
     L = bits + MEMORY
-    s = np.zeros(sym.shape, dtype=np.int64)
+    s = np.zeros(sym.shape, dtype=np.int64)  # (tq.h tq_trellis_values)
     for j in range(-(-L // bits)):  # the symbols a state spans, newest first
         s |= np.roll(sym.astype(np.int64), j, axis=-1) << (bits * j)
     return s & ((1 << L) - 1)

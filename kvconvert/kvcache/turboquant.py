@@ -48,7 +48,7 @@ from functools import lru_cache
 
 import numpy as np
 
-from . import _codebooks
+from . import _codebooks, trellis
 
 __all__ = ["GroupConfig", "KConfig", "Encoded", "codebook", "signs", "rotate", "unrotate",
            "encode_group", "decode_group", "encode", "decode", "scores"]
@@ -82,6 +82,7 @@ class GroupConfig:
     m: int
     bits: int
     qjl: bool = False
+    trellis: int = 0  # memory bits of trellis codes (kvcache/trellis.py), 0: Lloyd–Max codes
 
 
 @dataclass(frozen=True)
@@ -96,6 +97,7 @@ class KConfig:
     qjl_lo: bool = False
     scale: str = "ls"
     scale_base: int | None = None  # None: fp16 scales; else 8-bit scales on this grid (scale8_values)
+    trellis: int = 0  # 0: Lloyd–Max codes; trellis.MEMORY: bitshift-trellis codes of the same bits (CPU only)
 
     def __post_init__(self) -> None:
         if self.d < 2:
@@ -110,12 +112,22 @@ class KConfig:
             raise ValueError(f"scale={self.scale!r}: need one of {', '.join(SCALES)}")
         if self.scale_base is not None and not SCALE8_BASE_MIN <= self.scale_base <= SCALE8_BASE_MAX:
             raise ValueError(f"s8={self.scale_base}: need {SCALE8_BASE_MIN}..{SCALE8_BASE_MAX}")
+        if self.trellis:
+            if self.trellis != trellis.MEMORY:
+                raise ValueError(f"trellis={self.trellis}: the shipped tables have {trellis.MEMORY} memory bits")
+            if self.qjl_hi or self.qjl_lo:
+                raise ValueError("trellis codes take no QJL")
+            for g in self.groups():
+                if g.bits not in trellis.BITS or g.m > trellis.MAX_M or g.m * g.bits < g.bits + self.trellis:
+                    raise ValueError(f"trellis codes need groups of {trellis.BITS[0]}..{trellis.BITS[-1]} bits and "
+                                     f"{-(-(g.bits + self.trellis) // g.bits)}..{trellis.MAX_M} channels "
+                                     f"(a group has {g.m} × {g.bits} bits)")
 
     def groups(self) -> list[GroupConfig]:
         if self.n_hi == 0:
-            return [GroupConfig(self.d, self.lo_bits, self.qjl_lo)]
-        return [GroupConfig(self.n_hi, self.hi_bits, self.qjl_hi),
-                GroupConfig(self.d - self.n_hi, self.lo_bits, self.qjl_lo)]
+            return [GroupConfig(self.d, self.lo_bits, self.qjl_lo, self.trellis)]
+        return [GroupConfig(self.n_hi, self.hi_bits, self.qjl_hi, self.trellis),
+                GroupConfig(self.d - self.n_hi, self.lo_bits, self.qjl_lo, self.trellis)]
 
     def bounds(self) -> list[tuple[int, int]]:
         """Channel range [start, stop) of each group."""
@@ -147,12 +159,14 @@ class KConfig:
             opts.append(f"scale={self.scale}")
         if self.scale_base is not None:
             opts.append(f"s8={self.scale_base}")
+        if self.trellis:
+            opts.append("code=trellis")
         return head + (":" + ",".join(opts) if opts else "")
 
     def label(self) -> str:
         """spec() for people, short enough for a table cell: an 8-bit scale grid shown as "s8",
         without its base, and no scale mode (one per cache side: say it once, not per layer)."""
-        return replace(self, scale="ls").spec().replace(f"s8={self.scale_base}", "s8")
+        return replace(self, scale="ls").spec().replace(f"s8={self.scale_base}", "s8").replace("code=trellis", "tc")
 
     @classmethod
     def parse(cls, text: str, d: int) -> KConfig:
@@ -160,7 +174,8 @@ class KConfig:
 
         Keys: split (n_hi, 0 = none), hi, lo, bits (default for hi and lo, 4),
         qjl (hi|lo|both|none), scale (ls|norm|proj), s8 (8-bit scales on the grid of
-        this base, an integer; written by the search, not usually typed). Without a split there is
+        this base, an integer; written by the search, not usually typed), code (lloyd|trellis:
+        Lloyd–Max or bitshift-trellis codes of the same bits). Without a split there is
         one group, so hi= and qjl=hi are errors and qjl=lo/both both mean QJL on.
         Examples: "tq4", "tq3", "tq:split=32,hi=8,lo=3,qjl=hi".
         """
@@ -182,9 +197,9 @@ class KConfig:
             key, val = key.strip(), val.strip()
             if not eq or not val:
                 raise ValueError(f"bad K cache type {text!r}: option {item!r} is not key=value")
-            if key not in ("split", "hi", "lo", "bits", "qjl", "scale", "s8"):
+            if key not in ("split", "hi", "lo", "bits", "qjl", "scale", "s8", "code"):
                 raise ValueError(f"bad K cache type {text!r}: unknown option {key!r} "
-                                 "(known: split, hi, lo, bits, qjl, scale, s8)")
+                                 "(known: split, hi, lo, bits, qjl, scale, s8, code)")
             if key in kw:
                 raise ValueError(f"bad K cache type {text!r}: {key!r} given twice")
             kw[key] = val
@@ -218,9 +233,13 @@ class KConfig:
             if not kw["s8"].lstrip("-").isdigit():
                 raise ValueError(f"bad K cache type {text!r}: s8={kw['s8']!r} is not an integer")
             base = int(kw["s8"])
+        code = kw.get("code", "lloyd")
+        if code not in ("lloyd", "trellis"):
+            raise ValueError(f"bad K cache type {text!r}: code={code!r}, expected lloyd or trellis")
         try:
             return cls(d=d, n_hi=split, hi_bits=hi, lo_bits=lo, qjl_hi=qjl_hi, qjl_lo=qjl_lo,
-                       scale=kw.get("scale", "ls"), scale_base=base)
+                       scale=kw.get("scale", "ls"), scale_base=base,
+                       trellis=trellis.MEMORY if code == "trellis" else 0)
         except ValueError as e:
             raise ValueError(f"bad K cache type {text!r}: {e}") from None
 
@@ -273,6 +292,27 @@ def codebook(m: int, bits: int) -> np.ndarray:
     if m < 2 or not 1 <= bits <= MAX_BITS:
         raise ValueError(f"no codebook for m={m}, bits={bits} (need m >= 2, 1 <= bits <= {MAX_BITS})")
     return _codebook(int(m), int(bits))
+
+
+@lru_cache(maxsize=None)
+def _trellis_values(m: int, bits: int) -> np.ndarray:
+    t = (trellis.table(bits).astype(np.float64) / math.sqrt(m)).astype(np.float32)
+    t.flags.writeable = False
+    return t
+
+
+def group_codebook(gc: GroupConfig) -> np.ndarray:
+    """The float32 values a group's codes decode to, for unit-norm vectors, as the C side is given
+    them (kvc_tq_layer.codebook_hi/lo): the Lloyd–Max centroids, or the trellis table / √m in
+    state order."""
+    return _trellis_values(gc.m, gc.bits) if gc.trellis else codebook(gc.m, gc.bits)
+
+
+def _values(codes: np.ndarray, gc: GroupConfig) -> np.ndarray:
+    """float32 values (..., m) of stored codes: per code, or per trellis state of the code ring."""
+    if gc.trellis:
+        return group_codebook(gc)[trellis.states(codes, gc.bits)]
+    return codebook(gc.m, gc.bits)[codes]
 
 
 @lru_cache(maxsize=None)
@@ -482,9 +522,15 @@ def encode_group(x_g: np.ndarray, gc: GroupConfig, seed: int, layer: int, group:
     norm = np.sqrt(n2)
     with np.errstate(invalid="ignore", divide="ignore"):
         u = np.where(norm[..., None] > 0, y64 / norm[..., None], 0.0)
-    codes = np.searchsorted(_boundaries(gc.m, gc.bits), u, side="left").astype(np.uint16)
-    c = codebook(gc.m, gc.bits)
-    s16 = stored_scale(fit_scale(y64, c.astype(np.float64)[codes], scale), scale_base)
+    c = group_codebook(gc)
+    if gc.trellis:  # Viterbi over the ring of states (tq_ref.c: trellis_path, the same arithmetic)
+        path = trellis.encode_states(u.reshape(-1, gc.m), gc.bits, c.astype(np.float64)).reshape(u.shape)
+        codes = trellis.symbols(path, gc.bits).astype(np.uint16)
+        cq = c.astype(np.float64)[path]
+    else:
+        codes = np.searchsorted(_boundaries(gc.m, gc.bits), u, side="left").astype(np.uint16)
+        cq = c.astype(np.float64)[codes]
+    s16 = stored_scale(fit_scale(y64, cq, scale), scale_base)
     enc = Encoded(codes=codes, scale=s16)
     if gc.qjl:
         r = _residual(y, s16, codes, c)
@@ -497,7 +543,7 @@ def encode_group(x_g: np.ndarray, gc: GroupConfig, seed: int, layer: int, group:
 
 def _rotated_recon(enc: Encoded, gc: GroupConfig) -> np.ndarray:
     """ŷ = float32(ŝ)·c[code] (float32, rotated domain, without the QJL term)."""
-    return enc.scale.astype(np.float32)[..., None] * codebook(gc.m, gc.bits)[enc.codes]
+    return enc.scale.astype(np.float32)[..., None] * _values(enc.codes, gc)
 
 
 def _qjl_coef(enc: Encoded, m: int) -> np.ndarray:
@@ -550,7 +596,7 @@ def scores(q: np.ndarray, encs: list[Encoded], cfg: KConfig, seed: int, layer: i
     total = None
     for g, (enc, gc, (a, b)) in enumerate(zip(encs, cfg.groups(), cfg.bounds())):
         q_rot = rotate(q[..., a:b], signs(seed, layer, g, STREAM_ROTATION, gc.m))
-        cb = codebook(gc.m, gc.bits).astype(np.float64)[enc.codes]
+        cb = _values(enc.codes, gc).astype(np.float64)
         part = (q_rot.astype(np.float64) @ np.swapaxes(cb, -1, -2)) * enc.scale.astype(np.float64)[..., None, :]
         if qjl and enc.qjl_bits is not None:
             w = rotate(q_rot, signs(seed, layer, g, STREAM_QJL, gc.m)).astype(np.float64)

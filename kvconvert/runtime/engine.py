@@ -416,7 +416,7 @@ class Context:
     def _tq_layers(self, configs, side: str, perm: np.ndarray | None = None):
         """The kvc_tq_layer array for one cache side, and that side's scale mode."""
         f = ffi()
-        from ..kvcache.turboquant import codebook, side_scale
+        from ..kvcache.turboquant import group_codebook, side_scale
 
         arr = f.new("kvc_tq_layer[]", len(configs))
         self._keep.append(arr)
@@ -433,8 +433,9 @@ class Context:
             t = arr[i]
             t.n_hi, t.hi_bits, t.lo_bits, t.qjl_hi, t.qjl_lo = c.n_hi, c.hi_bits, c.lo_bits, int(c.qjl_hi), int(c.qjl_lo)
             t.scale8, t.scale_base = _scale8_args(c)
+            t.trellis = c.trellis
             for grp, name in zip(c.groups(), ("codebook_hi", "codebook_lo") if c.n_hi else ("codebook_lo",)):
-                cb = np.ascontiguousarray(codebook(grp.m, grp.bits), dtype=np.float32)
+                cb = np.ascontiguousarray(group_codebook(grp), dtype=np.float32)
                 buf = f.from_buffer("float[]", cb)
                 self._keep += [cb, buf]
                 setattr(t, name, buf)
@@ -529,7 +530,7 @@ def _scale8_args(cfg) -> tuple[int, int]:
 def tq_roundtrip(x: np.ndarray, cfg, seed: int, layer: int) -> np.ndarray:
     """x (..., d) float32 → its TurboQuant reconstruction by the C kernels (encode, then
     decode without the QJL term): the twin of turboquant.decode(encode(x), qjl=False)."""
-    from ..kvcache.turboquant import codebook
+    from ..kvcache.turboquant import group_codebook
 
     x = np.ascontiguousarray(x, dtype=np.float32)
     flat = x.reshape(-1, cfg.d)
@@ -538,15 +539,15 @@ def tq_roundtrip(x: np.ndarray, cfg, seed: int, layer: int) -> np.ndarray:
     f, impl = ffi(), lib().kvc_cpu_best_impl()
     for g, (gc, (a, b)) in enumerate(zip(cfg.groups(), cfg.bounds())):
         xg = np.ascontiguousarray(flat[:, a:b])
-        cb = np.ascontiguousarray(codebook(gc.m, gc.bits), dtype=np.float32)
+        cb = np.ascontiguousarray(group_codebook(gc), dtype=np.float32)
         s8, base = _scale8_args(cfg)
         rows = np.empty((n, lib().kvc_tq_row_bytes(gc.m, gc.bits, int(gc.qjl), s8)), np.uint8)
         yg = np.empty_like(xg)
         fcb = f.cast("float *", f.from_buffer(cb))
-        check(lib().kvc_tq_encode(impl, gc.m, gc.bits, int(gc.qjl), s8, base, SCALE_MODES[cfg.scale], fcb, seed,
-                                  layer, g, f.cast("float *", f.from_buffer(xg)), n, f.from_buffer(rows)),
+        check(lib().kvc_tq_encode(impl, gc.m, gc.bits, int(gc.qjl), gc.trellis, s8, base, SCALE_MODES[cfg.scale],
+                                  fcb, seed, layer, g, f.cast("float *", f.from_buffer(xg)), n, f.from_buffer(rows)),
               "kvc_tq_encode")
-        check(lib().kvc_tq_decode(impl, gc.m, gc.bits, int(gc.qjl), s8, base, fcb, seed, layer, g,
+        check(lib().kvc_tq_decode(impl, gc.m, gc.bits, int(gc.qjl), gc.trellis, s8, base, fcb, seed, layer, g,
                                   f.from_buffer(rows), n, f.cast("float *", f.from_buffer(yg))), "kvc_tq_decode")
         out[:, a:b] = yg
     return out.reshape(x.shape)

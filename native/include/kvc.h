@@ -139,6 +139,11 @@ typedef struct {
     /* scale8: each group's scale is one byte e on a log grid, ŝ = 2^((e + scale_base)/32)
      * (e = 0: 0), scale_base in -2048..2048; 0: an fp16 scale (2 bytes) */
     int scale8, scale_base;
+    /* trellis: memory bits M of bitshift-trellis codes in both groups (1..6; 0: Lloyd–Max codes).
+     * The codebooks then hold 1 << (bits + M) values in state order, and code i of a group decodes
+     * to the value of the last bits + M bits of the group's code ring up to it (docs/design.md §4);
+     * no QJL, groups of at most 256 channels, bits + M <= 12. CPU only. */
+    int trellis;
 } kvc_tq_layer;
 
 typedef struct {
@@ -225,14 +230,14 @@ int kvc_rewind_floor(const kvc_context *ctx);
  * encode n vectors x (n, m) into rows of kvc_tq_row_bytes(m, bits, qjl, scale8) bytes;
  * score: out[j] = estimated <q, x_j> for the n encoded rows (q unrotated, (m));
  * decode: rows back to (n, m) float vectors (no QJL term). layer/group pick the signs;
- * scale8, scale_base: the scale format (kvc_tq_layer). */
+ * trellis, scale8, scale_base: the code and scale formats (kvc_tq_layer). */
 long long kvc_tq_row_bytes(int m, int bits, int qjl, int scale8);
-int kvc_tq_encode(int impl, int m, int bits, int qjl, int scale8, int scale_base, int scale_mode,
+int kvc_tq_encode(int impl, int m, int bits, int qjl, int trellis, int scale8, int scale_base, int scale_mode,
                   const float *codebook, unsigned long long seed, int layer, int group, const float *x, int n,
                   void *rows);
-int kvc_tq_decode(int impl, int m, int bits, int qjl, int scale8, int scale_base, const float *codebook,
+int kvc_tq_decode(int impl, int m, int bits, int qjl, int trellis, int scale8, int scale_base, const float *codebook,
                   unsigned long long seed, int layer, int group, const void *rows, int n, float *x);
-int kvc_tq_score(int impl, int m, int bits, int qjl, int scale8, int scale_base, const float *codebook,
+int kvc_tq_score(int impl, int m, int bits, int qjl, int trellis, int scale8, int scale_base, const float *codebook,
                  unsigned long long seed, int layer, int group, const float *q, const void *rows, int n, float *out);
 
 /* Bytes of KV cache per token (all layers, K and V) while every layer holds it: a

@@ -118,11 +118,14 @@ float tq_scale8_value(int e, int base) {
 }
 
 static int group_init(tq_group *g, int m, int bits, int qjl, const float *cb, int off, uint64_t seed, int layer,
-                      int group, int scale8, int scale_base) {
+                      int group, int scale8, int scale_base, int tmem) {
     memset(g, 0, sizeof *g);
     if (m <= 0 || m > TQ_MAX_DIM || bits < 1 || bits > TQ_MAX_BITS || !cb) return KVC_ERR_INVALID;
     if (scale8 && (scale_base < TQ_SCALE8_BASE_MIN || scale_base > TQ_SCALE8_BASE_MAX)) return KVC_ERR_INVALID;
-    g->m = m, g->bits = bits, g->qjl = qjl, g->cb = cb, g->off = off;
+    if (tmem && (tmem < 0 || tmem > TQ_TRELLIS_MAX_MEM || bits + tmem > TQ_TRELLIS_MAX_STATE || qjl ||
+                 m > TQ_TRELLIS_MAX_M || m * bits < bits + tmem))
+        return KVC_ERR_INVALID; /* trellis codes: no QJL, a state within one lap of the ring */
+    g->m = m, g->bits = bits, g->qjl = qjl, g->cb = cb, g->off = off, g->tmem = tmem;
     g->rnorm_off = off + (scale8 ? 1 : 2);
     g->codes_off = g->rnorm_off + (qjl ? 2 : 0);
     g->qjl_off = g->codes_off + (m * bits + 7) / 8;
@@ -137,13 +140,16 @@ static int group_init(tq_group *g, int m, int bits, int qjl, const float *cb, in
     }
     g->qjl_c = (float)(sqrt(M_PI / 2) / sqrt((double)m));
     int n = 1 << bits;
-    for (int k = 1; k < n; k++)
-        if (!(cb[k] > cb[k - 1])) return KVC_ERR_INVALID; /* codebook must ascend */
-    g->bounds = malloc(sizeof(double) * (size_t)(n - 1));
     g->signs = malloc(sizeof(float) * (size_t)m);
     g->signs2 = malloc(sizeof(float) * (size_t)m);
-    if (!g->bounds || !g->signs || !g->signs2) return KVC_ERR_NOMEM;
-    for (int k = 0; k + 1 < n; k++) g->bounds[k] = ((double)cb[k] + (double)cb[k + 1]) / 2;
+    if (!g->signs || !g->signs2) return KVC_ERR_NOMEM;
+    if (!tmem) { /* Lloyd–Max codes: nearest centroid through the midpoints (trellis tables have no order) */
+        for (int k = 1; k < n; k++)
+            if (!(cb[k] > cb[k - 1])) return KVC_ERR_INVALID; /* codebook must ascend */
+        g->bounds = malloc(sizeof(double) * (size_t)(n - 1));
+        if (!g->bounds) return KVC_ERR_NOMEM;
+        for (int k = 0; k + 1 < n; k++) g->bounds[k] = ((double)cb[k] + (double)cb[k + 1]) / 2;
+    }
     tq_signs(seed, layer, group, 0, m, g->signs);
     tq_signs(seed, layer, group, 1, m, g->signs2);
     if (m & (m - 1)) {
@@ -171,20 +177,20 @@ void tq_layout_free(tq_layout *L) {
 
 int tq_layout_init(tq_layout *L, int d, int n_hi, int hi_bits, int lo_bits, int qjl_hi, int qjl_lo,
                    const float *cb_hi, const float *cb_lo, const int *perm, uint64_t seed, int layer, int scale8,
-                   int scale_base) {
+                   int scale_base, int trellis) {
     memset(L, 0, sizeof *L);
     if (d <= 0 || d > TQ_MAX_DIM || n_hi < 0 || n_hi >= d) return KVC_ERR_INVALID;
     if ((qjl_hi && n_hi % 8) || (qjl_lo && (d - n_hi) % 8)) return KVC_ERR_INVALID;
     L->d = d, L->perm = perm;
     int st = KVC_OK, off = 0;
     if (n_hi > 0) {
-        st = group_init(&L->g[0], n_hi, hi_bits, qjl_hi, cb_hi, 0, seed, layer, 0, scale8, scale_base);
+        st = group_init(&L->g[0], n_hi, hi_bits, qjl_hi, cb_hi, 0, seed, layer, 0, scale8, scale_base, trellis);
         off = L->g[0].bytes;
         L->n_groups = 1;
     }
     if (st == KVC_OK)
         st = group_init(&L->g[L->n_groups], d - n_hi, lo_bits, qjl_lo, cb_lo, off, seed, layer, n_hi > 0, scale8,
-                        scale_base);
+                        scale_base, trellis);
     L->n_groups++;
     if (st != KVC_OK) {
         tq_layout_free(L);
@@ -242,11 +248,11 @@ long long kvc_tq_row_bytes(int m, int bits, int qjl, int scale8) {
     return tq_group_bytes(m, bits, qjl, scale8);
 }
 
-static int one_group(tq_layout *L, int m, int bits, int qjl, int scale8, int scale_base, const float *cb,
+static int one_group(tq_layout *L, int m, int bits, int qjl, int trellis, int scale8, int scale_base, const float *cb,
                      unsigned long long seed, int layer, int group) {
     if (qjl && m % 8) return KVC_ERR_INVALID;
     memset(L, 0, sizeof *L);
-    int st = group_init(&L->g[0], m, bits, qjl, cb, 0, seed, layer, group, scale8, scale_base);
+    int st = group_init(&L->g[0], m, bits, qjl, cb, 0, seed, layer, group, scale8, scale_base, trellis);
     if (st != KVC_OK) {
         tq_layout_free(L);
         return st;
@@ -255,13 +261,13 @@ static int one_group(tq_layout *L, int m, int bits, int qjl, int scale8, int sca
     return KVC_OK;
 }
 
-int kvc_tq_encode(int impl, int m, int bits, int qjl, int scale8, int scale_base, int scale_mode, const float *codebook,
+int kvc_tq_encode(int impl, int m, int bits, int qjl, int trellis, int scale8, int scale_base, int scale_mode, const float *codebook,
                   unsigned long long seed, int layer, int group, const float *x, int n, void *rows) {
     if (!x || !rows || n < 0 || (scale_mode < 0 || scale_mode > 2)) return KVC_ERR_INVALID;
     const kvc_kernel_table *t = table_for(impl);
     if (!t) return KVC_ERR_UNSUPPORTED;
     tq_layout L;
-    int st = one_group(&L, m, bits, qjl, scale8, scale_base, codebook, seed, layer, group);
+    int st = one_group(&L, m, bits, qjl, trellis, scale8, scale_base, codebook, seed, layer, group);
     if (st != KVC_OK) return st;
     float *y = malloc(sizeof(float) * 2 * (size_t)m); /* encode scratch */
     if (!y) st = KVC_ERR_NOMEM;
@@ -272,13 +278,13 @@ int kvc_tq_encode(int impl, int m, int bits, int qjl, int scale8, int scale_base
     return st;
 }
 
-int kvc_tq_decode(int impl, int m, int bits, int qjl, int scale8, int scale_base, const float *codebook,
+int kvc_tq_decode(int impl, int m, int bits, int qjl, int trellis, int scale8, int scale_base, const float *codebook,
                   unsigned long long seed, int layer, int group, const void *rows, int n, float *x) {
     if (!rows || !x || n < 0) return KVC_ERR_INVALID;
     const kvc_kernel_table *t = table_for(impl);
     if (!t) return KVC_ERR_UNSUPPORTED;
     tq_layout L;
-    int st = one_group(&L, m, bits, qjl, scale8, scale_base, codebook, seed, layer, group);
+    int st = one_group(&L, m, bits, qjl, trellis, scale8, scale_base, codebook, seed, layer, group);
     if (st != KVC_OK) return st;
     const float one = 1.0f;
     for (int j = 0; j < n; j++) {
@@ -291,13 +297,13 @@ int kvc_tq_decode(int impl, int m, int bits, int qjl, int scale8, int scale_base
     return KVC_OK;
 }
 
-int kvc_tq_score(int impl, int m, int bits, int qjl, int scale8, int scale_base, const float *codebook,
+int kvc_tq_score(int impl, int m, int bits, int qjl, int trellis, int scale8, int scale_base, const float *codebook,
                  unsigned long long seed, int layer, int group, const float *q, const void *rows, int n, float *out) {
     if (!q || !rows || !out || n < 0) return KVC_ERR_INVALID;
     const kvc_kernel_table *t = table_for(impl);
     if (!t) return KVC_ERR_UNSUPPORTED;
     tq_layout L;
-    int st = one_group(&L, m, bits, qjl, scale8, scale_base, codebook, seed, layer, group);
+    int st = one_group(&L, m, bits, qjl, trellis, scale8, scale_base, codebook, seed, layer, group);
     if (st != KVC_OK) return st;
     float *buf = malloc(sizeof(float) * 2 * (size_t)m);
     if (!buf) {
@@ -313,7 +319,7 @@ int kvc_tq_score(int impl, int m, int bits, int qjl, int scale8, int scale_base,
 }
 
 int kvc_tq_block_test(int impl, int d, int n_hi, int hi_bits, int lo_bits, int qjl_hi, int qjl_lo, const float *cb_hi,
-                      const float *cb_lo, unsigned long long seed, int layer, int scale8, int scale_base,
+                      const float *cb_lo, unsigned long long seed, int layer, int scale8, int scale_base, int trellis,
                       const float *keys, int n, const float *q, int nq, int grp, int n0, const float *p, float *scores,
                       float *acc) {
     if (!keys || !q || !p || !scores || !acc || nq <= 0 || grp <= 0 || n0 < 1 || tq_rows_read(nq, grp, n0) > n)
@@ -322,7 +328,7 @@ int kvc_tq_block_test(int impl, int d, int n_hi, int hi_bits, int lo_bits, int q
     if (!t) return KVC_ERR_UNSUPPORTED;
     tq_layout L;
     int st = tq_layout_init(&L, d, n_hi, hi_bits, lo_bits, qjl_hi, qjl_lo, cb_hi, cb_lo, NULL, seed, layer, scale8,
-                            scale_base);
+                            scale_base, trellis);
     if (st != KVC_OK) return st;
     uint8_t *rows = calloc((size_t)n * L.row_bytes + 8, 1); /* slack: code reads may run 2 bytes past */
     float *buf = malloc(sizeof(float) * ((size_t)2 * nq * d + 2 * (size_t)d));

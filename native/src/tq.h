@@ -7,6 +7,9 @@
  * b-bit codes is laid out as
  *     [scale: fp16, or 1 byte (8-bit scales)][fp16 residual norm, QJL only]
  *     [codes: m*b bits, little-endian bitstream][QJL sign bits: m bits, QJL only]
+ * Trellis codes (tmem > 0, docs/design.md §4) store the same m*b bits, but code i decodes to
+ * cb[state_i], state_i = the last b + tmem bits of the code ring up to code i (tq_trellis_values);
+ * the encoder picks the codes by a tail-biting Viterbi search (tq_ref.c).
  * An 8-bit scale is a step e of a log grid: ŝ = 2^((e + base)/32) for e = 1..255 and
  * ŝ = 0 for e = 0, base chosen per layer and side (tq_scale8_value; docs/design.md §4).
  * Every arithmetic detail (signs, block Walsh–Hadamard order, rounding of the
@@ -24,6 +27,9 @@
 #define TQ_MAX_DIM 1024
 #define TQ_SCALE8_BASE_MIN (-2048) /* range of an 8-bit scale grid's base: ŝ within [2^-64, 2^72] */
 #define TQ_SCALE8_BASE_MAX 2048
+#define TQ_TRELLIS_MAX_MEM 6     /* trellis memory bits; states 1 << (bits + tmem) */
+#define TQ_TRELLIS_MAX_STATE 12  /* bits + tmem */
+#define TQ_TRELLIS_MAX_M 256     /* channels of a trellis group (the encoder's stack buffers) */
 
 typedef struct {
     int m, bits, qjl;
@@ -31,8 +37,9 @@ typedef struct {
     int codes_off, qjl_off, rnorm_off, bytes;
     float *scale_lut;     /* (256) 8-bit scales: ŝ of each step e, owned; NULL: fp16 scales */
     double *scale_mid;    /* (255) midpoints between consecutive scale_lut entries, owned */
-    const float *cb;      /* (1 << bits) centroids */
-    double *bounds;       /* (1 << bits) - 1 midpoints, owned */
+    const float *cb;      /* (1 << bits) centroids, or (1 << (bits + tmem)) trellis values */
+    double *bounds;       /* (1 << bits) - 1 midpoints, owned; NULL for trellis codes */
+    int tmem;             /* trellis memory bits (1..TQ_TRELLIS_MAX_MEM), 0: Lloyd–Max codes */
     float *signs, *signs2; /* (m) ±1 for the rotation and (QJL) the JL map, owned */
     int16_t *mix;         /* (m) cross-block mixing order (tq_mix_order), owned; NULL when m is a power of two */
     float *mix_signs;     /* (m) ±1 applied after it (stream 2 of seed 0), owned, or NULL */
@@ -46,10 +53,11 @@ typedef struct {
 } tq_layout;
 
 /* Build a layout for one layer (free with tq_layout_free). scale8: 1 for 8-bit scales on the
- * grid of scale_base (TQ_SCALE8_BASE_MIN..MAX), 0 for fp16 scales. Returns 0 or a kvc status. */
+ * grid of scale_base (TQ_SCALE8_BASE_MIN..MAX), 0 for fp16 scales. trellis: memory bits of
+ * trellis codes for both groups (0: Lloyd–Max codes). Returns 0 or a kvc status. */
 int tq_layout_init(tq_layout *L, int d, int n_hi, int hi_bits, int lo_bits, int qjl_hi, int qjl_lo,
                    const float *cb_hi, const float *cb_lo, const int *perm, uint64_t seed, int layer, int scale8,
-                   int scale_base);
+                   int scale_base, int trellis);
 void tq_layout_free(tq_layout *L);
 
 long long tq_group_bytes(int m, int bits, int qjl, int scale8);
@@ -131,7 +139,7 @@ void tq_accum_neon(const tq_layout *L, const float *p, int ldp, int nq, int grp,
  * visibility (grp, n0) above. Entries of scores past a query's visibility are left
  * untouched. Returns a kvc status. */
 int kvc_tq_block_test(int impl, int d, int n_hi, int hi_bits, int lo_bits, int qjl_hi, int qjl_lo, const float *cb_hi,
-                      const float *cb_lo, unsigned long long seed, int layer, int scale8, int scale_base,
+                      const float *cb_lo, unsigned long long seed, int layer, int scale8, int scale_base, int trellis,
                       const float *keys, int n, const float *q, int nq, int grp, int n0, const float *p, float *scores,
                       float *acc);
 
@@ -143,6 +151,21 @@ static inline unsigned tq_get_code(const uint8_t *codes, int i, int b) {
     unsigned bit = (unsigned)i * (unsigned)b, byte = bit >> 3, sh = bit & 7;
     unsigned v = codes[byte] | ((unsigned)codes[byte + 1] << 8) | ((unsigned)codes[byte + 2] << 16);
     return (v >> sh) & ((1u << b) - 1);
+}
+
+/* vals (g->m): the values of a trellis group's codes. State i is the last bits + tmem bits of
+ * the code ring up to code i (code i lowest), so the ring's last codes start it (kvcache/trellis.py's
+ * states); m·bits >= bits + tmem (tq_layout_init) keeps a state within one lap. */
+static inline void tq_trellis_values(const tq_group *g, const uint8_t *codes, float *vals) {
+    const int b = g->bits, m = g->m;
+    const unsigned mask = (1u << (b + g->tmem)) - 1;
+    const int span = (b + g->tmem + b - 1) / b; /* codes a state spans */
+    unsigned s = 0;
+    for (int i = m - span + 1; i < m; i++) s = (s << b) | tq_get_code(codes, i, b);
+    for (int i = 0; i < m; i++) {
+        s = ((s << b) | tq_get_code(codes, i, b)) & mask;
+        vals[i] = g->cb[s];
+    }
 }
 
 #endif

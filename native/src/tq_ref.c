@@ -2,7 +2,8 @@
  * and the reference twins of scoring and V accumulation that cpu/tq_avx2.c,
  * cpu/tq_avx512.c and cpu/tq_neon.c are tested against (tests/test_tq_native.py,
  * tests/test_neon.py). Encode has no SIMD variant: every kernel table uses
- * tq_encode_ref. Plain C, no processor-specific code; the row format and the
+ * tq_encode_ref. Trellis codes (tq.h) are encoded by a Viterbi search here and, for now,
+ * scored and accumulated by these scalar kernels only. Plain C, no processor-specific code; the row format and the
  * rotations are in tq.c. */
 #include <math.h>
 #include <string.h>
@@ -39,6 +40,50 @@ static unsigned nearest(const tq_group *g, double u) { /* number of boundaries b
     return (unsigned)lo;
 }
 
+/* Least-squares state path of u (m) through g's trellis (kvcache/trellis.py's _viterbi, the same
+ * arithmetic in the same order, ties to the smaller state). wrap < 0: free ends; else the path
+ * starts in a state whose top tmem bits are wrap and ends in one whose low tmem bits are wrap. */
+static void viterbi(const tq_group *g, const double *u, int wrap, unsigned *path) {
+    const int b = g->bits, M = g->tmem, m = g->m, S = 1 << (b + M), P = 1 << M;
+    double cost[1 << TQ_TRELLIS_MAX_STATE], best[1 << TQ_TRELLIS_MAX_MEM];
+    uint8_t back[TQ_TRELLIS_MAX_M][1 << TQ_TRELLIS_MAX_MEM]; /* dropped top bits of the best predecessor */
+    for (int s = 0; s < S; s++) {
+        const double e = u[0] - (double)g->cb[s];
+        cost[s] = wrap >= 0 && (s >> b) != wrap ? INFINITY : e * e;
+    }
+    for (int i = 1; i < m; i++) {
+        for (int p = 0; p < P; p++) { /* predecessors of the states s with s >> b == p: (t << M) | p */
+            double c = cost[p];
+            int bt = 0;
+            for (int t = 1; t < 1 << b; t++)
+                if (cost[(t << M) | p] < c) c = cost[(t << M) | p], bt = t;
+            best[p] = c, back[i][p] = (uint8_t)bt;
+        }
+        for (int s = 0; s < S; s++) {
+            const double e = u[i] - (double)g->cb[s];
+            cost[s] = best[s >> b] + e * e;
+        }
+    }
+    int end = -1;
+    for (int s = 0; s < S; s++)
+        if ((wrap < 0 || (s & (P - 1)) == wrap) && (end < 0 || cost[s] < cost[end])) end = s;
+    path[m - 1] = (unsigned)end;
+    for (int i = m - 1; i > 0; i--) {
+        const unsigned p = path[i] >> b;
+        path[i - 1] = (unsigned)back[i][p] << M | p;
+    }
+}
+
+/* The codes of a trellis group: a closed ring found in two passes (trellis.encode_states): the
+ * group rolled by m/2 fixes the tmem bits at the seam, then a pass constrained to them. */
+static void trellis_path(const tq_group *g, const double *u, unsigned *path) {
+    const int m = g->m, h = m / 2;
+    double rolled[TQ_TRELLIS_MAX_M];
+    for (int i = 0; i < m; i++) rolled[i] = u[(i + h) % m];
+    viterbi(g, rolled, -1, path);
+    viterbi(g, u, (int)(path[m - 1 - h] & ((1u << g->tmem) - 1)), path);
+}
+
 static void encode_group(const tq_group *g, int scale_mode, const float *x, uint8_t *row, float *y) {
     const int m = g->m;
     float *tmp = y + m; /* y: (2m) scratch */
@@ -50,11 +95,23 @@ static void encode_group(const tq_group *g, int scale_mode, const float *x, uint
     uint8_t *codes = row + g->codes_off;
     memset(codes, 0, (size_t)(m * g->bits + 7) / 8);
     double num = 0, den = 0;
-    for (int i = 0; i < m; i++) {
-        unsigned c = nearest(g, norm > 0 ? (double)y[i] / norm : 0.0);
-        put_code(codes, i, g->bits, c);
-        num += (double)y[i] * (double)g->cb[c];
-        den += (double)g->cb[c] * (double)g->cb[c];
+    if (g->tmem) {
+        double u[TQ_TRELLIS_MAX_M];
+        unsigned path[TQ_TRELLIS_MAX_M];
+        for (int i = 0; i < m; i++) u[i] = norm > 0 ? (double)y[i] / norm : 0.0;
+        trellis_path(g, u, path);
+        for (int i = 0; i < m; i++) {
+            put_code(codes, i, g->bits, path[i] & ((1u << g->bits) - 1));
+            num += (double)y[i] * (double)g->cb[path[i]];
+            den += (double)g->cb[path[i]] * (double)g->cb[path[i]];
+        }
+    } else {
+        for (int i = 0; i < m; i++) {
+            unsigned c = nearest(g, norm > 0 ? (double)y[i] / norm : 0.0);
+            put_code(codes, i, g->bits, c);
+            num += (double)y[i] * (double)g->cb[c];
+            den += (double)g->cb[c] * (double)g->cb[c];
+        }
     }
     /* 0 norm: ‖y‖; 1 ls: the least-squares scale of the chosen codes; 2 proj: ‖y‖²/⟨y, c⟩,
      * so that ⟨ŷ, y⟩ = ‖y‖² (no (1 − D_b) shrinkage of ⟨q, x̂⟩) — as turboquant.py */
@@ -102,7 +159,9 @@ static void decode_row(const tq_layout *L, const uint8_t *row, float *vals, floa
     for (int k = 0; k < L->n_groups; k++) {
         const tq_group *g = &L->g[k];
         const uint8_t *codes = row + g->codes_off;
-        for (int i = 0; i < g->m; i++) vals[start + i] = g->cb[tq_get_code(codes, i, g->bits)];
+        if (g->tmem) tq_trellis_values(g, codes, vals + start);
+        else
+            for (int i = 0; i < g->m; i++) vals[start + i] = g->cb[tq_get_code(codes, i, g->bits)];
         scale[k] = tq_group_scale(g, row);
         start += g->m;
     }

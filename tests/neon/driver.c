@@ -61,7 +61,7 @@ void free(void *p) { (void)p; }
 int kvc_neon_test_tq_layout(tq_layout *L, const int *cfg, const float *cb_hi, const float *cb_lo, int *info) {
     g_heap_used = 0;
     const int st = tq_layout_init(L, cfg[0], cfg[1], cfg[2], cfg[3], cfg[4], cfg[5], cb_hi, cb_lo, NULL, 0, 0, cfg[6],
-                                  cfg[7]);
+                                  cfg[7], 0);
     if (st != KVC_OK) return st;
     info[0] = L->row_bytes;
     for (int k = 0; k < TQ_MAX_GROUPS; k++) {

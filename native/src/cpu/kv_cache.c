@@ -102,11 +102,12 @@ int kv_init(cpu_ctx *c, const kvc_context_params *p, char *err, int err_len) {
                     return kvc_fail(err, err_len, KVC_ERR_INVALID, "layer %d: V caches take no QJL and no permutation", l);
                 tq_layout *lay = kind ? &c->tq_v[l] : &c->tq_k[l];
                 int st = tq_layout_init(lay, D, t->n_hi, t->hi_bits, t->lo_bits, t->qjl_hi, t->qjl_lo, t->codebook_hi,
-                                        t->codebook_lo, t->perm, p->tq_seed, l, t->scale8, t->scale_base);
+                                        t->codebook_lo, t->perm, p->tq_seed, l, t->scale8, t->scale_base, t->trellis);
                 if (st != KVC_OK)
                     return kvc_fail(err, err_len, st,
-                                    "layer %d: invalid TurboQuant %s config (n_hi %d, bits %d/%d, scale8 %d base %d)", l,
-                                    kind ? "V" : "K", t->n_hi, t->hi_bits, t->lo_bits, t->scale8, t->scale_base);
+                                    "layer %d: invalid TurboQuant %s config (n_hi %d, bits %d/%d, scale8 %d base %d, "
+                                    "trellis %d)", l, kind ? "V" : "K", t->n_hi, t->hi_bits, t->lo_bits, t->scale8,
+                                    t->scale_base, t->trellis);
                 rb = (size_t)lay->row_bytes;
             } else {
                 rb = kvc_row_bytes(kind ? p->type_v : p->type_k, D);

@@ -67,9 +67,9 @@ AVX2 static inline __m256 sign_mask(uint8_t byte) {
     return _mm256_and_ps(_mm256_castsi256_ps(set), _mm256_set1_ps(-0.0f));
 }
 
-static int simd_ok(const tq_layout *L) {
+static int simd_ok(const tq_layout *L) { /* else the scalar kernels (trellis codes: tq_ref.c only, for now) */
     for (int k = 0; k < L->n_groups; k++)
-        if (L->g[k].m % 8) return 0;
+        if (L->g[k].m % 8 || L->g[k].tmem) return 0;
     return 1;
 }
 

@@ -107,9 +107,9 @@ KVC_INLINE void decode_group(const int b, const tq_group *g, const grp_regs *r, 
         _mm512_mask_storeu_ps(vals + i, 0xFF, _mm512_mul_ps(s, lookup16(b, g, r, codes16(b, r, codes, i, 8))));
 }
 
-static int simd_ok(const tq_layout *L) {
+static int simd_ok(const tq_layout *L) { /* else the scalar kernels (trellis codes: tq_ref.c only, for now) */
     for (int k = 0; k < L->n_groups; k++)
-        if (L->g[k].m % 8) return 0;
+        if (L->g[k].m % 8 || L->g[k].tmem) return 0;
     return 1;
 }
 

@@ -150,7 +150,7 @@ static int kvm_tq_device_tables(const kvm_device *d, const kvc_tq_layer *t, int 
                                 int layer, kvm_tq_layout *out, kvm_buf *ft, kvm_buf *it) {
     tq_layout L;
     int st = tq_layout_init(&L, D, t->n_hi, t->hi_bits, t->lo_bits, t->qjl_hi, t->qjl_lo, t->codebook_hi,
-                            t->codebook_lo, t->perm, seed, layer, 0, 0);
+                            t->codebook_lo, t->perm, seed, layer, 0, 0, 0);
     if (st != KVC_OK) return st;
     int nf, ni;
     kvm_tq_table_sizes(&L, &nf, &ni);
@@ -205,6 +205,9 @@ static int kvm_create(const kvm_device *d, kvc_context *ctx, const kvc_context_p
     for (int l = 0; l < m->n_layer; l++) /* the Metal kernels read fp16 scales only; auto then runs the CPU */
         if ((c->k_tq && p->tq_k[l].scale8) || (c->v_tq && p->tq_v[l].scale8))
             return kvc_fail(err, err_len, KVC_ERR_UNSUPPORTED, "8-bit TurboQuant scales run on the CPU backend only");
+    for (int l = 0; l < m->n_layer; l++) /* the Metal kernels decode Lloyd–Max codes only; auto then runs the CPU */
+        if ((c->k_tq && p->tq_k[l].trellis) || (c->v_tq && p->tq_v[l].trellis))
+            return kvc_fail(err, err_len, KVC_ERR_UNSUPPORTED, "TurboQuant trellis codes run on the CPU backend only");
     c->k_center = p->k_center != 0;
     c->k_center_sub = c->k_center && !p->k_mean_folded;
     c->scale_mode = c->k_tq ? p->tq_scale_mode : kvc_v_scale_mode(p); /* V-only: V's */
