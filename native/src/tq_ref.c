@@ -2,8 +2,8 @@
  * and the reference twins of scoring and V accumulation that cpu/tq_avx2.c,
  * cpu/tq_avx512.c and cpu/tq_neon.c are tested against (tests/test_tq_native.py,
  * tests/test_neon.py). Encode has no SIMD variant: every kernel table uses
- * tq_encode_ref. Trellis codes (tq.h) are encoded by a Viterbi search here and, for now,
- * scored and accumulated by these scalar kernels only. Plain C, no processor-specific code; the row format and the
+ * tq_encode_ref. Trellis codes (tq.h) are encoded by a Viterbi search here; AVX2 and
+ * AVX-512 decode them too, NEON falls back to these kernels. Plain C, no processor-specific code; the row format and the
  * rotations are in tq.c. */
 #include <math.h>
 #include <string.h>

@@ -4,7 +4,8 @@
  * all of them, 8 rows at a time where they can. Codes are turned into
  * centroid values 8 at a time: ≤ 3-bit codebooks live in one register
  * (permutevar8x32), 4-bit ones in two (permute + blend on bit 3), wider ones
- * are gathered. Results equal the scalar twins up to float summation order. */
+ * are gathered; trellis codes (tq.h) become states by shifted ORs of neighbouring
+ * codes and are gathered. Results equal the scalar twins up to float summation order. */
 #if defined(__x86_64__)
 #include <string.h>
 
@@ -67,10 +68,29 @@ AVX2 static inline __m256 sign_mask(uint8_t byte) {
     return _mm256_and_ps(_mm256_castsi256_ps(set), _mm256_set1_ps(-0.0f));
 }
 
-static int simd_ok(const tq_layout *L) { /* else the scalar kernels (trellis codes: tq_ref.c only, for now) */
+static int simd_ok(const tq_layout *L) { /* else the scalar kernels */
     for (int k = 0; k < L->n_groups; k++)
-        if (L->g[k].m % 8 || L->g[k].tmem) return 0;
+        if (L->g[k].m % 8) return 0;
     return 1;
+}
+
+/* s × the values of a trellis group's codes into vals (m) (tq.h tq_trellis_values): the codes as
+ * int32 lanes with the ring's last span - 1 codes in front, each lane's state the OR of its code
+ * and the span - 1 before it shifted into place, the values gathered from the state table */
+AVX2 static inline void trellis8(const tq_group *g, const uint8_t *codes, __m256 s, float *vals) {
+    const int b = g->bits, m = g->m, span = (b + g->tmem + b - 1) / b; /* span <= 7: fits the 8 in front */
+    int32_t c[8 + TQ_TRELLIS_MAX_M] __attribute__((aligned(32))); /* c[8 + i]: code i; c[8 - k]: code m - k */
+    _mm256_store_si256((__m256i *)c, _mm256_setzero_si256()); /* lanes no state reaches */
+    for (int i = 0; i < m; i += 8) _mm256_store_si256((__m256i *)(c + 8 + i), codes8(codes, i, b));
+    for (int k = 1; k < span; k++) c[8 - k] = c[8 + m - k];
+    const __m256i mask = _mm256_set1_epi32((1 << (b + g->tmem)) - 1);
+    for (int i = 0; i < m; i += 8) {
+        __m256i st = _mm256_load_si256((const __m256i *)(c + 8 + i));
+        for (int k = 1; k < span; k++)
+            st = _mm256_or_si256(st, _mm256_sll_epi32(_mm256_loadu_si256((const __m256i *)(c + 8 + i - k)),
+                                                      _mm_cvtsi32_si128(k * b)));
+        _mm256_storeu_ps(vals + i, _mm256_mul_ps(s, _mm256_i32gather_ps(g->cb, _mm256_and_si256(st, mask), 4)));
+    }
 }
 
 /* centroid values (scaled per group) of one row into vals (d): decoded once, used by every query */
@@ -80,8 +100,10 @@ AVX2 static inline void decode_row8(const tq_layout *L, const cb_regs *regs, con
         const tq_group *g = &L->g[k];
         const __m256 s = _mm256_set1_ps(tq_group_scale(g, row));
         const uint8_t *codes = row + g->codes_off;
-        for (int i = 0; i < g->m; i += 8)
-            _mm256_storeu_ps(vals + start + i, _mm256_mul_ps(s, lookup(g, regs[k], codes8(codes, i, g->bits))));
+        if (g->tmem) trellis8(g, codes, s, vals + start);
+        else
+            for (int i = 0; i < g->m; i += 8)
+                _mm256_storeu_ps(vals + start + i, _mm256_mul_ps(s, lookup(g, regs[k], codes8(codes, i, g->bits))));
         start += g->m;
     }
 }

@@ -7,7 +7,8 @@
  * Codes become centroid values 16 at a time, one zmm: ≤ 4-bit codebooks are one
  * register (vpermps), 5-bit two (vpermt2ps), 6-bit four (two vpermt2ps and a
  * blend on bit 5); 7- and 8-bit ones are gathered, 9- and 10-bit codes are read
- * one by one and gathered. Up to 8 bits, a lane's code is picked out of the
+ * one by one and gathered; trellis codes (tq.h) become states by shifted ORs of
+ * neighbouring codes and are gathered. Up to 8 bits, a lane's code is picked out of the
  * row's bitstream by a byte shuffle and a variable shift. A group of
  * m % 16 == 8 channels ends with a half vector (masked loads and stores); only
  * layouts with a group of m % 8 != 0 run the scalar twins, as in AVX2.
@@ -107,10 +108,34 @@ KVC_INLINE void decode_group(const int b, const tq_group *g, const grp_regs *r, 
         _mm512_mask_storeu_ps(vals + i, 0xFF, _mm512_mul_ps(s, lookup16(b, g, r, codes16(b, r, codes, i, 8))));
 }
 
-static int simd_ok(const tq_layout *L) { /* else the scalar kernels (trellis codes: tq_ref.c only, for now) */
+static int simd_ok(const tq_layout *L) { /* else the scalar kernels */
     for (int k = 0; k < L->n_groups; k++)
-        if (L->g[k].m % 8 || L->g[k].tmem) return 0;
+        if (L->g[k].m % 8) return 0;
     return 1;
+}
+
+/* s × the values of a trellis group's codes into vals (m), 16 lanes at a time (tq_avx2.c's
+ * trellis8: states as shifted ORs of neighbouring codes, values gathered) */
+AVX512 static void trellis16(const tq_group *g, const grp_regs *r, const uint8_t *row, float *vals) {
+    const int b = g->bits, m = g->m, span = (b + g->tmem + b - 1) / b; /* span <= 7 */
+    const uint8_t *codes = row + g->codes_off;
+    int32_t c[16 + TQ_TRELLIS_MAX_M] __attribute__((aligned(64))); /* c[16 + i]: code i; c[16 - k]: code m - k */
+    for (int i = 0; i < m; i += 16) {
+        const int nc = m - i >= 16 ? 16 : 8;
+        _mm512_store_si512(c + 16 + i, _mm512_and_si512(codes16(b, r, codes, i, nc), r->mask));
+    }
+    _mm512_store_si512(c, _mm512_setzero_si512()); /* lanes no state reaches */
+    for (int k = 1; k < span; k++) c[16 - k] = c[16 + m - k];
+    const __m512i mask = _mm512_set1_epi32((1 << (b + g->tmem)) - 1);
+    const __m512 s = _mm512_set1_ps(tq_group_scale(g, row));
+    for (int i = 0; i < m; i += 16) {
+        __m512i st = _mm512_load_si512(c + 16 + i);
+        for (int k = 1; k < span; k++)
+            st = _mm512_or_si512(st, _mm512_sll_epi32(_mm512_loadu_si512(c + 16 + i - k), _mm_cvtsi32_si128(k * b)));
+        const __m512 v = _mm512_mul_ps(s, _mm512_i32gather_ps(_mm512_and_si512(st, mask), g->cb, 4));
+        if (m - i >= 16) _mm512_storeu_ps(vals + i, v);
+        else _mm512_mask_storeu_ps(vals + i, 0xFF, v);
+    }
 }
 
 /* centroid values (scaled per group) of one row into vals (d): decoded once, used
@@ -120,6 +145,11 @@ AVX512 static void decode_row16(const tq_layout *L, const grp_regs *regs, const 
     for (int k = 0; k < L->n_groups; k++) {
         const tq_group *g = &L->g[k];
         float *v = vals + start;
+        if (g->tmem) {
+            trellis16(g, &regs[k], row, v);
+            start += g->m;
+            continue;
+        }
         switch (g->bits) {
         case 1: decode_group(1, g, &regs[k], row, v); break;
         case 2: decode_group(2, g, &regs[k], row, v); break;

@@ -61,7 +61,7 @@ KVC_INLINE void centroids8(const tq_group *g, const cb_tbl *tb, const uint8_t *c
     v[1] = vld1q_f32(f + 4);
 }
 
-static int simd_ok(const tq_layout *L) { /* else the scalar kernels (trellis codes: tq_ref.c only, for now) */
+static int simd_ok(const tq_layout *L) { /* else the scalar kernels (trellis codes: no NEON decode yet) */
     for (int k = 0; k < L->n_groups; k++)
         if (L->g[k].m % 8 || L->g[k].tmem) return 0;
     return 1;
