@@ -377,6 +377,7 @@ POLICY_CASES: dict[str, tuple[dict, str]] = {
     "name_number": ({"name": 5}, "name"),
     "k_scale_mode_unknown": ({"k_scale_mode": "lsq"}, "k_scale_mode"),
     "v_scale_mode_number": ({"v_scale_mode": 2}, "v_scale_mode"),
+    "codes_unknown": ({"codes": "lattice"}, "codes"),
 }
 
 

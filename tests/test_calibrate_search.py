@@ -262,6 +262,31 @@ def test_policy_scale_modes_reach_the_file(tiny_models, tiny_cal, tmp_path):
         Policy(**kw, v_scale_mode="nope")
 
 
+def test_policy_trellis_codes_reach_the_file(tiny_models, tiny_cal, tmp_path):
+    """Policy codes "trellis": the same allocation, written with trellis codes where a layer admits
+    them (a QJL candidate keeps Lloyd–Max codes); the file carries them and the runtime decodes them
+    (its logits differ from the Lloyd–Max file's and are closer to the f32 cache's)."""
+    kw = dict(name="t", description="test", k_budget=4.0, v_budget=3.5, k_bits=(3, 4, 5), v_bits=(2, 3, 4))
+    plain = search(tiny_cal, policy=Policy(**kw), check=False).profile
+    prof = search(tiny_cal, policy=Policy(**kw, codes="trellis"), check=False).profile
+    parse = lambda specs: [tq.KConfig.parse(x, tiny_cal.head_dim) for x in specs]  # noqa: E731
+    assert parse(prof.k_layers) == [c.with_codes("trellis") for c in parse(plain.k_layers)]
+    assert parse(prof.v_layers) == [c.with_codes("trellis") for c in parse(plain.v_layers)]
+    assert prof.bits() == plain.bits()
+    assert all(c.trellis for c in parse(prof.v_layers))
+    files = {n: convert(tiny_models["qwen2-hd64"], tmp_path / f"{n}.gguf", weights="f32", profile=p).output
+             for n, p in (("lloyd", plain), ("trellis", prof))}
+    meta = Model(files["trellis"]).cache_meta
+    assert [c.trellis for c in meta.k_configs] == [c.trellis for c in parse(prof.k_layers)]
+    toks = list(range(5, 45))
+    exact = Model(files["lloyd"]).context(n_ctx=64, type_k="f32", type_v="f32").eval(toks, all_logits=True)
+    got = {n: Model(f).context(n_ctx=64, n_recent=0).eval(toks, all_logits=True) for n, f in files.items()}
+    err = {n: float(np.linalg.norm(g - exact)) for n, g in got.items()}
+    assert err["trellis"] < err["lloyd"], err
+    with pytest.raises(InputError, match="codes"):
+        Policy(**kw, codes="lattice")
+
+
 @pytest.mark.parametrize("name", ["qwen3-hd64", "mistral-hd64-swa8", "gemma3-hd64-swa8"])
 def test_new_families_calibrate_search_convert(tiny_models, plain, tmp_path, name):
     """Issue 18: calibrate → search → convert on QK-norm and sliding-window families. The capture

@@ -162,3 +162,16 @@ def test_c_library_refuses_bad_trellis_groups():
             tq.KConfig.parse(bad, 64)
     with pytest.raises(ValueError, match="channels"):
         tq.KConfig(d=2, lo_bits=2, trellis=trellis.MEMORY)
+
+
+def test_metal_refuses_trellis_codes():
+    """host.h's create refuses trellis layers with KVC_ERR_UNSUPPORTED (its kernels decode Lloyd–Max
+    codes), so auto runs such files on the CPU (checked in the source: no Metal device here), and
+    the Metal tables are built without trellis codes."""
+    from pathlib import Path
+
+    src = (Path(__file__).resolve().parent.parent / "native" / "src" / "metal" / "host.h").read_text()
+    i = src.index("TurboQuant trellis codes run on the CPU backend only")
+    assert "(c->k_tq && p->tq_k[l].trellis) || (c->v_tq && p->tq_v[l].trellis)" in src[i - 300:i]
+    assert "KVC_ERR_UNSUPPORTED" in src[i - 100:i]
+    assert "t->codebook_lo, t->perm, seed, layer, 0, 0, 0);" in src

@@ -118,13 +118,17 @@ def print_patch_info(m: ModelSource, console: Console | None = None) -> None:
     scales = [(side, cfgs[0].scale) for side, cfgs in (("K", meta.k_configs), ("V", meta.v_configs)) if cfgs]
     if scales:
         t.add_row("group scale rule", "; ".join(f"{side} {SCALE_RULES[mode]}" for side, mode in scales))
+        codes = [(side, sum(c.trellis > 0 for c in cfgs)) for side, cfgs in (("K", meta.k_configs),
+                                                                              ("V", meta.v_configs)) if cfgs]
+        t.add_row("codes", "; ".join(f"{side} " + (f"bitshift trellis on {n} of {L} layers (the rest Lloyd–Max; "
+                                                    "CPU backend)" if n else "Lloyd–Max") for side, n in codes))
     t.add_row("rotation seed", f"{meta.seed:#x}")
     console.print(t)
 
     def side(kind: str, cfgs):
         if cfgs is None:
             return [(kind, "", "", "", "", STANDARD_BITS[kind], "")] * L
-        return [("tq", str(c.n_hi) if c.n_hi else "—", f"{c.hi_bits}" if c.n_hi else "—", str(c.lo_bits),
+        return [("tq trellis" if c.trellis else "tq", str(c.n_hi) if c.n_hi else "—", f"{c.hi_bits}" if c.n_hi else "—", str(c.lo_bits),
                  "/".join(g for g, on in (("hi", c.qjl_hi and c.n_hi), ("lo", c.qjl_lo)) if on) or "—",
                  c.bits_per_value(), "fp16" if c.scale_base is None else "8-bit") for c in cfgs]
 

@@ -572,8 +572,9 @@ def _profile(cal: Calibration, pol: Policy, k_choice: list[Option], v_choice, sc
     tr = Transforms(k_mean=mean.astype(np.float32), k_scale=s.astype(np.float32), pair_order=order.astype(np.int32),
                     v_mean=None if v_mean is None else v_mean.astype(np.float32))
     shape = ModelShape(Path(cal.model).name, cal.arch, L, cal.n_head, Hk, d)
-    k_layers = [replace(o.cfg, scale=pol.k_scale_mode).spec() for o in k_choice]  # not in the proxies
-    v_layers = [replace(c, scale=pol.v_scale_mode).spec() for c, _ in v_choice]
+    # the policy's scale rules and codes are not in the proxies: written onto the chosen configs
+    k_layers = [replace(o.cfg, scale=pol.k_scale_mode).with_codes(pol.codes).spec() for o in k_choice]
+    v_layers = [replace(c, scale=pol.v_scale_mode).with_codes(pol.codes).spec() for c, _ in v_choice]
     prof = Profile(name=f"{shape.name.removesuffix('.gguf')}-{pol.name}", model=shape, k_type=TQ,
                    v_type=TQ if v_choice else "f16", k_layers=k_layers, v_layers=v_layers, transforms=tr,
                    policy=pol.name,

@@ -54,6 +54,7 @@ __all__ = ["GroupConfig", "KConfig", "Encoded", "codebook", "signs", "rotate", "
            "encode_group", "decode_group", "encode", "decode", "scores"]
 
 SCALES = ("ls", "norm", "proj")
+CODES = ("lloyd", "trellis")  # Lloyd–Max codes, or bitshift-trellis codes of the same bits (trellis.py)
 SCALE8_BASE_MIN, SCALE8_BASE_MAX = -2048, 2048  # tq.h TQ_SCALE8_BASE_*: ŝ within [2^-64, 2^72]
 SCALE8_STEP = 32  # steps per octave: 2.2% apart, a scale rounded by at most 1.1%; 254 steps span 245×
 SCALE8_HEADROOM = 4.0  # scale8_base: the grid's top step is at least this × the largest scale seen
@@ -140,6 +141,16 @@ class KConfig:
     def with_scale_base(self, base: int | None) -> "KConfig":
         """The same codes with 8-bit scales on the grid of base (None: fp16 scales)."""
         return replace(self, scale_base=base)
+
+    def with_codes(self, codes: str) -> "KConfig":
+        """The same bits on these codes (CODES); a config that cannot take trellis codes (QJL, a group of
+        more than 6 bits or too few channels) keeps Lloyd–Max codes."""
+        if codes == "lloyd":
+            return replace(self, trellis=0)
+        try:
+            return replace(self, trellis=trellis.MEMORY)
+        except ValueError:
+            return replace(self, trellis=0)
 
     def bits_per_value(self) -> float:
         """Codes + one scale per group (16 or 8 bits), + 1 bit/value and an fp16 ‖r‖ per QJL group."""
@@ -234,8 +245,8 @@ class KConfig:
                 raise ValueError(f"bad K cache type {text!r}: s8={kw['s8']!r} is not an integer")
             base = int(kw["s8"])
         code = kw.get("code", "lloyd")
-        if code not in ("lloyd", "trellis"):
-            raise ValueError(f"bad K cache type {text!r}: code={code!r}, expected lloyd or trellis")
+        if code not in CODES:
+            raise ValueError(f"bad K cache type {text!r}: code={code!r}, expected {' or '.join(CODES)}")
         try:
             return cls(d=d, n_hi=split, hi_bits=hi, lo_bits=lo, qjl_hi=qjl_hi, qjl_lo=qjl_lo,
                        scale=kw.get("scale", "ls"), scale_base=base,

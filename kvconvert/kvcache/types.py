@@ -48,7 +48,8 @@ DEFAULT_SEED = 0x6B7663  # the rotation seed ("kvc") when a file or profile give
 AUTO = "auto"
 
 TYPES_HELP = (f"{', '.join(STANDARD)}, or TurboQuant: tq<bits> (e.g. tq4) or tq:split=N,hi=B,lo=B[,qjl=hi|lo|both]"
-              "[,scale=ls|proj|norm][,s8=BASE] (s8: 8-bit scales on the grid 2^((e + BASE)/32))")
+              "[,scale=ls|proj|norm][,s8=BASE][,code=trellis] (s8: 8-bit scales on the grid 2^((e + BASE)/32); "
+              "code=trellis: bitshift-trellis codes of the same bits, CPU only)")
 
 
 def is_tq(name: str) -> bool:

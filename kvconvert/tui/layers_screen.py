@@ -114,5 +114,7 @@ class LayersScreen(StepScreen):
                 if "s8=" in f"{k} {v}" else ""
             proj = " — scale=proj: group scales that keep inner products unshrunk" \
                 if "scale=proj" in f"{k} {v}" else ""
-            lines.append(f"Chosen: K {k}, V {v} (profile {escape(prof.name)}){s8}{proj}")
+            tc = " — tc: bitshift-trellis codes (each value read from its code and the codes before it)" \
+                if "code=trellis" in f"{k} {v}" else ""
+            lines.append(f"Chosen: K {k}, V {v} (profile {escape(prof.name)}){s8}{proj}{tc}")
         self.query_one("#layer-detail", Static).update("\n".join(lines))
