@@ -175,3 +175,28 @@ def test_metal_refuses_trellis_codes():
     assert "(c->k_tq && p->tq_k[l].trellis) || (c->v_tq && p->tq_v[l].trellis)" in src[i - 300:i]
     assert "KVC_ERR_UNSUPPORTED" in src[i - 100:i]
     assert "t->codebook_lo, t->perm, seed, layer, 0, 0, 0);" in src
+
+
+@pytest.mark.parametrize("bits", trellis.BITS)
+def test_every_kernel_table_encodes_the_same_rows(bits):
+    """The scalar trellis search (tq_viterbi_ref) and the SIMD one of the x86 tables
+    (tq_viterbi_avx2: four states per vector, strict-less blends, no FMA) write the same bytes,
+    at every code width (1 bit: two states per predecessor context, the broadcast's other path)."""
+    f, lib = native.ffi(), native.lib()
+    impls = [i for i in (1, 2, 3) if lib.kvc_cpu_impls() & (1 << i)]
+    m = 64
+    gc = tq.GroupConfig(m, bits, trellis=trellis.MEMORY)
+    cb = np.ascontiguousarray(tq.group_codebook(gc))
+    x = np.random.default_rng(bits).standard_normal((300, m)).astype(np.float32)
+    x[7] = 0  # a zero vector: every state ties
+    out = {}
+    for impl in impls:
+        rows = np.zeros((300, lib.kvc_tq_row_bytes(m, bits, 0, 0)), np.uint8)
+        assert lib.kvc_tq_encode(impl, m, bits, 0, trellis.MEMORY, 0, 0, 1, f.cast("float *", f.from_buffer(cb)),
+                                 3, 1, 0, f.cast("float *", f.from_buffer(x)), 300, f.from_buffer(rows)) == 0
+        out[impl] = rows
+    for impl in impls[1:]:
+        np.testing.assert_array_equal(out[impl], out[impls[0]], err_msg=f"impl {impl}")
+    want = tq.encode_group(x, gc, 3, 1, 0)
+    got = out[impls[0]]
+    np.testing.assert_array_equal(got[:, :2].copy().view(np.float16)[:, 0], want.scale)  # fp16 scale first

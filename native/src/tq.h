@@ -86,6 +86,15 @@ void tq_rotate(const tq_group *g, const float *signs, float *v, float *tmp);
  * P the mixing order, so that energy spreads across blocks too. */
 typedef void (*tq_encode_fn)(const tq_layout *L, int scale_mode, const float *x, uint8_t *row, float *scratch);
 void tq_encode_ref(const tq_layout *L, int scale_mode, const float *x, uint8_t *row, float *scratch); /* tq_ref.c */
+/* Least-squares state path (m) of u (m = g->m, unit-norm coordinates, double) through a trellis
+ * group's states (kvcache/trellis.py's _viterbi: the same arithmetic in the same order, ties to the
+ * smaller state). wrap < 0: free ends; else the path starts in a state whose top tmem bits are
+ * wrap and ends in one whose low tmem bits are wrap. Implementations give identical paths. */
+typedef void (*tq_viterbi_fn)(const tq_group *g, const double *u, int wrap, unsigned *path);
+void tq_viterbi_ref(const tq_group *g, const double *u, int wrap, unsigned *path); /* tq_ref.c */
+/* tq_encode_ref with another trellis search (the SIMD tables' encoders are this with their own) */
+void tq_encode_with(const tq_layout *L, int scale_mode, const float *x, uint8_t *row, float *scratch,
+                    tq_viterbi_fn viterbi);
 
 /* Queries prepared for scoring, packed: row r of qr is query r rotated per group,
  * row r of w its JL image (written and read for QJL groups only). */
@@ -115,6 +124,8 @@ void tq_accum_ref(const tq_layout *L, const float *p, int ldp, int nq, int grp, 
                   float *acc);
 #if defined(__x86_64__)
 /* cpu/tq_avx2.c (AVX2 + FMA) and cpu/tq_avx512.c (AVX-512 F/BW/VL/DQ); pure functions over their arguments */
+void tq_viterbi_avx2(const tq_group *g, const double *u, int wrap, unsigned *path);
+void tq_encode_avx2(const tq_layout *L, int scale_mode, const float *x, uint8_t *row, float *scratch);
 void tq_score_avx2(const tq_layout *L, const tq_query *q, int nq, int grp, int n0, const uint8_t *rows, float *out,
                    int ldo);
 void tq_accum_avx2(const tq_layout *L, const float *p, int ldp, int nq, int grp, int n0, const uint8_t *rows,

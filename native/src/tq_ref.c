@@ -1,10 +1,11 @@
 /* tq_ref.c — the scalar TurboQuant kernels: encode a head vector into a row,
  * and the reference twins of scoring and V accumulation that cpu/tq_avx2.c,
  * cpu/tq_avx512.c and cpu/tq_neon.c are tested against (tests/test_tq_native.py,
- * tests/test_neon.py). Encode has no SIMD variant: every kernel table uses
- * tq_encode_ref. Trellis codes (tq.h) are encoded by a Viterbi search here; AVX2 and
- * AVX-512 decode them too, NEON falls back to these kernels. Plain C, no processor-specific code; the row format and the
- * rotations are in tq.c. */
+ * tests/test_neon.py). Every kernel table encodes with this code; for trellis
+ * codes (tq.h) its Viterbi search is tq_viterbi_ref here and a bit-identical SIMD
+ * twin in the x86 tables (cpu/tq_avx2.c, through tq_encode_with). AVX2 and
+ * AVX-512 decode trellis codes too; NEON falls back to these kernels. Plain C, no
+ * processor-specific code; the row format and the rotations are in tq.c. */
 #include <math.h>
 #include <string.h>
 
@@ -40,10 +41,7 @@ static unsigned nearest(const tq_group *g, double u) { /* number of boundaries b
     return (unsigned)lo;
 }
 
-/* Least-squares state path of u (m) through g's trellis (kvcache/trellis.py's _viterbi, the same
- * arithmetic in the same order, ties to the smaller state). wrap < 0: free ends; else the path
- * starts in a state whose top tmem bits are wrap and ends in one whose low tmem bits are wrap. */
-static void viterbi(const tq_group *g, const double *u, int wrap, unsigned *path) {
+void tq_viterbi_ref(const tq_group *g, const double *u, int wrap, unsigned *path) {
     const int b = g->bits, M = g->tmem, m = g->m, S = 1 << (b + M), P = 1 << M;
     double cost[1 << TQ_TRELLIS_MAX_STATE], best[1 << TQ_TRELLIS_MAX_MEM];
     uint8_t back[TQ_TRELLIS_MAX_M][1 << TQ_TRELLIS_MAX_MEM]; /* dropped top bits of the best predecessor */
@@ -76,7 +74,7 @@ static void viterbi(const tq_group *g, const double *u, int wrap, unsigned *path
 
 /* The codes of a trellis group: a closed ring found in two passes (trellis.encode_states): the
  * group rolled by m/2 fixes the tmem bits at the seam, then a pass constrained to them. */
-static void trellis_path(const tq_group *g, const double *u, unsigned *path) {
+static void trellis_path(const tq_group *g, const double *u, unsigned *path, tq_viterbi_fn viterbi) {
     const int m = g->m, h = m / 2;
     double rolled[TQ_TRELLIS_MAX_M];
     for (int i = 0; i < m; i++) rolled[i] = u[(i + h) % m];
@@ -84,7 +82,8 @@ static void trellis_path(const tq_group *g, const double *u, unsigned *path) {
     viterbi(g, u, (int)(path[m - 1 - h] & ((1u << g->tmem) - 1)), path);
 }
 
-static void encode_group(const tq_group *g, int scale_mode, const float *x, uint8_t *row, float *y) {
+static void encode_group(const tq_group *g, int scale_mode, const float *x, uint8_t *row, float *y,
+                         tq_viterbi_fn viterbi) {
     const int m = g->m;
     float *tmp = y + m; /* y: (2m) scratch */
     memcpy(y, x, sizeof(float) * (size_t)m);
@@ -99,7 +98,7 @@ static void encode_group(const tq_group *g, int scale_mode, const float *x, uint
         double u[TQ_TRELLIS_MAX_M];
         unsigned path[TQ_TRELLIS_MAX_M];
         for (int i = 0; i < m; i++) u[i] = norm > 0 ? (double)y[i] / norm : 0.0;
-        trellis_path(g, u, path);
+        trellis_path(g, u, path, viterbi);
         for (int i = 0; i < m; i++) {
             put_code(codes, i, g->bits, path[i] & ((1u << g->bits) - 1));
             num += (double)y[i] * (double)g->cb[path[i]];
@@ -145,12 +144,17 @@ static void encode_group(const tq_group *g, int scale_mode, const float *x, uint
         if (r[i] < 0) bits[i >> 3] |= (uint8_t)(1u << (i & 7));
 }
 
-void tq_encode_ref(const tq_layout *L, int scale_mode, const float *x, uint8_t *row, float *scratch) {
+void tq_encode_with(const tq_layout *L, int scale_mode, const float *x, uint8_t *row, float *scratch,
+                    tq_viterbi_fn viterbi) {
     int start = 0;
     for (int k = 0; k < L->n_groups; k++) {
-        encode_group(&L->g[k], scale_mode, x + start, row, scratch);
+        encode_group(&L->g[k], scale_mode, x + start, row, scratch, viterbi);
         start += L->g[k].m;
     }
+}
+
+void tq_encode_ref(const tq_layout *L, int scale_mode, const float *x, uint8_t *row, float *scratch) {
+    tq_encode_with(L, scale_mode, x, row, scratch, tq_viterbi_ref);
 }
 
 /* centroid values of one row, in rotated order: vals (d) */

@@ -7,6 +7,7 @@
  * are gathered; trellis codes (tq.h) become states by shifted ORs of neighbouring
  * codes and are gathered. Results equal the scalar twins up to float summation order. */
 #if defined(__x86_64__)
+#include <math.h>
 #include <string.h>
 
 #include "target_avx2.h"
@@ -91,6 +92,59 @@ AVX2 static inline void trellis8(const tq_group *g, const uint8_t *codes, __m256
                                                       _mm_cvtsi32_si128(k * b)));
         _mm256_storeu_ps(vals + i, _mm256_mul_ps(s, _mm256_i32gather_ps(g->cb, _mm256_and_si256(st, mask), 4)));
     }
+}
+
+/* tq_viterbi_ref, 4 states per vector: for each predecessor context p (contiguous in the cost
+ * array for a fixed dropped top t), the running minimum over t with strict-less blends (ties keep
+ * the smaller t, as the scalar loop); then cost[s] = best[s >> b] + e·e, e = u_i − value[s], with
+ * a separate multiply and add (no FMA), so every double is the scalar twin's. */
+void tq_viterbi_avx2(const tq_group *g, const double *u, int wrap, unsigned *path) {
+    const int b = g->bits, M = g->tmem, m = g->m, S = 1 << (b + M), P = 1 << M; /* P >= 2 */
+    if (P < 4) {
+        tq_viterbi_ref(g, u, wrap, path);
+        return;
+    }
+    double cost[1 << TQ_TRELLIS_MAX_STATE] __attribute__((aligned(32)));
+    double best[1 << TQ_TRELLIS_MAX_MEM] __attribute__((aligned(32)));
+    uint8_t back[TQ_TRELLIS_MAX_M][1 << TQ_TRELLIS_MAX_MEM];
+    for (int s = 0; s < S; s++) {
+        const double e = u[0] - (double)g->cb[s];
+        cost[s] = wrap >= 0 && (s >> b) != wrap ? INFINITY : e * e;
+    }
+    for (int i = 1; i < m; i++) {
+        for (int p = 0; p < P; p += 4) {
+            __m256d c = _mm256_load_pd(cost + p), bt = _mm256_setzero_pd();
+            for (int t = 1; t < 1 << b; t++) {
+                const __m256d x = _mm256_load_pd(cost + (t << M) + p);
+                const __m256d lt = _mm256_cmp_pd(x, c, _CMP_LT_OQ);
+                c = _mm256_blendv_pd(c, x, lt);
+                bt = _mm256_blendv_pd(bt, _mm256_set1_pd((double)t), lt);
+            }
+            _mm256_store_pd(best + p, c);
+            int32_t t32[4];
+            _mm_storeu_si128((__m128i *)t32, _mm256_cvtpd_epi32(bt)); /* small integers: exact */
+            for (int k = 0; k < 4; k++) back[i][p + k] = (uint8_t)t32[k];
+        }
+        const __m256d ui = _mm256_set1_pd(u[i]);
+        for (int s = 0; s < S; s += 4) {
+            const __m256d bs = b >= 2 ? _mm256_set1_pd(best[s >> b])
+                                      : _mm256_setr_pd(best[s >> 1], best[s >> 1], best[(s >> 1) + 1], best[(s >> 1) + 1]);
+            const __m256d e = _mm256_sub_pd(ui, _mm256_cvtps_pd(_mm_loadu_ps(g->cb + s)));
+            _mm256_store_pd(cost + s, _mm256_add_pd(bs, _mm256_mul_pd(e, e)));
+        }
+    }
+    int end = -1;
+    for (int s = 0; s < S; s++)
+        if ((wrap < 0 || (s & (P - 1)) == wrap) && (end < 0 || cost[s] < cost[end])) end = s;
+    path[m - 1] = (unsigned)end;
+    for (int i = m - 1; i > 0; i--) {
+        const unsigned p = path[i] >> b;
+        path[i - 1] = (unsigned)back[i][p] << M | p;
+    }
+}
+
+void tq_encode_avx2(const tq_layout *L, int scale_mode, const float *x, uint8_t *row, float *scratch) {
+    tq_encode_with(L, scale_mode, x, row, scratch, tq_viterbi_avx2);
 }
 
 /* centroid values (scaled per group) of one row into vals (d): decoded once, used by every query */
