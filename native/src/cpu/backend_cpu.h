@@ -49,7 +49,7 @@ typedef struct cpu_ctx {
     kv_layer *kv;           /* (n_layer) */
     tq_layout *tq_k, *tq_v; /* (n_layer) when the cache type is KVC_CACHE_TQ */
     int tq_scale_mode, tq_v_scale_mode; /* K's and V's encode scales (kvc_context_params) */
-    float *enc_tmp;         /* (4*D) encode scratch (caches are written by thread 0 only) */
+    float *enc_tmp;         /* (n_threads, 4*D) encode scratch, one slice per thread of pool (kv_store) */
     /* attention sinks: positions < n_sink kept exactly besides their TurboQuant rows */
     int n_sink;
     uint16_t *k_sink;       /* fp16 (n_layer, Hk, n_sink, D) the cached key (centered, file channel order), TQ K only */

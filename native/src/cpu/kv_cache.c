@@ -87,7 +87,8 @@ int kv_init(cpu_ctx *c, const kvc_context_params *p, char *err, int err_len) {
         const long long w = m->layers[l].window, want = 2 * w + 2 * (long long)c->ctx->n_batch;
         c->kv_cap[l] = w && !p->kv_keep_all && want < c->ctx->n_ctx ? (int)want : c->ctx->n_ctx;
     }
-    c->enc_tmp = malloc(sizeof(float) * 4 * (size_t)D); /* permuted k | encode scratch (2D) | centered v */
+    /* per thread of the context's pool (kv_store): permuted k | encode scratch (2D) | centered v */
+    c->enc_tmp = malloc(sizeof(float) * 4 * (size_t)D * (size_t)(c->ctx->n_threads > 0 ? c->ctx->n_threads : 1));
     if (k_tq) c->tq_k = calloc((size_t)L, sizeof(tq_layout));
     if (v_tq) c->tq_v = calloc((size_t)L, sizeof(tq_layout));
     if (!c->k_rb || !c->v_rb || !c->kv || !c->enc_tmp || (k_tq && !c->tq_k) || (v_tq && !c->tq_v))
@@ -282,44 +283,66 @@ void kv_center(cpu_ctx *c, int layer, int T) {
         }
 }
 
-void kv_store(cpu_ctx *c, int layer, int T) {
+/* Write token t, KV head h of the batch into the caches; tmp: this thread's (4D) scratch. */
+static void store_one(cpu_ctx *c, int layer, int t, int h, float *tmp) {
     const kvc_model *m = c->m;
     const int Hk = m->n_head_kv, D = m->head_dim;
-    float *tmp = c->enc_tmp, *scratch = c->enc_tmp + D;
-    kv_make_room(c, layer, T);
-    for (int t = 0; t < T; t++)
-        for (int h = 0; h < Hk; h++) {
-            const int pos = c->ctx->n_past + t;
-            const float *k = c->k + ((size_t)t * Hk + h) * D;
-            const float *v = c->v + ((size_t)t * Hk + h) * D;
-            if (c->v_mean) {
-                const float *mu = c->v_mean + ((size_t)layer * Hk + h) * D;
-                float *vc = c->enc_tmp + 3 * (size_t)D;
-                for (int i = 0; i < D; i++) vc[i] = v[i] - mu[i];
-                v = vc;
-            }
-            if (c->tq_k) {
-                const tq_layout *L = &c->tq_k[layer];
-                if (pos < c->n_sink) kv_exact_key(k, D, sink_row(c, c->k_sink, layer, h, pos));
-                if (c->k_rec) kv_exact_key(k, D, kv_recent_row(c, 0, layer, h, pos));
-                if (L->perm) {
-                    for (int i = 0; i < D; i++) tmp[i] = k[L->perm[i]];
-                    k = tmp;
-                }
-                c->kern->tq_encode(L, c->tq_scale_mode, k, k_row(c, layer, h, pos), scratch);
-            } else {
-                c->kern->type[c->type_k].quantize(k, k_row(c, layer, h, pos), D);
-            }
-            if (c->tq_v) {
-                c->kern->tq_encode(&c->tq_v[layer], c->tq_v_scale_mode, v, v_row(c, layer, h, pos), scratch);
-                uint16_t *vs = pos < c->n_sink ? sink_row(c, c->v_sink, layer, h, pos) : NULL;
-                uint16_t *vr = c->v_rec ? kv_recent_row(c, 1, layer, h, pos) : NULL;
-                if (vs || vr) { /* correction = value − decoded row (scratch: 2D floats), computed once */
-                    kv_exact_residual(&c->tq_v[layer], v, v_row(c, layer, h, pos), D, scratch, vr ? vr : vs);
-                    if (vs && vr) memcpy(vs, vr, sizeof(uint16_t) * (size_t)D);
-                }
-            } else c->kern->type[c->type_v].quantize(v, v_row(c, layer, h, pos), D);
+    float *scratch = tmp + D;
+    const int pos = c->ctx->n_past + t;
+    const float *k = c->k + ((size_t)t * Hk + h) * D;
+    const float *v = c->v + ((size_t)t * Hk + h) * D;
+    if (c->v_mean) {
+        const float *mu = c->v_mean + ((size_t)layer * Hk + h) * D;
+        float *vc = tmp + 3 * (size_t)D;
+        for (int i = 0; i < D; i++) vc[i] = v[i] - mu[i];
+        v = vc;
+    }
+    if (c->tq_k) {
+        const tq_layout *L = &c->tq_k[layer];
+        if (pos < c->n_sink) kv_exact_key(k, D, sink_row(c, c->k_sink, layer, h, pos));
+        if (c->k_rec) kv_exact_key(k, D, kv_recent_row(c, 0, layer, h, pos));
+        if (L->perm) {
+            for (int i = 0; i < D; i++) tmp[i] = k[L->perm[i]];
+            k = tmp;
         }
+        c->kern->tq_encode(L, c->tq_scale_mode, k, k_row(c, layer, h, pos), scratch);
+    } else {
+        c->kern->type[c->type_k].quantize(k, k_row(c, layer, h, pos), D);
+    }
+    if (c->tq_v) {
+        c->kern->tq_encode(&c->tq_v[layer], c->tq_v_scale_mode, v, v_row(c, layer, h, pos), scratch);
+        uint16_t *vs = pos < c->n_sink ? sink_row(c, c->v_sink, layer, h, pos) : NULL;
+        uint16_t *vr = c->v_rec ? kv_recent_row(c, 1, layer, h, pos) : NULL;
+        if (vs || vr) { /* correction = value − decoded row (scratch: 2D floats), computed once */
+            kv_exact_residual(&c->tq_v[layer], v, v_row(c, layer, h, pos), D, scratch, vr ? vr : vs);
+            if (vs && vr) memcpy(vs, vr, sizeof(uint16_t) * (size_t)D);
+        }
+    } else c->kern->type[c->type_v].quantize(v, v_row(c, layer, h, pos), D);
+}
+
+typedef struct {
+    cpu_ctx *c;
+    int layer, T;
+} store_task;
+
+static void store_run(void *arg, int ith, int nth) {
+    const store_task *s = (const store_task *)arg;
+    const int Hk = s->c->m->n_head_kv, D = s->c->m->head_dim;
+    long long b, e;
+    kvc_split((long long)s->T * Hk, ith, nth, 1, &b, &e);
+    float *tmp = s->c->enc_tmp + (size_t)ith * 4 * D; /* (4D) this thread's */
+    for (long long i = b; i < e; i++) store_one(s->c, s->layer, (int)(i / Hk), (int)(i % Hk), tmp);
+}
+
+/* Every (token, KV head) of a batch writes its own rows (codes, sink and ring rows), so the
+ * context's pool splits them: a trellis encode (a Viterbi search per group) is the costly part. */
+void kv_store(cpu_ctx *c, int layer, int T) {
+    kv_make_room(c, layer, T);
+    store_task s = {c, layer, T};
+    if (c->pool && kvc_pool_size(c->pool) > 1 && (long long)T * c->m->n_head_kv > 1 && (c->tq_k || c->tq_v))
+        kvc_pool_run(c->pool, store_run, &s);
+    else
+        store_run(&s, 0, 1);
 }
 
 /* Offset of query row i of a block (token i / n_rep, head i % n_rep) in a buffer whose
