@@ -126,6 +126,8 @@ void tq_accum_ref(const tq_layout *L, const float *p, int ldp, int nq, int grp, 
 /* cpu/tq_avx2.c (AVX2 + FMA) and cpu/tq_avx512.c (AVX-512 F/BW/VL/DQ); pure functions over their arguments */
 void tq_viterbi_avx2(const tq_group *g, const double *u, int wrap, unsigned *path);
 void tq_encode_avx2(const tq_layout *L, int scale_mode, const float *x, uint8_t *row, float *scratch);
+void tq_viterbi_avx512(const tq_group *g, const double *u, int wrap, unsigned *path);
+void tq_encode_avx512(const tq_layout *L, int scale_mode, const float *x, uint8_t *row, float *scratch);
 void tq_score_avx2(const tq_layout *L, const tq_query *q, int nq, int grp, int n0, const uint8_t *rows, float *out,
                    int ldo);
 void tq_accum_avx2(const tq_layout *L, const float *p, int ldp, int nq, int grp, int n0, const uint8_t *rows,

@@ -3,7 +3,7 @@
  * cpu/tq_avx512.c and cpu/tq_neon.c are tested against (tests/test_tq_native.py,
  * tests/test_neon.py). Every kernel table encodes with this code; for trellis
  * codes (tq.h) its Viterbi search is tq_viterbi_ref here and a bit-identical SIMD
- * twin in the x86 tables (cpu/tq_avx2.c, through tq_encode_with). AVX2 and
+ * twin in the x86 tables (cpu/tq_avx2.c, cpu/tq_avx512.c, through tq_encode_with). AVX2 and
  * AVX-512 decode trellis codes too; NEON falls back to these kernels. Plain C, no
  * processor-specific code; the row format and the rotations are in tq.c. */
 #include <math.h>

@@ -81,11 +81,11 @@ const kvc_kernel_table kvc_kernels_avx2 = {
     &kvc_vec_ops_avx2, tq_encode_avx2, tq_score_avx2, tq_accum_avx2, kvc_attn_tile_avx2,
 };
 
-/* AVX-512: its own dot/gemm kernels and TurboQuant kernels; quantize/dequantize,
- * the (memory-bound) vector ops and the trellis encoder are AVX2's. */
+/* AVX-512: its own dot/gemm kernels and TurboQuant kernels (the trellis search too);
+ * quantize/dequantize and the (memory-bound) vector ops are AVX2's. */
 const kvc_kernel_table kvc_kernels_avx512 = {
     "avx512", KVC_IMPL_AVX512, SIMD_TYPES(avx2, avx512, avx512),
-    &kvc_vec_ops_avx2, tq_encode_avx2, tq_score_avx512, tq_accum_avx512, kvc_attn_tile_avx512,
+    &kvc_vec_ops_avx2, tq_encode_avx512, tq_score_avx512, tq_accum_avx512, kvc_attn_tile_avx512,
 };
 #endif
 

@@ -21,6 +21,7 @@
  * float summation order (not the AVX2 results bit for bit). AVX-512 F/BW/VL/DQ
  * only; never AMX. */
 #if defined(__x86_64__)
+#include <math.h>
 #include <string.h>
 
 #include "target_avx512.h"
@@ -112,6 +113,60 @@ static int simd_ok(const tq_layout *L) { /* else the scalar kernels */
     for (int k = 0; k < L->n_groups; k++)
         if (L->g[k].m % 8) return 0;
     return 1;
+}
+
+/* tq_viterbi_ref (tq_avx2.c's twin), 8 states per vector: strict-less masked blends keep the
+ * scalar ties, a separate multiply and add keep its doubles. */
+void tq_viterbi_avx512(const tq_group *g, const double *u, int wrap, unsigned *path) {
+    const int b = g->bits, M = g->tmem, m = g->m, S = 1 << (b + M), P = 1 << M;
+    if (P < 8) {
+        tq_viterbi_ref(g, u, wrap, path);
+        return;
+    }
+    double cost[1 << TQ_TRELLIS_MAX_STATE] __attribute__((aligned(64)));
+    double best[(1 << TQ_TRELLIS_MAX_MEM) + 8] __attribute__((aligned(64))); /* + 8: the b < 3 loads */
+    memset(best + P, 0, sizeof(double) * 8);
+    uint8_t back[TQ_TRELLIS_MAX_M][1 << TQ_TRELLIS_MAX_MEM];
+    for (int s = 0; s < S; s++) {
+        const double e = u[0] - (double)g->cb[s];
+        cost[s] = wrap >= 0 && (s >> b) != wrap ? INFINITY : e * e;
+    }
+    const __m512i lane = _mm512_setr_epi64(0, 1, 2, 3, 4, 5, 6, 7);
+    for (int i = 1; i < m; i++) {
+        for (int p = 0; p < P; p += 8) {
+            __m512d c = _mm512_load_pd(cost + p);
+            __m512i bt = _mm512_setzero_si512();
+            for (int t = 1; t < 1 << b; t++) {
+                const __m512d x = _mm512_load_pd(cost + (t << M) + p);
+                const __mmask8 lt = _mm512_cmp_pd_mask(x, c, _CMP_LT_OQ);
+                c = _mm512_mask_blend_pd(lt, c, x);
+                bt = _mm512_mask_blend_epi64(lt, bt, _mm512_set1_epi64(t));
+            }
+            _mm512_store_pd(best + p, c);
+            _mm_storel_epi64((__m128i *)(back[i] + p), _mm512_cvtepi64_epi8(bt));
+        }
+        const __m512d ui = _mm512_set1_pd(u[i]);
+        for (int s = 0; s < S; s += 8) {
+            /* lane k is state s + k, its context (s >> b) + (k >> b) (s % 8 == 0) */
+            const __m512d bs = b >= 3 ? _mm512_set1_pd(best[s >> b])
+                                      : _mm512_permutexvar_pd(_mm512_srli_epi64(lane, (unsigned)b),
+                                                              _mm512_loadu_pd(best + (s >> b)));
+            const __m512d e = _mm512_sub_pd(ui, _mm512_cvtps_pd(_mm256_loadu_ps(g->cb + s)));
+            _mm512_store_pd(cost + s, _mm512_add_pd(bs, _mm512_mul_pd(e, e)));
+        }
+    }
+    int end = -1;
+    for (int s = 0; s < S; s++)
+        if ((wrap < 0 || (s & (P - 1)) == wrap) && (end < 0 || cost[s] < cost[end])) end = s;
+    path[m - 1] = (unsigned)end;
+    for (int i = m - 1; i > 0; i--) {
+        const unsigned p = path[i] >> b;
+        path[i - 1] = (unsigned)back[i][p] << M | p;
+    }
+}
+
+void tq_encode_avx512(const tq_layout *L, int scale_mode, const float *x, uint8_t *row, float *scratch) {
+    tq_encode_with(L, scale_mode, x, row, scratch, tq_viterbi_avx512);
 }
 
 /* s × the values of a trellis group's codes into vals (m), 16 lanes at a time (tq_avx2.c's
