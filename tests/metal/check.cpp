@@ -271,7 +271,7 @@ static int make_layout(layout_data &ld, int D, int n_hi, int hi, int lo, int qjl
         std::shuffle(ld.perm.begin(), ld.perm.end(), rng);
     }
     int st = tq_layout_init(&ld.L, D, n_hi, hi, lo, qjl_hi, qjl_lo, n_hi ? ld.cb_hi.data() : nullptr, ld.cb_lo.data(),
-                            perm ? ld.perm.data() : nullptr, seed, layer, 0, 0); /* Metal reads fp16 scales only */
+                            perm ? ld.perm.data() : nullptr, seed, layer, 0, 0, 0); /* Metal: fp16 scales, Lloyd-Max codes */
     if (st) return st;
     int nf, ni;
     kvm_tq_table_sizes(&ld.L, &nf, &ni);
