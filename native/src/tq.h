@@ -30,6 +30,7 @@
 #define TQ_TRELLIS_MAX_MEM 6     /* trellis memory bits; states 1 << (bits + tmem) */
 #define TQ_TRELLIS_MAX_STATE 12  /* bits + tmem */
 #define TQ_TRELLIS_MAX_M 256     /* channels of a trellis group (the encoder's stack buffers) */
+#define TQ_TRELLIS_CTX (1 << TQ_TRELLIS_MAX_MEM) /* row stride of a trellis search's back pointers */
 
 typedef struct {
     int m, bits, qjl;
@@ -92,6 +93,12 @@ void tq_encode_ref(const tq_layout *L, int scale_mode, const float *x, uint8_t *
  * wrap and ends in one whose low tmem bits are wrap. Implementations give identical paths. */
 typedef void (*tq_viterbi_fn)(const tq_group *g, const double *u, int wrap, unsigned *path);
 void tq_viterbi_ref(const tq_group *g, const double *u, int wrap, unsigned *path); /* tq_ref.c */
+/* Its two ends, shared by every implementation (tq_ref.c): cost (1 << (bits + tmem)) of the first
+ * coordinate u0, states outside wrap's start set at +inf; and after the last coordinate the best
+ * allowed end state, traced back through back (m rows of TQ_TRELLIS_CTX: each context's dropped
+ * top bits of its best predecessor) into path (m). */
+void tq_viterbi_first(const tq_group *g, double u0, int wrap, double *cost);
+void tq_viterbi_trace(const tq_group *g, const double *cost, int wrap, const uint8_t *back, unsigned *path);
 /* tq_encode_ref with another trellis search (the SIMD tables' encoders are this with their own) */
 void tq_encode_with(const tq_layout *L, int scale_mode, const float *x, uint8_t *row, float *scratch,
                     tq_viterbi_fn viterbi);

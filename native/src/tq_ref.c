@@ -41,35 +41,44 @@ static unsigned nearest(const tq_group *g, double u) { /* number of boundaries b
     return (unsigned)lo;
 }
 
-void tq_viterbi_ref(const tq_group *g, const double *u, int wrap, unsigned *path) {
+void tq_viterbi_first(const tq_group *g, double u0, int wrap, double *cost) {
+    for (int s = 0; s < 1 << (g->bits + g->tmem); s++) {
+        const double e = u0 - (double)g->cb[s];
+        cost[s] = wrap >= 0 && (s >> g->bits) != wrap ? INFINITY : e * e;
+    }
+}
+
+void tq_viterbi_trace(const tq_group *g, const double *cost, int wrap, const uint8_t *back, unsigned *path) {
     const int b = g->bits, M = g->tmem, m = g->m, S = 1 << (b + M), P = 1 << M;
-    double cost[1 << TQ_TRELLIS_MAX_STATE], best[1 << TQ_TRELLIS_MAX_MEM];
-    uint8_t back[TQ_TRELLIS_MAX_M][1 << TQ_TRELLIS_MAX_MEM]; /* dropped top bits of the best predecessor */
-    for (int s = 0; s < S; s++) {
-        const double e = u[0] - (double)g->cb[s];
-        cost[s] = wrap >= 0 && (s >> b) != wrap ? INFINITY : e * e;
-    }
-    for (int i = 1; i < m; i++) {
-        for (int p = 0; p < P; p++) { /* predecessors of the states s with s >> b == p: (t << M) | p */
-            double c = cost[p];
-            int bt = 0;
-            for (int t = 1; t < 1 << b; t++)
-                if (cost[(t << M) | p] < c) c = cost[(t << M) | p], bt = t;
-            best[p] = c, back[i][p] = (uint8_t)bt;
-        }
-        for (int s = 0; s < S; s++) {
-            const double e = u[i] - (double)g->cb[s];
-            cost[s] = best[s >> b] + e * e;
-        }
-    }
     int end = -1;
     for (int s = 0; s < S; s++)
         if ((wrap < 0 || (s & (P - 1)) == wrap) && (end < 0 || cost[s] < cost[end])) end = s;
     path[m - 1] = (unsigned)end;
     for (int i = m - 1; i > 0; i--) {
         const unsigned p = path[i] >> b;
-        path[i - 1] = (unsigned)back[i][p] << M | p;
+        path[i - 1] = (unsigned)back[(size_t)i * TQ_TRELLIS_CTX + p] << M | p;
     }
+}
+
+void tq_viterbi_ref(const tq_group *g, const double *u, int wrap, unsigned *path) {
+    const int b = g->bits, M = g->tmem, m = g->m, S = 1 << (b + M), P = 1 << M;
+    double cost[1 << TQ_TRELLIS_MAX_STATE], best[TQ_TRELLIS_CTX];
+    uint8_t back[TQ_TRELLIS_MAX_M * TQ_TRELLIS_CTX]; /* (m, contexts): dropped top bits of the best predecessor */
+    tq_viterbi_first(g, u[0], wrap, cost);
+    for (int i = 1; i < m; i++) {
+        for (int p = 0; p < P; p++) { /* predecessors of the states s with s >> b == p: (t << M) | p */
+            double c = cost[p];
+            int bt = 0;
+            for (int t = 1; t < 1 << b; t++)
+                if (cost[(t << M) | p] < c) c = cost[(t << M) | p], bt = t;
+            best[p] = c, back[i * TQ_TRELLIS_CTX + p] = (uint8_t)bt;
+        }
+        for (int s = 0; s < S; s++) {
+            const double e = u[i] - (double)g->cb[s];
+            cost[s] = best[s >> b] + e * e;
+        }
+    }
+    tq_viterbi_trace(g, cost, wrap, back, path);
 }
 
 /* The codes of a trellis group: a closed ring found in two passes (trellis.encode_states): the

@@ -7,7 +7,6 @@
  * are gathered; trellis codes (tq.h) become states by shifted ORs of neighbouring
  * codes and are gathered. Results equal the scalar twins up to float summation order. */
 #if defined(__x86_64__)
-#include <math.h>
 #include <string.h>
 
 #include "target_avx2.h"
@@ -106,11 +105,8 @@ void tq_viterbi_avx2(const tq_group *g, const double *u, int wrap, unsigned *pat
     }
     double cost[1 << TQ_TRELLIS_MAX_STATE] __attribute__((aligned(32)));
     double best[1 << TQ_TRELLIS_MAX_MEM] __attribute__((aligned(32)));
-    uint8_t back[TQ_TRELLIS_MAX_M][1 << TQ_TRELLIS_MAX_MEM];
-    for (int s = 0; s < S; s++) {
-        const double e = u[0] - (double)g->cb[s];
-        cost[s] = wrap >= 0 && (s >> b) != wrap ? INFINITY : e * e;
-    }
+    uint8_t back[TQ_TRELLIS_MAX_M * TQ_TRELLIS_CTX]; /* (m, contexts) */
+    tq_viterbi_first(g, u[0], wrap, cost);
     for (int i = 1; i < m; i++) {
         for (int p = 0; p < P; p += 4) {
             __m256d c = _mm256_load_pd(cost + p), bt = _mm256_setzero_pd();
@@ -123,7 +119,7 @@ void tq_viterbi_avx2(const tq_group *g, const double *u, int wrap, unsigned *pat
             _mm256_store_pd(best + p, c);
             int32_t t32[4];
             _mm_storeu_si128((__m128i *)t32, _mm256_cvtpd_epi32(bt)); /* small integers: exact */
-            for (int k = 0; k < 4; k++) back[i][p + k] = (uint8_t)t32[k];
+            for (int k = 0; k < 4; k++) back[i * TQ_TRELLIS_CTX + p + k] = (uint8_t)t32[k];
         }
         const __m256d ui = _mm256_set1_pd(u[i]);
         for (int s = 0; s < S; s += 4) {
@@ -133,14 +129,7 @@ void tq_viterbi_avx2(const tq_group *g, const double *u, int wrap, unsigned *pat
             _mm256_store_pd(cost + s, _mm256_add_pd(bs, _mm256_mul_pd(e, e)));
         }
     }
-    int end = -1;
-    for (int s = 0; s < S; s++)
-        if ((wrap < 0 || (s & (P - 1)) == wrap) && (end < 0 || cost[s] < cost[end])) end = s;
-    path[m - 1] = (unsigned)end;
-    for (int i = m - 1; i > 0; i--) {
-        const unsigned p = path[i] >> b;
-        path[i - 1] = (unsigned)back[i][p] << M | p;
-    }
+    tq_viterbi_trace(g, cost, wrap, back, path);
 }
 
 void tq_encode_avx2(const tq_layout *L, int scale_mode, const float *x, uint8_t *row, float *scratch) {

@@ -21,7 +21,6 @@
  * float summation order (not the AVX2 results bit for bit). AVX-512 F/BW/VL/DQ
  * only; never AMX. */
 #if defined(__x86_64__)
-#include <math.h>
 #include <string.h>
 
 #include "target_avx512.h"
@@ -126,11 +125,8 @@ void tq_viterbi_avx512(const tq_group *g, const double *u, int wrap, unsigned *p
     double cost[1 << TQ_TRELLIS_MAX_STATE] __attribute__((aligned(64)));
     double best[(1 << TQ_TRELLIS_MAX_MEM) + 8] __attribute__((aligned(64))); /* + 8: the b < 3 loads */
     memset(best + P, 0, sizeof(double) * 8);
-    uint8_t back[TQ_TRELLIS_MAX_M][1 << TQ_TRELLIS_MAX_MEM];
-    for (int s = 0; s < S; s++) {
-        const double e = u[0] - (double)g->cb[s];
-        cost[s] = wrap >= 0 && (s >> b) != wrap ? INFINITY : e * e;
-    }
+    uint8_t back[TQ_TRELLIS_MAX_M * TQ_TRELLIS_CTX]; /* (m, contexts) */
+    tq_viterbi_first(g, u[0], wrap, cost);
     const __m512i lane = _mm512_setr_epi64(0, 1, 2, 3, 4, 5, 6, 7);
     for (int i = 1; i < m; i++) {
         for (int p = 0; p < P; p += 8) {
@@ -143,7 +139,7 @@ void tq_viterbi_avx512(const tq_group *g, const double *u, int wrap, unsigned *p
                 bt = _mm512_mask_blend_epi64(lt, bt, _mm512_set1_epi64(t));
             }
             _mm512_store_pd(best + p, c);
-            _mm_storel_epi64((__m128i *)(back[i] + p), _mm512_cvtepi64_epi8(bt));
+            _mm_storel_epi64((__m128i *)(back + i * TQ_TRELLIS_CTX + p), _mm512_cvtepi64_epi8(bt));
         }
         const __m512d ui = _mm512_set1_pd(u[i]);
         for (int s = 0; s < S; s += 8) {
@@ -155,14 +151,7 @@ void tq_viterbi_avx512(const tq_group *g, const double *u, int wrap, unsigned *p
             _mm512_store_pd(cost + s, _mm512_add_pd(bs, _mm512_mul_pd(e, e)));
         }
     }
-    int end = -1;
-    for (int s = 0; s < S; s++)
-        if ((wrap < 0 || (s & (P - 1)) == wrap) && (end < 0 || cost[s] < cost[end])) end = s;
-    path[m - 1] = (unsigned)end;
-    for (int i = m - 1; i > 0; i--) {
-        const unsigned p = path[i] >> b;
-        path[i - 1] = (unsigned)back[i][p] << M | p;
-    }
+    tq_viterbi_trace(g, cost, wrap, back, path);
 }
 
 void tq_encode_avx512(const tq_layout *L, int scale_mode, const float *x, uint8_t *row, float *scratch) {
