@@ -228,17 +228,18 @@ def print_profile_summary(p, output, console: Console | None = None, measured: b
     console = console or make_console()
     kc, vc = p.k_configs(), p.v_configs()
     t = Table(title=f"KV cache profile {p.name} (policy {p.policy})")
-    for col in ("", "bits/value at 32k", "per layer (▁ 2 … █ 8 bits)", "range", "8-bit scales"):
+    for col in ("", "bits/value at 32k", "per layer (▁ 2 … █ 8 bits)", "range", "8-bit scales", "trellis codes"):
         t.add_column(col)
     kb, vb = p.bits(32768)
     for label, cfgs, mean, kind in (("K", kc, kb, p.k_type), ("V", vc, vb, p.v_type)):
         if cfgs:
             bits = [c.bits_per_value() for c in cfgs]
             s8 = sum(c.scale_base is not None for c in cfgs)
+            tc = sum(c.trellis > 0 for c in cfgs)
             t.add_row(label, f"{mean:.2f}", sparkline(bits), f"{min(bits):.2f}–{max(bits):.2f}",
-                      f"{s8} of {len(cfgs)} layers")
+                      f"{s8} of {len(cfgs)} layers", f"{tc} of {len(cfgs)} layers")
         else:
-            t.add_row(label, f"{mean:.2f}", kind, "", "")
+            t.add_row(label, f"{mean:.2f}", kind, "", "", "")
     console.print(t)
     mib, f16 = kv_mib(p, cache_rows(load_model(output).args, 32768))
     console.print(f"KV cache at a 32k context: {mib:.0f} MiB (f16: {f16:.0f} MiB, {f16 / mib:.1f}× smaller)")
