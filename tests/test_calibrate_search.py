@@ -404,6 +404,8 @@ def test_cli_calibrate_search_convert(tiny_models, tiny_cal, tmp_path, capsys):
     p = load_profile(prof)
     kb, vb = p.bits(32768)
     assert f"KV cache profile {p.name}" in stdout and f"{kb:.2f}" in stdout and "8-bit scales" in stdout
+    n_tc = sum(c.trellis > 0 for c in p.k_configs())
+    assert "trellis codes" in stdout and f"{n_tc} of {len(p.k_configs())} layers" in stdout
     assert "KV cache at a 32k context" in stdout
     # bad input: one line, non-zero exit, nothing written
     assert_one_line_error(*run_cli(capsys, "search", str(cal), "--budget", "1.5", "-o", str(tmp_path / "x.json")),
@@ -435,3 +437,6 @@ def test_shipped_calibrated_profiles_are_complete():
         d = prof.model.head_dim  # the configs carry the scale modes of the policy they were searched with
         assert {tq.KConfig.parse(x, d).scale for x in prof.k_layers} == {pol.k_scale_mode}, name
         assert {tq.KConfig.parse(x, d).scale for x in prof.v_layers} <= {pol.v_scale_mode}, name
+        for x in prof.k_layers + prof.v_layers:  # and its codes, wherever a layer admits them
+            cfg = tq.KConfig.parse(x, d)
+            assert cfg == cfg.with_codes(pol.codes), (name, x)
