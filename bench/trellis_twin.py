@@ -131,21 +131,16 @@ class Twin:
         return R.log_softmax((x @ (m("output") if m.has("output") else m("tok_embd")).T).astype(np.float64))
 
 
-def with_code(spec: str, code: str) -> str:
-    """A config string with its codes swapped ("tq3" -> "tq3:code=trellis")."""
-    head, _, opts = spec.partition(":")
-    opts = [o for o in opts.split(",") if o and not o.startswith("code=")]
-    return head + ":" + ",".join(opts + [f"code={code}"])
-
-
 def trellis_profile(profile: str) -> Path:
-    """The profile JSON with every K and V layer on trellis codes (same bits), next to the bench's files."""
+    """The profile JSON with its K and V layers on trellis codes (same bits) where they admit them, next to
+    the bench's files."""
     import json
 
     src = Path(profile) if profile.endswith(".json") else L.REPO / "profiles" / f"{L.SLUG}-{profile}.json"
     obj = json.loads(src.read_text())
-    for side in ("k", "v"):
-        obj[side]["layers"] = [with_code(s, "trellis") for s in obj[side]["layers"]]
+    d = obj["model"]["head_dim"]
+    for side in ("k", "v"):  # KConfig.with_codes: layers that cannot take trellis codes keep theirs
+        obj[side]["layers"] = [tq.KConfig.parse(s, d).with_codes("trellis").spec() for s in obj[side]["layers"]]
     obj["name"] += "-trellis"
     out = L.work_dir() / f"{src.stem}-trellis.json"
     out.write_text(json.dumps(obj, indent=1))

@@ -11,7 +11,9 @@ Per group of size m with b bits:
    (_mix_order), multiplied by fixed signs (_mix_signs) and transformed again,
    y = H·D_mix·P·H·(D ⊙ x_g), so energy spreads across blocks; the rotation is
    orthonormal, so ⟨R q, R k⟩ = ⟨q, k⟩;
-3. codes: u = y/‖y‖ (float64), code_i = #{Lloyd–Max boundaries < u_i};
+3. codes: u = y/‖y‖ (float64), code_i = #{Lloyd–Max boundaries < u_i}; or (trellis groups,
+   KConfig.trellis) the same bits chosen together by a Viterbi search and decoded through the
+   states of the code ring (kvcache/trellis.py; values = its table / √m, group_codebook);
 4. scale s: "norm" s = ‖y‖, "ls" (default) s = ⟨y, c⟩/‖c‖² (the
    least-squares scale for the chosen codes), "proj" s = ‖y‖²/⟨y, c⟩ (keeps
    ⟨ŷ, y⟩ = ‖y‖², removing the (1 − D_b) shrinkage of ⟨q, x̂⟩); stored as fp16, or
@@ -24,7 +26,9 @@ rotation and the residual (no FMA contraction: r = y − (s·c) is two roundings
 float64 sums accumulated sequentially in index order, direct float64 → fp16
 round-to-nearest-even (8-bit scales: float32 grid values built from the same 32
 float32 constants, float64 midpoints), Lloyd–Max centroids as the float32 values of
-`codebook(m, bits)` and boundaries (c[k] + c[k+1]) / 2 in float64 (exact).
+`codebook(m, bits)` and boundaries (c[k] + c[k+1]) / 2 in float64 (exact); the trellis search
+in float64 on the float32 values of `group_codebook`, in the same order as tq_ref.c (ties to the
+smaller state).
 
 QJL inner-product estimate (derivation). Let S = sqrt(m)·H·D₂, rows s_i with
 ‖s_i‖² = m. If the s_i were N(0, I_m), E[sign(⟨s_i, r⟩)·⟨s_i, q⟩] =
@@ -176,7 +180,8 @@ class KConfig:
 
     def label(self) -> str:
         """spec() for people, short enough for a table cell: an 8-bit scale grid shown as "s8",
-        without its base, and no scale mode (one per cache side: say it once, not per layer)."""
+        without its base, trellis codes as "tc", and no scale mode (one per cache side: say it
+        once, not per layer)."""
         return replace(self, scale="ls").spec().replace(f"s8={self.scale_base}", "s8").replace("code=trellis", "tc")
 
     @classmethod
