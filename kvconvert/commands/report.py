@@ -128,13 +128,13 @@ def print_patch_info(m: ModelSource, console: Console | None = None) -> None:
     def side(kind: str, cfgs):
         if cfgs is None:
             return [(kind, "", "", "", "", STANDARD_BITS[kind], "")] * L
-        return [("tq trellis" if c.trellis else "tq", str(c.n_hi) if c.n_hi else "—", f"{c.hi_bits}" if c.n_hi else "—", str(c.lo_bits),
+        return [("tq+tc" if c.trellis else "tq", str(c.n_hi) if c.n_hi else "—", f"{c.hi_bits}" if c.n_hi else "—", str(c.lo_bits),
                  "/".join(g for g, on in (("hi", c.qjl_hi and c.n_hi), ("lo", c.qjl_lo)) if on) or "—",
                  c.bits_per_value(), "fp16" if c.scale_base is None else "8-bit") for c in cfgs]
 
     ks, vs = side(meta.k_type, meta.k_configs), side(meta.v_type, meta.v_configs)
     per = Table(title="per layer (split: channels in the hi group; hi/lo: bits of each group; scale: each "
-                      "group's, fp16 or one byte on a log grid)")
+                      "group's, fp16 or one byte on a log grid; tq+tc: trellis codes)")
     for col in ("layer", "K type", "K split", "K hi", "K lo", "K QJL", "K scale", "K bpv", "V type", "V split",
                 "V hi", "V lo", "V scale", "V bpv"):
         per.add_column(col, justify="right")
