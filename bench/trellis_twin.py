@@ -7,10 +7,12 @@ A benchmark, not a test.
 The twin is the runtime's TurboQuant cache written out in numpy over the reference model's
 blocks: the file's per-layer K and V configs (groups, bits, scale rule, 8-bit scales), its
 post-RoPE channel permutation, pre-RoPE K mean centering added back exactly, V mean centering,
-the attention sink and the recent exact window. `scalar` uses the shipped Lloyd–Max codes
-(kvcache.turboquant, the C kernels' twin); `trellis` replaces each group's codes by bitshift-trellis
-codes of the same bits (kvcache.trellis) and keeps everything else, so the bits per value are
-identical. `engine` runs the file through the native runtime: the twin's `scalar` should match it.
+the attention sink and the recent exact window. `scalar` puts every layer on Lloyd–Max codes,
+`trellis` on bitshift-trellis codes of the same bits where the layer admits them (both through
+kvcache.turboquant, the C kernels' twin), everything else kept, so the bits per value are identical.
+`engine` runs the file through the native runtime with its own codes (the shipped profiles carry
+trellis codes since 2026-12-07; the twin with the same codes should match it), `engine-trellis` the
+profile rewritten with trellis codes. Before the runtime had trellis codes, this twin measured them.
 
 Scored: 512-token chunks of the held-out Austen evaluation part (second half of each chunk), or
 the last --scored tokens of the first --ctx tokens (7k deep at 8192). KLD and top-1 against the
@@ -29,7 +31,6 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import longctx as L  # noqa: E402
 
-from kvconvert.kvcache import trellis  # noqa: E402
 from kvconvert.kvcache import turboquant as tq  # noqa: E402
 from kvconvert.kvcache.kvmeta import CacheMeta  # noqa: E402
 from kvconvert.models import reference as R  # noqa: E402
@@ -43,23 +44,11 @@ def f16(a: np.ndarray) -> np.ndarray:
     return a.astype(np.float16).astype(np.float32)
 
 
-def trellis_group(x: np.ndarray, gc: tq.GroupConfig, seed: int, layer: int, g: int, cfg: tq.KConfig) -> np.ndarray:
-    """One group (N, m) through trellis codes of gc.bits, with the config's scale rule and format."""
-    sg = tq.signs(seed, layer, g, tq.STREAM_ROTATION, gc.m)
-    y = tq.rotate(x, sg).astype(np.float64)
-    norm = np.sqrt((y * y).sum(-1, keepdims=True))
-    u = np.where(norm > 0, y / np.where(norm > 0, norm, 1), 0) * np.sqrt(gc.m)
-    path = np.concatenate([trellis.encode_states(u[i:i + 4096], gc.bits) for i in range(0, len(u), 4096)])
-    cq = trellis.table(gc.bits).astype(np.float64)[path] / np.sqrt(gc.m)
-    s = tq.stored_scale(tq.fit_scale(y, cq, cfg.scale), cfg.scale_base).astype(np.float32)
-    return tq.unrotate((s[:, None] * cq).astype(np.float32), sg)
-
-
 def roundtrip(x: np.ndarray, cfg: tq.KConfig, seed: int, layer: int, codes: str) -> np.ndarray:
-    if codes == "scalar":
-        return tq.decode(tq.encode(x, cfg, seed, layer), cfg, seed, layer, qjl=False)
-    return np.concatenate([trellis_group(x[:, a:b], gc, seed, layer, g, cfg)
-                           for g, (gc, (a, b)) in enumerate(zip(cfg.groups(), cfg.bounds()))], axis=-1)
+    """What the cache returns for head vectors x (N, d) with the config's bits on these codes (layers
+    that cannot take trellis codes keep Lloyd–Max codes, as the search writes them)."""
+    c = cfg.with_codes("trellis" if codes == "trellis" else "lloyd")
+    return tq.decode(tq.encode(x, c, seed, layer), c, seed, layer, qjl=False)
 
 
 class Twin:
