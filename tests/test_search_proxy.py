@@ -110,8 +110,9 @@ def test_two_pass_search_matches_exhaustive_allocation(cal):
     sink = sink_bits(pol.sink_tokens, cal.n_ctx)
     picks = allocate([[x.bits + sink for x in o] for o in opts], errs, pol.k_budget)
     full = sum(e[i] for e, i in zip(errs, picks))
-    two_pass = sum(res.k_errors[l][_label(o)] for l, o in enumerate(
-        [Option(tq.KConfig.parse(s, 64), opts[l][0].smooth) for l, s in enumerate(res.profile.k_layers)]))
+    two_pass = sum(res.k_errors[l][_label(o)] for l, o in enumerate(  # the proxies measure Lloyd–Max codes
+        [Option(tq.KConfig.parse(s, 64).with_codes("lloyd"), opts[l][0].smooth)
+         for l, s in enumerate(res.profile.k_layers)]))
     assert two_pass <= full * 1.05  # the pruned search loses at most 5% of the exhaustive proxy optimum
     assert sum(len(e) for e in res.k_errors) < sum(len(o) for o in opts)  # and measured fewer options
 
@@ -208,8 +209,9 @@ def test_search_scale8_candidates(cal):
         assert b.v[l] in (norm_base(lay.v), norm_base(lay.v - cal.v_mean[l]))
         s8 = [k for k in e if "s8=" in k]  # every measured 8-bit option also in fp16 (the probe is fp16 only)
         assert s8 and all(k.replace(f":s8={b.k[l]}", "").replace(f",s8={b.k[l]}", "") in e for k in s8)
+    lloyd = lambda s: tq.KConfig.parse(s, cal.head_dim).with_codes("lloyd").spec()  # noqa: E731 (what was measured)
     err = lambda r: sum(e[lab] for e, lab in zip(r.k_errors, (  # noqa: E731
-        f"{s}{'+smooth' if o[0].smooth else ''}" for s, o in zip(r.profile.k_layers, r.k_options))))
+        f"{lloyd(s)}{'+smooth' if o[0].smooth else ''}" for s, o in zip(r.profile.k_layers, r.k_options))))
     assert err(with8) <= err(fp16) * (1 + 1e-9)
     kb, _ = with8.profile.budget_bits()
     assert kb <= pol.k_budget + 1e-9
