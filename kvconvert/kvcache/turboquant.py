@@ -120,13 +120,20 @@ class KConfig:
         if self.trellis:
             if self.trellis != trellis.MEMORY:
                 raise ValueError(f"trellis={self.trellis}: the shipped tables have {trellis.MEMORY} memory bits")
-            if self.qjl_hi or self.qjl_lo:
-                raise ValueError("trellis codes take no QJL")
-            for g in self.groups():
-                if g.bits not in trellis.BITS or g.m > trellis.MAX_M or g.m * g.bits < g.bits + self.trellis:
-                    raise ValueError(f"trellis codes need groups of {trellis.BITS[0]}..{trellis.BITS[-1]} bits and "
-                                     f"{-(-(g.bits + self.trellis) // g.bits)}..{trellis.MAX_M} channels "
-                                     f"(a group has {g.m} × {g.bits} bits)")
+            problem = self._trellis_problem()
+            if problem:
+                raise ValueError(problem)
+
+    def _trellis_problem(self) -> str | None:
+        """Why this config's groups cannot take trellis codes (None: they can)."""
+        if self.qjl_hi or self.qjl_lo:
+            return "trellis codes take no QJL"
+        for g in self.groups():
+            if g.bits not in trellis.BITS or g.m > trellis.MAX_M or g.m * g.bits < g.bits + trellis.MEMORY:
+                return (f"trellis codes need groups of {trellis.BITS[0]}..{trellis.BITS[-1]} bits and "
+                        f"{-(-(g.bits + trellis.MEMORY) // g.bits)}..{trellis.MAX_M} channels "
+                        f"(a group has {g.m} × {g.bits} bits)")
+        return None
 
     def groups(self) -> list[GroupConfig]:
         if self.n_hi == 0:
@@ -149,12 +156,8 @@ class KConfig:
     def with_codes(self, codes: str) -> "KConfig":
         """The same bits on these codes (CODES); a config that cannot take trellis codes (QJL, a group of
         more than 6 bits or too few channels) keeps Lloyd–Max codes."""
-        if codes == "lloyd":
-            return replace(self, trellis=0)
-        try:
-            return replace(self, trellis=trellis.MEMORY)
-        except ValueError:
-            return replace(self, trellis=0)
+        admits = codes == "trellis" and self._trellis_problem() is None
+        return replace(self, trellis=trellis.MEMORY if admits else 0)
 
     def bits_per_value(self) -> float:
         """Codes + one scale per group (16 or 8 bits), + 1 bit/value and an fp16 ‖r‖ per QJL group."""
