@@ -15,7 +15,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from kvconvert.kvcache import turboquant as tq
+from kvconvert.kvcache import kbasis, turboquant as tq
 from kvconvert.kvcache.kvmeta import RECENT_SLACK, recent_bits
 from kvconvert.models import reference as R
 from kvconvert.models.rope import apply_rope
@@ -57,10 +57,11 @@ def test_window_covering_the_context_equals_all_sinks(tiny_ggufs):
         assert rel(none, exact) > 0.1, name
 
 
-def twin_logits(path, tokens, w: int, spec_k: str, spec_v: str, seed: int):
+def twin_logits(path, tokens, w: int, spec_k: str, spec_v: str, seed: int, k_basis: np.ndarray | None = None):
     """The numpy twin: reference.forward's blocks with an attention whose keys are TurboQuant
     round trips (no QJL, no centering: score = q·k̂) except those within w of the query,
-    scored with fp16(k); values v̂ plus, for the window's keys, fp16(v − v̂)."""
+    scored with fp16(k); values v̂ plus, for the window's keys, fp16(v − v̂). k_basis (layers,
+    kv heads, d, d): keys coded as k·A, so k̂ = rt(k·A)·A⁻¹ (kvcache/kbasis.py)."""
     m = load_model(path)
     weights, pairing = m.file_order()  # the cache holds head rows in the file's channel order
     args = m.args
@@ -81,6 +82,9 @@ def twin_logits(path, tokens, w: int, spec_k: str, spec_v: str, seed: int):
         q = apply_rope(q, pos, blk.inv_freq[layer], pairing).astype(np.float32)
         k = apply_rope(k, pos, blk.inv_freq[layer], pairing).astype(np.float32)
         kh, vh = rt(k, ck, layer), rt(v, cv, layer)
+        if k_basis is not None:
+            kh = np.stack([rt(kbasis.apply(k[:, g], A), ck, layer).astype(np.float64) @ np.linalg.inv(A)
+                           for g, A in enumerate(k_basis[layer])], 1).astype(np.float32)
         rep = lambda a: np.repeat(a, args.n_rep, axis=1)  # noqa: E731
         dist = pos[:, None] - pos[None, :]
         win = (dist >= 0) & (dist < w)

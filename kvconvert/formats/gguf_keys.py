@@ -49,6 +49,9 @@ class Keys:
         # (layers * kv_heads * head_dim/2) f32: K→Q smoothing the runtime applies (weights kept as they are):
         # pair j of KV head g is divided by SMOOTH[l, g, j] in K and multiplied by it in every query head of g
         SMOOTH = "kvconvert.k_cache.smooth"
+        # (layers * kv_heads * head_dim * head_dim) f32: the basis TurboQuant K is coded in after PERM
+        # (kvcache/kbasis.py): key k' = k · B[l, g], queries q · B[l, g]⁻ᵀ; row i = input channel i. Absent: none
+        BASIS = "kvconvert.k_cache.basis"
 
     class VCache:
         TYPE = "kvconvert.v_cache.type"

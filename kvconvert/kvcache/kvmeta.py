@@ -19,7 +19,7 @@ import numpy as np
 from ..base.errors import InputError
 from ..formats.gguf_io import field_value
 from ..formats.gguf_keys import Keys
-from . import trellis
+from . import kbasis, trellis
 from .turboquant import SCALE8_BASE_MAX, SCALE8_BASE_MIN, SCALES, KConfig, side_scale
 from .types import DEFAULT_SEED, STANDARD, TQ
 from ..base import validate as V
@@ -88,6 +88,8 @@ class CacheMeta:
     # K→Q smoothing applied by the runtime (weights kept byte for byte): (layers, kv_heads, head_dim/2), pair j
     # of KV head g divided by it in K, multiplied in Q. None: none, or folded into the weights.
     k_smooth: np.ndarray | None = None
+    # TurboQuant K coded in a calibrated basis after the permutation (kbasis.py): (layers, kv_heads, d, d)
+    k_basis: np.ndarray | None = None
 
     def add_to_gguf(self, w: gguf.GGUFWriter) -> None:
         k_scale = side_scale(self.k_configs, "K") if self.k_configs else "ls"
@@ -131,6 +133,8 @@ class CacheMeta:
             w.add_array(V_.MEAN, [float(x) for x in np.asarray(self.v_mean, dtype=np.float32).reshape(-1)])
         if self.k_smooth is not None:
             w.add_array(K.SMOOTH, [float(x) for x in np.asarray(self.k_smooth, dtype=np.float32).reshape(-1)])
+        if self.k_basis is not None:
+            w.add_array(K.BASIS, [float(x) for x in np.asarray(self.k_basis, dtype=np.float32).reshape(-1)])
 
     @classmethod
     def from_gguf(cls, reader, args: CacheDims, source: str = "GGUF") -> "CacheMeta | None":
@@ -201,6 +205,14 @@ class CacheMeta:
                     raise ValueError(f"{K.SMOOTH} holds scales outside [{MIN_SMOOTH:g}, {1 / MIN_SMOOTH:g}]")
                 if meta.layout == "folded":
                     raise ValueError(f"a folded file has its smoothing in the weights, not in {K.SMOOTH}")
+            basis = get(K.BASIS)
+            if basis is not None:
+                if meta.k_type != TQ:
+                    raise ValueError(f"{K.BASIS} is for TurboQuant K caches only")
+                meta.k_basis = _floats(source, K.BASIS, basis, (L, Hk, d, d))
+                why = kbasis.problem(meta.k_basis)
+                if why:
+                    raise ValueError(f"{K.BASIS} {why}")
         except (ValueError, TypeError, OverflowError) as e:
             raise InputError(f"{source}: invalid kvconvert cache metadata ({e}); re-convert the model") from None
         return meta

@@ -47,6 +47,9 @@ class ContextParams:
     k_center_pairs: int = 0
     k_mean: np.ndarray | None = field(default=None, compare=False)
     k_perm: np.ndarray | None = field(default=None, compare=False)  # (layers, head_dim) post-RoPE channel order
+    # (layers, kv heads, head_dim, head_dim): TurboQuant K coded in this basis after the permutation
+    # (kvcache.kbasis); queries get its inverse transpose. None: the permuted channels as they are.
+    k_basis: np.ndarray | None = field(default=None, compare=False)
     k_mean_folded: bool = False  # the weights already subtract k_mean (folded layout): correction only
     v_mean: np.ndarray | None = field(default=None, compare=False)  # (layers, kv heads, head_dim): V centering
     # TurboQuant caches: leading positions also kept in f16 and used exactly (attention
@@ -341,6 +344,8 @@ class Model:
                     kw["k_mean"] = meta.k_mean
                 if params.k_perm is None and meta.k_perm is not None:
                     kw["k_perm"] = meta.k_perm
+                if params.k_basis is None and meta.k_basis is not None:
+                    kw["k_basis"] = meta.k_basis
             else:
                 kw["type_k"] = meta.k_type
         if params.n_sink is None:
@@ -374,7 +379,7 @@ class Context:
         k_mode = v_mode = None  # each side's encode scale (one per side: turboquant.SCALES)
         if params.type_k.kind == TQ:
             p.tq_k, k_mode = self._tq_layers(tq_configs(params.type_k, params.tq_k_layers, a.num_hidden_layers,
-                                                        a.head_dim), "K", params.k_perm)
+                                                        a.head_dim), "K", params.k_perm, params.k_basis)
         if params.type_v.kind == TQ:
             p.tq_v, v_mode = self._tq_layers(tq_configs(params.type_v, params.tq_v_layers, a.num_hidden_layers,
                                                         a.head_dim), "V")
@@ -413,9 +418,10 @@ class Context:
         self._keep += [arr, buf]
         return buf
 
-    def _tq_layers(self, configs, side: str, perm: np.ndarray | None = None):
+    def _tq_layers(self, configs, side: str, perm: np.ndarray | None = None, basis: np.ndarray | None = None):
         """The kvc_tq_layer array for one cache side, and that side's scale mode."""
         f = ffi()
+        from ..kvcache.kbasis import query_basis
         from ..kvcache.turboquant import group_codebook, side_scale
 
         arr = f.new("kvc_tq_layer[]", len(configs))
@@ -425,6 +431,14 @@ class Context:
             if perm.shape != (len(configs), configs[0].d):
                 raise InputError(f"K permutation has shape {perm.shape}, expected {(len(configs), configs[0].d)}")
             self._keep.append(perm)
+        if basis is not None:
+            a = self.model.args
+            want = (len(configs), a.num_key_value_heads, configs[0].d, configs[0].d)
+            if np.shape(basis) != want:
+                raise InputError(f"K basis has shape {np.shape(basis)}, expected {want}")
+            basis = np.ascontiguousarray(basis, dtype=np.float32)
+            qbasis = np.ascontiguousarray(query_basis(basis), dtype=np.float32)
+            self._keep += [basis, qbasis]
         try:
             mode = side_scale(configs, side)
         except ValueError as e:
@@ -443,6 +457,11 @@ class Context:
                 pbuf = f.cast("int *", f.from_buffer(perm[i]))
                 self._keep.append(pbuf)
                 t.perm = pbuf
+            if basis is not None:
+                for name, b in (("basis", basis), ("qbasis", qbasis)):
+                    buf = f.cast("float *", f.from_buffer(b[i]))
+                    self._keep.append(buf)
+                    setattr(t, name, buf)
         return arr, mode
 
     def capture(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -144,6 +144,12 @@ typedef struct {
      * to the value of the last bits + M bits of the group's code ring up to it (docs/design.md §4);
      * no QJL, groups of at most 256 channels, bits + M <= 12. CPU only. */
     int trellis;
+    /* K basis (K only; both or neither; CPU only): after the permutation, KV head h's key is coded
+     * as k' = k · basis[h] and every query of its group scored as q' = q · qbasis[h], so
+     * ⟨q', k'⟩ = ⟨q, k⟩ when qbasis[h] = basis[h]⁻ᵀ (the caller's contract). The exact rows
+     * (sinks, recent window) keep the original vectors. NULL: none. */
+    const float *basis;       /* (n_head_kv, head_dim, head_dim) row-major, row i = input channel */
+    const float *qbasis;      /* (n_head_kv, head_dim, head_dim) */
 } kvc_tq_layer;
 
 typedef struct {

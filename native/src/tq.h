@@ -51,6 +51,8 @@ typedef struct {
     int d, n_groups, row_bytes;
     tq_group g[TQ_MAX_GROUPS];
     const int *perm;      /* (d) channel order, or NULL */
+    const float *basis;   /* (n_head_kv, d, d) K basis (kvc_tq_layer.basis), or NULL; not owned */
+    const float *qbasis;  /* (n_head_kv, d, d) its query twin, or NULL; not owned */
 } tq_layout;
 
 /* Build a layout for one layer (free with tq_layout_free). scale8: 1 for 8-bit scales on the

@@ -99,8 +99,11 @@ int kv_init(cpu_ctx *c, const kvc_context_params *p, char *err, int err_len) {
             size_t rb;
             if (tq) {
                 const kvc_tq_layer *t = kind ? &p->tq_v[l] : &p->tq_k[l];
-                if (kind && (t->qjl_hi || t->qjl_lo || t->perm))
-                    return kvc_fail(err, err_len, KVC_ERR_INVALID, "layer %d: V caches take no QJL and no permutation", l);
+                if (kind && (t->qjl_hi || t->qjl_lo || t->perm || t->basis || t->qbasis))
+                    return kvc_fail(err, err_len, KVC_ERR_INVALID,
+                                    "layer %d: V caches take no QJL, no permutation and no basis", l);
+                if (!t->basis != !t->qbasis)
+                    return kvc_fail(err, err_len, KVC_ERR_INVALID, "layer %d: a K basis needs its query twin", l);
                 tq_layout *lay = kind ? &c->tq_v[l] : &c->tq_k[l];
                 int st = tq_layout_init(lay, D, t->n_hi, t->hi_bits, t->lo_bits, t->qjl_hi, t->qjl_lo, t->codebook_hi,
                                         t->codebook_lo, t->perm, p->tq_seed, l, t->scale8, t->scale_base, t->trellis);
@@ -109,6 +112,7 @@ int kv_init(cpu_ctx *c, const kvc_context_params *p, char *err, int err_len) {
                                     "layer %d: invalid TurboQuant %s config (n_hi %d, bits %d/%d, scale8 %d base %d, "
                                     "trellis %d)", l, kind ? "V" : "K", t->n_hi, t->hi_bits, t->lo_bits, t->scale8,
                                     t->scale_base, t->trellis);
+                lay->basis = t->basis, lay->qbasis = t->qbasis;
                 rb = (size_t)lay->row_bytes;
             } else {
                 rb = kvc_row_bytes(kind ? p->type_v : p->type_k, D);
@@ -283,6 +287,17 @@ void kv_center(cpu_ctx *c, int layer, int T) {
         }
 }
 
+/* out (D) = x[perm] · B, B (D, D) row-major (row i = input channel i); perm NULL: x as is.
+ * out must not alias x. Sums in float, in index order (the numpy twin: search._basis_apply). */
+static void kv_basis_apply(const float *x, const int *perm, const float *B, int D, float *out) {
+    for (int j = 0; j < D; j++) out[j] = 0.0f;
+    for (int i = 0; i < D; i++) {
+        const float xi = x[perm ? perm[i] : i];
+        const float *row = B + (size_t)i * D;
+        for (int j = 0; j < D; j++) out[j] += xi * row[j];
+    }
+}
+
 /* Write token t, KV head h of the batch into the caches; tmp: this thread's (4D) scratch. */
 static void store_one(cpu_ctx *c, int layer, int t, int h, float *tmp) {
     const kvc_model *m = c->m;
@@ -301,7 +316,10 @@ static void store_one(cpu_ctx *c, int layer, int t, int h, float *tmp) {
         const tq_layout *L = &c->tq_k[layer];
         if (pos < c->n_sink) kv_exact_key(k, D, sink_row(c, c->k_sink, layer, h, pos));
         if (c->k_rec) kv_exact_key(k, D, kv_recent_row(c, 0, layer, h, pos));
-        if (L->perm) {
+        if (L->basis) { /* k' = k[perm] · basis[h] */
+            kv_basis_apply(k, L->perm, L->basis + (size_t)h * D * D, D, tmp);
+            k = tmp;
+        } else if (L->perm) {
             for (int i = 0; i < D; i++) tmp[i] = k[L->perm[i]];
             k = tmp;
         }
@@ -369,7 +387,10 @@ void kv_scores(cpu_ctx *c, attn_scratch *s, int layer, int h, const float *q, si
         const tq_layout *L = &c->tq_k[layer];
         for (int i = 0; i < nq; i++) {
             const float *qr = q + block_row(i, n_rep, q_stride, D); /* (D) */
-            if (L->perm) {
+            if (L->qbasis) { /* q' = q[perm] · qbasis[h] */
+                kv_basis_apply(qr, L->perm, L->qbasis + (size_t)h * D * D, D, s->qp);
+                qr = s->qp;
+            } else if (L->perm) {
                 for (int k = 0; k < D; k++) s->qp[k] = qr[L->perm[k]];
                 qr = s->qp;
             }

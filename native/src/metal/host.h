@@ -205,9 +205,12 @@ static int kvm_create(const kvm_device *d, kvc_context *ctx, const kvc_context_p
     for (int l = 0; l < m->n_layer; l++) /* the Metal kernels read fp16 scales only; auto then runs the CPU */
         if ((c->k_tq && p->tq_k[l].scale8) || (c->v_tq && p->tq_v[l].scale8))
             return kvc_fail(err, err_len, KVC_ERR_UNSUPPORTED, "8-bit TurboQuant scales run on the CPU backend only");
-    for (int l = 0; l < m->n_layer; l++) /* the Metal kernels decode Lloyd–Max codes only; auto then runs the CPU */
+    for (int l = 0; l < m->n_layer; l++) { /* Lloyd–Max codes and no K basis only; auto then runs the CPU */
         if ((c->k_tq && p->tq_k[l].trellis) || (c->v_tq && p->tq_v[l].trellis))
             return kvc_fail(err, err_len, KVC_ERR_UNSUPPORTED, "TurboQuant trellis codes run on the CPU backend only");
+        if (c->k_tq && p->tq_k[l].basis)
+            return kvc_fail(err, err_len, KVC_ERR_UNSUPPORTED, "a calibrated K basis runs on the CPU backend only");
+    }
     c->k_center = p->k_center != 0;
     c->k_center_sub = c->k_center && !p->k_mean_folded;
     c->scale_mode = c->k_tq ? p->tq_scale_mode : kvc_v_scale_mode(p); /* V-only: V's */

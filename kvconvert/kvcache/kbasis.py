@@ -1,0 +1,91 @@
+"""Calibrated K basis (docs/design.md §4, issue 19 direction j): the basis a TurboQuant K cache codes
+each key in, per layer and KV head.
+
+After RoPE, centering and the channel permutation, KV head h's key k is coded as k' = k · A and each
+query of its group is scored as q' = q · A⁻ᵀ, so ⟨q', k'⟩ = ⟨q, k⟩ for any invertible A. No weight
+can carry A (RoPE commutes only with per-pair maps), so the runtime applies it: d² multiply-adds per
+key written and per query scored. The exact rows (sinks, recent window) keep the original vectors.
+
+Which A: a score error is q·δk, so the average squared score error of a coding error δk is
+δkᵀ C_q δk (C_q the query second moment). In k̃ = C_q^{1/2} k that is plain squared error, and a
+transform coder's best basis there is the eigenbasis of C_q^{1/2} C_k C_q^{1/2}, largest first: the
+cache's outlier split then gives its extra bits to the directions that carry the score error.
+Half of that weighting (ALPHA = 1/2, A = C_q^{1/4} U) measured better end to end than all of it
+(the proxy's attention KL and the held-out KLD both: README direction j) — full whitening
+overweights query directions that attention rarely uses for ranking keys.
+
+A is stored as float16 values (the profile and the file hold the same numbers); the query basis is
+computed from the stored A in float64 (query_basis), so the pair is exact whatever A's precision.
+"""
+
+from __future__ import annotations
+
+import base64
+
+import numpy as np
+
+ALPHA = 0.5  # C_q weighting exponent (0: the keys' own PCA, 1: full whitening by the queries)
+MAX_COND = 1e4  # a basis more ill-conditioned than this is refused (float32 scores would lose digits)
+
+
+def fit_basis(q: np.ndarray, k: np.ndarray, alpha: float = ALPHA) -> np.ndarray:
+    """A (d, d) for one KV head from query rows q (n, d) and keys k (m, d), both in the cache's channel
+    order (permuted, smoothed, centered, after RoPE). Columns by decreasing weighted key energy, rounded
+    to float16 values (returned as float64)."""
+    q, k = np.asarray(q, np.float64), np.asarray(k, np.float64)
+    cq, ck = q.T @ q / len(q), k.T @ k / len(k)
+    w, u = np.linalg.eigh(cq)
+    w = np.maximum(w, w.max() * 1e-6)  # a direction no query uses still gets a finite weight
+    half = (u * w ** (alpha / 2)) @ u.T  # C_q^{alpha/2}
+    e, v = np.linalg.eigh(half @ ck @ half)
+    a = half @ v[:, ::-1]
+    a /= np.sqrt(np.mean(a * a)) * np.sqrt(a.shape[0])  # overall scale ~ orthogonal: norms stay in range
+    return a.astype(np.float16).astype(np.float64)
+
+
+def query_basis(basis: np.ndarray) -> np.ndarray:
+    """A⁻ᵀ of every (..., d, d) basis, float64: q' = q · query_basis(A) keeps ⟨q', k·A⟩ = ⟨q, k⟩."""
+    return np.swapaxes(np.linalg.inv(np.asarray(basis, np.float64)), -1, -2)
+
+
+def apply(x: np.ndarray, basis: np.ndarray) -> np.ndarray:
+    """x (..., d) · basis (d, d) in float64, cast to float32: the numpy twin of the runtime's
+    kv_basis_apply (which sums in float32: agreement to float32 rounding, not bit for bit)."""
+    return (np.asarray(x, np.float64) @ np.asarray(basis, np.float64)).astype(np.float32)
+
+
+def problem(basis: np.ndarray) -> str | None:
+    """Why a (layers, heads, d, d) array cannot serve as K bases (None: it can)."""
+    b = np.asarray(basis, np.float64)
+    if b.ndim != 4 or b.shape[-1] != b.shape[-2]:
+        return f"needs shape (layers, kv heads, d, d), has {b.shape}"
+    if not np.all(np.isfinite(b)):
+        return "holds non-finite values"
+    cond = np.linalg.cond(b.reshape(-1, b.shape[-1], b.shape[-1]))
+    if not np.all(cond < MAX_COND):
+        return f"a basis is singular or ill-conditioned (condition number {float(np.max(cond)):.3g} ≥ {MAX_COND:g})"
+    return None
+
+
+def identity(n_layer: int, n_head_kv: int, d: int) -> np.ndarray:
+    return np.broadcast_to(np.eye(d), (n_layer, n_head_kv, d, d)).copy()
+
+
+def to_text(basis: np.ndarray) -> str:
+    """Base64 of the float16 values, little-endian, row-major (the profile's encoding)."""
+    return base64.b64encode(np.asarray(basis, "<f2").tobytes()).decode("ascii")
+
+
+def from_text(text: str, shape: tuple[int, ...]) -> np.ndarray:
+    raw = base64.b64decode(text.encode("ascii"), validate=True)
+    if len(raw) != 2 * int(np.prod(shape)):
+        raise ValueError(f"holds {len(raw) // 2} values, expected {int(np.prod(shape))} for shape {shape}")
+    return np.frombuffer(raw, "<f2").astype(np.float64).reshape(shape)
+
+
+def used(basis: np.ndarray | None, n_layer: int) -> list[bool]:
+    """Per layer: does it code K in a basis other than the identity (None: no layer does)."""
+    if basis is None:
+        return [False] * n_layer
+    eye = np.eye(np.shape(basis)[-1])
+    return [not np.array_equal(np.asarray(b, np.float64), np.broadcast_to(eye, np.shape(b))) for b in basis]
