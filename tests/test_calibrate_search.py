@@ -287,6 +287,36 @@ def test_policy_trellis_codes_reach_the_file(tiny_models, tiny_cal, tmp_path):
         Policy(**kw, codes="lattice")
 
 
+@pytest.mark.parametrize("layout", ["portable", "folded"])
+def test_policy_k_basis_reaches_the_file(tiny_models, tiny_cal, tmp_path, layout):
+    """Policy k_basis: every K option is measured in the plain channels and in the layer's calibrated
+    basis, the allocation picks per layer (identity bases where plain won); the file carries the
+    profile's bases bit for bit (either layout: they live in the cache's channel order) and the
+    runtime applies them (identity bases in their place change the logits)."""
+    from kvconvert.kvcache import kbasis
+
+    kw = dict(name="t", description="test", k_budget=3.5, v_budget=3.5, k_bits=(2, 3, 4), v_bits=(2, 3, 4))
+    res = search(tiny_cal, policy=Policy(**kw, k_basis=True), check=False)
+    prof, L, Hk, d = res.profile, tiny_cal.n_layer, tiny_cal.n_head_kv, tiny_cal.head_dim
+    shape = lambda o: (o.cfg.n_hi, o.cfg.hi_bits, o.cfg.lo_bits, o.cfg.qjl_hi, o.cfg.qjl_lo)  # noqa: E731
+    for opts in res.k_options:
+        assert {shape(o) for o in opts if o.basis} == {shape(o) for o in opts if not o.basis}
+    used = kbasis.used(prof.transforms.k_basis, L)
+    assert any(used), "no layer of the tiny model chose its basis: the test would check nothing"
+    for l in range(L):
+        if not used[l]:
+            np.testing.assert_array_equal(prof.transforms.k_basis[l], np.broadcast_to(np.eye(d), (Hk, d, d)))
+    out = convert(tiny_models["qwen2-hd64"], tmp_path / "kb.gguf", weights="f32", profile=prof, layout=layout).output
+    m = Model(out)
+    np.testing.assert_array_equal(m.cache_meta.k_basis, prof.transforms.k_basis.astype(np.float32))
+    toks = list(range(5, 45))
+    got = m.context(n_ctx=64).eval(toks, all_logits=True)
+    same = m.context(n_ctx=64).eval(toks, all_logits=True)
+    eye = m.context(n_ctx=64, k_basis=kbasis.identity(L, Hk, d)).eval(toks, all_logits=True)
+    np.testing.assert_array_equal(got, same)
+    assert np.abs(got - eye).max() > 1e-4
+
+
 @pytest.mark.parametrize("name", ["qwen3-hd64", "mistral-hd64-swa8", "gemma3-hd64-swa8"])
 def test_new_families_calibrate_search_convert(tiny_models, plain, tmp_path, name):
     """Issue 18: calibrate → search → convert on QK-norm and sliding-window families. The capture

@@ -24,6 +24,7 @@ from ..models.arch.base import Architecture, TensorSpec
 from ..models.arch.folded import folded
 from ..base.errors import InputError
 from ..kvcache.kvmeta import CacheMeta
+from ..kvcache.types import TQ
 from ..models.source import ModelSource, tensor_specs
 from .profile import Profile
 
@@ -133,6 +134,8 @@ class Patch:
                          layout=self.layout, profile_json=json.dumps(_summary(p)), n_sink=p.sink_tokens,
                          n_recent=p.recent or None)
         P = self.d // 2
+        if p.transforms.k_basis is not None and p.k_type == TQ:  # in the cache's channel order: any layout
+            meta.k_basis = np.asarray(p.transforms.k_basis, dtype=np.float32)
         if self.layout == "folded":
             mu = np.stack([self._k_mean_folded(l) for l in range(self.L)]) if self.k_mean is not None else None
             meta.k_mean = None if mu is None else _to_file(mu, "interleaved")

@@ -25,6 +25,7 @@ from ..base import validate as V
 from ..base.atomic import atomic_path
 from ..models.config import ModelArgs
 from ..base.errors import InputError
+from ..kvcache import kbasis
 from ..kvcache.kvmeta import DEFAULT_SINK, MAX_RECENT, MAX_SINK, exact_bits
 from ..kvcache.turboquant import CODES, MAX_LO_BITS, SCALES, KConfig
 from ..kvcache.types import STANDARD, TQ, standard_bits
@@ -100,6 +101,9 @@ class Transforms:
     k_scale: np.ndarray | None = None  # (L, Hk, P) K pair j is divided by s, Q pairs multiplied
     pair_order: np.ndarray | None = None  # (L, P) pairs by decreasing K energy (the hi group first)
     v_mean: np.ndarray | None = None  # (L, Hk, d) V mean (applied by the runtime or folded)
+    # (L, Hk, d, d) the basis TurboQuant K is coded in, in the cache's channel order (after the pair
+    # permutation; kvcache/kbasis.py); float16 values, stored as base64 (kbasis.to_text)
+    k_basis: np.ndarray | None = None
 
     def to_json(self) -> dict:
         # float arrays are float32 (from_json reads them so): each value is written as the shortest
@@ -108,7 +112,10 @@ class Transforms:
             a = np.asarray(v)
             return a.tolist() if a.dtype.kind in "iu" else a.astype(np.float32).astype(str).astype(np.float64).tolist()
 
-        return {k: None if v is None else plain(v) for k, v in asdict(self).items()}
+        out = {k: None if v is None else plain(v) for k, v in asdict(self).items() if k != "k_basis"}
+        if self.k_basis is not None:
+            out["k_basis"] = {"dtype": "float16", "base64": kbasis.to_text(self.k_basis)}
+        return out
 
     @classmethod
     def from_json(cls, obj: dict, shape: ModelShape) -> "Transforms":
@@ -130,6 +137,17 @@ class Transforms:
             raise ValueError("transforms.k_scale must be positive")
         if out["pair_order"] is not None and any(sorted(r) != list(range(d // 2)) for r in out["pair_order"].tolist()):
             raise ValueError("transforms.pair_order is not a permutation of each layer's pairs")
+        basis = obj.get("k_basis")
+        if basis is not None:
+            if not (isinstance(basis, dict) and basis.get("dtype") == "float16" and isinstance(basis.get("base64"), str)):
+                raise ValueError('transforms.k_basis must be {"dtype": "float16", "base64": "..."}')
+            try:
+                out["k_basis"] = kbasis.from_text(basis["base64"], (L, Hk, d, d))
+            except (ValueError, TypeError) as e:
+                raise ValueError(f"transforms.k_basis: {e}") from None
+            why = kbasis.problem(out["k_basis"])
+            if why:
+                raise ValueError(f"transforms.k_basis {why}")
         return cls(**out)
 
 
@@ -283,6 +301,10 @@ class Policy:
     # at 2–6 bits, an encode-time Viterbi search and a gather per value to decode. Allocated, like the
     # scale modes, with Lloyd–Max proxies (the gain is nearly uniform across bit widths); CPU only
     codes: str = "lloyd"
+    # K options coded in a calibrated basis too (kvcache/kbasis.py: the eigenbasis of the keys weighted by
+    # the queries); the search picks, per layer, whichever of the two spaces has the smaller proxy error.
+    # d² multiply-adds per key written and query scored; CPU only
+    k_basis: bool = False
     schema: int = POLICY_SCHEMA
 
     def __post_init__(self) -> None:
@@ -314,7 +336,7 @@ class Policy:
                     if len(bits) > 16:
                         raise InputError(f"{source}: {k} has {len(bits)} entries (at most 16)")
                     kw[k] = tuple(bits)
-            for k in ("splits", "qjl", "smoothing", "sensitivity", "joint", "scale8"):
+            for k in ("splits", "qjl", "smoothing", "sensitivity", "joint", "scale8", "k_basis"):
                 if k in obj:
                     kw[k] = V.boolean(source, k, obj[k])
             if obj.get("max_kld") is not None:

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..kvcache import turboquant as tq
+from ..kvcache import kbasis, turboquant as tq
 from .calibrate import Calibration
 from ..base.errors import InputError
 from .profile import ModelShape, Policy, Profile, Transforms, load_profile
@@ -51,6 +51,7 @@ class Option:
     cfg: tq.KConfig
     smooth: bool = False
     center: bool = True
+    basis: bool = False  # K coded in the layer's calibrated basis (kvcache/kbasis.py)
 
     @property
     def bits(self) -> float:
@@ -84,10 +85,12 @@ class SearchResult:
     order: np.ndarray | None = None
     sensitivity: Sensitivity | None = None  # per-layer weights of the proxy errors (Policy.sensitivity)
     scale8: "Scale8Bases | None" = None  # the 8-bit scale grids of the candidates (Policy.scale8), or fp16 scales
+    k_bases: list[np.ndarray | None] = field(default_factory=list)  # per layer (Hk, d, d) K basis (Policy.k_basis)
 
 
 def _label(o: Option) -> str:
-    return o.cfg.spec() + ("+smooth" if o.smooth else "") + ("" if o.center else "+nocenter")
+    return o.cfg.spec() + ("+smooth" if o.smooth else "") + ("" if o.center else "+nocenter") + (
+        "+basis" if o.basis else "")
 
 
 @dataclass(frozen=True)
@@ -211,7 +214,8 @@ class _Layer:
         self.k_raw, self.pos = k, pos
         self.scales, self.perm = scales[layer], pair_channels(order[layer])
         self.v = cal.win_v[:, layer].astype(np.float32)  # (W, T, Hk, d)
-        self._kcache: dict[tuple[bool, bool], tuple[np.ndarray, np.ndarray]] = {}
+        self.basis: np.ndarray | None = None  # (Hk, d, d) the K basis of Option.basis (set by the layer search)
+        self._kcache: dict[tuple[bool, bool, bool], tuple[np.ndarray, np.ndarray]] = {}
 
     def _heads(self, q: np.ndarray) -> np.ndarray:
         """(W, nq, H, d) → (W, Hk, rep·nq, d): the query rows of each KV head's group together."""
@@ -219,26 +223,32 @@ class _Layer:
         return q.reshape(W, nq, self.Hk, self.rep, self.d).transpose(0, 2, 3, 1, 4).reshape(
             W, self.Hk, self.rep * nq, self.d)
 
-    def _keys(self, smooth: bool, center: bool) -> tuple[np.ndarray, np.ndarray]:
+    def _keys(self, smooth: bool, center: bool, basis: bool = False) -> tuple[np.ndarray, np.ndarray]:
         """Queries (W, Hk, rep·nq, d) and (centered, smoothed) post-RoPE keys (W, T, Hk, d),
-        permuted, float32: what the cache sees."""
-        if (smooth, center) not in self._kcache:
+        permuted, float32: what the cache sees. basis: both in the layer's K basis (k·A, q·A⁻ᵀ)."""
+        if basis and (smooth, center, True) not in self._kcache:
+            q, k = self._keys(smooth, center)
+            qb = kbasis.query_basis(self.basis)
+            self._kcache[(smooth, center, True)] = (
+                np.stack([kbasis.apply(q[:, h], qb[h]) for h in range(self.Hk)], 1),
+                np.stack([kbasis.apply(k[:, :, h], self.basis[h]) for h in range(self.Hk)], 2))
+        if (smooth, center, basis) not in self._kcache:
             s = np.concatenate([self.scales, self.scales], -1) if smooth else np.ones((self.Hk, self.d))
             kc = (self.k_raw - (self.cal.k_mean[self.l] if center else 0)) / s
             kr = apply_rope(kc, self.pos, self.cal.rope_freqs, "neox")
             W, nq = self.q_rot.shape[:2]
             q = self.q_rot.reshape(W, nq, self.Hk, self.rep, self.d) * s[None, None, :, None, :]
             q = self._heads(q.reshape(W, nq, self.Hk * self.rep, self.d))
-            self._kcache[(smooth, center)] = (np.ascontiguousarray(q[..., self.perm], np.float32),
-                                              np.ascontiguousarray(kr[..., self.perm], np.float32))
-        return self._kcache[(smooth, center)]
+            self._kcache[(smooth, center, False)] = (np.ascontiguousarray(q[..., self.perm], np.float32),
+                                                     np.ascontiguousarray(kr[..., self.perm], np.float32))
+        return self._kcache[(smooth, center, basis)]
 
     def k_error(self, o: Option) -> float:
         """Mean KL(softmax(exact scores) ‖ softmax(scores with quantized keys)) over the scored rows.
 
         With e the score error and p the exact attention, KL = log Σ p·exp(e) − Σ p·e
         (the log-partition terms cancel), so no softmax of the perturbed scores is needed."""
-        q, k = self._keys(o.smooth, o.center)
+        q, k = self._keys(o.smooth, o.center, o.basis)
         dk = _roundtrip(k, o.cfg, self.l) - k
         dk[:, :self.n_sink] = 0  # sink positions are kept exactly (windows start a sequence)
         e = _scores(q, dk)
@@ -379,6 +389,8 @@ class _LayerSearch:
                  v_cfgs: list[tq.KConfig]):
         self.cal, self.pol, self.l, self.scales, self.order, self.v_cfgs = cal, pol, l, scales, order, v_cfgs
         self.k_base: int | None = None  # this layer's 8-bit scale grids (pol.scale8), set in pass 1
+        self.kb_base: int | None = None  # ... of K in its calibrated basis (pol.k_basis)
+        self.basis: np.ndarray | None = None  # (Hk, d, d) the layer's K basis (pol.k_basis), set in pass 1
         self.v_base: int | None = None
         self.smooth = False
         self.opts: list[Option] = []
@@ -388,7 +400,9 @@ class _LayerSearch:
     def _layer(self) -> _Layer:
         # built again for pass 2 rather than kept from pass 1: ~0.15 s per layer against ~15 MB per layer
         # held for the whole search (a 7B's 28 layers would hold ~0.4 GB)
-        return _Layer(self.cal, self.l, self.scales, self.order, self.pol.sink_tokens, self.pol.recent)
+        lay = _Layer(self.cal, self.l, self.scales, self.order, self.pol.sink_tokens, self.pol.recent)
+        lay.basis = self.basis
+        return lay
 
     def pass1(self) -> None:
         pol, d, lay = self.pol, self.cal.head_dim, self._layer()
@@ -399,7 +413,16 @@ class _LayerSearch:
             self.smooth = self.errs[_label(Option(probe, True))] < self.errs[_label(Option(probe))]
         if pol.scale8:
             self.k_base = norm_base(lay._keys(self.smooth, True)[1])
-        self._measure(lay, _with_base([tq.KConfig(d=d, lo_bits=b, hi_bits=b) for b in pol.k_bits], self.k_base))
+        if pol.k_basis:  # fitted on what the cache sees once smoothing is decided
+            q, k = lay._keys(self.smooth, True)
+            self.basis = lay.basis = np.stack([kbasis.fit_basis(q[:, h].reshape(-1, d), k[:, :, h].reshape(-1, d))
+                                               for h in range(self.cal.n_head_kv)])
+            if pol.scale8:
+                self.kb_base = norm_base(lay._keys(self.smooth, True, True)[1])
+        uniform = [tq.KConfig(d=d, lo_bits=b, hi_bits=b) for b in pol.k_bits]
+        self._measure(lay, _with_base(uniform, self.k_base))
+        if pol.k_basis:
+            self._measure(lay, _with_base(uniform, self.kb_base), basis=True)
         if self.v_cfgs:
             vprobe = self.v_cfgs[len(self.v_cfgs) // 2]
             for ctr in (True, False):
@@ -416,11 +439,14 @@ class _LayerSearch:
         lo = tuple(b for b in (uniform_bits - 1, uniform_bits) if b >= 1)
         cfgs = split_configs(self.pol, self.cal.head_dim, lo, self.k_base)
         if cfgs:
-            self._measure(self._layer(), cfgs)
+            lay = self._layer()
+            self._measure(lay, cfgs)
+            if self.pol.k_basis:
+                self._measure(lay, split_configs(self.pol, self.cal.head_dim, lo, self.kb_base), basis=True)
 
-    def _measure(self, lay: _Layer, cfgs: list[tq.KConfig]) -> None:
+    def _measure(self, lay: _Layer, cfgs: list[tq.KConfig], basis: bool = False) -> None:
         for c in cfgs:
-            o = Option(c, self.smooth)
+            o = Option(c, self.smooth, basis=basis)
             if _label(o) not in self.errs:
                 self.errs[_label(o)] = lay.k_error(o)
             if o not in self.opts:
@@ -483,13 +509,14 @@ def search(calib: Calibration | str | os.PathLike, *, policy: str | Policy = DEF
     uniform = rebudget(SearchResult(None, k_errors=[ls.errs for ls in layers],  # type: ignore[arg-type]
                                     v_errors=[ls.verrs for ls in layers], policy=pol,
                                     k_options=[ls.opts for ls in layers], v_options=v_opts, scales=scales,
-                                    order=order, sensitivity=sens, scale8=s8), cal)
+                                    order=order, sensitivity=sens, scale8=s8,
+                                    k_bases=[ls.basis for ls in layers]), cal)
     bits = [c.lo_bits for c in uniform.profile.k_configs() or []]
     run([lambda ls=ls, b=b: ls.pass2(b) for ls, b in zip(layers, bits)], "pass 2: outlier splits")
     k_opts, k_err, v_err = [ls.opts for ls in layers], [ls.errs for ls in layers], [ls.verrs for ls in layers]
     result = SearchResult(None, k_errors=k_err, v_errors=v_err, policy=pol,  # type: ignore[arg-type]
                           k_options=k_opts, v_options=v_opts, scales=scales, order=order, sensitivity=sens,
-                          scale8=s8)
+                          scale8=s8, k_bases=[ls.basis for ls in layers])
     result = rebudget(result, cal)
     if check:
         measure(result.profile, model or cal.model, cal, eval_text=eval_text, n_chunks=n_chunks,
@@ -554,7 +581,7 @@ def rebudget(result: SearchResult, cal: Calibration, k_budget: float | None = No
         k_pick = allocate(k_costs, k_errs, pol.k_budget)
     k_choice = [opts[i] for opts, i in zip(k_opts, k_pick)]
     assert L == len(k_choice)
-    prof = _profile(cal, pol, k_choice, v_choice, result.scales, result.order)
+    prof = _profile(cal, pol, k_choice, v_choice, result.scales, result.order, result.k_bases)
     if sens is not None:
         prof.provenance["sensitivity"] = sens.to_json()
     out = replace(result, profile=prof, policy=pol)
@@ -562,7 +589,8 @@ def rebudget(result: SearchResult, cal: Calibration, k_budget: float | None = No
     return out
 
 
-def _profile(cal: Calibration, pol: Policy, k_choice: list[Option], v_choice, scales, order) -> Profile:
+def _profile(cal: Calibration, pol: Policy, k_choice: list[Option], v_choice, scales, order,
+             k_bases: list[np.ndarray | None] | None = None) -> Profile:
     L, Hk, d = cal.n_layer, cal.n_head_kv, cal.head_dim
     s = np.where(np.asarray([o.smooth for o in k_choice])[:, None, None], scales, 1.0)
     mean = cal.k_mean / np.concatenate([s, s], -1)
@@ -571,6 +599,9 @@ def _profile(cal: Calibration, pol: Policy, k_choice: list[Option], v_choice, sc
         v_mean = np.where(np.asarray([ctr for _, ctr in v_choice])[:, None, None], cal.v_mean, 0.0)
     tr = Transforms(k_mean=mean.astype(np.float32), k_scale=s.astype(np.float32), pair_order=order.astype(np.int32),
                     v_mean=None if v_mean is None else v_mean.astype(np.float32))
+    if any(o.basis for o in k_choice):  # identity on the layers that chose their plain channels
+        tr.k_basis = np.stack([k_bases[l] if o.basis else np.eye(d)[None].repeat(Hk, 0)
+                               for l, o in enumerate(k_choice)])
     shape = ModelShape(Path(cal.model).name, cal.arch, L, cal.n_head, Hk, d)
     # the policy's scale rules and codes are not in the proxies: written onto the chosen configs
     k_layers = [replace(o.cfg, scale=pol.k_scale_mode).with_codes(pol.codes).spec() for o in k_choice]
