@@ -6,7 +6,7 @@ A benchmark, not a test.
 
 The twin is the runtime's TurboQuant cache written out in numpy over the reference model's
 blocks: the file's per-layer K and V configs (groups, bits, scale rule, 8-bit scales), its
-post-RoPE channel permutation, pre-RoPE K mean centering added back exactly, V mean centering,
+post-RoPE channel permutation and K basis, pre-RoPE K mean centering added back exactly, V mean centering,
 the attention sink and the recent exact window. `scalar` puts every layer on Lloyd–Max codes,
 `trellis` on bitshift-trellis codes of the same bits where the layer admits them (both through
 kvcache.turboquant, the C kernels' twin), everything else kept, so the bits per value are identical.
@@ -31,7 +31,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import longctx as L  # noqa: E402
 
-from kvconvert.kvcache import turboquant as tq  # noqa: E402
+from kvconvert.kvcache import kbasis, turboquant as tq  # noqa: E402
 from kvconvert.kvcache.kvmeta import CacheMeta  # noqa: E402
 from kvconvert.models import reference as R  # noqa: E402
 from kvconvert.models.rope import apply_rope  # noqa: E402
@@ -70,8 +70,14 @@ class Twin:
         mu_r = apply_rope(mu.astype(np.float32), pos, self.m.block.inv_freq[layer], self.pairing).astype(np.float32)
         perm = meta.k_perm[layer] if meta.k_perm is not None else np.arange(d)
         kc = (kr - mu_r)[..., perm]
+        cfg = meta.k_configs[layer]
+        if meta.k_basis is None:
+            kc = roundtrip(kc.reshape(-1, d), cfg, meta.seed, layer, codes).reshape(kc.shape)
+        else:  # coded as k·A, read back as k̂'·A⁻¹ (kvcache/kbasis.py)
+            kc = np.stack([roundtrip(kbasis.apply(kc[:, g], A), cfg, meta.seed, layer, codes).astype(np.float64)
+                           @ np.linalg.inv(A) for g, A in enumerate(meta.k_basis[layer])], 1).astype(np.float32)
         kh = np.empty_like(kr)
-        kh[..., perm] = roundtrip(kc.reshape(-1, d), meta.k_configs[layer], meta.seed, layer, codes).reshape(kc.shape)
+        kh[..., perm] = kc
         kh += mu_r
         vm = 0 if meta.v_mean is None else meta.v_mean[layer][None]
         vh = roundtrip((v - vm).reshape(-1, d), meta.v_configs[layer], meta.seed, layer, codes).reshape(v.shape) + vm

@@ -8,6 +8,7 @@ from rich.console import Console
 from rich.table import Table
 
 from ..conversion.writer import ConvertResult
+from ..kvcache import kbasis
 from ..kvcache.kvmeta import RECENT_SLACK
 from ..models.arch import cache_rows
 from ..models.source import ModelSource, load_model
@@ -109,6 +110,10 @@ def print_patch_info(m: ModelSource, console: Console | None = None) -> None:
               (f", {meta.center_pairs} pairs" if meta.center_pairs else ", all pairs"))
     t.add_row("K channel order", "calibrated permutation after RoPE" if meta.k_perm is not None else
               "pairs permuted in the weights (RoPE θ table per layer)" if meta.rope_pair_src is not None else "as is")
+    if meta.k_basis is not None:
+        nb = sum(kbasis.used(meta.k_basis, L))
+        t.add_row("K basis", f"calibrated (keys weighted by the queries) on {nb} of {L} layers: K coded as k·A, "
+                  "queries scored as q·A⁻ᵀ (CPU backend)")
     t.add_row("V centering", "calibrated mean, runtime" if meta.v_mean is not None else
               "folded (b_v, b_o)" if meta.layout == "folded" else "none")
     t.add_row("attention sinks", f"first {n_sink} position{'s' if n_sink != 1 else ''} kept in f16 "
@@ -125,16 +130,17 @@ def print_patch_info(m: ModelSource, console: Console | None = None) -> None:
     t.add_row("rotation seed", f"{meta.seed:#x}")
     console.print(t)
 
-    def side(kind: str, cfgs):
+    def side(kind: str, cfgs, on_basis=(False,) * L):
         if cfgs is None:
             return [(kind, "", "", "", "", STANDARD_BITS[kind], "")] * L
-        return [("tq+tc" if c.trellis else "tq", str(c.n_hi) if c.n_hi else "—", f"{c.hi_bits}" if c.n_hi else "—", str(c.lo_bits),
+        return [(("tq+tc" if c.trellis else "tq") + ("+kb" if on_basis[i] else ""), str(c.n_hi) if c.n_hi else "—",
+                 f"{c.hi_bits}" if c.n_hi else "—", str(c.lo_bits),
                  "/".join(g for g, on in (("hi", c.qjl_hi and c.n_hi), ("lo", c.qjl_lo)) if on) or "—",
-                 c.bits_per_value(), "fp16" if c.scale_base is None else "8-bit") for c in cfgs]
+                 c.bits_per_value(), "fp16" if c.scale_base is None else "8-bit") for i, c in enumerate(cfgs)]
 
-    ks, vs = side(meta.k_type, meta.k_configs), side(meta.v_type, meta.v_configs)
+    ks, vs = side(meta.k_type, meta.k_configs, kbasis.used(meta.k_basis, L)), side(meta.v_type, meta.v_configs)
     per = Table(title="per layer (split: channels in the hi group; hi/lo: bits of each group; scale: each "
-                      "group's, fp16 or one byte on a log grid; tq+tc: trellis codes)")
+                      "group's, fp16 or one byte on a log grid; tq+tc: trellis codes; +kb: K in the calibrated basis)")
     for col in ("layer", "K type", "K split", "K hi", "K lo", "K QJL", "K scale", "K bpv", "V type", "V split",
                 "V hi", "V lo", "V scale", "V bpv"):
         per.add_column(col, justify="right")
@@ -228,18 +234,21 @@ def print_profile_summary(p, output, console: Console | None = None, measured: b
     console = console or make_console()
     kc, vc = p.k_configs(), p.v_configs()
     t = Table(title=f"KV cache profile {p.name} (policy {p.policy})")
-    for col in ("", "bits/value at 32k", "per layer (▁ 2 … █ 8 bits)", "range", "8-bit scales", "trellis codes"):
+    for col in ("", "bits/value at 32k", "per layer (▁ 2 … █ 8 bits)", "range", "8-bit scales", "trellis codes",
+                "calibrated basis"):
         t.add_column(col)
     kb, vb = p.bits(32768)
+    on_basis = kbasis.used(p.transforms.k_basis, p.model.n_layer)
     for label, cfgs, mean, kind in (("K", kc, kb, p.k_type), ("V", vc, vb, p.v_type)):
         if cfgs:
             bits = [c.bits_per_value() for c in cfgs]
             s8 = sum(c.scale_base is not None for c in cfgs)
             tc = sum(c.trellis > 0 for c in cfgs)
             t.add_row(label, f"{mean:.2f}", sparkline(bits), f"{min(bits):.2f}–{max(bits):.2f}",
-                      f"{s8} of {len(cfgs)} layers", f"{tc} of {len(cfgs)} layers")
+                      f"{s8} of {len(cfgs)} layers", f"{tc} of {len(cfgs)} layers",
+                      f"{sum(on_basis)} of {len(cfgs)} layers" if label == "K" else "—")
         else:
-            t.add_row(label, f"{mean:.2f}", kind, "", "", "")
+            t.add_row(label, f"{mean:.2f}", kind, "", "", "", "")
     console.print(t)
     mib, f16 = kv_mib(p, cache_rows(load_model(output).args, 32768))
     console.print(f"KV cache at a 32k context: {mib:.0f} MiB (f16: {f16:.0f} MiB, {f16 / mib:.1f}× smaller)")

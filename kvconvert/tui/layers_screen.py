@@ -11,6 +11,7 @@ from textual.color import Color
 from textual.markup import escape
 from textual.widgets import DataTable, Label, Static
 
+from ..kvcache import kbasis
 from ..kvcache.types import STANDARD_BITS, TQ
 from ..kvcache.turboquant import KConfig
 
@@ -116,5 +117,7 @@ class LayersScreen(StepScreen):
                 if "scale=proj" in f"{k} {v}" else ""
             tc = " — tc: bitshift-trellis codes (each value read from its code and the codes before it)" \
                 if "code=trellis" in f"{k} {v}" else ""
-            lines.append(f"Chosen: K {k}, V {v} (profile {escape(prof.name)}){s8}{proj}{tc}")
+            kb = " — K in the calibrated basis (keys weighted by the queries; the hi group gets its leading " \
+                "directions)" if kbasis.used(prof.transforms.k_basis, prof.model.n_layer)[s.layer] else ""
+            lines.append(f"Chosen: K {k}, V {v} (profile {escape(prof.name)}){s8}{proj}{tc}{kb}")
         self.query_one("#layer-detail", Static).update("\n".join(lines))
