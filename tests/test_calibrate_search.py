@@ -288,12 +288,16 @@ def test_policy_trellis_codes_reach_the_file(tiny_models, tiny_cal, tmp_path):
 
 
 @pytest.mark.parametrize("layout", ["portable", "folded"])
-def test_policy_k_basis_reaches_the_file(tiny_models, tiny_cal, tmp_path, layout):
+def test_policy_k_basis_reaches_the_file(tiny_models, tiny_cal, tmp_path, layout, monkeypatch):
     """Policy k_basis: every K option is measured in the plain channels and in the layer's calibrated
     basis, the allocation picks per layer (identity bases where plain won); the file carries the
     profile's bases bit for bit (either layout: they live in the cache's channel order) and the
-    runtime applies them (identity bases in their place change the logits)."""
+    runtime applies them (identity bases in their place change the logits). The fit spreads positions
+    over the calibration's own 64 tokens here: the untrained tiny model gains nothing from a basis
+    fitted for 8k positions, and the test needs layers that chose one."""
     from kvconvert.kvcache import kbasis
+
+    monkeypatch.setattr(kbasis, "FIT_CTX", tiny_cal.n_ctx)
 
     kw = dict(name="t", description="test", k_budget=3.5, v_budget=3.5, k_bits=(2, 3, 4), v_bits=(2, 3, 4))
     res = search(tiny_cal, policy=Policy(**kw, k_basis=True), check=False)
@@ -470,3 +474,4 @@ def test_shipped_calibrated_profiles_are_complete():
         for x in prof.k_layers + prof.v_layers:  # and its codes, wherever a layer admits them
             cfg = tq.KConfig.parse(x, d)
             assert cfg == cfg.with_codes(pol.codes), (name, x)
+        assert (t.k_basis is not None) == pol.k_basis, name  # searched with the policy's K basis option

@@ -215,3 +215,30 @@ def test_search_scale8_candidates(cal):
     assert err(with8) <= err(fp16) * (1 + 1e-9)
     kb, _ = with8.profile.budget_bits()
     assert kb <= pol.k_budget + 1e-9
+
+
+def test_basis_fit_sample_is_the_cache_view_at_other_positions(cal):
+    """_Layer.fit_sample: the same queries and keys as _keys (centered, smoothed, permuted), only
+    rotated to other positions — every RoPE pair's norm per vector is unchanged (pairs sit at
+    channels 2j, 2j+1 after the permutation), the positions really differ (n_ctx 1 puts them all at
+    0: the pre-RoPE vectors), and the basis fitted on them keeps every score."""
+    from kvconvert.kvcache import kbasis
+
+    sc = smoothing_scales(cal)
+    lay = _Layer(cal, 1, sc, pair_order(cal, sc), n_sink=1)
+    q0, k0 = lay._keys(True, True)
+    q, k = lay.fit_sample(True, 4096)
+    Hk, d = lay.Hk, lay.d
+    pair_norm = lambda x: np.sqrt((x.reshape(*x.shape[:-1], d // 2, 2).astype(np.float64) ** 2).sum(-1))  # noqa: E731
+    np.testing.assert_allclose(pair_norm(k), pair_norm(k0.transpose(2, 0, 1, 3).reshape(Hk, -1, d)), rtol=1e-5)
+    qh = q0.transpose(1, 0, 2, 3).reshape(Hk, -1, d)  # (Hk, W·rep·nq, d) in the same row order
+    assert q.shape == qh.shape
+    assert np.abs(k - k0.transpose(2, 0, 1, 3).reshape(Hk, -1, d)).max() > 0.1 * np.abs(k).max()
+    _, k1 = lay.fit_sample(True, 1)  # every key at position 0: the pre-RoPE vectors, permuted
+    s2 = np.concatenate([sc[1], sc[1]], -1)
+    pre = ((lay.k_raw - cal.k_mean[1]) / s2)[..., lay.perm].reshape(-1, Hk, d).transpose(1, 0, 2)
+    np.testing.assert_allclose(k1, pre, rtol=1e-5, atol=1e-6 * np.abs(pre).max())
+    a = kbasis.fit_basis(q[0], k[0])
+    qa, ka = q[0][:20] @ kbasis.query_basis(a), k[0][:20] @ a
+    np.testing.assert_allclose(qa @ ka.T, q[0][:20].astype(np.float64) @ k[0][:20].T.astype(np.float64), rtol=1e-6,
+                               atol=1e-6 * np.abs(qa @ ka.T).max())

@@ -243,6 +243,22 @@ class _Layer:
                                                      np.ascontiguousarray(kr[..., self.perm], np.float32))
         return self._kcache[(smooth, center, basis)]
 
+    def fit_sample(self, smooth: bool, n_ctx: int) -> tuple[np.ndarray, np.ndarray]:
+        """Query rows (Hk, n, d) and keys (Hk, m, d) as the cache sees them (centered, smoothed,
+        permuted), each rotated to a random position in [0, n_ctx) instead of its own: the basis fit
+        then sees the post-RoPE statistics of a context of n_ctx tokens (pairs that turn less than
+        once per calibration window look anisotropic there and not deep in a long context)."""
+        W, _, T, H, d = self.cal.win_q.shape
+        rng = np.random.default_rng(self.l)
+        s = np.concatenate([self.scales, self.scales], -1) if smooth else np.ones((self.Hk, d))
+        k = ((self.k_raw - self.cal.k_mean[self.l]) / s).reshape(-1, self.Hk, d)
+        q = self.cal.win_q[:, self.l, self.rows].astype(np.float64).reshape(-1, self.Hk, self.rep, d) * s[:, None]
+        q = q.reshape(-1, H, d)
+        kr = apply_rope(k, rng.integers(0, n_ctx, len(k)), self.cal.rope_freqs, "neox")[..., self.perm]
+        qr = apply_rope(q, rng.integers(0, n_ctx, len(q)), self.cal.rope_freqs, "neox")[..., self.perm]
+        qr = qr.reshape(len(q), self.Hk, self.rep, d).transpose(1, 0, 2, 3).reshape(self.Hk, -1, d)
+        return qr, kr.transpose(1, 0, 2)
+
     def k_error(self, o: Option) -> float:
         """Mean KL(softmax(exact scores) ‖ softmax(scores with quantized keys)) over the scored rows.
 
@@ -413,12 +429,12 @@ class _LayerSearch:
             self.smooth = self.errs[_label(Option(probe, True))] < self.errs[_label(Option(probe))]
         if pol.scale8:
             self.k_base = norm_base(lay._keys(self.smooth, True)[1])
-        if pol.k_basis:  # fitted on what the cache sees once smoothing is decided
-            q, k = lay._keys(self.smooth, True)
-            self.basis = lay.basis = np.stack([kbasis.fit_basis(q[:, h].reshape(-1, d), k[:, :, h].reshape(-1, d))
-                                               for h in range(self.cal.n_head_kv)])
-            if pol.scale8:
-                self.kb_base = norm_base(lay._keys(self.smooth, True, True)[1])
+        if pol.k_basis:  # fitted on what the cache sees once smoothing is decided, spread over a long context
+            q, k = lay.fit_sample(self.smooth, kbasis.FIT_CTX)
+            self.basis = lay.basis = np.stack([kbasis.fit_basis(q[h], k[h]) for h in range(self.cal.n_head_kv)])
+            if pol.scale8:  # A is not orthogonal: a key's norm in the basis depends on its position too
+                spread = np.concatenate([kbasis.apply(k[h], self.basis[h]) for h in range(self.cal.n_head_kv)])
+                self.kb_base = max(norm_base(lay._keys(self.smooth, True, True)[1]), norm_base(spread))
         uniform = [tq.KConfig(d=d, lo_bits=b, hi_bits=b) for b in pol.k_bits]
         self._measure(lay, _with_base(uniform, self.k_base))
         if pol.k_basis:

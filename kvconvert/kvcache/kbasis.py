@@ -25,6 +25,11 @@ import base64
 import numpy as np
 
 ALPHA = 0.5  # C_q weighting exponent (0: the keys' own PCA, 1: full whitening by the queries)
+# The fit sees the calibration's queries and keys each rotated to a random position in [0, FIT_CTX):
+# a RoPE pair that turns less than once per 512-token calibration window looks anisotropic and
+# correlated with its neighbours there, and not 8k tokens deep, so a basis fitted on the windows as
+# they are wins at 512 tokens and loses its gain deep in a context (README, direction j)
+FIT_CTX = 8192
 MAX_COND = 1e4  # a basis more ill-conditioned than this is refused (float32 scores would lose digits)
 
 
