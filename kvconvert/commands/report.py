@@ -14,7 +14,7 @@ from ..models.arch import cache_rows
 from ..models.source import ModelSource, load_model
 
 
-FILE_WIDTH = 120  # columns of tables written to a file or a pipe
+FILE_WIDTH = 128  # columns of tables written to a file or a pipe
 
 
 def make_console() -> Console:
@@ -143,7 +143,7 @@ def print_patch_info(m: ModelSource, console: Console | None = None) -> None:
                       "group's, fp16 or one byte on a log grid; tq+tc: trellis codes; +kb: K in the calibrated basis)")
     for col in ("layer", "K type", "K split", "K hi", "K lo", "K QJL", "K scale", "K bpv", "V type", "V split",
                 "V hi", "V lo", "V scale", "V bpv"):
-        per.add_column(col, justify="right")
+        per.add_column(col, justify="right", no_wrap=col.endswith("type"), min_width=8 if col == "K type" else None)
     for l in range(L):
         k, v = ks[l], vs[l]
         per.add_row(str(l), k[0], k[1], k[2], k[3], k[4], k[6], f"{k[5]:.2f}", v[0], v[1], v[2], v[3], v[6],
