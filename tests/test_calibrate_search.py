@@ -386,7 +386,8 @@ def test_proxy_keeps_sink_positions_exact(tiny_cal):
     """The search proxy replays windows that start a sequence: its sink positions are
     exact like the runtime's, so with every position a sink both errors vanish, and
     one sink changes the K error."""
-    from kvconvert.conversion.search import Option, _Layer, pair_order, smoothing_scales
+    from kvconvert.conversion.proxy import _Layer
+    from kvconvert.conversion.search import Option, pair_order, smoothing_scales
 
     sc = smoothing_scales(tiny_cal)
     order = pair_order(tiny_cal, sc)
