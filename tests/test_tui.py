@@ -530,3 +530,28 @@ async def test_profile_step_with_defaults_checks_on_held_out_tokens(workdir):
         m = found.profile.measured
         assert m["text"] == "calibration held-out chunks" and m["chunks"] == 2 and m["kld"] >= 0
         assert not app.screen.query_one("#message").has_class("-error"), message(app)
+
+
+@pilot_test
+async def test_layers_detail_names_the_k_basis(snapenv, built):
+    """A layer whose K is coded in a calibrated basis says so in the layers screen's detail line;
+    a layer on its plain channels (an identity basis) does not."""
+    from kvconvert.kvcache import kbasis
+
+    s = built()
+    prof = s.search.profile
+    m = prof.model
+    basis = kbasis.identity(m.n_layer, m.n_head_kv, m.head_dim)
+    basis[1] *= 2.0  # layer 1 only
+    kept, prof.transforms.k_basis = prof.transforms.k_basis, basis
+    try:
+        app = KVConvertApp(session=s, start="layers")
+        async with app.run_test(size=SIZE) as pilot:
+            await settle(pilot)
+            detail = []
+            for layer in (0, 1):
+                app.screen.show_layer(layer)
+                detail.append(str(app.screen.query_one("#layer-detail").render()))
+    finally:
+        prof.transforms.k_basis = kept
+    assert "calibrated basis" not in detail[0] and "calibrated basis" in detail[1], detail
