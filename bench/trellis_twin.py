@@ -74,8 +74,7 @@ class Twin:
         if meta.k_basis is None:
             kc = roundtrip(kc.reshape(-1, d), cfg, meta.seed, layer, codes).reshape(kc.shape)
         else:  # coded as k·A, read back as k̂'·A⁻¹ (kvcache/kbasis.py)
-            kc = np.stack([roundtrip(kbasis.apply(kc[:, g], A), cfg, meta.seed, layer, codes).astype(np.float64)
-                           @ np.linalg.inv(A) for g, A in enumerate(meta.k_basis[layer])], 1).astype(np.float32)
+            kc = kbasis.read_back(kc, meta.k_basis[layer], lambda x: roundtrip(x, cfg, meta.seed, layer, codes))
         kh = np.empty_like(kr)
         kh[..., perm] = kc
         kh += mu_r

@@ -83,8 +83,7 @@ def twin_logits(path, tokens, w: int, spec_k: str, spec_v: str, seed: int, k_bas
         k = apply_rope(k, pos, blk.inv_freq[layer], pairing).astype(np.float32)
         kh, vh = rt(k, ck, layer), rt(v, cv, layer)
         if k_basis is not None:
-            kh = np.stack([rt(kbasis.apply(k[:, g], A), ck, layer).astype(np.float64) @ np.linalg.inv(A)
-                           for g, A in enumerate(k_basis[layer])], 1).astype(np.float32)
+            kh = kbasis.read_back(k, k_basis[layer], lambda x: rt(x, ck, layer))
         rep = lambda a: np.repeat(a, args.n_rep, axis=1)  # noqa: E731
         dist = pos[:, None] - pos[None, :]
         win = (dist >= 0) & (dist < w)

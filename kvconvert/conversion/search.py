@@ -468,8 +468,7 @@ def _profile(cal: Calibration, pol: Policy, k_choice: list[Option], v_choice, sc
     tr = Transforms(k_mean=mean.astype(np.float32), k_scale=s.astype(np.float32), pair_order=order.astype(np.int32),
                     v_mean=None if v_mean is None else v_mean.astype(np.float32))
     if any(o.basis for o in k_choice):  # identity on the layers that chose their plain channels
-        tr.k_basis = np.stack([k_bases[l] if o.basis else np.eye(d)[None].repeat(Hk, 0)
-                               for l, o in enumerate(k_choice)])
+        tr.k_basis = np.stack([k_bases[l] if o.basis else kbasis.identity(1, Hk, d)[0] for l, o in enumerate(k_choice)])
     shape = ModelShape(Path(cal.model).name, cal.arch, L, cal.n_head, Hk, d)
     # the policy's scale rules and codes are not in the proxies: written onto the chosen configs
     k_layers = [replace(o.cfg, scale=pol.k_scale_mode).with_codes(pol.codes).spec() for o in k_choice]

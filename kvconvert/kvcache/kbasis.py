@@ -59,6 +59,13 @@ def apply(x: np.ndarray, basis: np.ndarray) -> np.ndarray:
     return (np.asarray(x, np.float64) @ np.asarray(basis, np.float64)).astype(np.float32)
 
 
+def read_back(x: np.ndarray, bases: np.ndarray, roundtrip) -> np.ndarray:
+    """What a cache coding keys x (T, Hk, d) in bases (Hk, d, d) reads back, in x's own channels:
+    roundtrip(x_h · A_h) · A_h⁻¹ per KV head, float32 (roundtrip: (T, d) → what the codes decode to)."""
+    return np.stack([np.asarray(roundtrip(apply(x[:, h], a)), np.float64) @ np.linalg.inv(a)
+                     for h, a in enumerate(np.asarray(bases, np.float64))], 1).astype(np.float32)
+
+
 def problem(basis: np.ndarray) -> str | None:
     """Why a (layers, heads, d, d) array cannot serve as K bases (None: it can)."""
     b = np.asarray(basis, np.float64)
