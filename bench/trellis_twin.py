@@ -6,7 +6,7 @@ A benchmark, not a test.
 
 The twin is the runtime's TurboQuant cache written out in numpy over the reference model's
 blocks: the file's per-layer K and V configs (groups, bits, scale rule, 8-bit scales), its
-post-RoPE channel permutation and K basis, pre-RoPE K mean centering added back exactly, V mean centering,
+post-RoPE channel permutation and K basis (fixed or following RoPE), pre-RoPE K mean centering added back exactly, V mean centering,
 the attention sink and the recent exact window. `scalar` puts every layer on Lloyd–Max codes,
 `trellis` on bitshift-trellis codes of the same bits where the layer admits them (both through
 kvcache.turboquant, the C kernels' twin), everything else kept, so the bits per value are identical.
@@ -74,7 +74,10 @@ class Twin:
         if meta.k_basis is None:
             kc = roundtrip(kc.reshape(-1, d), cfg, meta.seed, layer, codes).reshape(kc.shape)
         else:  # coded as k·A, read back as k̂'·A⁻¹ (kvcache/kbasis.py)
-            kc = kbasis.read_back(kc, meta.k_basis[layer], lambda x: roundtrip(x, cfg, meta.seed, layer, codes))
+            inv, freqs = np.argsort(perm), self.m.block.inv_freq[layer]  # a basis following RoPE turns in RoPE's order
+            kc = kbasis.read_back(kc, meta.k_basis[layer], lambda x: roundtrip(x, cfg, meta.seed, layer, codes),
+                                  kbasis.block_starts(pos, meta.k_basis_block),
+                                  lambda x, p: apply_rope(x[..., inv], p, freqs, self.pairing)[..., perm])
         kh = np.empty_like(kr)
         kh[..., perm] = kc
         kh += mu_r

@@ -75,6 +75,28 @@ def test_basis_matches_numpy_twin(tiny_ggufs, name):
         assert rel(got, plain) > 10 * rel(got, want), (name, w)
 
 
+@pytest.mark.parametrize("name", ["qwen2-hd64", "llama-hd128-bias-rope3", "mistral-hd64-swa8"])
+def test_basis_following_rope_matches_numpy_twin(tiny_ggufs, name):
+    """A basis following RoPE (blocks of 6 and 16 positions; batches of 7 straddle blocks, the
+    sliding-window model's first visible key moves): the runtime, which turns the queries scoring each
+    block, against the numpy twin, which turns the keys (kbasis.read_back with block starts) — equal
+    within the 2e-4 bound above, and far from the same basis fixed (the turn is really applied)."""
+    path = tiny_ggufs[name]
+    model = runtime.Model(path)
+    a = model.args
+    seed = 99
+    bases = random_bases(a.num_hidden_layers, a.num_key_value_heads, a.head_dim, seed=5)
+    kw = dict(n_ctx=64, n_batch=7, type_k="tq3", type_v="tq2", k_center=False, n_sink=0, tq_seed=seed, n_threads=2,
+              k_basis=bases)
+    fixed = model.context(n_recent=0, **kw).eval(TOKENS, all_logits=True)
+    for block, w in ((6, 0), (16, 5)):
+        got = model.context(n_recent=w, k_basis_block=block, **kw).eval(TOKENS, all_logits=True)
+        want = twin_logits(path, TOKENS, w, "tq3", "tq2", seed, k_basis=bases, k_basis_block=block)
+        assert rel(got, want) <= 2e-4, (name, block, w, rel(got, want))
+        if w == 0:
+            assert rel(got, fixed) > 10 * rel(got, want), (name, block)
+
+
 def test_identity_basis_is_bit_identical(tiny_ggufs):
     """An identity basis (with a permutation, sinks and centering) gives the same bits as none:
     the basis product of the identity is exact in float32."""
@@ -106,10 +128,12 @@ def test_metadata_round_trip_and_refusals(tmp_path):
     class Dims:
         num_hidden_layers, num_key_value_heads, head_dim = 2, 1, 8
 
-    def write(meta: CacheMeta) -> Path:
+    def write(meta: CacheMeta, block: int | None = None) -> Path:
         path = tmp_path / f"m{len(list(tmp_path.iterdir()))}.gguf"
         w = gguf.GGUFWriter(str(path), "llama")
         meta.add_to_gguf(w)
+        if block is not None:  # the key alone, as a broken writer might leave it
+            w.add_uint32(Keys.KCache.BASIS_BLOCK, block)
         w.add_tensor("x", np.zeros(4, np.float32))
         w.write_header_to_file(), w.write_kv_data_to_file(), w.write_tensors_to_file()
         w.close()
@@ -125,6 +149,11 @@ def test_metadata_round_trip_and_refusals(tmp_path):
         CacheMeta.from_gguf(open_reader(write(CacheMeta(k_configs=cfgs, k_basis=bad))), Dims)
     with pytest.raises(InputError, match="TurboQuant K caches only"):
         CacheMeta.from_gguf(open_reader(write(CacheMeta(k_type="f16", k_basis=bases))), Dims)
+    back = CacheMeta.from_gguf(open_reader(write(CacheMeta(k_configs=cfgs, k_basis=bases, k_basis_block=512))), Dims)
+    assert back.k_basis_block == 512
+    assert CacheMeta.from_gguf(open_reader(write(CacheMeta(k_configs=cfgs, k_basis=bases))), Dims).k_basis_block == 0
+    with pytest.raises(InputError, match=Keys.KCache.BASIS_BLOCK.replace(".", r"\.") + " without"):
+        CacheMeta.from_gguf(open_reader(write(CacheMeta(k_configs=cfgs), block=512)), Dims)
 
 
 def test_profile_json_round_trip_and_refusals():
@@ -139,6 +168,13 @@ def test_profile_json_round_trip_and_refusals():
                         ({"dtype": "float16", "base64": kbasis.to_text(np.zeros((2, 1, 8, 8)))}, "ill-conditioned")):
         with pytest.raises(ValueError, match=msg):
             Transforms.from_json(dict(obj, k_basis=broken), shape)
+    assert Transforms.from_json(dict(obj, k_basis_block=512), shape).k_basis_block == 512
+    assert Transforms(k_basis=bases, k_basis_block=256).to_json()["k_basis_block"] == 256
+    for block, msg in ((-1, "integer in"), (True, "integer in"), (2.5, "integer in")):
+        with pytest.raises(ValueError, match=msg):
+            Transforms.from_json(dict(obj, k_basis_block=block), shape)
+    with pytest.raises(ValueError, match="needs transforms.k_basis"):
+        Transforms.from_json({"k_basis_block": 64}, shape)
 
 
 def test_metal_refuses_a_basis():

@@ -57,11 +57,13 @@ def test_window_covering_the_context_equals_all_sinks(tiny_ggufs):
         assert rel(none, exact) > 0.1, name
 
 
-def twin_logits(path, tokens, w: int, spec_k: str, spec_v: str, seed: int, k_basis: np.ndarray | None = None):
+def twin_logits(path, tokens, w: int, spec_k: str, spec_v: str, seed: int, k_basis: np.ndarray | None = None,
+                k_basis_block: int = 0):
     """The numpy twin: reference.forward's blocks with an attention whose keys are TurboQuant
     round trips (no QJL, no centering: score = q·k̂) except those within w of the query,
     scored with fp16(k); values v̂ plus, for the window's keys, fp16(v − v̂). k_basis (layers,
-    kv heads, d, d): keys coded as k·A, so k̂ = rt(k·A)·A⁻¹ (kvcache/kbasis.py)."""
+    kv heads, d, d): keys coded as k·A, so k̂ = rt(k·A)·A⁻¹ (kvcache/kbasis.py); k_basis_block > 0:
+    each key turned back to its block's start by RoPE first (and forward after)."""
     m = load_model(path)
     weights, pairing = m.file_order()  # the cache holds head rows in the file's channel order
     args = m.args
@@ -83,7 +85,8 @@ def twin_logits(path, tokens, w: int, spec_k: str, spec_v: str, seed: int, k_bas
         k = apply_rope(k, pos, blk.inv_freq[layer], pairing).astype(np.float32)
         kh, vh = rt(k, ck, layer), rt(v, cv, layer)
         if k_basis is not None:
-            kh = kbasis.read_back(k, k_basis[layer], lambda x: rt(x, ck, layer))
+            kh = kbasis.read_back(k, k_basis[layer], lambda x: rt(x, ck, layer), kbasis.block_starts(pos, k_basis_block),
+                                  lambda x, p: apply_rope(x, p, blk.inv_freq[layer], pairing))
         rep = lambda a: np.repeat(a, args.n_rep, axis=1)  # noqa: E731
         dist = pos[:, None] - pos[None, :]
         win = (dist >= 0) & (dist < w)

@@ -112,8 +112,10 @@ def print_patch_info(m: ModelSource, console: Console | None = None) -> None:
               "pairs permuted in the weights (RoPE θ table per layer)" if meta.rope_pair_src is not None else "as is")
     if meta.k_basis is not None:
         nb = sum(kbasis.used(meta.k_basis, L))
+        follows = (f"; follows RoPE in blocks of {meta.k_basis_block} positions (each block coded as if at "
+                   "positions 0..)" if meta.k_basis_block else "")
         t.add_row("K basis", f"calibrated (keys weighted by the queries) on {nb} of {L} layers: K coded as k·A, "
-                  "queries scored as q·A⁻ᵀ (CPU backend)")
+                  f"queries scored as q·A⁻ᵀ{follows} (CPU backend)")
     t.add_row("V centering", "calibrated mean, runtime" if meta.v_mean is not None else
               "folded (b_v, b_o)" if meta.layout == "folded" else "none")
     t.add_row("attention sinks", f"first {n_sink} position{'s' if n_sink != 1 else ''} kept in f16 "

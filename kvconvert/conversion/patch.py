@@ -136,6 +136,7 @@ class Patch:
         P = self.d // 2
         if p.transforms.k_basis is not None and p.k_type == TQ:  # in the cache's channel order: any layout
             meta.k_basis = np.asarray(p.transforms.k_basis, dtype=np.float32)
+            meta.k_basis_block = p.transforms.k_basis_block
         if self.layout == "folded":
             mu = np.stack([self._k_mean_folded(l) for l in range(self.L)]) if self.k_mean is not None else None
             meta.k_mean = None if mu is None else _to_file(mu, "interleaved")

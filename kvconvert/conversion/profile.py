@@ -104,6 +104,7 @@ class Transforms:
     # (L, Hk, d, d) the basis TurboQuant K is coded in, in the cache's channel order (after the pair
     # permutation; kvcache/kbasis.py); float16 values, stored as base64 (kbasis.to_text)
     k_basis: np.ndarray | None = None
+    k_basis_block: int = 0  # > 0: k_basis follows RoPE in blocks of this many positions (kbasis.py)
 
     def to_json(self) -> dict:
         # float arrays are float32 (from_json reads them so): each value is written as the shortest
@@ -148,6 +149,12 @@ class Transforms:
             why = kbasis.problem(out["k_basis"])
             if why:
                 raise ValueError(f"transforms.k_basis {why}")
+        block = obj.get("k_basis_block", 0)
+        if isinstance(block, bool) or not isinstance(block, int) or not 0 <= block <= kbasis.MAX_BASIS_BLOCK:
+            raise ValueError(f"transforms.k_basis_block must be an integer in 0..{kbasis.MAX_BASIS_BLOCK}")
+        if block and out.get("k_basis") is None:
+            raise ValueError("transforms.k_basis_block needs transforms.k_basis")
+        out["k_basis_block"] = block
         return cls(**out)
 
 
@@ -305,6 +312,9 @@ class Policy:
     # the queries); the search picks, per layer, whichever of the two spaces has the smaller proxy error.
     # d² multiply-adds per key written and query scored; CPU only
     k_basis: bool = False
+    # > 0: the basis follows RoPE in blocks of this many positions (kvcache/kbasis.py), fitted on the
+    # calibration's positions within a block; 0: one basis fitted over kbasis.FIT_CTX positions
+    k_basis_block: int = 0
     schema: int = POLICY_SCHEMA
 
     def __post_init__(self) -> None:
@@ -314,6 +324,8 @@ class Policy:
                                  f"{', '.join(SCALES)}")
         if self.codes not in CODES:
             raise InputError(f"policy {self.name!r}: codes {self.codes!r} is not one of {', '.join(CODES)}")
+        if self.k_basis_block and not self.k_basis:
+            raise InputError(f"policy {self.name!r}: k_basis_block needs \"k_basis\": true")
         if self.joint and not (self.sensitivity and self.v_budget is not None):
             raise InputError(f"policy {self.name!r}: joint K/V allocation needs sensitivity weights "
                              "(\"sensitivity\": true) and a V budget")
@@ -348,6 +360,8 @@ class Policy:
                     kw[k] = V.one_of(source, k, obj[k], SCALES)
             if "codes" in obj:
                 kw["codes"] = V.one_of(source, "codes", obj["codes"], CODES)
+            if "k_basis_block" in obj:
+                kw["k_basis_block"] = V.int_in(source, "k_basis_block", obj["k_basis_block"], 0, kbasis.MAX_BASIS_BLOCK)
             if "sink_tokens" in obj:
                 kw["sink_tokens"] = V.int_in(source, "sink_tokens", obj["sink_tokens"], 0, MAX_SINK)
             if "recent" in obj:

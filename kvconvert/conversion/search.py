@@ -282,7 +282,7 @@ class _LayerSearch:
         if pol.scale8:
             self.k_base = norm_base(lay._keys(self.smooth, True)[1])
         if pol.k_basis:  # fitted on what the cache sees once smoothing is decided, spread over a long context
-            q, k = lay.fit_sample(self.smooth, kbasis.FIT_CTX)
+            q, k = lay.fit_sample(self.smooth, pol.k_basis_block or kbasis.FIT_CTX)
             self.basis = lay.basis = np.stack([kbasis.fit_basis(q[h], k[h]) for h in range(self.cal.n_head_kv)])
             if pol.scale8:  # A is not orthogonal: a key's norm in the basis depends on its position too
                 spread = np.concatenate([kbasis.apply(k[h], self.basis[h]) for h in range(self.cal.n_head_kv)])
@@ -469,6 +469,7 @@ def _profile(cal: Calibration, pol: Policy, k_choice: list[Option], v_choice, sc
                     v_mean=None if v_mean is None else v_mean.astype(np.float32))
     if any(o.basis for o in k_choice):  # identity on the layers that chose their plain channels
         tr.k_basis = np.stack([k_bases[l] if o.basis else kbasis.identity(1, Hk, d)[0] for l, o in enumerate(k_choice)])
+        tr.k_basis_block = pol.k_basis_block
     shape = ModelShape(Path(cal.model).name, cal.arch, L, cal.n_head, Hk, d)
     # the policy's scale rules and codes are not in the proxies: written onto the chosen configs
     k_layers = [replace(o.cfg, scale=pol.k_scale_mode).with_codes(pol.codes).spec() for o in k_choice]

@@ -52,6 +52,9 @@ class Keys:
         # (layers * kv_heads * head_dim * head_dim) f32: the basis TurboQuant K is coded in after PERM
         # (kvcache/kbasis.py): key k' = k · B[l, g], queries q · B[l, g]⁻ᵀ; row i = input channel i. Absent: none
         BASIS = "kvconvert.k_cache.basis"
+        # u32 > 0: BASIS follows RoPE in blocks of this many positions (a key at p is turned back by RoPE's
+        # rotation at p - p % block before the basis, and the queries scoring it alike). Absent or 0: fixed
+        BASIS_BLOCK = "kvconvert.k_cache.basis_block"
 
     class VCache:
         TYPE = "kvconvert.v_cache.type"

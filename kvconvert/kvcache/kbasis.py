@@ -30,6 +30,9 @@ ALPHA = 0.5  # C_q weighting exponent (0: the keys' own PCA, 1: full whitening b
 # correlated with its neighbours there, and not 8k tokens deep, so a basis fitted on the windows as
 # they are wins at 512 tokens and loses its gain deep in a context (README, direction j)
 FIT_CTX = 8192
+# BLOCK > 0: the basis follows RoPE (the runtime turns each block of BLOCK positions' keys, and the queries
+# scoring them, back to the block's first position), so the fit sees positions [0, BLOCK) as they are
+MAX_BASIS_BLOCK = 1 << 20
 MAX_COND = 1e4  # a basis more ill-conditioned than this is refused (float32 scores would lose digits)
 
 
@@ -55,15 +58,30 @@ def query_basis(basis: np.ndarray) -> np.ndarray:
 
 def apply(x: np.ndarray, basis: np.ndarray) -> np.ndarray:
     """x (..., d) · basis (d, d) in float64, cast to float32: the numpy twin of the runtime's
-    kv_basis_apply (which sums in float32: agreement to float32 rounding, not bit for bit)."""
+    basis_apply in cpu/kv_basis.c (which sums in float32: agreement to float32 rounding, not bit for bit)."""
     return (np.asarray(x, np.float64) @ np.asarray(basis, np.float64)).astype(np.float32)
 
 
-def read_back(x: np.ndarray, bases: np.ndarray, roundtrip) -> np.ndarray:
+def block_starts(pos: np.ndarray, block: int) -> np.ndarray:
+    """First position of each position's block (all 0 when block is 0: the basis does not follow RoPE)."""
+    pos = np.asarray(pos)
+    return pos - pos % block if block > 0 else np.zeros_like(pos)
+
+
+def read_back(x: np.ndarray, bases: np.ndarray, roundtrip, starts: np.ndarray | None = None, turn=None) -> np.ndarray:
     """What a cache coding keys x (T, Hk, d) in bases (Hk, d, d) reads back, in x's own channels:
-    roundtrip(x_h · A_h) · A_h⁻¹ per KV head, float32 (roundtrip: (T, d) → what the codes decode to)."""
-    return np.stack([np.asarray(roundtrip(apply(x[:, h], a)), np.float64) @ np.linalg.inv(a)
-                     for h, a in enumerate(np.asarray(bases, np.float64))], 1).astype(np.float32)
+    roundtrip(x_h · A_h) · A_h⁻¹ per KV head, float32 (roundtrip: (T, d) → what the codes decode to).
+
+    A basis following RoPE: starts (T,) each key's block start (block_starts) and turn(x, p) RoPE's
+    rotation of x (T, Hk, d) by positions p (T,); the key is turned back by its start before the basis
+    and forward again after (the runtime turns the queries instead: the same scores)."""
+    if starts is not None and np.any(starts):
+        x = turn(np.asarray(x, np.float32), -starts)
+    out = np.stack([np.asarray(roundtrip(apply(x[:, h], a)), np.float64) @ np.linalg.inv(a)
+                    for h, a in enumerate(np.asarray(bases, np.float64))], 1).astype(np.float32)
+    if starts is not None and np.any(starts):
+        out = np.asarray(turn(out, starts), np.float32)
+    return out
 
 
 def problem(basis: np.ndarray) -> str | None:

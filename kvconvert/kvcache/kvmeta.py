@@ -90,6 +90,7 @@ class CacheMeta:
     k_smooth: np.ndarray | None = None
     # TurboQuant K coded in a calibrated basis after the permutation (kbasis.py): (layers, kv_heads, d, d)
     k_basis: np.ndarray | None = None
+    k_basis_block: int = 0  # > 0: the basis follows RoPE in blocks of this many positions (kbasis.py)
 
     def add_to_gguf(self, w: gguf.GGUFWriter) -> None:
         k_scale = side_scale(self.k_configs, "K") if self.k_configs else "ls"
@@ -135,6 +136,8 @@ class CacheMeta:
             w.add_array(K.SMOOTH, [float(x) for x in np.asarray(self.k_smooth, dtype=np.float32).reshape(-1)])
         if self.k_basis is not None:
             w.add_array(K.BASIS, [float(x) for x in np.asarray(self.k_basis, dtype=np.float32).reshape(-1)])
+            if self.k_basis_block:
+                w.add_uint32(K.BASIS_BLOCK, int(self.k_basis_block))
 
     @classmethod
     def from_gguf(cls, reader, args: CacheDims, source: str = "GGUF") -> "CacheMeta | None":
@@ -213,6 +216,9 @@ class CacheMeta:
                 why = kbasis.problem(meta.k_basis)
                 if why:
                     raise ValueError(f"{K.BASIS} {why}")
+            meta.k_basis_block = V.int_in(source, K.BASIS_BLOCK, get(K.BASIS_BLOCK, 0), 0, kbasis.MAX_BASIS_BLOCK)
+            if meta.k_basis_block and meta.k_basis is None:
+                raise ValueError(f"{K.BASIS_BLOCK} without {K.BASIS}")
         except (ValueError, TypeError, OverflowError) as e:
             raise InputError(f"{source}: invalid kvconvert cache metadata ({e}); re-convert the model") from None
         return meta

@@ -50,6 +50,9 @@ class ContextParams:
     # (layers, kv heads, head_dim, head_dim): TurboQuant K coded in this basis after the permutation
     # (kvcache.kbasis); queries get its inverse transpose. None: the permuted channels as they are.
     k_basis: np.ndarray | None = field(default=None, compare=False)
+    # > 0: the basis follows RoPE in blocks of this many positions (kvcache.kbasis: each block's keys
+    # turned back to its first position, as are the queries scoring them). None: what the file says
+    k_basis_block: int | None = None
     k_mean_folded: bool = False  # the weights already subtract k_mean (folded layout): correction only
     v_mean: np.ndarray | None = field(default=None, compare=False)  # (layers, kv heads, head_dim): V centering
     # TurboQuant caches: leading positions also kept in f16 and used exactly (attention
@@ -346,6 +349,8 @@ class Model:
                     kw["k_perm"] = meta.k_perm
                 if params.k_basis is None and meta.k_basis is not None:
                     kw["k_basis"] = meta.k_basis
+                    if params.k_basis_block is None:
+                        kw["k_basis_block"] = meta.k_basis_block
             else:
                 kw["type_k"] = meta.k_type
         if params.n_sink is None:
@@ -379,7 +384,8 @@ class Context:
         k_mode = v_mode = None  # each side's encode scale (one per side: turboquant.SCALES)
         if params.type_k.kind == TQ:
             p.tq_k, k_mode = self._tq_layers(tq_configs(params.type_k, params.tq_k_layers, a.num_hidden_layers,
-                                                        a.head_dim), "K", params.k_perm, params.k_basis)
+                                                        a.head_dim), "K", params.k_perm, params.k_basis,
+                                                 params.k_basis_block or 0)
         if params.type_v.kind == TQ:
             p.tq_v, v_mode = self._tq_layers(tq_configs(params.type_v, params.tq_v_layers, a.num_hidden_layers,
                                                         a.head_dim), "V")
@@ -418,10 +424,11 @@ class Context:
         self._keep += [arr, buf]
         return buf
 
-    def _tq_layers(self, configs, side: str, perm: np.ndarray | None = None, basis: np.ndarray | None = None):
+    def _tq_layers(self, configs, side: str, perm: np.ndarray | None = None, basis: np.ndarray | None = None,
+                   basis_block: int = 0):
         """The kvc_tq_layer array for one cache side, and that side's scale mode."""
         f = ffi()
-        from ..kvcache.kbasis import query_basis
+        from ..kvcache.kbasis import MAX_BASIS_BLOCK, query_basis
         from ..kvcache.turboquant import group_codebook, side_scale
 
         arr = f.new("kvc_tq_layer[]", len(configs))
@@ -436,6 +443,8 @@ class Context:
             want = (len(configs), a.num_key_value_heads, configs[0].d, configs[0].d)
             if np.shape(basis) != want:
                 raise InputError(f"K basis has shape {np.shape(basis)}, expected {want}")
+            if not 0 <= basis_block <= MAX_BASIS_BLOCK:
+                raise InputError(f"K basis block {basis_block} is outside 0..{MAX_BASIS_BLOCK}")
             basis = np.ascontiguousarray(basis, dtype=np.float32)
             qbasis = np.ascontiguousarray(query_basis(basis), dtype=np.float32)
             self._keep += [basis, qbasis]
@@ -462,6 +471,7 @@ class Context:
                     buf = f.cast("float *", f.from_buffer(b[i]))
                     self._keep.append(buf)
                     setattr(t, name, buf)
+                t.basis_block = basis_block
         return arr, mode
 
     def capture(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

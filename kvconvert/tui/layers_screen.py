@@ -117,7 +117,9 @@ class LayersScreen(StepScreen):
                 if "scale=proj" in f"{k} {v}" else ""
             tc = " — tc: bitshift-trellis codes (each value read from its code and the codes before it)" \
                 if "code=trellis" in f"{k} {v}" else ""
+            follows = f", following RoPE every {prof.transforms.k_basis_block} positions" \
+                if prof.transforms.k_basis_block else ""
             kb = " — K in the calibrated basis (keys weighted by the queries; the hi group gets its leading " \
-                "directions)" if kbasis.used(prof.transforms.k_basis, prof.model.n_layer)[s.layer] else ""
+                f"directions{follows})" if kbasis.used(prof.transforms.k_basis, prof.model.n_layer)[s.layer] else ""
             lines.append(f"Chosen: K {k}, V {v} (profile {escape(prof.name)}){s8}{proj}{tc}{kb}")
         self.query_one("#layer-detail", Static).update("\n".join(lines))

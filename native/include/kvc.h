@@ -150,6 +150,12 @@ typedef struct {
      * (sinks, recent window) keep the original vectors. NULL: none. */
     const float *basis;       /* (n_head_kv, head_dim, head_dim) row-major, row i = input channel */
     const float *qbasis;      /* (n_head_kv, head_dim, head_dim) */
+    /* basis_block > 0 (needs basis): the basis follows RoPE. A key at position p is first turned
+     * back by RoPE's rotation at P = p - p % basis_block (its block's first position), so every
+     * block is coded in the coordinates of positions [0, basis_block), where the basis was fitted;
+     * the queries scoring a block get the same turn (rotations keep every score). 0: one basis
+     * for every position. */
+    int basis_block;
 } kvc_tq_layer;
 
 typedef struct {

@@ -53,6 +53,7 @@ typedef struct {
     const int *perm;      /* (d) channel order, or NULL */
     const float *basis;   /* (n_head_kv, d, d) K basis (kvc_tq_layer.basis), or NULL; not owned */
     const float *qbasis;  /* (n_head_kv, d, d) its query twin, or NULL; not owned */
+    int basis_block;      /* > 0: the basis follows RoPE in blocks of this many positions (kvc_tq_layer) */
 } tq_layout;
 
 /* Build a layout for one layer (free with tq_layout_free). scale8: 1 for 8-bit scales on the

@@ -132,9 +132,7 @@ static void matmul1(cpu_ctx *c, int T, const float *x, const tview *w, const flo
 
 /* ---- RoPE ---- */
 
-/* cs (T, D/2, 2): cos and sin of pos * freq for each token and pair of RoPE table set,
- * angles in double. */
-static void rope_table(const kvc_model *m, int set, int pos0, int T, float *cs) {
+void rope_table(const kvc_model *m, int set, int pos0, int T, float *cs) {
     const int P = m->head_dim / 2;
     const float *freqs = m->rope_freqs + (size_t)set * P;
     for (int t = 0; t < T; t++)

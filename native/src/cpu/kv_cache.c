@@ -14,6 +14,7 @@
  * The recent window (kv_recent.c) does the same for the last n_recent positions
  * before each query, with the same formulas (kv_exact_*). */
 #include "kv_cache.h"
+#include "kv_basis.h"
 #include "kv_recent.h"
 
 #include "quants.h"
@@ -104,6 +105,9 @@ int kv_init(cpu_ctx *c, const kvc_context_params *p, char *err, int err_len) {
                                     "layer %d: V caches take no QJL, no permutation and no basis", l);
                 if (!t->basis != !t->qbasis)
                     return kvc_fail(err, err_len, KVC_ERR_INVALID, "layer %d: a K basis needs its query twin", l);
+                if (t->basis_block < 0 || (t->basis_block && !t->basis))
+                    return kvc_fail(err, err_len, KVC_ERR_INVALID,
+                                    "layer %d: basis_block %d (needs a basis; 0 or positive)", l, t->basis_block);
                 tq_layout *lay = kind ? &c->tq_v[l] : &c->tq_k[l];
                 int st = tq_layout_init(lay, D, t->n_hi, t->hi_bits, t->lo_bits, t->qjl_hi, t->qjl_lo, t->codebook_hi,
                                         t->codebook_lo, t->perm, p->tq_seed, l, t->scale8, t->scale_base, t->trellis);
@@ -112,7 +116,7 @@ int kv_init(cpu_ctx *c, const kvc_context_params *p, char *err, int err_len) {
                                     "layer %d: invalid TurboQuant %s config (n_hi %d, bits %d/%d, scale8 %d base %d, "
                                     "trellis %d)", l, kind ? "V" : "K", t->n_hi, t->hi_bits, t->lo_bits, t->scale8,
                                     t->scale_base, t->trellis);
-                lay->basis = t->basis, lay->qbasis = t->qbasis;
+                lay->basis = t->basis, lay->qbasis = t->qbasis, lay->basis_block = t->basis_block;
                 rb = (size_t)lay->row_bytes;
             } else {
                 rb = kvc_row_bytes(kind ? p->type_v : p->type_k, D);
@@ -177,7 +181,7 @@ int kv_init(cpu_ctx *c, const kvc_context_params *p, char *err, int err_len) {
         s->qp = malloc(sizeof(float) * nq * D);
         s->scores2 = c->k_center ? malloc(sizeof(float) * nq * c->ctx->n_ctx) : NULL;
         if (c->k_center && !s->scores2) return kvc_fail(err, err_len, KVC_ERR_NOMEM, "out of memory");
-        s->corr = malloc(sizeof(float) * nq * D);
+        s->corr = malloc(sizeof(float) * (nq > 2 ? nq : 2) * D); /* also kv_basis_query's (2D) scratch */
         /* one allocation: the header, then its qr (nq, D) and w (nq, D) */
         s->tq = k_tq ? malloc(sizeof(tq_query) + sizeof(float) * 2 * nq * D) : NULL;
         if (!s->qp || !s->corr || (k_tq && !s->tq)) return kvc_fail(err, err_len, KVC_ERR_NOMEM, "out of memory");
@@ -287,17 +291,6 @@ void kv_center(cpu_ctx *c, int layer, int T) {
         }
 }
 
-/* out (D) = x[perm] · B, B (D, D) row-major (row i = input channel i); perm NULL: x as is.
- * out must not alias x. Sums in float, in index order (the numpy twin: search._basis_apply). */
-static void kv_basis_apply(const float *x, const int *perm, const float *B, int D, float *out) {
-    for (int j = 0; j < D; j++) out[j] = 0.0f;
-    for (int i = 0; i < D; i++) {
-        const float xi = x[perm ? perm[i] : i];
-        const float *row = B + (size_t)i * D;
-        for (int j = 0; j < D; j++) out[j] += xi * row[j];
-    }
-}
-
 /* Write token t, KV head h of the batch into the caches; tmp: this thread's (4D) scratch. */
 static void store_one(cpu_ctx *c, int layer, int t, int h, float *tmp) {
     const kvc_model *m = c->m;
@@ -316,8 +309,8 @@ static void store_one(cpu_ctx *c, int layer, int t, int h, float *tmp) {
         const tq_layout *L = &c->tq_k[layer];
         if (pos < c->n_sink) kv_exact_key(k, D, sink_row(c, c->k_sink, layer, h, pos));
         if (c->k_rec) kv_exact_key(k, D, kv_recent_row(c, 0, layer, h, pos));
-        if (L->basis) { /* k' = k[perm] · basis[h] */
-            kv_basis_apply(k, L->perm, L->basis + (size_t)h * D * D, D, tmp);
+        if (L->basis) { /* k' = k (turned back to its block's start)[perm] · basis[h]; scratch is free here */
+            kv_basis_key(c, layer, h, pos, k, tmp, scratch);
             k = tmp;
         } else if (L->perm) {
             for (int i = 0; i < D; i++) tmp[i] = k[L->perm[i]];
@@ -385,18 +378,32 @@ void kv_scores(cpu_ctx *c, attn_scratch *s, int layer, int h, const float *q, si
     const int k0 = kv_first_key(c, layer, n0), n0r = n0 - k0; /* keys k0.. (sliding window); column j = key k0 + j */
     if (c->tq_k) { /* every key decoded once for the nt * n_rep queries */
         const tq_layout *L = &c->tq_k[layer];
-        for (int i = 0; i < nq; i++) {
-            const float *qr = q + block_row(i, n_rep, q_stride, D); /* (D) */
-            if (L->qbasis) { /* q' = q[perm] · qbasis[h] */
-                kv_basis_apply(qr, L->perm, L->qbasis + (size_t)h * D * D, D, s->qp);
-                qr = s->qp;
-            } else if (L->perm) {
-                for (int k = 0; k < D; k++) s->qp[k] = qr[L->perm[k]];
-                qr = s->qp;
+        const int nk = n0r + nt - 1; /* columns */
+        /* one segment of keys, or (a basis following RoPE) one per block of positions, each scored by
+         * the queries turned like its keys; a segment is [c0, c1) of the columns */
+        for (int c0 = 0, c1; c0 < nk; c0 = c1) {
+            const int p0 = kv_basis_start(L, k0 + c0);
+            c1 = L->basis_block > 0 && p0 + L->basis_block - k0 < nk ? p0 + L->basis_block - k0 : nk;
+            for (int i = 0; i < nq; i++) {
+                const float *qr = q + block_row(i, n_rep, q_stride, D); /* (D) */
+                if (L->qbasis) { /* q' = q (turned back by p0)[perm] · qbasis[h] */
+                    kv_basis_query(c, layer, h, p0, qr, s->qp, s->corr);
+                    qr = s->qp;
+                } else if (L->perm) {
+                    for (int k = 0; k < D; k++) s->qp[k] = qr[L->perm[k]];
+                    qr = s->qp;
+                }
+                tq_prepare_query(L, qr, s->tq->qr + (size_t)i * D, s->tq->w + (size_t)i * D);
             }
-            tq_prepare_query(L, qr, s->tq->qr + (size_t)i * D, s->tq->w + (size_t)i * D);
+            if (c1 <= n0r) { /* every query sees the whole segment: one group of nq */
+                c->kern->tq_score(L, s->tq, nq, nq, c1 - c0, k_row(c, layer, h, k0 + c0), scores + c0, ld);
+            } else { /* from the first query seeing column c0; columns past c1 are rescored by later segments */
+                const int r0 = tq_first_seeing(c0, n_rep, n0r);
+                const tq_query sub = {s->tq->qr + (size_t)r0 * D, s->tq->w + (size_t)r0 * D};
+                c->kern->tq_score(L, &sub, nq - r0, n_rep, n0r + r0 / n_rep - c0, k_row(c, layer, h, k0 + c0),
+                                  scores + (size_t)r0 * ld + c0, ld);
+            }
         }
-        c->kern->tq_score(L, s->tq, nq, n_rep, n0r, k_row(c, layer, h, k0), scores, ld);
         float *kf = s->corr; /* (D) one exact row in f32; corr is free until the centering below */
         for (int j = k0; j < c->n_sink && j < n0 + nt - 1; j++) { /* sinks: exact scores */
             kv_exact_load(sink_row(c, c->k_sink, layer, h, j), D, kf);
