@@ -428,7 +428,7 @@ class Context:
                    basis_block: int = 0):
         """The kvc_tq_layer array for one cache side, and that side's scale mode."""
         f = ffi()
-        from ..kvcache.kbasis import MAX_BASIS_BLOCK, query_basis
+        from ..kvcache.kbasis import MAX_BASIS_BLOCK, query_basis, used
         from ..kvcache.turboquant import group_codebook, side_scale
 
         arr = f.new("kvc_tq_layer[]", len(configs))
@@ -447,6 +447,7 @@ class Context:
                 raise InputError(f"K basis block {basis_block} is outside 0..{MAX_BASIS_BLOCK}")
             basis = np.ascontiguousarray(basis, dtype=np.float32)
             qbasis = np.ascontiguousarray(query_basis(basis), dtype=np.float32)
+            on_basis = used(basis, len(configs))
             self._keep += [basis, qbasis]
         try:
             mode = side_scale(configs, side)
@@ -466,7 +467,7 @@ class Context:
                 pbuf = f.cast("int *", f.from_buffer(perm[i]))
                 self._keep.append(pbuf)
                 t.perm = pbuf
-            if basis is not None:
+            if basis is not None and on_basis[i]:  # identity layers: no product (and no turn) at all
                 for name, b in (("basis", basis), ("qbasis", qbasis)):
                     buf = f.cast("float *", f.from_buffer(b[i]))
                     self._keep.append(buf)
