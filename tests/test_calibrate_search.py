@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from kvconvert import convert
-from kvconvert.kvcache import turboquant as tq
+from kvconvert.kvcache import kbasis, turboquant as tq
 from kvconvert.conversion.calibrate import Calibration, calibrate
 from kvconvert.base.errors import InputError
 from kvconvert.models.source import load_model
@@ -319,6 +319,22 @@ def test_policy_k_basis_reaches_the_file(tiny_models, tiny_cal, tmp_path, layout
     eye = m.context(n_ctx=64, k_basis=kbasis.identity(L, Hk, d)).eval(toks, all_logits=True)
     np.testing.assert_array_equal(got, same)
     assert np.abs(got - eye).max() > 1e-4
+
+
+def test_policy_k_basis_block_reaches_the_file(tiny_models, tiny_cal, tmp_path):
+    """Policy k_basis_block: the profile and the file carry the block, the runtime reads it from the
+    file (run with the block turned off the logits change: 40 tokens span three blocks of 16)."""
+    kw = dict(name="t", description="test", k_budget=3.5, v_budget=3.5, k_bits=(2, 3, 4), v_bits=(2, 3, 4))
+    prof = search(tiny_cal, policy=Policy(**kw, k_basis=True, k_basis_block=16), check=False).profile
+    assert prof.transforms.k_basis_block == 16 and any(kbasis.used(prof.transforms.k_basis, tiny_cal.n_layer))
+    m = Model(convert(tiny_models["qwen2-hd64"], tmp_path / "kbb.gguf", weights="f32", profile=prof).output)
+    assert m.cache_meta.k_basis_block == 16
+    toks = list(range(5, 45))
+    got = m.context(n_ctx=64).eval(toks, all_logits=True)
+    fixed = m.context(n_ctx=64, k_basis_block=0).eval(toks, all_logits=True)
+    assert np.abs(got - fixed).max() > 1e-4
+    with pytest.raises(InputError, match="k_basis_block needs"):
+        Policy(**kw, k_basis_block=16)
 
 
 @pytest.mark.parametrize("name", ["qwen3-hd64", "mistral-hd64-swa8", "gemma3-hd64-swa8"])
