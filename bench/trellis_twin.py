@@ -6,8 +6,8 @@ A benchmark, not a test.
 
 The twin is the runtime's TurboQuant cache written out in numpy over the reference model's
 blocks: the file's per-layer K and V configs (groups, bits, scale rule, 8-bit scales), its
-post-RoPE channel permutation and K basis (fixed or following RoPE), pre-RoPE K mean centering added back exactly, V mean centering,
-the attention sink and the recent exact window. `scalar` puts every layer on Lloyd–Max codes,
+post-RoPE channel permutation and K basis (fixed or following RoPE), pre-RoPE K mean centering added
+back exactly, V mean centering, the attention sink and the recent exact window. `scalar` puts every layer on Lloyd–Max codes,
 `trellis` on bitshift-trellis codes of the same bits where the layer admits them (both through
 kvcache.turboquant, the C kernels' twin), everything else kept, so the bits per value are identical.
 `engine` runs the file through the native runtime with its own codes (the shipped profiles carry

@@ -85,7 +85,8 @@ def twin_logits(path, tokens, w: int, spec_k: str, spec_v: str, seed: int, k_bas
         k = apply_rope(k, pos, blk.inv_freq[layer], pairing).astype(np.float32)
         kh, vh = rt(k, ck, layer), rt(v, cv, layer)
         if k_basis is not None:
-            kh = kbasis.read_back(k, k_basis[layer], lambda x: rt(x, ck, layer), kbasis.block_starts(pos, k_basis_block),
+            kh = kbasis.read_back(k, k_basis[layer], lambda x: rt(x, ck, layer),
+                                  kbasis.block_starts(pos, k_basis_block),
                                   lambda x, p: apply_rope(x, p, blk.inv_freq[layer], pairing))
         rep = lambda a: np.repeat(a, args.n_rep, axis=1)  # noqa: E731
         dist = pos[:, None] - pos[None, :]

@@ -112,8 +112,8 @@ def print_patch_info(m: ModelSource, console: Console | None = None) -> None:
               "pairs permuted in the weights (RoPE θ table per layer)" if meta.rope_pair_src is not None else "as is")
     if meta.k_basis is not None:
         nb = sum(kbasis.used(meta.k_basis, L))
-        follows = (f"; follows RoPE in blocks of {meta.k_basis_block} positions (each block coded as if at "
-                   "positions 0..)" if meta.k_basis_block else "")
+        follows = (f"; follows RoPE in blocks of {meta.k_basis_block} positions (each block coded as if it started at "
+                   "position 0)" if meta.k_basis_block else "")
         t.add_row("K basis", f"calibrated (keys weighted by the queries) on {nb} of {L} layers: K coded as k·A, "
                   f"queries scored as q·A⁻ᵀ{follows} (CPU backend)")
     t.add_row("V centering", "calibrated mean, runtime" if meta.v_mean is not None else
