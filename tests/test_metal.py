@@ -50,6 +50,7 @@ SRC = ROOT / "native" / "src"
 METAL = SRC / "metal"
 HARNESS = ROOT / "tests" / "metal"
 TWIN_C = ["quants_ref.c", "vec_ref.c", "tq_ref.c", "tq.c", "kvc.c", "kernels.c", "cpu/kv_cache.c", "cpu/kv_recent.c",
+          "cpu/kv_basis.c", "cpu/rope.c",  # kv_cache.c's K basis (a RoPE turn per block)
           "cpu/threadpool.c"]  # kv_store can split a batch over the context's pool (none here)
 ATTN_THREADS = 128  # KVM_ATTN_THREADS in kvc_metal.h
 CFLAGS = ["-O1", "-ffp-contract=off", f"-I{ROOT / 'native' / 'include'}", f"-I{SRC}", f"-I{SRC / 'cpu'}"]

@@ -3,7 +3,7 @@
  * kvc_backend_ops: create, eval, eval_multi, free), forward.c (the forward
  * pass), kv_cache.c (the caches and attention over them), kv_recent.c (the
  * exact rows of sinks and the recent window), kv_basis.c (a TurboQuant K layer's
- * calibrated basis).
+ * calibrated basis), rope.c (RoPE tables and rotation).
  *
  * Shapes as model.h: E = n_embd, F = n_ff, H = n_head, Hk = n_head_kv,
  * D = head_dim, T = tokens in the current batch, C = n_ctx. */
@@ -92,8 +92,11 @@ typedef struct {
  * lead's buffers (n_batch >= T) and pool run every weight product. logits:
  * (T - first, V) for rows first..T-1, or NULL. */
 void cpu_forward(cpu_ctx *lead, segment *segs, int n_seg, const int *tokens, int T, float *logits, int first);
-/* forward.c: cs (T, D/2, 2) = cos and sin of pos * freq for positions pos0 .. pos0+T-1 and each
- * pair's angle column of RoPE table set (angles in double). */
+/* rope.c: cs (T, D/2, 2) = cos and sin of pos * freq for positions pos0 .. pos0+T-1 (any sign) and
+ * each pair's angle column of RoPE table set (angles in double). */
 void rope_table(const kvc_model *m, int set, int pos0, int T, float *cs);
+/* rope.c: rotate x (T, n_heads, D) in place; pair j uses column src[j] of cs (src: (D/2), the
+ * layer's permuted θ table in the folded layout, else the identity). */
+void rope_apply(const kvc_model *m, const int *src, int T, int n_heads, float *x, const float *cs);
 
 #endif /* KVC_BACKEND_CPU_H */

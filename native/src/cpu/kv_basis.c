@@ -5,6 +5,8 @@
  * with block starts). */
 #include "kv_basis.h"
 
+#include <string.h>
+
 /* out (D) = x[perm] · B, B (D, D) row-major (row i = input channel i); perm NULL: x as is.
  * out must not alias x. Sums in float, in index order. */
 static void basis_apply(const float *x, const int *perm, const float *B, int D, float *out) {
@@ -16,17 +18,12 @@ static void basis_apply(const float *x, const int *perm, const float *B, int D, 
     }
 }
 
-/* out (D) = x turned by −p0 in every RoPE pair of layer's table; cs: (D) scratch. */
+/* out (D) = x turned by −p0 in every RoPE pair of layer's table: RoPE itself at position −p0;
+ * cs: (D) scratch. */
 static void turn_back(const kvc_model *m, int layer, int p0, const float *x, float *out, float *cs) {
-    const int D = m->head_dim, P = D / 2;
-    const int *src = m->rope_src + (size_t)layer * P; /* pair -> angle column (forward.c's rope_apply) */
-    rope_table(m, m->layers[layer].rope_set, p0, 1, cs);
-    for (int j = 0; j < P; j++) {
-        const int a = m->rope_pairing == KVC_ROPE_NEOX ? j : 2 * j, b = m->rope_pairing == KVC_ROPE_NEOX ? j + P : 2 * j + 1;
-        const float co = cs[2 * src[j]], si = cs[2 * src[j] + 1];
-        out[a] = x[a] * co + x[b] * si;
-        out[b] = x[b] * co - x[a] * si;
-    }
+    memcpy(out, x, sizeof(float) * (size_t)m->head_dim);
+    rope_table(m, m->layers[layer].rope_set, -p0, 1, cs);
+    rope_apply(m, m->rope_src + (size_t)layer * (m->head_dim / 2), 1, 1, out, cs);
 }
 
 static void transform(const cpu_ctx *c, int layer, int p0, const float *x, const float *B, float *out, float *scratch) {
