@@ -94,7 +94,7 @@ def test_two_pass_search_matches_exhaustive_allocation(cal):
     (splits only around each layer's uniform width) picks the same K configs here."""
     from dataclasses import replace
 
-    pol = replace(resolve_policy("balanced", None, None), k_basis=False)  # the plain channels' options only
+    pol = replace(resolve_policy("balanced", None, None), k_basis=False, k_basis_block=0)  # plain channels only
     res = search(cal, policy=pol, check=False)
     sc = smoothing_scales(cal)
     order = pair_order(cal, sc)
