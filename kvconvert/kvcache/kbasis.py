@@ -30,8 +30,8 @@ ALPHA = 0.5  # C_q weighting exponent (0: the keys' own PCA, 1: full whitening b
 # correlated with its neighbours there, and not 8k tokens deep, so a basis fitted on the windows as
 # they are wins at 512 tokens and loses its gain deep in a context (README, direction j)
 FIT_CTX = 8192
-# BLOCK > 0: the basis follows RoPE (the runtime turns each block of BLOCK positions' keys, and the queries
-# scoring them, back to the block's first position), so the fit sees positions [0, BLOCK) as they are
+# A basis may follow RoPE in blocks of B positions (k_basis_block, 1..MAX_BASIS_BLOCK): the runtime turns each
+# block's keys, and the queries scoring them, back to the block's first position, so the fit sees [0, B)
 MAX_BASIS_BLOCK = 1 << 20
 MAX_COND = 1e4  # a basis more ill-conditioned than this is refused (float32 scores would lose digits)
 
