@@ -4,6 +4,7 @@ kvconvert's runtime on the held-out Austen evaluation part — plus llama.cpp's
 own q8_0/q4_0 caches on the same file and text. A benchmark, not a test.
 
     python bench/results.py [--model qwen|smollm2|FILE] [--chunks 8] [--tokens 16384] [--save-profiles]
+                            [--policies-only]
 
 All files are f16 conversions of the fixture (the transforms are exact, so the
 profile files compute the same function as the base file); KLD and top-1 are
@@ -95,6 +96,9 @@ def main() -> None:
     p.add_argument("--calibration", help="reuse this calibration file (default: calibrate, cached)")
     p.add_argument("--save-profiles", action="store_true")
     p.add_argument("--no-llama-cpp", action="store_true")
+    p.add_argument("--policies-only", action="store_true",
+                   help="only the f16 reference and the policies' rows (re-make the shipped profiles after a "
+                        "change to the search or the codes without re-measuring the fixed baselines)")
     args = p.parse_args()
     slug, path = (MODELS[args.model][0], MODELS[args.model][1]()) if args.model in MODELS else \
         (Path(args.model).stem, Path(args.model))
@@ -125,8 +129,9 @@ def main() -> None:
         def tq_bits(n_ctx: int, n_sink: int) -> float:  # uniform tq4 with n_sink f16 positions over n_ctx
             return 4.25 + sink_bits(n_sink, n_ctx)
 
-        for k, v, sink in (("q8_0", "f16", None), ("q8_0", "q8_0", None), ("q4_0", "q4_0", None),
-                           ("tq4", "f16", 0), ("tq4", "f16", None), ("tq4", "tq4", None)):
+        baselines = () if args.policies_only else (("q8_0", "f16", None), ("q8_0", "q8_0", None), ("q4_0", "q4_0", None),
+                                                   ("tq4", "f16", 0), ("tq4", "f16", None), ("tq4", "tq4", None))
+        for k, v, sink in baselines:
             r, secs = measure(f"{k}/{v}", base, k, v, n_sink=sink)
             n = DEFAULT_SINK if sink is None else sink
             at = lambda ctx: tuple(tq_bits(ctx, n) if t == "tq4" else STANDARD_BITS[t] for t in (k, v))  # noqa: E731
@@ -164,7 +169,7 @@ def main() -> None:
                 # local paths mean nothing to others: name the fixture file and text instead
                 prof.provenance.update(calibration=None, model=Path(path).name, text="austen-calib")
                 prof.save(dest)
-        if not args.no_llama_cpp:  # the same token chunks as kvconvert's evaluate (identical tokenizers)
+        if not (args.no_llama_cpp or args.policies_only):  # the same token chunks as kvconvert's evaluate (identical tokenizers)
             spec = base.source.tokenizer_spec()
             bos = spec.bos_id if spec.effective_add_bos() else None
             chunks = metrics.chunks(base.tokenize(text, add_bos=False), args.ctx, args.chunks, bos=bos)
@@ -175,7 +180,7 @@ def main() -> None:
     print(f"| cache | K / V bpv @{args.ctx} | K / V bpv @32k | KV MiB @32k | PPL | KLD vs f16 | top-1 |")
     print("|---|---|---|---|---|---|---|")
     print("\n".join(lines))
-    (work / f"{slug}-results.json").write_text(json.dumps(lines, indent=1))
+    (work / f"{slug}-results{'-policies' if args.policies_only else ''}.json").write_text(json.dumps(lines, indent=1))
 
 
 if __name__ == "__main__":
