@@ -163,6 +163,13 @@ _block_test.argtypes = [_I] * 7 + [_P, _P, ctypes.c_ulonglong, _I, _I, _I, _I, _
 def c_block(impl, cfg, keys, q, grp, n0, p):
     """Scores (nq, n) (NaN where a query does not see the key) and unrotated V
     accumulators (nq, d) of the C kernels, for query r seeing keys 0 .. n0 + r // grp - 1."""
+    status, scores, acc = c_block_status(impl, cfg, keys, q, grp, n0, p, cfg.trellis)
+    assert status == 0
+    return scores, acc
+
+
+def c_block_status(impl, cfg, keys, q, grp, n0, p, trellis):
+    """c_block's call with the layer's trellis setting given apart: (status, scores, acc)."""
     cbs = [np.ascontiguousarray(tq.group_codebook(g), np.float32) for g in cfg.groups()]
     cb_hi, cb_lo = (cbs[0], cbs[1]) if cfg.n_hi else (None, cbs[0])
     keys, q, p = (np.ascontiguousarray(x, np.float32) for x in (keys, q, p))
@@ -170,10 +177,23 @@ def c_block(impl, cfg, keys, q, grp, n0, p):
     scores = np.full((nq, n), np.nan, np.float32)
     acc = np.empty((nq, d), np.float32)
     ptr = lambda a: None if a is None else a.ctypes.data  # noqa: E731
-    assert _block_test(impl, d, cfg.n_hi, cfg.hi_bits, cfg.lo_bits, int(cfg.qjl_hi), int(cfg.qjl_lo), ptr(cb_hi),
-                       ptr(cb_lo), SEED, LAYER, *s8(cfg.scale_base), cfg.trellis, ptr(keys), n, ptr(q), nq, grp, n0, ptr(p),
-                       ptr(scores), ptr(acc)) == 0
-    return scores, acc
+    status = _block_test(impl, d, cfg.n_hi, cfg.hi_bits, cfg.lo_bits, int(cfg.qjl_hi), int(cfg.qjl_lo), ptr(cb_hi),
+                         ptr(cb_lo), SEED, LAYER, *s8(cfg.scale_base), trellis, ptr(keys), n, ptr(q), nq, grp, n0,
+                         ptr(p), ptr(scores), ptr(acc))
+    return status, scores, acc
+
+
+def test_a_trellis_layer_no_group_can_hold_is_refused():
+    """tq_layout_init gives trellis codes to the groups that can hold them (1..6 bits) and refuses a
+    layer where none can, or with QJL (turboquant.KConfig refuses the same configs)."""
+    rng = np.random.default_rng(0)
+    keys, q = rng.standard_normal((4, 64)).astype(np.float32), rng.standard_normal((2, 64)).astype(np.float32)
+    p = np.full((2, 4), 0.25, np.float32)
+    ok = tq.KConfig(64, n_hi=8, hi_bits=7, lo_bits=5, trellis=6)
+    assert c_block_status(1, ok, keys, q, 1, 3, p, 6)[0] == 0
+    for cfg in [tq.KConfig(64, n_hi=8, hi_bits=8, lo_bits=7), tq.KConfig(64, n_hi=8, hi_bits=7, lo_bits=5, qjl_hi=True),
+                tq.KConfig(64, lo_bits=7)]:
+        assert c_block_status(1, cfg, keys, q, 1, 3, p, 6)[0] != 0, cfg.spec()
 
 
 BLOCK_LAYOUTS = [tq.KConfig(64, lo_bits=4), tq.KConfig(96, lo_bits=2), tq.KConfig(40, lo_bits=3),
@@ -194,7 +214,10 @@ BLOCK_LAYOUTS = [tq.KConfig(64, lo_bits=4), tq.KConfig(96, lo_bits=2), tq.KConfi
                  # inside one byte (1 bit), a split with 8-bit scales, 6-bit states of 12 bits
                  tq.KConfig(64, lo_bits=3, trellis=6), tq.KConfig(16, lo_bits=1, trellis=6),
                  tq.KConfig(64, n_hi=16, hi_bits=5, lo_bits=2, scale_base=-63, trellis=6),
-                 tq.KConfig(40, n_hi=8, hi_bits=6, lo_bits=4, trellis=6)]
+                 tq.KConfig(40, n_hi=8, hi_bits=6, lo_bits=4, trellis=6),
+                 # a layer with a Lloyd–Max hi group (7, 8 bits) beside a trellis lo group
+                 tq.KConfig(64, n_hi=8, hi_bits=7, lo_bits=5, trellis=6),
+                 tq.KConfig(64, n_hi=16, hi_bits=8, lo_bits=6, scale_base=-63, trellis=6)]
 # (queries per token, tokens, keys seen by the first token): single queries and tokens,
 # blocks starting at key 0, row counts that are and are not multiples of 8 and 16, tiles
 # (8 keys in AVX2, 16 in AVX-512) that straddle the causal edge

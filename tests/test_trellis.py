@@ -122,7 +122,10 @@ native = pytest.importorskip("kvconvert.runtime.engine")
 @pytest.mark.parametrize("spec,d", [("tq3:code=trellis", 64), ("tq1:code=trellis", 16), ("tq6:code=trellis", 256),
                                     ("tq:split=16,hi=5,lo=2,scale=proj,code=trellis", 64),
                                     ("tq:split=8,hi=6,lo=4,scale=norm,code=trellis", 40),
-                                    ("tq4:s8=-40,code=trellis", 64), ("tq2:scale=proj,s8=-40,code=trellis", 48)])
+                                    ("tq4:s8=-40,code=trellis", 64), ("tq2:scale=proj,s8=-40,code=trellis", 48),
+                                    # a 7- or 8-bit hi group keeps Lloyd–Max codes, its lo group takes trellis codes
+                                    ("tq:split=8,hi=7,lo=5,code=trellis", 64),
+                                    ("tq:split=16,hi=8,lo=6,s8=-40,code=trellis", 64)])
 def test_c_encoder_is_bit_identical_to_numpy(spec, d):
     """Encode + decode by the C kernels (tq_roundtrip) gives the numpy twin's reconstruction bit
     for bit — the same Viterbi paths, ties and scales — over splits, odd group sizes (40 = 32 + 8
@@ -140,6 +143,23 @@ def test_c_encoder_is_bit_identical_to_numpy(spec, d):
     lloyd = replace(cfg, trellis=0)
     ratio = float(np.sum((got - x) ** 2) / np.sum((native.tq_roundtrip(x, lloyd, 11, 2) - x) ** 2))
     assert ratio <= (1.1 if cfg.lo_bits == 1 else 0.75), ratio
+
+
+def test_a_layer_takes_trellis_codes_on_the_groups_that_hold_them():
+    """code=trellis puts trellis codes on every group of 1..6 bits (with room for a state); a 7- or
+    8-bit group of the same layer keeps Lloyd–Max codes, and its codebook is the centroids; a layer
+    where no group can hold them, or with QJL, is refused."""
+    mixed = tq.KConfig.parse("tq:split=8,hi=7,lo=5,code=trellis", 64)
+    assert [(g.bits, g.trellis) for g in mixed.groups()] == [(7, 0), (5, trellis.MEMORY)]
+    assert len(tq.group_codebook(mixed.groups()[0])) == 1 << 7
+    assert len(tq.group_codebook(mixed.groups()[1])) == 1 << (5 + trellis.MEMORY)
+    assert tq.KConfig.parse("tq:split=8,hi=7,lo=5", 64).with_codes("trellis") == mixed
+    assert tq.KConfig.parse("tq:split=8,hi=8,lo=7", 64).with_codes("trellis").trellis == 0
+    with pytest.raises(ValueError, match="8 × 8 and 56 × 7"):
+        tq.KConfig.parse("tq:split=8,hi=8,lo=7,code=trellis", 64)
+    with pytest.raises(ValueError, match="QJL"):
+        tq.KConfig.parse("tq:split=8,hi=7,lo=5,qjl=hi,code=trellis", 64)
+    # the C library's layer refuses the same: tests/test_tq_native.py
 
 
 def test_c_library_refuses_bad_trellis_groups():

@@ -304,7 +304,8 @@ class Policy:
     k_scale_mode: str = "ls"
     v_scale_mode: str = "ls"
     # "trellis": the chosen configs are written with bitshift-trellis codes (kvcache/trellis.py) of the same
-    # bits where a layer admits them (no QJL, groups of 1..6 bits): 28–38% less squared error per vector
+    # bits on every group that admits them (no QJL, groups of 1..6 bits; a 7–8-bit outlier group keeps
+    # Lloyd–Max codes beside them): 28–38% less squared error per vector
     # at 2–6 bits, an encode-time Viterbi search and a gather per value to decode. Allocated, like the
     # scale modes, with Lloyd–Max proxies (the gain is nearly uniform across bit widths); CPU only
     codes: str = "lloyd"

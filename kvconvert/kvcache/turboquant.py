@@ -90,6 +90,12 @@ class GroupConfig:
     trellis: int = 0  # memory bits of trellis codes (kvcache/trellis.py), 0: Lloyd–Max codes
 
 
+def _holds_trellis(m: int, bits: int) -> bool:
+    """Whether a group of m channels and bits-bit codes can hold trellis codes (trellis.py's tables:
+    1..6 bits, at most MAX_M channels, a state within one lap of the code ring)."""
+    return bits in trellis.BITS and m <= trellis.MAX_M and m * bits >= bits + trellis.MEMORY
+
+
 @dataclass(frozen=True)
 class KConfig:
     """Per-layer K (or V) cache config; see the module docstring for the groups."""
@@ -125,21 +131,25 @@ class KConfig:
                 raise ValueError(problem)
 
     def _trellis_problem(self) -> str | None:
-        """Why this config's groups cannot take trellis codes (None: they can)."""
+        """Why this config cannot take trellis codes (None: it can, on at least one group)."""
         if self.qjl_hi or self.qjl_lo:
             return "trellis codes take no QJL"
-        for g in self.groups():
-            if g.bits not in trellis.BITS or g.m > trellis.MAX_M or g.m * g.bits < g.bits + trellis.MEMORY:
-                return (f"trellis codes need groups of {trellis.BITS[0]}..{trellis.BITS[-1]} bits and "
-                        f"{-(-(g.bits + trellis.MEMORY) // g.bits)}..{trellis.MAX_M} channels "
-                        f"(a group has {g.m} × {g.bits} bits)")
-        return None
+        if any(_holds_trellis(g.m, g.bits) for g in self.groups()):
+            return None
+        g = self.groups()[-1]
+        return (f"trellis codes need a group of {trellis.BITS[0]}..{trellis.BITS[-1]} bits and "
+                f"{-(-(g.bits + trellis.MEMORY) // g.bits)}..{trellis.MAX_M} channels "
+                f"(the groups have {' and '.join(f'{g.m} × {g.bits}' for g in self.groups())} bits)")
 
     def groups(self) -> list[GroupConfig]:
+        """The groups, hi first. A group takes the layer's trellis codes when it can hold them (1..6
+        bits, at most trellis.MAX_M channels, a state within one lap of its ring); the other keeps
+        Lloyd–Max codes (tq.c's group_tmem, the same rule; a trellis layer has no QJL)."""
+        def group(m: int, bits: int, qjl: bool) -> GroupConfig:
+            return GroupConfig(m, bits, qjl, self.trellis if _holds_trellis(m, bits) else 0)
         if self.n_hi == 0:
-            return [GroupConfig(self.d, self.lo_bits, self.qjl_lo, self.trellis)]
-        return [GroupConfig(self.n_hi, self.hi_bits, self.qjl_hi, self.trellis),
-                GroupConfig(self.d - self.n_hi, self.lo_bits, self.qjl_lo, self.trellis)]
+            return [group(self.d, self.lo_bits, self.qjl_lo)]
+        return [group(self.n_hi, self.hi_bits, self.qjl_hi), group(self.d - self.n_hi, self.lo_bits, self.qjl_lo)]
 
     def bounds(self) -> list[tuple[int, int]]:
         """Channel range [start, stop) of each group."""
@@ -154,8 +164,9 @@ class KConfig:
         return replace(self, scale_base=base)
 
     def with_codes(self, codes: str) -> "KConfig":
-        """The same bits on these codes (CODES); a config that cannot take trellis codes (QJL, a group of
-        more than 6 bits or too few channels) keeps Lloyd–Max codes."""
+        """The same bits on these codes (CODES): trellis codes on each group that can hold them (see
+        groups); a config where no group can (QJL, groups of more than 6 bits or too few channels)
+        keeps Lloyd–Max codes."""
         admits = codes == "trellis" and self._trellis_problem() is None
         return replace(self, trellis=trellis.MEMORY if admits else 0)
 

@@ -139,10 +139,11 @@ typedef struct {
     /* scale8: each group's scale is one byte e on a log grid, ŝ = 2^((e + scale_base)/32)
      * (e = 0: 0), scale_base in -2048..2048; 0: an fp16 scale (2 bytes) */
     int scale8, scale_base;
-    /* trellis: memory bits M of bitshift-trellis codes in both groups (1..6; 0: Lloyd–Max codes).
-     * The codebooks then hold 1 << (bits + M) values in state order, and code i of a group decodes
-     * to the value of the last bits + M bits of the group's code ring up to it (docs/design.md §4);
-     * no QJL, groups of at most 256 channels, bits + M <= 12. CPU only. */
+    /* trellis: memory bits M of bitshift-trellis codes (1..6; 0: Lloyd–Max codes), taken by each
+     * group that can hold them: at most 256 channels, bits + M <= 12 (the other group keeps
+     * Lloyd–Max codes; a layer with QJL, or where no group can, is refused). A trellis group's codebook holds
+     * 1 << (bits + M) values in state order, and its code i decodes to the value of the last
+     * bits + M bits of the group's code ring up to it (docs/design.md §4). CPU only. */
     int trellis;
     /* K basis (K only; both or neither; CPU only): after the permutation, KV head h's key is coded
      * as k' = k · basis[h] and every query of its group scored as q' = q · qbasis[h], so

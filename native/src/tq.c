@@ -175,22 +175,35 @@ void tq_layout_free(tq_layout *L) {
     memset(L, 0, sizeof *L);
 }
 
+/* the trellis memory bits a group of m channels and bits-bit codes takes from its layer's
+ * trellis setting: all of them when the group can hold such codes (bits + trellis <= 12, at most
+ * 256 channels, a state within one lap of the ring), else 0 — Lloyd–Max codes
+ * (turboquant.py's KConfig.groups, the same rule) */
+static int group_tmem(int trellis, int m, int bits) {
+    if (trellis <= 0 || trellis > TQ_TRELLIS_MAX_MEM) return trellis; /* group_init refuses a bad value */
+    return bits + trellis <= TQ_TRELLIS_MAX_STATE && m <= TQ_TRELLIS_MAX_M && m * bits >= bits + trellis ? trellis : 0;
+}
+
 int tq_layout_init(tq_layout *L, int d, int n_hi, int hi_bits, int lo_bits, int qjl_hi, int qjl_lo,
                    const float *cb_hi, const float *cb_lo, const int *perm, uint64_t seed, int layer, int scale8,
                    int scale_base, int trellis) {
     memset(L, 0, sizeof *L);
     if (d <= 0 || d > TQ_MAX_DIM || n_hi < 0 || n_hi >= d) return KVC_ERR_INVALID;
     if ((qjl_hi && n_hi % 8) || (qjl_lo && (d - n_hi) % 8)) return KVC_ERR_INVALID;
+    const int tm_hi = n_hi > 0 ? group_tmem(trellis, n_hi, hi_bits) : 0;
+    const int tm_lo = group_tmem(trellis, d - n_hi, lo_bits);
+    if (trellis && ((qjl_hi && n_hi > 0) || qjl_lo || (!tm_hi && !tm_lo)))
+        return KVC_ERR_INVALID; /* trellis codes take no QJL, and some group must hold them */
     L->d = d, L->perm = perm;
     int st = KVC_OK, off = 0;
     if (n_hi > 0) {
-        st = group_init(&L->g[0], n_hi, hi_bits, qjl_hi, cb_hi, 0, seed, layer, 0, scale8, scale_base, trellis);
+        st = group_init(&L->g[0], n_hi, hi_bits, qjl_hi, cb_hi, 0, seed, layer, 0, scale8, scale_base, tm_hi);
         off = L->g[0].bytes;
         L->n_groups = 1;
     }
     if (st == KVC_OK)
         st = group_init(&L->g[L->n_groups], d - n_hi, lo_bits, qjl_lo, cb_lo, off, seed, layer, n_hi > 0, scale8,
-                        scale_base, trellis);
+                        scale_base, tm_lo);
     L->n_groups++;
     if (st != KVC_OK) {
         tq_layout_free(L);

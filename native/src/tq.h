@@ -58,7 +58,9 @@ typedef struct {
 
 /* Build a layout for one layer (free with tq_layout_free). scale8: 1 for 8-bit scales on the
  * grid of scale_base (TQ_SCALE8_BASE_MIN..MAX), 0 for fp16 scales. trellis: memory bits of
- * trellis codes for both groups (0: Lloyd–Max codes). Returns 0 or a kvc status. */
+ * trellis codes for each group that can hold them (bits + trellis <= TQ_TRELLIS_MAX_STATE, at most
+ * TQ_TRELLIS_MAX_M channels); the other keeps Lloyd–Max codes; QJL, or no group that can: refused
+ * (0: Lloyd–Max codes). Returns 0 or a kvc status. */
 int tq_layout_init(tq_layout *L, int d, int n_hi, int hi_bits, int lo_bits, int qjl_hi, int qjl_lo,
                    const float *cb_hi, const float *cb_lo, const int *perm, uint64_t seed, int layer, int scale8,
                    int scale_base, int trellis);
