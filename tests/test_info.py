@@ -54,3 +54,20 @@ def test_info_shows_the_patch(tiny_ggufs, tmp_path, capsys, monkeypatch):
     assert "folded" in out and "renamed architecture" in out
     plain = convert(gg, tmp_path / "p.gguf").output
     assert "KV patch: none" in info(capsys, plain)
+
+
+def test_info_counts_the_trellis_layers_and_their_lloyd_max_outlier_groups(tiny_ggufs, tmp_path, capsys,
+                                                                            monkeypatch):
+    """The codes row: how many layers carry trellis codes, and how many of them keep a 7–8-bit outlier
+    group on Lloyd–Max codes (code=trellis codes each group of 1–6 bits)."""
+    monkeypatch.setenv("COLUMNS", "240")
+    gg = tiny_ggufs["qwen2-hd64"]
+    src = load_model(gg)
+    L = src.args.num_hidden_layers
+    prof = random_profile(src, np.random.default_rng(2), k_type="tq", v_type="tq")
+    prof.k_layers = ["tq:split=8,hi=7,lo=5,code=trellis" if l % 2 else "tq4:code=trellis" for l in range(L)]
+    prof.v_layers = ["tq3"] * L
+    out = info(capsys, convert(gg, tmp_path / "t.gguf", profile=prof).output)
+    assert (f"K bitshift trellis on {L} of {L} layers, {L // 2} of them with a 7–8-bit outlier group on "
+            "Lloyd–Max codes") in out
+    assert "V Lloyd–Max" in out

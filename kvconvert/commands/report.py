@@ -125,10 +125,16 @@ def print_patch_info(m: ModelSource, console: Console | None = None) -> None:
     scales = [(side, cfgs[0].scale) for side, cfgs in (("K", meta.k_configs), ("V", meta.v_configs)) if cfgs]
     if scales:
         t.add_row("group scale rule", "; ".join(f"{side} {SCALE_RULES[mode]}" for side, mode in scales))
-        codes = [(side, sum(c.trellis > 0 for c in cfgs)) for side, cfgs in (("K", meta.k_configs),
-                                                                              ("V", meta.v_configs)) if cfgs]
-        t.add_row("codes", "; ".join(f"{side} " + (f"bitshift trellis on {n} of {L} layers (the rest Lloyd–Max; "
-                                                    "CPU backend)" if n else "Lloyd–Max") for side, n in codes))
+        def codes(cfgs) -> str:
+            n = sum(c.trellis > 0 for c in cfgs)
+            mixed = sum(c.trellis > 0 and any(not g.trellis for g in c.groups()) for c in cfgs)
+            if not n:
+                return "Lloyd–Max"
+            keep = f", {mixed} of them with a 7–8-bit outlier group on Lloyd–Max codes" if mixed else ""
+            rest = "the rest Lloyd–Max; " if n < L else ""
+            return f"bitshift trellis on {n} of {L} layers{keep} ({rest}CPU backend)"
+        t.add_row("codes", "; ".join(f"{side} {codes(cfgs)}" for side, cfgs in (("K", meta.k_configs),
+                                                                               ("V", meta.v_configs)) if cfgs))
     t.add_row("rotation seed", f"{meta.seed:#x}")
     console.print(t)
 
