@@ -21,8 +21,11 @@
 #include <vector>
 
 extern "C" {
+#include "model.h"
 #include "quants.h"
 #include "tq.h"
+// cpu/rope.c (linked in; backend_cpu.h is not C++-clean): the CPU's RoPE rotation, the twin of kvm_rope
+void rope_apply(const kvc_model *m, const int *src, int T, int n_heads, float *x, const float *cs);
 #include "vec.h"
 }
 #include "twin.h"
@@ -97,23 +100,6 @@ static int case_rmsnorm() {
     return 0;
 }
 
-// ---- rope: forward.c's rope_apply (a static there: the same loop here) ----
-static void rope_twin(int D, int pairing, const int *src, int T, int n_heads, float *x, const float *cs) {
-    const int P = D / 2, stride = pairing == 0 ? 1 : 2, partner = pairing == 0 ? P : 1;
-    for (int t = 0; t < T; t++)
-        for (int h = 0; h < n_heads; h++) {
-            float *v = x + ((size_t)t * n_heads + h) * D;
-            const float *tc = cs + (size_t)t * P * 2;
-            for (int j = 0; j < P; j++) {
-                float *pa = v + j * stride, *pb = pa + partner;
-                float c0 = tc[2 * src[j]], s0 = tc[2 * src[j] + 1];
-                float xa = *pa, xb = *pb;
-                *pa = xa * c0 - xb * s0;
-                *pb = xa * s0 + xb * c0;
-            }
-        }
-}
-
 static int case_rope() {
     const int D = I("D", 64), T = I("T", 5), H = I("heads", 3), pairing = I("pairing", 0), P = D / 2;
     const int has_mean = I("mean", 1), pos0 = I("pos0", 17);
@@ -123,7 +109,7 @@ static int case_rope() {
     if (I("permuted", 1)) std::shuffle(src.begin(), src.end(), rng);
     std::vector<float> freqs(P), cs((size_t)T * P * 2);
     for (int j = 0; j < P; j++) freqs[j] = (float)pow(10000.0, -2.0 * j / D);
-    for (int t = 0; t < T; t++) // forward.c's rope_table: angles in double
+    for (int t = 0; t < T; t++) // rope.c's rope_table: angles in double
         for (int j = 0; j < P; j++) {
             double ang = (double)(pos0 + t) * (double)freqs[j];
             cs[((size_t)t * P + j) * 2] = (float)cos(ang);
@@ -133,7 +119,10 @@ static int case_rope() {
     if (has_mean) // kv_center: k -= mu, then RoPE
         for (int t = 0; t < T; t++)
             for (int i = 0; i < H * D; i++) ref[(size_t)t * H * D + i] -= mean[i];
-    rope_twin(D, pairing, src.data(), T, H, ref.data(), cs.data());
+    kvc_model m;
+    memset(&m, 0, sizeof m);
+    m.head_dim = D, m.rope_pairing = pairing ? KVC_ROPE_INTERLEAVED : KVC_ROPE_NEOX;
+    rope_apply(&m, src.data(), T, H, ref.data(), cs.data());
     kvm_rope_args a = {D, H, T, pairing, has_mean, {0, 0, 0}};
     const int n = T * H * P, tg = 64;
     run_grid({(uint)((n + tg - 1) / tg), 1, 1}, {(uint)tg, 1, 1}, [&](const thread_pos &p) {
