@@ -49,9 +49,10 @@ def _viterbi(u: np.ndarray, tbl: np.ndarray, bits: int, wrap: np.ndarray | None 
     L = tbl.size.bit_length() - 1
     M, S = L - bits, tbl.size
     states = np.arange(S)
+    inf = u.dtype.type(np.inf)  # the search runs in u's dtype (encode_states: float32)
     cost = (u[:, :1] - tbl[None, :]) ** 2
     if wrap is not None:
-        cost = np.where((states[None, :] >> bits) == wrap[:, None], cost, np.inf)
+        cost = np.where((states[None, :] >> bits) == wrap[:, None], cost, inf)
     back = np.empty((n, N, 1 << M), dtype=np.int32)  # best predecessor per (step, low-M context)
     for i in range(1, n):
         c = cost.reshape(N, 1 << bits, 1 << M)  # predecessor = (dropped top bits t, kept low M bits)
@@ -60,7 +61,7 @@ def _viterbi(u: np.ndarray, tbl: np.ndarray, bits: int, wrap: np.ndarray | None 
         back[i] = (t << M) | np.arange(1 << M)[None, :]
         cost = np.repeat(best, 1 << bits, axis=1) + (u[:, i:i + 1] - tbl[None, :]) ** 2
     if wrap is not None:
-        cost = np.where((states[None, :] & ((1 << M) - 1)) == wrap[:, None], cost, np.inf)
+        cost = np.where((states[None, :] & ((1 << M) - 1)) == wrap[:, None], cost, inf)
     path = np.empty((N, n), dtype=np.int64)
     path[:, -1] = np.argmin(cost, axis=1)
     rows = np.arange(N)
@@ -70,9 +71,11 @@ def _viterbi(u: np.ndarray, tbl: np.ndarray, bits: int, wrap: np.ndarray | None 
 
 
 def encode_states(u: np.ndarray, bits: int, tbl: np.ndarray | None = None) -> np.ndarray:
-    """Tail-biting state path (N, n) for unit-variance coordinates u (N, n), n >= 2."""
-    u = np.asarray(u, dtype=np.float64)
-    tbl = table(bits).astype(np.float64) if tbl is None else tbl
+    """Tail-biting state path (N, n) for unit-variance coordinates u (N, n), n >= 2. The search runs
+    in float32 on float32 u and table values: the arithmetic of tq_ref.c's tq_viterbi_ref, so both
+    find the same paths (and its SIMD twins, at twice the states per vector of a float64 search)."""
+    u = np.asarray(u, dtype=np.float32)
+    tbl = np.asarray(table(bits) if tbl is None else tbl, dtype=np.float32)
     N, n = u.shape
     L = tbl.size.bit_length() - 1
     if n * bits < L:

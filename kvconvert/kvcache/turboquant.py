@@ -27,8 +27,8 @@ float64 sums accumulated sequentially in index order, direct float64 → fp16
 round-to-nearest-even (8-bit scales: float32 grid values built from the same 32
 float32 constants, float64 midpoints), Lloyd–Max centroids as the float32 values of
 `codebook(m, bits)` and boundaries (c[k] + c[k+1]) / 2 in float64 (exact); the trellis search
-in float64 on the float32 values of `group_codebook`, in the same order as tq_ref.c (ties to the
-smaller state).
+in float32 on u rounded once to float32 and the float32 values of `group_codebook`, in the same
+order as tq_ref.c (ties to the smaller state).
 
 QJL inner-product estimate (derivation). Let S = sqrt(m)·H·D₂, rows s_i with
 ‖s_i‖² = m. If the s_i were N(0, I_m), E[sign(⟨s_i, r⟩)·⟨s_i, q⟩] =
@@ -554,7 +554,7 @@ def encode_group(x_g: np.ndarray, gc: GroupConfig, seed: int, layer: int, group:
         u = np.where(norm[..., None] > 0, y64 / norm[..., None], 0.0)
     c = group_codebook(gc)
     if gc.trellis:  # Viterbi over the ring of states (tq_ref.c: trellis_path, the same arithmetic)
-        path = trellis.encode_states(u.reshape(-1, gc.m), gc.bits, c.astype(np.float64)).reshape(u.shape)
+        path = trellis.encode_states(u.reshape(-1, gc.m), gc.bits, c).reshape(u.shape)
         codes = trellis.symbols(path, gc.bits).astype(np.uint16)
         cq = c.astype(np.float64)[path]
     else:

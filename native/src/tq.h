@@ -92,18 +92,20 @@ void tq_rotate(const tq_group *g, const float *signs, float *v, float *tmp);
  * P the mixing order, so that energy spreads across blocks too. */
 typedef void (*tq_encode_fn)(const tq_layout *L, int scale_mode, const float *x, uint8_t *row, float *scratch);
 void tq_encode_ref(const tq_layout *L, int scale_mode, const float *x, uint8_t *row, float *scratch); /* tq_ref.c */
-/* Least-squares state path (m) of u (m = g->m, unit-norm coordinates, double) through a trellis
- * group's states (kvcache/trellis.py's _viterbi: the same arithmetic in the same order, ties to the
- * smaller state). wrap < 0: free ends; else the path starts in a state whose top tmem bits are
- * wrap and ends in one whose low tmem bits are wrap. Implementations give identical paths. */
-typedef void (*tq_viterbi_fn)(const tq_group *g, const double *u, int wrap, unsigned *path);
-void tq_viterbi_ref(const tq_group *g, const double *u, int wrap, unsigned *path); /* tq_ref.c */
+/* Least-squares state path (m) of u (m = g->m, unit-norm coordinates) through a trellis group's
+ * states (kvcache/trellis.py's _viterbi: the same float32 arithmetic in the same order, ties to the
+ * smaller state; float32 costs: twice the states per SIMD vector of doubles, and a path differs
+ * from the float64 one only where two paths' errors agree to ~1e-7). wrap < 0: free ends; else
+ * the path starts in a state whose top tmem bits are wrap and ends in one whose low tmem bits are
+ * wrap. Implementations give identical paths. */
+typedef void (*tq_viterbi_fn)(const tq_group *g, const float *u, int wrap, unsigned *path);
+void tq_viterbi_ref(const tq_group *g, const float *u, int wrap, unsigned *path); /* tq_ref.c */
 /* Its two ends, shared by every implementation (tq_ref.c): cost (1 << (bits + tmem)) of the first
  * coordinate u0, states outside wrap's start set at +inf; and after the last coordinate the best
  * allowed end state, traced back through back (m rows of TQ_TRELLIS_CTX: each context's dropped
  * top bits of its best predecessor) into path (m). */
-void tq_viterbi_first(const tq_group *g, double u0, int wrap, double *cost);
-void tq_viterbi_trace(const tq_group *g, const double *cost, int wrap, const uint8_t *back, unsigned *path);
+void tq_viterbi_first(const tq_group *g, float u0, int wrap, float *cost);
+void tq_viterbi_trace(const tq_group *g, const float *cost, int wrap, const uint8_t *back, unsigned *path);
 /* tq_encode_ref with another trellis search (the SIMD tables' encoders are this with their own) */
 void tq_encode_with(const tq_layout *L, int scale_mode, const float *x, uint8_t *row, float *scratch,
                     tq_viterbi_fn viterbi);
@@ -136,9 +138,9 @@ void tq_accum_ref(const tq_layout *L, const float *p, int ldp, int nq, int grp, 
                   float *acc);
 #if defined(__x86_64__)
 /* cpu/tq_avx2.c (AVX2 + FMA) and cpu/tq_avx512.c (AVX-512 F/BW/VL/DQ); pure functions over their arguments */
-void tq_viterbi_avx2(const tq_group *g, const double *u, int wrap, unsigned *path);
+void tq_viterbi_avx2(const tq_group *g, const float *u, int wrap, unsigned *path);
 void tq_encode_avx2(const tq_layout *L, int scale_mode, const float *x, uint8_t *row, float *scratch);
-void tq_viterbi_avx512(const tq_group *g, const double *u, int wrap, unsigned *path);
+void tq_viterbi_avx512(const tq_group *g, const float *u, int wrap, unsigned *path);
 void tq_encode_avx512(const tq_layout *L, int scale_mode, const float *x, uint8_t *row, float *scratch);
 void tq_score_avx2(const tq_layout *L, const tq_query *q, int nq, int grp, int n0, const uint8_t *rows, float *out,
                    int ldo);

@@ -41,14 +41,14 @@ static unsigned nearest(const tq_group *g, double u) { /* number of boundaries b
     return (unsigned)lo;
 }
 
-void tq_viterbi_first(const tq_group *g, double u0, int wrap, double *cost) {
+void tq_viterbi_first(const tq_group *g, float u0, int wrap, float *cost) {
     for (int s = 0; s < 1 << (g->bits + g->tmem); s++) {
-        const double e = u0 - (double)g->cb[s];
+        const float e = u0 - g->cb[s];
         cost[s] = wrap >= 0 && (s >> g->bits) != wrap ? INFINITY : e * e;
     }
 }
 
-void tq_viterbi_trace(const tq_group *g, const double *cost, int wrap, const uint8_t *back, unsigned *path) {
+void tq_viterbi_trace(const tq_group *g, const float *cost, int wrap, const uint8_t *back, unsigned *path) {
     const int b = g->bits, M = g->tmem, m = g->m, S = 1 << (b + M), P = 1 << M;
     int end = -1;
     for (int s = 0; s < S; s++)
@@ -60,21 +60,21 @@ void tq_viterbi_trace(const tq_group *g, const double *cost, int wrap, const uin
     }
 }
 
-void tq_viterbi_ref(const tq_group *g, const double *u, int wrap, unsigned *path) {
+void tq_viterbi_ref(const tq_group *g, const float *u, int wrap, unsigned *path) {
     const int b = g->bits, M = g->tmem, m = g->m, S = 1 << (b + M), P = 1 << M;
-    double cost[1 << TQ_TRELLIS_MAX_STATE], best[TQ_TRELLIS_CTX];
+    float cost[1 << TQ_TRELLIS_MAX_STATE], best[TQ_TRELLIS_CTX];
     uint8_t back[TQ_TRELLIS_MAX_M * TQ_TRELLIS_CTX]; /* (m, contexts): dropped top bits of the best predecessor */
     tq_viterbi_first(g, u[0], wrap, cost);
     for (int i = 1; i < m; i++) {
         for (int p = 0; p < P; p++) { /* predecessors of the states s with s >> b == p: (t << M) | p */
-            double c = cost[p];
+            float c = cost[p];
             int bt = 0;
             for (int t = 1; t < 1 << b; t++)
                 if (cost[(t << M) | p] < c) c = cost[(t << M) | p], bt = t;
             best[p] = c, back[i * TQ_TRELLIS_CTX + p] = (uint8_t)bt;
         }
         for (int s = 0; s < S; s++) {
-            const double e = u[i] - (double)g->cb[s];
+            const float e = u[i] - g->cb[s];
             cost[s] = best[s >> b] + e * e;
         }
     }
@@ -83,9 +83,9 @@ void tq_viterbi_ref(const tq_group *g, const double *u, int wrap, unsigned *path
 
 /* The codes of a trellis group: a closed ring found in two passes (trellis.encode_states): the
  * group rolled by m/2 fixes the tmem bits at the seam, then a pass constrained to them. */
-static void trellis_path(const tq_group *g, const double *u, unsigned *path, tq_viterbi_fn viterbi) {
+static void trellis_path(const tq_group *g, const float *u, unsigned *path, tq_viterbi_fn viterbi) {
     const int m = g->m, h = m / 2;
-    double rolled[TQ_TRELLIS_MAX_M];
+    float rolled[TQ_TRELLIS_MAX_M];
     for (int i = 0; i < m; i++) rolled[i] = u[(i + h) % m];
     viterbi(g, rolled, -1, path);
     viterbi(g, u, (int)(path[m - 1 - h] & ((1u << g->tmem) - 1)), path);
@@ -104,9 +104,9 @@ static void encode_group(const tq_group *g, int scale_mode, const float *x, uint
     memset(codes, 0, (size_t)(m * g->bits + 7) / 8);
     double num = 0, den = 0;
     if (g->tmem) {
-        double u[TQ_TRELLIS_MAX_M];
+        float u[TQ_TRELLIS_MAX_M]; /* y/‖y‖ in float64, rounded once (as turboquant.encode) */
         unsigned path[TQ_TRELLIS_MAX_M];
-        for (int i = 0; i < m; i++) u[i] = norm > 0 ? (double)y[i] / norm : 0.0;
+        for (int i = 0; i < m; i++) u[i] = norm > 0 ? (float)((double)y[i] / norm) : 0.0f;
         trellis_path(g, u, path, viterbi);
         for (int i = 0; i < m; i++) {
             put_code(codes, i, g->bits, path[i] & ((1u << g->bits) - 1));

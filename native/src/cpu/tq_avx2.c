@@ -93,40 +93,45 @@ AVX2 static inline void trellis8(const tq_group *g, const uint8_t *codes, __m256
     }
 }
 
-/* tq_viterbi_ref, 4 states per vector: for each predecessor context p (contiguous in the cost
+/* tq_viterbi_ref, 8 states per vector: for each predecessor context p (contiguous in the cost
  * array for a fixed dropped top t), the running minimum over t with strict-less blends (ties keep
  * the smaller t, as the scalar loop); then cost[s] = best[s >> b] + e·e, e = u_i − value[s], with
- * a separate multiply and add (no FMA), so every double is the scalar twin's. */
-void tq_viterbi_avx2(const tq_group *g, const double *u, int wrap, unsigned *path) {
-    const int b = g->bits, M = g->tmem, m = g->m, S = 1 << (b + M), P = 1 << M; /* P >= 2 */
-    if (P < 4) {
+ * a separate multiply and add (no FMA), so every float is the scalar twin's. */
+void tq_viterbi_avx2(const tq_group *g, const float *u, int wrap, unsigned *path) {
+    const int b = g->bits, M = g->tmem, m = g->m, S = 1 << (b + M), P = 1 << M;
+    if (P < 8) {
         tq_viterbi_ref(g, u, wrap, path);
         return;
     }
-    double cost[1 << TQ_TRELLIS_MAX_STATE] __attribute__((aligned(32)));
-    double best[1 << TQ_TRELLIS_MAX_MEM] __attribute__((aligned(32)));
+    float cost[1 << TQ_TRELLIS_MAX_STATE] __attribute__((aligned(32)));
+    float best[(1 << TQ_TRELLIS_MAX_MEM) + 8] __attribute__((aligned(32))); /* + 8: the b < 3 loads */
+    memset(best + P, 0, sizeof(float) * 8);
     uint8_t back[TQ_TRELLIS_MAX_M * TQ_TRELLIS_CTX]; /* (m, contexts) */
     tq_viterbi_first(g, u[0], wrap, cost);
+    const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
     for (int i = 1; i < m; i++) {
-        for (int p = 0; p < P; p += 4) {
-            __m256d c = _mm256_load_pd(cost + p), bt = _mm256_setzero_pd();
+        for (int p = 0; p < P; p += 8) {
+            __m256 c = _mm256_load_ps(cost + p);
+            __m256i bt = _mm256_setzero_si256();
             for (int t = 1; t < 1 << b; t++) {
-                const __m256d x = _mm256_load_pd(cost + (t << M) + p);
-                const __m256d lt = _mm256_cmp_pd(x, c, _CMP_LT_OQ);
-                c = _mm256_blendv_pd(c, x, lt);
-                bt = _mm256_blendv_pd(bt, _mm256_set1_pd((double)t), lt);
+                const __m256 x = _mm256_load_ps(cost + (t << M) + p);
+                const __m256 lt = _mm256_cmp_ps(x, c, _CMP_LT_OQ);
+                c = _mm256_blendv_ps(c, x, lt);
+                bt = _mm256_castps_si256(_mm256_blendv_ps(_mm256_castsi256_ps(bt),
+                                                          _mm256_castsi256_ps(_mm256_set1_epi32(t)), lt));
             }
-            _mm256_store_pd(best + p, c);
-            int32_t t32[4];
-            _mm_storeu_si128((__m128i *)t32, _mm256_cvtpd_epi32(bt)); /* small integers: exact */
-            for (int k = 0; k < 4; k++) back[i * TQ_TRELLIS_CTX + p + k] = (uint8_t)t32[k];
+            _mm256_store_ps(best + p, c);
+            const __m128i w16 = _mm_packus_epi32(_mm256_castsi256_si128(bt), _mm256_extracti128_si256(bt, 1));
+            _mm_storel_epi64((__m128i *)(back + i * TQ_TRELLIS_CTX + p), _mm_packus_epi16(w16, w16));
         }
-        const __m256d ui = _mm256_set1_pd(u[i]);
-        for (int s = 0; s < S; s += 4) {
-            const __m256d bs = b >= 2 ? _mm256_set1_pd(best[s >> b])
-                                      : _mm256_setr_pd(best[s >> 1], best[s >> 1], best[(s >> 1) + 1], best[(s >> 1) + 1]);
-            const __m256d e = _mm256_sub_pd(ui, _mm256_cvtps_pd(_mm_loadu_ps(g->cb + s)));
-            _mm256_store_pd(cost + s, _mm256_add_pd(bs, _mm256_mul_pd(e, e)));
+        const __m256 ui = _mm256_set1_ps(u[i]);
+        for (int s = 0; s < S; s += 8) {
+            /* lane k is state s + k, its context (s >> b) + (k >> b) (s % 8 == 0) */
+            const __m256 bs = b >= 3 ? _mm256_set1_ps(best[s >> b])
+                                     : _mm256_permutevar8x32_ps(_mm256_loadu_ps(best + (s >> b)),
+                                                                _mm256_srli_epi32(lane, b));
+            const __m256 e = _mm256_sub_ps(ui, _mm256_loadu_ps(g->cb + s));
+            _mm256_store_ps(cost + s, _mm256_add_ps(bs, _mm256_mul_ps(e, e)));
         }
     }
     tq_viterbi_trace(g, cost, wrap, back, path);

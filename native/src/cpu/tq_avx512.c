@@ -114,41 +114,41 @@ static int simd_ok(const tq_layout *L) { /* else the scalar kernels */
     return 1;
 }
 
-/* tq_viterbi_ref (tq_avx2.c's twin), 8 states per vector: strict-less masked blends keep the
- * scalar ties, a separate multiply and add keep its doubles. */
-void tq_viterbi_avx512(const tq_group *g, const double *u, int wrap, unsigned *path) {
+/* tq_viterbi_ref (tq_avx2.c's twin), 16 states per vector: strict-less masked blends keep the
+ * scalar ties, a separate multiply and add keep its floats. */
+void tq_viterbi_avx512(const tq_group *g, const float *u, int wrap, unsigned *path) {
     const int b = g->bits, M = g->tmem, m = g->m, S = 1 << (b + M), P = 1 << M;
-    if (P < 8) {
+    if (P < 16) {
         tq_viterbi_ref(g, u, wrap, path);
         return;
     }
-    double cost[1 << TQ_TRELLIS_MAX_STATE] __attribute__((aligned(64)));
-    double best[(1 << TQ_TRELLIS_MAX_MEM) + 8] __attribute__((aligned(64))); /* + 8: the b < 3 loads */
-    memset(best + P, 0, sizeof(double) * 8);
+    float cost[1 << TQ_TRELLIS_MAX_STATE] __attribute__((aligned(64)));
+    float best[(1 << TQ_TRELLIS_MAX_MEM) + 16] __attribute__((aligned(64))); /* + 16: the b < 4 loads */
+    memset(best + P, 0, sizeof(float) * 16);
     uint8_t back[TQ_TRELLIS_MAX_M * TQ_TRELLIS_CTX]; /* (m, contexts) */
     tq_viterbi_first(g, u[0], wrap, cost);
-    const __m512i lane = _mm512_setr_epi64(0, 1, 2, 3, 4, 5, 6, 7);
+    const __m512i lane = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
     for (int i = 1; i < m; i++) {
-        for (int p = 0; p < P; p += 8) {
-            __m512d c = _mm512_load_pd(cost + p);
+        for (int p = 0; p < P; p += 16) {
+            __m512 c = _mm512_load_ps(cost + p);
             __m512i bt = _mm512_setzero_si512();
             for (int t = 1; t < 1 << b; t++) {
-                const __m512d x = _mm512_load_pd(cost + (t << M) + p);
-                const __mmask8 lt = _mm512_cmp_pd_mask(x, c, _CMP_LT_OQ);
-                c = _mm512_mask_blend_pd(lt, c, x);
-                bt = _mm512_mask_blend_epi64(lt, bt, _mm512_set1_epi64(t));
+                const __m512 x = _mm512_load_ps(cost + (t << M) + p);
+                const __mmask16 lt = _mm512_cmp_ps_mask(x, c, _CMP_LT_OQ);
+                c = _mm512_mask_blend_ps(lt, c, x);
+                bt = _mm512_mask_blend_epi32(lt, bt, _mm512_set1_epi32(t));
             }
-            _mm512_store_pd(best + p, c);
-            _mm_storel_epi64((__m128i *)(back + i * TQ_TRELLIS_CTX + p), _mm512_cvtepi64_epi8(bt));
+            _mm512_store_ps(best + p, c);
+            _mm_storeu_si128((__m128i *)(back + i * TQ_TRELLIS_CTX + p), _mm512_cvtepi32_epi8(bt));
         }
-        const __m512d ui = _mm512_set1_pd(u[i]);
-        for (int s = 0; s < S; s += 8) {
-            /* lane k is state s + k, its context (s >> b) + (k >> b) (s % 8 == 0) */
-            const __m512d bs = b >= 3 ? _mm512_set1_pd(best[s >> b])
-                                      : _mm512_permutexvar_pd(_mm512_srli_epi64(lane, (unsigned)b),
-                                                              _mm512_loadu_pd(best + (s >> b)));
-            const __m512d e = _mm512_sub_pd(ui, _mm512_cvtps_pd(_mm256_loadu_ps(g->cb + s)));
-            _mm512_store_pd(cost + s, _mm512_add_pd(bs, _mm512_mul_pd(e, e)));
+        const __m512 ui = _mm512_set1_ps(u[i]);
+        for (int s = 0; s < S; s += 16) {
+            /* lane k is state s + k, its context (s >> b) + (k >> b) (s % 16 == 0) */
+            const __m512 bs = b >= 4 ? _mm512_set1_ps(best[s >> b])
+                                     : _mm512_permutexvar_ps(_mm512_srli_epi32(lane, (unsigned)b),
+                                                             _mm512_loadu_ps(best + (s >> b)));
+            const __m512 e = _mm512_sub_ps(ui, _mm512_loadu_ps(g->cb + s));
+            _mm512_store_ps(cost + s, _mm512_add_ps(bs, _mm512_mul_ps(e, e)));
         }
     }
     tq_viterbi_trace(g, cost, wrap, back, path);
