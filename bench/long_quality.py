@@ -3,6 +3,7 @@ KLD and top-1 agreement on the last N tokens of long windows of the held-out Aus
 A benchmark, not a test.
 
     python bench/long_quality.py --lengths 8192,16384 --configs f16,balanced,llama-f16 [--scored 1024]
+    python bench/long_quality.py --model smollm2 --lengths 4096,8192 --configs f16,balanced+w32
     python bench/long_quality.py --table          # print the table of every result so far
 
 Windows are nested prefixes of one token stream: window L is tokens [start, start+L) of the
@@ -104,7 +105,8 @@ def run_config(cfg: L.Config, toks: np.ndarray, lengths: list[int], n: int, star
         d = acc.pop(ln)
         nll = np.concatenate(d["nll"])
         s = metrics.score(nll)
-        rec = dict(config=cfg.name, label=cfg.label, engine=cfg.engine, length=ln, scored=int(nll.size), start=start,
+        rec = dict(config=cfg.name, label=cfg.label, engine=cfg.engine, model=L.slug(), length=ln,
+                   scored=int(nll.size), start=start,
                    text="austen-eval (Pride & Prejudice + Persuasion)", ppl=s.ppl, ppl_err=s.ppl_err,
                    kv_bytes_per_token=r.kv_bytes_per_token, secs=time.time() - t0, threads=threads, version=VERSION)
         if is_base:
@@ -146,9 +148,12 @@ def run_config(cfg: L.Config, toks: np.ndarray, lengths: list[int], n: int, star
 
 
 def table(recs: list[dict]) -> str:
+    """The latest result per (config, window, scored, start) of the current model (records from before
+    --model existed are Qwen's)."""
     latest = {}
     for r in recs:
-        latest[(r["config"], r["length"], r["scored"], r["start"])] = r
+        if r.get("model", L.MODELS["qwen"][0]) == L.slug():
+            latest[(r["config"], r["length"], r["scored"], r["start"])] = r
     order = list(L.CONFIGS)
     lines = ["| cache | window (tokens) | scored | PPL | KLD vs same engine's f16 | KLD p99.9 | top-1 |",
              "|---|---|---|---|---|---|---|"]
@@ -161,6 +166,8 @@ def table(recs: list[dict]) -> str:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default="qwen", choices=sorted(L.MODELS),
+                   help="the fixture and shipped profiles to measure (SmolLM2-135M's context is 8192)")
     p.add_argument("--lengths", default="8192,16384", help="window lengths (nested prefixes of one stream)")
     p.add_argument("--scored", type=int, default=1024, help="score the last N tokens of each window")
     p.add_argument("--start", type=int, default=0, help="first token of the windows in the evaluation part")
@@ -170,6 +177,7 @@ def main() -> None:
     p.add_argument("--table", action="store_true", help="only print the table of the saved results")
     p.add_argument("--wait-base", action="store_true", help="wait for another run to write the f16 reference")
     args = p.parse_args()
+    L.use_model(args.model)
     res = L.work_dir() / RESULTS
     if args.table:
         print(table(L.read_jsonl(res)))

@@ -7,10 +7,10 @@ A runner appends tokens to one sequence and returns logits only where asked ("no
 low-level batch API (llama_batch logits flags), so a 32k context never allocates n_ctx × vocab
 logits (llama_cpp.Llama(logits_all=True) would: 32768 × 151936 floats = 19 GB).
 
-Files: the base is the f16 conversion of the Qwen2.5-Coder-0.5B fixture that bench/results.py
-makes (~/.cache/kvconvert/results/qwen2.5-coder-0.5b.f16.gguf); each shipped calibrated profile
-is folded into its own f16 conversion of the same fixture (as results.py does), cached under
-~/.cache/kvconvert/bench19/. Profile files compute the same function as the base file, so their
+Files: the base is the f16 conversion of the model's fixture that bench/results.py makes
+(~/.cache/kvconvert/results/<slug>.f16.gguf; Qwen2.5-Coder-0.5B unless a script's --model names
+SmolLM2-135M, whose context is 8k); each shipped calibrated profile is folded into its own f16
+conversion of the same fixture (as results.py does), cached under ~/.cache/kvconvert/bench19/. Profile files compute the same function as the base file, so their
 KLD is against kvconvert's f16-cache run of the base file; llama.cpp configs run the base file
 and are compared with llama.cpp's own f16-cache run.
 """
@@ -26,7 +26,9 @@ from pathlib import Path
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
-SLUG = "qwen2.5-coder-0.5b"
+# --model name → (file slug, fixture getter in kvconvert.testdata.fixtures): the models of bench/results.py
+MODELS = {"qwen": ("qwen2.5-coder-0.5b", "qwen25_coder_gguf"), "smollm2": ("smollm2-135m", "smollm2_gguf")}
+_model = "qwen"
 PROFILES = ("balanced", "long-context", "max-quality")
 # positions a recent window's ring lets a runner rewind (bench/needle.py: question + answer ~40 tokens)
 REWIND = 64
@@ -73,6 +75,24 @@ CONFIGS = _configs()
 BASE_OF = {"kvc": "f16", "llama": "llama-f16"}  # KLD reference per engine
 
 
+def use_model(name: str) -> None:
+    """Point model_file() at another model's fixture and profiles (a script's --model)."""
+    global _model
+    if name not in MODELS:
+        raise SystemExit(f"unknown model {name!r}; known: {', '.join(MODELS)}")
+    _model = name
+
+
+def slug() -> str:
+    return MODELS[_model][0]
+
+
+def _fixture() -> Path:
+    from kvconvert.testdata import fixtures
+
+    return getattr(fixtures, MODELS[_model][1])()
+
+
 def work_dir() -> Path:
     from kvconvert.base.paths import cache_dir
 
@@ -85,19 +105,19 @@ def model_file(which: str) -> Path:
     """The base f16 conversion of the fixture, or a profile folded into one (made once, cached)."""
     from kvconvert import convert
     from kvconvert.base.paths import cache_dir
-    from kvconvert.testdata import fixtures
 
+    name = slug()
     if which == "base":
-        out = cache_dir() / "results" / f"{SLUG}.f16.gguf"  # the file bench/results.py measures
+        out = cache_dir() / "results" / f"{name}.f16.gguf"  # the file bench/results.py measures
         out.parent.mkdir(parents=True, exist_ok=True)
         if not out.exists():
-            convert(fixtures.qwen25_coder_gguf(), out, weights="f16")
+            convert(_fixture(), out, weights="f16")
         return out
-    prof = Path(which) if which.endswith(".json") else REPO / "profiles" / f"{SLUG}-{which}.json"
+    prof = Path(which) if which.endswith(".json") else REPO / "profiles" / f"{name}-{which}.json"
     digest = hashlib.sha256(prof.read_bytes()).hexdigest()[:12]  # a re-searched profile is another file
-    out = work_dir() / f"{SLUG}-{prof.stem.removeprefix(SLUG + '-')}-{digest}.f16.gguf"
+    out = work_dir() / f"{name}-{prof.stem.removeprefix(name + '-')}-{digest}.f16.gguf"
     if not out.exists():
-        convert(fixtures.qwen25_coder_gguf(), out, weights="f16", profile=str(prof))
+        convert(_fixture(), out, weights="f16", profile=str(prof))
     return out
 
 

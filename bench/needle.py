@@ -3,6 +3,7 @@ at several depths of Austen evaluation-text filler, asked back at several contex
 A benchmark, not a test.
 
     python bench/needle.py --contexts 8192,16384,32768 --configs f16,balanced [--docs 2 --needles 6]
+    python bench/needle.py --model smollm2 --contexts 4096,8192 --configs f16,balanced --docs 2
     python bench/needle.py --table
 
 One document per --docs, each holding --needles needle paragraphs ("The pass key for the <colour>
@@ -113,7 +114,7 @@ def run(cfg: L.Config, args, fmt, res: Path) -> None:
                 ans = model.detokenize(L.greedy(r, lg, ANSWER_TOKENS, fmt.stop_ids))
                 r.rewind(mark)
                 depth = (len(head) + s) / ctx_len
-                rec = dict(config=cfg.name, label=cfg.label, doc=d, context=ctx_len, depth=depth, colour=c, key=k,
+                rec = dict(config=cfg.name, label=cfg.label, model=L.slug(), doc=d, context=ctx_len, depth=depth, colour=c, key=k,
                            answer=ans, correct=answer_key(ans) == k, threads=args.threads,
                            secs=time.time() - t0)
                 L.append_jsonl(res, rec)
@@ -124,6 +125,8 @@ def run(cfg: L.Config, args, fmt, res: Path) -> None:
 def table(recs: list[dict]) -> str:
     latest = {}
     for x in recs:
+        if x.get("model", L.MODELS["qwen"][0]) != L.slug():  # records from before --model are Qwen's
+            continue
         latest[(x["config"], x["doc"], x["context"], x["colour"])] = x
     cells: dict = defaultdict(lambda: [0, 0])
     contexts, buckets = set(), set()
@@ -153,6 +156,8 @@ def table(recs: list[dict]) -> str:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default="qwen", choices=sorted(L.MODELS),
+                   help="the fixture and shipped profiles to ask (SmolLM2-135M's context is 8192)")
     p.add_argument("--contexts", default="8192,16384,32768")
     p.add_argument("--configs", default="f16,balanced,long-context,q8_0,llama-f16,llama-q8_0")
     p.add_argument("--docs", type=int, default=1)
@@ -160,6 +165,7 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--table", action="store_true")
     args = p.parse_args()
+    L.use_model(args.model)
     res = L.work_dir() / RESULTS
     if not args.table:
         from kvconvert.runtime.engine import Model

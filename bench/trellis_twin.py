@@ -133,7 +133,7 @@ def trellis_profile(profile: str) -> Path:
     the bench's files."""
     import json
 
-    src = Path(profile) if profile.endswith(".json") else L.REPO / "profiles" / f"{L.SLUG}-{profile}.json"
+    src = Path(profile) if profile.endswith(".json") else L.REPO / "profiles" / f"{L.slug()}-{profile}.json"
     obj = json.loads(src.read_text())
     d = obj["model"]["head_dim"]
     for side in ("k", "v"):  # KConfig.with_codes: layers that cannot take trellis codes keep theirs

@@ -115,3 +115,21 @@ def test_profile_json_configs(tmp_path):
     assert got[2] is longctx.CONFIGS["f16"]
     with pytest.raises(SystemExit, match="unknown config"):
         longctx.parse_configs(str(d / "missing.json"))
+
+
+def test_model_switch_and_per_model_tables():
+    """--model points the files at another fixture's slug (and back); each table shows only its
+    model's records, records from before --model counting as Qwen's; an unknown model is refused."""
+    rec = dict(config="f16", label="kvconvert f16", length=4096, scored=1024, start=0, ppl=20.0, ppl_err=0.1,
+               kld=0.0, kld_p999=0.0, top1=1.0)
+    recs = [rec, {**rec, "model": "smollm2-135m", "ppl": 21.5}]
+    try:
+        assert longctx.slug() == "qwen2.5-coder-0.5b"
+        assert "| 20.000" in long_quality.table(recs) and "21.500" not in long_quality.table(recs)
+        longctx.use_model("smollm2")
+        assert longctx.slug() == "smollm2-135m"
+        assert "| 21.500" in long_quality.table(recs) and "20.000" not in long_quality.table(recs)
+        with pytest.raises(SystemExit, match="unknown model"):
+            longctx.use_model("gpt2")
+    finally:
+        longctx.use_model("qwen")
