@@ -10,9 +10,10 @@ logits (llama_cpp.Llama(logits_all=True) would: 32768 × 151936 floats = 19 GB).
 Files: the base is the f16 conversion of the model's fixture that bench/results.py makes
 (~/.cache/kvconvert/results/<slug>.f16.gguf; Qwen2.5-Coder-0.5B unless a script's --model names
 SmolLM2-135M, whose context is 8k); each shipped calibrated profile is folded into its own f16
-conversion of the same fixture (as results.py does), cached under ~/.cache/kvconvert/bench19/. Profile files compute the same function as the base file, so their
-KLD is against kvconvert's f16-cache run of the base file; llama.cpp configs run the base file
-and are compared with llama.cpp's own f16-cache run.
+conversion of the same fixture (as results.py does), cached under ~/.cache/kvconvert/bench19/.
+Profile files compute the same function as the base file, so their KLD is against kvconvert's
+f16-cache run of the base file; llama.cpp configs run the base file and are compared with
+llama.cpp's own f16-cache run.
 """
 
 from __future__ import annotations

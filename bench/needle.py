@@ -11,7 +11,7 @@ door is 48213. Remember it.", a distinct colour and key each) at fixed fractions
 context, in filler paragraphs of Persuasion (held-out evaluation part; document i starts at
 paragraph 40*i+1). The chat is the model's template: a user turn "Below is a long excerpt ... " +
 the document + the question "What is the pass key for the <colour> door? ...", then the assistant
-turn is decoded greedily (at most 12 tokens, until the end of turn). To save compute, one context
+turn is decoded greedily (at most 24 tokens, until the end of turn). To save compute, one context
 per document and config is prefilled up to the first question point, every needle before it is
 asked (question appended, answer decoded, then rewound to the question point: Context.reset(n_past)
 / llama.cpp's seq_rm), the prefill continues to the next question point, and so on. An answer is
@@ -38,7 +38,9 @@ INTRO = ("Below is a long excerpt from a novel. Hidden in it are several pass ke
 NEEDLE = "The pass key for the {colour} door is {key}. Remember it."
 QUESTION = "What is the pass key for the {colour} door? Answer with the number only."
 FRACTIONS = (0.04, 0.2, 0.37, 0.55, 0.72, 0.9)  # needle positions, as fractions of the longest context
-ANSWER_TOKENS = 12
+# SmolLM2 restates the question before the key, one token per digit: "The pass key for the red door
+# is 621841" is 15 tokens (12 cut it to "621"); Qwen answers with the number alone (7 tokens)
+ANSWER_TOKENS = 24
 RESULTS = "needle.jsonl"
 
 
@@ -114,9 +116,9 @@ def run(cfg: L.Config, args, fmt, res: Path) -> None:
                 ans = model.detokenize(L.greedy(r, lg, ANSWER_TOKENS, fmt.stop_ids))
                 r.rewind(mark)
                 depth = (len(head) + s) / ctx_len
-                rec = dict(config=cfg.name, label=cfg.label, model=L.slug(), doc=d, context=ctx_len, depth=depth, colour=c, key=k,
-                           answer=ans, correct=answer_key(ans) == k, threads=args.threads,
-                           secs=time.time() - t0)
+                rec = dict(config=cfg.name, label=cfg.label, model=L.slug(), doc=d, context=ctx_len, depth=depth,
+                           colour=c, key=k, answer=ans, correct=answer_key(ans) == k, answer_tokens=ANSWER_TOKENS,
+                           threads=args.threads, secs=time.time() - t0)
                 L.append_jsonl(res, rec)
                 print(f"  {cfg.name} doc {d} @ {ctx_len}: depth {depth:.2f} {c} {k} -> {ans!r} "
                       f"{'ok' if rec['correct'] else 'WRONG'} ({time.time() - t0:.0f}s)", flush=True)

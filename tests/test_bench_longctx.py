@@ -129,6 +129,11 @@ def test_model_switch_and_per_model_tables():
         longctx.use_model("smollm2")
         assert longctx.slug() == "smollm2-135m"
         assert "| 21.500" in long_quality.table(recs) and "20.000" not in long_quality.table(recs)
+        ask = dict(config="f16", doc=0, context=4096, depth=0.5, colour="red", correct=True)
+        asks = [ask, {**ask, "model": "smollm2-135m", "correct": False}]
+        assert "| 0/1 |" in needle.table(asks)
+        longctx.use_model("qwen")
+        assert "| 1/1 |" in needle.table(asks)
         with pytest.raises(SystemExit, match="unknown model"):
             longctx.use_model("gpt2")
     finally:
