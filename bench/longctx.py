@@ -26,10 +26,10 @@ from pathlib import Path
 
 import numpy as np
 
+from results import MODELS  # --model name → (file slug, fixture getter): the models bench/results.py measures
+
 REPO = Path(__file__).resolve().parents[1]
-# --model name → (file slug, fixture getter in kvconvert.testdata.fixtures): the models of bench/results.py
-MODELS = {"qwen": ("qwen2.5-coder-0.5b", "qwen25_coder_gguf"), "smollm2": ("smollm2-135m", "smollm2_gguf")}
-_model = "qwen"
+_model = "qwen"  # a key of MODELS (a script's --model)
 PROFILES = ("balanced", "long-context", "max-quality")
 # positions a recent window's ring lets a runner rewind (bench/needle.py: question + answer ~40 tokens)
 REWIND = 64
@@ -89,9 +89,7 @@ def slug() -> str:
 
 
 def _fixture() -> Path:
-    from kvconvert.testdata import fixtures
-
-    return getattr(fixtures, MODELS[_model][1])()
+    return MODELS[_model][1]()
 
 
 def work_dir() -> Path:
