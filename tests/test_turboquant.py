@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from kvconvert.kvcache import _codebooks
+from kvconvert.kvcache import tq_rotation
 from kvconvert.kvcache import turboquant as tq
 
 PUBLISHED = {1: 0.363, 2: 0.117, 3: 0.0345, 4: 0.0095}
@@ -145,7 +146,7 @@ def test_signs_deterministic_and_distinct():
 
 def _block_hadamard(m: int) -> np.ndarray:
     h = np.zeros((m, m))
-    for off, size in tq._blocks(m):
+    for off, size in tq_rotation._blocks(m):
         b = np.ones((1, 1))
         while b.shape[0] < size:
             b = np.block([[b, b], [b, -b]])
@@ -158,7 +159,7 @@ def _mix_matrix(m: int) -> np.ndarray:
     exact fractions: element r of a block of size B sits at (r + 1/2)/B of the sequence, ties by block)."""
     from fractions import Fraction
 
-    keys = sorted((Fraction(2 * r + 1, 2 * size), b, off + r) for b, (off, size) in enumerate(tq._blocks(m))
+    keys = sorted((Fraction(2 * r + 1, 2 * size), b, off + r) for b, (off, size) in enumerate(tq_rotation._blocks(m))
                   for r in range(size))
     p = np.zeros((m, m))
     for j, (_, _, i) in enumerate(keys):
@@ -184,14 +185,14 @@ def test_rotation_orthonormal_and_inverse(m):
 
 
 def test_rotation_blocks():
-    assert tq._blocks(96) == [(0, 64), (64, 32)]
-    assert tq._blocks(48) == [(0, 32), (32, 16)]
-    assert tq._blocks(64) == [(0, 64)]
-    assert tq._blocks(200) == [(0, 128), (128, 64), (192, 8)]
-    assert tq._mix_order(64) is None
-    assert tq._mix_order(48)[:6].tolist() == [0, 32, 1, 2, 33, 3]  # 2:1 interleave of the 32 and 16 blocks
+    assert tq_rotation._blocks(96) == [(0, 64), (64, 32)]
+    assert tq_rotation._blocks(48) == [(0, 32), (32, 16)]
+    assert tq_rotation._blocks(64) == [(0, 64)]
+    assert tq_rotation._blocks(200) == [(0, 128), (128, 64), (192, 8)]
+    assert tq_rotation._mix_order(64) is None
+    assert tq_rotation._mix_order(48)[:6].tolist() == [0, 32, 1, 2, 33, 3]  # 2:1 interleave of the 32 and 16 blocks
     for m in (48, 56, 96, 200):
-        assert sorted(tq._mix_order(m).tolist()) == list(range(m))
+        assert sorted(tq_rotation._mix_order(m).tolist()) == list(range(m))
     # energy in one block alone reaches every block (a block-diagonal rotation would keep it in 64..95)
     x = np.zeros(96, np.float32)
     x[64:] = np.random.default_rng(0).standard_normal(32)
@@ -215,7 +216,7 @@ def test_mixing_equalizes_uneven_blocks(m):
         return np.mean(np.sum((dec - v) ** 2, 1) / np.sum(v * v, 1))
 
     sg = tq.signs(5, 0, 0, 0, m)
-    y = tq._wht(x * sg)  # block-diagonal rotation: quantize y with the same codebook and fp16-free scale
+    y = tq_rotation._wht(x * sg)  # block-diagonal rotation: quantize y with the same codebook and fp16-free scale
     c, bounds = tq.codebook(m, 3), tq._boundaries(m, 3)
     u = y / np.linalg.norm(y, axis=1, keepdims=True)
     chat = c[np.searchsorted(bounds, u)]

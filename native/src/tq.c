@@ -54,7 +54,7 @@ void tq_wht(float *v, int m) {
  * every old block a share proportional to the old block's size, so after a second
  * block transform every coordinate carries ~1/m of the energy even when the
  * blocks' energies differ (the calibrated channel order sorts them, so they do).
- * order (m): z[j] = y[order[j]]. Same order as turboquant._mix_order. */
+ * order (m): z[j] = y[order[j]]. Same order as tq_rotation._mix_order. */
 void tq_mix_order(int m, int16_t *order) {
     int S = 1, n = 0;
     while (S * 2 <= m) S *= 2;
@@ -157,7 +157,7 @@ static int group_init(tq_group *g, int m, int bits, int qjl, const float *cb, in
         g->mix_signs = malloc(sizeof(float) * (size_t)m);
         if (!g->mix || !g->mix_signs) return KVC_ERR_NOMEM;
         tq_mix_order(m, g->mix);
-        tq_signs(0, 0, 0, 2, m, g->mix_signs); /* fixed per m (turboquant._mix_signs) */
+        tq_signs(0, 0, 0, 2, m, g->mix_signs); /* fixed per m (tq_rotation._mix_signs) */
     }
     return KVC_OK;
 }
