@@ -2,7 +2,7 @@
 per cache config, compared position by position with the same engine's f16-cache continuation.
 A benchmark, not a test.
 
-    python bench/agreement.py [--configs all] [--tokens 128] [--threads 2]
+    python bench/agreement.py [--configs all] [--tokens 128] [--threads 2] [--model smollm2]
     python bench/agreement.py --table
 
 Prompts go through the model's chat template (it is an instruct model); decoding is greedy
@@ -11,7 +11,7 @@ end-of-turn token. Per config: the mean length of the prefix identical to the re
 of the reference's positions holding the same token, and how many continuations are identical.
 kvconvert configs decode the 20 prompts as one batch (runtime BatchDecoder: each sequence gets
 what it would get alone); llama.cpp configs one prompt after another. Token ids are saved to
-~/.cache/kvconvert/bench19/agreement.json.
+~/.cache/kvconvert/bench19/agreement.json (Qwen; another --model: agreement-<slug>.json).
 """
 
 from __future__ import annotations
@@ -117,17 +117,20 @@ def table(saved: dict, stops: set[int]) -> str:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default="qwen", choices=sorted(L.MODELS),
+                   help="the fixture and shipped profiles to generate with")
     p.add_argument("--configs", default="all")
     p.add_argument("--tokens", type=int, default=128)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--table", action="store_true")
     args = p.parse_args()
+    L.use_model(args.model)
     from kvconvert.runtime.engine import Model
     from kvconvert.serving.chat import ChatFormat
 
     fmt = ChatFormat.for_model(Model(L.model_file("base")))
     prompts = [fmt.tokenize_chat([{"role": "user", "content": x}]) for x in PROMPTS]
-    path = L.work_dir() / RESULTS
+    path = L.work_dir() / (RESULTS if args.model == "qwen" else f"agreement-{L.slug()}.json")
     saved = json.loads(path.read_text()) if path.exists() else {"tokens": {}, "meta": {}}
     if saved.get("prompts") not in (None, prompts) or saved.get("n_tokens") not in (None, args.tokens):
         saved = {"tokens": {}, "meta": {}}
