@@ -68,7 +68,7 @@ static int simd_ok(const tq_layout *L) { /* else the scalar kernels (trellis cod
 }
 
 /* centroid values (scaled per group) of one row into vals (d): decoded once, used by every query */
-KVC_INLINE void decode_row(const tq_layout *L, const cb_tbl *tb, const uint8_t *row, float *vals) {
+KVC_INLINE void neon_decode_row(const tq_layout *L, const cb_tbl *tb, const uint8_t *row, float *vals) {
     int start = 0;
     for (int k = 0; k < L->n_groups; k++) {
         const tq_group *g = &L->g[k];
@@ -132,7 +132,7 @@ void tq_score_neon(const tq_layout *L, const tq_query *q, int nq, int grp, int n
          * hsum_f32x4 uses for a single key, and store the visible ones */
         float blk[8 * TQ_MAX_DIM]; /* (8, d) */
         for (; j + 8 <= n; j += 8) {
-            for (int k = 0; k < 8; k++) decode_row(L, tb, rows + (size_t)(j + k) * L->row_bytes, blk + k * d);
+            for (int k = 0; k < 8; k++) neon_decode_row(L, tb, rows + (size_t)(j + k) * L->row_bytes, blk + k * d);
             for (int r = tq_first_seeing(j, grp, n0); r < nq; r++) {
                 const float *qr = q->qr + (size_t)r * d; /* (d) */
                 float32x4_t a[8];
@@ -160,7 +160,7 @@ void tq_score_neon(const tq_layout *L, const tq_query *q, int nq, int grp, int n
     float vals[TQ_MAX_DIM];
     for (; j < n; j++) {
         const uint8_t *row = rows + (size_t)j * L->row_bytes;
-        decode_row(L, tb, row, vals);
+        neon_decode_row(L, tb, row, vals);
         for (int r = tq_first_seeing(j, grp, n0); r < nq; r++) {
             const float *qr = q->qr + (size_t)r * d; /* (d) */
             float32x4_t acc = vdupq_n_f32(0.0f);
@@ -204,7 +204,7 @@ void tq_accum_neon(const tq_layout *L, const float *p, int ldp, int nq, int grp,
     float blk[8 * TQ_MAX_DIM]; /* (8, d) */
     for (int j = 0; j < n; j += 8) {
         const int nb = n - j < 8 ? n - j : 8;
-        for (int k = 0; k < nb; k++) decode_row(L, tb, rows + (size_t)(j + k) * L->row_bytes, blk + k * d);
+        for (int k = 0; k < nb; k++) neon_decode_row(L, tb, rows + (size_t)(j + k) * L->row_bytes, blk + k * d);
         for (int r = tq_first_seeing(j, grp, n0); r < nq; r++) {
             const int cnt = tq_visible(r, grp, n0) - j;
             axpy_rows(d, cnt < nb ? cnt : nb, p + (size_t)r * ldp + j, blk, acc + (size_t)r * d);
