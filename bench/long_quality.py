@@ -152,7 +152,7 @@ def table(recs: list[dict]) -> str:
     --model existed are Qwen's)."""
     latest = {}
     for r in recs:
-        if r.get("model", L.MODELS["qwen"][0]) == L.slug():
+        if L.is_current(r):
             latest[(r["config"], r["length"], r["scored"], r["start"])] = r
     order = list(L.CONFIGS)
     lines = ["| cache | window (tokens) | scored | PPL | KLD vs same engine's f16 | KLD p99.9 | top-1 |",

@@ -88,6 +88,11 @@ def slug() -> str:
     return MODELS[_model][0]
 
 
+def is_current(rec: dict) -> bool:
+    """Whether a saved result record is of the current model (records from before --model are Qwen's)."""
+    return rec.get("model", MODELS["qwen"][0]) == slug()
+
+
 def _fixture() -> Path:
     return MODELS[_model][1]()
 

@@ -127,7 +127,7 @@ def run(cfg: L.Config, args, fmt, res: Path) -> None:
 def table(recs: list[dict]) -> str:
     latest = {}
     for x in recs:
-        if x.get("model", L.MODELS["qwen"][0]) != L.slug():  # records from before --model are Qwen's
+        if not L.is_current(x):
             continue
         latest[(x["config"], x["doc"], x["context"], x["colour"])] = x
     cells: dict = defaultdict(lambda: [0, 0])
