@@ -84,7 +84,7 @@ def main() -> None:
                 for v in ("auto", "f16"):
                     r = evaluate(out, etext, text_name=ename, n_ctx=args.ctx, n_chunks=args.chunks, type_v=v,
                                  kld_base=logp[ename])
-                    cells.append(f"{r.kld:.4f} ({r.top1:.3f})")
+                    cells.append(f"{r.kld:.5f} ({r.top1:.3f})")
             rows.append(f"| {cname} | {cal.n_tokens} | {kb:.2f} / {vb:.2f} | " + " | ".join(cells) +
                         f" | {t_cal:.0f} + {t_search:.0f} s |")
             print(rows[-1], flush=True)
