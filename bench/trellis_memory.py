@@ -30,9 +30,8 @@ def mse(u: np.ndarray, y: np.ndarray) -> float:
 def lloyd_max(u: np.ndarray, bits: int) -> np.ndarray:
     """The scalar code of the same bits for unit-variance coordinates (the cache's codebook, scaled by √m)."""
     m = u.shape[1]
-    c = np.asarray(tq.codebook(m, bits), dtype=np.float64) * np.sqrt(m)
-    edges = (c[1:] + c[:-1]) / 2
-    return c[np.searchsorted(edges, u)]
+    codes = np.searchsorted(tq.boundaries(m, bits), u / np.sqrt(m), side="left")
+    return tq.codebook(m, bits).astype(np.float64)[codes] * np.sqrt(m)
 
 
 def main() -> None:

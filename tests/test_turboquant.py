@@ -217,7 +217,7 @@ def test_mixing_equalizes_uneven_blocks(m):
 
     sg = tq.signs(5, 0, 0, 0, m)
     y = tq_rotation._wht(x * sg)  # block-diagonal rotation: quantize y with the same codebook and fp16-free scale
-    c, bounds = tq.codebook(m, 3), tq._boundaries(m, 3)
+    c, bounds = tq.codebook(m, 3), tq.boundaries(m, 3)
     u = y / np.linalg.norm(y, axis=1, keepdims=True)
     chat = c[np.searchsorted(bounds, u)]
     s = np.sum(y * chat, 1) / np.sum(chat * chat, 1)

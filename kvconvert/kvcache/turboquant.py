@@ -342,7 +342,9 @@ def _values(codes: np.ndarray, gc: GroupConfig) -> np.ndarray:
 
 
 @lru_cache(maxsize=None)
-def _boundaries(m: int, bits: int) -> np.ndarray:
+def boundaries(m: int, bits: int) -> np.ndarray:
+    """Lloyd–Max decision boundaries (float64, (2^bits − 1,)): the midpoints of codebook(m, bits); a unit
+    coordinate's code is the number of boundaries below it. Read-only array."""
     c = codebook(m, bits).astype(np.float64)
     b = (c[:-1] + c[1:]) / 2
     b.flags.writeable = False
@@ -441,7 +443,7 @@ def encode_group(x_g: np.ndarray, gc: GroupConfig, seed: int, layer: int, group:
         codes = trellis.symbols(path, gc.bits).astype(np.uint16)
         cq = c.astype(np.float64)[path]
     else:
-        codes = np.searchsorted(_boundaries(gc.m, gc.bits), u, side="left").astype(np.uint16)
+        codes = np.searchsorted(boundaries(gc.m, gc.bits), u, side="left").astype(np.uint16)
         cq = c.astype(np.float64)[codes]
     s16 = stored_scale(fit_scale(y64, cq, scale), scale_base)
     enc = Encoded(codes=codes, scale=s16)
