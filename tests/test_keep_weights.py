@@ -1,8 +1,9 @@
 """Issue 16, deliverable 1: `--weights keep` patches a GGUF in place — every tensor byte for
 byte, only kvconvert.* metadata added, K→Q smoothing applied by the runtime from metadata.
 
-Tiny random models test exactness (f32 weights: the kept file with runtime smoothing and the
-re-encoded file with folded smoothing compute the same numbers); the real fixtures test the
+Tiny random models test exactness (f32 weights: with exact caches the kept file with runtime
+smoothing computes the original's numbers; with TurboQuant caches it agrees with the re-encoded
+file with folded smoothing to 5% of the cache's own error — the products' rounding differs); the real fixtures test the
 claims users care about (llama.cpp's logits bit-identical, the file grows only by metadata,
 kvconvert's runtime within a stated tolerance of a re-encoded file)."""
 
@@ -73,9 +74,15 @@ def test_keep_is_byte_for_byte_and_matches_the_reencoded_file(tiny_models, f32_g
     toks = list(np.random.default_rng(6).integers(0, src.args.vocab_size, 40))
     ref = logits(folded, toks)  # caches from metadata: tq with permutation, centering, sinks
     got = logits(kept.output, toks)
-    assert np.abs(got - ref).max() <= 1e-4 * np.abs(ref).max()
-    # smoothing really is applied: without it the tq cache sees other K values
     plain = logits(gg, toks, type_k="f32", type_v="f32")  # (the kept file's V centering changes only rounding)
+    # the runtime scales the products (W_k x + b_k) / s where the folded file stores W_k / s: the same K up to
+    # float rounding, which can move a code across a decision boundary — so the two agree to a small part of
+    # the cache's own error (measured 1%: RMS 0.004 vs 0.42 on qwen2-hd64), not bit for bit
+    rms = lambda x: float(np.sqrt(np.mean(np.square(x, dtype=np.float64))))  # noqa: E731
+    assert rms(got - ref) <= 0.05 * rms(ref - plain), (rms(got - ref), rms(ref - plain))
+    # with exact caches the smoothing is exact: q·k is unchanged
+    assert np.abs(logits(kept.output, toks, type_k="f32", type_v="f32") - plain).max() <= 2e-5 * np.abs(plain).max()
+    # smoothing really is applied: without it the tq cache sees other K values
     assert np.abs(logits(kept.output, toks, smoothing=False, type_k="f32", type_v="f32") - plain).max() <= \
         2e-5 * np.abs(plain).max()
     assert np.abs(logits(kept.output, toks, smoothing=False) - ref).max() > 1e-3 * np.abs(ref).max()

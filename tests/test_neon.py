@@ -14,7 +14,7 @@ Tolerances (stated once, used below):
     order only; the x86 SIMD kernels' tolerance in test_kernels.py).
   * gemm: identical to a loop over vec_dot of the same build.
   * vector ops (as test_runtime_ops.py): softmax and rms_norm rtol 1e-6 (the
-    sums' order); silu_mul, axpy and scale bit-exact.
+    sums' order); silu_mul, axpy, scale and axpy_rows bit-exact.
   * TurboQuant score: |neon - scalar| <= 1e-5 * (sum|qr| * max|c s| + sum|w| *
     max|rnorm| * qjl_c) (test_tq_native.py's float32 summation-order bound for
     random rows; c: centroids, s: group scales); accumulate: <= 1e-5 * max|c s|
@@ -241,7 +241,7 @@ def test_dequantize_bit_exact(arm, t):
 # ---------------- vector ops ----------------
 
 VEC_SIZES = [1, 7, 8, 9, 64, 100, 4099]
-OPS = ["softmax", "rms_norm", "silu_mul", "axpy", "scale"]  # kvc_vec_ops field order
+OPS = ["softmax", "rms_norm", "silu_mul", "axpy", "scale", "axpy_rows"]  # kvc_vec_ops field order
 
 
 def exp_ties() -> np.ndarray:
@@ -259,7 +259,7 @@ def exp_ties() -> np.ndarray:
 
 def vec_tables(arm: Machine) -> dict[str, dict[str, int]]:
     ref = arm.call("kvc_neon_test_vec_ref")
-    return {name: dict(zip(OPS, (int(p) for p in arm.read(base, np.uint64, 5))))
+    return {name: dict(zip(OPS, (int(p) for p in arm.read(base, np.uint64, len(OPS)))))
             for name, base in (("ref", ref), ("neon", arm.symbols["kvc_vec_ops_neon"]))}
 
 
@@ -284,10 +284,15 @@ def test_vec_ops(arm, n):
         res[impl] += [arm.read(out, np.float32, n), arm.read(y, np.float32, n)]
         arm.call(fn["scale"], n, np.float32(-1.7), y)
         res[impl].append(arm.read(y, np.float32, n))
+        rows = [arm.alloc(f32(rng_rows.uniform(-1, 1, n))) for rng_rows in [np.random.default_rng(n + k)
+                                                                         for k in range(7)]]
+        coef = arm.alloc(f32(np.arange(7) * 9.5 - 30))
+        arm.call(fn["axpy_rows"], n, 7, coef, arm.alloc(np.array(rows, np.uint64)), y)
+        res[impl].append(arm.read(y, np.float32, n))
     (sm, rms, *exact), (sm0, rms0, *exact0) = res["neon"], res["ref"]
     np.testing.assert_allclose(sm, sm0, rtol=1e-6, atol=1e-12)  # only the sum's order differs
     np.testing.assert_allclose(rms, rms0, rtol=1e-6)
-    for got, want in zip(exact, exact0):  # silu_mul, axpy, scale
+    for got, want in zip(exact, exact0):  # silu_mul, axpy, scale, axpy_rows
         np.testing.assert_array_equal(got.view(np.uint32), want.view(np.uint32))
 
 

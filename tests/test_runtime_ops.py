@@ -88,8 +88,30 @@ def test_axpy_bit_exact(n):
         np.testing.assert_array_equal(y2, y_ref)
 
 
+@pytest.mark.parametrize("n", SIZES)
+@pytest.mark.parametrize("r", [1, 2, 7, 64])
+def test_axpy_rows_bit_exact(n, r):
+    """y += sum_k a[k] x[k] (the K-centering correction of kv_cache.c): the scalar twin against float64
+    numpy (rtol 1e-6 of the sum of |terms|), every SIMD variant bit-exact against the twin (one fused
+    multiply-add per row, rows in order, per element)."""
+    rng = np.random.default_rng(1000 * r + n)
+    a = (rng.standard_normal(r) * 30).astype(np.float32)  # Qwen-like mean coefficients: large
+    x = rng.uniform(-1, 1, (r, n)).astype(np.float32)  # cos / sin rows
+    y = (rng.standard_normal(n) * 10).astype(np.float32)
+    y_ref = y.copy()
+    assert lib.kvc_op_axpy_rows(SCALAR, n, r, fp(a), fp(x), fp(y_ref)) == 0
+    terms = a.astype(np.float64)[:, None] * x
+    bound = 1e-6 * (np.abs(terms).sum(0) + np.abs(y))
+    assert np.all(np.abs(y_ref - (y + terms.sum(0))) <= bound)
+    for impl in simd_impls():
+        y2 = y.copy()
+        assert lib.kvc_op_axpy_rows(impl, n, r, fp(a), fp(x), fp(y2)) == 0
+        np.testing.assert_array_equal(y2, y_ref)
+
+
 def test_bad_arguments():
     x = np.zeros(4, np.float32)
+    assert lib.kvc_op_axpy_rows(SCALAR, 4, 0, fp(x), fp(x), fp(x)) == 1
     assert lib.kvc_op_softmax(SCALAR, 0, fp(x)) == 1
     assert lib.kvc_op_softmax(99, 4, fp(x)) == 3
     assert lib.kvc_op_axpy(SCALAR, 4, 1.0, ffi.NULL, fp(x)) == 1

@@ -130,7 +130,7 @@ class Model:
     """A GGUF loaded into the native engine."""
 
     def __init__(self, path: str | os.PathLike | ModelSource, smoothing: bool = True):
-        """smoothing: apply the file's K→Q smoothing (kvconvert.k_cache.smooth) to W_q/W_k; False runs
+        """smoothing: apply the file's K→Q smoothing (kvconvert.k_cache.smooth) to the q and k products; False runs
         the weights exactly as stored (calibration measures those)."""
         src = path if isinstance(path, ModelSource) else load_model(path)
         self._smoothing = smoothing
@@ -244,38 +244,29 @@ class Model:
 
     def _smooth(self, layers, tensors, k_smooth: np.ndarray) -> None:
         """K→Q smoothing from metadata (a file patched with --weights keep, docs/design.md §2):
-        rows of pair j of KV head g divided by s[l, g, j] in W_k/b_k and multiplied by it in
-        W_q/b_q of the group's query heads, on float32 copies of those tensors (the file's own
-        stay untouched; exact, as a per-pair scale commutes with RoPE). Layers whose scales
-        are all 1 keep their tensors."""
-        from ..formats.gguf_io import dequantize
-        from ..formats.gguf_keys import HF
-
+        rows of pair j of KV head g divided by s[l, g, j] in k and multiplied by it in q of the
+        group's query heads — as per-row scales of the q and k products (kvc_layer_desc.q_scale,
+        k_scale), so the weights run as stored (quantized, their own kernels) and no float copy
+        of W_q/W_k is made. Exact, as a per-pair scale commutes with RoPE. QK-norm families scale
+        the norm gains instead. Layers whose scales are all 1 get none."""
         a, arch = self.args, self.source.arch
         H, Hk = a.num_attention_heads, a.num_key_value_heads
-        specs = {spec.hf: spec for spec in self.source.specs}
         for layer, s in enumerate(np.asarray(k_smooth, dtype=np.float64)):
             if np.all(s == 1):
                 continue
             # (Hk, P) pair scales → one factor per row, in the file's channel order
             rows = np.concatenate([s, s], -1) if arch.gguf_rope_pairing == "neox" else np.repeat(s, 2, -1)
-            scale = {"q": np.repeat(rows, H // Hk, 0).reshape(-1), "k": 1.0 / rows.reshape(-1)}
             if arch.qk_norm:  # q and k are normalised per head after W_q/W_k: the scales go into the gains
                 self._smooth_qk_norm(layers[layer], layer, rows, tensors)
                 continue
-            for kind, proj in (("q", HF.Q), ("k", HF.K)):
-                for suffix in ("weight", "bias"):
-                    spec = specs.get(f"{proj.format(bid=layer)}.{suffix}")
-                    if spec is None:
-                        continue
-                    w = dequantize(tensors[spec.gguf]).astype(np.float64)
-                    w = w * (scale[kind][:, None] if w.ndim == 2 else scale[kind])
-                    self._tensor_array(getattr(layers[layer], f"{suffix[0]}{kind}"), spec.gguf,
-                                       np.ascontiguousarray(w, dtype=np.float32))
+            q_scale = np.repeat(rows, H // Hk, 0).reshape(-1)
+            for slot, scale in (("q_scale", q_scale), ("k_scale", 1.0 / rows.reshape(-1))):
+                self._tensor_array(getattr(layers[layer], slot), f"blk.{layer}.{slot}",
+                                   np.ascontiguousarray(scale, dtype=np.float32))
 
     def _smooth_qk_norm(self, layer_desc, layer: int, rows: np.ndarray, tensors) -> None:
         """QK-norm families (docs/design.md §2): q_norm times, k_norm divided by the layer's per-pair
-        scales (rows (Hk, d), the same for every KV head) — on float32 copies, as _smooth."""
+        scales (rows (Hk, d), the same for every KV head), on float32 copies of the gains."""
         from ..formats.gguf_io import dequantize
 
         if not np.allclose(rows, rows[:1]):

@@ -95,6 +95,11 @@ typedef struct {
     kvc_tensor q_norm, k_norm, attn_post_norm, ffn_post_norm;
     int window;              /* 0: global attention; else a query sees keys at distance < window */
     const float *rope_freqs; /* (head_dim/2) this layer's RoPE angles per position, or NULL: the model's */
+    /* Optional per-row output scales (F32, data == NULL when absent): q = (W_q x + b_q) * q_scale and
+     * k = (W_k x + b_k) * k_scale row by row, before QK-norm and RoPE — the K→Q smoothing of a file
+     * patched with its own weights, applied to the products so the weights stay as stored.
+     * (n_head * head_dim) and (n_head_kv * head_dim); both or neither; CPU backend only. */
+    kvc_tensor q_scale, k_scale;
 } kvc_layer_desc;
 
 enum { KVC_ROPE_NEOX = 0, KVC_ROPE_INTERLEAVED = 1 };
@@ -272,6 +277,8 @@ int kvc_op_silu_mul(int impl, int n, const float *g, const float *u, float *out)
 /* gelu(g) * u with GELU's tanh approximation (GeGLU); scalar only, impl must be SCALAR or AUTO */
 int kvc_op_gelu_mul(int impl, int n, const float *g, const float *u, float *out);
 int kvc_op_axpy(int impl, int n, float a, const float *x, float *y);  /* y += a * x */
+/* y (n) += sum_k a[k] * x[k] over the r rows of x (r, n), 1 <= r <= 1024 */
+int kvc_op_axpy_rows(int impl, int n, int r, const float *a, const float *x, float *y);
 /* One key tile of flash attention (native/src/attn.h states the formulas): scale for the scores, qt (D, 64) queries
  * transposed, k and v (kc, D), lo and hi (nq) each row's visible keys of the tile (both NULL:
  * all), m and l (64) running max and sum, o (nq, D) running output, st (kc, 64) scratch;

@@ -164,6 +164,16 @@ int kvc_op_axpy(int impl, int n, float a, const float *x, float *y) {
     return KVC_OK;
 }
 
+int kvc_op_axpy_rows(int impl, int n, int r, const float *a, const float *x, float *y) {
+    const kvc_vec_ops *o = kvc_vec_ops_for(impl);
+    if (!o) return KVC_ERR_UNSUPPORTED;
+    if (n <= 0 || r <= 0 || r > 1024 || !a || !x || !y) return KVC_ERR_INVALID;
+    const float *rows[1024];
+    for (int k = 0; k < r; k++) rows[k] = x + (size_t)k * n;
+    o->axpy_rows(n, r, a, rows, y);
+    return KVC_OK;
+}
+
 int kvc_op_attn_tile(int impl, int nq, int D, int kc, float scale, const float *qt, const float *k, const float *v, const int *lo,
                      const int *hi, float *m, float *l, float *o, float *st) {
     const kvc_kernel_table *t;

@@ -66,6 +66,8 @@ void kvc_model_free(kvc_model *m) {
             free(l->bo);
             free(l->q_norm);
             free(l->k_norm);
+            free(l->q_scale);
+            free(l->k_scale);
             free(l->attn_post_norm);
             free(l->ffn_post_norm);
         }
@@ -172,6 +174,10 @@ int kvc_model_create(const kvc_model_desc *d, kvc_model **out, char *err, int er
         TRY(vector(&ld->k_norm, d->head_dim, 1, &l->k_norm, err, err_len));
         if (!l->q_norm != !l->k_norm)
             TRY(kvc_fail(err, err_len, KVC_ERR_INVALID, "layer %d: q_norm and k_norm come together", i));
+        TRY(vector(&ld->q_scale, QD, 1, &l->q_scale, err, err_len));
+        TRY(vector(&ld->k_scale, KD, 1, &l->k_scale, err, err_len));
+        if (!l->q_scale != !l->k_scale)
+            TRY(kvc_fail(err, err_len, KVC_ERR_INVALID, "layer %d: q_scale and k_scale come together", i));
         TRY(vector(&ld->attn_post_norm, E, 1, &l->attn_post_norm, err, err_len));
         TRY(vector(&ld->ffn_post_norm, E, 1, &l->ffn_post_norm, err, err_len));
         if (!l->attn_post_norm != !l->ffn_post_norm)

@@ -23,6 +23,7 @@ typedef struct {
     float *attn_norm, *ffn_norm; /* (E) owned copies */
     float *bq, *bk, *bv, *bo;    /* (H*D) (Hk*D) (Hk*D) (E) or NULL */
     float *q_norm, *k_norm;      /* (D) QK-norm gains or NULL */
+    float *q_scale, *k_scale;    /* (H*D) (Hk*D) per-row scales of the q and k products, or NULL (kvc.h) */
     float *attn_post_norm, *ffn_post_norm; /* (E) or NULL (both or neither) */
     tview wq, wk, wv, wo, gate, up, down;
     int window;                  /* 0: global; else keys at distance < window */

@@ -1,5 +1,5 @@
 /* vec.h — small float vector ops of the forward pass (norms, softmax, SwiGLU,
- * axpy, scale): their signatures as one group of function pointers, one group
+ * axpy, scale, axpy_rows): their signatures as one group of function pointers, one group
  * per instruction set (the kernel table of kernels.h points at it), and the
  * exp both variants share.
  *
@@ -21,6 +21,10 @@ typedef struct {
     void (*silu_mul)(int n, const float *g, const float *u, float *out); /* silu(g) * u */
     void (*axpy)(int n, float a, const float *x, float *y);             /* y += a * x */
     void (*scale)(int n, float a, float *x);                            /* x *= a */
+    /* y += sum_k a[k] * x[k] over r >= 1 rows x[k] (n each): per element one fused multiply-add per
+     * row, rows in order, so every variant gives the scalar twin's bits (the K-centering correction
+     * of kv_cache.c: y a query's scores, x[k] the cos or sin of a RoPE pair at each key) */
+    void (*axpy_rows)(int n, int r, const float *a, const float *const *x, float *y);
 } kvc_vec_ops;
 
 extern const kvc_vec_ops kvc_vec_ops_ref;  /* vec_ref.c: the scalar twins */

@@ -44,4 +44,12 @@ static void scale_ref(int n, float a, float *x) { /* x: (n) in place */
     for (int i = 0; i < n; i++) x[i] *= a;
 }
 
-const kvc_vec_ops kvc_vec_ops_ref = {softmax_ref, rms_norm_ref, silu_mul_ref, axpy_ref, scale_ref};
+static void axpy_rows_ref(int n, int r, const float *a, const float *const *x, float *y) { /* a: (r); x[k], y: (n) */
+    for (int i = 0; i < n; i++) {
+        float acc = y[i];
+        for (int k = 0; k < r; k++) acc = fmaf(a[k], x[k][i], acc);
+        y[i] = acc;
+    }
+}
+
+const kvc_vec_ops kvc_vec_ops_ref = {softmax_ref, rms_norm_ref, silu_mul_ref, axpy_ref, scale_ref, axpy_rows_ref};

@@ -34,6 +34,7 @@ struct twin {
     kvc_tq_layer tk, tv;
     int rope_src[TQ_MAX_DIM / 2];
     float rope_freqs[TQ_MAX_DIM / 2];
+    float *rope_all; /* (n_ctx, D/2, 2): the table as the Metal host lays it out */
 };
 
 int twin_create(const twin_cfg *g, twin **out) {
@@ -72,13 +73,19 @@ int twin_create(const twin_cfg *g, twin **out) {
     t->scratch.vrow = malloc(sizeof(float) * (size_t)D);
     char err[256];
     int st = kv_init(&t->c, &p, err, sizeof err);
-    if (st == KVC_OK && t->c.rope_all) /* (C, D/2, 2) cos, sin of position × each column's frequency */
-        for (int pos = 0; pos < g->n_ctx; pos++)
+    if (st == KVC_OK && t->c.rope_cols) { /* cos, sin of position × each column's frequency: the CPU's
+                                           * (D, C) columns and the Metal host's (C, D/2, 2) rows */
+        t->rope_all = malloc(sizeof(float) * (size_t)g->n_ctx * D);
+        if (!t->rope_all) st = KVC_ERR_NOMEM;
+        for (int pos = 0; t->rope_all && pos < g->n_ctx; pos++)
             for (int j = 0; j < P; j++) {
                 double a = (double)pos * (double)t->rope_freqs[j];
-                t->c.rope_all[((size_t)pos * P + j) * 2] = (float)cos(a);
-                t->c.rope_all[((size_t)pos * P + j) * 2 + 1] = (float)sin(a);
+                t->rope_all[((size_t)pos * P + j) * 2] = (float)cos(a);
+                t->rope_all[((size_t)pos * P + j) * 2 + 1] = (float)sin(a);
+                t->c.rope_cols[(size_t)2 * j * g->n_ctx + pos] = (float)cos(a);
+                t->c.rope_cols[(size_t)(2 * j + 1) * g->n_ctx + pos] = (float)sin(a);
             }
+    }
     *out = t;
     return st;
 }
@@ -117,13 +124,13 @@ const uint8_t *twin_rows(const twin *t, int kind) { return kind ? t->c.kv[0].v :
 size_t twin_row_bytes(const twin *t, int kind) { return kind ? t->c.v_rb[0] : t->c.k_rb[0]; }
 const uint16_t *twin_sink(const twin *t, int kind) { return kind ? t->c.v_sink : t->c.k_sink; }
 const tq_layout *twin_layout(const twin *t, int kind) { return kind ? t->c.tq_v : t->c.tq_k; }
-const float *twin_rope_all(const twin *t) { return t->c.rope_all; }
+const float *twin_rope_all(const twin *t) { return t->rope_all; }
 const float *twin_k_mean(const twin *t) { return t->c.k_mean; }
 const int *twin_k_pairs(const twin *t) { return t->c.k_pairs; }
 const float *twin_v_mean(const twin *t) { return t->c.v_mean; }
 
 void twin_free(twin *t) {
     kv_free(&t->c);
-    free(t->scratch.scores), free(t->scratch.qq), free(t->scratch.vrow);
+    free(t->scratch.scores), free(t->scratch.qq), free(t->scratch.vrow), free(t->rope_all);
     free(t);
 }

@@ -26,11 +26,10 @@ typedef struct {
 /* Per-thread attention scratch. */
 typedef struct {
     float *scores;  /* (nq, C), nq = n_rep × the token block of kv_block_tokens() */
-    float *scores2; /* (nq, C) centering corrections */
     uint8_t *qq;    /* (nq) query rows in K's vec_dot type */
     float *vrow;    /* (D) one dequantized V row */
     float *qp;      /* (nq, D) permuted query / rotated-domain V accumulators */
-    float *corr;    /* (nq, D/2, 2) per-pair centering coefficients A, B */
+    float *corr;    /* (nq, D) scratch: kv_basis_query's, an exact row's, the centering coefficients */
     tq_query *tq;   /* nq prepared TurboQuant queries, packed (tq.h) */
     float *flash;   /* standard caches (cpu_ctx.flash): kv_attend's tiles, one allocation (kv_cache.c) */
 } attn_scratch;
@@ -67,7 +66,9 @@ typedef struct cpu_ctx {
     float *v_mean;          /* (n_layer, Hk, D) or NULL */
     float *k_mean;          /* (n_layer, Hk, D) pre-RoPE, zero outside centered pairs */
     int *k_pairs;           /* (n_layer, Hk, D/2) centered pair indices, -1 after the last */
-    float *rope_all;        /* (n_rope, C, D/2, 2) cos, sin of every cached position, per RoPE table */
+    float *rope_cols;       /* (n_rope, D, C) per RoPE table, per column of its (D/2, 2) cos, sin rows: that
+                             * value at every cached position (the K-centering correction reads a pair's
+                             * cos and sin over a run of keys as two contiguous rows) */
     float *x, *xn;          /* (T, E) residual stream, normed input */
     float *q, *k, *v;       /* (T, H*D), (T, Hk*D), (T, Hk*D) */
     float *att;             /* (T, H*D) attention output */

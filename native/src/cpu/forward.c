@@ -126,6 +126,11 @@ static void matmul(cpu_ctx *c, int T, const float *x, long long n, int count, co
     kvc_pool_run(c->pool, mm_run, &task);
 }
 
+/* x (n) *= s (n), element by element */
+static void mul_rows(int n, const float *s, float *x) {
+    for (int i = 0; i < n; i++) x[i] *= s[i];
+}
+
 static void matmul1(cpu_ctx *c, int T, const float *x, const tview *w, const float *bias, float *out) {
     matmul(c, T, x, w->ne0, 1, &w, &bias, &out);
 }
@@ -263,9 +268,11 @@ void cpu_forward(cpu_ctx *lead, segment *segs, int n_seg, const int *tokens, int
         for (int set = 0; set < m->n_rope; set++) {
             float *cs = c->rope_cs + (size_t)set * c->ctx->n_batch * D;
             rope_table(m, set, c->ctx->n_past, segs[j].T, cs);
-            if (c->k_center)
-                memcpy(c->rope_all + ((size_t)set * c->ctx->n_ctx + c->ctx->n_past) * D, cs,
-                       sizeof(float) * segs[j].T * D);
+            if (c->k_center) { /* column d of position n_past + t: rope_cols[set][d][n_past + t] */
+                float *cols = c->rope_cols + (size_t)set * D * c->ctx->n_ctx + c->ctx->n_past;
+                for (int t = 0; t < segs[j].T; t++)
+                    for (size_t d = 0; d < D; d++) cols[d * c->ctx->n_ctx + t] = cs[t * D + d];
+            }
         }
         nth = c->ctx->n_threads < nth ? c->ctx->n_threads : nth;
     }
@@ -277,6 +284,11 @@ void cpu_forward(cpu_ctx *lead, segment *segs, int n_seg, const int *tokens, int
         const float *qkv_b[3] = {w->bq, w->bk, w->bv};
         float *qkv_o[3] = {lead->q, lead->k, lead->v};
         matmul(lead, T, lead->xn, E, 3, qkv, qkv_b, qkv_o);
+        if (w->q_scale) /* K→Q smoothing of a patched file (kvc.h): per-row scales of the products */
+            for (int t = 0; t < T; t++) {
+                mul_rows(m->n_head * (int)D, w->q_scale, lead->q + (size_t)t * m->n_head * D);
+                mul_rows(m->n_head_kv * (int)D, w->k_scale, lead->k + (size_t)t * m->n_head_kv * D);
+            }
         if (w->q_norm) /* QK-norm: per head, before capture, centering and RoPE */
             for (int t = 0; t < T; t++) {
                 for (int h = 0; h < m->n_head; h++) {

@@ -158,8 +158,8 @@ int kv_init(cpu_ctx *c, const kvc_context_params *p, char *err, int err_len) {
     if (c->k_center) {
         c->k_mean = calloc((size_t)L * Hk * D, sizeof(float));
         c->k_pairs = malloc(sizeof(int) * (size_t)L * Hk * (D / 2));
-        c->rope_all = malloc(sizeof(float) * (size_t)m->n_rope * c->ctx->n_ctx * D);
-        if (!c->k_mean || !c->k_pairs || !c->rope_all) return kvc_fail(err, err_len, KVC_ERR_NOMEM, "out of memory");
+        c->rope_cols = malloc(sizeof(float) * (size_t)m->n_rope * c->ctx->n_ctx * D);
+        if (!c->k_mean || !c->k_pairs || !c->rope_cols) return kvc_fail(err, err_len, KVC_ERR_NOMEM, "out of memory");
         if (p->k_mean) {
             memcpy(c->k_mean, p->k_mean, sizeof(float) * (size_t)L * Hk * D);
             for (int i = 0; i < L * Hk; i++)
@@ -179,8 +179,6 @@ int kv_init(cpu_ctx *c, const kvc_context_params *p, char *err, int err_len) {
         } else if (!(s->scores = malloc(sizeof(float) * nq * c->ctx->n_ctx)))
             return kvc_fail(err, err_len, KVC_ERR_NOMEM, "out of memory");
         s->qp = malloc(sizeof(float) * nq * D);
-        s->scores2 = c->k_center ? malloc(sizeof(float) * nq * c->ctx->n_ctx) : NULL;
-        if (c->k_center && !s->scores2) return kvc_fail(err, err_len, KVC_ERR_NOMEM, "out of memory");
         s->corr = malloc(sizeof(float) * (nq > 2 ? nq : 2) * D); /* also kv_basis_query's (2D) scratch */
         /* one allocation: the header, then its qr (nq, D) and w (nq, D) */
         s->tq = k_tq ? malloc(sizeof(tq_query) + sizeof(float) * 2 * nq * D) : NULL;
@@ -196,10 +194,10 @@ void kv_free(cpu_ctx *c) {
     for (int i = 0; c->tq_k && i < c->n_layer; i++) tq_layout_free(&c->tq_k[i]);
     for (int i = 0; c->tq_v && i < c->n_layer; i++) tq_layout_free(&c->tq_v[i]);
     if (c->scratch)
-        for (int i = 0; i < c->ctx->n_threads; i++) free(c->scratch[i].qp), free(c->scratch[i].corr), free(c->scratch[i].tq), free(c->scratch[i].scores2), free(c->scratch[i].flash);
+        for (int i = 0; i < c->ctx->n_threads; i++) free(c->scratch[i].qp), free(c->scratch[i].corr), free(c->scratch[i].tq), free(c->scratch[i].flash);
     free(c->kv), free(c->tq_k), free(c->tq_v), free(c->k_rb), free(c->v_rb), free(c->enc_tmp);
     free(c->kv_cap), free(c->kv_base);
-    free(c->k_mean), free(c->k_pairs), free(c->rope_all), free(c->v_mean), free(c->k_sink), free(c->v_sink);
+    free(c->k_mean), free(c->k_pairs), free(c->rope_cols), free(c->v_mean), free(c->k_sink), free(c->v_sink);
     kv_recent_free(c);
 }
 
@@ -422,53 +420,43 @@ void kv_scores(cpu_ctx *c, attn_scratch *s, int layer, int h, const float *q, si
         c->kern->type[c->type_k].gemm(tq_rows_read(nq, n_rep, n0r), nq, D, k_row(c, layer, h, k0), s->qq, scores, ld);
     }
     if (!c->k_center) return;
-    /* corr (nq, D): (A_j, B_j) at (2j, 2j+1) for centered pairs, 0 elsewhere, so the
-     * correction of every key is one length-D dot with its (cos, sin) row of rope_all */
+    /* key n's correction is sum over centered pairs j of A_j cos(n θ_j) + B_j sin(n θ_j), A_j, B_j from the
+     * query (docs/design.md §2): per query, 2·np rows of rope_cols (a pair's cos or sin at every key)
+     * scaled by its coefficients and added to its visible scores, so a score costs 2·np multiply-adds.
+     * By runs of CENTER_KEYS keys, every query in turn, so a run's rows (2·np × CENTER_KEYS floats,
+     * 64 KiB at D = 64) are read from L2 by all queries, not from memory by each */
+    enum { CENTER_KEYS = 256 };
     const int *pairs = c->k_pairs + ((size_t)layer * m->n_head_kv + h) * P;
-    const int *src = m->rope_src + (size_t)layer * P; /* pair -> column of rope_all */
+    const int *src = m->rope_src + (size_t)layer * P; /* pair -> pair column of the RoPE table */
     const float *mu = c->k_mean + ((size_t)layer * m->n_head_kv + h) * D;
-    const float *rope_all = c->rope_all + ((size_t)m->layers[layer].rope_set * c->ctx->n_ctx + k0) * D;
+    const size_t C = (size_t)c->ctx->n_ctx;
+    const float *cols = c->rope_cols + (size_t)m->layers[layer].rope_set * D * C + k0; /* (D, C) from key k0 */
+    const float *rows[TQ_MAX_DIM];
     int np = 0; /* centered pairs */
-    while (np < P && pairs[np] >= 0) np++;
-    if (2 * np <= nq && 16 * np <= D) { /* a few pairs: cost per score ∝ pairs, not D */
-        const int nk = n0r + nt - 1;
-        float *cs = s->scores2; /* (2 np, nk): cos, sin of each centered pair at each key */
-        for (int k = 0; k < np; k++) {
-            const int col = 2 * src[pairs[k]];
-            for (int j = 0; j < nk; j++) {
-                cs[(size_t)2 * k * nk + j] = rope_all[(size_t)j * D + col];
-                cs[(size_t)(2 * k + 1) * nk + j] = rope_all[(size_t)j * D + col + 1];
-            }
-        }
-        for (int i = 0; i < nq; i++) {
-            const float *qr = q + block_row(i, n_rep, q_stride, D); /* (D) */
-            float *sc = scores + (size_t)i * ld;
-            const int nv = tq_visible(i, n_rep, n0r);
-            for (int k = 0; k < np; k++) {
-                int a, b;
-                pair_channels(m, pairs[k], &a, &b);
-                c->kern->vec->axpy(nv, qr[a] * mu[a] + qr[b] * mu[b], cs + (size_t)2 * k * nk, sc);
-                c->kern->vec->axpy(nv, qr[b] * mu[a] - qr[a] * mu[b], cs + (size_t)(2 * k + 1) * nk, sc);
-            }
-        }
-        return;
+    for (; np < P && pairs[np] >= 0; np++) {
+        rows[2 * np] = cols + (size_t)2 * src[pairs[np]] * C;
+        rows[2 * np + 1] = rows[2 * np] + C;
     }
-    memset(s->corr, 0, sizeof(float) * (size_t)nq * D);
+    if (np == 0) return;
+    float *coef = s->corr; /* (nq, 2 np) */
     for (int i = 0; i < nq; i++) {
         const float *qr = q + block_row(i, n_rep, q_stride, D); /* (D) */
-        float *cf = s->corr + (size_t)i * D;
-        for (int k = 0; k < P && pairs[k] >= 0; k++) {
-            int a, b, jp = pairs[k];
-            pair_channels(m, jp, &a, &b);
-            cf[2 * src[jp]] = qr[a] * mu[a] + qr[b] * mu[b];
-            cf[2 * src[jp] + 1] = qr[b] * mu[a] - qr[a] * mu[b];
+        for (int k = 0; k < np; k++) {
+            int a, b;
+            pair_channels(m, pairs[k], &a, &b);
+            coef[(size_t)i * 2 * np + 2 * k] = qr[a] * mu[a] + qr[b] * mu[b];
+            coef[(size_t)i * 2 * np + 2 * k + 1] = qr[b] * mu[a] - qr[a] * mu[b];
         }
     }
-    c->kern->type[KVC_TYPE_F32].gemm(n0r + nt - 1, nq, D, rope_all, s->corr, s->scores2, ld);
-    for (int i = 0; i < nq; i++) {
-        float *sc = scores + (size_t)i * ld; /* (n0r + i / n_rep) visible */
-        const float *s2 = s->scores2 + (size_t)i * ld;
-        for (int j = 0; j < tq_visible(i, n_rep, n0r); j++) sc[j] += s2[j];
+    const int nk = tq_visible(nq - 1, n_rep, n0r); /* the last query sees the most keys */
+    for (int j0 = 0; j0 < nk; j0 += CENTER_KEYS) {
+        const float *run[TQ_MAX_DIM];
+        for (int k = 0; k < 2 * np; k++) run[k] = rows[k] + j0;
+        for (int i = tq_first_seeing(j0, n_rep, n0r); i < nq; i++) {
+            const int nv = tq_visible(i, n_rep, n0r) - j0;
+            c->kern->vec->axpy_rows(nv < CENTER_KEYS ? nv : CENTER_KEYS, 2 * np, coef + (size_t)i * 2 * np, run,
+                                    scores + (size_t)i * ld + j0);
+        }
     }
 }
 

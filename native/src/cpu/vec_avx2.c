@@ -81,7 +81,33 @@ AVX2 static void scale_avx2(int n, float a, float *x) {
     for (; i < n; i++) x[i] *= a;
 }
 
-const kvc_vec_ops kvc_vec_ops_avx2 = {softmax_avx2, rms_norm_avx2, silu_mul_avx2, axpy_avx2, scale_avx2};
+/* 32 elements of y held in four registers across all r rows (one load of each row chunk per
+ * multiply-add), then 8 at a time, then one by one: each element's sum in row order, as the twin */
+AVX2 static void axpy_rows_avx2(int n, int r, const float *a, const float *const *x, float *y) {
+    int i = 0;
+    for (; i + 32 <= n; i += 32) {
+        __m256 acc[4];
+        for (int c = 0; c < 4; c++) acc[c] = _mm256_loadu_ps(y + i + 8 * c);
+        for (int k = 0; k < r; k++) {
+            const __m256 ak = _mm256_set1_ps(a[k]);
+            for (int c = 0; c < 4; c++) acc[c] = _mm256_fmadd_ps(ak, _mm256_loadu_ps(x[k] + i + 8 * c), acc[c]);
+        }
+        for (int c = 0; c < 4; c++) _mm256_storeu_ps(y + i + 8 * c, acc[c]);
+    }
+    for (; i + 8 <= n; i += 8) {
+        __m256 acc = _mm256_loadu_ps(y + i);
+        for (int k = 0; k < r; k++) acc = _mm256_fmadd_ps(_mm256_set1_ps(a[k]), _mm256_loadu_ps(x[k] + i), acc);
+        _mm256_storeu_ps(y + i, acc);
+    }
+    for (; i < n; i++) {
+        float acc = y[i];
+        for (int k = 0; k < r; k++) acc = fmaf(a[k], x[k][i], acc);
+        y[i] = acc;
+    }
+}
+
+const kvc_vec_ops kvc_vec_ops_avx2 = {softmax_avx2, rms_norm_avx2, silu_mul_avx2, axpy_avx2, scale_avx2,
+                                      axpy_rows_avx2};
 
 #include "target_end.h"
 #endif

@@ -1,5 +1,5 @@
 /* vec_neon.c — aarch64 NEON variants of the vector ops in vec.h. Element-wise
- * ops (exp, silu, axpy, scale) evaluate kvc_expf_ref's formulas with the same
+ * ops (exp, silu, axpy, scale, axpy_rows) evaluate kvc_expf_ref's formulas with the same
  * fused multiply-adds, so they match the scalar twins bit for bit; reductions
  * (softmax sum, rms) differ only by summation order (4 lanes x 2 chains). */
 #if defined(__aarch64__)
@@ -93,6 +93,32 @@ static void scale_neon(int n, float a, float *x) {
     for (; i < n; i++) x[i] *= a;
 }
 
-const kvc_vec_ops kvc_vec_ops_neon = {softmax_neon, rms_norm_neon, silu_mul_neon, axpy_neon, scale_neon};
+/* 16 elements of y in four registers across all r rows, then 4, then one by one (row order per
+ * element, as the twin) */
+static void axpy_rows_neon(int n, int r, const float *a, const float *const *x, float *y) {
+    int i = 0;
+    for (; i + 16 <= n; i += 16) {
+        float32x4_t acc[4];
+        for (int c = 0; c < 4; c++) acc[c] = vld1q_f32(y + i + 4 * c);
+        for (int k = 0; k < r; k++) {
+            const float32x4_t ak = vdupq_n_f32(a[k]);
+            for (int c = 0; c < 4; c++) acc[c] = vfmaq_f32(acc[c], ak, vld1q_f32(x[k] + i + 4 * c));
+        }
+        for (int c = 0; c < 4; c++) vst1q_f32(y + i + 4 * c, acc[c]);
+    }
+    for (; i + 4 <= n; i += 4) {
+        float32x4_t acc = vld1q_f32(y + i);
+        for (int k = 0; k < r; k++) acc = vfmaq_f32(acc, vdupq_n_f32(a[k]), vld1q_f32(x[k] + i));
+        vst1q_f32(y + i, acc);
+    }
+    for (; i < n; i++) {
+        float acc = y[i];
+        for (int k = 0; k < r; k++) acc = fmaf(a[k], x[k][i], acc);
+        y[i] = acc;
+    }
+}
+
+const kvc_vec_ops kvc_vec_ops_neon = {softmax_neon, rms_norm_neon, silu_mul_neon, axpy_neon, scale_neon,
+                                      axpy_rows_neon};
 
 #endif /* __aarch64__ */

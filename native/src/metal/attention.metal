@@ -9,8 +9,9 @@
 //     the codebooks copied into threadgroup memory
 //  2. one thread per key: the score from the codes (Σ_i q̃_i·cb[code_i] per group
 //     times its fp16 scale, plus the QJL term), or from the fp16 copy of a sink,
-//     or from an f16 row; plus the centering correction (q·R_pos·μ as one dot
-//     with the position's cos/sin row); times scale; into `scores`
+//     or from an f16 row; plus the centering correction (q·R_pos·μ: per centered
+//     pair, A·cos + B·sin of the position added onto the score, fused, pair by pair);
+//     times scale; into `scores`
 //  3. max and Σ exp over the window (partials per thread, then in thread order)
 //  4. one thread per channel: V accumulated over the keys in the rotated domain
 //     (Σ_j p_j·s_j·cb[code_ji]; f16 rows: fma as the CPU's axpy), un-rotated once,
@@ -98,15 +99,16 @@ kernel void kvm_attention(constant kvm_attn_args &a [[buffer(0)]],
     for (int k = 0, o = 0; a.v_tq && k < LV.n_groups; o += 1 << LV.g[k].bits, k++)
         for (int c = (int)tid; c < (1 << LV.g[k].bits); c += (int)nt) cbv[o + c] = vft[LV.g[k].cb + c];
     threadgroup_barrier(mem_flags::mem_threadgroup);
+    device const int *pairs = k_pairs + h * P;
+    int np = 0; // centered pairs: k_pairs is -1 after the last
+    while (a.k_center && np < P && pairs[np] >= 0) np++;
     if (a.k_center) {
-        device const int *pairs = k_pairs + h * P;
         device const float *mu = k_mean + h * D;
-        for (int k = (int)tid; k < P; k += (int)nt) {
+        for (int k = (int)tid; k < np; k += (int)nt) { // A_k, B_k of the k-th centered pair
             const int jp = pairs[k];
-            if (jp < 0) continue;
             const int ia = a.pairing == 0 ? jp : 2 * jp, ib = a.pairing == 0 ? jp + P : 2 * jp + 1;
-            corr[2 * rope_src[jp]] = qs[ia] * mu[ia] + qs[ib] * mu[ib];
-            corr[2 * rope_src[jp] + 1] = qs[ib] * mu[ia] - qs[ia] * mu[ib];
+            corr[2 * k] = qs[ia] * mu[ia] + qs[ib] * mu[ib];
+            corr[2 * k + 1] = qs[ib] * mu[ia] - qs[ia] * mu[ib];
         }
     }
     if (a.k_tq) {
@@ -133,11 +135,13 @@ kernel void kvm_attention(constant kvm_attn_args &a [[buffer(0)]],
             device const half *kh = (device const half *)row;
             for (int k = 0; k < D; k++) s += (float)kh[k] * qs[k];
         }
-        if (a.k_center) {
+        if (a.k_center) { // onto the score, pair by pair, fused: the CPU's axpy_rows (kv_cache.c)
             device const float *cs = rope_all + (ulong)j * D;
-            float s2 = 0.0f;
-            for (int k = 0; k < D; k++) s2 += cs[k] * corr[k];
-            s += s2;
+            for (int k = 0; k < np; k++) {
+                const int col = 2 * rope_src[pairs[k]];
+                s = fma(corr[2 * k], cs[col], s);
+                s = fma(corr[2 * k + 1], cs[col + 1], s);
+            }
         }
         srow[j] = s * a.scale;
     }

@@ -15,7 +15,7 @@
  * post-norms, sliding windows (every position stays cached), SwiGLU/GeGLU,
  * embedding scale. Refuses at creation (KVC_ERR_UNSUPPORTED): f32/q8_0/q4_0
  * caches, Q4_1/Q5_0 weights, K centering from the first batch's mean,
- * head_dim > 256; at eval: calibration capture. Embedding rows are looked up
+ * head_dim > 256, per-row scales of the q/k products (K→Q smoothing); at eval: calibration capture. Embedding rows are looked up
  * on the CPU (device buffers are shared memory). */
 #ifndef KVC_METAL_HOST_H
 #define KVC_METAL_HOST_H
@@ -205,6 +205,10 @@ static int kvm_create(const kvm_device *d, kvc_context *ctx, const kvc_context_p
     for (int l = 0; l < m->n_layer; l++) /* the Metal kernels read fp16 scales only; auto then runs the CPU */
         if ((c->k_tq && p->tq_k[l].scale8) || (c->v_tq && p->tq_v[l].scale8))
             return kvc_fail(err, err_len, KVC_ERR_UNSUPPORTED, "8-bit TurboQuant scales run on the CPU backend only");
+    for (int l = 0; l < m->n_layer; l++) /* the products' per-row scales (kvc.h); auto then runs the CPU */
+        if (m->layers[l].q_scale)
+            return kvc_fail(err, err_len, KVC_ERR_UNSUPPORTED,
+                            "K→Q smoothing scales (a file patched with its own weights) run on the CPU backend only");
     for (int l = 0; l < m->n_layer; l++) { /* Lloyd–Max codes and no K basis only; auto then runs the CPU */
         if ((c->k_tq && p->tq_k[l].trellis) || (c->v_tq && p->tq_v[l].trellis))
             return kvc_fail(err, err_len, KVC_ERR_UNSUPPORTED, "TurboQuant trellis codes run on the CPU backend only");
