@@ -22,6 +22,12 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--chunks", type=A.positive, default=None, help="number of chunks (default: all the text holds)")
     p.add_argument("--save-logits", metavar="FILE", help="save log-probs of this run as a KLD base")
     p.add_argument("--kld-base", metavar="FILE", help="report KLD and top-1 agreement against a saved base")
+    p.add_argument("--float-products", action="store_true",
+                   help="compute the weight products with unrounded activations (quantized rows expanded to float; "
+                        "about 2x slower). A quantized-weight model normally rounds its activations to 8 bits per "
+                        "block, and then any change of the cache, even to an exact f32 one, moves later layers "
+                        "across rounding steps: two runs differ by that noise too. Use it for both the base and "
+                        "the measured run to see a cache's own error (the convert check does)")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.add_argument("--save-report", metavar="FILE",
                    help="save the result as an eval report of this file; `kvconvert push` puts it on the model "
@@ -37,7 +43,7 @@ def run(args: argparse.Namespace) -> int:
     with tqdm_progress(unit="chunk", name="eval") as progress:
         r = evaluate(args.model, text, text_name=name, n_ctx=args.ctx, n_chunks=args.chunks, type_k=args.ctk,
                      type_v=args.ctv, n_threads=args.threads, n_sink=args.sink, n_recent=args.recent,
-                     save_logits=args.save_logits,
+                     float_products=args.float_products, save_logits=args.save_logits,
                      kld_base=args.kld_base, progress=progress)
     if args.save_report:
         from ..base.atomic import atomic_path
@@ -55,6 +61,10 @@ def run(args: argparse.Namespace) -> int:
               "-" if r.kld is None else f"{r.kld:.5f} ± {r.kld_err:.5f}",
               "-" if r.top1 is None else f"{r.top1:.2%}")
     make_console().print(t)
+    if r.kld is not None and r.quantized_weights and not r.float_products:
+        make_console().print("note: this model's weights are quantized, so its products round the activations: the "
+                             "KLD includes that rounding noise (SmolLM2 Q4_1: 0.0040 between an f16 and an exact f32 "
+                             "cache); --float-products for this run and its base measures the cache's own error")
     if r.n_recent:
         make_console().print(f"recent exact window: {r.n_recent} positions, +{r.recent_bpv:.3f} bits per value of each "
                              f"TurboQuant cache at {r.n_ctx} tokens (+{r.n_recent * 16 / 32768:.3f} at 32k)")

@@ -289,6 +289,11 @@ def print_convert_job(job, console: Console | None = None) -> None:
         r.add_row(f"profile ({ck:.2f} / {cv:.2f} bpv at {c.n_ctx})", f"{c.ppl:.3f}", f"{c.kld:.5f} ± {c.kld_err:.5f}",
                   f"{c.top1:.1%}")
         console.print(r)
+        if getattr(c, "float_products", False):
+            console.print("(both runs with float products: this file's quantized weights times unrounded activations, "
+                          "so the KLD is the cache's own; with the default 8-bit activations any change of the "
+                          "cache, even to an exact f32 one, also re-rounds every later layer — "
+                          "`kvconvert eval --float-products` measures as this check does)")
     if len(job.attempts) > 1:
         for i, a in enumerate(job.attempts):
             kld = "-" if a.check is None else f"{a.check.kld:.5f}"

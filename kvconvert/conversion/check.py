@@ -33,6 +33,10 @@ class CheckResult:
     chunks: int
     weights: str  # the checked file's weight type
     max_kld: float | None = None  # the policy's threshold, if any
+    # both runs computed the weight products with unrounded activations (a quantized-weight file:
+    # with activations rounded to 8 bits, any change of the cache re-rounds every later layer's
+    # activations, and the two runs would differ by that noise too — kvc.h, float_products)
+    float_products: bool = False
 
     @property
     def passed(self) -> bool | None:
@@ -54,13 +58,15 @@ def check_file(path: str | os.PathLike, *, text: str | None = None, token_ids=No
                weights: str = "", progress: ProgressFn | None = None,
                cancel: threading.Event | None = None) -> CheckResult:
     """Evaluate the GGUF at ``path`` with f16 caches, then with its own caches, on ``text``
-    (or ``token_ids``); KLD/top-1 of the second run against the first."""
+    (or ``token_ids``); KLD/top-1 of the second run against the first. A file with quantized
+    weights runs both with float products, so the KLD is the cache's own error."""
     from ..runtime.evaluate import evaluate
     from ..runtime.engine import Model
 
     if text is None and token_ids is None:
         raise InputError("no held-out text to check the profile on")
     m = Model(path)
+    fp = m.quantized_weights
     start_phase(progress, "check", "chunk")
 
     def step(run: int):
@@ -73,10 +79,11 @@ def check_file(path: str | os.PathLike, *, text: str | None = None, token_ids=No
     with tempfile.TemporaryDirectory(prefix="kvconvert-check-") as tmp:
         base = Path(tmp) / "base.logits"
         ref = evaluate(m, src_text, text_name=text_name, n_ctx=n_ctx, n_chunks=n_chunks, type_k="f16", type_v="f16",
-                       n_threads=n_threads, save_logits=base, token_ids=token_ids, progress=step(0), cancel=cancel)
+                       n_threads=n_threads, float_products=fp, save_logits=base, token_ids=token_ids, progress=step(0), cancel=cancel)
         check_cancel(cancel)
         res = evaluate(m, src_text, text_name=text_name, n_ctx=n_ctx, n_chunks=n_chunks, n_threads=n_threads,
-                       kld_base=base, token_ids=token_ids, progress=step(1), cancel=cancel)
+                       float_products=fp, kld_base=base, token_ids=token_ids, progress=step(1), cancel=cancel)
     return CheckResult(kld=float(res.kld), kld_err=float(res.kld_err), top1=float(res.top1), ppl=float(res.ppl),
                        ppl_err=float(res.ppl_err), ppl_f16=float(ref.ppl), text=text_name, text_sha256=res.text_sha256,
-                       n_ctx=n_ctx, chunks=res.n_chunks, weights=weights, max_kld=max_kld)
+                       n_ctx=n_ctx, chunks=res.n_chunks, weights=weights, max_kld=max_kld,
+                       float_products=fp)

@@ -71,6 +71,10 @@ class ContextParams:
     # where the context runs: "auto" (Metal where the build has it, a device exists and it runs
     # this model and these caches; else the CPU), "cpu", "metal"; None: $KVC_BACKEND, else auto
     backend: str | None = None
+    # weight products with float activations (quantized rows expanded to float) instead of activations
+    # rounded to 8 bits per block: slower, for measuring a cache's own error on a quantized-weight
+    # model (kvc.h says why). CPU backend only.
+    float_products: bool = False
 
     def __post_init__(self) -> None:
         if self.backend not in BACKENDS:
@@ -149,6 +153,12 @@ class Model:
             raise InputError(f"{self.path}: {ffi().string(err).decode(errors='replace')}")
         self._ptr = ffi().gc(out[0], lib().kvc_model_free)
         self._tokenizer = None
+        mats = [getattr(desc.layers[i], slot) for i in range(self.args.num_hidden_layers)
+                for slot in ("wq", "wk", "wv", "wo", "w_gate", "w_up", "w_down")]
+        mats.append(desc.output if desc.output.data != ffi().NULL else desc.tok_embd)  # tied: the embedding
+        #: some weight product rounds its activations to 8 bits per block by default (a quantized
+        #: weight type): ContextParams.float_products then changes what the runtime computes
+        self.quantized_weights = any(t.type not in _HF_TYPES.values() for t in mats)
 
     def _tensor(self, dst, t) -> None:
         f = ffi()
@@ -393,6 +403,7 @@ class Context:
         p.n_recent = params.n_recent or 0
         p.n_rewind = params.n_rewind
         p.kv_keep_all = int(params.kv_keep_all)
+        p.float_products = int(params.float_products)
         p.backend = BACKENDS[params.backend]
         if params.v_mean is not None:
             p.v_mean = self._per_head(params.v_mean, "V mean")

@@ -50,6 +50,8 @@ class EvalResult:
     # it adds to each TurboQuant cache at this n_ctx: its n_recent f16 rows spread over n_ctx tokens
     n_recent: int = 0
     recent_bpv: float = 0.0
+    float_products: bool = False  # the weight products ran with unrounded activations
+    quantized_weights: bool = False  # the model's products round activations unless float_products
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -83,14 +85,15 @@ def read_base(path: Path) -> tuple[dict, np.ndarray]:
 
 def evaluate(model: str | os.PathLike | Model, text: str, *, text_name: str = "text", n_ctx: int = 512,
              n_chunks: int | None = None, type_k: str = "auto", type_v: str = "auto", n_threads: int = 0,
-             n_sink: int | None = None, n_recent: int | None = None,
+             n_sink: int | None = None, n_recent: int | None = None, float_products: bool = False,
              save_logits: str | os.PathLike | None = None, kld_base: str | os.PathLike | None = None,
              token_ids=None, progress: ProgressFn | None = None,
              cancel: threading.Event | None = None) -> EvalResult:
     """PPL (and KLD/top-1 against ``kld_base``) of ``model`` on ``text`` in chunks of n_ctx tokens.
 
     token_ids: evaluate these token ids (without BOS) instead of tokenizing ``text``; ``text``
-    then only names and identifies them (its hash goes into saved logits)."""
+    then only names and identifies them (its hash goes into saved logits). float_products: the
+    weight products with unrounded activations (ContextParams.float_products; CPU only)."""
     m = model if isinstance(model, Model) else Model(model)
     refuse_overwrite(save_logits, [m.path, None if isinstance(model, Model) else model, kld_base],
                      what="--save-logits path")
@@ -111,7 +114,8 @@ def evaluate(model: str | os.PathLike | Model, text: str, *, text_name: str = "t
             raise InputError(f"{kld_base}: made with other settings ({', '.join(bad)} differ); "
                              "use the same text, --ctx and --chunks")
     ctx = m.context(ContextParams(n_ctx=n_ctx, n_batch=min(n_ctx, 512), type_k=type_k, type_v=type_v,
-                                  n_threads=n_threads, n_sink=n_sink, n_recent=n_recent))
+                                  n_threads=n_threads, n_sink=n_sink, n_recent=n_recent,
+                                  float_products=float_products))
     nll, klds, top1, saved = [], [], [], []
     first = metrics.first_scored(n_ctx)
     pos = 0
@@ -139,7 +143,8 @@ def evaluate(model: str | os.PathLike | Model, text: str, *, text_name: str = "t
         raise InputError(f"{m.path}: perplexity on {text_name} overflows (mean negative log-likelihood "
                          f"{s.mean_nll:.1f}); the model's weights are likely corrupt or do not match its tokenizer")
     result = EvalResult(str(m.path), text_name, text_hash, n_ctx, len(chunks), s.n, ctx.params.type_k, ctx.params.type_v, s.ppl,
-                        s.ppl_err, kv_bytes_per_token=ctx.kv_bytes_per_token)
+                        s.ppl_err, kv_bytes_per_token=ctx.kv_bytes_per_token, float_products=float_products,
+                        quantized_weights=m.quantized_weights)
     if TQ in (ctx.params.type_k.kind, ctx.params.type_v.kind):
         result.n_recent = ctx.params.n_recent or 0
         result.recent_bpv = recent_bits(result.n_recent, n_ctx)
@@ -150,6 +155,6 @@ def evaluate(model: str | os.PathLike | Model, text: str, *, text_name: str = "t
     if save_logits is not None:
         header = {"n_ctx": n_ctx, "n_chunks": len(chunks), "text_sha256": text_hash, "n_vocab": m.args.vocab_size,
                   "n_positions": sum(x.shape[0] for x in saved), "model": str(m.path), "type_k": ctx.params.type_k,
-                  "type_v": ctx.params.type_v}
+                  "type_v": ctx.params.type_v, "float_products": float_products}
         _write_base(Path(save_logits), header, saved)
     return result

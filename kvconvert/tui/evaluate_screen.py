@@ -1,6 +1,7 @@
 """Step 6: evaluate — the converted GGUF with an f16 cache, a q8_0 cache and
 its own (profile) caches side by side (kvconvert.runtime.evaluate.evaluate): PPL, and
-KLD/top-1 against the f16 run. Runs in the background: the other steps stay
+KLD/top-1 against the f16 run (a file with quantized weights with float products, as the convert
+check: otherwise the activations' rounding noise would be in every KLD). Runs in the background: the other steps stay
 usable while it works, and rows appear as each run finishes."""
 
 from __future__ import annotations
@@ -158,7 +159,8 @@ class EvaluateScreen(StepScreen):
                         progress(i * total + done, len(RUNS) * total, f"{row}: {what}")
 
                     res = evaluate(model, text, text_name=name, n_ctx=n_ctx, n_chunks=chunks, type_k=tk,
-                                   type_v=tv, save_logits=base if row == "f16" else None,
+                                   type_v=tv, float_products=model.quantized_weights,
+                                   save_logits=base if row == "f16" else None,
                                    kld_base=None if row == "f16" else base, progress=step, cancel=cancel)
                     results[row] = res
                     self.app.call_from_thread(self.add_result, row, res)
@@ -168,7 +170,9 @@ class EvaluateScreen(StepScreen):
         def done(results) -> None:
             self.session.evals = dict(results)
             self.show_results()
-            self.say("Evaluation done.", "ok")
+            fp = any(getattr(r, "float_products", False) for r in results.values())
+            self.say("Evaluation done." + (" Quantized weights: every run used float products (unrounded "
+                                           "activations), so each KLD is its cache's own." if fp else ""), "ok")
 
         self.run_job("evaluating", call, done)
 

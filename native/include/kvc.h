@@ -210,6 +210,13 @@ typedef struct {
      * KVC_BACKEND_DEFAULT: the environment variable KVC_BACKEND (cpu, metal, auto),
      * else auto. */
     int backend;
+    /* Weight products with float activations: quantized weight rows are expanded to float, 16 at a
+     * time, and multiplied with the activations as they are, instead of rounding the activations to
+     * the weight's 8-bit dot type per block (as llama.cpp and, by default, this runtime do). Slower; a
+     * measuring mode: with rounded activations any change of the cache, even to a more exact one,
+     * moves later layers' activations across rounding steps, and two runs then differ by that
+     * rounding noise as well as by the cache. CPU backend only (auto picks the CPU for it). */
+    int float_products;
 } kvc_context_params;
 
 enum { KVC_BACKEND_DEFAULT = 0, KVC_BACKEND_CPU = 1, KVC_BACKEND_METAL = 2, KVC_BACKEND_AUTO = 3 };

@@ -28,6 +28,7 @@ static void cpu_free(kvc_context *ctx) {
     free(c->x), free(c->xn), free(c->q), free(c->k), free(c->v), free(c->att);
     free(c->gate), free(c->up), free(c->rope_cs);
     for (int i = 0; i < 3; i++) free(c->aq[i]);
+    free(c->wrows);
     free(c);
     ctx->be = NULL;
 }
@@ -57,6 +58,11 @@ static int cpu_create(kvc_context *ctx, const kvc_context_params *p, char *err, 
     for (int i = 0; i < 3; i++) c->aq[i] = malloc(c->aq_bytes);
     int ok = c->x && c->xn && c->q && c->k && c->v && c->att && c->gate && c->up && c->rope_cs;
     ok = ok && c->aq[0] && c->aq[1] && c->aq[2];
+    if (p->float_products) { /* the longest weight row: E (W_q, W_k, W_v, gate, up, output), QD (W_o), F (down) */
+        c->wrow_len = widest;
+        c->wrows = malloc((size_t)ctx->n_threads * 16 * widest * 4);
+        ok = ok && c->wrows;
+    }
     c->scratch = zalloc((size_t)ctx->n_threads * sizeof(attn_scratch));
     ok = ok && c->scratch;
     const size_t nq = (size_t)kv_block_tokens(c) * (size_t)(m->n_head / m->n_head_kv); /* query rows per block */
@@ -97,11 +103,18 @@ static int cpu_eval_multi(kvc_context **ctxs, int n, const int *tokens, float *l
         snprintf(ctxs[0]->err, sizeof ctxs[0]->err, "out of memory");
         return KVC_ERR_NOMEM;
     }
-    for (int i = 0; i < n; i++)
+    for (int i = 0; i < n; i++) {
         if (kv_check_window(ctxs[i]->be, ctxs[0]->err, sizeof ctxs[0]->err) != KVC_OK) {
             free(segs);
             return KVC_ERR_INVALID;
         }
+        if (!((cpu_ctx *)ctxs[i]->be)->wrows != !((cpu_ctx *)ctxs[0]->be)->wrows) { /* the lead runs the products */
+            snprintf(ctxs[0]->err, sizeof ctxs[0]->err, "context %d computes its products otherwise than context 0 "
+                     "(float_products)", i);
+            free(segs);
+            return KVC_ERR_INVALID;
+        }
+    }
     for (int i = 0; i < n; i++) segs[i] = (segment){.c = ctxs[i]->be, .row = i, .T = 1};
     cpu_forward(ctxs[0]->be, segs, n, tokens, n, logits, 0);
     free(segs);

@@ -76,6 +76,9 @@ typedef struct cpu_ctx {
     float *rope_cs;         /* (n_rope, n_batch, D/2, 2) cos, sin per token and pair, per RoPE table */
     uint8_t *aq[3];         /* quantized activations, one per distinct vec_dot type */
     size_t aq_bytes;
+    float *wrows;           /* float_products (kvc.h): (n_threads, 16, wrow_len) weight rows expanded to
+                             * float for the products with unrounded activations; else NULL */
+    size_t wrow_len;
     attn_scratch *scratch;  /* (n_threads) */
 } cpu_ctx;
 

@@ -47,6 +47,8 @@ typedef struct {
 
 typedef struct {
     const kvc_kernel_table *kern;
+    float *wrows;     /* float products (cpu_ctx.wrows): (nth, 16, wrow_len), else NULL */
+    size_t wrow_len;
     int T, n_jobs;
     mm_job jobs[3];
     long long chunk_rows[3]; /* rows per chunk of each job */
@@ -54,9 +56,21 @@ typedef struct {
     atomic_int next;         /* next chunk to take */
 } mm_task;
 
+/* rows [r0, r1) of w times the float activations a (T, w->ne0): 16 rows at a time expanded to
+ * float in wf (16, w->ne0), then the float GEMM */
+static void mm_float_rows(const kvc_kernel_table *kern, const tview *w, long long r0, long long r1, int T,
+                          const float *a, float *out, float *wf) {
+    for (long long r = r0; r < r1; r += 16) {
+        const long long nr = r1 - r < 16 ? r1 - r : 16;
+        for (long long k = 0; k < nr; k++)
+            kern->type[w->type].dequantize(w->data + (size_t)(r + k) * w->row_bytes, wf + (size_t)k * w->ne0, w->ne0);
+        kern->type[KVC_TYPE_F32].gemm(nr, T, w->ne0, wf, a, out + r, w->ne1);
+    }
+}
+
 static void mm_run(void *arg, int ith, int nth) {
     mm_task *task = arg;
-    (void)ith, (void)nth;
+    (void)nth;
     int j = 0; /* job of the chunk: chunks are taken in increasing order */
     for (int i; (i = atomic_fetch_add_explicit(&task->next, 1, memory_order_relaxed)) < task->chunk0[task->n_jobs];) {
         while (i >= task->chunk0[j + 1]) j++;
@@ -64,8 +78,12 @@ static void mm_run(void *arg, int ith, int nth) {
         const tview *w = jb->w;
         const long long r0 = (i - task->chunk0[j]) * task->chunk_rows[j];
         const long long r1 = r0 + task->chunk_rows[j] < w->ne1 ? r0 + task->chunk_rows[j] : w->ne1;
-        task->kern->type[w->type].gemm(r1 - r0, task->T, w->ne0, w->data + (size_t)r0 * w->row_bytes, jb->a,
-                                       jb->out + r0, w->ne1);
+        if (task->wrows && w->vec_dot_type != KVC_TYPE_F32)
+            mm_float_rows(task->kern, w, r0, r1, task->T, (const float *)jb->a, jb->out,
+                          task->wrows + (size_t)ith * 16 * task->wrow_len);
+        else
+            task->kern->type[w->type].gemm(r1 - r0, task->T, w->ne0, w->data + (size_t)r0 * w->row_bytes, jb->a,
+                                           jb->out + r0, w->ne1);
         if (jb->bias)
             for (int t = 0; t < task->T; t++)
                 for (long long r = r0; r < r1; r++) jb->out[(size_t)t * w->ne1 + r] += jb->bias[r];
@@ -91,12 +109,12 @@ static void quant_run(void *arg, int ith, int nth) {
 /* outs[i] (T, ws[i]->ne1) = x (T, n) · ws[i]ᵀ + biases[i], for up to 3 weights sharing x. */
 static void matmul(cpu_ctx *c, int T, const float *x, long long n, int count, const tview **ws,
                    const float **biases, float **outs) {
-    mm_task task = {.kern = c->kern, .T = T, .n_jobs = count};
+    mm_task task = {.kern = c->kern, .wrows = c->wrows, .wrow_len = c->wrow_len, .T = T, .n_jobs = count};
     int types[3];
     const uint8_t *bufs[3];
     int n_types = 0;
     for (int i = 0; i < count; i++) {
-        int vdt = ws[i]->vec_dot_type, k = 0;
+        int vdt = c->wrows ? KVC_TYPE_F32 : ws[i]->vec_dot_type, k = 0; /* float products: x as it is */
         while (k < n_types && types[k] != vdt) k++;
         if (k == n_types) {
             types[n_types] = vdt;

@@ -197,6 +197,8 @@ static int kvm_create(const kvm_device *d, kvc_context *ctx, const kvc_context_p
         return kvc_fail(err, err_len, KVC_ERR_INVALID, "a K mean folded into the weights needs k_center and k_mean");
     if (p->n_sink < 0 || p->n_sink > 64) return kvc_fail(err, err_len, KVC_ERR_INVALID, "n_sink must be 0..64");
     c->n_sink = (c->k_tq || c->v_tq) ? (p->n_sink < C ? p->n_sink : C) : 0;
+    if (p->float_products) /* a measuring mode; auto then runs the context on the CPU */
+        return kvc_fail(err, err_len, KVC_ERR_UNSUPPORTED, "float products run on the CPU backend only");
     if (p->n_recent < 0 || p->n_recent > 256)
         return kvc_fail(err, err_len, KVC_ERR_INVALID, "n_recent must be 0..256");
     if ((c->k_tq || c->v_tq) && p->n_recent > 0) /* auto then runs the context on the CPU */
