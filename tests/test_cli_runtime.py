@@ -88,6 +88,32 @@ def test_eval_kld_against_saved_base(capsys, tiny_gguf, text_file, tmp_path):
     assert "n_chunks" in capsys.readouterr().err
 
 
+def test_saved_base_is_streamed_and_removed_on_cancel(tiny_gguf, text_file, tmp_path):
+    """The base log-probs go to the file chunk by chunk (memory stays one chunk: a whole novel's base
+    once held tens of GB), its header counts what follows; a run cancelled midway leaves no file and
+    no temporary one."""
+    import threading
+
+    from kvconvert.base.progress import Cancelled
+    from kvconvert.runtime.evaluate import evaluate, read_base
+
+    text = text_file.read_text()
+    base = tmp_path / "base.logp"
+    r = evaluate(tiny_gguf, text, n_ctx=32, n_chunks=3, type_k="f16", type_v="f16", save_logits=base)
+    header, data = read_base(base)
+    assert header["n_positions"] == data.shape[0] == r.n_chunks * 15 and np.all(np.isfinite(data))
+    assert base.stat().st_size == data.offset + data.nbytes  # nothing after the last chunk's rows
+    cancel, out = threading.Event(), tmp_path / "cancelled.logp"
+
+    def progress(done, total, what):
+        if done >= 1:
+            cancel.set()
+
+    with pytest.raises(Cancelled):
+        evaluate(tiny_gguf, text, n_ctx=32, n_chunks=3, save_logits=out, progress=progress, cancel=cancel)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["base.logp"]
+
+
 def test_bench_command(capsys, tiny_gguf):
     assert main(["bench", str(tiny_gguf), "--depths", "0,16", "--prefill", "16", "--decode", "4", "--json"]) == 0
     r = json.loads(capsys.readouterr().out)

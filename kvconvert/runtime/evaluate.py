@@ -8,6 +8,7 @@ agreement against that base (typically the f16-cache run of the same model).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
@@ -57,13 +58,12 @@ class EvalResult:
         return asdict(self)
 
 
-def _write_base(path: Path, header: dict, logprobs: list[np.ndarray]) -> None:
+def _base_header(f, header: dict) -> None:
+    """The base-logits file's header: magic, JSON length and JSON, padded to 64 bytes (the
+    (positions, vocab) float16 log-probs follow, written chunk by chunk as they are computed)."""
     blob = json.dumps(header).encode()
-    with atomic_path(path) as tmp, open(tmp, "wb") as f:
-        f.write(LOGITS_MAGIC + struct.pack("<Q", len(blob)) + blob)
-        f.write(b"\0" * (-f.tell() % 64))
-        for lp in logprobs:
-            f.write(lp.astype(np.float16).tobytes())
+    f.write(LOGITS_MAGIC + struct.pack("<Q", len(blob)) + blob)
+    f.write(b"\0" * (-f.tell() % 64))
 
 
 def read_base(path: Path) -> tuple[dict, np.ndarray]:
@@ -116,32 +116,23 @@ def evaluate(model: str | os.PathLike | Model, text: str, *, text_name: str = "t
     ctx = m.context(ContextParams(n_ctx=n_ctx, n_batch=min(n_ctx, 512), type_k=type_k, type_v=type_v,
                                   n_threads=n_threads, n_sink=n_sink, n_recent=n_recent,
                                   float_products=float_products))
-    nll, klds, top1, saved = [], [], [], []
+    nll, klds, top1 = [], [], []
     first = metrics.first_scored(n_ctx)
-    pos = 0
-    for i, chunk in enumerate(chunks):
-        check_cancel(cancel)
-        ctx.reset()
-        logits = check_logits(ctx.eval(chunk, all_logits=True), ctx, f"in chunk {i + 1} of {text_name}")
-        nll.append(metrics.chunk_nll(logits, chunk))
-        if save_logits is not None or base is not None:
-            lp = metrics.log_probs(logits[first:-1])
-            if save_logits is not None:
-                saved.append(lp)
-            if base is not None:
-                b = np.asarray(base[pos:pos + lp.shape[0]], dtype=np.float64)
-                if not np.isfinite(b.sum()):
-                    raise InputError(f"{kld_base}: holds NaN or infinite log-probs (damaged?); recreate it with "
-                                     "--save-logits")
-                klds.append(metrics.kld(b, logits[first:-1]))
-                top1.append(b.argmax(-1) == lp.argmax(-1))
-                pos += lp.shape[0]
-        if progress:
-            progress(i + 1, len(chunks), f"chunk {i + 1}/{len(chunks)}")
-    s = metrics.score(np.concatenate(nll))
-    if not s.mean_nll < 709.0 or math.isinf(s.ppl_err):  # exp() would overflow (NaN fails the test too)
-        raise InputError(f"{m.path}: perplexity on {text_name} overflows (mean negative log-likelihood "
-                         f"{s.mean_nll:.1f}); the model's weights are likely corrupt or do not match its tokenizer")
+    with contextlib.ExitStack() as stack:
+        out = None  # the base being saved: streamed, so memory stays one chunk's log-probs
+        if save_logits is not None:
+            out = open(stack.enter_context(atomic_path(Path(save_logits))), "wb")
+            stack.enter_context(out)
+            _base_header(out, {"n_ctx": n_ctx, "n_chunks": len(chunks), "text_sha256": text_hash,
+                               "n_vocab": m.args.vocab_size, "n_positions": sum(len(c) - first - 1 for c in chunks),
+                               "model": str(m.path), "type_k": ctx.params.type_k, "type_v": ctx.params.type_v,
+                               "float_products": float_products})
+        _score_chunks(ctx, chunks, first, text_name, nll, klds, top1, out, base, kld_base, progress, cancel)
+        s = metrics.score(np.concatenate(nll))
+        if not s.mean_nll < 709.0 or math.isinf(s.ppl_err):  # exp() would overflow (NaN fails the test too)
+            raise InputError(f"{m.path}: perplexity on {text_name} overflows (mean negative log-likelihood "
+                             f"{s.mean_nll:.1f}); the model's weights are likely corrupt or do not match its "
+                             "tokenizer")  # (inside: a base being saved is removed, not kept)
     result = EvalResult(str(m.path), text_name, text_hash, n_ctx, len(chunks), s.n, ctx.params.type_k, ctx.params.type_v, s.ppl,
                         s.ppl_err, kv_bytes_per_token=ctx.kv_bytes_per_token, float_products=float_products,
                         quantized_weights=m.quantized_weights)
@@ -152,9 +143,30 @@ def evaluate(model: str | os.PathLike | Model, text: str, *, text_name: str = "t
         k = metrics.score(np.concatenate(klds))
         result.kld, result.kld_err = k.mean_nll, k.stderr_nll
         result.top1 = float(np.concatenate(top1).mean())
-    if save_logits is not None:
-        header = {"n_ctx": n_ctx, "n_chunks": len(chunks), "text_sha256": text_hash, "n_vocab": m.args.vocab_size,
-                  "n_positions": sum(x.shape[0] for x in saved), "model": str(m.path), "type_k": ctx.params.type_k,
-                  "type_v": ctx.params.type_v, "float_products": float_products}
-        _write_base(Path(save_logits), header, saved)
     return result
+
+
+def _score_chunks(ctx, chunks, first: int, text_name: str, nll: list, klds: list, top1: list, out, base, kld_base,
+                  progress: ProgressFn | None, cancel: threading.Event | None) -> None:
+    """Evaluate each chunk: its NLL into nll; its scored positions' log-probs as float16 onto the open
+    base file ``out`` (if any); KLD and top-1 against ``base`` (a read_base map, if any)."""
+    pos = 0
+    for i, chunk in enumerate(chunks):
+        check_cancel(cancel)
+        ctx.reset()
+        logits = check_logits(ctx.eval(chunk, all_logits=True), ctx, f"in chunk {i + 1} of {text_name}")
+        nll.append(metrics.chunk_nll(logits, chunk))
+        if out is not None or base is not None:
+            lp = metrics.log_probs(logits[first:-1])
+            if out is not None:
+                out.write(lp.astype(np.float16).tobytes())
+            if base is not None:
+                b = np.asarray(base[pos:pos + lp.shape[0]], dtype=np.float64)
+                if not np.isfinite(b.sum()):
+                    raise InputError(f"{kld_base}: holds NaN or infinite log-probs (damaged?); recreate it with "
+                                     "--save-logits")
+                klds.append(metrics.kld(b, logits[first:-1]))
+                top1.append(b.argmax(-1) == lp.argmax(-1))
+                pos += lp.shape[0]
+        if progress:
+            progress(i + 1, len(chunks), f"chunk {i + 1}/{len(chunks)}")
