@@ -100,7 +100,7 @@ def measure_sensitivity(cal: Calibration, channels: np.ndarray,
     def run(k: list[tq.KConfig] | None, v: list[tq.KConfig] | None) -> list[np.ndarray]:
         check_cancel(cancel)
         kw: dict = dict(n_ctx=cal.n_ctx, n_batch=min(cal.n_ctx, 512), n_threads=n_threads, n_sink=sink_tokens,
-                        n_recent=recent,
+                        n_recent=recent, float_products=m.quantized_weights,  # else rounding noise (evaluate.py)
                         type_k="tq" if k else "f16", type_v="tq" if v else "f16")
         if k:
             kw.update(tq_k_layers=tuple(k), k_mean=k_mean, k_perm=perm)
