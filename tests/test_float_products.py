@@ -35,8 +35,11 @@ def logits(path, **kw):
     return np.concatenate([ctx.eval(TOKENS[:10], all_logits=True), ctx.eval(TOKENS[10:], all_logits=True)])
 
 
-@pytest.mark.parametrize("name,wtype", [(n, w) for n in ("qwen2-hd64", "llama-hd64-tied") for w in ("Q8_0", "Q4_1", "Q5_0")]
-                         + [("qwen2-hd64", "Q4_K"), ("qwen2-hd64", "Q6_K")])  # K-quants need rows of 256
+CASES = [(n, w) for n in ("qwen2-hd64", "llama-hd64-tied") for w in ("Q8_0", "Q4_1", "Q5_0")] + \
+    [("qwen2-hd64", "Q4_K"), ("qwen2-hd64", "Q6_K")]  # K-quants need rows of 256
+
+
+@pytest.mark.parametrize("name,wtype", CASES)
 def test_float_products_equal_the_dequantized_file(tiny_ggufs, tmp_path, name, wtype):
     q = tmp_path / f"{wtype}.gguf"
     ggufmix.rewrite(tiny_ggufs[name], q, {"weight": gguf.GGMLQuantizationType[wtype]})

@@ -79,7 +79,8 @@ def check_file(path: str | os.PathLike, *, text: str | None = None, token_ids=No
     with tempfile.TemporaryDirectory(prefix="kvconvert-check-") as tmp:
         base = Path(tmp) / "base.logits"
         ref = evaluate(m, src_text, text_name=text_name, n_ctx=n_ctx, n_chunks=n_chunks, type_k="f16", type_v="f16",
-                       n_threads=n_threads, float_products=fp, save_logits=base, token_ids=token_ids, progress=step(0), cancel=cancel)
+                       n_threads=n_threads, float_products=fp, save_logits=base, token_ids=token_ids, progress=step(0),
+                       cancel=cancel)
         check_cancel(cancel)
         res = evaluate(m, src_text, text_name=text_name, n_ctx=n_ctx, n_chunks=n_chunks, n_threads=n_threads,
                        float_products=fp, kld_base=base, token_ids=token_ids, progress=step(1), cancel=cancel)
