@@ -88,6 +88,7 @@ class ContextParams:
 
 
 _HF_TYPES = {"F32": 0, "F16": 1, "BF16": 30}  # safetensors dtype -> kvc_type
+_FLOAT_KVC_TYPES = frozenset(_HF_TYPES.values())  # weight types whose products need no activation rounding
 
 
 def runs_directly(src: ModelSource) -> bool:
@@ -158,7 +159,7 @@ class Model:
         mats.append(desc.output if desc.output.data != ffi().NULL else desc.tok_embd)  # tied: the embedding
         #: some weight product rounds its activations to 8 bits per block by default (a quantized
         #: weight type): ContextParams.float_products then changes what the runtime computes
-        self.quantized_weights = any(t.type not in _HF_TYPES.values() for t in mats)
+        self.quantized_weights = any(t.type not in _FLOAT_KVC_TYPES for t in mats)
 
     def _tensor(self, dst, t) -> None:
         f = ffi()
