@@ -100,12 +100,15 @@ void tq_encode_ref(const tq_layout *L, int scale_mode, const float *x, uint8_t *
  * wrap. Implementations give identical paths. */
 typedef void (*tq_viterbi_fn)(const tq_group *g, const float *u, int wrap, unsigned *path);
 void tq_viterbi_ref(const tq_group *g, const float *u, int wrap, unsigned *path); /* tq_ref.c */
-/* Its two ends, shared by every implementation (tq_ref.c): cost (1 << (bits + tmem)) of the first
- * coordinate u0, states outside wrap's start set at +inf; and after the last coordinate the best
- * allowed end state, traced back through back (m rows of TQ_TRELLIS_CTX: each context's dropped
- * top bits of its best predecessor) into path (m). */
+/* Its ends, shared by every implementation (tq_ref.c): cost (1 << (bits + tmem)) of the first
+ * coordinate u0, states outside wrap's start set at +inf; after the last coordinate the end state,
+ * the first allowed state of least cost (wrap < 0: any; else those whose low tmem bits are wrap;
+ * the SIMD tables find the same state their own way on a full scan); and the path (m) traced back
+ * from it through back (m rows of TQ_TRELLIS_CTX: each context's dropped top bits of its best
+ * predecessor). */
 void tq_viterbi_first(const tq_group *g, float u0, int wrap, float *cost);
-void tq_viterbi_trace(const tq_group *g, const float *cost, int wrap, const uint8_t *back, unsigned *path);
+int tq_viterbi_end(const tq_group *g, const float *cost, int wrap);
+void tq_viterbi_trace(const tq_group *g, int end, const uint8_t *back, unsigned *path);
 /* tq_encode_ref with another trellis search (the SIMD tables' encoders are this with their own) */
 void tq_encode_with(const tq_layout *L, int scale_mode, const float *x, uint8_t *row, float *scratch,
                     tq_viterbi_fn viterbi);

@@ -48,11 +48,16 @@ void tq_viterbi_first(const tq_group *g, float u0, int wrap, float *cost) {
     }
 }
 
-void tq_viterbi_trace(const tq_group *g, const float *cost, int wrap, const uint8_t *back, unsigned *path) {
-    const int b = g->bits, M = g->tmem, m = g->m, S = 1 << (b + M), P = 1 << M;
-    int end = -1;
-    for (int s = 0; s < S; s++)
-        if ((wrap < 0 || (s & (P - 1)) == wrap) && (end < 0 || cost[s] < cost[end])) end = s;
+int tq_viterbi_end(const tq_group *g, const float *cost, int wrap) {
+    const int S = 1 << (g->bits + g->tmem), step = wrap < 0 ? 1 : 1 << g->tmem; /* allowed: s ≡ wrap mod 2^tmem */
+    int end = wrap < 0 ? 0 : wrap;
+    for (int s = end + step; s < S; s += step)
+        if (cost[s] < cost[end]) end = s;
+    return end;
+}
+
+void tq_viterbi_trace(const tq_group *g, int end, const uint8_t *back, unsigned *path) {
+    const int b = g->bits, M = g->tmem, m = g->m;
     path[m - 1] = (unsigned)end;
     for (int i = m - 1; i > 0; i--) {
         const unsigned p = path[i] >> b;
@@ -78,7 +83,7 @@ void tq_viterbi_ref(const tq_group *g, const float *u, int wrap, unsigned *path)
             cost[s] = best[s >> b] + e * e;
         }
     }
-    tq_viterbi_trace(g, cost, wrap, back, path);
+    tq_viterbi_trace(g, tq_viterbi_end(g, cost, wrap), back, path);
 }
 
 /* The codes of a trellis group: a closed ring found in two passes (trellis.encode_states): the

@@ -97,6 +97,21 @@ AVX2 static inline void trellis8(const tq_group *g, const uint8_t *codes, __m256
  * array for a fixed dropped top t), the running minimum over t with strict-less blends (ties keep
  * the smaller t, as the scalar loop); then cost[s] = best[s >> b] + e·e, e = u_i − value[s], with
  * a separate multiply and add (no FMA), so every float is the scalar twin's. */
+/* tq_viterbi_end over all S states (S % 8 == 0, cost aligned): the least cost, then the first state
+ * holding it — the scalar scan's strict-less answer */
+AVX2 static int viterbi_end8(const float *cost, int S) {
+    __m256 lo = _mm256_load_ps(cost);
+    for (int s = 8; s < S; s += 8) lo = _mm256_min_ps(lo, _mm256_load_ps(cost + s));
+    __m128 l4 = _mm_min_ps(_mm256_castps256_ps128(lo), _mm256_extractf128_ps(lo, 1));
+    l4 = _mm_min_ps(l4, _mm_movehl_ps(l4, l4));
+    l4 = _mm_min_ss(l4, _mm_shuffle_ps(l4, l4, 1));
+    const __m256 least = _mm256_set1_ps(_mm_cvtss_f32(l4));
+    for (int s = 0;; s += 8) {
+        const int eq = _mm256_movemask_ps(_mm256_cmp_ps(_mm256_load_ps(cost + s), least, _CMP_EQ_OQ));
+        if (eq) return s + __builtin_ctz((unsigned)eq);
+    }
+}
+
 void tq_viterbi_avx2(const tq_group *g, const float *u, int wrap, unsigned *path) {
     const int b = g->bits, M = g->tmem, m = g->m, S = 1 << (b + M), P = 1 << M;
     if (P < 8) {
@@ -134,7 +149,7 @@ void tq_viterbi_avx2(const tq_group *g, const float *u, int wrap, unsigned *path
             _mm256_store_ps(cost + s, _mm256_add_ps(bs, _mm256_mul_ps(e, e)));
         }
     }
-    tq_viterbi_trace(g, cost, wrap, back, path);
+    tq_viterbi_trace(g, wrap < 0 ? viterbi_end8(cost, S) : tq_viterbi_end(g, cost, wrap), back, path);
 }
 
 void tq_encode_avx2(const tq_layout *L, int scale_mode, const float *x, uint8_t *row, float *scratch) {

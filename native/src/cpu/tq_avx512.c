@@ -114,6 +114,18 @@ static int simd_ok(const tq_layout *L) { /* else the scalar kernels */
     return 1;
 }
 
+/* tq_viterbi_end over all S states (S % 16 == 0, cost aligned): the least cost, then the first state
+ * holding it — the scalar scan's strict-less answer */
+AVX512 static int viterbi_end16(const float *cost, int S) {
+    __m512 lo = _mm512_load_ps(cost);
+    for (int s = 16; s < S; s += 16) lo = _mm512_min_ps(lo, _mm512_load_ps(cost + s));
+    const __m512 least = _mm512_set1_ps(_mm512_reduce_min_ps(lo));
+    for (int s = 0;; s += 16) {
+        const __mmask16 eq = _mm512_cmp_ps_mask(_mm512_load_ps(cost + s), least, _CMP_EQ_OQ);
+        if (eq) return s + __builtin_ctz((unsigned)eq);
+    }
+}
+
 /* tq_viterbi_ref (tq_avx2.c's twin), 16 states per vector: strict-less masked blends keep the
  * scalar ties, a separate multiply and add keep its floats. */
 void tq_viterbi_avx512(const tq_group *g, const float *u, int wrap, unsigned *path) {
@@ -151,7 +163,7 @@ void tq_viterbi_avx512(const tq_group *g, const float *u, int wrap, unsigned *pa
             _mm512_store_ps(cost + s, _mm512_add_ps(bs, _mm512_mul_ps(e, e)));
         }
     }
-    tq_viterbi_trace(g, cost, wrap, back, path);
+    tq_viterbi_trace(g, wrap < 0 ? viterbi_end16(cost, S) : tq_viterbi_end(g, cost, wrap), back, path);
 }
 
 void tq_encode_avx512(const tq_layout *L, int scale_mode, const float *x, uint8_t *row, float *scratch) {
