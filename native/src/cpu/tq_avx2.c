@@ -93,10 +93,6 @@ AVX2 static inline void trellis8(const tq_group *g, const uint8_t *codes, __m256
     }
 }
 
-/* tq_viterbi_ref, 8 states per vector: for each predecessor context p (contiguous in the cost
- * array for a fixed dropped top t), the running minimum over t with strict-less blends (ties keep
- * the smaller t, as the scalar loop); then cost[s] = best[s >> b] + e·e, e = u_i − value[s], with
- * a separate multiply and add (no FMA), so every float is the scalar twin's. */
 /* tq_viterbi_end over all S states (S % 8 == 0, cost aligned): the least cost, then the first state
  * holding it — the scalar scan's strict-less answer */
 AVX2 static int viterbi_end8(const float *cost, int S) {
@@ -112,6 +108,10 @@ AVX2 static int viterbi_end8(const float *cost, int S) {
     }
 }
 
+/* tq_viterbi_ref, 8 states per vector: for each predecessor context p (contiguous in the cost
+ * array for a fixed dropped top t), the running minimum over t with strict-less blends (ties keep
+ * the smaller t, as the scalar loop); then cost[s] = best[s >> b] + e·e, e = u_i − value[s], with
+ * a separate multiply and add (no FMA), so every float is the scalar twin's. */
 void tq_viterbi_avx2(const tq_group *g, const float *u, int wrap, unsigned *path) {
     const int b = g->bits, M = g->tmem, m = g->m, S = 1 << (b + M), P = 1 << M;
     if (P < 8) {
