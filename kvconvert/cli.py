@@ -67,10 +67,11 @@ def _dispatch(argv: list[str]) -> int:
     else:
         build_parser().parse_args(argv)  # prints usage/help/version, or an error for unknown commands
         return 2
+    from .base.blas import one_blas_thread
     from .base.errors import KVConvertError
 
-    try:
-        with _sigterm_interrupts(), _backend(getattr(args, "backend", None)):
+    try:  # BLAS on one thread: every command runs its own threads (base/blas.py)
+        with _sigterm_interrupts(), _backend(getattr(args, "backend", None)), one_blas_thread():
             return int(module.run(args) or 0)
     except KVConvertError as e:
         print(f"kvconvert: error: {e}", file=sys.stderr)

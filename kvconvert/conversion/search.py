@@ -31,6 +31,7 @@ import numpy as np
 from ..kvcache import kbasis, turboquant as tq
 from .calibrate import Calibration
 from ..base.errors import InputError
+from ..base.blas import one_blas_thread
 from .profile import ModelShape, Policy, Profile, Transforms, load_profile
 from .sensitivity import Sensitivity, measure_sensitivity
 from ..base.progress import ProgressFn, check_cancel, start_phase
@@ -354,15 +355,17 @@ def search(calib: Calibration | str | os.PathLike, *, policy: str | Policy = DEF
     done = [0.0]
 
     def run(passes, what: str) -> None:
-        """Run the layers' passes on a thread pool (numpy and the C kernels release the GIL)."""
+        """Run the layers' passes on a thread pool (numpy and the C kernels release the GIL; BLAS
+        on one thread, as the pool is the parallelism: base/blas.py)."""
         pool = ThreadPoolExecutor(max_workers=_workers(n_threads))
         try:
-            for f in as_completed([pool.submit(fn) for fn in passes]):
-                f.result()
-                check_cancel(cancel)
-                done[0] += 0.5
-                if progress:
-                    progress(done[0], L, what)
+            with one_blas_thread():
+                for f in as_completed([pool.submit(fn) for fn in passes]):
+                    f.result()
+                    check_cancel(cancel)
+                    done[0] += 0.5
+                    if progress:
+                        progress(done[0], L, what)
         finally:
             pool.shutdown(wait=True, cancel_futures=True)  # on an error or a cancel: drop the queued layers
 
